@@ -1,0 +1,21 @@
+//! Per-reason counters: every verdict a program returns is counted under exactly one reason.
+
+use podnet_ebpf::abi::reason;
+
+use crate::maps::STATS;
+
+/// Counts one packet of `len` bytes under `why`.
+#[inline(always)]
+pub fn count(why: u32, len: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(why) {
+        // SAFETY: the pointer comes from a successful lookup in a per-CPU array, so it points at
+        // this CPU's slot, which nothing else writes while this program runs on this CPU.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += u64::from(len);
+        }
+    }
+}
+
+/// Reasons are compile-time constants below `STATS_SLOTS`; this keeps that true.
+const _: () = assert!(reason::COUNT <= podnet_ebpf::abi::STATS_SLOTS);

@@ -1,0 +1,219 @@
+//! Loads the embedded eBPF object once per node and pins what it made. Maps are pinned by name,
+//! so a second load finds and reuses them (state survives `podnet node init` re-runs and
+//! upgrades); programs are re-pinned, and every existing TCX link is switched to the new program
+//! atomically, so attached pods never see a gap.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    EbpfLoader,
+    maps::MapData,
+    programs::{SchedClassifier, links::FdLink, tc::SchedClassifierLink},
+};
+use podnet_ebpf::abi::{
+    Counter, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS, map_name, program_name,
+};
+
+use super::{DatapathError, OBJECT};
+
+/// `BPF_FS_MAGIC` from linux/magic.h.
+const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
+
+/// What a load does with the node's configuration.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub pin_dir: PathBuf,
+    /// Entries in the endpoints map; fixed when the map is first created.
+    pub endpoints_max: u32,
+    /// Compile per-packet debug logging in (read-only global; dead code when off).
+    pub debug: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadReport {
+    pub programs: Vec<&'static str>,
+    pub maps_reused: Vec<&'static str>,
+    pub maps_created: Vec<&'static str>,
+    pub links_updated: usize,
+    pub load_time_ms: u128,
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DatapathError {
+    let path = path.to_path_buf();
+    move |source| DatapathError::Io { op, path, source }
+}
+
+/// Fails unless `dir` is on a bpffs (pinning anywhere else fails with a confusing error).
+pub fn check_bpffs(dir: &Path) -> Result<(), DatapathError> {
+    let probe = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let c_path = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
+        .map_err(|_| DatapathError::NoBpffs { path: dir.to_path_buf() })?;
+    // SAFETY: an all-zero statfs is a valid out-parameter for statfs(2).
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is NUL-terminated and `st` is a valid, writable statfs.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    if rc != 0 || st.f_type != BPF_FS_MAGIC {
+        return Err(DatapathError::NoBpffs {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// The layout each map must have, for checking maps pinned by an earlier load.
+fn expected_layout(name: &str) -> (u32, u32, Option<u32>) {
+    let size = |n: usize| u32::try_from(n).expect("ABI types are small");
+    match name {
+        map_name::CONFIG => (4, size(size_of::<NodeConfig>()), Some(1)),
+        map_name::ENDPOINTS => (size(size_of::<EndpointKey>()), size(size_of::<Endpoint>()), None),
+        map_name::STATS => (4, size(size_of::<Counter>()), Some(STATS_SLOTS)),
+        _ => unreachable!("every map in map_name::ALL has a layout"),
+    }
+}
+
+/// Refuses to reuse a pinned map whose key or value layout differs from this build's ABI.
+fn check_pinned_map(path: &Path, name: &str) -> Result<bool, DatapathError> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    let map_err = |source| DatapathError::Map {
+        name: name.to_owned(),
+        source,
+    };
+    let info = MapData::from_pin(path).map_err(map_err)?.info().map_err(map_err)?;
+    let (key, value, entries) = expected_layout(name);
+    let mismatch = if info.key_size() != key || info.value_size() != value {
+        Some(format!(
+            "key/value sizes {}/{} where this build uses {key}/{value}",
+            info.key_size(),
+            info.value_size()
+        ))
+    } else {
+        entries
+            .filter(|&n| n != info.max_entries())
+            .map(|n| format!("{} entries where this build uses {n}", info.max_entries()))
+    };
+    match mismatch {
+        Some(what) => Err(DatapathError::IncompatibleMap {
+            path: path.to_path_buf(),
+            what,
+        }),
+        None => Ok(true),
+    }
+}
+
+/// Path of a program's pin.
+pub fn program_pin(pin_dir: &Path, program: &str) -> PathBuf {
+    pin_dir.join("progs").join(program)
+}
+
+/// Loads and verifies the programs, creates or reuses the pinned maps, pins the programs, and
+/// moves existing links onto the new programs.
+pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
+    let started = Instant::now();
+    check_bpffs(&opts.pin_dir)?;
+    for dir in [opts.pin_dir.clone(), opts.pin_dir.join("progs"), opts.pin_dir.join("links")] {
+        fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    }
+    let mut maps_reused = Vec::new();
+    let mut maps_created = Vec::new();
+    let debug = u8::from(opts.debug);
+    let mut loader = EbpfLoader::new();
+    for name in map_name::ALL {
+        let path = opts.pin_dir.join(name);
+        if check_pinned_map(&path, name)? {
+            maps_reused.push(name);
+        } else {
+            maps_created.push(name);
+        }
+        loader.map_pin_path(name, path);
+    }
+    loader
+        .map_max_entries(map_name::ENDPOINTS, opts.endpoints_max)
+        .override_global("DEBUG", &debug, true);
+    let mut ebpf = loader.load(OBJECT)?;
+
+    let mut links_updated = 0;
+    for name in program_name::ALL {
+        let prog_err = |source| DatapathError::Program {
+            name: name.to_owned(),
+            source,
+        };
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .expect("the object defines every program in program_name::ALL")
+            .try_into()
+            .map_err(prog_err)?;
+        prog.load().map_err(prog_err)?;
+        let pin = program_pin(&opts.pin_dir, name);
+        crate::state::remove_file(&pin).map_err(|e| DatapathError::Io {
+            op: "replacing program pin",
+            path: pin.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        prog.pin(&pin).map_err(|source| DatapathError::Pin {
+            path: pin.clone(),
+            source,
+        })?;
+        links_updated += super::attach::relink_all(&opts.pin_dir, name, prog)?;
+    }
+    Ok(LoadReport {
+        programs: program_name::ALL.to_vec(),
+        maps_reused,
+        maps_created,
+        links_updated,
+        load_time_ms: started.elapsed().as_millis(),
+    })
+}
+
+/// Moves one pinned link onto `prog` atomically, re-pinning it at the same path.
+pub(super) fn relink(path: &Path, prog: &mut SchedClassifier) -> Result<(), DatapathError> {
+    let link_err = |source| DatapathError::Link {
+        path: path.to_path_buf(),
+        source,
+    };
+    let prog_err = |source| DatapathError::Program {
+        name: path.display().to_string(),
+        source,
+    };
+    let pinned = aya::programs::links::PinnedLink::from_pin(path).map_err(link_err)?;
+    let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
+    let id = prog.attach_to_link(link).map_err(prog_err)?;
+    let link = prog.take_link(id).map_err(prog_err)?;
+    let fd_link = FdLink::try_from(link).map_err(link_err)?;
+    fs::remove_file(path).map_err(io("replacing link pin", path))?;
+    fd_link.pin(path).map_err(|source| DatapathError::Pin {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// How long a full load took, for `node status`.
+pub fn describe(report: &LoadReport) -> String {
+    let LoadReport {
+        programs,
+        maps_reused,
+        maps_created,
+        links_updated,
+        load_time_ms,
+    } = report;
+    format!(
+        "loaded {} in {}: maps reused [{}], created [{}]; {links_updated} attached link(s) moved to the new programs",
+        programs.join(", "),
+        humantime(Duration::from_millis(u64::try_from(*load_time_ms).unwrap_or(u64::MAX))),
+        maps_reused.join(", "),
+        maps_created.join(", "),
+    )
+}
+
+fn humantime(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}

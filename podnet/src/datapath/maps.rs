@@ -1,0 +1,242 @@
+//! Typed access to a node's pinned maps. Every key and value type comes from
+//! `podnet_ebpf::abi`, the same definitions the kernel programs are compiled with.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use podnet_ebpf::abi::{
+    Counter, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS, map_name, reason,
+};
+
+use super::DatapathError;
+
+/// The node's maps, opened from their pins.
+pub struct PinnedMaps {
+    pub config: Array<MapData, NodeConfig>,
+    pub endpoints: HashMap<MapData, EndpointKey, Endpoint>,
+    pub stats: PerCpuArray<MapData, Counter>,
+}
+
+fn open(pin_dir: &Path, name: &str) -> Result<Map, DatapathError> {
+    let path = pin_dir.join(name);
+    if !path.exists() {
+        return Err(DatapathError::NotInitialised {
+            path: pin_dir.to_path_buf(),
+        });
+    }
+    let err = |source| DatapathError::Map {
+        name: name.to_owned(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(err)?;
+    Map::from_map_data(data).map_err(err)
+}
+
+macro_rules! typed {
+    ($pin_dir:expr, $name:expr) => {
+        open($pin_dir, $name)?
+            .try_into()
+            .map_err(|source| DatapathError::Map {
+                name: $name.to_owned(),
+                source,
+            })?
+    };
+}
+
+/// One endpoint as userspace reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndpointEntry {
+    pub ip: Ipv4Addr,
+    pub ifindex: u32,
+    pub mac: String,
+    pub flags: u32,
+    pub netns_ino: u64,
+}
+
+/// A counter summed over all CPUs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReasonCount {
+    pub reason: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+impl PinnedMaps {
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Ok(Self {
+            config: typed!(pin_dir, map_name::CONFIG),
+            endpoints: typed!(pin_dir, map_name::ENDPOINTS),
+            stats: typed!(pin_dir, map_name::STATS),
+        })
+    }
+
+    fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> DatapathError + '_ {
+        move |source| DatapathError::Map {
+            name: name.to_owned(),
+            source,
+        }
+    }
+
+    pub fn config(&self) -> Result<NodeConfig, DatapathError> {
+        self.config
+            .get(&0, 0)
+            .map_err(Self::map_err(map_name::CONFIG))
+    }
+
+    pub fn set_config(&mut self, config: &NodeConfig) -> Result<(), DatapathError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(Self::map_err(map_name::CONFIG))
+    }
+
+    pub fn upsert_endpoint(&mut self, ip: Ipv4Addr, ep: &Endpoint) -> Result<(), DatapathError> {
+        let key = EndpointKey { addr: ip.octets() };
+        self.endpoints
+            .insert(key, ep, 0)
+            .map_err(Self::map_err(map_name::ENDPOINTS))
+    }
+
+    /// Removes the endpoint; `Ok(false)` if there was none.
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<bool, DatapathError> {
+        let key = EndpointKey { addr: ip.octets() };
+        match self.endpoints.remove(&key) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(source) => Err(Self::map_err(map_name::ENDPOINTS)(source)),
+        }
+    }
+
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Result<Option<Endpoint>, DatapathError> {
+        let key = EndpointKey { addr: ip.octets() };
+        match self.endpoints.get(&key, 0) {
+            Ok(ep) => Ok(Some(ep)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(Self::map_err(map_name::ENDPOINTS)(source)),
+        }
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<EndpointEntry>, DatapathError> {
+        let mut out = Vec::new();
+        for item in self.endpoints.iter() {
+            let (key, ep) = item.map_err(Self::map_err(map_name::ENDPOINTS))?;
+            let Endpoint {
+                ifindex,
+                flags,
+                mac,
+                _pad0: _,
+                netns_ino,
+            } = ep;
+            out.push(EndpointEntry {
+                ip: Ipv4Addr::from(key.addr),
+                ifindex,
+                mac: format_mac(&mac),
+                flags,
+                netns_ino,
+            });
+        }
+        out.sort_by_key(|e| e.ip);
+        Ok(out)
+    }
+
+    /// Every named reason's counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Vec<ReasonCount>, DatapathError> {
+        const _: () = assert!(reason::COUNT <= STATS_SLOTS);
+        let mut out = Vec::with_capacity(reason::NAMES.len());
+        for (index, name) in (0u32..).zip(reason::NAMES) {
+            let per_cpu = self
+                .stats
+                .get(&index, 0)
+                .map_err(Self::map_err(map_name::STATS))?;
+            let (packets, bytes) = per_cpu
+                .iter()
+                .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+            out.push(ReasonCount {
+                reason: name,
+                packets,
+                bytes,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Paths of every map pin under `pin_dir`.
+pub fn map_pins(pin_dir: &Path) -> Vec<PathBuf> {
+    map_name::ALL.iter().map(|name| pin_dir.join(name)).collect()
+}
+
+/// The `CONFIG` entry in readable form.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConfigView {
+    pub abi_version: u32,
+    pub ready: bool,
+    pub node_ip: Ipv4Addr,
+    pub gateway_ip: Ipv4Addr,
+    pub gateway_mac: String,
+    pub pod_cidr: String,
+    pub cluster_cidr: String,
+    pub uplink_ifindex: u32,
+    pub bridge_ifindex: u32,
+}
+
+impl From<NodeConfig> for ConfigView {
+    fn from(config: NodeConfig) -> Self {
+        let NodeConfig {
+            abi_version,
+            flags,
+            node_ip,
+            gateway_ip,
+            pod_cidr,
+            pod_prefix_len,
+            cluster_prefix_len,
+            _pad0: _,
+            cluster_cidr,
+            gateway_mac,
+            _pad1: _,
+            uplink_ifindex,
+            bridge_ifindex,
+        } = config;
+        Self {
+            abi_version,
+            ready: flags & podnet_ebpf::abi::config_flag::READY != 0,
+            node_ip: node_ip.into(),
+            gateway_ip: gateway_ip.into(),
+            gateway_mac: format_mac(&gateway_mac),
+            pod_cidr: format!("{}/{pod_prefix_len}", Ipv4Addr::from(pod_cidr)),
+            cluster_cidr: format!("{}/{cluster_prefix_len}", Ipv4Addr::from(cluster_cidr)),
+            uplink_ifindex,
+            bridge_ifindex,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "abi v{} ready={} node_ip={} gateway={} ({}) pod_cidr={} cluster_cidr={} uplink_ifindex={} bridge_ifindex={}",
+            self.abi_version,
+            self.ready,
+            self.node_ip,
+            self.gateway_ip,
+            self.gateway_mac,
+            self.pod_cidr,
+            self.cluster_cidr,
+            self.uplink_ifindex,
+            self.bridge_ifindex
+        )
+    }
+}

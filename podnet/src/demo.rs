@@ -1,0 +1,265 @@
+//! `podnet demo`: a self-contained node in network namespaces. It builds a "node" namespace with
+//! an uplink to an "outside" namespace, runs the real CLI against it (node init, two pods), sends
+//! pod-to-pod ping and TCP over the fast path, shows the counters and maps, and cleans up, also
+//! when a step fails. Nothing outside the namespaces it creates is touched.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use ipnetwork::Ipv4Network;
+use podnet::{
+    netns::Netns,
+    node::NodeSettings,
+    pod::{self, PodRecord},
+};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Prefix for everything the demo creates (namespaces, pin and state directories).
+    #[arg(long, default_value = "pndemo")]
+    name: String,
+    /// Leave the topology in place afterwards (remove it with `podnet demo --cleanup`).
+    #[arg(long)]
+    keep: bool,
+    /// Only remove what an earlier `--keep` run left.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+const NETNS_DIR: &str = "/run/netns";
+const NODE_IP: &str = "198.18.0.10/24";
+const OUTSIDE_IP: &str = "198.18.0.1/24";
+const POD_CIDR: &str = "10.244.1.0/24";
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+const TCP_PORT: u16 = 8080;
+
+struct Demo {
+    name: String,
+    state_dir: PathBuf,
+    pin_dir: PathBuf,
+}
+
+impl Demo {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            state_dir: PathBuf::from(format!("/run/podnet-demo/{name}")),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/podnet-demo-{name}")),
+        }
+    }
+
+    fn node_ns(&self) -> String {
+        format!("{}-node", self.name)
+    }
+
+    fn outside_ns(&self) -> String {
+        format!("{}-outside", self.name)
+    }
+
+    /// Runs this binary with the demo's state directory, echoing the command like a transcript.
+    fn podnet(&self, args: &[&str]) -> Result<String> {
+        println!("\n$ podnet {}", args.join(" "));
+        let out = Command::new(std::env::current_exe()?)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(args)
+            .output()
+            .context("running podnet")?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        print!("{stdout}");
+        if !out.status.success() {
+            bail!(
+                "`podnet {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(stdout)
+    }
+
+    fn cleanup(&self) {
+        if NodeSettings::node_file(&self.state_dir).exists() {
+            let _ = self.podnet(&["node", "reset"]);
+        }
+        for ns in [self.node_ns(), self.outside_ns()] {
+            let _ = Netns::delete_named(Path::new(NETNS_DIR), &ns);
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// Cleans up when dropped unless disarmed, so a failing step leaves nothing behind.
+struct Guard<'a> {
+    demo: &'a Demo,
+    armed: bool,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            println!("\ncleaning up");
+            self.demo.cleanup();
+        }
+    }
+}
+
+pub fn run(args: &DemoArgs) -> Result<()> {
+    let demo = Demo::new(&args.name);
+    if args.cleanup {
+        demo.cleanup();
+        println!("removed demo {}", args.name);
+        return Ok(());
+    }
+    demo.cleanup();
+    let mut guard = Guard {
+        demo: &demo,
+        armed: true,
+    };
+    println!(
+        "podnet demo: node namespace {} with uplink to {} ({} <-> {}), pod CIDR {POD_CIDR}",
+        demo.node_ns(),
+        demo.outside_ns(),
+        NODE_IP,
+        OUTSIDE_IP
+    );
+    build_fabric(&demo)?;
+    demo.podnet(&[
+        "node",
+        "init",
+        "--netns",
+        &demo.node_ns(),
+        "--uplink",
+        "uplink0",
+        "--pod-cidr",
+        POD_CIDR,
+        "--cluster-cidr",
+        CLUSTER_CIDR,
+        "--pin-dir",
+        &demo.pin_dir.display().to_string(),
+    ])?;
+    let web = add_pod(&demo, "web")?;
+    let client = add_pod(&demo, "client")?;
+    demo.podnet(&["pod", "list"])?;
+
+    println!("\n# ping web ({}) from client, over the eBPF fast path", web.address.ip());
+    let ping = Command::new("nsenter")
+        .arg(format!("--net={}", client.netns.display()))
+        .args(["ping", "-c", "3", "-i", "0.2", "-W", "1"])
+        .arg(web.address.ip().to_string())
+        .output();
+    match ping {
+        Ok(out) => print!("{}", String::from_utf8_lossy(&out.stdout)),
+        Err(err) => println!("(ping not available: {err})"),
+    }
+
+    println!("\n# TCP from client to web:{TCP_PORT}; web reports the source address it sees");
+    let seen = tcp_exchange(&client, &web)?;
+    println!("web saw a connection from {seen} (client's pod IP is {})", client.address.ip());
+    if seen.ip() != std::net::IpAddr::V4(client.address.ip()) {
+        bail!("source IP was not preserved: web saw {seen}");
+    }
+
+    demo.podnet(&["stats"])?;
+    demo.podnet(&["maps"])?;
+    println!(
+        "\n$ bpftool map dump pinned {}/ENDPOINTS",
+        demo.pin_dir.display()
+    );
+    if let Ok(out) = Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(demo.pin_dir.join("ENDPOINTS"))
+        .output()
+    {
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    if args.keep {
+        guard.armed = false;
+        println!(
+            "\nleft in place: try `podnet --state-dir {} stats`; remove with `podnet demo --name {} --cleanup`",
+            demo.state_dir.display(),
+            demo.name
+        );
+    }
+    Ok(())
+}
+
+fn add_pod(demo: &Demo, name: &str) -> Result<PodRecord> {
+    demo.podnet(&["pod", "add", name])?;
+    let settings = NodeSettings::load(&demo.state_dir)?;
+    pod::list(&settings)?
+        .into_iter()
+        .find(|p| p.name == name)
+        .context("pod record missing after add")
+}
+
+/// The node and outside namespaces and the uplink veth between them.
+fn build_fabric(demo: &Demo) -> Result<()> {
+    let run_dir = Path::new(NETNS_DIR);
+    let node = Netns::create_named(run_dir, &demo.node_ns())?;
+    let outside = Netns::create_named(run_dir, &demo.outside_ns())?;
+    let node_ip: Ipv4Network = NODE_IP.parse()?;
+    let outside_ip: Ipv4Network = OUTSIDE_IP.parse()?;
+    let outside_for_peer = Netns::open(outside.path())?;
+    node.run_netlink(move |nl| async move {
+        let uplink = nl
+            .create_veth("uplink0", "eth0", &outside_for_peer, None)
+            .await?;
+        nl.ensure_address(uplink.index, node_ip).await?;
+        nl.set_up(uplink.index).await?;
+        if let Some(lo) = nl.get("lo").await? {
+            nl.set_up(lo.index).await?;
+        }
+        nl.ensure_default_route(outside_ip.ip()).await
+    })??;
+    outside.run_netlink(move |nl| async move {
+        let eth0 = nl
+            .get("eth0")
+            .await?
+            .ok_or_else(|| podnet::link::LinkError::NotFound { link: "eth0".to_owned() })?;
+        nl.ensure_address(eth0.index, outside_ip).await?;
+        nl.set_up(eth0.index).await?;
+        if let Some(lo) = nl.get("lo").await? {
+            nl.set_up(lo.index).await?;
+        }
+        Ok::<_, podnet::link::LinkError>(())
+    })??;
+    Ok(())
+}
+
+/// Listens in `server`'s namespace, connects from `client`'s, and returns the peer address the
+/// server saw.
+fn tcp_exchange(client: &PodRecord, server: &PodRecord) -> Result<SocketAddr> {
+    let listen = SocketAddr::from((server.address.ip(), TCP_PORT));
+    let server_ns = Netns::open(&server.netns)?;
+    let listener = server_ns.run(move || TcpListener::bind(listen))??;
+    let accept = std::thread::spawn(move || -> std::io::Result<SocketAddr> {
+        let (mut stream, peer) = listener.accept()?;
+        let mut line = String::new();
+        BufReader::new(stream.try_clone()?).read_line(&mut line)?;
+        writeln!(stream, "hello {peer}, you said {}", line.trim())?;
+        Ok(peer)
+    });
+    let target: Ipv4Addr = server.address.ip();
+    let reply = Netns::open(&client.netns)?.run(move || -> std::io::Result<String> {
+        let mut stream =
+            TcpStream::connect_timeout(&SocketAddr::from((target, TCP_PORT)), Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        writeln!(stream, "ping")?;
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply)?;
+        Ok(reply)
+    })??;
+    print!("client got: {reply}");
+    accept
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))?
+        .context("server side of the TCP exchange")
+}

@@ -1,0 +1,10 @@
+//! podnet: an eBPF pod network datapath. This library holds everything the `podnet` binary
+//! (CLI and CNI plugin) does; the binary only parses arguments and prints.
+
+pub mod datapath;
+pub mod state;
+pub mod ipam;
+pub mod node;
+pub mod pod;
+pub mod netns;
+pub mod link;

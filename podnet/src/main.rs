@@ -1,0 +1,20 @@
+//! The `podnet` binary: argument parsing, entering the node's namespace, and printing. All the
+//! work is in the library; errors become one clear line on stderr and a non-zero exit.
+
+mod cli;
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("podnet: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! A node: its settings (pod and cluster CIDRs, uplink, bridge, per-node directories, the
+//! namespace it lives in), `node init` which builds the bridge and loads the datapath, and
+//! `node status` / `node reset`.
+//!
+//! The node's namespace is chosen at `node init --netns NAME|PATH` and recorded in
+//! `<state_dir>/node.json`; every later command reads it and enters that namespace first, before
+//! any thread starts. Without `--netns`, the node is the namespace podnet runs in.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use ipnetwork::Ipv4Network;
+use podnet_ebpf::abi::{ABI_VERSION, DEFAULT_ENDPOINTS_MAX, NodeConfig, config_flag, map_name};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    datapath::{self, DatapathError, loader, maps::PinnedMaps},
+    link::{self, LinkError, Netlink},
+    state::{self, FileLock, StateError},
+};
+
+/// Everything that identifies and configures one node. Several nodes may share a machine: each
+/// has its own namespace, pin directory, state directory and IPAM directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// This node's pod CIDR (addresses for its pods).
+    pub pod_cidr: Ipv4Network,
+    /// The cluster CIDR, which every node's pod CIDR is carved from.
+    pub cluster_cidr: Ipv4Network,
+    /// The uplink interface, in the node's namespace.
+    pub uplink: String,
+    /// The node's IP; the uplink's first IPv4 address when not given.
+    #[serde(default)]
+    pub node_ip: Option<Ipv4Addr>,
+    /// The bridge that carries the gateway address and the slow path.
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// bpffs directory for this node's maps, programs and links.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Directory for node.json, pod records and locks.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Directory for IPAM records; `<state_dir>/ipam` when not given.
+    #[serde(default)]
+    pub ipam_dir: Option<PathBuf>,
+    /// The node's network namespace; `None` means the namespace podnet runs in.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// Where `pod add` creates pod namespaces (like `ip netns add`).
+    #[serde(default = "default_netns_dir")]
+    pub netns_dir: PathBuf,
+    /// MTU for pod interfaces; the uplink's MTU when not given.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Entries in the endpoints map.
+    #[serde(default = "default_endpoints_max")]
+    pub endpoints_max: u32,
+    /// Per-packet debug logging compiled into the programs at load time.
+    #[serde(default)]
+    pub debug: bool,
+}
+
+pub fn default_bridge() -> String {
+    "podnet0".to_owned()
+}
+pub fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/podnet")
+}
+pub fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/podnet")
+}
+pub fn default_netns_dir() -> PathBuf {
+    PathBuf::from("/run/netns")
+}
+pub fn default_endpoints_max() -> u32 {
+    DEFAULT_ENDPOINTS_MAX
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid node settings: {0}")]
+    Invalid(String),
+    #[error("this node is not initialised (no {path}): run `podnet node init` first")]
+    NotInitialised { path: PathBuf },
+    #[error("uplink {name} does not exist in the node's namespace")]
+    NoUplink { name: String },
+    #[error("uplink {name} has no IPv4 address; pass --node-ip")]
+    NoNodeIp { name: String },
+    #[error(
+        "the node already runs with pod CIDR {current} and has {pods} pod(s); delete them (or `podnet node reset`) before changing it to {requested}"
+    )]
+    PodCidrInUse {
+        current: Ipv4Network,
+        requested: Ipv4Network,
+        pods: usize,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error("starting the netlink runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl NodeSettings {
+    /// The gateway: the first host address of the pod CIDR, on the bridge.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.pod_cidr.nth(1).unwrap_or(self.pod_cidr.network())
+    }
+
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.ipam_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("ipam"))
+    }
+
+    pub fn node_file(state_dir: &Path) -> PathBuf {
+        state_dir.join("node.json")
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.state_dir.join("lock")
+    }
+
+    pub fn pods_dir(&self) -> PathBuf {
+        self.state_dir.join("pods")
+    }
+
+    /// Reads the settings `node init` recorded.
+    pub fn load(state_dir: &Path) -> Result<Self, NodeError> {
+        let path = Self::node_file(state_dir);
+        state::read_json(&path)?.ok_or(NodeError::NotInitialised { path })
+    }
+
+    /// Checks the settings, without touching the system.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let invalid = |msg: String| Err(NodeError::Invalid(msg));
+        if self.pod_cidr.prefix() > 30 {
+            return invalid(format!(
+                "pod CIDR {} is too small: it needs room for a network, gateway, broadcast and at least one pod (/30 or larger)",
+                self.pod_cidr
+            ));
+        }
+        if self.pod_cidr.network() != self.pod_cidr.ip() {
+            return invalid(format!(
+                "pod CIDR {} has host bits set; did you mean {}/{}?",
+                self.pod_cidr,
+                self.pod_cidr.network(),
+                self.pod_cidr.prefix()
+            ));
+        }
+        if self.cluster_cidr.network() != self.cluster_cidr.ip() {
+            return invalid(format!("cluster CIDR {} has host bits set", self.cluster_cidr));
+        }
+        if !(self.cluster_cidr.contains(self.pod_cidr.network())
+            && self.cluster_cidr.prefix() <= self.pod_cidr.prefix())
+        {
+            return invalid(format!(
+                "pod CIDR {} is not inside cluster CIDR {}",
+                self.pod_cidr, self.cluster_cidr
+            ));
+        }
+        if let Some(ip) = self.node_ip
+            && self.cluster_cidr.contains(ip)
+        {
+            return invalid(format!(
+                "node IP {ip} lies inside the cluster CIDR {}",
+                self.cluster_cidr
+            ));
+        }
+        link::validate_ifname(&self.uplink)?;
+        link::validate_ifname(&self.bridge)?;
+        if self.endpoints_max == 0 {
+            return invalid("endpoints_max must be at least 1".to_owned());
+        }
+        if let Some(mtu) = self.mtu
+            && !(576..=65_535).contains(&mtu)
+        {
+            return invalid(format!("MTU {mtu} is outside 576..=65535"));
+        }
+        Ok(())
+    }
+}
+
+/// What `node init` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct InitReport {
+    pub settings: NodeSettings,
+    pub bridge_ifindex: u32,
+    pub uplink_ifindex: u32,
+    pub load: loader::LoadReport,
+}
+
+/// Runs `f` with a netlink handle on a fresh current-thread runtime in the calling thread's
+/// namespace (the node's, once the binary has entered it).
+pub fn with_netlink<T, F, Fut>(f: F) -> Result<T, NodeError>
+where
+    F: FnOnce(Netlink) -> Fut,
+    Fut: Future<Output = Result<T, NodeError>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(NodeError::Runtime)?;
+    rt.block_on(async move {
+        let nl = Netlink::new()?;
+        f(nl).await
+    })
+}
+
+/// Builds the node: bridge with the gateway address, forwarding, programs and maps. Safe to
+/// re-run: existing maps (and so every pod's endpoint and all flow state) are reused, and the
+/// programs attached to pods are swapped atomically for the new ones.
+pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
+    settings.validate()?;
+    state::ensure_private_dir(&settings.state_dir)?;
+    let _lock = FileLock::exclusive(&settings.lock_file())?;
+    if let Ok(current) = NodeSettings::load(&settings.state_dir)
+        && current.pod_cidr != settings.pod_cidr
+    {
+        let pods = crate::pod::list(&current)?.len();
+        if pods > 0 {
+            return Err(NodeError::PodCidrInUse {
+                current: current.pod_cidr,
+                requested: settings.pod_cidr,
+                pods,
+            });
+        }
+    }
+    datapath::loader::check_bpffs(&settings.pin_dir)?;
+
+    let gateway = Ipv4Network::new(settings.gateway(), settings.pod_cidr.prefix())
+        .expect("the prefix comes from a valid network");
+    let (uplink, bridge, node_ip) = with_netlink(|nl| {
+        let uplink_name = settings.uplink.clone();
+        let bridge_name = settings.bridge.clone();
+        let node_ip = settings.node_ip;
+        async move {
+            let uplink = nl
+                .get(&uplink_name)
+                .await?
+                .ok_or(NodeError::NoUplink { name: uplink_name.clone() })?;
+            let node_ip = match node_ip {
+                Some(ip) => ip,
+                None => nl
+                    .addresses(uplink.index)
+                    .await?
+                    .first()
+                    .map(|net| net.ip())
+                    .ok_or(NodeError::NoNodeIp { name: uplink_name })?,
+            };
+            let bridge = nl.ensure_bridge(&bridge_name).await?;
+            nl.ensure_address(bridge.index, gateway).await?;
+            nl.set_up(bridge.index).await?;
+            Ok((uplink, bridge, node_ip))
+        }
+    })?;
+    settings.node_ip = Some(node_ip);
+    if settings.mtu.is_none() {
+        settings.mtu = Some(uplink.mtu);
+    }
+    settings.validate()?;
+    link::enable_ip_forwarding()?;
+
+    let load = loader::load_and_pin(&loader::LoadOptions {
+        pin_dir: settings.pin_dir.clone(),
+        endpoints_max: settings.endpoints_max,
+        debug: settings.debug,
+    })?;
+    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    maps.set_config(&NodeConfig {
+        abi_version: ABI_VERSION,
+        flags: config_flag::READY,
+        node_ip: node_ip.octets(),
+        gateway_ip: settings.gateway().octets(),
+        pod_cidr: settings.pod_cidr.network().octets(),
+        pod_prefix_len: settings.pod_cidr.prefix(),
+        cluster_prefix_len: settings.cluster_cidr.prefix(),
+        _pad0: [0; 2],
+        cluster_cidr: settings.cluster_cidr.network().octets(),
+        gateway_mac: bridge.mac,
+        _pad1: [0; 2],
+        uplink_ifindex: uplink.index,
+        bridge_ifindex: bridge.index,
+    })?;
+    state::write_json(&NodeSettings::node_file(&settings.state_dir), &settings)?;
+    Ok(InitReport {
+        settings,
+        bridge_ifindex: bridge.index,
+        uplink_ifindex: uplink.index,
+        load,
+    })
+}
+
+/// `node status`: settings, what is pinned and attached, and the counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub settings: NodeSettings,
+    pub abi_version: u32,
+    pub ready: bool,
+    pub programs: Vec<String>,
+    pub attached: Vec<String>,
+    pub endpoints: usize,
+    pub pods: usize,
+    pub ipam_allocated: usize,
+}
+
+pub fn status(settings: &NodeSettings) -> Result<NodeStatus, NodeError> {
+    let maps = PinnedMaps::open(&settings.pin_dir)?;
+    let config = maps.config()?;
+    let programs = podnet_ebpf::abi::program_name::ALL
+        .iter()
+        .filter(|p| loader::program_pin(&settings.pin_dir, p).exists())
+        .map(|p| (*p).to_owned())
+        .collect();
+    let attached = datapath::attach::attached_interfaces(
+        &settings.pin_dir,
+        podnet_ebpf::abi::program_name::FROM_POD,
+    );
+    let ipam = crate::ipam::Ipam::new(settings.ipam_dir(), settings.pod_cidr, settings.gateway())
+        .map_err(|e| NodeError::Invalid(e.to_string()))?;
+    Ok(NodeStatus {
+        settings: settings.clone(),
+        abi_version: config.abi_version,
+        ready: config.flags & config_flag::READY != 0,
+        programs,
+        attached,
+        endpoints: maps.endpoints()?.len(),
+        pods: crate::pod::list(settings)?.len(),
+        ipam_allocated: ipam
+            .list()
+            .map_err(|e| NodeError::Invalid(e.to_string()))?
+            .len(),
+    })
+}
+
+/// What `node reset` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ResetReport {
+    pub pods_deleted: Vec<String>,
+    pub pins_removed: usize,
+    pub bridge_deleted: bool,
+}
+
+/// Tears the node down: every pod, every pin, the bridge and the node's state. Idempotent.
+pub fn reset(settings: &NodeSettings) -> Result<ResetReport, NodeError> {
+    let mut report = ResetReport::default();
+    for pod in crate::pod::list(settings)? {
+        crate::pod::del(settings, &pod.name).map_err(|e| NodeError::Invalid(format!("deleting pod {}: {e}", pod.name)))?;
+        report.pods_deleted.push(pod.name);
+    }
+    let _lock = FileLock::exclusive(&settings.lock_file())?;
+    let mut pins: Vec<PathBuf> = map_name::ALL.iter().map(|m| settings.pin_dir.join(m)).collect();
+    for sub in ["links", "progs"] {
+        if let Ok(entries) = std::fs::read_dir(settings.pin_dir.join(sub)) {
+            pins.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+        }
+    }
+    for pin in pins {
+        if state::remove_file(&pin)? {
+            report.pins_removed += 1;
+        }
+    }
+    for dir in [
+        settings.pin_dir.join("links"),
+        settings.pin_dir.join("progs"),
+        settings.pin_dir.clone(),
+    ] {
+        // Only empty directories go; anything else in them is not ours to remove.
+        let _ = std::fs::remove_dir(dir);
+    }
+    let bridge = settings.bridge.clone();
+    report.bridge_deleted = with_netlink(|nl| async move { Ok(nl.delete(&bridge).await?) })?;
+    let ipam_dir = settings.ipam_dir();
+    for path in [
+        NodeSettings::node_file(&settings.state_dir),
+        ipam_dir.join("last_reserved_ip"),
+        ipam_dir.join("lock"),
+    ] {
+        state::remove_file(&path)?;
+    }
+    for dir in [settings.pods_dir(), ipam_dir] {
+        let _ = std::fs::remove_dir(dir);
+    }
+    Ok(report)
+}

@@ -1,0 +1,335 @@
+//! Pods on a node: `pod add` gives a namespace its network (veth pair with `eth0` inside, an
+//! address from IPAM, default route, the pinned program attached to the host side, an endpoint
+//! in the map); `pod del` removes exactly that, and is idempotent; `pod list` reads the records.
+//!
+//! A pod's record (`<state_dir>/pods/<name>.json`) is written last on add and removed last on
+//! delete, so a crash part-way leaves a state that `pod del NAME` still cleans up.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use ipnetwork::Ipv4Network;
+use podnet_ebpf::abi::{Endpoint, program_name};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    datapath::{attach, maps::PinnedMaps, maps::format_mac},
+    ipam::Ipam,
+    netns::Netns,
+    node::{NodeError, NodeSettings, with_netlink},
+    state::{self, FileLock},
+};
+
+/// Name of the pod's interface inside its namespace.
+pub const POD_IFNAME: &str = "eth0";
+/// Longest pod name: it becomes a file name and part of a namespace name.
+pub const MAX_POD_NAME: usize = 63;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error(
+        "invalid pod name {name:?}: use 1-{MAX_POD_NAME} characters from [A-Za-z0-9_.-], starting with a letter or digit"
+    )]
+    InvalidName { name: String },
+    #[error("pod {name} already exists (delete it first)")]
+    Exists { name: String },
+    #[error("no pod named {name}")]
+    NotFound { name: String },
+    #[error(transparent)]
+    Ipam(#[from] crate::ipam::IpamError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+impl From<crate::state::StateError> for PodError {
+    fn from(e: crate::state::StateError) -> Self {
+        Self::Node(e.into())
+    }
+}
+impl From<crate::datapath::DatapathError> for PodError {
+    fn from(e: crate::datapath::DatapathError) -> Self {
+        Self::Node(e.into())
+    }
+}
+impl From<crate::link::LinkError> for PodError {
+    fn from(e: crate::link::LinkError) -> Self {
+        Self::Node(e.into())
+    }
+}
+impl From<crate::netns::NetnsError> for PodError {
+    fn from(e: crate::netns::NetnsError) -> Self {
+        Self::Node(e.into())
+    }
+}
+
+/// Everything podnet made for one pod.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PodRecord {
+    pub name: String,
+    /// The pod's network namespace.
+    pub netns: PathBuf,
+    /// Whether podnet created the namespace (and so deletes it).
+    pub owns_netns: bool,
+    pub netns_ino: u64,
+    /// The host-side veth, in the node's namespace.
+    pub host_if: String,
+    pub host_ifindex: u32,
+    pub address: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub mac: String,
+}
+
+pub fn validate_name(name: &str) -> Result<(), PodError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_POD_NAME
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(PodError::InvalidName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// The host-side veth's name: `pn` and a hash of the pod name (always within IFNAMSIZ).
+pub fn host_ifname(pod: &str) -> String {
+    format!("pn{:08x}", fnv1a(pod.as_bytes()))
+}
+
+/// A temporary name for the pod end while it is created (renamed to `eth0` inside the pod).
+fn peer_tmp_ifname(pod: &str) -> String {
+    format!("pp{:08x}", fnv1a(pod.as_bytes()))
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |hash, b| {
+        (hash ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+fn owner(pod: &str) -> String {
+    format!("pod:{pod}")
+}
+
+fn record_path(settings: &NodeSettings, name: &str) -> PathBuf {
+    settings.pods_dir().join(format!("{name}.json"))
+}
+
+/// The namespace name `pod add` creates when none is given: unique per node.
+pub fn default_netns_name(settings: &NodeSettings, pod: &str) -> String {
+    let node = settings
+        .state_dir
+        .file_name()
+        .map_or_else(|| "node".into(), |n| n.to_string_lossy().into_owned());
+    format!("podnet-{node}-{pod}")
+}
+
+fn ipam(settings: &NodeSettings) -> Result<Ipam, PodError> {
+    Ok(Ipam::new(
+        settings.ipam_dir(),
+        settings.pod_cidr,
+        settings.gateway(),
+    )?)
+}
+
+/// Adds a pod. With `netns`, the pod joins that existing namespace; without, podnet creates one
+/// under the node's `netns_dir`. On failure everything made so far is removed again.
+pub fn add(settings: &NodeSettings, name: &str, netns: Option<&Path>) -> Result<PodRecord, PodError> {
+    validate_name(name)?;
+    let _lock = FileLock::shared(&settings.lock_file())?;
+    if record_path(settings, name).exists() {
+        return Err(PodError::Exists {
+            name: name.to_owned(),
+        });
+    }
+    // Open a given namespace before allocating anything, so a bad path changes nothing.
+    let given = netns.map(Netns::open).transpose()?;
+    let result = build(settings, name, given);
+    if result.is_err() {
+        // Best effort: the error being returned matters more than a cleanup failure.
+        let _ = teardown(settings, name, None);
+    }
+    result
+}
+
+fn build(settings: &NodeSettings, name: &str, given: Option<Netns>) -> Result<PodRecord, PodError> {
+    let ip = ipam(settings)?.allocate(&owner(name))?;
+    let owns_netns = given.is_none();
+    let ns = match given {
+        Some(ns) => ns,
+        None => Netns::create_named(&settings.netns_dir, &default_netns_name(settings, name))?,
+    };
+    let host_if = host_ifname(name);
+    let tmp_if = peer_tmp_ifname(name);
+    let address = Ipv4Network::new(ip, settings.pod_cidr.prefix()).expect("prefix is valid");
+    let gateway = settings.gateway();
+    let mtu = settings.mtu;
+
+    let host = {
+        let (host_if, tmp_if, bridge) = (host_if.clone(), tmp_if.clone(), settings.bridge.clone());
+        let ns = Netns::open(ns.path())?;
+        with_netlink(|nl| async move {
+            // A leftover from a crashed add would make the create fail; it is ours to replace.
+            nl.delete(&host_if).await?;
+            let host = nl.create_veth(&host_if, &tmp_if, &ns, mtu).await?;
+            let bridge = nl.get(&bridge).await?.ok_or_else(|| {
+                NodeError::Invalid(format!("bridge {bridge} is missing: re-run `podnet node init`"))
+            })?;
+            nl.set_controller(host.index, bridge.index).await?;
+            nl.set_up(host.index).await?;
+            Ok(host)
+        })?
+    };
+
+    let mac = ns.run_netlink(move |nl| async move {
+        let pod_if = nl
+            .get(&tmp_if)
+            .await?
+            .ok_or_else(|| crate::link::LinkError::NotFound { link: tmp_if.clone() })?;
+        nl.rename(pod_if.index, POD_IFNAME).await?;
+        nl.ensure_address(pod_if.index, address).await?;
+        nl.set_up(pod_if.index).await?;
+        if let Some(lo) = nl.get("lo").await? {
+            nl.set_up(lo.index).await?;
+        }
+        nl.ensure_default_route(gateway).await?;
+        Ok::<_, crate::link::LinkError>(pod_if.mac)
+    })??;
+
+    attach::attach_ingress(&settings.pin_dir, program_name::FROM_POD, &host_if)?;
+    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    maps.upsert_endpoint(
+        ip,
+        &Endpoint {
+            ifindex: host.index,
+            flags: 0,
+            mac,
+            _pad0: [0; 2],
+            netns_ino: ns.inode(),
+        },
+    )?;
+    let record = PodRecord {
+        name: name.to_owned(),
+        netns: ns.path().to_path_buf(),
+        owns_netns,
+        netns_ino: ns.inode(),
+        host_if,
+        host_ifindex: host.index,
+        address,
+        gateway,
+        mac: format_mac(&mac),
+    };
+    state::write_json(&record_path(settings, name), &record)?;
+    Ok(record)
+}
+
+/// What `pod del` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DelReport {
+    pub name: String,
+    pub existed: bool,
+    pub released: Vec<Ipv4Addr>,
+    pub endpoint_removed: bool,
+    pub link_removed: bool,
+    pub veth_removed: bool,
+    pub netns_removed: bool,
+}
+
+/// Deletes a pod. Idempotent: deleting a pod that is (partly) gone succeeds.
+pub fn del(settings: &NodeSettings, name: &str) -> Result<DelReport, PodError> {
+    validate_name(name)?;
+    let _lock = FileLock::shared(&settings.lock_file())?;
+    let record: Option<PodRecord> = state::read_json(&record_path(settings, name))?;
+    teardown(settings, name, record.as_ref())
+}
+
+fn teardown(settings: &NodeSettings, name: &str, record: Option<&PodRecord>) -> Result<DelReport, PodError> {
+    let mut report = DelReport {
+        name: name.to_owned(),
+        existed: record.is_some(),
+        ..DelReport::default()
+    };
+    let host_if = host_ifname(name);
+    report.link_removed = attach::detach(&settings.pin_dir, program_name::FROM_POD, &host_if)?;
+    let ipam = ipam(settings)?;
+    let held: Vec<Ipv4Addr> = ipam
+        .list()?
+        .into_iter()
+        .filter(|a| a.owner == owner(name))
+        .map(|a| a.ip)
+        .chain(record.map(|r| r.address.ip()))
+        .collect();
+    if let Ok(mut maps) = PinnedMaps::open(&settings.pin_dir) {
+        for ip in &held {
+            report.endpoint_removed |= maps.remove_endpoint(*ip)?;
+        }
+    }
+    report.veth_removed = with_netlink(|nl| async move { Ok(nl.delete(&host_if).await?) })?;
+    let owns = record.is_none_or(|r| r.owns_netns);
+    if owns {
+        report.netns_removed =
+            Netns::delete_named(&settings.netns_dir, &default_netns_name(settings, name))?;
+    }
+    report.released = ipam.release_owner(&owner(name))?;
+    state::remove_file(&record_path(settings, name))?;
+    Ok(report)
+}
+
+/// Every pod on the node, by name.
+pub fn list(settings: &NodeSettings) -> Result<Vec<PodRecord>, NodeError> {
+    let dir = settings.pods_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(state::StateError::Io {
+                op: "listing",
+                path: dir,
+                source,
+            }
+            .into());
+        }
+    };
+    let mut pods = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json")
+            && let Some(record) = state::read_json::<PodRecord>(&path)?
+        {
+            pods.push(record);
+        }
+    }
+    pods.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(pods)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_names() {
+        for good in ["web", "a", "web-1.x_y", &"a".repeat(MAX_POD_NAME)] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-web", ".x", "a/b", "a b", &"a".repeat(MAX_POD_NAME + 1), "é"] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_ifnames_fit_and_differ() {
+        let a = host_ifname("web");
+        let b = host_ifname("db");
+        assert!(a.len() <= 15 && b.len() <= 15);
+        assert_ne!(a, b);
+        assert_eq!(a, host_ifname("web"), "stable across runs");
+    }
+}

@@ -1,0 +1,140 @@
+//! Small on-disk state primitives shared by the node, pod and IPAM records: root-only
+//! directories, atomic JSON writes (temp file, fsync, rename, fsync dir) and a process lock.
+
+use std::{
+    fs::{self, DirBuilder, File, OpenOptions},
+    io::Write as _,
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    },
+    path::{Path, PathBuf},
+};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON for this podnet version: {source}")]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |source| StateError::Io { op, path, source }
+}
+
+/// Creates `dir` (and parents) readable by root only.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), StateError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("creating directory", dir))
+}
+
+/// Writes `value` as pretty JSON to `path` atomically, mode 0600.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    ensure_private_dir(dir)?;
+    let tmp = dir.join(format!(
+        ".tmp.{}.{}",
+        path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        std::process::id()
+    ));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("creating", &tmp))?;
+    let body = serde_json::to_vec_pretty(value).expect("state types always serialize");
+    file.write_all(&body).map_err(io("writing", &tmp))?;
+    file.sync_all().map_err(io("syncing", &tmp))?;
+    fs::rename(&tmp, path).map_err(io("renaming into place", path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing directory", dir))
+}
+
+/// Reads JSON from `path`; `Ok(None)` if it does not exist.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StateError::Decode {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(io("reading", path)(err)),
+    }
+}
+
+/// Removes `path`; `Ok(false)` if it was already gone.
+pub fn remove_file(path: &Path) -> Result<bool, StateError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(io("removing", path)(err)),
+    }
+}
+
+/// An exclusive advisory lock on a file, held until dropped. Serialises node-wide operations
+/// (node init, pod add/del) between concurrent `podnet` processes.
+#[derive(Debug)]
+pub struct FileLock {
+    file: File,
+}
+
+impl FileLock {
+    /// Exclusive: node-wide changes (node init, reset).
+    pub fn exclusive(path: &Path) -> Result<Self, StateError> {
+        Self::acquire(path, libc::LOCK_EX)
+    }
+
+    /// Shared: per-pod changes, which may run in parallel with each other but not with a node
+    /// init that is replacing the programs they attach.
+    pub fn shared(path: &Path) -> Result<Self, StateError> {
+        Self::acquire(path, libc::LOCK_SH)
+    }
+
+    fn acquire(path: &Path, mode: libc::c_int) -> Result<Self, StateError> {
+        if let Some(dir) = path.parent() {
+            ensure_private_dir(dir)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(io("opening lock", path))?;
+        // SAFETY: flock on a file descriptor we own; it blocks until the lock is ours.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), mode) };
+        if rc != 0 {
+            return Err(io("locking", path)(std::io::Error::last_os_error()));
+        }
+        Ok(Self { file })
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // SAFETY: unlocking our own descriptor; closing it would release the lock anyway.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}

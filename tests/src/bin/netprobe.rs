@@ -1,0 +1,541 @@
+//! netprobe: the integration tests' small TCP/UDP/HTTP client and server (std only).
+//!
+//! ```text
+//! netprobe serve tcp|udp --listen IP:PORT [--count N] [--echo]
+//! netprobe http --listen IP:PORT [--count N]
+//! netprobe connect tcp|udp IP:PORT [--timeout-ms 2000] [--payload TEXT]
+//! netprobe http-get IP:PORT [--path /] [--timeout-ms 2000]
+//! netprobe churn tcp IP:PORT --count N [--timeout-ms 2000]
+//! netprobe stream tcp IP:PORT --seconds S [--timeout-ms 2000]
+//! ```
+//!
+//! Servers print `listening <addr>` once bound. The one-shot TCP server reads one line (or up
+//! to EOF, at most 64 KiB) per connection and answers `peer=IP:PORT local=IP:PORT bytes=N`
+//! (N = bytes received, newline included); `--echo` instead echoes every line until EOF. The
+//! UDP server answers every datagram the same way (`local=` is the bound address, so bind a
+//! specific IP). Exit status: 0 success, 1 failure, 2 usage error.
+
+use std::{
+    collections::HashMap,
+    io::{self, BufRead as _, BufReader, ErrorKind, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::ExitCode,
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+/// Largest request/line a server reads.
+const MAX_LINE: usize = 64 * 1024;
+/// How long a server waits for a client that has gone quiet.
+const SERVER_IDLE: Duration = Duration::from_secs(10);
+/// At most this many connection threads at once; the accept loop waits beyond that.
+const MAX_THREADS: usize = 256;
+const DEFAULT_TIMEOUT_MS: u64 = 2000;
+
+const USAGE: &str = "usage:
+  netprobe serve tcp|udp --listen IP:PORT [--count N] [--echo]
+  netprobe http --listen IP:PORT [--count N]
+  netprobe connect tcp|udp IP:PORT [--timeout-ms MS] [--payload TEXT]
+  netprobe http-get IP:PORT [--path PATH] [--timeout-ms MS]
+  netprobe churn tcp IP:PORT --count N [--timeout-ms MS]
+  netprobe stream tcp IP:PORT --seconds S [--timeout-ms MS]";
+
+enum Failure {
+    Usage(String),
+    Failed(String),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Self::Failed(e.to_string())
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure::Usage(msg.into())
+}
+
+fn failed(msg: impl Into<String>) -> Failure {
+    Failure::Failed(msg.into())
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+/// Positional arguments and `--flag value` / `--switch` options.
+struct Args {
+    positional: Vec<String>,
+    flags: HashMap<String, String>,
+    switches: Vec<String>,
+}
+
+const SWITCHES: &[&str] = &["--echo"];
+const FLAGS: &[&str] = &[
+    "--listen",
+    "--count",
+    "--timeout-ms",
+    "--payload",
+    "--seconds",
+    "--path",
+];
+
+impl Args {
+    fn parse(raw: impl Iterator<Item = String>) -> Result<Self> {
+        let mut args = Self {
+            positional: Vec::new(),
+            flags: HashMap::new(),
+            switches: Vec::new(),
+        };
+        let mut raw = raw.peekable();
+        while let Some(arg) = raw.next() {
+            if SWITCHES.contains(&arg.as_str()) {
+                args.switches.push(arg);
+            } else if FLAGS.contains(&arg.as_str()) {
+                let value = raw
+                    .next()
+                    .ok_or_else(|| usage(format!("{arg} needs a value")))?;
+                args.flags.insert(arg, value);
+            } else if arg.starts_with("--") {
+                return Err(usage(format!("unknown option {arg}")));
+            } else {
+                args.positional.push(arg);
+            }
+        }
+        Ok(args)
+    }
+
+    fn pos(&self, i: usize, what: &str) -> Result<&str> {
+        self.positional
+            .get(i)
+            .map(String::as_str)
+            .ok_or_else(|| usage(format!("missing {what}")))
+    }
+
+    fn flag<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>> {
+        self.flags
+            .get(name)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| usage(format!("bad value for {name}: {v}")))
+            })
+            .transpose()
+    }
+
+    fn switch(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
+    }
+
+    fn addr(&self, i: usize) -> Result<SocketAddr> {
+        let raw = self.pos(i, "IP:PORT")?;
+        raw.parse()
+            .map_err(|_| usage(format!("bad address {raw} (want IP:PORT)")))
+    }
+
+    fn listen(&self) -> Result<SocketAddr> {
+        self.flag("--listen")?
+            .ok_or_else(|| usage("--listen IP:PORT is required"))
+    }
+
+    fn timeout(&self) -> Result<Duration> {
+        let ms = self.flag("--timeout-ms")?.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if ms == 0 {
+            return Err(usage("--timeout-ms must be positive"));
+        }
+        Ok(Duration::from_millis(ms))
+    }
+
+    fn proto(&self) -> Result<Proto> {
+        match self.pos(1, "protocol (tcp|udp)")? {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            other => Err(usage(format!("unknown protocol {other}"))),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+fn main() -> ExitCode {
+    match Args::parse(std::env::args().skip(1)).and_then(|args| run(&args)) {
+        Ok(code) => code,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("netprobe: {msg}\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(msg)) => {
+            eprintln!("netprobe: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<ExitCode> {
+    match args.pos(0, "subcommand")? {
+        "serve" => {
+            let listen = args.listen()?;
+            let count = args.flag("--count")?;
+            match args.proto()? {
+                Proto::Tcp if args.switch("--echo") => serve_tcp(listen, count, Handler::Echo),
+                Proto::Tcp => serve_tcp(listen, count, Handler::Reply),
+                Proto::Udp => serve_udp(listen, count),
+            }
+        }
+        "http" => serve_tcp(args.listen()?, args.flag("--count")?, Handler::Http),
+        "connect" => {
+            let addr = args.addr(2)?;
+            let payload: String = args.flag("--payload")?.unwrap_or_else(|| "hello".into());
+            if payload.contains('\n') {
+                return Err(usage("--payload must be a single line"));
+            }
+            let reply = match args.proto()? {
+                Proto::Tcp => tcp_request(addr, &payload, args.timeout()?)?,
+                Proto::Udp => udp_request(addr, &payload, args.timeout()?)?,
+            };
+            println!("{reply}");
+            Ok(ExitCode::SUCCESS)
+        }
+        "http-get" => {
+            let path: String = args.flag("--path")?.unwrap_or_else(|| "/".into());
+            let body = http_get(args.addr(1)?, &path, args.timeout()?)?;
+            print!("{body}");
+            Ok(ExitCode::SUCCESS)
+        }
+        "churn" => {
+            tcp_only(args)?;
+            let count: u64 = args
+                .flag("--count")?
+                .ok_or_else(|| usage("--count N is required"))?;
+            churn(args.addr(2)?, count, args.timeout()?)
+        }
+        "stream" => {
+            tcp_only(args)?;
+            let seconds: f64 = args
+                .flag("--seconds")?
+                .ok_or_else(|| usage("--seconds S is required"))?;
+            if !(0.0..=3600.0).contains(&seconds) {
+                return Err(usage("--seconds must be between 0 and 3600"));
+            }
+            stream(args.addr(2)?, Duration::from_secs_f64(seconds), args.timeout()?)
+        }
+        other => Err(usage(format!("unknown subcommand {other}"))),
+    }
+}
+
+fn tcp_only(args: &Args) -> Result<()> {
+    match args.proto()? {
+        Proto::Tcp => Ok(()),
+        Proto::Udp => Err(usage("only tcp is supported here")),
+    }
+}
+
+fn announce(addr: SocketAddr) -> Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "listening {addr}")?;
+    out.flush()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Servers
+
+#[derive(Clone, Copy)]
+enum Handler {
+    /// One line in, one `peer=.. local=.. bytes=..` line out, close.
+    Reply,
+    /// Echo every line until EOF.
+    Echo,
+    /// Minimal HTTP/1.0.
+    Http,
+}
+
+fn serve_tcp(listen: SocketAddr, count: Option<u64>, handler: Handler) -> Result<ExitCode> {
+    let listener =
+        TcpListener::bind(listen).map_err(|e| failed(format!("bind {listen}: {e}")))?;
+    announce(listener.local_addr()?)?;
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let mut accepted = 0u64;
+    while count.is_none_or(|n| accepted < n) {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                eprintln!("netprobe: accept: {e}");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        accepted += 1;
+        threads.retain(|t| !t.is_finished());
+        if threads.len() >= MAX_THREADS {
+            let oldest = threads.remove(0);
+            let _ = oldest.join();
+        }
+        threads.push(thread::spawn(move || {
+            if let Err(e) = handle(&stream, handler) {
+                eprintln!("netprobe: connection: {e}");
+            }
+        }));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn handle(stream: &TcpStream, handler: Handler) -> io::Result<()> {
+    stream.set_read_timeout(Some(SERVER_IDLE))?;
+    stream.set_write_timeout(Some(SERVER_IDLE))?;
+    let peer = stream.peer_addr()?;
+    let local = stream.local_addr()?;
+    match handler {
+        Handler::Reply => {
+            let line = read_line(&mut BufReader::new(stream))?;
+            let mut out = stream;
+            writeln!(out, "peer={peer} local={local} bytes={}", line.len())?;
+        }
+        Handler::Echo => {
+            let mut reader = BufReader::new(stream);
+            loop {
+                let line = read_line(&mut reader)?;
+                if line.is_empty() {
+                    break;
+                }
+                let mut out = stream;
+                out.write_all(&line)?;
+            }
+        }
+        Handler::Http => {
+            read_http_head(stream)?;
+            let mut out = stream;
+            write!(
+                out,
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from {} to {}:{}\n",
+                local.ip(),
+                peer.ip(),
+                peer.port()
+            )?;
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    Ok(())
+}
+
+/// Reads up to and including a newline, or to EOF, at most [`MAX_LINE`] bytes.
+fn read_line(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    reader
+        .take(u64::try_from(MAX_LINE).unwrap_or(u64::MAX))
+        .read_until(b'\n', &mut line)?;
+    Ok(line)
+}
+
+/// Reads an HTTP request head (up to the blank line, EOF, or [`MAX_LINE`] bytes).
+fn read_http_head(mut stream: &TcpStream) -> io::Result<()> {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while head.len() < MAX_LINE {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn serve_udp(listen: SocketAddr, count: Option<u64>) -> Result<ExitCode> {
+    let socket = UdpSocket::bind(listen).map_err(|e| failed(format!("bind {listen}: {e}")))?;
+    let local = socket.local_addr()?;
+    announce(local)?;
+    let mut buf = vec![0u8; 65536];
+    let mut answered = 0u64;
+    while count.is_none_or(|n| answered < n) {
+        let (n, peer) = match socket.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e) => {
+                eprintln!("netprobe: recv: {e}");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let reply = format!("peer={peer} local={local} bytes={n}\n");
+        if let Err(e) = socket.send_to(reply.as_bytes(), peer) {
+            eprintln!("netprobe: send to {peer}: {e}");
+        }
+        answered += 1;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients
+
+fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| failed(format!("connect {addr}: {e}")))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// Reads one line (without the newline) before `deadline`.
+fn read_reply(reader: &mut BufReader<&TcpStream>, deadline: Instant, addr: SocketAddr) -> Result<String> {
+    let mut line = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(failed(format!("timed out waiting for a reply from {addr}")));
+        }
+        reader.get_ref().set_read_timeout(Some(left))?;
+        let mut limited = reader.take(u64::try_from(MAX_LINE - line.len()).unwrap_or(0));
+        match limited.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) if line.ends_with(b"\n") || line.len() >= MAX_LINE => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(failed(format!("timed out waiting for a reply from {addr}")));
+            }
+            Err(e) => return Err(failed(format!("reading from {addr}: {e}"))),
+        }
+    }
+    if line.is_empty() {
+        return Err(failed(format!("{addr} closed the connection without a reply")));
+    }
+    let text = String::from_utf8_lossy(&line);
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn tcp_request(addr: SocketAddr, payload: &str, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    let stream = connect(addr, timeout)?;
+    let mut out = &stream;
+    out.write_all(format!("{payload}\n").as_bytes())
+        .map_err(|e| failed(format!("sending to {addr}: {e}")))?;
+    read_reply(&mut BufReader::new(&stream), deadline, addr)
+}
+
+fn udp_request(addr: SocketAddr, payload: &str, timeout: Duration) -> Result<String> {
+    let any: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().expect("valid")
+    } else {
+        "[::]:0".parse().expect("valid")
+    };
+    let socket = UdpSocket::bind(any)?;
+    socket.connect(addr)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket
+        .send(format!("{payload}\n").as_bytes())
+        .map_err(|e| failed(format!("sending to {addr}: {e}")))?;
+    let mut buf = vec![0u8; 65536];
+    let n = socket.recv(&mut buf).map_err(|e| match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+            failed(format!("timed out waiting for a UDP reply from {addr}"))
+        }
+        _ => failed(format!("receiving from {addr}: {e}")),
+    })?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    let stream = connect(addr, timeout)?;
+    let mut out = &stream;
+    write!(out, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut input = &stream;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(failed(format!("timed out reading the response from {addr}")));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match input.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) if response.len() + n > 1024 * 1024 => {
+                return Err(failed("response larger than 1 MiB"));
+            }
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(failed(format!("timed out reading the response from {addr}")));
+            }
+            Err(e) => return Err(failed(format!("reading from {addr}: {e}"))),
+        }
+    }
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| failed(format!("malformed HTTP response: {text:?}")))?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(failed(format!("HTTP status: {status}")));
+    }
+    Ok(body.to_owned())
+}
+
+fn churn(addr: SocketAddr, count: u64, timeout: Duration) -> Result<ExitCode> {
+    let (mut ok, mut bad) = (0u64, 0u64);
+    for i in 0..count {
+        match tcp_request(addr, &format!("churn {i}"), timeout) {
+            Ok(reply) if reply.starts_with("peer=") => ok += 1,
+            Ok(reply) => {
+                bad += 1;
+                eprintln!("netprobe: connection {i}: unexpected reply {reply:?}");
+            }
+            Err(Failure::Failed(e) | Failure::Usage(e)) => {
+                bad += 1;
+                eprintln!("netprobe: connection {i}: {e}");
+            }
+        }
+    }
+    println!("ok={ok} failed={bad}");
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn stream(addr: SocketAddr, duration: Duration, timeout: Duration) -> Result<ExitCode> {
+    const TICK: Duration = Duration::from_millis(50);
+    let stream = connect(addr, timeout)?;
+    let mut reader = BufReader::new(&stream);
+    let mut out = &stream;
+    let start = Instant::now();
+    let (mut sent, mut echoed) = (0u64, 0u64);
+    while sent == 0 || start.elapsed() < duration {
+        let line = format!("seq={sent}");
+        if let Err(e) = out.write_all(format!("{line}\n").as_bytes()) {
+            eprintln!("netprobe: sending {line}: {e}");
+            break;
+        }
+        sent += 1;
+        match read_reply(&mut reader, Instant::now() + timeout, addr) {
+            Ok(reply) if reply == line => echoed += 1,
+            Ok(reply) => {
+                eprintln!("netprobe: sent {line:?}, got {reply:?}");
+                break;
+            }
+            Err(Failure::Failed(e) | Failure::Usage(e)) => {
+                eprintln!("netprobe: waiting for the echo of {line}: {e}");
+                break;
+            }
+        }
+        let next = start + TICK * u32::try_from(sent).unwrap_or(u32::MAX);
+        thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    println!("sent={sent} echoed={echoed}");
+    Ok(if sent > 0 && sent == echoed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,90 @@
+//! Privileged integration-test harness for podnet.
+//!
+//! Everything here lives in network namespaces the fixtures create; nothing touches the root
+//! namespace's links, addresses, routes or firewall, and every packet stays between test
+//! namespaces. Fixtures clean up on drop, also when a test panics, and every wait is bounded.
+//!
+//! - [`require_root!`]: skip (or under `PODNET_TESTS_REQUIRE_ROOT=1`, fail) unless root.
+//! - [`Netns`] (owned) and [`Pod`] (made by the product), both [`InNetns`].
+//! - [`veth`] / [`addr`] / [`route`]: wiring between namespaces.
+//! - [`Topology`]: the standard node + outside fixture on 198.18.0.0/24.
+//! - [`podnet_bin`], [`netprobe_bin`] and the `netprobe` helpers ([`serve_tcp`],
+//!   [`connect_tcp`], [`peer_ip_of`], ...).
+
+pub mod netns;
+pub mod privilege;
+pub mod probe;
+pub mod process;
+pub mod topology;
+
+use std::time::{Duration, Instant};
+
+pub use netns::{
+    InNetns, NETNS_RUN_DIR, Netns, Pod, VethPair, addr, mac, netns_list, route, unique, veth,
+};
+pub use privilege::{REQUIRE_ROOT_ENV, require_root, require_root_for};
+pub use probe::{
+    addr_field, churn_tcp, connect_tcp, connect_udp, http_get, local_ip_of, netprobe,
+    netprobe_bin, peer_ip_of, podnet, podnet_bin, serve, serve_http, serve_tcp, serve_tcp_echo,
+    serve_udp, stream_tcp, workspace_root,
+};
+pub use process::{ChildGuard, DEFAULT_TIMEOUT, describe, run_bounded};
+pub use topology::{FABRIC_PREFIX_LEN, NODE_IP, OUTSIDE_IF, OUTSIDE_IP, Topology, UPLINK};
+
+/// Polls `f` every 10 ms until it returns true; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn unique_names_fit_interface_names() {
+        let names: Vec<String> = (0..2000).map(|_| unique("abcd")).collect();
+        assert!(names.iter().all(|n| n.len() <= 15), "{names:?}");
+        assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len());
+        assert!(names[0].starts_with("abcd-"));
+    }
+
+    #[test]
+    fn parses_netprobe_replies() {
+        let reply = "peer=198.18.0.10:40000 local=198.18.0.1:7000 bytes=6";
+        assert_eq!(peer_ip_of(reply), Some(NODE_IP.into()));
+        assert_eq!(local_ip_of(reply), Some(OUTSIDE_IP.into()));
+        assert_eq!(
+            peer_ip_of("peer=[fd00::1]:5 local=[fd00::2]:6"),
+            Some("fd00::1".parse().expect("valid"))
+        );
+        assert_eq!(peer_ip_of("garbage"), None);
+    }
+
+    #[test]
+    fn wait_until_returns_once_true() {
+        let mut n = 0;
+        wait_until(Duration::from_secs(1), "three polls", || {
+            n += 1;
+            n >= 3
+        });
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "waiting for never")]
+    fn wait_until_times_out() {
+        wait_until(Duration::from_millis(30), "never", || false);
+    }
+}

@@ -1,0 +1,47 @@
+//! Builds `podnet-ebpf` for `bpfel-unknown-none` the way `../shared/toolchain.md` records:
+//! Debian's rustc-web (LLVM 22) with its precompiled `core`, `RUSTC_BOOTSTRAP=1` for aya-ebpf's
+//! nightly features, and bpf-linker emitting BTF. Cargo keeps the build incremental.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The environment variable through which podnet's build script finds the object.
+pub const OBJECT_ENV: &str = "PODNET_EBPF_OBJECT";
+
+const TARGET: &str = "bpfel-unknown-none";
+/// Debian's rustc-web; `~/.cargo/bin/rustc` (rustup) comes first in PATH and has no BPF core.
+const BPF_RUSTC: &str = "/usr/bin/rustc";
+
+/// Builds the object and returns its path.
+pub fn build(root: &Path) -> Result<PathBuf> {
+    let target_dir = root.join("target/bpf");
+    let status = Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release", "--package", "podnet-ebpf", "--bin", "podnet-ebpf"])
+        .args(["--target", TARGET])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("RUSTC", BPF_RUSTC)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTFLAGS")
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", crate::setup::bpf_linker_path())
+        .env(
+            "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
+            "-C debuginfo=2 -C link-arg=--btf",
+        )
+        .status()
+        .context("failed to start cargo for the eBPF build")?;
+    if !status.success() {
+        bail!("eBPF build failed ({status}); `cargo xtask setup` installs the toolchain");
+    }
+    let object = target_dir.join(TARGET).join("release/podnet-ebpf");
+    if !object.is_file() {
+        bail!("eBPF build succeeded but {} is missing", object.display());
+    }
+    Ok(object)
+}
