@@ -71,7 +71,8 @@ pub fn frame(ctx: &TcContext) -> Frame {
     // SAFETY: as above, for the fixed IPv4 header.
     let (version_ihl, tot_len) = unsafe { ((*ip).version_ihl, u16::from_be((*ip).tot_len)) };
     let hlen = usize::from(version_ihl & 0x0f) * 4;
-    let l3_len = ctx.data_end() - ctx.data() - ETH_HLEN;
+    // skb->len, not data_end: a GSO or paged skb holds only its headers in the linear part.
+    let l3_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     if version_ihl >> 4 != 4
         || hlen < IPV4_MIN_HLEN
         || usize::from(tot_len) < hlen

@@ -54,7 +54,10 @@ pub enum LinkError {
     },
     /// A default route exists with another gateway.
     #[error("a default route via {existing} exists (wanted via {wanted})")]
-    DefaultRouteConflict { existing: Ipv4Addr, wanted: Ipv4Addr },
+    DefaultRouteConflict {
+        existing: Ipv4Addr,
+        wanted: Ipv4Addr,
+    },
     /// An address dumped by the kernel cannot be an IPv4 network.
     #[error("address {addr}/{prefix} on link {index}: {source}")]
     BadAddress {
@@ -782,8 +785,19 @@ mod tests {
             })
             .expect("run");
         assert_eq!(after, ["1", "1"]);
-        assert!(!Path::new(&marker_conf).exists(), "marker only in the test netns");
+        assert!(
+            !Path::new(&marker_conf).exists(),
+            "marker only in the test netns"
+        );
         let root_after: Vec<String> = FORWARDING_SYSCTLS.iter().map(|p| read_sysctl(p)).collect();
         assert_eq!(root_before, root_after, "root namespace untouched");
     }
+}
+
+/// The ifindex of `name` in the calling thread's namespace, if it exists.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c_name` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    (index != 0).then_some(index)
 }

@@ -444,13 +444,17 @@ fn unshare_and_bind(target: &Path) -> Result<(), NetnsError> {
         });
     }
     let source = c_path(Path::new(THREAD_SELF_NETNS))?;
-    mount(Some(&source), &target_c, Some(&c"none".to_owned()), libc::MS_BIND).map_err(
-        |source| NetnsError::Io {
-            op: "bind-mount network namespace onto",
-            path: target.to_owned(),
-            source,
-        },
+    mount(
+        Some(&source),
+        &target_c,
+        Some(&c"none".to_owned()),
+        libc::MS_BIND,
     )
+    .map_err(|source| NetnsError::Io {
+        op: "bind-mount network namespace onto",
+        path: target.to_owned(),
+        source,
+    })
 }
 
 /// Lazily unmounts every mount stacked on `path`, until it is no mount point.
@@ -597,7 +601,11 @@ mod tests {
         assert_ne!(ns.inode(), root.inode(), "a new namespace");
 
         let again = Netns::create_named(run.path(), &name).expect("create again");
-        assert_eq!(again.inode(), ns.inode(), "second create opens the same netns");
+        assert_eq!(
+            again.inode(),
+            ns.inode(),
+            "second create opens the same netns"
+        );
         let opened = Netns::open(&run.path().join(&name)).expect("open");
         assert_eq!(opened.inode(), ns.inode());
 

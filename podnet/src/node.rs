@@ -274,6 +274,10 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
         pin_dir: settings.pin_dir.clone(),
         endpoints_max: settings.endpoints_max,
         debug: settings.debug,
+        relink: crate::pod::list(&settings)?
+            .into_iter()
+            .map(|pod| pod.host_if)
+            .collect(),
     })?;
     let mut maps = PinnedMaps::open(&settings.pin_dir)?;
     maps.set_config(&NodeConfig {
@@ -321,10 +325,10 @@ pub fn status(settings: &NodeSettings) -> Result<NodeStatus, NodeError> {
         .filter(|p| loader::program_pin(&settings.pin_dir, p).exists())
         .map(|p| (*p).to_owned())
         .collect();
-    let attached = datapath::attach::attached_interfaces(
-        &settings.pin_dir,
-        podnet_ebpf::abi::program_name::FROM_POD,
-    );
+    let attached = crate::pod::list(settings)?
+        .into_iter()
+        .map(|pod| pod.host_if)
+        .collect();
     let ipam = crate::ipam::Ipam::new(settings.ipam_dir(), settings.pod_cidr, settings.gateway())
         .map_err(|e| NodeError::Invalid(e.to_string()))?;
     Ok(NodeStatus {
@@ -359,7 +363,7 @@ pub fn reset(settings: &NodeSettings) -> Result<ResetReport, NodeError> {
     }
     let _lock = FileLock::exclusive(&settings.lock_file())?;
     let mut pins: Vec<PathBuf> = map_name::ALL.iter().map(|m| settings.pin_dir.join(m)).collect();
-    for sub in ["links", "progs"] {
+    for sub in ["progs"] {
         if let Ok(entries) = std::fs::read_dir(settings.pin_dir.join(sub)) {
             pins.extend(entries.filter_map(Result::ok).map(|e| e.path()));
         }
@@ -369,11 +373,7 @@ pub fn reset(settings: &NodeSettings) -> Result<ResetReport, NodeError> {
             report.pins_removed += 1;
         }
     }
-    for dir in [
-        settings.pin_dir.join("links"),
-        settings.pin_dir.join("progs"),
-        settings.pin_dir.clone(),
-    ] {
+    for dir in [settings.pin_dir.join("progs"), settings.pin_dir.clone()] {
         // Only empty directories go; anything else in them is not ours to remove.
         let _ = std::fs::remove_dir(dir);
     }

@@ -257,7 +257,7 @@ fn teardown(settings: &NodeSettings, name: &str, record: Option<&PodRecord>) -> 
         ..DelReport::default()
     };
     let host_if = host_ifname(name);
-    report.link_removed = attach::detach(&settings.pin_dir, program_name::FROM_POD, &host_if)?;
+    report.link_removed = attach::detach_ingress(&host_if)?;
     let ipam = ipam(settings)?;
     let held: Vec<Ipv4Addr> = ipam
         .list()?

@@ -20,13 +20,14 @@ pub mod topology;
 use std::time::{Duration, Instant};
 
 pub use netns::{
-    InNetns, NETNS_RUN_DIR, Netns, Pod, VethPair, addr, mac, netns_list, route, unique, veth,
+    InNetns, NETNS_RUN_DIR, Netns, Pod, VethPair, addr, is_own_netns, mac, netns_list, route,
+    same_file, unique, veth,
 };
 pub use privilege::{REQUIRE_ROOT_ENV, require_root, require_root_for};
 pub use probe::{
-    addr_field, churn_tcp, connect_tcp, connect_udp, http_get, local_ip_of, netprobe,
-    netprobe_bin, peer_ip_of, podnet, podnet_bin, serve, serve_http, serve_tcp, serve_tcp_echo,
-    serve_udp, stream_tcp, workspace_root,
+    addr_field, churn_tcp, connect_tcp, connect_udp, http_get, local_ip_of, netprobe, netprobe_bin,
+    peer_ip_of, podnet, podnet_bin, serve, serve_http, serve_tcp, serve_tcp_echo, serve_udp,
+    stream_tcp, workspace_root,
 };
 pub use process::{ChildGuard, DEFAULT_TIMEOUT, describe, run_bounded};
 pub use topology::{FABRIC_PREFIX_LEN, NODE_IP, OUTSIDE_IF, OUTSIDE_IP, Topology, UPLINK};

@@ -30,11 +30,7 @@ pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     const COUNTER_WRAP: u32 = 36 * 36 * 36 * 36;
     let n = COUNTER.fetch_add(1, Ordering::Relaxed) % COUNTER_WRAP;
-    format!(
-        "{prefix}-{}-{}",
-        base36(std::process::id()),
-        base36(n)
-    )
+    format!("{prefix}-{}-{}", base36(std::process::id()), base36(n))
 }
 
 fn base36(mut n: u32) -> String {
@@ -121,7 +117,11 @@ fn ip_netns_exec(name: &str, argv: &[&str]) -> Command {
 
 /// A command that enters the network namespace at `path` (setns(2) between fork and exec).
 fn setns_command(path: &Path, argv: &[&str]) -> Command {
-    assert!(!argv.is_empty(), "empty command for netns {}", path.display());
+    assert!(
+        !argv.is_empty(),
+        "empty command for netns {}",
+        path.display()
+    );
     let fd: OwnedFd = File::open(path)
         .unwrap_or_else(|e| panic!("cannot open netns {}: {e}", path.display()))
         .into();
@@ -140,6 +140,21 @@ fn setns_command(path: &Path, argv: &[&str]) -> Command {
         });
     }
     cmd
+}
+
+/// Whether the namespace file at `path` is the network namespace this process runs in (the
+/// root namespace: the harness never leaves it). Unreadable paths count as "no".
+pub fn is_own_netns(path: &Path) -> bool {
+    same_file(path, Path::new("/proc/self/ns/net"))
+}
+
+/// Whether two namespace files refer to the same namespace (same device and inode).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// A named network namespace owned by the test: created by [`Netns::new`], and on drop (also
@@ -254,10 +269,9 @@ impl Pod {
     /// Like [`Pod::named`], but the test takes ownership: on drop the processes inside it are
     /// killed and the namespace is deleted, so a failing test does not leak it.
     pub fn adopt(name: &str) -> Self {
-        Self {
-            owned: true,
-            ..Self::named(name)
-        }
+        let mut pod = Self::named(name);
+        pod.owned = true;
+        pod
     }
 
     /// Whether the namespace file still exists.
@@ -280,6 +294,13 @@ impl InNetns for Pod {
     }
 
     fn command(&self, argv: &[&str]) -> Command {
+        assert!(
+            !is_own_netns(&self.path),
+            "pod {} ({}) is the test process's own (root) network namespace; refusing to run \
+             {argv:?} there",
+            self.name,
+            self.path.display()
+        );
         if self.is_named() {
             ip_netns_exec(&self.name, argv)
         } else {

@@ -36,7 +36,7 @@ pub fn __fn_path(type_name: &str) -> &str {
 
 /// `if !require_root() { return; }`, naming the enclosing test function in the skip message.
 ///
-/// ```ignore
+/// ```no_run
 /// #[test]
 /// fn needs_netns() {
 ///     podnet_tests::require_root!();

@@ -141,12 +141,18 @@ fn result_of(output: &Output) -> Result<String, String> {
 
 /// `netprobe connect tcp ADDR` (2 s timeout) from inside `ns`: the server's reply line.
 pub fn connect_tcp(ns: &(impl InNetns + ?Sized), addr: &str) -> Result<String, String> {
-    result_of(&netprobe(ns, &["connect", "tcp", addr, "--timeout-ms", "2000"]))
+    result_of(&netprobe(
+        ns,
+        &["connect", "tcp", addr, "--timeout-ms", "2000"],
+    ))
 }
 
 /// `netprobe connect udp ADDR` (2 s timeout) from inside `ns`: the server's reply.
 pub fn connect_udp(ns: &(impl InNetns + ?Sized), addr: &str) -> Result<String, String> {
-    result_of(&netprobe(ns, &["connect", "udp", addr, "--timeout-ms", "2000"]))
+    result_of(&netprobe(
+        ns,
+        &["connect", "udp", addr, "--timeout-ms", "2000"],
+    ))
 }
 
 /// `netprobe http-get ADDR` from inside `ns`: the response body of a 200 response.
@@ -159,7 +165,15 @@ pub fn churn_tcp(ns: &(impl InNetns + ?Sized), addr: &str, count: u32) -> Result
     let count = count.to_string();
     result_of(&netprobe(
         ns,
-        &["churn", "tcp", addr, "--count", &count, "--timeout-ms", "2000"],
+        &[
+            "churn",
+            "tcp",
+            addr,
+            "--count",
+            &count,
+            "--timeout-ms",
+            "2000",
+        ],
     ))
 }
 

@@ -130,7 +130,11 @@ pub fn run_bounded(cmd: Command, timeout: Duration) -> Output {
     drain(
         &stdout,
         &stderr,
-        if timed_out { Duration::from_secs(2) } else { OUTPUT_GRACE },
+        if timed_out {
+            Duration::from_secs(2)
+        } else {
+            OUTPUT_GRACE
+        },
     );
     let mut err = stderr.bytes();
     if timed_out {

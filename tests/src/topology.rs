@@ -51,8 +51,15 @@ impl Topology {
         let outside = Netns::new("out");
         veth(&node, UPLINK, &outside, OUTSIDE_IF);
         addr(&node, UPLINK, &format!("{NODE_IP}/{FABRIC_PREFIX_LEN}"));
-        addr(&outside, OUTSIDE_IF, &format!("{OUTSIDE_IP}/{FABRIC_PREFIX_LEN}"));
-        route(&node, &["default", "via", &OUTSIDE_IP.to_string(), "dev", UPLINK]);
+        addr(
+            &outside,
+            OUTSIDE_IF,
+            &format!("{OUTSIDE_IP}/{FABRIC_PREFIX_LEN}"),
+        );
+        route(
+            &node,
+            &["default", "via", &OUTSIDE_IP.to_string(), "dev", UPLINK],
+        );
         Self {
             node,
             outside,

@@ -12,7 +12,7 @@ use std::{
 use aya::{
     EbpfLoader,
     maps::MapData,
-    programs::{SchedClassifier, links::FdLink, tc::SchedClassifierLink},
+    programs::SchedClassifier,
 };
 use podnet_ebpf::abi::{
     Counter, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS, map_name, program_name,
@@ -31,6 +31,8 @@ pub struct LoadOptions {
     pub endpoints_max: u32,
     /// Compile per-packet debug logging in (read-only global; dead code when off).
     pub debug: bool,
+    /// Interfaces whose attachment is switched to the newly loaded program (the pods' veths).
+    pub relink: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -119,7 +121,7 @@ pub fn program_pin(pin_dir: &Path, program: &str) -> PathBuf {
 pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
     let started = Instant::now();
     check_bpffs(&opts.pin_dir)?;
-    for dir in [opts.pin_dir.clone(), opts.pin_dir.join("progs"), opts.pin_dir.join("links")] {
+    for dir in [opts.pin_dir.clone(), opts.pin_dir.join("progs")] {
         fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
     }
     let mut maps_reused = Vec::new();
@@ -162,7 +164,14 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
             path: pin.clone(),
             source,
         })?;
-        links_updated += super::attach::relink_all(&opts.pin_dir, name, prog)?;
+        for ifname in &opts.relink {
+            // A pod whose veth vanished (deleted behind podnet's back) has nothing to switch;
+            // `pod del` cleans up its record.
+            if crate::link::ifindex(ifname).is_some() {
+                super::attach::attach_loaded(prog, name, ifname)?;
+                links_updated += 1;
+            }
+        }
     }
     Ok(LoadReport {
         programs: program_name::ALL.to_vec(),
@@ -171,29 +180,6 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
         links_updated,
         load_time_ms: started.elapsed().as_millis(),
     })
-}
-
-/// Moves one pinned link onto `prog` atomically, re-pinning it at the same path.
-pub(super) fn relink(path: &Path, prog: &mut SchedClassifier) -> Result<(), DatapathError> {
-    let link_err = |source| DatapathError::Link {
-        path: path.to_path_buf(),
-        source,
-    };
-    let prog_err = |source| DatapathError::Program {
-        name: path.display().to_string(),
-        source,
-    };
-    let pinned = aya::programs::links::PinnedLink::from_pin(path).map_err(link_err)?;
-    let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
-    let id = prog.attach_to_link(link).map_err(prog_err)?;
-    let link = prog.take_link(id).map_err(prog_err)?;
-    let fd_link = FdLink::try_from(link).map_err(link_err)?;
-    fs::remove_file(path).map_err(io("replacing link pin", path))?;
-    fd_link.pin(path).map_err(|source| DatapathError::Pin {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(())
 }
 
 /// How long a full load took, for `node status`.
@@ -206,7 +192,7 @@ pub fn describe(report: &LoadReport) -> String {
         load_time_ms,
     } = report;
     format!(
-        "loaded {} in {}: maps reused [{}], created [{}]; {links_updated} attached link(s) moved to the new programs",
+        "loaded {} in {}: maps reused [{}], created [{}]; {links_updated} pod attachment(s) switched to the new programs",
         programs.join(", "),
         humantime(Duration::from_millis(u64::try_from(*load_time_ms).unwrap_or(u64::MAX))),
         maps_reused.join(", "),

@@ -7,7 +7,6 @@
 //! ```text
 //! <pin_dir>/CONFIG, ENDPOINTS, STATS   maps (bpftool map dump pinned <pin_dir>/<MAP>)
 //! <pin_dir>/progs/<program>            programs, e.g. progs/from_pod
-//! <pin_dir>/links/<ifname>             TCX links keeping programs attached to interfaces
 //! ```
 
 pub mod attach;
@@ -56,10 +55,4 @@ pub enum DatapathError {
     IncompatibleMap { path: PathBuf, what: String },
     #[error("the node's maps are not pinned under {path}: run `podnet node init` first")]
     NotInitialised { path: PathBuf },
-    #[error("link {path}: {source}")]
-    Link {
-        path: PathBuf,
-        #[source]
-        source: aya::programs::links::LinkError,
-    },
 }

@@ -17,7 +17,7 @@
 
 use std::{
     collections::HashMap,
-    io::{self, BufRead as _, BufReader, ErrorKind, Read, Write},
+    io::{self, BufRead, BufReader, ErrorKind, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::ExitCode,
     thread::{self, JoinHandle},
@@ -218,7 +218,11 @@ fn run(args: &Args) -> Result<ExitCode> {
             if !(0.0..=3600.0).contains(&seconds) {
                 return Err(usage("--seconds must be between 0 and 3600"));
             }
-            stream(args.addr(2)?, Duration::from_secs_f64(seconds), args.timeout()?)
+            stream(
+                args.addr(2)?,
+                Duration::from_secs_f64(seconds),
+                args.timeout()?,
+            )
         }
         other => Err(usage(format!("unknown subcommand {other}"))),
     }
@@ -252,8 +256,7 @@ enum Handler {
 }
 
 fn serve_tcp(listen: SocketAddr, count: Option<u64>, handler: Handler) -> Result<ExitCode> {
-    let listener =
-        TcpListener::bind(listen).map_err(|e| failed(format!("bind {listen}: {e}")))?;
+    let listener = TcpListener::bind(listen).map_err(|e| failed(format!("bind {listen}: {e}")))?;
     announce(listener.local_addr()?)?;
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let mut accepted = 0u64;
@@ -384,7 +387,11 @@ fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
 }
 
 /// Reads one line (without the newline) before `deadline`.
-fn read_reply(reader: &mut BufReader<&TcpStream>, deadline: Instant, addr: SocketAddr) -> Result<String> {
+fn read_reply(
+    reader: &mut BufReader<&TcpStream>,
+    deadline: Instant,
+    addr: SocketAddr,
+) -> Result<String> {
     let mut line = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -392,7 +399,7 @@ fn read_reply(reader: &mut BufReader<&TcpStream>, deadline: Instant, addr: Socke
             return Err(failed(format!("timed out waiting for a reply from {addr}")));
         }
         reader.get_ref().set_read_timeout(Some(left))?;
-        let mut limited = reader.take(u64::try_from(MAX_LINE - line.len()).unwrap_or(0));
+        let mut limited = (&mut *reader).take(u64::try_from(MAX_LINE - line.len()).unwrap_or(0));
         match limited.read_until(b'\n', &mut line) {
             Ok(0) => break,
             Ok(_) if line.ends_with(b"\n") || line.len() >= MAX_LINE => break,
@@ -405,7 +412,9 @@ fn read_reply(reader: &mut BufReader<&TcpStream>, deadline: Instant, addr: Socke
         }
     }
     if line.is_empty() {
-        return Err(failed(format!("{addr} closed the connection without a reply")));
+        return Err(failed(format!(
+            "{addr} closed the connection without a reply"
+        )));
     }
     let text = String::from_utf8_lossy(&line);
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
@@ -454,7 +463,9 @@ fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(failed(format!("timed out reading the response from {addr}")));
+            return Err(failed(format!(
+                "timed out reading the response from {addr}"
+            )));
         }
         stream.set_read_timeout(Some(left))?;
         match input.read(&mut chunk) {
@@ -465,7 +476,9 @@ fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String> {
             Ok(n) => response.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err(failed(format!("timed out reading the response from {addr}")));
+                return Err(failed(format!(
+                    "timed out reading the response from {addr}"
+                )));
             }
             Err(e) => return Err(failed(format!("reading from {addr}: {e}"))),
         }
