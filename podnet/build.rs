@@ -14,7 +14,8 @@ fn main() {
         PathBuf::from,
     );
     println!("cargo:rerun-if-changed={}", object.display());
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("podnet.bpf.o");
+    let out =
+        PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("podnet.bpf.o");
     if let Err(err) = fs::copy(&object, &out) {
         panic!(
             "the eBPF object {} is missing ({err}): build through `cargo xtask build` (or `cargo xtask build-ebpf` first)",

@@ -201,11 +201,15 @@ mod tests {
 
     #[test]
     fn reasons_fit_and_are_named() {
-        assert!(reason::COUNT <= STATS_SLOTS);
+        const { assert!(reason::COUNT <= STATS_SLOTS) };
         assert_eq!(reason::NAMES.len(), reason::COUNT as usize);
         let mut names = reason::NAMES.to_vec();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), reason::COUNT as usize, "reason names are unique");
+        assert_eq!(
+            names.len(),
+            reason::COUNT as usize,
+            "reason names are unique"
+        );
     }
 }

@@ -46,7 +46,12 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
         return (TC_ACT_OK, reason::PASS_NOT_LOCAL);
     };
     if debug_enabled() {
-        debug!(ctx, "from_pod: {:i} -> local ifindex {}", u32::from_be_bytes(daddr), ep.ifindex);
+        debug!(
+            ctx,
+            "from_pod: {:i} -> local ifindex {}",
+            u32::from_be_bytes(daddr),
+            ep.ifindex
+        );
     }
     forward::to_endpoint(frame.eth, &ep)
 }

@@ -20,7 +20,12 @@ use serde::Serialize;
 #[command(name = "podnet", version, about = "eBPF pod networking for a node")]
 pub struct Cli {
     /// The node's state directory (node.json, pod records, locks).
-    #[arg(long, global = true, env = "PODNET_STATE_DIR", default_value = "/var/lib/podnet")]
+    #[arg(
+        long,
+        global = true,
+        env = "PODNET_STATE_DIR",
+        default_value = "/var/lib/podnet"
+    )]
     pub state_dir: PathBuf,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -48,7 +53,7 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum NodeCommand {
     /// Create the bridge, enable forwarding, load and pin the datapath. Safe to re-run.
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Show the node's settings and what is loaded and attached.
     Status,
     /// Remove every pod, pin, the bridge and the node's state.
@@ -151,13 +156,15 @@ pub fn run(cli: Cli) -> Result<()> {
     } = cli;
     match command {
         Command::Node(NodeCommand::Init(args)) => {
-            let settings = init_settings(&state_dir, args)?;
+            let settings = init_settings(&state_dir, *args)?;
             enter_node_netns(settings.netns.as_deref())?;
             let report = node::init(settings)?;
             print(json, &report, |r| {
                 format!(
                     "node ready: node IP {}, pod CIDR {} (gateway {} on {}), uplink {}\n{}",
-                    r.settings.node_ip.map_or_else(String::new, |ip| ip.to_string()),
+                    r.settings
+                        .node_ip
+                        .map_or_else(String::new, |ip| ip.to_string()),
                     r.settings.pod_cidr,
                     r.settings.gateway(),
                     r.settings.bridge,
@@ -183,7 +190,9 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
             print(json, &status, |s| {
                 format!(
                     "node: {} pod CIDR {} cluster CIDR {} uplink {} bridge {}\npins: {}\nprograms: {}\nattached to: {}\npods: {}  endpoints: {}  IPs allocated: {}  ready: {}",
-                    s.settings.node_ip.map_or_else(String::new, |ip| ip.to_string()),
+                    s.settings
+                        .node_ip
+                        .map_or_else(String::new, |ip| ip.to_string()),
                     s.settings.pod_cidr,
                     s.settings.cluster_cidr,
                     s.settings.uplink,
@@ -236,7 +245,10 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
         Command::Pod(PodCommand::List) => {
             let pods = pod::list(settings)?;
             print(json, &pods, |pods| {
-                let mut out = format!("{:<20} {:<18} {:<18} {:<12} NETNS", "NAME", "IP", "MAC", "HOST-VETH");
+                let mut out = format!(
+                    "{:<20} {:<18} {:<18} {:<12} NETNS",
+                    "NAME", "IP", "MAC", "HOST-VETH"
+                );
                 for p in pods {
                     out.push_str(&format!(
                         "\n{:<20} {:<18} {:<18} {:<12} {}",
@@ -277,7 +289,10 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
             print(json, &stats, |stats| {
                 let mut out = format!("{:<26} {:>12} {:>14}", "REASON", "PACKETS", "BYTES");
                 for s in stats {
-                    out.push_str(&format!("\n{:<26} {:>12} {:>14}", s.reason, s.packets, s.bytes));
+                    out.push_str(&format!(
+                        "\n{:<26} {:>12} {:>14}",
+                        s.reason, s.packets, s.bytes
+                    ));
                 }
                 out
             });
@@ -337,7 +352,10 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     set("state_dir", Some(s(&state_dir.display())));
     for required in ["pod_cidr", "cluster_cidr", "uplink"] {
         if !settings.contains_key(required) {
-            bail!("node init needs --{} (or it in --config)", required.replace('_', "-"));
+            bail!(
+                "node init needs --{} (or it in --config)",
+                required.replace('_', "-")
+            );
         }
     }
     serde_json::from_value(serde_json::Value::Object(settings)).context("invalid node settings")

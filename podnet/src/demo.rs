@@ -149,7 +149,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let client = add_pod(&demo, "client")?;
     demo.podnet(&["pod", "list"])?;
 
-    println!("\n# ping web ({}) from client, over the eBPF fast path", web.address.ip());
+    println!(
+        "\n# ping web ({}) from client, over the eBPF fast path",
+        web.address.ip()
+    );
     let ping = Command::new("nsenter")
         .arg(format!("--net={}", client.netns.display()))
         .args(["ping", "-c", "3", "-i", "0.2", "-W", "1"])
@@ -162,7 +165,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     println!("\n# TCP from client to web:{TCP_PORT}; web reports the source address it sees");
     let seen = tcp_exchange(&client, &web)?;
-    println!("web saw a connection from {seen} (client's pod IP is {})", client.address.ip());
+    println!(
+        "web saw a connection from {seen} (client's pod IP is {})",
+        client.address.ip()
+    );
     if seen.ip() != std::net::IpAddr::V4(client.address.ip()) {
         bail!("source IP was not preserved: web saw {seen}");
     }
@@ -223,7 +229,9 @@ fn build_fabric(demo: &Demo) -> Result<()> {
         let eth0 = nl
             .get("eth0")
             .await?
-            .ok_or_else(|| podnet::link::LinkError::NotFound { link: "eth0".to_owned() })?;
+            .ok_or_else(|| podnet::link::LinkError::NotFound {
+                link: "eth0".to_owned(),
+            })?;
         nl.ensure_address(eth0.index, outside_ip).await?;
         nl.set_up(eth0.index).await?;
         if let Some(lo) = nl.get("lo").await? {
@@ -249,8 +257,10 @@ fn tcp_exchange(client: &PodRecord, server: &PodRecord) -> Result<SocketAddr> {
     });
     let target: Ipv4Addr = server.address.ip();
     let reply = Netns::open(&client.netns)?.run(move || -> std::io::Result<String> {
-        let mut stream =
-            TcpStream::connect_timeout(&SocketAddr::from((target, TCP_PORT)), Duration::from_secs(3))?;
+        let mut stream = TcpStream::connect_timeout(
+            &SocketAddr::from((target, TCP_PORT)),
+            Duration::from_secs(3),
+        )?;
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;
         writeln!(stream, "ping")?;
         let mut reply = String::new();

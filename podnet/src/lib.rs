@@ -2,9 +2,9 @@
 //! (CLI and CNI plugin) does; the binary only parses arguments and prints.
 
 pub mod datapath;
-pub mod state;
 pub mod ipam;
+pub mod link;
+pub mod netns;
 pub mod node;
 pub mod pod;
-pub mod netns;
-pub mod link;
+pub mod state;

@@ -567,6 +567,14 @@ pub fn enable_ip_forwarding() -> Result<(), LinkError> {
     Ok(())
 }
 
+/// The ifindex of `name` in the calling thread's namespace, if it exists.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c_name` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -792,12 +800,4 @@ mod tests {
         let root_after: Vec<String> = FORWARDING_SYSCTLS.iter().map(|p| read_sysctl(p)).collect();
         assert_eq!(root_before, root_after, "root namespace untouched");
     }
-}
-
-/// The ifindex of `name` in the calling thread's namespace, if it exists.
-pub fn ifindex(name: &str) -> Option<u32> {
-    let c_name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: `c_name` is a valid NUL-terminated string for the duration of the call.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    (index != 0).then_some(index)
 }

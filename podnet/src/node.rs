@@ -158,7 +158,10 @@ impl NodeSettings {
             ));
         }
         if self.cluster_cidr.network() != self.cluster_cidr.ip() {
-            return invalid(format!("cluster CIDR {} has host bits set", self.cluster_cidr));
+            return invalid(format!(
+                "cluster CIDR {} has host bits set",
+                self.cluster_cidr
+            ));
         }
         if !(self.cluster_cidr.contains(self.pod_cidr.network())
             && self.cluster_cidr.prefix() <= self.pod_cidr.prefix())
@@ -244,10 +247,9 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
         let bridge_name = settings.bridge.clone();
         let node_ip = settings.node_ip;
         async move {
-            let uplink = nl
-                .get(&uplink_name)
-                .await?
-                .ok_or(NodeError::NoUplink { name: uplink_name.clone() })?;
+            let uplink = nl.get(&uplink_name).await?.ok_or(NodeError::NoUplink {
+                name: uplink_name.clone(),
+            })?;
             let node_ip = match node_ip {
                 Some(ip) => ip,
                 None => nl
@@ -358,11 +360,15 @@ pub struct ResetReport {
 pub fn reset(settings: &NodeSettings) -> Result<ResetReport, NodeError> {
     let mut report = ResetReport::default();
     for pod in crate::pod::list(settings)? {
-        crate::pod::del(settings, &pod.name).map_err(|e| NodeError::Invalid(format!("deleting pod {}: {e}", pod.name)))?;
+        crate::pod::del(settings, &pod.name)
+            .map_err(|e| NodeError::Invalid(format!("deleting pod {}: {e}", pod.name)))?;
         report.pods_deleted.push(pod.name);
     }
     let _lock = FileLock::exclusive(&settings.lock_file())?;
-    let mut pins: Vec<PathBuf> = map_name::ALL.iter().map(|m| settings.pin_dir.join(m)).collect();
+    let mut pins: Vec<PathBuf> = map_name::ALL
+        .iter()
+        .map(|m| settings.pin_dir.join(m))
+        .collect();
     for sub in ["progs"] {
         if let Ok(entries) = std::fs::read_dir(settings.pin_dir.join(sub)) {
             pins.extend(entries.filter_map(Result::ok).map(|e| e.path()));

@@ -141,7 +141,11 @@ fn ipam(settings: &NodeSettings) -> Result<Ipam, PodError> {
 
 /// Adds a pod. With `netns`, the pod joins that existing namespace; without, podnet creates one
 /// under the node's `netns_dir`. On failure everything made so far is removed again.
-pub fn add(settings: &NodeSettings, name: &str, netns: Option<&Path>) -> Result<PodRecord, PodError> {
+pub fn add(
+    settings: &NodeSettings,
+    name: &str,
+    netns: Option<&Path>,
+) -> Result<PodRecord, PodError> {
     validate_name(name)?;
     let _lock = FileLock::shared(&settings.lock_file())?;
     if record_path(settings, name).exists() {
@@ -180,7 +184,9 @@ fn build(settings: &NodeSettings, name: &str, given: Option<Netns>) -> Result<Po
             nl.delete(&host_if).await?;
             let host = nl.create_veth(&host_if, &tmp_if, &ns, mtu).await?;
             let bridge = nl.get(&bridge).await?.ok_or_else(|| {
-                NodeError::Invalid(format!("bridge {bridge} is missing: re-run `podnet node init`"))
+                NodeError::Invalid(format!(
+                    "bridge {bridge} is missing: re-run `podnet node init`"
+                ))
             })?;
             nl.set_controller(host.index, bridge.index).await?;
             nl.set_up(host.index).await?;
@@ -192,7 +198,9 @@ fn build(settings: &NodeSettings, name: &str, given: Option<Netns>) -> Result<Po
         let pod_if = nl
             .get(&tmp_if)
             .await?
-            .ok_or_else(|| crate::link::LinkError::NotFound { link: tmp_if.clone() })?;
+            .ok_or_else(|| crate::link::LinkError::NotFound {
+                link: tmp_if.clone(),
+            })?;
         nl.rename(pod_if.index, POD_IFNAME).await?;
         nl.ensure_address(pod_if.index, address).await?;
         nl.set_up(pod_if.index).await?;
@@ -250,7 +258,11 @@ pub fn del(settings: &NodeSettings, name: &str) -> Result<DelReport, PodError> {
     teardown(settings, name, record.as_ref())
 }
 
-fn teardown(settings: &NodeSettings, name: &str, record: Option<&PodRecord>) -> Result<DelReport, PodError> {
+fn teardown(
+    settings: &NodeSettings,
+    name: &str,
+    record: Option<&PodRecord>,
+) -> Result<DelReport, PodError> {
     let mut report = DelReport {
         name: name.to_owned(),
         existed: record.is_some(),
@@ -319,7 +331,15 @@ mod tests {
         for good in ["web", "a", "web-1.x_y", &"a".repeat(MAX_POD_NAME)] {
             assert!(validate_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "-web", ".x", "a/b", "a b", &"a".repeat(MAX_POD_NAME + 1), "é"] {
+        for bad in [
+            "",
+            "-web",
+            ".x",
+            "a/b",
+            "a b",
+            &"a".repeat(MAX_POD_NAME + 1),
+            "é",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
     }

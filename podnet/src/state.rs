@@ -50,7 +50,8 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError
     ensure_private_dir(dir)?;
     let tmp = dir.join(format!(
         ".tmp.{}.{}",
-        path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        path.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
         std::process::id()
     ));
     let mut file = OpenOptions::new()
@@ -72,12 +73,14 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError
 /// Reads JSON from `path`; `Ok(None)` if it does not exist.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| StateError::Decode {
-                path: path.to_path_buf(),
-                source,
-            }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::Decode {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(io("reading", path)(err)),
     }

@@ -12,6 +12,7 @@
 //!   [`connect_tcp`], [`peer_ip_of`], ...).
 
 pub mod netns;
+pub mod node;
 pub mod privilege;
 pub mod probe;
 pub mod process;
@@ -23,6 +24,7 @@ pub use netns::{
     InNetns, NETNS_RUN_DIR, Netns, Pod, VethPair, addr, is_own_netns, mac, netns_list, route,
     same_file, unique, veth,
 };
+pub use node::{CLUSTER_CIDR, Node, PodInfo};
 pub use privilege::{REQUIRE_ROOT_ENV, require_root, require_root_for};
 pub use probe::{
     addr_field, churn_tcp, connect_tcp, connect_udp, http_get, local_ip_of, netprobe, netprobe_bin,

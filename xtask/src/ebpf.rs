@@ -21,7 +21,14 @@ pub fn build(root: &Path) -> Result<PathBuf> {
     let target_dir = root.join("target/bpf");
     let status = Command::new("cargo")
         .current_dir(root)
-        .args(["build", "--release", "--package", "podnet-ebpf", "--bin", "podnet-ebpf"])
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "podnet-ebpf",
+            "--bin",
+            "podnet-ebpf",
+        ])
         .args(["--target", TARGET])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -29,7 +36,10 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         .env("RUSTC_BOOTSTRAP", "1")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTFLAGS")
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", crate::setup::bpf_linker_path())
+        .env(
+            "CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER",
+            crate::setup::bpf_linker_path(),
+        )
         .env(
             "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
             "-C debuginfo=2 -C link-arg=--btf",

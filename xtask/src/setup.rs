@@ -13,18 +13,36 @@ use anyhow::{Context as _, Result, bail};
 
 /// Debian packages, and why each is here.
 const PACKAGES: &[(&str, &str)] = &[
-    ("rustc-web", "Rust 1.96 with LLVM 22: compiles the eBPF programs"),
+    (
+        "rustc-web",
+        "Rust 1.96 with LLVM 22: compiles the eBPF programs",
+    ),
     ("cargo-web", "its cargo"),
-    ("libstd-rust-web-dev-bpf", "precompiled `core` for bpfel-unknown-none"),
+    (
+        "libstd-rust-web-dev-bpf",
+        "precompiled `core` for bpfel-unknown-none",
+    ),
     ("llvm-22-dev", "bpf-linker links against LLVM 22"),
-    ("libpolly-22-dev", "needed to link bpf-linker against LLVM 22"),
+    (
+        "libpolly-22-dev",
+        "needed to link bpf-linker against LLVM 22",
+    ),
     ("libzstd-dev", "needed to link bpf-linker against LLVM 22"),
-    ("bpftool", "inspecting pinned maps (tests check BTF pretty-printing)"),
+    (
+        "bpftool",
+        "inspecting pinned maps (tests check BTF pretty-printing)",
+    ),
     ("iproute2", "ip/tc/bridge in tests and the demo"),
     ("iputils-ping", "ping in tests and the demo"),
     ("iperf3", "throughput benchmarks"),
-    ("iptables", "the seed documents' NAT baseline in benchmarks; tests check it is unused"),
-    ("nftables", "tests check that the node's nft ruleset has no NAT"),
+    (
+        "iptables",
+        "the seed documents' NAT baseline in benchmarks; tests check it is unused",
+    ),
+    (
+        "nftables",
+        "tests check that the node's nft ruleset has no NAT",
+    ),
     ("procps", "sysctl"),
 ];
 
@@ -81,7 +99,10 @@ fn ensure_packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     let still = missing_packages();
     if !still.is_empty() {
-        bail!("apt-get finished but these are still missing: {}", still.join(" "));
+        bail!(
+            "apt-get finished but these are still missing: {}",
+            still.join(" ")
+        );
     }
     Ok(())
 }
@@ -122,7 +143,10 @@ fn ensure_bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", LLVM_PREFIX))
     .context("building bpf-linker failed; it needs the llvm-22-dev, libpolly-22-dev and libzstd-dev packages")?;
     if !bpf_linker_ok() {
-        bail!("bpf-linker was installed but {} does not run", bpf_linker_path().display());
+        bail!(
+            "bpf-linker was installed but {} does not run",
+            bpf_linker_path().display()
+        );
     }
     Ok(())
 }
@@ -138,7 +162,9 @@ fn ensure_bpffs() -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("bpffs is not mounted at {BPFFS}, and not root so cannot mount it: mount -t bpf bpf {BPFFS}");
+        bail!(
+            "bpffs is not mounted at {BPFFS}, and not root so cannot mount it: mount -t bpf bpf {BPFFS}"
+        );
     }
     eprintln!("setup: mounting bpffs at {BPFFS}");
     fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;

@@ -9,11 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{
-    EbpfLoader,
-    maps::MapData,
-    programs::SchedClassifier,
-};
+use aya::{EbpfLoader, maps::MapData, programs::SchedClassifier};
 use podnet_ebpf::abi::{
     Counter, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS, map_name, program_name,
 };
@@ -55,8 +51,11 @@ pub fn check_bpffs(dir: &Path) -> Result<(), DatapathError> {
         .ancestors()
         .find(|p| p.exists())
         .unwrap_or(Path::new("/"));
-    let c_path = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
-        .map_err(|_| DatapathError::NoBpffs { path: dir.to_path_buf() })?;
+    let c_path = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()).map_err(|_| {
+        DatapathError::NoBpffs {
+            path: dir.to_path_buf(),
+        }
+    })?;
     // SAFETY: an all-zero statfs is a valid out-parameter for statfs(2).
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c_path` is NUL-terminated and `st` is a valid, writable statfs.
@@ -74,7 +73,11 @@ fn expected_layout(name: &str) -> (u32, u32, Option<u32>) {
     let size = |n: usize| u32::try_from(n).expect("ABI types are small");
     match name {
         map_name::CONFIG => (4, size(size_of::<NodeConfig>()), Some(1)),
-        map_name::ENDPOINTS => (size(size_of::<EndpointKey>()), size(size_of::<Endpoint>()), None),
+        map_name::ENDPOINTS => (
+            size(size_of::<EndpointKey>()),
+            size(size_of::<Endpoint>()),
+            None,
+        ),
         map_name::STATS => (4, size(size_of::<Counter>()), Some(STATS_SLOTS)),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
@@ -89,7 +92,10 @@ fn check_pinned_map(path: &Path, name: &str) -> Result<bool, DatapathError> {
         name: name.to_owned(),
         source,
     };
-    let info = MapData::from_pin(path).map_err(map_err)?.info().map_err(map_err)?;
+    let info = MapData::from_pin(path)
+        .map_err(map_err)?
+        .info()
+        .map_err(map_err)?;
     let (key, value, entries) = expected_layout(name);
     let mismatch = if info.key_size() != key || info.value_size() != value {
         Some(format!(
@@ -194,7 +200,9 @@ pub fn describe(report: &LoadReport) -> String {
     format!(
         "loaded {} in {}: maps reused [{}], created [{}]; {links_updated} pod attachment(s) switched to the new programs",
         programs.join(", "),
-        humantime(Duration::from_millis(u64::try_from(*load_time_ms).unwrap_or(u64::MAX))),
+        humantime(Duration::from_millis(
+            u64::try_from(*load_time_ms).unwrap_or(u64::MAX)
+        )),
         maps_reused.join(", "),
         maps_created.join(", "),
     )

@@ -7,9 +7,7 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use podnet_ebpf::abi::{
-    Counter, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS, map_name, reason,
-};
+use podnet_ebpf::abi::{Counter, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS, map_name, reason};
 
 use super::DatapathError;
 
@@ -175,7 +173,10 @@ impl PinnedMaps {
 
 /// Paths of every map pin under `pin_dir`.
 pub fn map_pins(pin_dir: &Path) -> Vec<PathBuf> {
-    map_name::ALL.iter().map(|name| pin_dir.join(name)).collect()
+    map_name::ALL
+        .iter()
+        .map(|name| pin_dir.join(name))
+        .collect()
 }
 
 /// The `CONFIG` entry in readable form.

@@ -20,7 +20,9 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("bpffs is not mounted at {path}: mount it with `mount -t bpf bpf /sys/fs/bpf` (or `cargo xtask setup`)")]
+    #[error(
+        "bpffs is not mounted at {path}: mount it with `mount -t bpf bpf /sys/fs/bpf` (or `cargo xtask setup`)"
+    )]
     NoBpffs { path: PathBuf },
     #[error("{op} {path}: {source}")]
     Io {
