@@ -13,6 +13,7 @@
 
 pub mod netns;
 pub mod node;
+pub mod packet;
 pub mod privilege;
 pub mod probe;
 pub mod process;
