@@ -38,6 +38,12 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Run the benchmarks (release build) and write bench/results/<date>-*.md.
+    Bench {
+        /// Fewer, shorter rounds (well under 3 minutes).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Set up, build, and run the self-contained demo topology in network namespaces.
     Demo {
         /// Arguments passed on to `podnet demo`.
@@ -62,6 +68,17 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup::ensure_all()?;
             test(&root, &args)
+        }
+        Task::Bench { quick } => {
+            setup::ensure_all()?;
+            build_userspace(&root, true)?;
+            let mut cmd = Command::new(root.join("target/release/podnet-bench"));
+            cmd.arg("--out").arg(root.join("bench/results"));
+            if quick {
+                cmd.arg("--quick");
+            }
+            run(cmd.env("PODNET_BIN", root.join("target/release/podnet"))
+                .env("NETPROBE_BIN", root.join("target/release/netprobe")))
         }
         Task::Demo { args } => {
             setup::ensure_all()?;

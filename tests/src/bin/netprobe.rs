@@ -224,6 +224,16 @@ fn run(args: &Args) -> Result<ExitCode> {
                 args.timeout()?,
             )
         }
+        "rr" => {
+            tcp_only(args)?;
+            let seconds: f64 = args
+                .flag("--seconds")?
+                .ok_or_else(|| usage("--seconds S is required"))?;
+            if !(0.0..=600.0).contains(&seconds) {
+                return Err(usage("--seconds must be between 0 and 600"));
+            }
+            request_response(args.addr(2)?, Duration::from_secs_f64(seconds), args.timeout()?)
+        }
         other => Err(usage(format!("unknown subcommand {other}"))),
     }
 }
@@ -551,4 +561,25 @@ fn stream(addr: SocketAddr, duration: Duration, timeout: Duration) -> Result<Exi
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// TCP request/response rate against `serve tcp --echo`: one 2-byte request in flight at a
+/// time, for `duration`; prints `transactions=N rate=R` (per second).
+fn request_response(addr: SocketAddr, duration: Duration, timeout: Duration) -> Result<ExitCode> {
+    let stream = connect(addr, timeout)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut reader = &stream;
+    let mut writer = &stream;
+    let mut reply = [0u8; 2];
+    let start = Instant::now();
+    let mut transactions = 0u64;
+    while start.elapsed() < duration {
+        writer.write_all(b"x\n")?;
+        reader.read_exact(&mut reply)?;
+        transactions += 1;
+    }
+    let rate = transactions as f64 / start.elapsed().as_secs_f64();
+    println!("transactions={transactions} rate={rate:.0}");
+    Ok(ExitCode::SUCCESS)
 }
