@@ -247,3 +247,28 @@ fn bad_input_is_refused_and_changes_nothing() {
         .expect("runs");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not initialised"));
 }
+
+#[test]
+fn a_pod_can_join_an_existing_namespace_which_survives_its_delete() {
+    require_root!();
+    let node = Node::new("10.244.28.0/24");
+    let existing = podnet_tests::Netns::new("ext");
+    let path = existing.path();
+    let out = node.json(&["pod", "add", "ext", "--netns", path.to_str().expect("utf8")]);
+    assert_eq!(out["owns_netns"], false);
+    let addrs = existing.ok("ip -4 -o addr show dev eth0");
+    assert!(addrs.contains("10.244.28."), "{addrs}");
+    let peer = node.add_pod("peer");
+    let ping = existing.sh(&format!("ping -c 2 -i 0.05 -W 1 {}", peer.ip));
+    assert!(ping.status.success(), "{}", describe(&ping));
+    node.ok(&["pod", "del", "ext"]);
+    assert!(
+        path.exists(),
+        "a namespace podnet did not create is not deleted"
+    );
+    let links = existing.ok("ip -o link show");
+    assert!(
+        !links.contains("eth0"),
+        "eth0 removed with its veth: {links}"
+    );
+}

@@ -77,7 +77,8 @@ fn main() -> Result<()> {
             if quick {
                 cmd.arg("--quick");
             }
-            run(cmd.env("PODNET_BIN", root.join("target/release/podnet"))
+            run(cmd
+                .env("PODNET_BIN", root.join("target/release/podnet"))
                 .env("NETPROBE_BIN", root.join("target/release/netprobe")))
         }
         Task::Demo { args } => {

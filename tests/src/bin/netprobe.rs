@@ -232,7 +232,11 @@ fn run(args: &Args) -> Result<ExitCode> {
             if !(0.0..=600.0).contains(&seconds) {
                 return Err(usage("--seconds must be between 0 and 600"));
             }
-            request_response(args.addr(2)?, Duration::from_secs_f64(seconds), args.timeout()?)
+            request_response(
+                args.addr(2)?,
+                Duration::from_secs_f64(seconds),
+                args.timeout()?,
+            )
         }
         other => Err(usage(format!("unknown subcommand {other}"))),
     }

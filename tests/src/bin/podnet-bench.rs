@@ -29,7 +29,9 @@ fn parse_args() -> Args {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--rounds" => args.rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
-            "--seconds" => args.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds S"),
+            "--seconds" => {
+                args.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds S")
+            }
             "--quick" => {
                 args.rounds = 3;
                 args.seconds = 2;
@@ -66,7 +68,17 @@ fn rr(client: &dyn InNetns, server: &dyn InNetns, server_ip: &str, seconds: u32)
     let bin = netprobe_bin();
     let secs = seconds.to_string();
     let out = client.exec_timeout(
-        &["taskset", "-c", "0", bin.to_str().expect("utf8"), "rr", "tcp", &listen, "--seconds", &secs],
+        &[
+            "taskset",
+            "-c",
+            "0",
+            bin.to_str().expect("utf8"),
+            "rr",
+            "tcp",
+            &listen,
+            "--seconds",
+            &secs,
+        ],
         Duration::from_secs(u64::from(seconds) + 20),
     );
     assert!(out.status.success(), "rr: {}", describe(&out));
@@ -117,13 +129,20 @@ fn main() {
     let mut samples: Vec<Samples> = names.iter().map(|_| Samples::default()).collect();
     for round in 0..args.rounds {
         eprintln!("round {}/{}", round + 1, args.rounds);
-        samples[0].tput.push(throughput(&va, &vb, "10.99.0.2", args.seconds));
+        samples[0]
+            .tput
+            .push(throughput(&va, &vb, "10.99.0.2", args.seconds));
         samples[0].rr.push(rr(&va, &vb, "10.99.0.2", args.seconds));
 
         let before = node.stats()["forward_local_peer"];
-        samples[1].tput.push(throughput(&a.ns, &b.ns, &b.ip, args.seconds));
+        samples[1]
+            .tput
+            .push(throughput(&a.ns, &b.ns, &b.ip, args.seconds));
         samples[1].rr.push(rr(&a.ns, &b.ns, &b.ip, args.seconds));
-        assert!(node.stats()["forward_local_peer"] > before + 1000, "podnet run used the fast path");
+        assert!(
+            node.stats()["forward_local_peer"] > before + 1000,
+            "podnet run used the fast path"
+        );
 
         for pod in [&a, &b] {
             node.topo
@@ -131,9 +150,15 @@ fn main() {
                 .ok(&format!("tc filter del dev {} ingress", pod.host_if));
         }
         let before = node.stats()["forward_local_peer"];
-        samples[2].tput.push(throughput(&a.ns, &b.ns, &b.ip, args.seconds));
+        samples[2]
+            .tput
+            .push(throughput(&a.ns, &b.ns, &b.ip, args.seconds));
         samples[2].rr.push(rr(&a.ns, &b.ns, &b.ip, args.seconds));
-        assert_eq!(node.stats()["forward_local_peer"], before, "bridge run bypassed podnet");
+        assert_eq!(
+            node.stats()["forward_local_peer"],
+            before,
+            "bridge run bypassed podnet"
+        );
         node.ok(&init_refs); // re-attaches the programs to both pods
     }
 
@@ -148,7 +173,10 @@ fn main() {
         "## Same-node pod-to-pod (kernel {kernel}, {cpus} CPUs, {} rounds x {} s, client on CPU 0, server on CPU 1)\n",
         args.rounds, args.seconds
     );
-    let _ = writeln!(md, "| path | TCP throughput Gbit/s median (min-max) | ratio to veth | TCP RR trans/s median (min-max) | ratio to veth |");
+    let _ = writeln!(
+        md,
+        "| path | TCP throughput Gbit/s median (min-max) | ratio to veth | TCP RR trans/s median (min-max) | ratio to veth |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|");
     let base_t = median(&samples[0].tput);
     let base_r = median(&samples[0].rr);
