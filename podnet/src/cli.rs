@@ -46,6 +46,12 @@ pub enum Command {
     Maps,
     /// Show the datapath's per-reason packet counters.
     Stats,
+    /// Follow the datapath's per-packet debug log (needs `node init --debug`).
+    Log {
+        /// Stop after this many seconds (default: until interrupted).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Run a self-contained demo in network namespaces (a node, an outside host and pods).
     Demo(crate::demo::DemoArgs),
 }
@@ -297,6 +303,11 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
                 out
             });
         }
+        Command::Log { seconds } => podnet::datapath::log::follow(
+            &settings.pin_dir,
+            podnet_ebpf::abi::program_name::FROM_POD,
+            seconds.map(std::time::Duration::from_secs),
+        )?,
         Command::Node(NodeCommand::Init(_)) | Command::Demo(_) => {
             unreachable!("handled before entering the node")
         }

@@ -98,6 +98,14 @@ pub enum NodeError {
         requested: Ipv4Network,
         pods: usize,
     },
+    #[error("deleting pod {name}: {source}")]
+    PodDelete {
+        name: String,
+        #[source]
+        source: Box<crate::pod::PodError>,
+    },
+    #[error(transparent)]
+    Ipam(#[from] crate::ipam::IpamError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -331,8 +339,7 @@ pub fn status(settings: &NodeSettings) -> Result<NodeStatus, NodeError> {
         .into_iter()
         .map(|pod| pod.host_if)
         .collect();
-    let ipam = crate::ipam::Ipam::new(settings.ipam_dir(), settings.pod_cidr, settings.gateway())
-        .map_err(|e| NodeError::Invalid(e.to_string()))?;
+    let ipam = crate::ipam::Ipam::new(settings.ipam_dir(), settings.pod_cidr, settings.gateway())?;
     Ok(NodeStatus {
         settings: settings.clone(),
         abi_version: config.abi_version,
@@ -341,10 +348,7 @@ pub fn status(settings: &NodeSettings) -> Result<NodeStatus, NodeError> {
         attached,
         endpoints: maps.endpoints()?.len(),
         pods: crate::pod::list(settings)?.len(),
-        ipam_allocated: ipam
-            .list()
-            .map_err(|e| NodeError::Invalid(e.to_string()))?
-            .len(),
+        ipam_allocated: ipam.list()?.len(),
     })
 }
 

@@ -95,3 +95,44 @@ fn reset_leaves_nothing_behind() {
     let leftovers: Vec<_> = state.iter().filter(|n| *n != "lock").collect();
     assert!(leftovers.is_empty(), "state left: {leftovers:?}");
 }
+
+/// Runs `podnet log` for a moment while pod `a` pings pod `b`; returns what it printed.
+fn log_during_ping(node: &Node) -> String {
+    let a = node.add_pod("a");
+    let b = node.add_pod("b");
+    let mut cmd = node.command(&["log", "--seconds", "2"]);
+    cmd.stdout(std::process::Stdio::piped());
+    let log = cmd.spawn().expect("podnet log starts");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = a.ns.sh(&format!("ping -c 3 -i 0.05 -W 1 {}", b.ip));
+    assert!(out.status.success());
+    let out = log.wait_with_output().expect("podnet log ends");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn debug_log_is_switched_on_at_load_time() {
+    require_root!();
+    let node = Node::with_args("10.244.14.0/24", &["--debug"]);
+    let log = log_during_ping(&node);
+    assert!(
+        log.contains("from_pod: 10.244.14.3 -> local ifindex"),
+        "debug log:\n{log}"
+    );
+}
+
+#[test]
+fn without_debug_nothing_is_logged() {
+    require_root!();
+    let node = Node::new("10.244.15.0/24");
+    let log = log_during_ping(&node);
+    assert!(
+        log.trim().is_empty(),
+        "no per-packet logging when off:\n{log}"
+    );
+}

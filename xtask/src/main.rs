@@ -6,12 +6,14 @@
 mod ebpf;
 mod setup;
 
+use setup::run;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -130,16 +132,6 @@ fn cargo(root: &Path, object: &Path) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root).env(ebpf::OBJECT_ENV, object);
     cmd
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("failed to start {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

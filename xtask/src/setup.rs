@@ -171,7 +171,7 @@ fn ensure_bpffs() -> Result<()> {
     run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("failed to start {cmd:?}"))?;

@@ -6,7 +6,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use aya::{EbpfLoader, maps::MapData, programs::SchedClassifier};
@@ -161,11 +161,11 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
             .map_err(prog_err)?;
         prog.load().map_err(prog_err)?;
         let pin = program_pin(&opts.pin_dir, name);
-        crate::state::remove_file(&pin).map_err(|e| DatapathError::Io {
-            op: "replacing program pin",
-            path: pin.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        match fs::remove_file(&pin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("replacing program pin", &pin)(e)),
+        }
         prog.pin(&pin).map_err(|source| DatapathError::Pin {
             path: pin.clone(),
             source,
@@ -188,7 +188,7 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
     })
 }
 
-/// How long a full load took, for `node status`.
+/// One line saying what a load did.
 pub fn describe(report: &LoadReport) -> String {
     let LoadReport {
         programs,
@@ -198,16 +198,9 @@ pub fn describe(report: &LoadReport) -> String {
         load_time_ms,
     } = report;
     format!(
-        "loaded {} in {}: maps reused [{}], created [{}]; {links_updated} pod attachment(s) switched to the new programs",
+        "loaded {} in {load_time_ms} ms: maps reused [{}], created [{}]; {links_updated} pod attachment(s) switched to the new programs",
         programs.join(", "),
-        humantime(Duration::from_millis(
-            u64::try_from(*load_time_ms).unwrap_or(u64::MAX)
-        )),
         maps_reused.join(", "),
         maps_created.join(", "),
     )
-}
-
-fn humantime(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
 }

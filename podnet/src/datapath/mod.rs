@@ -11,6 +11,7 @@
 
 pub mod attach;
 pub mod loader;
+pub mod log;
 pub mod maps;
 
 use std::path::PathBuf;
@@ -55,6 +56,11 @@ pub enum DatapathError {
         "pinned map {path} does not match this podnet's ABI ({what}); it was made by another podnet version: remove the node's pin directory (`podnet node reset`) and run `podnet node init` again"
     )]
     IncompatibleMap { path: PathBuf, what: String },
+    #[error("reading the debug log (was the node initialised with --debug?): {source}")]
+    Log {
+        #[source]
+        source: aya_log::Error,
+    },
     #[error("the node's maps are not pinned under {path}: run `podnet node init` first")]
     NotInitialised { path: PathBuf },
 }

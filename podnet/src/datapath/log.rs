@@ -1,0 +1,58 @@
+//! Follows the programs' per-packet debug log. The log lines exist only when `node init --debug`
+//! compiled them in; they reach userspace through aya-log's ring buffer, which this reads from
+//! the pinned program, so any `podnet log` process can attach at any time.
+
+use std::{
+    os::fd::AsRawFd as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use aya::programs::SchedClassifier;
+use aya_log::EbpfLogger;
+
+use super::{DatapathError, loader};
+
+/// Prints each record as `LEVEL message` on stdout.
+struct PrintLogger;
+
+impl log::Log for PrintLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        println!("{} {}", record.level(), record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Prints the log of `program` until `duration` has passed (or forever without one).
+pub fn follow(
+    pin_dir: &Path,
+    program: &str,
+    duration: Option<Duration>,
+) -> Result<(), DatapathError> {
+    let prog_err = |source| DatapathError::Program {
+        name: program.to_owned(),
+        source,
+    };
+    let prog =
+        SchedClassifier::from_pin(loader::program_pin(pin_dir, program)).map_err(prog_err)?;
+    let id = prog.info().map_err(prog_err)?.id();
+    let mut logger = EbpfLogger::init_from_id_with_logger(id, PrintLogger)
+        .map_err(|source| DatapathError::Log { source })?;
+    let deadline = duration.map(|d| Instant::now() + d);
+    while deadline.is_none_or(|d| Instant::now() < d) {
+        let mut fd = libc::pollfd {
+            fd: logger.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for a descriptor `logger` keeps open; bounded 200 ms wait.
+        unsafe { libc::poll(&mut fd, 1, 200) };
+        logger.flush();
+    }
+    Ok(())
+}
