@@ -28,9 +28,11 @@ fn parse_args() -> Args {
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--rounds" => args.rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
+            "--rounds" => {
+                args.rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N");
+            }
             "--seconds" => {
-                args.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds S")
+                args.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds S");
             }
             "--quick" => {
                 args.rounds = 3;
