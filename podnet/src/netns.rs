@@ -500,6 +500,11 @@ pub(crate) mod testutil {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
         if !root {
+            // Same contract as the tests crate: under `cargo xtask test` (CI) a skip is a failure.
+            assert!(
+                std::env::var_os("PODNET_TESTS_REQUIRE_ROOT").is_none(),
+                "privileged test would be skipped but PODNET_TESTS_REQUIRE_ROOT is set"
+            );
             println!("skipped: needs root");
         }
         root
