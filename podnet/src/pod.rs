@@ -41,27 +41,14 @@ pub enum PodError {
     Ipam(#[from] crate::ipam::IpamError),
     #[error(transparent)]
     Node(#[from] NodeError),
-}
-
-impl From<crate::state::StateError> for PodError {
-    fn from(e: crate::state::StateError) -> Self {
-        Self::Node(e.into())
-    }
-}
-impl From<crate::datapath::DatapathError> for PodError {
-    fn from(e: crate::datapath::DatapathError) -> Self {
-        Self::Node(e.into())
-    }
-}
-impl From<crate::link::LinkError> for PodError {
-    fn from(e: crate::link::LinkError) -> Self {
-        Self::Node(e.into())
-    }
-}
-impl From<crate::netns::NetnsError> for PodError {
-    fn from(e: crate::netns::NetnsError) -> Self {
-        Self::Node(e.into())
-    }
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Datapath(#[from] crate::datapath::DatapathError),
+    #[error(transparent)]
+    Link(#[from] crate::link::LinkError),
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
 }
 
 /// Everything podnet made for one pod.
