@@ -130,6 +130,11 @@ impl NodeSettings {
             .unwrap_or_else(|| self.state_dir.join("ipam"))
     }
 
+    /// The node's IPAM over its pod CIDR, excluding the gateway.
+    pub fn ipam(&self) -> Result<crate::ipam::Ipam, crate::ipam::IpamError> {
+        crate::ipam::Ipam::new(self.ipam_dir(), self.pod_cidr, self.gateway())
+    }
+
     pub fn node_file(state_dir: &Path) -> PathBuf {
         state_dir.join("node.json")
     }
@@ -339,7 +344,7 @@ pub fn status(settings: &NodeSettings) -> Result<NodeStatus, NodeError> {
         .into_iter()
         .map(|pod| pod.host_if)
         .collect();
-    let ipam = crate::ipam::Ipam::new(settings.ipam_dir(), settings.pod_cidr, settings.gateway())?;
+    let ipam = settings.ipam()?;
     Ok(NodeStatus {
         settings: settings.clone(),
         abi_version: config.abi_version,

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{attach, maps::PinnedMaps, maps::format_mac},
-    ipam::Ipam,
     netns::Netns,
     node::{NodeError, NodeSettings, with_netlink},
     state::{self, FileLock},
@@ -118,14 +117,6 @@ pub fn default_netns_name(settings: &NodeSettings, pod: &str) -> String {
     format!("podnet-{node}-{pod}")
 }
 
-fn ipam(settings: &NodeSettings) -> Result<Ipam, PodError> {
-    Ok(Ipam::new(
-        settings.ipam_dir(),
-        settings.pod_cidr,
-        settings.gateway(),
-    )?)
-}
-
 /// Adds a pod. With `netns`, the pod joins that existing namespace; without, podnet creates one
 /// under the node's `netns_dir`. On failure everything made so far is removed again.
 pub fn add(
@@ -151,7 +142,7 @@ pub fn add(
 }
 
 fn build(settings: &NodeSettings, name: &str, given: Option<Netns>) -> Result<PodRecord, PodError> {
-    let ip = ipam(settings)?.allocate(&owner(name))?;
+    let ip = settings.ipam()?.allocate(&owner(name))?;
     let owns_netns = given.is_none();
     let ns = match given {
         Some(ns) => ns,
@@ -257,7 +248,7 @@ fn teardown(
     };
     let host_if = host_ifname(name);
     report.link_removed = attach::detach_ingress(&host_if)?;
-    let ipam = ipam(settings)?;
+    let ipam = settings.ipam()?;
     let held: Vec<Ipv4Addr> = ipam
         .list()?
         .into_iter()

@@ -34,6 +34,18 @@ pub struct PodInfo {
     pub ns: Pod,
 }
 
+impl PodInfo {
+    /// Pings `ip` from this pod `count` times (50 ms apart, 1 s per reply at most).
+    pub fn ping(&self, ip: &str, count: u32) -> Output {
+        ping(&self.ns, ip, count)
+    }
+}
+
+/// Pings `ip` from inside `ns`, bounded: `count` echoes 50 ms apart, 1 s wait per reply.
+pub fn ping(ns: &(impl crate::InNetns + ?Sized), ip: &str, count: u32) -> Output {
+    ns.sh(&format!("ping -c {count} -i 0.05 -W 1 {ip}"))
+}
+
 impl Node {
     /// A topology plus `podnet node init` with `pod_cidr`.
     pub fn new(pod_cidr: &str) -> Self {

@@ -27,7 +27,7 @@ fn packets_through_the_pod_veth_move_the_counters() {
     let a = node.add_pod("a");
     let b = node.add_pod("b");
     let before = node.stats();
-    let out = a.ns.sh(&format!("ping -c 5 -i 0.05 -W 1 {}", b.ip));
+    let out = a.ping(&b.ip, 5);
     assert!(out.status.success(), "ping failed: {out:?}");
     let after = node.stats();
     let forwarded = after["forward_local_peer"] - before["forward_local_peer"];
@@ -104,7 +104,7 @@ fn log_during_ping(node: &Node) -> String {
     cmd.stdout(std::process::Stdio::piped());
     let log = cmd.spawn().expect("podnet log starts");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = a.ns.sh(&format!("ping -c 3 -i 0.05 -W 1 {}", b.ip));
+    let out = a.ping(&b.ip, 3);
     assert!(out.status.success());
     let out = log.wait_with_output().expect("podnet log ends");
     assert!(

@@ -45,7 +45,7 @@ fn pods_get_their_own_addresses_and_reach_each_other_over_the_fast_path() {
     }
     let _server = serve_tcp(&b.ns, &format!("{}:8080", b.ip));
     let before = node.stats();
-    let ping = a.ns.sh(&format!("ping -c 3 -i 0.05 -W 1 {}", b.ip));
+    let ping = a.ping(&b.ip, 3);
     assert!(ping.status.success(), "ICMP a -> b: {}", describe(&ping));
     let reply = connect_tcp(&a.ns, &format!("{}:8080", b.ip)).expect("TCP a -> b");
     assert_eq!(
@@ -91,7 +91,7 @@ fn arp_and_ipv6_are_left_to_the_kernel() {
         );
     }
     a.ns.ok("ip neigh flush dev eth0");
-    let ping = a.ns.sh(&format!("ping -c 1 -W 1 {}", b.ip));
+    let ping = a.ping(&b.ip, 1);
     assert!(ping.status.success());
     let after = node.stats();
     assert!(
@@ -189,7 +189,7 @@ fn reinit_keeps_pods_and_their_fast_path() {
         Some(2)
     );
     let before = node.stats();
-    let ping = a.ns.sh(&format!("ping -c 2 -i 0.05 -W 1 {}", b.ip));
+    let ping = a.ping(&b.ip, 2);
     assert!(ping.status.success());
     assert!(node.stats()["forward_local_peer"] >= before["forward_local_peer"] + 4);
 }
@@ -259,7 +259,7 @@ fn a_pod_can_join_an_existing_namespace_which_survives_its_delete() {
     let addrs = existing.ok("ip -4 -o addr show dev eth0");
     assert!(addrs.contains("10.244.28."), "{addrs}");
     let peer = node.add_pod("peer");
-    let ping = existing.sh(&format!("ping -c 2 -i 0.05 -W 1 {}", peer.ip));
+    let ping = podnet_tests::ping(&existing, &peer.ip, 2);
     assert!(ping.status.success(), "{}", describe(&ping));
     node.ok(&["pod", "del", "ext"]);
     assert!(

@@ -135,6 +135,17 @@ impl Args {
             .ok_or_else(|| usage("--listen IP:PORT is required"))
     }
 
+    /// The required `--seconds S` flag, at most `max`.
+    fn seconds(&self, max: f64) -> Result<f64> {
+        let seconds: f64 = self
+            .flag("--seconds")?
+            .ok_or_else(|| usage("--seconds S is required"))?;
+        if !(0.0..=max).contains(&seconds) {
+            return Err(usage(format!("--seconds must be between 0 and {max}")));
+        }
+        Ok(seconds)
+    }
+
     fn timeout(&self) -> Result<Duration> {
         let ms = self.flag("--timeout-ms")?.unwrap_or(DEFAULT_TIMEOUT_MS);
         if ms == 0 {
@@ -212,12 +223,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         }
         "stream" => {
             tcp_only(args)?;
-            let seconds: f64 = args
-                .flag("--seconds")?
-                .ok_or_else(|| usage("--seconds S is required"))?;
-            if !(0.0..=3600.0).contains(&seconds) {
-                return Err(usage("--seconds must be between 0 and 3600"));
-            }
+            let seconds = args.seconds(3600.0)?;
             stream(
                 args.addr(2)?,
                 Duration::from_secs_f64(seconds),
@@ -226,12 +232,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         }
         "rr" => {
             tcp_only(args)?;
-            let seconds: f64 = args
-                .flag("--seconds")?
-                .ok_or_else(|| usage("--seconds S is required"))?;
-            if !(0.0..=600.0).contains(&seconds) {
-                return Err(usage("--seconds must be between 0 and 600"));
-            }
+            let seconds = args.seconds(600.0)?;
             request_response(
                 args.addr(2)?,
                 Duration::from_secs_f64(seconds),
