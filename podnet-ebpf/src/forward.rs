@@ -1,20 +1,36 @@
-//! Delivery to a local pod: rewrite the destination MAC to the pod's and redirect straight into
-//! its namespace with `bpf_redirect_peer`, skipping the bridge and netfilter. `bpf_redirect` to
-//! the host-side veth is the fallback where a peer redirect is impossible.
+//! Delivery: to a local pod, by rewriting the MACs (source: the gateway, destination: the pod)
+//! and redirecting straight into its namespace with `bpf_redirect_peer`, skipping the bridge
+//! and netfilter (`bpf_redirect` to the host-side veth where a peer redirect is impossible);
+//! anywhere else, by a FIB lookup and a redirect out of the node.
 
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::{bpf_redirect, bpf_redirect_peer},
+    programs::TcContext,
 };
-use podnet_ebpf::abi::{Endpoint, endpoint_flag, reason};
+use podnet_ebpf::abi::{CtKey, Endpoint, EndpointKey, NodeConfig, endpoint_flag, reason};
 
-use crate::parse::EthHdr;
+use crate::{fib, maps::ENDPOINTS};
 
-/// Hands the frame to `ep`. Returns the verdict and the reason it is counted under.
+/// The local pod with address `addr`, if there is one.
 #[inline(always)]
-pub fn to_endpoint(eth: *mut EthHdr, ep: &Endpoint) -> (i32, u32) {
-    // SAFETY: `eth` was bounds-checked by the parser and no helper has changed the packet since.
-    unsafe { (*eth).dst = ep.mac };
+pub fn endpoint(addr: [u8; 4]) -> Option<Endpoint> {
+    // SAFETY: hash map values are read once, immediately, and copied out.
+    unsafe { ENDPOINTS.get(EndpointKey { addr }) }.copied()
+}
+
+/// Hands the frame to `ep`. Returns the verdict and the reason it is counted under: `why`, or
+/// the local-forwarding reason when `why` is `None`.
+#[inline(always)]
+pub fn to_endpoint(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    ep: &Endpoint,
+    why: Option<u32>,
+) -> (i32, u32) {
+    if ctx.store(0, &ep.mac, 0).is_err() || ctx.store(6, &cfg.gateway_mac, 0).is_err() {
+        return (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
+    }
     let peer = ep.flags & endpoint_flag::NO_PEER_REDIRECT == 0;
     // SAFETY: both helpers take plain integers and are valid in TC programs.
     let verdict = unsafe {
@@ -24,14 +40,23 @@ pub fn to_endpoint(eth: *mut EthHdr, ep: &Endpoint) -> (i32, u32) {
             bpf_redirect(ep.ifindex, 0)
         }
     };
-    if verdict == i64::from(TC_ACT_REDIRECT) {
-        let why = if peer {
-            reason::FORWARD_LOCAL_PEER
-        } else {
-            reason::FORWARD_LOCAL_REDIRECT
-        };
-        (TC_ACT_REDIRECT, why)
+    if verdict != i64::from(TC_ACT_REDIRECT) {
+        return (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
+    }
+    let why = why.unwrap_or(if peer {
+        reason::FORWARD_LOCAL_PEER
     } else {
-        (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED)
+        reason::FORWARD_LOCAL_REDIRECT
+    });
+    (TC_ACT_REDIRECT, why)
+}
+
+/// Delivers a translated packet whose tuple is now `key`: to the local pod it is addressed to,
+/// or out of the node by the FIB.
+#[inline(always)]
+pub fn deliver(ctx: &TcContext, cfg: &NodeConfig, key: &CtKey, why: u32) -> (i32, u32) {
+    match endpoint(key.daddr) {
+        Some(ep) => to_endpoint(ctx, cfg, &ep, Some(why)),
+        None => fib::route_and_send(ctx, key, why),
     }
 }

@@ -1,18 +1,20 @@
 //! Ingress of a pod's host-side veth: everything a pod sends starts here.
 //!
-//! IPv4 to another local pod is delivered straight to it; everything else (ARP, IPv6,
-//! broadcast, traffic leaving the node, anything malformed) goes to the kernel unchanged, where
-//! the bridge and the routing table handle it as they would without podnet.
+//! In order: a packet of a tracked flow is translated and delivered (replies of NodePort flows,
+//! SNATed flows, hairpin); IPv4 to another local pod is delivered straight to it; a new
+//! connection to a NodePort on the node IP is DNATed; traffic leaving the cluster is SNATed to
+//! the node IP. Everything else (ARP, IPv6, broadcast, the node's own addresses, other nodes'
+//! pods, anything malformed) goes to the kernel unchanged, as it would without podnet.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
-use podnet_ebpf::abi::{EndpointKey, config_flag, reason};
+use podnet_ebpf::abi::reason;
 
 use crate::{
-    forward,
-    maps::{CONFIG, ENDPOINTS, debug_enabled},
-    parse::{self, Frame},
-    stats,
+    conntrack, forward,
+    maps::{debug_enabled, ready_config},
+    parse::{self, Frame, in_prefix},
+    stats, translate,
 };
 
 #[classifier]
@@ -25,33 +27,61 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn decide(ctx: &TcContext) -> (i32, u32) {
-    let ready = CONFIG
-        .get(0)
-        .is_some_and(|cfg| cfg.flags & config_flag::READY != 0);
-    if !ready {
+    let Some(cfg) = ready_config() else {
         return (TC_ACT_OK, reason::PASS_NOT_READY);
-    }
+    };
     let frame = match parse::frame(ctx) {
         Frame::Ipv4(frame) => frame,
         Frame::NotIpv4 => return (TC_ACT_OK, reason::PASS_NOT_IPV4),
         Frame::Malformed => return (TC_ACT_OK, reason::PASS_MALFORMED),
     };
-    // SAFETY: the parser bounds-checked both headers and nothing has changed the packet since.
-    let (dst_mac, daddr) = unsafe { ((*frame.eth).dst, (*frame.ip).daddr) };
-    if parse::is_group_mac(&dst_mac) {
+    // SAFETY: the parser bounds-checked the Ethernet header and nothing has changed the packet.
+    if parse::is_group_mac(&unsafe { (*frame.eth).dst }) {
         return (TC_ACT_OK, reason::PASS_BROADCAST);
     }
-    // SAFETY: hash map values are read once, immediately, and copied out.
-    let Some(ep) = (unsafe { ENDPOINTS.get(EndpointKey { addr: daddr }) }).copied() else {
+    let pkt = parse::ipv4_packet(ctx, &frame);
+    let now = conntrack::now();
+    if pkt.l4.has_tuple()
+        && let Some(done) = translate::tracked(ctx, cfg, &pkt, now)
+    {
+        return done;
+    }
+    let key = &pkt.key;
+    if let Some(ep) = forward::endpoint(key.daddr) {
+        if debug_enabled() {
+            debug!(
+                ctx,
+                "from_pod: {:i} -> local ifindex {}",
+                u32::from_be_bytes(key.daddr),
+                ep.ifindex
+            );
+        }
+        return forward::to_endpoint(ctx, cfg, &ep, None);
+    }
+    if !in_prefix(key.saddr, cfg.pod_cidr, cfg.pod_prefix_len) {
+        // Not one of this node's pod addresses: not ours to translate.
         return (TC_ACT_OK, reason::PASS_NOT_LOCAL);
-    };
+    }
+    if key.daddr == cfg.node_ip {
+        return translate::nodeport(ctx, cfg, &pkt, now, true)
+            .unwrap_or((TC_ACT_OK, reason::PASS_NOT_LOCAL));
+    }
+    if in_prefix(key.daddr, cfg.cluster_cidr, cfg.cluster_prefix_len) {
+        // Another node's pods (or a stale local address): never NATed.
+        return (TC_ACT_OK, reason::PASS_NOT_LOCAL);
+    }
+    let done = translate::snat(ctx, cfg, &pkt, now);
     if debug_enabled() {
         debug!(
             ctx,
-            "from_pod: {:i} -> local ifindex {}",
-            u32::from_be_bytes(daddr),
-            ep.ifindex
+            "from_pod: {:i}:{} -> {:i}:{} proto {} leaves the cluster: reason {}",
+            u32::from_be_bytes(key.saddr),
+            key.sport,
+            u32::from_be_bytes(key.daddr),
+            key.dport,
+            key.proto,
+            done.1
         );
     }
-    forward::to_endpoint(frame.eth, &ep)
+    done
 }

@@ -1,24 +1,47 @@
-//! podnet's TC programs. One module per attach point, one per concern:
+//! podnet's eBPF programs. One module per attach point, one per concern:
 //!
 //! - [`from_pod`]: ingress of every pod's host-side veth (what the pod sends);
+//! - [`from_uplink`]: ingress of the node's uplink (what reaches the node IP);
+//! - [`nodeport_connect4`]: `cgroup/connect4`, the node's own connections to NodePorts;
+//! - [`translate`]: the NAT decisions both classifiers share;
+//! - [`conntrack`]: flow state, lifetimes and admission;
+//! - [`nat`]: packet rewriting and checksums;
+//! - [`services`]: NodePorts and backend choice;
+//! - [`forward`] and [`fib`]: delivery to a local pod, or out by the routing table;
 //! - [`parse`]: bounds-checked header access;
-//! - [`forward`]: delivery to a local pod;
 //! - [`stats`]: per-reason counters;
 //! - [`maps`]: the map definitions (types in `podnet_ebpf::abi`).
 //!
 //! On the host this binary is empty: the programs exist only for `bpfel-unknown-none`.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// `asm!` for BPF (atomic add in `conntrack`) is still an experimental architecture; the eBPF
+// build runs with RUSTC_BOOTSTRAP=1 (see ../shared/toolchain.md).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+#[cfg(target_arch = "bpf")]
+mod conntrack;
+#[cfg(target_arch = "bpf")]
+mod fib;
 #[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
 mod from_pod;
 #[cfg(target_arch = "bpf")]
+mod from_uplink;
+#[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod nat;
+#[cfg(target_arch = "bpf")]
+mod nodeport_connect4;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod services;
+#[cfg(target_arch = "bpf")]
 mod stats;
+#[cfg(target_arch = "bpf")]
+mod translate;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

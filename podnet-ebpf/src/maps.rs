@@ -4,11 +4,13 @@
 
 use aya_ebpf::{
     Global,
-    btf_maps::{Array, HashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use podnet_ebpf::abi::{
-    Counter, DEFAULT_ENDPOINTS_MAX, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS,
+    CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage, DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX,
+    DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS, ServiceKey,
+    ServiceValue,
 };
 
 /// Node configuration: a single entry.
@@ -24,6 +26,22 @@ pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, { DEFAULT_ENDPOINTS_MAX as 
 #[btf_map]
 pub static STATS: PerCpuArray<Counter, { STATS_SLOTS as usize }> = PerCpuArray::new();
 
+/// Conntrack and NAT state, two entries per flow. An LRU so that even a table nobody collects
+/// can never grow past its size; admission control (`CT_USAGE`) keeps live flows from being
+/// evicted in normal operation.
+#[btf_map]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { DEFAULT_CT_LIMIT as usize }> =
+    LruHashMap::new();
+
+/// Conntrack occupancy counters: one slot the programs write, one the collector writes.
+#[btf_map]
+pub static CT_USAGE: Array<CtUsage, { CT_USAGE_SLOTS as usize }> = Array::new();
+
+/// NodePorts (slot 0) and their backends (slots 1..).
+#[btf_map]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue, { DEFAULT_SERVICES_MAX as usize }> =
+    HashMap::new();
+
 /// Non-zero turns on per-packet debug logging. Set at load time (`podnet node init --debug`);
 /// it lives in read-only data, so with 0 the verifier removes the logging code entirely.
 #[unsafe(no_mangle)]
@@ -32,4 +50,12 @@ pub static DEBUG: Global<u8> = Global::new(0);
 #[inline(always)]
 pub fn debug_enabled() -> bool {
     DEBUG.load() != 0
+}
+
+/// The node's configuration, if userspace has written a complete one.
+#[inline(always)]
+pub fn ready_config() -> Option<&'static NodeConfig> {
+    CONFIG
+        .get(0)
+        .filter(|cfg| cfg.flags & podnet_ebpf::abi::config_flag::READY != 0)
 }

@@ -3,7 +3,14 @@
 //! then pass it on unchanged.
 
 use aya_ebpf::programs::TcContext;
-use podnet_ebpf::abi::proto::{ETH_HLEN, ETH_P_IP, IPV4_MIN_HLEN};
+use podnet_ebpf::abi::{
+    CtKey,
+    proto::{
+        ETH_HLEN, ETH_P_IP, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+        ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, IP_MF, IP_OFFSET, IPPROTO_ICMP, IPPROTO_TCP,
+        IPPROTO_UDP, IPV4_MIN_HLEN,
+    },
+};
 
 /// Ethernet header.
 #[repr(C)]
@@ -87,4 +94,141 @@ pub fn frame(ctx: &TcContext) -> Frame {
 #[inline(always)]
 pub fn is_group_mac(mac: &[u8; 6]) -> bool {
     mac[0] & 1 != 0
+}
+
+/// Offsets of IPv4 header fields in the frame (the header starts right after Ethernet).
+pub const IP_CHECK_OFF: usize = ETH_HLEN + 10;
+pub const IP_SADDR_OFF: usize = ETH_HLEN + 12;
+pub const IP_DADDR_OFF: usize = ETH_HLEN + 16;
+
+/// What follows the IPv4 header, as far as NAT cares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    /// TCP, with its flags byte.
+    Tcp { flags: u8 },
+    Udp,
+    /// ICMP echo: the identifier is the source port of a request, the destination port of a
+    /// reply.
+    IcmpEcho { request: bool },
+    /// ICMP destination unreachable, time exceeded or parameter problem: quotes the headers of
+    /// the packet it is about.
+    IcmpError,
+    /// Part of a fragmented datagram: ports are not available (or not in every fragment).
+    Fragment,
+    /// Anything else: other protocols, other ICMP types, or an L4 header cut short.
+    Opaque,
+}
+
+impl L4 {
+    /// True when the packet has a 5-tuple conntrack can key on.
+    #[inline(always)]
+    pub fn has_tuple(self) -> bool {
+        matches!(self, Self::Tcp { .. } | Self::Udp | Self::IcmpEcho { .. })
+    }
+}
+
+/// An IPv4 packet's conntrack view: its tuple, where L4 starts, and what L4 is.
+pub struct Ipv4Packet {
+    /// Ports are 0 unless [`L4::has_tuple`].
+    pub key: CtKey,
+    pub l4_off: usize,
+    pub l4: L4,
+}
+
+/// Reads the L4 part of a parsed IPv4 frame. Every read goes through `bpf_skb_load_bytes`, so
+/// IP options (a variable L4 offset) and paged (GSO) packets need no special casing.
+#[inline(always)]
+pub fn ipv4_packet(ctx: &TcContext, frame: &Ipv4Frame) -> Ipv4Packet {
+    // SAFETY: the parser bounds-checked the fixed header and nothing has changed the packet.
+    let (version_ihl, frag_off, protocol, saddr, daddr) = unsafe {
+        let ip = &*frame.ip;
+        (ip.version_ihl, u16::from_be(ip.frag_off), ip.protocol, ip.saddr, ip.daddr)
+    };
+    let l4_off = ETH_HLEN + usize::from(version_ihl & 0x0f) * 4;
+    let mut key = CtKey {
+        saddr,
+        daddr,
+        sport: 0,
+        dport: 0,
+        proto: protocol,
+        _pad: [0; 3],
+    };
+    let l4 = if frag_off & (IP_MF | IP_OFFSET) != 0 {
+        L4::Fragment
+    } else {
+        match protocol {
+            IPPROTO_TCP | IPPROTO_UDP => match ports(ctx, l4_off) {
+                Some((sport, dport)) => {
+                    key.sport = sport;
+                    key.dport = dport;
+                    if protocol == IPPROTO_UDP {
+                        L4::Udp
+                    } else {
+                        match ctx.load::<u8>(l4_off + TCP_FLAGS_OFF) {
+                            Ok(flags) => L4::Tcp { flags },
+                            Err(_) => L4::Opaque,
+                        }
+                    }
+                }
+                None => L4::Opaque,
+            },
+            IPPROTO_ICMP => icmp(ctx, l4_off, &mut key),
+            _ => L4::Opaque,
+        }
+    };
+    Ipv4Packet { key, l4_off, l4 }
+}
+
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS_OFF: usize = 13;
+/// Offset of the identifier in an ICMP echo header.
+pub const ICMP_ID_OFF: usize = 4;
+/// Offset of the checksum in an ICMP header.
+pub const ICMP_CSUM_OFF: usize = 2;
+/// Length of the ICMP header before an error's quoted packet.
+pub const ICMP_HLEN: usize = 8;
+
+/// Source and destination port (host order) at `off`.
+#[inline(always)]
+pub fn ports(ctx: &TcContext, off: usize) -> Option<(u16, u16)> {
+    let raw: [u8; 4] = ctx.load(off).ok()?;
+    Some((
+        u16::from_be_bytes([raw[0], raw[1]]),
+        u16::from_be_bytes([raw[2], raw[3]]),
+    ))
+}
+
+#[inline(always)]
+fn icmp(ctx: &TcContext, l4_off: usize, key: &mut CtKey) -> L4 {
+    let Ok(icmp_type) = ctx.load::<u8>(l4_off) else {
+        return L4::Opaque;
+    };
+    match icmp_type {
+        ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => {
+            let Ok(id) = ctx.load::<[u8; 2]>(l4_off + ICMP_ID_OFF) else {
+                return L4::Opaque;
+            };
+            let id = u16::from_be_bytes(id);
+            let request = icmp_type == ICMP_ECHO_REQUEST;
+            if request {
+                key.sport = id;
+            } else {
+                key.dport = id;
+            }
+            L4::IcmpEcho { request }
+        }
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => L4::IcmpError,
+        _ => L4::Opaque,
+    }
+}
+
+/// Whether `addr` lies in `net/prefix_len` (both in network order).
+#[inline(always)]
+pub fn in_prefix(addr: [u8; 4], net: [u8; 4], prefix_len: u8) -> bool {
+    if prefix_len == 0 {
+        return true;
+    }
+    let shift = 32 - u32::from(prefix_len.min(32));
+    let mask = u32::MAX.checked_shl(shift).unwrap_or(0);
+    u32::from_be_bytes(addr) & mask == u32::from_be_bytes(net) & mask
 }

@@ -9,10 +9,11 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ipnetwork::Ipv4Network;
 use podnet::{
+    conntrack,
     datapath::{loader, maps::PinnedMaps},
     netns::Netns,
     node::{self, NodeSettings},
-    pod,
+    nodeport, pod,
 };
 use serde::Serialize;
 
@@ -44,8 +45,14 @@ pub enum Command {
     Pod(PodCommand),
     /// Show the node's maps: configuration and endpoints.
     Maps,
-    /// Show the datapath's per-reason packet counters.
+    /// Show the datapath's per-reason packet counters and conntrack occupancy.
     Stats,
+    /// Expose pods on the node IP: NodePorts.
+    #[command(subcommand)]
+    Nodeport(NodePortCommand),
+    /// Inspect and collect the connection-tracking (NAT) table.
+    #[command(subcommand)]
+    Conntrack(ConntrackCommand),
     /// Follow the datapath's per-packet debug log (needs `node init --debug`).
     Log {
         /// Stop after this many seconds (default: until interrupted).
@@ -108,6 +115,78 @@ pub struct InitArgs {
     /// Compile per-packet debug logging into the programs.
     #[arg(long)]
     debug: bool,
+    /// Ports SNAT allocates from, MIN-MAX (default 61000-65535).
+    #[arg(long)]
+    snat_ports: Option<node::PortRange>,
+    /// Ports NodePorts may use, MIN-MAX (default 30000-32767).
+    #[arg(long)]
+    nodeport_range: Option<node::PortRange>,
+    /// Conntrack entries admitted before new flows are refused (two per flow; default 262144).
+    #[arg(long)]
+    conntrack_max: Option<u32>,
+    /// Size of the services map (default 65536).
+    #[arg(long)]
+    services_max: Option<u32>,
+    /// A conntrack timeout, NAME=SECONDS; NAME is tcp_syn, tcp_established, tcp_closing, udp,
+    /// udp_stream or icmp. Repeat for more.
+    #[arg(long = "ct-timeout", value_parser = parse_timeout)]
+    ct_timeouts: Vec<(String, u32)>,
+    /// cgroup v2 directory whose sockets reach NodePorts on the node IP (default: the root of
+    /// the cgroup2 hierarchy).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+}
+
+fn parse_timeout(s: &str) -> Result<(String, u32), String> {
+    let (name, secs) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=SECONDS"))?;
+    let secs = secs
+        .parse::<u32>()
+        .map_err(|_| format!("{secs:?} in {s:?} is not a number of seconds"))?;
+    Ok((name.to_owned(), secs))
+}
+
+#[derive(Subcommand)]
+pub enum NodePortCommand {
+    /// Expose backends on nodeIP:PORT.
+    Add(NodePortArgs),
+    /// Replace the backends of an existing NodePort (new connections only).
+    Set(NodePortArgs),
+    /// Remove a NodePort (established connections finish on their backends).
+    Del {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "tcp")]
+        proto: nodeport::Proto,
+    },
+    /// List the NodePorts and their backends.
+    List,
+}
+
+#[derive(Args)]
+pub struct NodePortArgs {
+    /// The port on the node IP (within the node's NodePort range, default 30000-32767).
+    #[arg(long)]
+    port: u16,
+    /// tcp or udp.
+    #[arg(long, default_value = "tcp")]
+    proto: nodeport::Proto,
+    /// A backend: POD:PORT or IP:PORT (a local pod). Repeat for more.
+    #[arg(long = "backend", required = true)]
+    backends: Vec<nodeport::BackendSpec>,
+}
+
+#[derive(Subcommand)]
+pub enum ConntrackCommand {
+    /// List every entry: two per flow, the original direction and the reply.
+    List,
+    /// Remove dead flows (both entries expired). With --every, keep doing so.
+    Gc {
+        /// Repeat every this many seconds until interrupted.
+        #[arg(long)]
+        every: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -291,18 +370,53 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
             });
         }
         Command::Stats => {
-            let stats = PinnedMaps::open(&settings.pin_dir)?.stats()?;
-            print(json, &stats, |stats| {
+            let maps = PinnedMaps::open(&settings.pin_dir)?;
+            #[derive(Serialize)]
+            struct StatsView {
+                reasons: Vec<podnet::datapath::maps::ReasonCount>,
+                conntrack: conntrack::Usage,
+            }
+            let view = StatsView {
+                reasons: maps.stats()?,
+                conntrack: conntrack::usage(&maps)?,
+            };
+            print(json, &view, |v| {
                 let mut out = format!("{:<26} {:>12} {:>14}", "REASON", "PACKETS", "BYTES");
-                for s in stats {
+                for s in &v.reasons {
                     out.push_str(&format!(
                         "\n{:<26} {:>12} {:>14}",
                         s.reason, s.packets, s.bytes
                     ));
                 }
+                out.push_str(&stats_conntrack_line(&v.conntrack, &v.reasons));
                 out
             });
         }
+        Command::Nodeport(cmd) => run_nodeport(settings, json, cmd)?,
+        Command::Conntrack(ConntrackCommand::List) => {
+            let flows = conntrack::list(settings)?;
+            print(json, &flows, |flows| {
+                let mut out = conntrack::HEADER.to_owned();
+                for f in flows {
+                    out.push_str(&format!("\n{f}"));
+                }
+                out.push_str(&format!("\n{} entries", flows.len()));
+                out
+            });
+        }
+        Command::Conntrack(ConntrackCommand::Gc { every }) => loop {
+            let report = conntrack::gc(settings)?;
+            print(json, &report, |r| {
+                format!(
+                    "conntrack gc: scanned {} entries, removed {} dead; {} of {} in use",
+                    r.scanned, r.removed, r.usage.live, r.usage.limit
+                )
+            });
+            match every {
+                Some(secs) => std::thread::sleep(std::time::Duration::from_secs(secs.max(1))),
+                None => break,
+            }
+        },
         Command::Log { seconds } => podnet::datapath::log::follow(
             &settings.pin_dir,
             podnet_ebpf::abi::program_name::FROM_POD,
@@ -310,6 +424,96 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
         )?,
         Command::Node(NodeCommand::Init(_)) | Command::Demo(_) => {
             unreachable!("handled before entering the node")
+        }
+    }
+    Ok(())
+}
+
+/// The conntrack summary under `podnet stats`, with a line that cannot be missed when the
+/// table has refused flows.
+fn stats_conntrack_line(
+    usage: &conntrack::Usage,
+    reasons: &[podnet::datapath::maps::ReasonCount],
+) -> String {
+    let mut out = format!(
+        "\nconntrack: {} of {} entries in use ({} flows)",
+        usage.live,
+        usage.limit,
+        usage.live / 2
+    );
+    let refused = reasons
+        .iter()
+        .find(|r| r.reason == "drop_ct_full")
+        .map_or(0, |r| r.packets);
+    if refused > 0 {
+        out.push_str(&format!(
+            "\nWARNING: conntrack table full: {refused} packet(s) of new flows refused; raise --conntrack-max or run `podnet conntrack gc`"
+        ));
+    }
+    out
+}
+
+fn run_nodeport(settings: &NodeSettings, json: bool, cmd: NodePortCommand) -> Result<()> {
+    let describe = |np: &nodeport::NodePort| {
+        format!(
+            "{}/{} -> {}",
+            np.port,
+            np.proto,
+            np.backends
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let node_ip = settings
+        .node_ip
+        .map_or_else(|| "nodeIP".to_owned(), |ip| ip.to_string());
+    match cmd {
+        NodePortCommand::Add(NodePortArgs {
+            port,
+            proto,
+            backends,
+        }) => {
+            let np = nodeport::add(settings, port, proto, &backends)?;
+            print(json, &np, |np| {
+                format!("nodeport added: {node_ip}:{}", describe(np))
+            });
+        }
+        NodePortCommand::Set(NodePortArgs {
+            port,
+            proto,
+            backends,
+        }) => {
+            let np = nodeport::set(settings, port, proto, &backends)?;
+            print(json, &np, |np| {
+                format!("nodeport updated: {node_ip}:{}", describe(np))
+            });
+        }
+        NodePortCommand::Del { port, proto } => {
+            let np = nodeport::del(settings, port, proto)?;
+            print(json, &np, |np| {
+                format!("nodeport deleted: {node_ip}:{}", describe(np))
+            });
+        }
+        NodePortCommand::List => {
+            let ports = nodeport::list(settings)?;
+            print(json, &ports, |ports| {
+                let mut out = format!("{:<7} {:<5} BACKENDS", "PORT", "PROTO");
+                for np in ports {
+                    out.push_str(&format!(
+                        "\n{:<7} {:<5} {}",
+                        np.port,
+                        np.proto,
+                        np.backends
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                out
+            });
         }
     }
     Ok(())
@@ -331,6 +535,12 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         mtu,
         endpoints_max,
         debug,
+        snat_ports,
+        nodeport_range,
+        conntrack_max,
+        services_max,
+        ct_timeouts,
+        cgroup,
     } = args;
     let mut settings: serde_json::Map<String, serde_json::Value> = match &config {
         Some(path) => {
@@ -360,7 +570,26 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     if debug {
         set("debug", Some(serde_json::Value::Bool(true)));
     }
+    set("snat_ports", snat_ports.map(|v| s(&v)));
+    set("nodeport_range", nodeport_range.map(|v| s(&v)));
+    set("conntrack_max", conntrack_max.map(serde_json::Value::from));
+    set("services_max", services_max.map(serde_json::Value::from));
+    set("cgroup", cgroup.map(|v| s(&v.display())));
+
     set("state_dir", Some(s(&state_dir.display())));
+    if !ct_timeouts.is_empty() {
+        let mut timeouts = match settings.remove("ct_timeouts") {
+            Some(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        for (name, secs) in ct_timeouts {
+            timeouts.insert(name, serde_json::Value::from(secs));
+        }
+        settings.insert(
+            "ct_timeouts".to_owned(),
+            serde_json::Value::Object(timeouts),
+        );
+    }
     for required in ["pod_cidr", "cluster_cidr", "uplink"] {
         if !settings.contains_key(required) {
             bail!(

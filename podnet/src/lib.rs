@@ -1,10 +1,12 @@
 //! podnet: an eBPF pod network datapath. This library holds everything the `podnet` binary
 //! (CLI and CNI plugin) does; the binary only parses arguments and prints.
 
+pub mod conntrack;
 pub mod datapath;
 pub mod ipam;
 pub mod link;
 pub mod netns;
 pub mod node;
+pub mod nodeport;
 pub mod pod;
 pub mod state;

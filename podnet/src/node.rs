@@ -12,7 +12,11 @@ use std::{
 };
 
 use ipnetwork::Ipv4Network;
-use podnet_ebpf::abi::{ABI_VERSION, DEFAULT_ENDPOINTS_MAX, NodeConfig, config_flag, map_name};
+use podnet_ebpf::abi::{
+    ABI_VERSION, CtTimeouts, DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX, DEFAULT_NODEPORT_MAX,
+    DEFAULT_NODEPORT_MIN, DEFAULT_SERVICES_MAX, DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN,
+    NodeConfig, config_flag, map_name, program_name,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -62,6 +66,149 @@ pub struct NodeSettings {
     /// Per-packet debug logging compiled into the programs at load time.
     #[serde(default)]
     pub debug: bool,
+    /// Ports SNAT allocates from (also ICMP echo identifiers).
+    #[serde(default = "default_snat_ports")]
+    pub snat_ports: PortRange,
+    /// Ports `nodeport add` accepts.
+    #[serde(default = "default_nodeport_range")]
+    pub nodeport_range: PortRange,
+    /// Conntrack entries admitted (two per flow) before new flows are refused.
+    #[serde(default = "default_conntrack_max")]
+    pub conntrack_max: u32,
+    /// Entries in the services map (one per NodePort plus one per backend).
+    #[serde(default = "default_services_max")]
+    pub services_max: u32,
+    /// Conntrack idle timeouts in seconds.
+    #[serde(default)]
+    pub ct_timeouts: ConntrackTimeouts,
+    /// cgroup (v2) whose sockets reach NodePorts on the node IP through `connect4`; the root
+    /// of the cgroup2 hierarchy when not given.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+}
+
+/// An inclusive range of ports, written `MIN-MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.min..=self.max).contains(&port)
+    }
+
+    pub fn overlaps(&self, other: &Self) -> bool {
+        self.min <= other.max && other.min <= self.max
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (min, max) = s
+            .split_once('-')
+            .ok_or_else(|| format!("port range {s:?} is not MIN-MAX"))?;
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{p:?} in port range {s:?} is not a port (0-65535)"))
+        };
+        let range = Self {
+            min: port(min)?,
+            max: port(max)?,
+        };
+        if range.min == 0 || range.min > range.max {
+            return Err(format!(
+                "port range {s:?} must be MIN-MAX with 1 <= MIN <= MAX"
+            ));
+        }
+        Ok(range)
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(range: PortRange) -> Self {
+        range.to_string()
+    }
+}
+
+/// Conntrack idle timeouts, in seconds (see `podnet_ebpf::abi::CtTimeouts` for the defaults'
+/// origins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConntrackTimeouts {
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub udp: u32,
+    pub udp_stream: u32,
+    pub icmp: u32,
+}
+
+impl Default for ConntrackTimeouts {
+    fn default() -> Self {
+        CtTimeouts::DEFAULT.into()
+    }
+}
+
+impl From<CtTimeouts> for ConntrackTimeouts {
+    fn from(t: CtTimeouts) -> Self {
+        let CtTimeouts {
+            tcp_syn,
+            tcp_established,
+            tcp_closing,
+            udp,
+            udp_stream,
+            icmp,
+        } = t;
+        Self {
+            tcp_syn,
+            tcp_established,
+            tcp_closing,
+            udp,
+            udp_stream,
+            icmp,
+        }
+    }
+}
+
+impl From<ConntrackTimeouts> for CtTimeouts {
+    fn from(t: ConntrackTimeouts) -> Self {
+        let ConntrackTimeouts {
+            tcp_syn,
+            tcp_established,
+            tcp_closing,
+            udp,
+            udp_stream,
+            icmp,
+        } = t;
+        Self {
+            tcp_syn,
+            tcp_established,
+            tcp_closing,
+            udp,
+            udp_stream,
+            icmp,
+        }
+    }
 }
 
 pub fn default_bridge() -> String {
@@ -79,6 +226,32 @@ pub fn default_netns_dir() -> PathBuf {
 pub fn default_endpoints_max() -> u32 {
     DEFAULT_ENDPOINTS_MAX
 }
+pub fn default_snat_ports() -> PortRange {
+    PortRange {
+        min: DEFAULT_SNAT_PORT_MIN,
+        max: DEFAULT_SNAT_PORT_MAX,
+    }
+}
+pub fn default_nodeport_range() -> PortRange {
+    PortRange {
+        min: DEFAULT_NODEPORT_MIN,
+        max: DEFAULT_NODEPORT_MAX,
+    }
+}
+pub fn default_conntrack_max() -> u32 {
+    DEFAULT_CT_LIMIT
+}
+pub fn default_services_max() -> u32 {
+    DEFAULT_SERVICES_MAX
+}
+
+/// Possible CPUs, which size the conntrack map's headroom.
+pub fn possible_cpus() -> u32 {
+    aya::util::nr_cpus()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -86,6 +259,10 @@ pub enum NodeError {
     Invalid(String),
     #[error("this node is not initialised (no {path}): run `podnet node init` first")]
     NotInitialised { path: PathBuf },
+    #[error(
+        "no cgroup2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified: mount one (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or pass --cgroup"
+    )]
+    NoCgroup2,
     #[error("uplink {name} does not exist in the node's namespace")]
     NoUplink { name: String },
     #[error("uplink {name} has no IPv4 address; pass --node-ip")]
@@ -133,6 +310,14 @@ impl NodeSettings {
     /// The node's IPAM over its pod CIDR, excluding the gateway.
     pub fn ipam(&self) -> Result<crate::ipam::Ipam, crate::ipam::IpamError> {
         crate::ipam::Ipam::new(self.ipam_dir(), self.pod_cidr, self.gateway())
+    }
+
+    /// The cgroup the connect4 program is attached to.
+    pub fn cgroup_dir(&self) -> Result<PathBuf, NodeError> {
+        match &self.cgroup {
+            Some(dir) => Ok(dir.clone()),
+            None => datapath::cgroup::cgroup2_root().ok_or(NodeError::NoCgroup2),
+        }
     }
 
     pub fn node_file(state_dir: &Path) -> PathBuf {
@@ -196,6 +381,23 @@ impl NodeSettings {
         link::validate_ifname(&self.bridge)?;
         if self.endpoints_max == 0 {
             return invalid("endpoints_max must be at least 1".to_owned());
+        }
+        if self.conntrack_max < 2 {
+            return invalid("conntrack_max must be at least 2 (one flow)".to_owned());
+        }
+        if self.services_max == 0 {
+            return invalid("services_max must be at least 1".to_owned());
+        }
+        if self.snat_ports.overlaps(&self.nodeport_range) {
+            return invalid(format!(
+                "SNAT ports {} overlap the NodePort range {}: a translated flow could take a NodePort",
+                self.snat_ports, self.nodeport_range
+            ));
+        }
+        let t = self.ct_timeouts;
+        if [t.tcp_syn, t.tcp_established, t.tcp_closing, t.udp, t.udp_stream, t.icmp].contains(&0)
+        {
+            return invalid("conntrack timeouts must be at least 1 second".to_owned());
         }
         if let Some(mtu) = self.mtu
             && !(576..=65_535).contains(&mtu)
@@ -285,9 +487,17 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
     settings.validate()?;
     link::enable_ip_forwarding()?;
 
+    let netns_cookie = datapath::cgroup::current_netns_cookie()?;
     let load = loader::load_and_pin(&loader::LoadOptions {
         pin_dir: settings.pin_dir.clone(),
         endpoints_max: settings.endpoints_max,
+        conntrack_entries: podnet_ebpf::abi::ct_map_entries(
+            settings.conntrack_max,
+            possible_cpus(),
+        ),
+        services_max: settings.services_max,
+        uplink: settings.uplink.clone(),
+        cgroup: settings.cgroup_dir()?,
         debug: settings.debug,
         relink: crate::pod::list(&settings)?
             .into_iter()
@@ -309,6 +519,12 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
         _pad1: [0; 2],
         uplink_ifindex: uplink.index,
         bridge_ifindex: bridge.index,
+        snat_port_min: settings.snat_ports.min,
+        snat_port_max: settings.snat_ports.max,
+        ct_limit: settings.conntrack_max,
+        ct_timeouts: settings.ct_timeouts.into(),
+        _pad2: [0; 4],
+        netns_cookie,
     })?;
     state::write_json(&NodeSettings::node_file(&settings.state_dir), &settings)?;
     Ok(InitReport {
@@ -363,6 +579,8 @@ pub struct ResetReport {
     pub pods_deleted: Vec<String>,
     pub pins_removed: usize,
     pub bridge_deleted: bool,
+    pub uplink_detached: bool,
+    pub cgroup_detached: bool,
 }
 
 /// Tears the node down: every pod, every pin, the bridge and the node's state. Idempotent.
@@ -374,6 +592,12 @@ pub fn reset(settings: &NodeSettings) -> Result<ResetReport, NodeError> {
         report.pods_deleted.push(pod.name);
     }
     let _lock = FileLock::exclusive(&settings.lock_file())?;
+    report.uplink_detached = datapath::attach::detach_ingress(&settings.uplink)?;
+    report.cgroup_detached = datapath::cgroup::detach_connect4(
+        &settings.cgroup_dir()?,
+        &loader::program_pin(&settings.pin_dir, program_name::NODEPORT_CONNECT4),
+    )?;
+    state::remove_file(&crate::nodeport::NodePorts::file(settings))?;
     let mut pins: Vec<PathBuf> = map_name::ALL
         .iter()
         .map(|m| settings.pin_dir.join(m))
@@ -397,6 +621,8 @@ pub fn reset(settings: &NodeSettings) -> Result<ResetReport, NodeError> {
     let ipam_dir = settings.ipam_dir();
     for path in [
         NodeSettings::node_file(&settings.state_dir),
+        settings.state_dir.join("nodeports.lock"),
+        settings.state_dir.join("conntrack-gc.lock"),
         ipam_dir.join("last_reserved_ip"),
         ipam_dir.join("lock"),
     ] {

@@ -48,6 +48,14 @@ pub enum PodError {
     Link(#[from] crate::link::LinkError),
     #[error(transparent)]
     Netns(#[from] crate::netns::NetnsError),
+    #[error(transparent)]
+    NodePort(#[from] Box<crate::nodeport::NodePortError>),
+}
+
+impl From<crate::nodeport::NodePortError> for PodError {
+    fn from(e: crate::nodeport::NodePortError) -> Self {
+        Self::NodePort(Box::new(e))
+    }
 }
 
 /// Everything podnet made for one pod.
@@ -223,6 +231,8 @@ pub struct DelReport {
     pub existed: bool,
     pub released: Vec<Ipv4Addr>,
     pub endpoint_removed: bool,
+    /// Backends of NodePorts that were this pod.
+    pub nodeport_backends_removed: usize,
     pub link_removed: bool,
     pub veth_removed: bool,
     pub netns_removed: bool,
@@ -247,6 +257,7 @@ fn teardown(
         ..DelReport::default()
     };
     let host_if = host_ifname(name);
+    report.nodeport_backends_removed = crate::nodeport::forget_pod(settings, name)?;
     report.link_removed = attach::detach_ingress(&host_if)?;
     let ipam = settings.ipam()?;
     let held: Vec<Ipv4Addr> = ipam

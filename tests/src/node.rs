@@ -139,9 +139,9 @@ impl Node {
 
     /// Packets per reason, summed over CPUs (`podnet stats --json`).
     pub fn stats(&self) -> BTreeMap<String, u64> {
-        self.json(&["stats"])
+        self.json(&["stats"])["reasons"]
             .as_array()
-            .expect("stats is a list")
+            .expect("stats has a list of reasons")
             .iter()
             .map(|r| {
                 (

@@ -111,12 +111,14 @@ fn ipv4_to_a_local_pod_is_redirected_with_its_mac() {
     require_root!();
     let h = Harness::new(true);
     // Sent to the gateway's MAC (routed) or to B's own (switched): either way B's MAC on exit.
+    // The source MAC becomes the gateway's, as after any routed hop.
     for dst_mac in [GW_MAC, MAC_B] {
         let frame = tcp_a_to(POD_B, dst_mac);
         let (verdict, out) = h.run(&frame);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out[..6], MAC_B, "destination MAC rewritten to the pod's");
-        assert_eq!(out[6..], frame[6..], "nothing else changes");
+        assert_eq!(out[6..12], GW_MAC, "source MAC is the gateway's (a routed hop)");
+        assert_eq!(out[12..], frame[12..], "nothing else changes");
         assert!(ipv4_header_ok(&out) && l4_ok(&out));
     }
     assert_eq!(h.count(reason::FORWARD_LOCAL_PEER), 2);

@@ -9,9 +9,14 @@ use std::{
     time::Instant,
 };
 
-use aya::{EbpfLoader, maps::MapData, programs::SchedClassifier};
+use aya::{
+    EbpfLoader,
+    maps::MapData,
+    programs::{CgroupSockAddr, SchedClassifier},
+};
 use podnet_ebpf::abi::{
-    Counter, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS, map_name, program_name,
+    CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS,
+    ServiceKey, ServiceValue, map_name, program_name,
 };
 
 use super::{DatapathError, OBJECT};
@@ -25,6 +30,14 @@ pub struct LoadOptions {
     pub pin_dir: PathBuf,
     /// Entries in the endpoints map; fixed when the map is first created.
     pub endpoints_max: u32,
+    /// Entries in the conntrack LRU (the admission limit plus headroom); fixed likewise.
+    pub conntrack_entries: u32,
+    /// Entries in the services map; fixed likewise.
+    pub services_max: u32,
+    /// The uplink, which gets `from_uplink`.
+    pub uplink: String,
+    /// The cgroup whose sockets get `nodeport_connect4`.
+    pub cgroup: PathBuf,
     /// Compile per-packet debug logging in (read-only global; dead code when off).
     pub debug: bool,
     /// Interfaces whose attachment is switched to the newly loaded program (the pods' veths).
@@ -69,7 +82,7 @@ pub fn check_bpffs(dir: &Path) -> Result<(), DatapathError> {
 }
 
 /// The layout each map must have, for checking maps pinned by an earlier load.
-fn expected_layout(name: &str) -> (u32, u32, Option<u32>) {
+fn expected_layout(name: &str, opts: &LoadOptions) -> (u32, u32, Option<u32>) {
     let size = |n: usize| u32::try_from(n).expect("ABI types are small");
     match name {
         map_name::CONFIG => (4, size(size_of::<NodeConfig>()), Some(1)),
@@ -79,12 +92,23 @@ fn expected_layout(name: &str) -> (u32, u32, Option<u32>) {
             None,
         ),
         map_name::STATS => (4, size(size_of::<Counter>()), Some(STATS_SLOTS)),
+        map_name::CONNTRACK => (
+            size(size_of::<CtKey>()),
+            size(size_of::<CtEntry>()),
+            Some(opts.conntrack_entries),
+        ),
+        map_name::CT_USAGE => (4, size(size_of::<CtUsage>()), Some(CT_USAGE_SLOTS)),
+        map_name::SERVICES => (
+            size(size_of::<ServiceKey>()),
+            size(size_of::<ServiceValue>()),
+            None,
+        ),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
 }
 
 /// Refuses to reuse a pinned map whose key or value layout differs from this build's ABI.
-fn check_pinned_map(path: &Path, name: &str) -> Result<bool, DatapathError> {
+fn check_pinned_map(path: &Path, name: &str, opts: &LoadOptions) -> Result<bool, DatapathError> {
     if !path.exists() {
         return Ok(false);
     }
@@ -96,7 +120,7 @@ fn check_pinned_map(path: &Path, name: &str) -> Result<bool, DatapathError> {
         .map_err(map_err)?
         .info()
         .map_err(map_err)?;
-    let (key, value, entries) = expected_layout(name);
+    let (key, value, entries) = expected_layout(name, opts);
     let mismatch = if info.key_size() != key || info.value_size() != value {
         Some(format!(
             "key/value sizes {}/{} where this build uses {key}/{value}",
@@ -136,7 +160,7 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
     let mut loader = EbpfLoader::new();
     for name in map_name::ALL {
         let path = opts.pin_dir.join(name);
-        if check_pinned_map(&path, name)? {
+        if check_pinned_map(&path, name, opts)? {
             maps_reused.push(name);
         } else {
             maps_created.push(name);
@@ -145,11 +169,13 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
     }
     loader
         .map_max_entries(map_name::ENDPOINTS, opts.endpoints_max)
+        .map_max_entries(map_name::CONNTRACK, opts.conntrack_entries)
+        .map_max_entries(map_name::SERVICES, opts.services_max)
         .override_global("DEBUG", &debug, true);
     let mut ebpf = loader.load(OBJECT)?;
 
     let mut links_updated = 0;
-    for name in program_name::ALL {
+    for name in program_name::CLASSIFIERS {
         let prog_err = |source| DatapathError::Program {
             name: name.to_owned(),
             source,
@@ -170,6 +196,10 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
             path: pin.clone(),
             source,
         })?;
+        if name == program_name::FROM_UPLINK {
+            super::attach::attach_loaded(prog, name, &opts.uplink)?;
+            continue;
+        }
         for ifname in &opts.relink {
             // A pod whose veth vanished (deleted behind podnet's back) has nothing to switch;
             // `pod del` cleans up its record.
@@ -179,6 +209,7 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
             }
         }
     }
+    load_connect4(&mut ebpf, opts)?;
     Ok(LoadReport {
         programs: program_name::ALL.to_vec(),
         maps_reused,
@@ -186,6 +217,43 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
         links_updated,
         load_time_ms: started.elapsed().as_millis(),
     })
+}
+
+/// Loads `nodeport_connect4`, attaches it to the node's cgroup in place of the node's previous
+/// version, and pins it.
+fn load_connect4(ebpf: &mut aya::Ebpf, opts: &LoadOptions) -> Result<(), DatapathError> {
+    let name = program_name::NODEPORT_CONNECT4;
+    let prog_err = |source| DatapathError::Program {
+        name: name.to_owned(),
+        source,
+    };
+    let prog: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .expect("the object defines every program in program_name::ALL")
+        .try_into()
+        .map_err(prog_err)?;
+    prog.load().map_err(prog_err)?;
+    let pin = program_pin(&opts.pin_dir, name);
+    let old = if pin.exists() {
+        Some(super::cgroup::pinned_program(&pin)?)
+    } else {
+        None
+    };
+    {
+        use std::os::fd::AsFd;
+        let fd = prog.fd().map_err(prog_err)?;
+        super::cgroup::attach_connect4(
+            &opts.cgroup,
+            fd.as_fd(),
+            old.as_ref().map(AsFd::as_fd),
+        )?;
+    }
+    match fs::remove_file(&pin) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("replacing program pin", &pin)(e)),
+    }
+    prog.pin(&pin).map_err(|source| DatapathError::Pin { path: pin, source })
 }
 
 /// One line saying what a load did.

@@ -7,7 +7,10 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use podnet_ebpf::abi::{Counter, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS, map_name, reason};
+use podnet_ebpf::abi::{
+    CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtUsage, Endpoint,
+    EndpointKey, NodeConfig, STATS_SLOTS, ServiceKey, ServiceValue, map_name, reason,
+};
 
 use super::DatapathError;
 
@@ -16,6 +19,9 @@ pub struct PinnedMaps {
     pub config: Array<MapData, NodeConfig>,
     pub endpoints: HashMap<MapData, EndpointKey, Endpoint>,
     pub stats: PerCpuArray<MapData, Counter>,
+    pub conntrack: HashMap<MapData, CtKey, CtEntry>,
+    pub ct_usage: Array<MapData, CtUsage>,
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
 }
 
 fn open(pin_dir: &Path, name: &str) -> Result<Map, DatapathError> {
@@ -73,7 +79,73 @@ impl PinnedMaps {
             config: typed!(pin_dir, map_name::CONFIG),
             endpoints: typed!(pin_dir, map_name::ENDPOINTS),
             stats: typed!(pin_dir, map_name::STATS),
+            conntrack: typed!(pin_dir, map_name::CONNTRACK),
+            ct_usage: typed!(pin_dir, map_name::CT_USAGE),
+            services: typed!(pin_dir, map_name::SERVICES),
         })
+    }
+
+    /// Usage as the programs and the collector recorded it: `(programs, collector)`.
+    pub fn ct_usage(&self) -> Result<(CtUsage, CtUsage), DatapathError> {
+        let get = |slot| {
+            self.ct_usage
+                .get(&slot, 0)
+                .map_err(Self::map_err(map_name::CT_USAGE))
+        };
+        Ok((get(CT_USAGE_PROGRAMS)?, get(CT_USAGE_COLLECTOR)?))
+    }
+
+    /// Adds `n` to the collector's removed count. Only the collector writes this slot.
+    pub fn ct_collected(&mut self, n: u64) -> Result<(), DatapathError> {
+        let (_, mut collector) = self.ct_usage()?;
+        collector.removed += n;
+        self.ct_usage
+            .set(CT_USAGE_COLLECTOR, collector, 0)
+            .map_err(Self::map_err(map_name::CT_USAGE))
+    }
+
+    /// Every conntrack entry. Entries that vanish during the walk are skipped.
+    pub fn ct_entries(&self) -> Result<Vec<(CtKey, CtEntry)>, DatapathError> {
+        let mut out = Vec::new();
+        for item in self.conntrack.iter() {
+            match item {
+                Ok(pair) => out.push(pair),
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(Self::map_err(map_name::CONNTRACK)(source)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a conntrack entry; `Ok(false)` if it was already gone.
+    pub fn ct_remove(&mut self, key: &CtKey) -> Result<bool, DatapathError> {
+        match self.conntrack.remove(key) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(source) => Err(Self::map_err(map_name::CONNTRACK)(source)),
+        }
+    }
+
+    pub fn service_set(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), DatapathError> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(Self::map_err(map_name::SERVICES))
+    }
+
+    pub fn service_remove(&mut self, key: &ServiceKey) -> Result<bool, DatapathError> {
+        match self.services.remove(key) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(source) => Err(Self::map_err(map_name::SERVICES)(source)),
+        }
+    }
+
+    pub fn service(&self, key: &ServiceKey) -> Result<Option<ServiceValue>, DatapathError> {
+        match self.services.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(source) => Err(Self::map_err(map_name::SERVICES)(source)),
+        }
     }
 
     fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> DatapathError + '_ {
@@ -107,12 +179,7 @@ impl PinnedMaps {
         let key = EndpointKey { addr: ip.octets() };
         match self.endpoints.remove(&key) {
             Ok(()) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(false)
-            }
+            Err(e) if is_not_found(&e) => Ok(false),
             Err(source) => Err(Self::map_err(map_name::ENDPOINTS)(source)),
         }
     }
@@ -171,6 +238,14 @@ impl PinnedMaps {
     }
 }
 
+fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 /// Paths of every map pin under `pin_dir`.
 pub fn map_pins(pin_dir: &Path) -> Vec<PathBuf> {
     map_name::ALL
@@ -191,6 +266,10 @@ pub struct ConfigView {
     pub cluster_cidr: String,
     pub uplink_ifindex: u32,
     pub bridge_ifindex: u32,
+    pub snat_ports: String,
+    pub ct_limit: u32,
+    pub ct_timeouts: crate::node::ConntrackTimeouts,
+    pub netns_cookie: u64,
 }
 
 impl From<NodeConfig> for ConfigView {
@@ -209,6 +288,12 @@ impl From<NodeConfig> for ConfigView {
             _pad1: _,
             uplink_ifindex,
             bridge_ifindex,
+            snat_port_min,
+            snat_port_max,
+            ct_limit,
+            ct_timeouts,
+            _pad2: _,
+            netns_cookie,
         } = config;
         Self {
             abi_version,
@@ -220,6 +305,10 @@ impl From<NodeConfig> for ConfigView {
             cluster_cidr: format!("{}/{cluster_prefix_len}", Ipv4Addr::from(cluster_cidr)),
             uplink_ifindex,
             bridge_ifindex,
+            snat_ports: format!("{snat_port_min}-{snat_port_max}"),
+            ct_limit,
+            ct_timeouts: ct_timeouts.into(),
+            netns_cookie,
         }
     }
 }
@@ -228,7 +317,7 @@ impl std::fmt::Display for ConfigView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "abi v{} ready={} node_ip={} gateway={} ({}) pod_cidr={} cluster_cidr={} uplink_ifindex={} bridge_ifindex={}",
+            "abi v{} ready={} node_ip={} gateway={} ({}) pod_cidr={} cluster_cidr={} uplink_ifindex={} bridge_ifindex={} snat_ports={} ct_limit={}",
             self.abi_version,
             self.ready,
             self.node_ip,
@@ -237,7 +326,9 @@ impl std::fmt::Display for ConfigView {
             self.pod_cidr,
             self.cluster_cidr,
             self.uplink_ifindex,
-            self.bridge_ifindex
+            self.bridge_ifindex,
+            self.snat_ports,
+            self.ct_limit
         )
     }
 }

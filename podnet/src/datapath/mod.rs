@@ -5,11 +5,13 @@
 //! Pin layout under a node's pin directory (default `/sys/fs/bpf/podnet`):
 //!
 //! ```text
-//! <pin_dir>/CONFIG, ENDPOINTS, STATS   maps (bpftool map dump pinned <pin_dir>/<MAP>)
+//! <pin_dir>/CONFIG, ENDPOINTS, STATS, CONNTRACK, CT_USAGE, SERVICES
+//!                                      maps (bpftool map dump pinned <pin_dir>/<MAP>)
 //! <pin_dir>/progs/<program>            programs, e.g. progs/from_pod
 //! ```
 
 pub mod attach;
+pub mod cgroup;
 pub mod loader;
 pub mod log;
 pub mod maps;

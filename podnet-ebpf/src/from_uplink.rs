@@ -1,0 +1,62 @@
+//! Ingress of the node's uplink: replies to SNATed pod traffic are translated back and
+//! delivered to the pod; new connections to a NodePort on the node IP are DNATed to a backend;
+//! ICMP errors about translated flows are translated back. Everything else, above all the
+//! node's own traffic, goes to the kernel unchanged.
+
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_log_ebpf::debug;
+use podnet_ebpf::abi::reason;
+
+use crate::{
+    conntrack,
+    maps::{debug_enabled, ready_config},
+    parse::{self, Frame, L4},
+    stats, translate,
+};
+
+#[classifier]
+pub fn from_uplink(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    let (verdict, why) = decide(&ctx);
+    stats::count(why, len);
+    verdict
+}
+
+#[inline(always)]
+fn decide(ctx: &TcContext) -> (i32, u32) {
+    let Some(cfg) = ready_config() else {
+        return (TC_ACT_OK, reason::PASS_NOT_READY);
+    };
+    let frame = match parse::frame(ctx) {
+        Frame::Ipv4(frame) => frame,
+        Frame::NotIpv4 => return (TC_ACT_OK, reason::PASS_NOT_IPV4),
+        Frame::Malformed => return (TC_ACT_OK, reason::PASS_MALFORMED),
+    };
+    // SAFETY: the parser bounds-checked the IPv4 header and nothing has changed the packet.
+    if unsafe { (*frame.ip).daddr } != cfg.node_ip {
+        return (TC_ACT_OK, reason::PASS_NOT_LOCAL);
+    }
+    let pkt = parse::ipv4_packet(ctx, &frame);
+    let now = conntrack::now();
+    let done = match pkt.l4 {
+        L4::Fragment => Some((TC_ACT_OK, reason::PASS_FRAGMENT)),
+        L4::Opaque => None,
+        L4::IcmpError => translate::icmp_error(ctx, cfg, &pkt, now),
+        L4::Tcp { .. } | L4::Udp | L4::IcmpEcho { .. } => translate::tracked(ctx, cfg, &pkt, now)
+            .or_else(|| translate::nodeport(ctx, cfg, &pkt, now, false)),
+    };
+    let done = done.unwrap_or((TC_ACT_OK, reason::PASS_NOT_NAT));
+    if debug_enabled() {
+        debug!(
+            ctx,
+            "from_uplink: {:i}:{} -> {:i}:{} proto {}: reason {}",
+            u32::from_be_bytes(pkt.key.saddr),
+            pkt.key.sport,
+            u32::from_be_bytes(pkt.key.daddr),
+            pkt.key.dport,
+            pkt.key.proto,
+            done.1
+        );
+    }
+    done
+}

@@ -1,0 +1,207 @@
+//! The conntrack table as an operator sees it: `conntrack list` (every flow with its
+//! translation, state and remaining lifetime), `conntrack gc` (removes dead flows, those whose
+//! two entries have both expired), and the occupancy summary `stats` prints.
+//!
+//! Lifetimes are kept on CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns()`.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use podnet_ebpf::abi::{
+    CtEntry, CtKey, ct_dir, ct_kind, ct_live, ct_state,
+    proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+};
+use serde::Serialize;
+
+use crate::{
+    datapath::{DatapathError, maps::PinnedMaps},
+    node::NodeSettings,
+    state::{FileLock, StateError},
+};
+
+/// CLOCK_MONOTONIC now, in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: an all-zero timespec is a valid out-parameter.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is valid and writable; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+fn proto_name(proto: u8) -> String {
+    match proto {
+        IPPROTO_TCP => "tcp".to_owned(),
+        IPPROTO_UDP => "udp".to_owned(),
+        IPPROTO_ICMP => "icmp".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn endpoint(addr: [u8; 4], port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(addr), port)
+}
+
+/// One conntrack entry, readable.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Flow {
+    pub proto: String,
+    /// `snat`, `dnat` or `hairpin`.
+    pub kind: &'static str,
+    /// `original` (matches the flow's first packet) or `reply`.
+    pub dir: &'static str,
+    pub state: &'static str,
+    /// The tuple a packet has when it matches this entry.
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    /// What it is rewritten to.
+    pub nat_src: SocketAddrV4,
+    pub nat_dst: SocketAddrV4,
+    /// Seconds until the entry expires (negative: expired, waiting for collection).
+    pub expires_in_s: i64,
+}
+
+impl Flow {
+    fn new(key: &CtKey, entry: &CtEntry, now: u64) -> Self {
+        let remaining = i128::from(entry.expires_ns) - i128::from(now);
+        Self {
+            proto: proto_name(key.proto),
+            kind: ct_kind::NAMES
+                .get(usize::from(entry.kind))
+                .copied()
+                .unwrap_or("unknown"),
+            dir: if entry.dir == ct_dir::REPLY {
+                "reply"
+            } else {
+                "original"
+            },
+            state: ct_state::NAMES
+                .get(usize::from(entry.state))
+                .copied()
+                .unwrap_or("unknown"),
+            src: endpoint(key.saddr, key.sport),
+            dst: endpoint(key.daddr, key.dport),
+            nat_src: endpoint(entry.nat.saddr, entry.nat.sport),
+            nat_dst: endpoint(entry.nat.daddr, entry.nat.dport),
+            expires_in_s: i64::try_from(remaining / 1_000_000_000).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+impl std::fmt::Display for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<5} {:<8} {:<8} {:<11} {:>21} -> {:<21} => {:>21} -> {:<21} {:>6}s",
+            self.proto,
+            self.kind,
+            self.dir,
+            self.state,
+            self.src.to_string(),
+            self.dst.to_string(),
+            self.nat_src.to_string(),
+            self.nat_dst.to_string(),
+            self.expires_in_s
+        )
+    }
+}
+
+/// Header line matching `Flow`'s `Display`.
+pub const HEADER: &str = "PROTO KIND     DIR      STATE                         SRC -> DST                   =>                   NAT-SRC -> NAT-DST                EXPIRES";
+
+/// Occupancy of the table against its admission limit.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Usage {
+    /// Entries counted live (two per flow).
+    pub live: u64,
+    /// Entries admitted before new flows are refused.
+    pub limit: u32,
+    pub inserted: u64,
+    pub removed_by_datapath: u64,
+    pub removed_by_gc: u64,
+}
+
+pub fn usage(maps: &PinnedMaps) -> Result<Usage, DatapathError> {
+    let (programs, collector) = maps.ct_usage()?;
+    Ok(Usage {
+        live: ct_live(&programs, &collector),
+        limit: maps.config()?.ct_limit,
+        inserted: programs.inserted,
+        removed_by_datapath: programs.removed,
+        removed_by_gc: collector.removed,
+    })
+}
+
+/// Every entry, originals first, then by tuple.
+pub fn list(settings: &NodeSettings) -> Result<Vec<Flow>, DatapathError> {
+    let maps = PinnedMaps::open(&settings.pin_dir)?;
+    let now = monotonic_ns();
+    let mut flows: Vec<Flow> = maps
+        .ct_entries()?
+        .iter()
+        .map(|(k, e)| Flow::new(k, e, now))
+        .collect();
+    flows.sort_by(|a, b| {
+        (a.dir, a.proto.as_str(), a.src, a.dst).cmp(&(b.dir, b.proto.as_str(), b.src, b.dst))
+    });
+    Ok(flows)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConntrackError {
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// What a collection pass did.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct GcReport {
+    pub scanned: usize,
+    pub removed: u64,
+    pub usage: Usage,
+}
+
+/// Removes every dead flow: both entries expired (or one expired and the other gone).
+pub fn gc(settings: &NodeSettings) -> Result<GcReport, ConntrackError> {
+    let _lock = FileLock::exclusive(&settings.state_dir.join("conntrack-gc.lock"))?;
+    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    let now = monotonic_ns();
+    let entries: HashMap<CtKey, CtEntry> = maps.ct_entries()?.into_iter().collect();
+    let mut removed = 0;
+    for (key, entry) in &entries {
+        if entry.expires_ns >= now {
+            continue;
+        }
+        let twin = CtKey {
+            saddr: entry.nat.daddr,
+            daddr: entry.nat.saddr,
+            sport: entry.nat.dport,
+            dport: entry.nat.sport,
+            proto: key.proto,
+            _pad: [0; 3],
+        };
+        let twin_alive = entries.get(&twin).is_some_and(|t| t.expires_ns >= now);
+        if twin_alive {
+            continue;
+        }
+        // Re-read just before removing: the datapath may have revived the entry meanwhile.
+        let current = maps.conntrack.get(key, 0).ok();
+        if current.is_some_and(|e| e.expires_ns >= monotonic_ns()) {
+            continue;
+        }
+        if maps.ct_remove(key)? {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        maps.ct_collected(removed)?;
+    }
+    Ok(GcReport {
+        scanned: entries.len(),
+        removed,
+        usage: usage(&maps)?,
+    })
+}

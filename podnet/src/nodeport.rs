@@ -1,0 +1,449 @@
+//! NodePorts: `nodeIP:PORT/PROTO` spread over backends (local pods, by name or address), like a
+//! Kubernetes NodePort service with kube-proxy's `iptables -t nat ... DNAT` rules, but held in
+//! the `SERVICES` map that the datapath reads. The records in `<state_dir>/nodeports.json` keep
+//! what the map cannot (pod names), and say what `nodeport list` shows.
+//!
+//! Map updates are ordered so the datapath never sees a slot that is not there: backend slots
+//! are written before the count that exposes them, and the count is lowered before the slots it
+//! no longer covers are removed. Existing connections keep their backend through conntrack, so
+//! removing a backend stops only new connections to it.
+
+use std::{net::Ipv4Addr, path::PathBuf, str::FromStr};
+
+use podnet_ebpf::abi::{
+    MAX_BACKENDS, ServiceKey, ServiceValue,
+    proto::{IPPROTO_TCP, IPPROTO_UDP},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    datapath::{DatapathError, maps::PinnedMaps},
+    node::NodeSettings,
+    state::{self, FileLock, StateError},
+};
+
+/// A NodePort's transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => IPPROTO_TCP,
+            Self::Udp => IPPROTO_UDP,
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Proto {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Self::Tcp),
+            "udp" => Ok(Self::Udp),
+            _ => Err(format!("protocol {s:?} is not tcp or udp")),
+        }
+    }
+}
+
+/// A backend as given on the command line: `POD:PORT` or `IP:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub target: BackendTarget,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendTarget {
+    Pod(String),
+    Ip(Ipv4Addr),
+}
+
+impl FromStr for BackendSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (target, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("backend {s:?} is not POD:PORT or IP:PORT"))?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("backend {s:?}: {port:?} is not a port (1-65535)"))?;
+        if target.is_empty() {
+            return Err(format!("backend {s:?} has no pod name or address"));
+        }
+        let target = match target.parse::<Ipv4Addr>() {
+            Ok(ip) => BackendTarget::Ip(ip),
+            Err(_) => BackendTarget::Pod(target.to_owned()),
+        };
+        Ok(Self { target, port })
+    }
+}
+
+/// A resolved backend, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// The pod it was given as, if given by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.pod {
+            Some(pod) => write!(f, "{pod}({}):{}", self.ip, self.port),
+            None => write!(f, "{}:{}", self.ip, self.port),
+        }
+    }
+}
+
+/// One NodePort and its backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePort {
+    pub port: u16,
+    pub proto: Proto,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodePortError {
+    #[error("port {port} is outside the NodePort range {range} (set with `node init --nodeport-range`)")]
+    OutOfRange {
+        port: u16,
+        range: crate::node::PortRange,
+    },
+    #[error("{proto} port {port} is already a NodePort (delete it first, or use `nodeport set`)")]
+    InUse { port: u16, proto: Proto },
+    #[error("{proto} port {port} is in use by a socket in the node's namespace")]
+    SocketInUse { port: u16, proto: Proto },
+    #[error("no {proto} NodePort {port}")]
+    NotFound { port: u16, proto: Proto },
+    #[error("backend {backend}: no pod named {pod} on this node")]
+    UnknownPod { backend: String, pod: String },
+    #[error(
+        "backend {ip} is not in this node's pod CIDR {pod_cidr}: NodePort backends must be local pods"
+    )]
+    NotLocal {
+        ip: Ipv4Addr,
+        pod_cidr: ipnetwork::Ipv4Network,
+    },
+    #[error("a NodePort needs at least one --backend")]
+    NoBackends,
+    #[error("{count} backends given; a NodePort has at most {MAX_BACKENDS}")]
+    TooManyBackends { count: usize },
+    #[error("backend {backend} is given twice")]
+    Duplicate { backend: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Node(#[from] Box<crate::node::NodeError>),
+}
+
+/// The NodePort records of a node.
+pub struct NodePorts;
+
+impl NodePorts {
+    pub fn file(settings: &NodeSettings) -> PathBuf {
+        settings.state_dir.join("nodeports.json")
+    }
+
+    fn lock(settings: &NodeSettings) -> Result<FileLock, StateError> {
+        FileLock::exclusive(&settings.state_dir.join("nodeports.lock"))
+    }
+
+    fn load(settings: &NodeSettings) -> Result<Vec<NodePort>, StateError> {
+        Ok(state::read_json(&Self::file(settings))?.unwrap_or_default())
+    }
+
+    fn save(settings: &NodeSettings, ports: &mut [NodePort]) -> Result<(), StateError> {
+        ports.sort_by_key(|np| (np.port, np.proto));
+        state::write_json(&Self::file(settings), &ports)
+    }
+}
+
+fn key(port: u16, proto: Proto, slot: u16) -> ServiceKey {
+    ServiceKey {
+        port,
+        slot,
+        proto: proto.number(),
+        _pad: [0; 3],
+    }
+}
+
+fn slot(index: usize) -> u16 {
+    u16::try_from(index + 1).expect("backend counts are capped at MAX_BACKENDS")
+}
+
+/// Writes `backends` for `port`/`proto` over `old_count` backends already in the map.
+fn program(
+    maps: &mut PinnedMaps,
+    port: u16,
+    proto: Proto,
+    backends: &[Backend],
+    old_count: usize,
+) -> Result<(), DatapathError> {
+    for (i, b) in backends.iter().enumerate() {
+        maps.service_set(
+            key(port, proto, slot(i)),
+            ServiceValue {
+                addr: b.ip.octets(),
+                port: b.port,
+                count: 0,
+            },
+        )?;
+    }
+    if backends.is_empty() && old_count == 0 {
+        maps.service_remove(&key(port, proto, 0))?;
+    } else {
+        maps.service_set(
+            key(port, proto, 0),
+            ServiceValue {
+                addr: [0; 4],
+                port: 0,
+                count: u16::try_from(backends.len()).expect("capped at MAX_BACKENDS"),
+            },
+        )?;
+    }
+    for i in backends.len()..old_count {
+        maps.service_remove(&key(port, proto, slot(i)))?;
+    }
+    Ok(())
+}
+
+/// Resolves and checks backends against the node's pods.
+fn resolve(settings: &NodeSettings, specs: &[BackendSpec]) -> Result<Vec<Backend>, NodePortError> {
+    if specs.is_empty() {
+        return Err(NodePortError::NoBackends);
+    }
+    if specs.len() > usize::from(MAX_BACKENDS) {
+        return Err(NodePortError::TooManyBackends { count: specs.len() });
+    }
+    let pods = crate::pod::list(settings).map_err(Box::new)?;
+    let mut out: Vec<Backend> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let backend = match &spec.target {
+            BackendTarget::Pod(name) => {
+                let pod = pods.iter().find(|p| &p.name == name).ok_or_else(|| {
+                    NodePortError::UnknownPod {
+                        backend: format!("{name}:{}", spec.port),
+                        pod: name.clone(),
+                    }
+                })?;
+                Backend {
+                    pod: Some(name.clone()),
+                    ip: pod.address.ip(),
+                    port: spec.port,
+                }
+            }
+            BackendTarget::Ip(ip) => {
+                if !settings.pod_cidr.contains(*ip) {
+                    return Err(NodePortError::NotLocal {
+                        ip: *ip,
+                        pod_cidr: settings.pod_cidr,
+                    });
+                }
+                Backend {
+                    pod: pods
+                        .iter()
+                        .find(|p| p.address.ip() == *ip)
+                        .map(|p| p.name.clone()),
+                    ip: *ip,
+                    port: spec.port,
+                }
+            }
+        };
+        if out.iter().any(|b| b.ip == backend.ip && b.port == backend.port) {
+            return Err(NodePortError::Duplicate {
+                backend: backend.to_string(),
+            });
+        }
+        out.push(backend);
+    }
+    Ok(out)
+}
+
+/// Whether a socket in the calling thread's namespace is bound to `port` (any address), as
+/// `/proc/net/{tcp,udp}` shows: such a port cannot also be a NodePort, as with kube-proxy.
+fn socket_bound(proto: Proto, port: u16) -> bool {
+    let file = match proto {
+        Proto::Tcp => "/proc/self/net/tcp",
+        Proto::Udp => "/proc/self/net/udp",
+    };
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return false;
+    };
+    let wanted = format!(":{port:04X}");
+    text.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1).unwrap_or_default();
+        let state = fields.nth(1).unwrap_or_default();
+        // TCP: only listening sockets (state 0A) hold the port for new connections.
+        local.ends_with(&wanted) && (proto == Proto::Udp || state == "0A")
+    })
+}
+
+/// `nodeport add`: a new NodePort.
+pub fn add(
+    settings: &NodeSettings,
+    port: u16,
+    proto: Proto,
+    specs: &[BackendSpec],
+) -> Result<NodePort, NodePortError> {
+    if !settings.nodeport_range.contains(port) {
+        return Err(NodePortError::OutOfRange {
+            port,
+            range: settings.nodeport_range,
+        });
+    }
+    let _lock = NodePorts::lock(settings)?;
+    let mut ports = NodePorts::load(settings)?;
+    if ports.iter().any(|np| np.port == port && np.proto == proto) {
+        return Err(NodePortError::InUse { port, proto });
+    }
+    if socket_bound(proto, port) {
+        return Err(NodePortError::SocketInUse { port, proto });
+    }
+    let backends = resolve(settings, specs)?;
+    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    program(&mut maps, port, proto, &backends, 0)?;
+    let np = NodePort {
+        port,
+        proto,
+        backends,
+    };
+    ports.push(np.clone());
+    NodePorts::save(settings, &mut ports)?;
+    Ok(np)
+}
+
+/// `nodeport set`: replaces the backends of an existing NodePort.
+pub fn set(
+    settings: &NodeSettings,
+    port: u16,
+    proto: Proto,
+    specs: &[BackendSpec],
+) -> Result<NodePort, NodePortError> {
+    let _lock = NodePorts::lock(settings)?;
+    let mut ports = NodePorts::load(settings)?;
+    let backends = resolve(settings, specs)?;
+    let np = ports
+        .iter_mut()
+        .find(|np| np.port == port && np.proto == proto)
+        .ok_or(NodePortError::NotFound { port, proto })?;
+    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    program(&mut maps, port, proto, &backends, np.backends.len())?;
+    np.backends = backends;
+    let updated = np.clone();
+    NodePorts::save(settings, &mut ports)?;
+    Ok(updated)
+}
+
+/// `nodeport del`: removes a NodePort. Established connections finish on their backends.
+pub fn del(settings: &NodeSettings, port: u16, proto: Proto) -> Result<NodePort, NodePortError> {
+    let _lock = NodePorts::lock(settings)?;
+    let mut ports = NodePorts::load(settings)?;
+    let index = ports
+        .iter()
+        .position(|np| np.port == port && np.proto == proto)
+        .ok_or(NodePortError::NotFound { port, proto })?;
+    let np = ports.remove(index);
+    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    maps.service_remove(&key(port, proto, 0))?;
+    for i in 0..np.backends.len() {
+        maps.service_remove(&key(port, proto, slot(i)))?;
+    }
+    NodePorts::save(settings, &mut ports)?;
+    Ok(np)
+}
+
+/// `nodeport list`.
+pub fn list(settings: &NodeSettings) -> Result<Vec<NodePort>, NodePortError> {
+    Ok(NodePorts::load(settings)?)
+}
+
+/// Removes pod `name` from every NodePort's backends (the pod is being deleted). Returns how
+/// many backends went.
+pub fn forget_pod(settings: &NodeSettings, name: &str) -> Result<usize, NodePortError> {
+    let _lock = NodePorts::lock(settings)?;
+    let mut ports = NodePorts::load(settings)?;
+    let mut removed = 0;
+    let mut maps = None;
+    for np in &mut ports {
+        let before = np.backends.len();
+        let kept: Vec<Backend> = np
+            .backends
+            .iter()
+            .filter(|b| b.pod.as_deref() != Some(name))
+            .cloned()
+            .collect();
+        if kept.len() == before {
+            continue;
+        }
+        let maps = match &mut maps {
+            Some(m) => m,
+            None => maps.insert(PinnedMaps::open(&settings.pin_dir)?),
+        };
+        program(maps, np.port, np.proto, &kept, before)?;
+        removed += before - kept.len();
+        np.backends = kept;
+    }
+    if removed > 0 {
+        NodePorts::save(settings, &mut ports)?;
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_specs_parse() {
+        assert_eq!(
+            "web:80".parse::<BackendSpec>().unwrap(),
+            BackendSpec {
+                target: BackendTarget::Pod("web".into()),
+                port: 80
+            }
+        );
+        assert_eq!(
+            "10.244.1.2:8080".parse::<BackendSpec>().unwrap(),
+            BackendSpec {
+                target: BackendTarget::Ip(Ipv4Addr::new(10, 244, 1, 2)),
+                port: 8080
+            }
+        );
+        for bad in ["web", "web:0", "web:http", ":80", "web:65536"] {
+            assert!(bad.parse::<BackendSpec>().is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn protocols_parse() {
+        assert_eq!("TCP".parse::<Proto>().unwrap(), Proto::Tcp);
+        assert_eq!("udp".parse::<Proto>().unwrap(), Proto::Udp);
+        assert!("sctp".parse::<Proto>().is_err());
+    }
+}
