@@ -3,7 +3,7 @@
 //! ```text
 //! netprobe serve tcp|udp --listen IP:PORT [--count N] [--echo]
 //! netprobe http --listen IP:PORT [--count N]
-//! netprobe connect tcp|udp IP:PORT [--timeout-ms 2000] [--payload TEXT]
+//! netprobe connect tcp|udp IP:PORT [--timeout-ms 2000] [--payload TEXT] [--source-port P]
 //! netprobe http-get IP:PORT [--path /] [--timeout-ms 2000]
 //! netprobe churn tcp IP:PORT --count N [--timeout-ms 2000]
 //! netprobe stream tcp IP:PORT --seconds S [--timeout-ms 2000]
@@ -35,7 +35,7 @@ const DEFAULT_TIMEOUT_MS: u64 = 2000;
 const USAGE: &str = "usage:
   netprobe serve tcp|udp --listen IP:PORT [--count N] [--echo]
   netprobe http --listen IP:PORT [--count N]
-  netprobe connect tcp|udp IP:PORT [--timeout-ms MS] [--payload TEXT]
+  netprobe connect tcp|udp IP:PORT [--timeout-ms MS] [--payload TEXT] [--source-port P (udp)]
   netprobe http-get IP:PORT [--path PATH] [--timeout-ms MS]
   netprobe churn tcp IP:PORT --count N [--timeout-ms MS]
   netprobe stream tcp IP:PORT --seconds S [--timeout-ms MS]";
@@ -74,6 +74,7 @@ const FLAGS: &[&str] = &[
     "--count",
     "--timeout-ms",
     "--payload",
+    "--source-port",
     "--seconds",
     "--path",
 ];
@@ -203,7 +204,12 @@ fn run(args: &Args) -> Result<ExitCode> {
             }
             let reply = match args.proto()? {
                 Proto::Tcp => tcp_request(addr, &payload, args.timeout()?)?,
-                Proto::Udp => udp_request(addr, &payload, args.timeout()?)?,
+                Proto::Udp => udp_request(
+                    addr,
+                    &payload,
+                    args.timeout()?,
+                    args.flag("--source-port")?.unwrap_or(0),
+                )?,
             };
             println!("{reply}");
             Ok(ExitCode::SUCCESS)
@@ -444,11 +450,16 @@ fn tcp_request(addr: SocketAddr, payload: &str, timeout: Duration) -> Result<Str
     read_reply(&mut BufReader::new(&stream), deadline, addr)
 }
 
-fn udp_request(addr: SocketAddr, payload: &str, timeout: Duration) -> Result<String> {
+fn udp_request(
+    addr: SocketAddr,
+    payload: &str,
+    timeout: Duration,
+    source_port: u16,
+) -> Result<String> {
     let any: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse().expect("valid")
+        SocketAddr::from(([0, 0, 0, 0], source_port))
     } else {
-        "[::]:0".parse().expect("valid")
+        SocketAddr::from(([0u16; 8], source_port))
     };
     let socket = UdpSocket::bind(any)?;
     socket.connect(addr)?;

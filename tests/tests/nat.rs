@@ -1,0 +1,559 @@
+//! NAT end to end, in namespaces the tests make: a node whose uplink is a veth to an "outside"
+//! namespace that plays client and server. The outside has no route to any pod CIDR, so a reply
+//! reaches a pod only if the node translated the flow.
+//!
+//! What a user depends on: pods reach the outside as the node IP and get the replies (TCP, UDP,
+//! ping); NodePorts reach every backend from outside, from pods (hairpin included) and from the
+//! node itself; pod-to-pod and the node's own traffic are never translated; no iptables or nft
+//! rule is involved; a stream survives `node init`; and a full table refuses new flows visibly
+//! while established ones keep working.
+
+use std::{collections::BTreeSet, net::IpAddr, thread, time::Duration};
+
+use podnet_tests::{
+    InNetns as _, NODE_IP, Node, OUTSIDE_IP, addr, addr_field, churn_tcp, connect_tcp, connect_udp,
+    describe, http_get, local_ip_of, netprobe, netprobe_bin, peer_ip_of, require_root, route,
+    serve_http, serve_tcp, serve_tcp_echo, serve_udp,
+};
+
+const NODE: IpAddr = IpAddr::V4(NODE_IP);
+
+fn nodeport(node: &Node, port: u16, proto: &str, backends: &[&str]) -> String {
+    let port = port.to_string();
+    let mut args = vec!["nodeport", "add", "--port", &port, "--proto", proto];
+    for b in backends {
+        args.extend(["--backend", b]);
+    }
+    node.ok(&args)
+}
+
+fn delta(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    reason: &str,
+) -> u64 {
+    after[reason] - before[reason]
+}
+
+#[test]
+fn pods_reach_the_outside_as_the_node_ip_and_get_replies() {
+    require_root!();
+    let node = Node::new("10.244.41.0/24");
+    let pod = node.add_pod("client");
+    let outside = &node.topo.outside;
+    let _tcp = serve_tcp(outside, &format!("{OUTSIDE_IP}:8080"));
+    let _udp = serve_udp(outside, &format!("{OUTSIDE_IP}:8081"));
+    let before = node.stats();
+
+    let reply = connect_tcp(&pod.ns, &format!("{OUTSIDE_IP}:8080")).expect("TCP pod -> outside");
+    assert_eq!(peer_ip_of(&reply), Some(NODE), "TCP source: {reply}");
+    let port = addr_field(&reply, "peer").expect("peer").port();
+    assert!((61_000..=65_535).contains(&port), "SNAT port {port}");
+
+    let reply = connect_udp(&pod.ns, &format!("{OUTSIDE_IP}:8081")).expect("UDP pod -> outside");
+    assert_eq!(peer_ip_of(&reply), Some(NODE), "UDP source: {reply}");
+
+    let ping = pod.ping(&OUTSIDE_IP.to_string(), 3);
+    assert!(
+        ping.status.success(),
+        "ping pod -> outside: {}",
+        describe(&ping)
+    );
+
+    let after = node.stats();
+    assert!(delta(&before, &after, "snat") >= 3 + 1 + 3, "{after:?}");
+    assert!(
+        delta(&before, &after, "snat_reply") >= 2 + 1 + 3,
+        "{after:?}"
+    );
+    // The outside never learned a pod address: its neighbour table holds only the node.
+    let neigh = outside.ok("ip -4 neigh show");
+    assert!(
+        !neigh.contains("10.244."),
+        "outside saw a pod address: {neigh}"
+    );
+
+    let flows = node.json(&["conntrack", "list"]);
+    let flows = flows.as_array().expect("list");
+    assert!(
+        flows.iter().any(|f| f["kind"] == "snat"
+            && f["proto"] == "tcp"
+            && f["nat_src"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("198.18.0.10:"))),
+        "conntrack list shows the TCP flow: {flows:?}"
+    );
+    let text = node.ok(&["conntrack", "list"]);
+    assert!(text.contains("snat") && text.contains("entries"), "{text}");
+}
+
+#[test]
+fn two_pods_with_the_same_source_port_do_not_collide() {
+    require_root!();
+    let node = Node::new("10.244.42.0/24");
+    let a = node.add_pod("a");
+    let b = node.add_pod("b");
+    let _udp = serve_udp(&node.topo.outside, &format!("{OUTSIDE_IP}:5353"));
+    let mut seen = BTreeSet::new();
+    for pod in [&a, &b] {
+        let out = netprobe(
+            &pod.ns,
+            &[
+                "connect",
+                "udp",
+                &format!("{OUTSIDE_IP}:5353"),
+                "--source-port",
+                "40000",
+            ],
+        );
+        assert!(out.status.success(), "{}: {}", pod.name, describe(&out));
+        let reply = String::from_utf8_lossy(&out.stdout).to_string();
+        let peer = addr_field(&reply, "peer").expect("peer");
+        assert_eq!(peer.ip(), NODE);
+        seen.insert(peer.port());
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "each pod got its own translated port: {seen:?}"
+    );
+}
+
+#[test]
+fn pod_to_pod_other_nodes_pods_and_the_nodes_own_traffic_are_not_translated() {
+    require_root!();
+    let node = Node::new("10.244.43.0/24");
+    let a = node.add_pod("a");
+    let b = node.add_pod("b");
+    let outside = &node.topo.outside;
+    // The outside also plays another node's pod (10.244.99.5) with a route back to our pods.
+    addr(outside, "eth0", "10.244.99.5/32");
+    route(outside, &["10.244.43.0/24", "via", &NODE_IP.to_string()]);
+    route(
+        &node.topo.node,
+        &["10.244.99.0/24", "via", &OUTSIDE_IP.to_string()],
+    );
+    let _remote_pod = serve_tcp(outside, "10.244.99.5:8080");
+    let _outside = serve_tcp(outside, &format!("{OUTSIDE_IP}:8080"));
+    let _b = serve_tcp(&b.ns, &format!("{}:8080", b.ip));
+
+    let reply = connect_tcp(&a.ns, &format!("{}:8080", b.ip)).expect("a -> b");
+    assert_eq!(
+        peer_ip_of(&reply).map(|ip| ip.to_string()),
+        Some(a.ip.clone())
+    );
+
+    let reply = connect_tcp(&a.ns, "10.244.99.5:8080").expect("a -> remote pod");
+    assert_eq!(
+        peer_ip_of(&reply).map(|ip| ip.to_string()),
+        Some(a.ip.clone()),
+        "traffic to another node's pod CIDR keeps the pod's source"
+    );
+
+    let before = node.stats();
+    let reply = connect_tcp(&node.topo.node, &format!("{OUTSIDE_IP}:8080")).expect("node -> out");
+    assert_eq!(peer_ip_of(&reply), Some(NODE));
+    let after = node.stats();
+    assert!(
+        delta(&before, &after, "pass_not_nat") >= 2,
+        "the node's own replies pass untouched: {after:?}"
+    );
+    assert_eq!(delta(&before, &after, "snat_reply"), 0);
+}
+
+/// Two web pods behind NodePort 30080, plus a UDP NodePort.
+fn web_node(
+    cidr: &str,
+) -> (
+    Node,
+    Vec<podnet_tests::PodInfo>,
+    Vec<podnet_tests::ChildGuard>,
+) {
+    let node = Node::new(cidr);
+    let pods = vec![node.add_pod("web-a"), node.add_pod("web-b")];
+    let servers = pods
+        .iter()
+        .map(|p| serve_tcp(&p.ns, "0.0.0.0:80"))
+        .collect();
+    nodeport(&node, 30080, "tcp", &["web-a:80", "web-b:80"]);
+    (node, pods, servers)
+}
+
+/// The backends seen by `tries` connections from `ns` to `target`.
+fn backends_seen(ns: &impl podnet_tests::InNetns, target: &str, tries: u32) -> BTreeSet<String> {
+    (0..tries)
+        .map(|_| {
+            let reply = connect_tcp(ns, target).expect("NodePort connection");
+            local_ip_of(&reply).expect("local").to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn nodeport_reaches_every_backend_from_outside_and_follows_backend_changes() {
+    require_root!();
+    let (node, pods, _servers) = web_node("10.244.44.0/24");
+    let outside = &node.topo.outside;
+    let target = format!("{NODE_IP}:30080");
+
+    let reply = connect_tcp(outside, &target).expect("outside -> NodePort");
+    assert_eq!(
+        peer_ip_of(&reply),
+        Some(IpAddr::V4(OUTSIDE_IP)),
+        "the backend sees the real client"
+    );
+    let seen = backends_seen(outside, &target, 40);
+    let all: BTreeSet<String> = pods.iter().map(|p| p.ip.clone()).collect();
+    assert_eq!(seen, all, "new connections spread over both backends");
+
+    // Removing a backend stops new connections to it.
+    node.ok(&[
+        "nodeport",
+        "set",
+        "--port",
+        "30080",
+        "--backend",
+        "web-b:80",
+    ]);
+    let seen = backends_seen(outside, &target, 20);
+    assert_eq!(seen, BTreeSet::from([pods[1].ip.clone()]));
+
+    let list = node.json(&["nodeport", "list"]);
+    assert_eq!(list[0]["port"], 30080);
+    assert_eq!(
+        list[0]["backends"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
+
+    // Deleting the pod removes it from the NodePort; with no backend left, nothing answers.
+    node.ok(&["pod", "del", "web-b"]);
+    let list = node.json(&["nodeport", "list"]);
+    assert_eq!(
+        list[0]["backends"].as_array().map(Vec::len),
+        Some(0),
+        "{list}"
+    );
+    assert!(connect_tcp(outside, &target).is_err());
+    node.ok(&["nodeport", "del", "--port", "30080"]);
+    assert_eq!(node.json(&["nodeport", "list"]), serde_json::json!([]));
+    assert!(connect_tcp(outside, &target).is_err());
+}
+
+#[test]
+fn udp_nodeport_answers_from_the_node_ip() {
+    require_root!();
+    let node = Node::new("10.244.45.0/24");
+    let dns = node.add_pod("dns");
+    let _server = serve_udp(&dns.ns, &format!("{}:53", dns.ip));
+    nodeport(&node, 30053, "udp", &["dns:53"]);
+    // The client's socket is connected to nodeIP:30053: the reply arrives only if its source
+    // was translated back.
+    let reply = connect_udp(&node.topo.outside, &format!("{NODE_IP}:30053")).expect("UDP");
+    assert_eq!(peer_ip_of(&reply), Some(IpAddr::V4(OUTSIDE_IP)));
+    assert_eq!(
+        local_ip_of(&reply).map(|ip| ip.to_string()),
+        Some(dns.ip.clone())
+    );
+}
+
+#[test]
+fn nodeport_bad_input_is_refused_and_changes_nothing() {
+    require_root!();
+    let (node, _pods, _servers) = web_node("10.244.46.0/24");
+    let before = node.json(&["nodeport", "list"]);
+    let services = node.topo.node.ok(&format!(
+        "bpftool map dump pinned {}/SERVICES | md5sum",
+        node.pin_dir.display()
+    ));
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--port", "30080", "--backend", "web-a:80"],
+            "already a NodePort",
+        ),
+        (
+            &["--port", "80", "--backend", "web-a:80"],
+            "outside the NodePort range",
+        ),
+        (
+            &["--port", "30081", "--backend", "nosuchpod:80"],
+            "no pod named nosuchpod",
+        ),
+        (
+            &["--port", "30081", "--backend", "10.9.9.9:80"],
+            "not in this node's pod CIDR",
+        ),
+        (&["--port", "30081", "--backend", "web-a:0"], "not a port"),
+        (
+            &[
+                "--port",
+                "30081",
+                "--proto",
+                "sctp",
+                "--backend",
+                "web-a:80",
+            ],
+            "not tcp or udp",
+        ),
+        (
+            &[
+                "--port",
+                "30081",
+                "--backend",
+                "web-a:80",
+                "--backend",
+                "web-a:80",
+            ],
+            "given twice",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut argv = vec!["nodeport", "add"];
+        argv.extend_from_slice(args);
+        let out = node.podnet(&argv);
+        assert!(!out.status.success(), "{argv:?} must fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{argv:?}: {stderr}");
+    }
+    let out = node.podnet(&["nodeport", "del", "--port", "30999"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no tcp NodePort 30999"));
+    assert_eq!(node.json(&["nodeport", "list"]), before);
+    let after = node.topo.node.ok(&format!(
+        "bpftool map dump pinned {}/SERVICES | md5sum",
+        node.pin_dir.display()
+    ));
+    assert_eq!(services, after, "the services map is unchanged");
+}
+
+#[test]
+fn hairpin_pod_to_nodeport_and_node_local_access_work() {
+    require_root!();
+    let node = Node::new("10.244.47.0/24");
+    let web = node.add_pod("web");
+    let client = node.add_pod("client");
+    let _server = serve_tcp(&web.ns, "0.0.0.0:80");
+    nodeport(&node, 30080, "tcp", &["web:80"]);
+    let target = format!("{NODE_IP}:30080");
+
+    // A pod reaching a NodePort whose backend is itself.
+    let reply = connect_tcp(&web.ns, &target).expect("hairpin");
+    assert_eq!(
+        peer_ip_of(&reply),
+        Some(NODE),
+        "hairpin is seen from the node IP"
+    );
+
+    // Another pod on the same node keeps its own address.
+    let reply = connect_tcp(&client.ns, &target).expect("pod -> NodePort");
+    assert_eq!(
+        peer_ip_of(&reply).map(|ip| ip.to_string()),
+        Some(client.ip.clone())
+    );
+
+    // The node itself, as seed 000 does with curl.
+    let before = node.stats();
+    let reply = connect_tcp(&node.topo.node, &target).expect("node -> NodePort");
+    assert_eq!(
+        local_ip_of(&reply).map(|ip| ip.to_string()),
+        Some(web.ip.clone())
+    );
+    let after = node.stats();
+    assert_eq!(delta(&before, &after, "sock_nodeport"), 1, "{after:?}");
+}
+
+#[test]
+fn http_through_a_nodeport_from_outside_and_from_the_node() {
+    require_root!();
+    let node = Node::new("10.244.48.0/24");
+    let web = node.add_pod("web");
+    let _http = serve_http(&web.ns, "0.0.0.0:80");
+    nodeport(&node, 30080, "tcp", &["web:80"]);
+    let target = format!("{NODE_IP}:30080");
+    for ns in [&node.topo.outside, &node.topo.node] {
+        let body = http_get(ns, &target).expect("HTTP GET via the NodePort");
+        assert!(!body.is_empty());
+    }
+}
+
+#[test]
+fn a_thousand_short_connections_through_nodeport_and_snat_all_succeed() {
+    require_root!();
+    let (node, _pods, _servers) = web_node("10.244.49.0/24");
+    let client = node.add_pod("client");
+    let outside = &node.topo.outside;
+    let _server = serve_tcp(outside, &format!("{OUTSIDE_IP}:8080"));
+    let via_nodeport = churn_tcp(outside, &format!("{NODE_IP}:30080"), 1000);
+    assert_eq!(via_nodeport.as_deref(), Ok("ok=1000 failed=0"));
+    let via_snat = churn_tcp(&client.ns, &format!("{OUTSIDE_IP}:8080"), 1000);
+    assert_eq!(via_snat.as_deref(), Ok("ok=1000 failed=0"));
+    let stats = node.stats();
+    for reason in [
+        "drop_ct_full",
+        "drop_nat_no_port",
+        "drop_no_route",
+        "drop_redirect_failed",
+    ] {
+        assert_eq!(stats[reason], 0, "{reason}: {stats:?}");
+    }
+}
+
+#[test]
+fn no_iptables_or_nft_rule_is_involved() {
+    require_root!();
+    let (node, _pods, _servers) = web_node("10.244.50.0/24");
+    let client = node.add_pod("client");
+    let _server = serve_tcp(&node.topo.outside, &format!("{OUTSIDE_IP}:8080"));
+    connect_tcp(&node.topo.outside, &format!("{NODE_IP}:30080")).expect("NodePort");
+    connect_tcp(&client.ns, &format!("{OUTSIDE_IP}:8080")).expect("SNAT");
+    connect_tcp(&node.topo.node, &format!("{NODE_IP}:30080")).expect("node-local");
+    let ns = &node.topo.node;
+    for cmd in ["iptables-save", "iptables-legacy-save"] {
+        let out = ns.sh(&format!("command -v {cmd} >/dev/null && {cmd} || true"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.lines().any(|l| l.starts_with("-A")),
+            "{cmd} shows rules: {text}"
+        );
+    }
+    let nft = ns.ok("nft list ruleset");
+    assert!(nft.trim().is_empty(), "nft ruleset: {nft}");
+}
+
+#[test]
+fn a_long_lived_stream_survives_node_init() {
+    require_root!();
+    let (node, pods, _servers) = web_node("10.244.51.0/24");
+    let client = node.add_pod("client");
+    let _echo_out = serve_tcp_echo(&node.topo.outside, &format!("{OUTSIDE_IP}:7000"));
+    let _echo_pod = serve_tcp_echo(&pods[0].ns, "0.0.0.0:7000");
+    nodeport(&node, 30700, "tcp", &["web-a:7000"]);
+    let bin = netprobe_bin();
+    let bin = bin.to_str().expect("utf-8 path");
+    let secs = "4";
+    let mut via_snat = client.ns.spawn(&[
+        bin,
+        "stream",
+        "tcp",
+        &format!("{OUTSIDE_IP}:7000"),
+        "--seconds",
+        secs,
+    ]);
+    let mut via_nodeport = node.topo.outside.spawn(&[
+        bin,
+        "stream",
+        "tcp",
+        &format!("{NODE_IP}:30700"),
+        "--seconds",
+        secs,
+    ]);
+    thread::sleep(Duration::from_millis(1500));
+    let args = node.init_args();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = node.json(&refs);
+    assert!(
+        report["load"]["maps_reused"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|n| n == "CONNTRACK")),
+        "{report}"
+    );
+    for (what, child) in [("SNAT", &mut via_snat), ("NodePort", &mut via_nodeport)] {
+        let status = child
+            .wait_timeout(Duration::from_secs(30))
+            .expect("stream ends");
+        let out = child.stdout();
+        assert!(status.success(), "{what} stream: {out} {}", child.stderr());
+        let sent = out.split_whitespace().find_map(|w| w.strip_prefix("sent="));
+        let echoed = out
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("echoed="));
+        assert!(sent.is_some() && sent == echoed, "{what} stream: {out}");
+    }
+}
+
+#[test]
+fn a_full_table_refuses_new_flows_visibly_and_keeps_established_ones() {
+    require_root!();
+    // Room for 3 flows; UDP flows expire after a second so collection can be shown.
+    let node = Node::with_args(
+        "10.244.52.0/24",
+        &[
+            "--conntrack-max",
+            "6",
+            "--ct-timeout",
+            "udp=1",
+            "--ct-timeout",
+            "udp_stream=1",
+        ],
+    );
+    let pod = node.add_pod("client");
+    let outside = &node.topo.outside;
+    let _echo = serve_tcp_echo(outside, &format!("{OUTSIDE_IP}:7000"));
+    let _udp = serve_udp(outside, &format!("{OUTSIDE_IP}:5353"));
+    let _tcp = serve_tcp(outside, &format!("{OUTSIDE_IP}:8080"));
+    let bin = netprobe_bin();
+    let bin = bin.to_str().expect("utf-8 path");
+    // One established flow that must keep working throughout.
+    let mut stream = pod.ns.spawn(&[
+        bin,
+        "stream",
+        "tcp",
+        &format!("{OUTSIDE_IP}:7000"),
+        "--seconds",
+        "4",
+    ]);
+    thread::sleep(Duration::from_millis(300));
+    // Two more flows fill the table.
+    for port in ["41001", "41002"] {
+        let out = netprobe(
+            &pod.ns,
+            &[
+                "connect",
+                "udp",
+                &format!("{OUTSIDE_IP}:5353"),
+                "--source-port",
+                port,
+            ],
+        );
+        assert!(out.status.success(), "flow {port}: {}", describe(&out));
+    }
+    // A new flow is refused...
+    let refused = connect_tcp(&pod.ns, &format!("{OUTSIDE_IP}:8080"));
+    assert!(
+        refused.is_err(),
+        "a new flow got through a full table: {refused:?}"
+    );
+    let stats = node.stats();
+    assert!(stats["drop_ct_full"] >= 1, "{stats:?}");
+    let text = node.ok(&["stats"]);
+    assert!(text.contains("conntrack table full"), "{text}");
+    assert!(text.contains("6 of 6 entries in use"), "{text}");
+    // ...while the established one carried on.
+    let status = stream
+        .wait_timeout(Duration::from_secs(30))
+        .expect("stream ends");
+    let out = stream.stdout();
+    assert!(status.success(), "stream: {out} {}", stream.stderr());
+    // Once the UDP flows expire, collection frees their entries and new flows work again.
+    thread::sleep(Duration::from_millis(2200));
+    let gc = node.json(&["conntrack", "gc"]);
+    assert!(gc["removed"].as_u64().is_some_and(|n| n >= 4), "{gc}");
+    connect_tcp(&pod.ns, &format!("{OUTSIDE_IP}:8080")).expect("new flow after gc");
+}
+
+#[test]
+fn icmp_errors_about_a_translated_flow_reach_the_pod() {
+    require_root!();
+    let node = Node::new("10.244.53.0/24");
+    let pod = node.add_pod("client");
+    let before = node.stats();
+    // Nothing listens on the outside's port 9: it answers with ICMP port unreachable, sent to
+    // the node IP and quoting the translated datagram. Only if the datapath translates it back
+    // does the pod's connected socket see "connection refused" (instead of a timeout).
+    let err = connect_udp(&pod.ns, &format!("{OUTSIDE_IP}:9")).expect_err("nothing listens");
+    assert!(err.contains("refused"), "{err}");
+    let after = node.stats();
+    assert!(
+        delta(&before, &after, "icmp_error_translated") >= 1,
+        "{after:?}"
+    );
+}
