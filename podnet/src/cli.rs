@@ -396,7 +396,7 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
         Command::Conntrack(ConntrackCommand::List) => {
             let flows = conntrack::list(settings)?;
             print(json, &flows, |flows| {
-                let mut out = conntrack::HEADER.to_owned();
+                let mut out = conntrack::header();
                 for f in flows {
                     out.push_str(&format!("\n{f}"));
                 }

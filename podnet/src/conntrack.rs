@@ -108,7 +108,12 @@ impl std::fmt::Display for Flow {
 }
 
 /// Header line matching `Flow`'s `Display`.
-pub const HEADER: &str = "PROTO KIND     DIR      STATE                         SRC -> DST                   =>                   NAT-SRC -> NAT-DST                EXPIRES";
+pub fn header() -> String {
+    format!(
+        "{:<5} {:<8} {:<8} {:<11} {:>21}    {:<21}    {:>21}    {:<21} {:>7}",
+        "PROTO", "KIND", "DIR", "STATE", "SRC", "DST", "NAT-SRC", "NAT-DST", "EXPIRES"
+    )
+}
 
 /// Occupancy of the table against its admission limit.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]

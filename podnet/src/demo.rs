@@ -1,11 +1,14 @@
-//! `podnet demo`: a self-contained node in network namespaces. It builds a "node" namespace with
-//! an uplink to an "outside" namespace, runs the real CLI against it (node init, two pods), sends
-//! pod-to-pod ping and TCP over the fast path, shows the counters and maps, and cleans up, also
-//! when a step fails. Nothing outside the namespaces it creates is touched.
+//! `podnet demo`: a self-contained node in network namespaces, the whole of seed 000 without
+//! iptables. It builds a "node" namespace with an uplink to an "outside" namespace, runs the real
+//! CLI against it (node init, two pods), sends pod-to-pod ping and TCP over the fast path,
+//! exposes a pod on `nodeIP:30080` and reaches it from the outside and from the node itself,
+//! lets a pod reach the outside with its source translated to the node IP, shows the conntrack
+//! table, counters and maps, and cleans up, also when a step fails. Nothing outside the
+//! namespaces it creates is touched.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -39,6 +42,7 @@ const OUTSIDE_IP: &str = "198.18.0.1/24";
 const POD_CIDR: &str = "10.244.1.0/24";
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const TCP_PORT: u16 = 8080;
+const NODEPORT: u16 = 30080;
 
 struct Demo {
     name: String,
@@ -164,15 +168,46 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
 
     println!("\n# TCP from client to web:{TCP_PORT}; web reports the source address it sees");
-    let seen = tcp_exchange(&client, &web)?;
+    let pod_to_pod = SocketAddr::from((web.address.ip(), TCP_PORT));
+    let seen = exchange(&client.netns, &web.netns, pod_to_pod, pod_to_pod)?;
     println!(
         "web saw a connection from {seen} (client's pod IP is {})",
         client.address.ip()
     );
-    if seen.ip() != std::net::IpAddr::V4(client.address.ip()) {
+    if seen.ip() != IpAddr::V4(client.address.ip()) {
         bail!("source IP was not preserved: web saw {seen}");
     }
 
+    println!("\n# expose web:{TCP_PORT} on the node IP, like kube-proxy's DNAT rule, without iptables");
+    demo.podnet(&[
+        "nodeport",
+        "add",
+        "--port",
+        &NODEPORT.to_string(),
+        "--backend",
+        &format!("web:{TCP_PORT}"),
+    ])?;
+    let node_ip: Ipv4Network = NODE_IP.parse()?;
+    let nodeport = SocketAddr::from((node_ip.ip(), NODEPORT));
+    let outside_path = Path::new(NETNS_DIR).join(demo.outside_ns());
+    let node_path = Path::new(NETNS_DIR).join(demo.node_ns());
+    for (who, ns) in [("the outside", &outside_path), ("the node itself", &node_path)] {
+        println!("\n# {who} connects to {nodeport}");
+        let seen = exchange(ns, &web.netns, SocketAddr::from(([0, 0, 0, 0], TCP_PORT)), nodeport)?;
+        println!("web (behind the NodePort) saw a connection from {seen}");
+    }
+
+    let outside_ip: Ipv4Network = OUTSIDE_IP.parse()?;
+    let outside_server = SocketAddr::from((outside_ip.ip(), TCP_PORT));
+    println!("\n# client reaches {outside_server} outside the cluster: SNAT to the node IP");
+    let seen = exchange(&client.netns, &outside_path, outside_server, outside_server)?;
+    println!("the outside saw a connection from {seen}");
+    if seen.ip() != IpAddr::V4(node_ip.ip()) {
+        bail!("traffic left the node without SNAT: the outside saw {seen}");
+    }
+
+    demo.podnet(&["nodeport", "list"])?;
+    demo.podnet(&["conntrack", "list"])?;
     demo.podnet(&["stats"])?;
     demo.podnet(&["maps"])?;
     println!(
@@ -242,12 +277,15 @@ fn build_fabric(demo: &Demo) -> Result<()> {
     Ok(())
 }
 
-/// Listens in `server`'s namespace, connects from `client`'s, and returns the peer address the
-/// server saw.
-fn tcp_exchange(client: &PodRecord, server: &PodRecord) -> Result<SocketAddr> {
-    let listen = SocketAddr::from((server.address.ip(), TCP_PORT));
-    let server_ns = Netns::open(&server.netns)?;
-    let listener = server_ns.run(move || TcpListener::bind(listen))??;
+/// Listens on `listen` in the namespace at `server_ns`, connects to `target` from the one at
+/// `client_ns`, exchanges a line, and returns the peer address the server saw.
+fn exchange(
+    client_ns: &Path,
+    server_ns: &Path,
+    listen: SocketAddr,
+    target: SocketAddr,
+) -> Result<SocketAddr> {
+    let listener = Netns::open(server_ns)?.run(move || TcpListener::bind(listen))??;
     let accept = std::thread::spawn(move || -> std::io::Result<SocketAddr> {
         let (mut stream, peer) = listener.accept()?;
         let mut line = String::new();
@@ -255,18 +293,23 @@ fn tcp_exchange(client: &PodRecord, server: &PodRecord) -> Result<SocketAddr> {
         writeln!(stream, "hello {peer}, you said {}", line.trim())?;
         Ok(peer)
     });
-    let target: Ipv4Addr = server.address.ip();
-    let reply = Netns::open(&client.netns)?.run(move || -> std::io::Result<String> {
-        let mut stream = TcpStream::connect_timeout(
-            &SocketAddr::from((target, TCP_PORT)),
-            Duration::from_secs(3),
-        )?;
+    let reply = Netns::open(client_ns)?.run(move || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;
         writeln!(stream, "ping")?;
         let mut reply = String::new();
         BufReader::new(stream).read_line(&mut reply)?;
         Ok(reply)
-    })??;
+    })?;
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(e) => {
+            // Unblock the accepting thread before reporting.
+            let _ = Netns::open(server_ns)?.run(move || TcpStream::connect(listen));
+            let _ = accept.join();
+            return Err(e).with_context(|| format!("connecting to {target}"));
+        }
+    };
     print!("client got: {reply}");
     accept
         .join()
