@@ -132,9 +132,10 @@ pub const DEFAULT_SNAT_PORT_MAX: u16 = 65_535;
 pub const DEFAULT_NODEPORT_MIN: u16 = 30_000;
 pub const DEFAULT_NODEPORT_MAX: u16 = 32_767;
 
-/// Default conntrack admission limit, in entries (two per flow, so 131 072 flows). About 11 MiB
-/// of kernel memory at ~88 bytes per LRU element; Cilium's defaults are 512 Ki TCP and 256 Ki
-/// other entries for a whole node's worth of services, a pod-only datapath needs fewer.
+/// Default conntrack admission limit, in entries (two per flow, so 131 072 flows). About 23 MiB
+/// of kernel memory at ~88 bytes per LRU element (28 MiB with the headroom below); Cilium's
+/// defaults are 512 Ki TCP plus 256 Ki other entries for a node that also load-balances the
+/// cluster's services, which podnet's NodePorts do not.
 pub const DEFAULT_CT_LIMIT: u32 = 262_144;
 
 /// The LRU map holds the limit plus this much headroom (and at least `CT_SLACK_PER_CPU` per
