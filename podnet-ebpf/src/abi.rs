@@ -370,7 +370,9 @@ pub mod reason {
     pub const ICMP_ERROR_TRANSLATED: u32 = 12;
     /// Uplink traffic with no NAT state and no NodePort: the node's own, to the kernel unchanged.
     pub const PASS_NOT_NAT: u32 = 13;
-    /// A fragment without an L4 header arriving on the uplink: to the kernel unchanged.
+    /// A fragment (first or later) arriving on the uplink for the node IP: podnet does not
+    /// reassemble, so it goes to the kernel unchanged (and a fragmented reply to a SNATed flow
+    /// does not reach the pod).
     pub const PASS_FRAGMENT: u32 = 14;
     /// The conntrack table is at its limit: a new flow was refused.
     pub const DROP_CT_FULL: u32 = 15;
