@@ -131,6 +131,9 @@ pub struct InitArgs {
     /// udp_stream or icmp. Repeat for more.
     #[arg(long = "ct-timeout", value_parser = parse_timeout)]
     ct_timeouts: Vec<(String, u32)>,
+    /// Seconds between conntrack collection passes (default 10; 0: no collector process).
+    #[arg(long)]
+    gc_interval: Option<u32>,
     /// cgroup v2 directory whose sockets reach NodePorts on the node IP (default: the root of
     /// the cgroup2 hierarchy).
     #[arg(long)]
@@ -244,19 +247,35 @@ pub fn run(cli: Cli) -> Result<()> {
             let settings = init_settings(&state_dir, *args)?;
             enter_node_netns(settings.netns.as_deref())?;
             let report = node::init(settings)?;
-            print(json, &report, |r| {
-                format!(
-                    "node ready: node IP {}, pod CIDR {} (gateway {} on {}), uplink {}\n{}",
-                    r.settings
-                        .node_ip
-                        .map_or_else(String::new, |ip| ip.to_string()),
-                    r.settings.pod_cidr,
-                    r.settings.gateway(),
-                    r.settings.bridge,
-                    r.settings.uplink,
-                    loader::describe(&r.load)
-                )
-            });
+            let exe = std::env::current_exe().context("locating the podnet binary")?;
+            let collector = podnet::collector::start(&report.settings, &exe)?;
+            #[derive(Serialize)]
+            struct InitView {
+                #[serde(flatten)]
+                report: node::InitReport,
+                collector: podnet::collector::Collector,
+            }
+            let view = InitView { report, collector };
+            print(
+                json,
+                &view,
+                |InitView {
+                     report: r,
+                     collector,
+                 }| {
+                    format!(
+                        "node ready: node IP {}, pod CIDR {} (gateway {} on {}), uplink {}\n{}\nconntrack collector: {collector:?}",
+                        r.settings
+                            .node_ip
+                            .map_or_else(String::new, |ip| ip.to_string()),
+                        r.settings.pod_cidr,
+                        r.settings.gateway(),
+                        r.settings.bridge,
+                        r.settings.uplink,
+                        loader::describe(&r.load)
+                    )
+                },
+            );
         }
         Command::Demo(args) => crate::demo::run(&args)?,
         command => {
@@ -296,10 +315,11 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
             let report = node::reset(settings)?;
             print(json, &report, |r| {
                 format!(
-                    "node reset: {} pod(s) deleted, {} pin(s) removed, bridge deleted: {}",
+                    "node reset: {} pod(s) deleted, {} pin(s) removed, bridge deleted: {}, conntrack collector stopped: {}",
                     r.pods_deleted.len(),
                     r.pins_removed,
-                    r.bridge_deleted
+                    r.bridge_deleted,
+                    r.collector_stopped
                 )
             });
         }
@@ -405,6 +425,10 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
             });
         }
         Command::Conntrack(ConntrackCommand::Gc { every }) => loop {
+            if every.is_some() && !NodeSettings::node_file(&settings.state_dir).exists() {
+                // The node was reset: a periodic collector ends with it.
+                break;
+            }
             let report = conntrack::gc(settings)?;
             print(json, &report, |r| {
                 format!(
@@ -540,6 +564,7 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         conntrack_max,
         services_max,
         ct_timeouts,
+        gc_interval,
         cgroup,
     } = args;
     let mut settings: serde_json::Map<String, serde_json::Value> = match &config {
@@ -575,6 +600,7 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     set("conntrack_max", conntrack_max.map(serde_json::Value::from));
     set("services_max", services_max.map(serde_json::Value::from));
     set("cgroup", cgroup.map(|v| s(&v.display())));
+    set("gc_interval", gc_interval.map(serde_json::Value::from));
 
     set("state_dir", Some(s(&state_dir.display())));
     if !ct_timeouts.is_empty() {

@@ -81,6 +81,10 @@ pub struct NodeSettings {
     /// Conntrack idle timeouts in seconds.
     #[serde(default)]
     pub ct_timeouts: ConntrackTimeouts,
+    /// Seconds between conntrack collection passes by the node's collector process; 0 turns
+    /// the collector off (then run `podnet conntrack gc` yourself).
+    #[serde(default = "default_gc_interval")]
+    pub gc_interval: u32,
     /// cgroup (v2) whose sockets reach NodePorts on the node IP through `connect4`; the root
     /// of the cgroup2 hierarchy when not given.
     #[serde(default)]
@@ -245,6 +249,10 @@ pub fn default_services_max() -> u32 {
     DEFAULT_SERVICES_MAX
 }
 
+pub fn default_gc_interval() -> u32 {
+    10
+}
+
 /// Possible CPUs, which size the conntrack map's headroom.
 pub fn possible_cpus() -> u32 {
     aya::util::nr_cpus()
@@ -395,7 +403,15 @@ impl NodeSettings {
             ));
         }
         let t = self.ct_timeouts;
-        if [t.tcp_syn, t.tcp_established, t.tcp_closing, t.udp, t.udp_stream, t.icmp].contains(&0)
+        if [
+            t.tcp_syn,
+            t.tcp_established,
+            t.tcp_closing,
+            t.udp,
+            t.udp_stream,
+            t.icmp,
+        ]
+        .contains(&0)
         {
             return invalid("conntrack timeouts must be at least 1 second".to_owned());
         }
@@ -581,6 +597,7 @@ pub struct ResetReport {
     pub bridge_deleted: bool,
     pub uplink_detached: bool,
     pub cgroup_detached: bool,
+    pub collector_stopped: bool,
 }
 
 /// Tears the node down: every pod, every pin, the bridge and the node's state. Idempotent.
@@ -592,6 +609,7 @@ pub fn reset(settings: &NodeSettings) -> Result<ResetReport, NodeError> {
         report.pods_deleted.push(pod.name);
     }
     let _lock = FileLock::exclusive(&settings.lock_file())?;
+    report.collector_stopped = crate::collector::stop(settings)?;
     report.uplink_detached = datapath::attach::detach_ingress(&settings.uplink)?;
     report.cgroup_detached = datapath::cgroup::detach_connect4(
         &settings.cgroup_dir()?,

@@ -127,7 +127,9 @@ pub struct NodePort {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodePortError {
-    #[error("port {port} is outside the NodePort range {range} (set with `node init --nodeport-range`)")]
+    #[error(
+        "port {port} is outside the NodePort range {range} (set with `node init --nodeport-range`)"
+    )]
     OutOfRange {
         port: u16,
         range: crate::node::PortRange,
@@ -274,7 +276,10 @@ fn resolve(settings: &NodeSettings, specs: &[BackendSpec]) -> Result<Vec<Backend
                 }
             }
         };
-        if out.iter().any(|b| b.ip == backend.ip && b.port == backend.port) {
+        if out
+            .iter()
+            .any(|b| b.ip == backend.ip && b.port == backend.port)
+        {
             return Err(NodePortError::Duplicate {
                 backend: backend.to_string(),
             });

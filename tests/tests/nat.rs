@@ -483,6 +483,9 @@ fn a_full_table_refuses_new_flows_visibly_and_keeps_established_ones() {
             "udp=1",
             "--ct-timeout",
             "udp_stream=1",
+            // Collection is shown explicitly below.
+            "--gc-interval",
+            "0",
         ],
     );
     let pod = node.add_pod("client");
@@ -556,4 +559,41 @@ fn icmp_errors_about_a_translated_flow_reach_the_pod() {
         delta(&before, &after, "icmp_error_translated") >= 1,
         "{after:?}"
     );
+}
+
+#[test]
+fn the_collector_reclaims_finished_flows_and_stops_with_the_node() {
+    require_root!();
+    let node = Node::with_args(
+        "10.244.54.0/24",
+        &["--gc-interval", "1", "--ct-timeout", "tcp_closing=1"],
+    );
+    let pod = node.add_pod("client");
+    let _server = serve_tcp(&node.topo.outside, &format!("{OUTSIDE_IP}:8080"));
+    assert_eq!(
+        churn_tcp(&pod.ns, &format!("{OUTSIDE_IP}:8080"), 50).as_deref(),
+        Ok("ok=50 failed=0")
+    );
+    let live = || {
+        node.json(&["stats"])["conntrack"]["live"]
+            .as_u64()
+            .expect("live")
+    };
+    assert!(live() >= 2, "finished flows wait for collection");
+    podnet_tests::wait_until(
+        Duration::from_secs(15),
+        "the collector empties the table",
+        || live() == 0,
+    );
+    let pid_file = node.state_dir.join("conntrack-gc.pid");
+    let pid = std::fs::read_to_string(&pid_file).expect("pid file");
+    let pid = pid.trim();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let reset = node.json(&["node", "reset"]);
+    assert_eq!(reset["collector_stopped"], true, "{reset}");
+    podnet_tests::wait_until(Duration::from_secs(5), "the collector exits", || {
+        !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty())
+    });
+    assert!(!pid_file.exists());
 }

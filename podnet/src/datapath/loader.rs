@@ -15,8 +15,8 @@ use aya::{
     programs::{CgroupSockAddr, SchedClassifier},
 };
 use podnet_ebpf::abi::{
-    CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS,
-    ServiceKey, ServiceValue, map_name, program_name,
+    CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig,
+    STATS_SLOTS, ServiceKey, ServiceValue, map_name, program_name,
 };
 
 use super::{DatapathError, OBJECT};
@@ -242,18 +242,15 @@ fn load_connect4(ebpf: &mut aya::Ebpf, opts: &LoadOptions) -> Result<(), Datapat
     {
         use std::os::fd::AsFd;
         let fd = prog.fd().map_err(prog_err)?;
-        super::cgroup::attach_connect4(
-            &opts.cgroup,
-            fd.as_fd(),
-            old.as_ref().map(AsFd::as_fd),
-        )?;
+        super::cgroup::attach_connect4(&opts.cgroup, fd.as_fd(), old.as_ref().map(AsFd::as_fd))?;
     }
     match fs::remove_file(&pin) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("replacing program pin", &pin)(e)),
     }
-    prog.pin(&pin).map_err(|source| DatapathError::Pin { path: pin, source })
+    prog.pin(&pin)
+        .map_err(|source| DatapathError::Pin { path: pin, source })
 }
 
 /// One line saying what a load did.

@@ -8,8 +8,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use podnet_ebpf::abi::{
-    CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtUsage, Endpoint,
-    EndpointKey, NodeConfig, STATS_SLOTS, ServiceKey, ServiceValue, map_name, reason,
+    CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey,
+    NodeConfig, STATS_SLOTS, ServiceKey, ServiceValue, map_name, reason,
 };
 
 use super::DatapathError;
@@ -126,7 +126,11 @@ impl PinnedMaps {
         }
     }
 
-    pub fn service_set(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), DatapathError> {
+    pub fn service_set(
+        &mut self,
+        key: ServiceKey,
+        value: ServiceValue,
+    ) -> Result<(), DatapathError> {
         self.services
             .insert(key, value, 0)
             .map_err(Self::map_err(map_name::SERVICES))
