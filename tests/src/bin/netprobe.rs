@@ -7,6 +7,8 @@
 //! netprobe http-get IP:PORT [--path /] [--timeout-ms 2000]
 //! netprobe churn tcp IP:PORT --count N [--timeout-ms 2000]
 //! netprobe stream tcp IP:PORT --seconds S [--timeout-ms 2000]
+//! netprobe rr tcp IP:PORT --seconds S [--timeout-ms 2000]
+//! netprobe crr tcp IP:PORT --seconds S [--timeout-ms 2000]
 //! ```
 //!
 //! Servers print `listening <addr>` once bound. The one-shot TCP server reads one line (or up
@@ -14,6 +16,12 @@
 //! (N = bytes received, newline included); `--echo` instead echoes every line until EOF. The
 //! UDP server answers every datagram the same way (`local=` is the bound address, so bind a
 //! specific IP). Exit status: 0 success, 1 failure, 2 usage error.
+//!
+//! `rr` measures request/response transactions per second over one connection (against
+//! `serve tcp --echo`); `crr` measures whole connections per second (against `serve tcp`):
+//! connect, one request, its reply, the server's close, close, in a loop for S seconds, and
+//! prints `ok=N failed=M rate=R` (R = successful connections per second). A failed connection
+//! is counted and the loop goes on; each connection is bounded by the timeout.
 
 use std::{
     collections::HashMap,
@@ -38,7 +46,9 @@ const USAGE: &str = "usage:
   netprobe connect tcp|udp IP:PORT [--timeout-ms MS] [--payload TEXT] [--source-port P (udp)]
   netprobe http-get IP:PORT [--path PATH] [--timeout-ms MS]
   netprobe churn tcp IP:PORT --count N [--timeout-ms MS]
-  netprobe stream tcp IP:PORT --seconds S [--timeout-ms MS]";
+  netprobe stream tcp IP:PORT --seconds S [--timeout-ms MS]
+  netprobe rr tcp IP:PORT --seconds S [--timeout-ms MS]
+  netprobe crr tcp IP:PORT --seconds S [--timeout-ms MS]";
 
 enum Failure {
     Usage(String),
@@ -240,6 +250,15 @@ fn run(args: &Args) -> Result<ExitCode> {
             tcp_only(args)?;
             let seconds = args.seconds(600.0)?;
             request_response(
+                args.addr(2)?,
+                Duration::from_secs_f64(seconds),
+                args.timeout()?,
+            )
+        }
+        "crr" => {
+            tcp_only(args)?;
+            let seconds = args.seconds(600.0)?;
+            connect_request_response(
                 args.addr(2)?,
                 Duration::from_secs_f64(seconds),
                 args.timeout()?,
@@ -598,4 +617,72 @@ fn request_response(addr: SocketAddr, duration: Duration, timeout: Duration) -> 
     let rate = transactions as f64 / start.elapsed().as_secs_f64();
     println!("transactions={transactions} rate={rate:.0}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Connection rate against `serve tcp`: connect, send one line, read the reply, wait for the
+/// server to close (so the server, not this client, holds TIME_WAIT and the client's ephemeral
+/// ports never run out), close; one connection at a time for `duration`. A failed connection
+/// is counted and the loop goes on. Prints `ok=N failed=M rate=R` (successful connections per
+/// second); fails if any connection did.
+fn connect_request_response(
+    addr: SocketAddr,
+    duration: Duration,
+    timeout: Duration,
+) -> Result<ExitCode> {
+    /// Failures reported one by one on stderr; the rest are only counted.
+    const REPORTED: u64 = 5;
+    let start = Instant::now();
+    let (mut ok, mut bad) = (0u64, 0u64);
+    while start.elapsed() < duration {
+        match crr_once(addr, ok + bad, timeout) {
+            Ok(()) => ok += 1,
+            Err(Failure::Failed(e) | Failure::Usage(e)) => {
+                bad += 1;
+                if bad <= REPORTED {
+                    eprintln!("netprobe: connection {}: {e}", ok + bad - 1);
+                }
+            }
+        }
+    }
+    if bad > REPORTED {
+        eprintln!("netprobe: {} more failed connection(s)", bad - REPORTED);
+    }
+    let rate = ok as f64 / start.elapsed().as_secs_f64();
+    println!("ok={ok} failed={bad} rate={rate:.0}");
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One `crr` connection, bounded by `timeout` from its start.
+fn crr_once(addr: SocketAddr, i: u64, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let stream = connect(addr, timeout)?;
+    let mut out = &stream;
+    out.write_all(format!("crr {i}\n").as_bytes())
+        .map_err(|e| failed(format!("sending to {addr}: {e}")))?;
+    let mut reader = BufReader::new(&stream);
+    let reply = read_reply(&mut reader, deadline, addr)?;
+    if !reply.starts_with("peer=") {
+        return Err(failed(format!("unexpected reply {reply:?}")));
+    }
+    let mut rest = [0u8; 256];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(failed(format!("timed out waiting for {addr} to close")));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match reader.read(&mut rest) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(failed(format!("timed out waiting for {addr} to close")));
+            }
+            Err(e) => return Err(failed(format!("reading from {addr}: {e}"))),
+        }
+    }
 }
