@@ -115,7 +115,7 @@ pub struct InitArgs {
     /// Compile per-packet debug logging into the programs.
     #[arg(long)]
     debug: bool,
-    /// Ports SNAT allocates from, MIN-MAX (default 61000-65535).
+    /// Ports SNAT allocates from, MIN-MAX (default 1024-29999).
     #[arg(long)]
     snat_ports: Option<node::PortRange>,
     /// Ports NodePorts may use, MIN-MAX (default 30000-32767).

@@ -40,9 +40,10 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run the benchmarks (release build) and write bench/results/<date>-*.md.
+    /// Run the benchmarks (release build) and write bench/results/<date>-*.md: same-node
+    /// pod-to-pod (podnet-bench), then NAT, podnet vs iptables (podnet-nat-bench).
     Bench {
-        /// Fewer, shorter rounds (well under 3 minutes).
+        /// Fewer, shorter rounds (a few minutes in all).
         #[arg(long)]
         quick: bool,
     },
@@ -74,14 +75,17 @@ fn main() -> Result<()> {
         Task::Bench { quick } => {
             setup::ensure_all()?;
             build_userspace(&root, true)?;
-            let mut cmd = Command::new(root.join("target/release/podnet-bench"));
-            cmd.arg("--out").arg(root.join("bench/results"));
-            if quick {
-                cmd.arg("--quick");
+            for bench in ["podnet-bench", "podnet-nat-bench"] {
+                let mut cmd = Command::new(root.join("target/release").join(bench));
+                cmd.arg("--out").arg(root.join("bench/results"));
+                if quick {
+                    cmd.arg("--quick");
+                }
+                run(cmd
+                    .env("PODNET_BIN", root.join("target/release/podnet"))
+                    .env("NETPROBE_BIN", root.join("target/release/netprobe")))?;
             }
-            run(cmd
-                .env("PODNET_BIN", root.join("target/release/podnet"))
-                .env("NETPROBE_BIN", root.join("target/release/netprobe")))
+            Ok(())
         }
         Task::Demo { args } => {
             setup::ensure_all()?;
