@@ -10,7 +10,8 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use podnet_ebpf::abi::{
-    CT_REFRESH_NS, CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, ct_live, CtEntry, CtKey, CtNat, NodeConfig, SNAT_RETRIES, ct_dir, ct_state,
+    CT_REFRESH_NS, CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, CtEntry, CtKey, CtNat, NodeConfig,
+    SNAT_RETRIES, ct_dir, ct_live, ct_state,
     proto::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     reason,
 };
@@ -226,15 +227,12 @@ pub fn create(
         proto: key.proto,
         _pad: [0; 3],
     };
+    let mut reply_new = true;
     match ports {
-        PortChoice::Keep => {
-            if CONNTRACK
-                .insert(reply_key, reply, u64::from(BPF_NOEXIST))
-                .is_err()
-            {
-                return Err(reason::DROP_NAT_NO_PORT);
-            }
-        }
+        PortChoice::Keep => match claim_reply(&reply_key, &reply) {
+            Some(new) => reply_new = new,
+            None => return Err(reason::DROP_NAT_NO_PORT),
+        },
         PortChoice::Allocate { random } => {
             let min = u32::from(cfg.snat_port_min);
             let span = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
@@ -251,10 +249,8 @@ pub fn create(
                 // `min + span - 1 <= u16::MAX` by construction of the range.
                 let port = port as u16;
                 reply_key.dport = port;
-                if CONNTRACK
-                    .insert(reply_key, reply, u64::from(BPF_NOEXIST))
-                    .is_ok()
-                {
+                if let Some(new) = claim_reply(&reply_key, &reply) {
+                    reply_new = new;
                     nat.sport = port;
                     found = true;
                     break;
@@ -274,12 +270,34 @@ pub fn create(
         _pad: 0,
     };
     if CONNTRACK.insert(key, original, 0).is_err() {
-        // Not yet counted as inserted, so not counted as removed either.
-        let _ = CONNTRACK.remove(&reply_key);
+        if reply_new {
+            // Not yet counted as inserted, so not counted as removed either.
+            let _ = CONNTRACK.remove(&reply_key);
+        }
         return Err(reason::DROP_CT_FULL);
     }
-    usage_add(false, 2);
+    usage_add(false, if reply_new { 2 } else { 1 });
     Ok(nat)
+}
+
+/// Takes `reply_key` for a new flow. `Some(true)`: inserted; `Some(false)`: the key held a
+/// leftover reply entry of this very tuple (its original entry was already collected, e.g. by a
+/// collector pass racing with the flow's last packet), which is overwritten; `None`: the key
+/// belongs to another flow.
+#[inline(always)]
+fn claim_reply(reply_key: &CtKey, reply: &CtEntry) -> Option<bool> {
+    if CONNTRACK
+        .insert(reply_key, reply, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return Some(true);
+    }
+    // SAFETY: the value is copied out at once.
+    let existing = unsafe { CONNTRACK.get(reply_key) }.map(|e| e.nat)?;
+    if existing != reply.nat {
+        return None;
+    }
+    CONNTRACK.insert(reply_key, reply, 0).ok().map(|()| false)
 }
 
 /// Whether a packet may start a new flow: a TCP SYN (not SYN-ACK), any UDP datagram, an echo

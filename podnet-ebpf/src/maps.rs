@@ -9,8 +9,7 @@ use aya_ebpf::{
 };
 use podnet_ebpf::abi::{
     CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage, DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX,
-    DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS, ServiceKey,
-    ServiceValue,
+    DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS, ServiceKey, ServiceValue,
 };
 
 /// Node configuration: a single entry.
@@ -30,8 +29,7 @@ pub static STATS: PerCpuArray<Counter, { STATS_SLOTS as usize }> = PerCpuArray::
 /// can never grow past its size; admission control (`CT_USAGE`) keeps live flows from being
 /// evicted in normal operation.
 #[btf_map]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { DEFAULT_CT_LIMIT as usize }> =
-    LruHashMap::new();
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { DEFAULT_CT_LIMIT as usize }> = LruHashMap::new();
 
 /// Conntrack occupancy counters: one slot the programs write, one the collector writes.
 #[btf_map]

@@ -257,14 +257,33 @@ pub fn rewrite_icmp_error(
         }
     } else {
         if q.key.sport != quoted_nat.sport {
-            set_port(ctx, q.l4_off, q.key.sport, quoted_nat.sport, Some(icmp_csum))?;
+            set_port(
+                ctx,
+                q.l4_off,
+                q.key.sport,
+                quoted_nat.sport,
+                Some(icmp_csum),
+            )?;
         }
         if q.key.dport != quoted_nat.dport {
-            set_port(ctx, q.l4_off + 2, q.key.dport, quoted_nat.dport, Some(icmp_csum))?;
+            set_port(
+                ctx,
+                q.l4_off + 2,
+                q.key.dport,
+                quoted_nat.dport,
+                Some(icmp_csum),
+            )?;
         }
     }
     if to_addr != pkt.key.daddr {
-        set_addr(ctx, IP_DADDR_OFF, IP_CHECK_OFF, pkt.key.daddr, to_addr, None)?;
+        set_addr(
+            ctx,
+            IP_DADDR_OFF,
+            IP_CHECK_OFF,
+            pkt.key.daddr,
+            to_addr,
+            None,
+        )?;
     }
     Ok(())
 }

@@ -105,11 +105,15 @@ pub const IP_DADDR_OFF: usize = ETH_HLEN + 16;
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
     /// TCP, with its flags byte.
-    Tcp { flags: u8 },
+    Tcp {
+        flags: u8,
+    },
     Udp,
     /// ICMP echo: the identifier is the source port of a request, the destination port of a
     /// reply.
-    IcmpEcho { request: bool },
+    IcmpEcho {
+        request: bool,
+    },
     /// ICMP destination unreachable, time exceeded or parameter problem: quotes the headers of
     /// the packet it is about.
     IcmpError,
@@ -142,7 +146,13 @@ pub fn ipv4_packet(ctx: &TcContext, frame: &Ipv4Frame) -> Ipv4Packet {
     // SAFETY: the parser bounds-checked the fixed header and nothing has changed the packet.
     let (version_ihl, frag_off, protocol, saddr, daddr) = unsafe {
         let ip = &*frame.ip;
-        (ip.version_ihl, u16::from_be(ip.frag_off), ip.protocol, ip.saddr, ip.daddr)
+        (
+            ip.version_ihl,
+            u16::from_be(ip.frag_off),
+            ip.protocol,
+            ip.saddr,
+            ip.daddr,
+        )
     };
     let l4_off = ETH_HLEN + usize::from(version_ihl & 0x0f) * 4;
     let mut key = CtKey {

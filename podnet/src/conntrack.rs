@@ -210,3 +210,23 @@ pub fn gc(settings: &NodeSettings) -> Result<GcReport, ConntrackError> {
         usage: usage(&maps)?,
     })
 }
+
+/// Removes every entry of every flow that involves `addr` (a pod being deleted), so a later pod
+/// given the same address never receives packets of its predecessor's flows. Returns how many
+/// entries went.
+pub fn forget_addr(settings: &NodeSettings, addr: Ipv4Addr) -> Result<u64, ConntrackError> {
+    let _lock = FileLock::exclusive(&settings.state_dir.join("conntrack-gc.lock"))?;
+    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    let octets = addr.octets();
+    let mut removed = 0;
+    for (key, entry) in maps.ct_entries()? {
+        let involved = [key.saddr, key.daddr, entry.nat.saddr, entry.nat.daddr].contains(&octets);
+        if involved && maps.ct_remove(&key)? {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        maps.ct_collected(removed)?;
+    }
+    Ok(removed)
+}

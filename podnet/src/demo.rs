@@ -178,7 +178,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         bail!("source IP was not preserved: web saw {seen}");
     }
 
-    println!("\n# expose web:{TCP_PORT} on the node IP, like kube-proxy's DNAT rule, without iptables");
+    println!(
+        "\n# expose web:{TCP_PORT} on the node IP, like kube-proxy's DNAT rule, without iptables"
+    );
     demo.podnet(&[
         "nodeport",
         "add",
@@ -191,9 +193,17 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let nodeport = SocketAddr::from((node_ip.ip(), NODEPORT));
     let outside_path = Path::new(NETNS_DIR).join(demo.outside_ns());
     let node_path = Path::new(NETNS_DIR).join(demo.node_ns());
-    for (who, ns) in [("the outside", &outside_path), ("the node itself", &node_path)] {
+    for (who, ns) in [
+        ("the outside", &outside_path),
+        ("the node itself", &node_path),
+    ] {
         println!("\n# {who} connects to {nodeport}");
-        let seen = exchange(ns, &web.netns, SocketAddr::from(([0, 0, 0, 0], TCP_PORT)), nodeport)?;
+        let seen = exchange(
+            ns,
+            &web.netns,
+            SocketAddr::from(([0, 0, 0, 0], TCP_PORT)),
+            nodeport,
+        )?;
         println!("web (behind the NodePort) saw a connection from {seen}");
     }
 

@@ -50,6 +50,8 @@ pub enum PodError {
     Netns(#[from] crate::netns::NetnsError),
     #[error(transparent)]
     NodePort(#[from] Box<crate::nodeport::NodePortError>),
+    #[error(transparent)]
+    Conntrack(#[from] crate::conntrack::ConntrackError),
 }
 
 impl From<crate::nodeport::NodePortError> for PodError {
@@ -233,6 +235,8 @@ pub struct DelReport {
     pub endpoint_removed: bool,
     /// Backends of NodePorts that were this pod.
     pub nodeport_backends_removed: usize,
+    /// Conntrack entries of the pod's flows.
+    pub conntrack_entries_removed: u64,
     pub link_removed: bool,
     pub veth_removed: bool,
     pub netns_removed: bool,
@@ -270,6 +274,9 @@ fn teardown(
     if let Ok(mut maps) = PinnedMaps::open(&settings.pin_dir) {
         for ip in &held {
             report.endpoint_removed |= maps.remove_endpoint(*ip)?;
+        }
+        for ip in &held {
+            report.conntrack_entries_removed += crate::conntrack::forget_addr(settings, *ip)?;
         }
     }
     report.veth_removed = with_netlink(|nl| async move { Ok(nl.delete(&host_if).await?) })?;

@@ -55,8 +55,40 @@ fn bpftool_prints_field_names_of_every_pinned_map() {
         assert!(endpoints.contains(field), "no {field} in {endpoints}");
     }
     let config = bpftool_dump(&node.pin_dir.join("CONFIG"));
-    for field in ["\"node_ip\"", "\"pod_cidr\"", "\"gateway_mac\""] {
+    for field in [
+        "\"node_ip\"",
+        "\"pod_cidr\"",
+        "\"gateway_mac\"",
+        "\"ct_timeouts\"",
+    ] {
         assert!(config.contains(field), "no {field} in {config}");
+    }
+    // A NodePort and a SNATed ping put entries in the NAT maps.
+    node.ok(&["nodeport", "add", "--port", "30080", "--backend", "a:80"]);
+    let ping = _a.ping(&podnet_tests::OUTSIDE_IP.to_string(), 1);
+    assert!(ping.status.success(), "{}", podnet_tests::describe(&ping));
+    let expected: [(&str, &[&str]); 3] = [
+        (
+            "CONNTRACK",
+            &[
+                "\"saddr\"",
+                "\"sport\"",
+                "\"nat\"",
+                "\"expires_ns\"",
+                "\"state\"",
+            ],
+        ),
+        ("CT_USAGE", &["\"inserted\"", "\"removed\""]),
+        (
+            "SERVICES",
+            &["\"port\"", "\"slot\"", "\"proto\"", "\"count\""],
+        ),
+    ];
+    for (map, fields) in expected {
+        let dump = bpftool_dump(&node.pin_dir.join(map));
+        for field in fields {
+            assert!(dump.contains(field), "no {field} in {map}: {dump}");
+        }
     }
 }
 

@@ -117,7 +117,11 @@ fn ipv4_to_a_local_pod_is_redirected_with_its_mac() {
         let (verdict, out) = h.run(&frame);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out[..6], MAC_B, "destination MAC rewritten to the pod's");
-        assert_eq!(out[6..12], GW_MAC, "source MAC is the gateway's (a routed hop)");
+        assert_eq!(
+            out[6..12],
+            GW_MAC,
+            "source MAC is the gateway's (a routed hop)"
+        );
         assert_eq!(out[12..], frame[12..], "nothing else changes");
         assert!(ipv4_header_ok(&out) && l4_ok(&out));
     }

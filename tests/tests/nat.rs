@@ -597,3 +597,25 @@ fn the_collector_reclaims_finished_flows_and_stops_with_the_node() {
     });
     assert!(!pid_file.exists());
 }
+
+#[test]
+fn deleting_a_pod_forgets_its_flows() {
+    require_root!();
+    let node = Node::new("10.244.55.0/24");
+    let pod = node.add_pod("client");
+    let _udp = serve_udp(&node.topo.outside, &format!("{OUTSIDE_IP}:5353"));
+    connect_udp(&pod.ns, &format!("{OUTSIDE_IP}:5353")).expect("UDP pod -> outside");
+    let involves_pod = |flows: &serde_json::Value| {
+        flows.as_array().expect("list").iter().any(|f| {
+            ["src", "dst", "nat_src", "nat_dst"].iter().any(|k| {
+                f[k].as_str()
+                    .is_some_and(|a| a.starts_with(&format!("{}:", pod.ip)))
+            })
+        })
+    };
+    assert!(involves_pod(&node.json(&["conntrack", "list"])));
+    let del = node.json(&["pod", "del", "client"]);
+    assert_eq!(del["conntrack_entries_removed"], 2, "{del}");
+    assert!(!involves_pod(&node.json(&["conntrack", "list"])));
+    assert_eq!(node.json(&["stats"])["conntrack"]["live"], 0);
+}
