@@ -1,6 +1,7 @@
 //! podnet: an eBPF pod network datapath. This library holds everything the `podnet` binary
 //! (CLI and CNI plugin) does; the binary only parses arguments and prints.
 
+pub mod cni;
 pub mod collector;
 pub mod conntrack;
 pub mod datapath;

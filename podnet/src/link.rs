@@ -195,6 +195,33 @@ impl Netlink {
         first_link(request, || format!("get link {index}")).await
     }
 
+    /// Whether a `cls_bpf` filter sits at `priority` on the clsact ingress of link `index`
+    /// (what `tc filter show dev X ingress` lists).
+    pub async fn has_bpf_ingress_filter(
+        &self,
+        index: u32,
+        priority: u16,
+    ) -> Result<bool, LinkError> {
+        let Ok(index) = i32::try_from(index) else {
+            return Ok(false);
+        };
+        let mut stream = pin!(self.handle.traffic_filter(index).get().ingress().execute());
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(nl_err(format!("list filters of link {index}")))?
+        {
+            let prio = u16::try_from(msg.header.info >> 16).unwrap_or(0);
+            let bpf = msg.attributes.iter().any(|a| {
+                matches!(a, rtnetlink::packet_route::tc::TcAttribute::Kind(kind) if kind == "bpf")
+            });
+            if bpf && prio == priority {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// All links of the namespace.
     pub async fn list(&self) -> Result<Vec<LinkInfo>, LinkError> {
         let mut stream = pin!(self.handle.link().get().execute());

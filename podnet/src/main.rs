@@ -9,6 +9,10 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
+    // Invoked by a container runtime as a CNI plugin (`"type": "podnet"`).
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return podnet::cni::main();
+    }
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -123,6 +123,10 @@ pub struct NodePort {
     pub port: u16,
     pub proto: Proto,
     pub backends: Vec<Backend>,
+    /// Set for a CNI `portMappings` host port: the attachment (`containerID/ifname`) it
+    /// belongs to, which removes it on DEL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -337,6 +341,7 @@ pub fn add(
         port,
         proto,
         backends,
+        owner: None,
     };
     ports.push(np.clone());
     NodePorts::save(settings, &mut ports)?;
@@ -418,6 +423,127 @@ pub fn forget_pod(settings: &NodeSettings, name: &str) -> Result<usize, NodePort
         NodePorts::save(settings, &mut ports)?;
     }
     Ok(removed)
+}
+
+/// A CNI port mapping: `hostPort` on the node IP to `ip:container_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPort {
+    pub host_port: u16,
+    pub proto: Proto,
+    pub ip: Ipv4Addr,
+    pub container_port: u16,
+}
+
+/// Adds `mappings` for `owner` (a CNI attachment), all or nothing. Host ports are not limited to
+/// the NodePort range (that is what the `portmap` plugin allows too) but must be free.
+pub fn add_host_ports(
+    settings: &NodeSettings,
+    owner: &str,
+    mappings: &[HostPort],
+) -> Result<Vec<NodePort>, NodePortError> {
+    let _lock = NodePorts::lock(settings)?;
+    let mut ports = NodePorts::load(settings)?;
+    for (i, m) in mappings.iter().enumerate() {
+        let taken_by_other = ports.iter().any(|np| {
+            np.port == m.host_port && np.proto == m.proto && np.owner.as_deref() != Some(owner)
+        });
+        let repeated = mappings[..i]
+            .iter()
+            .any(|o| o.host_port == m.host_port && o.proto == m.proto);
+        if taken_by_other || repeated || m.host_port == 0 {
+            return Err(NodePortError::InUse {
+                port: m.host_port,
+                proto: m.proto,
+            });
+        }
+    }
+    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    let mut added = Vec::with_capacity(mappings.len());
+    for m in mappings {
+        let backends = vec![Backend {
+            pod: None,
+            ip: m.ip,
+            port: m.container_port,
+        }];
+        let old = ports
+            .iter()
+            .position(|np| np.port == m.host_port && np.proto == m.proto);
+        let old_count = old.map_or(0, |i| ports[i].backends.len());
+        program(&mut maps, m.host_port, m.proto, &backends, old_count)?;
+        let np = NodePort {
+            port: m.host_port,
+            proto: m.proto,
+            backends,
+            owner: Some(owner.to_owned()),
+        };
+        match old {
+            Some(i) => ports[i] = np.clone(),
+            None => ports.push(np.clone()),
+        }
+        added.push(np);
+    }
+    NodePorts::save(settings, &mut ports)?;
+    Ok(added)
+}
+
+/// Removes every host port of `owner`. Returns how many went.
+pub fn remove_host_ports(settings: &NodeSettings, owner: &str) -> Result<usize, NodePortError> {
+    let _lock = NodePorts::lock(settings)?;
+    let mut ports = NodePorts::load(settings)?;
+    let (gone, kept): (Vec<NodePort>, Vec<NodePort>) = ports
+        .drain(..)
+        .partition(|np| np.owner.as_deref() == Some(owner));
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    for np in &gone {
+        maps.service_remove(&key(np.port, np.proto, 0))?;
+        for i in 0..np.backends.len() {
+            maps.service_remove(&key(np.port, np.proto, slot(i)))?;
+        }
+    }
+    let mut kept = kept;
+    NodePorts::save(settings, &mut kept)?;
+    Ok(gone.len())
+}
+
+/// The host ports of `owner` whose map entries are missing or wrong (for CNI CHECK).
+pub fn missing_host_ports(
+    settings: &NodeSettings,
+    owner: &str,
+) -> Result<Vec<NodePort>, NodePortError> {
+    let ports = NodePorts::load(settings)?;
+    let maps = PinnedMaps::open(&settings.pin_dir)?;
+    let mut missing = Vec::new();
+    for np in ports
+        .into_iter()
+        .filter(|np| np.owner.as_deref() == Some(owner))
+    {
+        let head = maps.service(&key(np.port, np.proto, 0))?;
+        let ok = head.is_some_and(|h| usize::from(h.count) == np.backends.len())
+            && np.backends.iter().enumerate().all(|(i, b)| {
+                maps.service(&key(np.port, np.proto, slot(i)))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v.addr == b.ip.octets() && v.port == b.port)
+            });
+        if !ok {
+            missing.push(np);
+        }
+    }
+    Ok(missing)
+}
+
+/// Owners of host ports, for CNI GC.
+pub fn host_port_owners(settings: &NodeSettings) -> Result<Vec<String>, NodePortError> {
+    let mut owners: Vec<String> = NodePorts::load(settings)?
+        .into_iter()
+        .filter_map(|np| np.owner)
+        .collect();
+    owners.sort();
+    owners.dedup();
+    Ok(owners)
 }
 
 #[cfg(test)]

@@ -76,6 +76,13 @@ pub struct PodRecord {
     pub address: Ipv4Network,
     pub gateway: Ipv4Addr,
     pub mac: String,
+    /// The pod's interface inside its namespace.
+    #[serde(default = "default_ifname")]
+    pub ifname: String,
+}
+
+fn default_ifname() -> String {
+    POD_IFNAME.to_owned()
 }
 
 pub fn validate_name(name: &str) -> Result<(), PodError> {
@@ -134,7 +141,18 @@ pub fn add(
     name: &str,
     netns: Option<&Path>,
 ) -> Result<PodRecord, PodError> {
+    add_with(settings, name, netns, POD_IFNAME)
+}
+
+/// [`add`], naming the pod's interface `ifname` (a CNI runtime chooses it).
+pub fn add_with(
+    settings: &NodeSettings,
+    name: &str,
+    netns: Option<&Path>,
+    ifname: &str,
+) -> Result<PodRecord, PodError> {
     validate_name(name)?;
+    crate::link::validate_ifname(ifname)?;
     let _lock = FileLock::shared(&settings.lock_file())?;
     if record_path(settings, name).exists() {
         return Err(PodError::Exists {
@@ -143,7 +161,7 @@ pub fn add(
     }
     // Open a given namespace before allocating anything, so a bad path changes nothing.
     let given = netns.map(Netns::open).transpose()?;
-    let result = build(settings, name, given);
+    let result = build(settings, name, given, ifname);
     if result.is_err() {
         // Best effort: the error being returned matters more than a cleanup failure.
         let _ = teardown(settings, name, None);
@@ -151,7 +169,12 @@ pub fn add(
     result
 }
 
-fn build(settings: &NodeSettings, name: &str, given: Option<Netns>) -> Result<PodRecord, PodError> {
+fn build(
+    settings: &NodeSettings,
+    name: &str,
+    given: Option<Netns>,
+    ifname: &str,
+) -> Result<PodRecord, PodError> {
     let ip = settings.ipam()?.allocate(&owner(name))?;
     let owns_netns = given.is_none();
     let ns = match given {
@@ -182,6 +205,7 @@ fn build(settings: &NodeSettings, name: &str, given: Option<Netns>) -> Result<Po
         })?
     };
 
+    let pod_ifname = ifname.to_owned();
     let mac = ns.run_netlink(move |nl| async move {
         let pod_if = nl
             .get(&tmp_if)
@@ -189,7 +213,7 @@ fn build(settings: &NodeSettings, name: &str, given: Option<Netns>) -> Result<Po
             .ok_or_else(|| crate::link::LinkError::NotFound {
                 link: tmp_if.clone(),
             })?;
-        nl.rename(pod_if.index, POD_IFNAME).await?;
+        nl.rename(pod_if.index, &pod_ifname).await?;
         nl.ensure_address(pod_if.index, address).await?;
         nl.set_up(pod_if.index).await?;
         if let Some(lo) = nl.get("lo").await? {
@@ -221,6 +245,7 @@ fn build(settings: &NodeSettings, name: &str, given: Option<Netns>) -> Result<Po
         address,
         gateway,
         mac: format_mac(&mac),
+        ifname: ifname.to_owned(),
     };
     state::write_json(&record_path(settings, name), &record)?;
     Ok(record)

@@ -10,7 +10,10 @@
 //! - [`Topology`]: the standard node + outside fixture on 198.18.0.0/24.
 //! - [`podnet_bin`], [`netprobe_bin`] and the `netprobe` helpers ([`serve_tcp`],
 //!   [`connect_tcp`], [`peer_ip_of`], ...).
+//! - [`Cni`] / [`CniNode`]: a libcni-like driver running podnet's CNI plugin and the reference
+//!   plugins inside a node namespace.
 
+pub mod cni;
 pub mod netns;
 pub mod node;
 pub mod packet;
@@ -21,6 +24,11 @@ pub mod topology;
 
 use std::time::{Duration, Instant};
 
+pub use cni::{
+    AddResult, CHAINED_BRIDGE, CHAINED_CNI_VERSION, Cni, CniBinDir, CniError, CniNode, CniOutput,
+    Invocation, PODNET_CNI_VERSIONS, RuntimeConf, STANDALONE_BRIDGE, STANDALONE_CNI_VERSION,
+    SpecError, container_address, gateway_of, host_peer, in_cidr, ip_records_under,
+};
 pub use netns::{
     InNetns, NETNS_RUN_DIR, Netns, Pod, VethPair, addr, is_own_netns, mac, netns_list, route,
     same_file, unique, veth,

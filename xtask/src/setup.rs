@@ -44,6 +44,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "tests check that the node's nft ruleset has no NAT",
     ),
     ("procps", "sysctl"),
+    (
+        "containernetworking-plugins",
+        "the reference CNI plugins (bridge, host-local, portmap, loopback) in /usr/lib/cni, \
+         chained with podnet's CNI plugin in tests",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,0 +1,680 @@
+//! podnet as a CNI plugin. The `podnet` binary becomes the plugin whenever `CNI_COMMAND` is
+//! set, so installing it as `<bin-dir>/podnet` is all a runtime needs (`"type": "podnet"`).
+//!
+//! - **Chained** (after `bridge` + `host-local`): ADD finds the container interface in
+//!   `prevResult`, its host-side veth through the veth peer index, attaches the pinned program,
+//!   registers the endpoint and the `portMappings` host ports, and prints `prevResult` unchanged.
+//! - **Standalone**: ADD does what `podnet pod add` does (bridge, veth, IPAM, routes), through
+//!   the same code, and prints a full result, which it also caches for DEL and GC.
+//!
+//! Every attachment is recorded in `<stateDir>/cni/`, so DEL removes exactly what ADD made (and
+//! succeeds when repeated, without a namespace, or for containers it never saw), CHECK verifies
+//! it, and GC frees whatever the runtime no longer lists. The first ADD on a node whose programs
+//! are not loaded yet runs `node init` from the `node` settings in the configuration, under a
+//! lock.
+
+pub mod spec;
+
+use std::{
+    io::Read as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use ipnetwork::Ipv4Network;
+use podnet_ebpf::abi::{Endpoint, program_name};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use spec::{CniEnv, CniError, Command, Mode, NetConf, code};
+
+use crate::{
+    datapath::{attach, maps::PinnedMaps},
+    netns::Netns,
+    node::{NodeSettings, with_netlink},
+    nodeport::{self, HostPort, Proto},
+    pod,
+    state::{self, FileLock},
+};
+
+/// What podnet recorded for one attachment (`containerID` + `ifname`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+    pub chained: bool,
+    pub netns: Option<PathBuf>,
+    pub host_if: String,
+    pub ip: Ipv4Addr,
+    /// Standalone: the pod podnet made (its records, IPAM owner and veth names derive from it).
+    pub pod: Option<String>,
+    /// Standalone: the ADD result, for DEL and GC without `prevResult`.
+    pub result: Option<Value>,
+}
+
+impl Attachment {
+    /// `containerID/ifname`: the owner of the attachment's host ports.
+    pub fn owner(&self) -> String {
+        owner(&self.container_id, &self.ifname)
+    }
+}
+
+fn owner(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}/{ifname}")
+}
+
+fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The pod name a standalone attachment gets: container IDs are up to 64+ characters and
+/// interface names are free-form, so a hash of both keeps every derived name short and safe.
+fn pod_name(container_id: &str, ifname: &str) -> String {
+    format!("cni-{:016x}", fnv64(owner(container_id, ifname).as_bytes()))
+}
+
+fn records_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("cni")
+}
+
+fn record_path(state_dir: &Path, container_id: &str, ifname: &str) -> PathBuf {
+    records_dir(state_dir).join(format!("{}.json", pod_name(container_id, ifname)))
+}
+
+fn io_err(e: impl std::fmt::Display) -> CniError {
+    CniError::new(code::IO, e.to_string())
+}
+
+fn datapath_err(e: impl std::fmt::Display) -> CniError {
+    CniError::new(code::DATAPATH, e.to_string())
+}
+
+/// Runs the plugin with the process's environment and stdin, prints the answer, and returns
+/// the exit code.
+pub fn main() -> ExitCode {
+    let mut stdin = Vec::new();
+    let read = std::io::stdin().read_to_end(&mut stdin);
+    let version = spec::answer_version(&stdin);
+    let outcome = match read {
+        Ok(_) => run(|k| std::env::var(k).ok(), &stdin),
+        Err(e) => Err(CniError::new(code::IO, format!("reading stdin: {e}"))),
+    };
+    match outcome {
+        Ok(Some(answer)) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(err) => {
+            println!("{}", err.to_json(&version));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One invocation: what to print on success (`None`: nothing).
+pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let env = CniEnv::from_lookup(&get)?;
+    if env.command == Command::Version {
+        return Ok(Some(json!({
+            "cniVersion": spec::answer_version(stdin),
+            "supportedVersions": spec::SUPPORTED_VERSIONS,
+        })));
+    }
+    let conf = NetConf::parse(stdin)?;
+    enter_node_netns(&conf)?;
+    match env.command {
+        Command::Add => add(&env, &conf).map(Some),
+        Command::Del => del(&env, &conf).map(|()| None),
+        Command::Check => check(&env, &conf).map(|()| None),
+        Command::Status => status(&conf).map(|()| None),
+        Command::Gc => gc(&conf).map(|()| None),
+        Command::Version => unreachable!("answered above"),
+    }
+}
+
+/// Enters the node's namespace when the node lives in one (recorded by `node init`, or given as
+/// `node.netns`), as every `podnet` command does. Runtimes run plugins in the host namespace,
+/// which is the node's unless podnet simulates several nodes on one machine. Called on the
+/// main thread before any other thread exists.
+fn enter_node_netns(conf: &NetConf) -> Result<(), CniError> {
+    let recorded = NodeSettings::load(&conf.state_dir)
+        .ok()
+        .and_then(|s| s.netns);
+    let given = conf
+        .node
+        .as_ref()
+        .and_then(|n| n.get("netns"))
+        .and_then(Value::as_str)
+        .map(PathBuf::from);
+    if let Some(path) = recorded.or(given) {
+        Netns::open(&path).and_then(|ns| ns.enter()).map_err(|e| {
+            CniError::new(
+                code::IO,
+                format!("entering the node's namespace {}", path.display()),
+            )
+            .with_details(e.to_string())
+        })?;
+    }
+    Ok(())
+}
+
+/// The node's settings: recorded by an earlier `node init`, or built from the configuration's
+/// `node` object and initialised now (once, under a lock, however many ADDs race).
+fn node_settings(conf: &NetConf, init: bool) -> Result<Option<NodeSettings>, CniError> {
+    if let Ok(settings) = NodeSettings::load(&conf.state_dir) {
+        return Ok(Some(settings));
+    }
+    let Some(node) = &conf.node else {
+        return if init {
+            Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "the node at {} is not initialised and the configuration has no \"node\" settings",
+                    conf.state_dir.display()
+                ),
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    let mut map = node.clone();
+    map.insert(
+        "state_dir".to_owned(),
+        Value::String(conf.state_dir.display().to_string()),
+    );
+    let settings: NodeSettings = serde_json::from_value(Value::Object(map))
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("invalid node settings: {e}")))?;
+    settings
+        .validate()
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
+    if !init {
+        return Ok(Some(settings));
+    }
+    state::ensure_private_dir(&conf.state_dir).map_err(io_err)?;
+    let _lock = FileLock::exclusive(&conf.state_dir.join("cni-init.lock")).map_err(io_err)?;
+    if let Ok(done) = NodeSettings::load(&conf.state_dir) {
+        return Ok(Some(done));
+    }
+    let report = crate::node::init(settings).map_err(datapath_err)?;
+    if let Ok(exe) = std::env::current_exe() {
+        // Collection is an optimisation of the table's use; ADD does not fail without it.
+        let _ = crate::collector::start(&report.settings, &exe);
+    }
+    Ok(Some(report.settings))
+}
+
+fn proto_of(m: &spec::PortMapping) -> Result<Proto, CniError> {
+    m.protocol
+        .parse()
+        .map_err(|e: String| CniError::new(code::INVALID_CONFIG, e))
+}
+
+fn host_ports(conf: &NetConf, ip: Ipv4Addr) -> Result<Vec<HostPort>, CniError> {
+    conf.port_mappings
+        .iter()
+        .map(|m| {
+            Ok(HostPort {
+                host_port: m.host_port,
+                proto: proto_of(m)?,
+                ip,
+                container_port: m.container_port,
+            })
+        })
+        .collect()
+}
+
+fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+    let (container_id, ifname) = env.attachment();
+    let netns_path = env.netns.clone().expect("checked by CniEnv for ADD");
+    // Check the namespace before touching anything.
+    let netns = Netns::open(&netns_path).map_err(|e| {
+        CniError::new(code::IO, format!("CNI_NETNS {}", netns_path.display()))
+            .with_details(e.to_string())
+    })?;
+    let settings = node_settings(conf, true)?.expect("init returns settings or an error");
+    let path = record_path(&settings.state_dir, &container_id, &ifname);
+    if let Ok(Some(existing)) = state::read_json::<Attachment>(&path) {
+        // A repeated ADD: answer as the first time did.
+        return Ok(existing
+            .result
+            .or_else(|| conf.prev_result.clone())
+            .unwrap_or(Value::Null));
+    }
+    state::ensure_private_dir(&records_dir(&settings.state_dir)).map_err(io_err)?;
+    let attachment = match conf.mode {
+        Mode::Chained => add_chained(conf, &settings, &container_id, &ifname, &netns)?,
+        Mode::Standalone => add_standalone(conf, &settings, &container_id, &ifname, &netns)?,
+    };
+    let owner = attachment.owner();
+    let mappings = host_ports(conf, attachment.ip)?;
+    if !mappings.is_empty()
+        && let Err(e) = nodeport::add_host_ports(&settings, &owner, &mappings)
+    {
+        let _ = undo(&settings, &attachment);
+        return Err(CniError::new(code::INVALID_CONFIG, e.to_string()));
+    }
+    if let Err(e) = state::write_json(&path, &attachment) {
+        let _ = undo(&settings, &attachment);
+        return Err(io_err(e));
+    }
+    Ok(attachment
+        .result
+        .or_else(|| conf.prev_result.clone())
+        .unwrap_or(Value::Null))
+}
+
+/// The container interface and its IPv4 address in a `prevResult`.
+fn from_prev_result(prev: &Value, ifname: &str) -> Result<(Ipv4Network, Option<String>), CniError> {
+    let bad = |msg: &str| CniError::new(code::INVALID_CONFIG, format!("prevResult: {msg}"));
+    let interfaces = prev["interfaces"].as_array().cloned().unwrap_or_default();
+    let index = interfaces.iter().position(|i| {
+        i["name"].as_str() == Some(ifname) && i["sandbox"].as_str().is_some_and(|s| !s.is_empty())
+    });
+    let ips = prev["ips"]
+        .as_array()
+        .ok_or_else(|| bad("no ips (is podnet chained after bridge + host-local?)"))?;
+    let ip = ips
+        .iter()
+        .filter(|ip| match (index, ip["interface"].as_u64()) {
+            (Some(i), Some(j)) => usize::try_from(j).is_ok_and(|j| j == i),
+            _ => true,
+        })
+        .find_map(|ip| ip["address"].as_str()?.parse::<Ipv4Network>().ok())
+        .ok_or_else(|| bad(&format!("no IPv4 address for interface {ifname}")))?;
+    let mac = index.and_then(|i| interfaces[i]["mac"].as_str().map(str::to_owned));
+    Ok((ip, mac))
+}
+
+fn add_chained(
+    conf: &NetConf,
+    settings: &NodeSettings,
+    container_id: &str,
+    ifname: &str,
+    netns: &Netns,
+) -> Result<Attachment, CniError> {
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "chained mode needs a prevResult: put podnet after bridge + host-local in the conflist",
+        )
+    })?;
+    let (address, _) = from_prev_result(prev, ifname)?;
+    let ip = address.ip();
+    if !settings.pod_cidr.contains(ip) {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "container address {ip} is outside the node's pod CIDR {}: node.pod_cidr must be host-local's subnet",
+                settings.pod_cidr
+            ),
+        ));
+    }
+    let name = ifname.to_owned();
+    let container_if = netns
+        .run_netlink(move |nl| async move { nl.get(&name).await })
+        .map_err(io_err)?
+        .map_err(io_err)?
+        .ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("no interface {ifname} in CNI_NETNS"),
+            )
+        })?;
+    let peer = container_if.peer_index.ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("{ifname} in CNI_NETNS is not a veth"),
+        )
+    })?;
+    let host = with_netlink(|nl| async move { Ok(nl.get_by_index(peer).await?) })
+        .map_err(io_err)?
+        .ok_or_else(|| CniError::new(code::IO, format!("the host end of {ifname} is missing")))?;
+    attach::attach_ingress(&settings.pin_dir, program_name::FROM_POD, &host.name)
+        .map_err(datapath_err)?;
+    let mut maps = PinnedMaps::open(&settings.pin_dir).map_err(datapath_err)?;
+    maps.upsert_endpoint(
+        ip,
+        &Endpoint {
+            ifindex: host.index,
+            flags: 0,
+            mac: container_if.mac,
+            _pad0: [0; 2],
+            netns_ino: netns.inode(),
+        },
+    )
+    .map_err(datapath_err)?;
+    Ok(Attachment {
+        container_id: container_id.to_owned(),
+        ifname: ifname.to_owned(),
+        chained: true,
+        netns: Some(netns.path().to_path_buf()),
+        host_if: host.name,
+        ip,
+        pod: None,
+        result: None,
+    })
+}
+
+fn add_standalone(
+    conf: &NetConf,
+    settings: &NodeSettings,
+    container_id: &str,
+    ifname: &str,
+    netns: &Netns,
+) -> Result<Attachment, CniError> {
+    let name = pod_name(container_id, ifname);
+    let record =
+        pod::add_with(settings, &name, Some(netns.path()), ifname).map_err(|e| match e {
+            pod::PodError::Ipam(e) => CniError::new(code::TRY_AGAIN, e.to_string()),
+            e => datapath_err(e),
+        })?;
+    let mut result = json!({
+        "cniVersion": conf.cni_version,
+        "interfaces": [
+            {"name": record.host_if, "mac": host_mac(&record.host_if)},
+            {"name": ifname, "mac": record.mac, "sandbox": netns.path()},
+        ],
+        "ips": [{
+            "address": record.address.to_string(),
+            "gateway": record.gateway.to_string(),
+            "interface": 1,
+        }],
+        "routes": [{"dst": "0.0.0.0/0", "gw": record.gateway.to_string()}],
+        "dns": {},
+    });
+    if conf.cni_version.starts_with("0.") {
+        result["ips"][0]["version"] = json!("4");
+    }
+    if let Some(mtu) = settings.mtu {
+        result["interfaces"][1]["mtu"] = json!(mtu);
+    }
+    Ok(Attachment {
+        container_id: container_id.to_owned(),
+        ifname: ifname.to_owned(),
+        chained: false,
+        netns: Some(netns.path().to_path_buf()),
+        host_if: record.host_if,
+        ip: record.address.ip(),
+        pod: Some(name),
+        result: Some(result),
+    })
+}
+
+fn host_mac(ifname: &str) -> String {
+    let name = ifname.to_owned();
+    with_netlink(|nl| async move { Ok(nl.get(&name).await?) })
+        .ok()
+        .flatten()
+        .map(|l| crate::datapath::maps::format_mac(&l.mac))
+        .unwrap_or_default()
+}
+
+/// Removes what an attachment made. Tolerates anything already gone.
+fn undo(settings: &NodeSettings, a: &Attachment) -> Result<(), CniError> {
+    nodeport::remove_host_ports(settings, &a.owner()).map_err(datapath_err)?;
+    match &a.pod {
+        Some(pod) => {
+            pod::del(settings, pod).map_err(datapath_err)?;
+        }
+        None => {
+            attach::detach_ingress(&a.host_if).map_err(datapath_err)?;
+            if let Ok(mut maps) = PinnedMaps::open(&settings.pin_dir) {
+                // Only if the endpoint is still this attachment's (the address may be reused).
+                let ours = crate::link::ifindex(&a.host_if);
+                let current = maps.endpoint(a.ip).map_err(datapath_err)?;
+                if current.is_some_and(|ep| ours.is_none_or(|i| i == ep.ifindex)) {
+                    maps.remove_endpoint(a.ip).map_err(datapath_err)?;
+                }
+            }
+            crate::conntrack::forget_addr(settings, a.ip).map_err(datapath_err)?;
+        }
+    }
+    Ok(())
+}
+
+fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let Some(settings) = node_settings(conf, false)? else {
+        return Ok(());
+    };
+    if !NodeSettings::node_file(&settings.state_dir).exists() {
+        return Ok(());
+    }
+    let (container_id, ifname) = env.attachment();
+    let path = record_path(&settings.state_dir, &container_id, &ifname);
+    let record: Option<Attachment> = state::read_json(&path).map_err(io_err)?;
+    match record {
+        Some(a) => undo(&settings, &a)?,
+        None => {
+            // Never seen, or already deleted: host ports are the only thing ADD makes before
+            // the record, so clear those in case ADD died half-way.
+            nodeport::remove_host_ports(&settings, &owner(&container_id, &ifname))
+                .map_err(datapath_err)?;
+            if conf.mode == Mode::Standalone {
+                pod::del(&settings, &pod_name(&container_id, &ifname)).map_err(datapath_err)?;
+            }
+        }
+    }
+    state::remove_file(&path).map_err(io_err)?;
+    Ok(())
+}
+
+fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let settings = node_settings(conf, false)?
+        .ok_or_else(|| CniError::new(code::UNKNOWN_CONTAINER, "the node is not initialised"))?;
+    let (container_id, ifname) = env.attachment();
+    let a: Attachment = state::read_json(&record_path(&settings.state_dir, &container_id, &ifname))
+        .map_err(io_err)?
+        .ok_or_else(|| {
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!("no podnet attachment for container {container_id} interface {ifname}"),
+            )
+        })?;
+    let fail = |what: String| Err(CniError::new(code::DATAPATH, what));
+    let host_if = a.host_if.clone();
+    let (host, filtered) = with_netlink(|nl| async move {
+        let Some(host) = nl.get(&host_if).await? else {
+            return Ok((None, false));
+        };
+        let filtered = nl
+            .has_bpf_ingress_filter(host.index, attach::FILTER_PRIORITY)
+            .await?;
+        Ok((Some(host), filtered))
+    })
+    .map_err(io_err)?;
+    let Some(host) = host else {
+        return fail(format!("host veth {} is gone", a.host_if));
+    };
+    if !filtered {
+        return fail(format!("podnet's program is not attached to {}", a.host_if));
+    }
+    let maps = PinnedMaps::open(&settings.pin_dir).map_err(datapath_err)?;
+    match maps.endpoint(a.ip).map_err(datapath_err)? {
+        Some(ep) if ep.ifindex == host.index => {}
+        _ => return fail(format!("endpoint {} is missing from the map", a.ip)),
+    }
+    let missing = nodeport::missing_host_ports(&settings, &a.owner()).map_err(datapath_err)?;
+    if let Some(np) = missing.first() {
+        return fail(format!(
+            "host port {}/{} is missing from the map",
+            np.port, np.proto
+        ));
+    }
+    let wanted: Vec<(u16, Proto)> = host_ports(conf, a.ip)?
+        .iter()
+        .map(|m| (m.host_port, m.proto))
+        .collect();
+    let have: Vec<(u16, Proto)> = nodeport::list(&settings)
+        .map_err(datapath_err)?
+        .into_iter()
+        .filter(|np| np.owner.as_deref() == Some(a.owner().as_str()))
+        .map(|np| (np.port, np.proto))
+        .collect();
+    if let Some((port, proto)) = wanted.iter().find(|w| !have.contains(w)) {
+        return fail(format!("port mapping {port}/{proto} is not installed"));
+    }
+    Ok(())
+}
+
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let ready = match node_settings(conf, false)? {
+        Some(s) => {
+            !NodeSettings::node_file(&s.state_dir).exists() || PinnedMaps::open(&s.pin_dir).is_ok()
+        }
+        None => false,
+    };
+    if ready {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::NOT_AVAILABLE,
+            "podnet cannot add pods: the node is not initialised and the configuration has no node settings",
+        ))
+    }
+}
+
+/// What `gc` freed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    pub attachments: Vec<String>,
+    pub host_ports: usize,
+    pub veths: Vec<String>,
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let Some(settings) = node_settings(conf, false)? else {
+        return Ok(());
+    };
+    if !NodeSettings::node_file(&settings.state_dir).exists() {
+        return Ok(());
+    }
+    let valid: Vec<(String, String)> = conf
+        .valid_attachments
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| (v.container_id, v.ifname))
+        .collect();
+    collect(&settings, &valid).map(|_| ())
+}
+
+/// Frees every attachment not in `valid`, host ports of no attachment, podnet's stale host
+/// veths, and addresses held by CNI pods that no longer exist. Shared by CNI GC and `podnet gc`.
+pub fn collect(settings: &NodeSettings, valid: &[(String, String)]) -> Result<GcReport, CniError> {
+    let mut report = GcReport::default();
+    let mut kept = Vec::new();
+    for a in attachments(&settings.state_dir)? {
+        if valid.contains(&(a.container_id.clone(), a.ifname.clone())) {
+            kept.push(a);
+            continue;
+        }
+        undo(settings, &a)?;
+        state::remove_file(&record_path(
+            &settings.state_dir,
+            &a.container_id,
+            &a.ifname,
+        ))
+        .map_err(io_err)?;
+        report.attachments.push(a.owner());
+    }
+    let owners: Vec<String> = kept.iter().map(Attachment::owner).collect();
+    for owner in nodeport::host_port_owners(settings).map_err(datapath_err)? {
+        if !owners.contains(&owner) {
+            report.host_ports +=
+                nodeport::remove_host_ports(settings, &owner).map_err(datapath_err)?;
+        }
+    }
+    // Host veths podnet named ("pn" + hash) that belong to no pod and no attachment.
+    let pods = pod::list(settings).map_err(datapath_err)?;
+    let known: Vec<String> = pods
+        .iter()
+        .map(|p| p.host_if.clone())
+        .chain(kept.iter().map(|a| a.host_if.clone()))
+        .collect();
+    let stale: Vec<String> = with_netlink(|nl| async move { Ok(nl.list().await?) })
+        .map_err(io_err)?
+        .into_iter()
+        .filter(|l| {
+            l.kind.as_deref() == Some("veth")
+                && l.name.len() == 10
+                && l.name.starts_with("pn")
+                && l.name[2..].bytes().all(|b| b.is_ascii_hexdigit())
+                && !known.contains(&l.name)
+        })
+        .map(|l| l.name)
+        .collect();
+    for name in stale {
+        let n = name.clone();
+        if with_netlink(|nl| async move { Ok(nl.delete(&n).await?) }).map_err(io_err)? {
+            report.veths.push(name);
+        }
+    }
+    // Addresses of CNI pods whose pod record is gone (a crash between IPAM and the record).
+    let ipam = settings.ipam().map_err(datapath_err)?;
+    let pod_owners: Vec<String> = pods.iter().map(|p| format!("pod:{}", p.name)).collect();
+    for held in ipam.list().map_err(datapath_err)? {
+        if held.owner.starts_with("pod:cni-") && !pod_owners.contains(&held.owner) {
+            report
+                .addresses
+                .extend(ipam.release_owner(&held.owner).map_err(datapath_err)?);
+        }
+    }
+    Ok(report)
+}
+
+/// Every recorded attachment of the node.
+pub fn attachments(state_dir: &Path) -> Result<Vec<Attachment>, CniError> {
+    let dir = records_dir(state_dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io_err)?.path();
+        if path.extension().is_some_and(|e| e == "json")
+            && let Some(a) = state::read_json::<Attachment>(&path).map_err(io_err)?
+        {
+            out.push(a);
+        }
+    }
+    out.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prev_result_of_the_bridge_plugin() {
+        let prev = json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [
+                {"name": "cni0", "mac": "aa:aa:aa:aa:aa:aa"},
+                {"name": "veth1234", "mac": "bb:bb:bb:bb:bb:bb"},
+                {"name": "eth0", "mac": "cc:cc:cc:cc:cc:cc", "sandbox": "/run/netns/x"}
+            ],
+            "ips": [{"address": "10.244.1.5/24", "gateway": "10.244.1.1", "interface": 2}]
+        });
+        let (ip, mac) = from_prev_result(&prev, "eth0").unwrap();
+        assert_eq!(ip.to_string(), "10.244.1.5/24");
+        assert_eq!(mac.as_deref(), Some("cc:cc:cc:cc:cc:cc"));
+        assert!(from_prev_result(&json!({"interfaces": []}), "eth0").is_err());
+    }
+
+    #[test]
+    fn derived_names_are_short_and_distinct() {
+        let a = pod_name(&"a".repeat(64), "eth0");
+        let b = pod_name(&"a".repeat(64), "eth1");
+        assert_ne!(a, b);
+        assert!(a.len() <= pod::MAX_POD_NAME);
+        pod::validate_name(&a).unwrap();
+    }
+}
