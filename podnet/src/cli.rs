@@ -61,6 +61,15 @@ pub enum Command {
     },
     /// Run a self-contained demo in network namespaces (a node, an outside host and pods).
     Demo(crate::demo::DemoArgs),
+    /// Free what CNI containers that are gone left behind (DEL never came): attachments whose
+    /// namespace no longer exists, their addresses, endpoints, host ports and host veths.
+    Gc {
+        /// CONTAINERID/IFNAME to keep even if its namespace looks gone. Repeat for more.
+        #[arg(long)]
+        keep: Vec<String>,
+    },
+    /// Install podnet as a CNI plugin: the binary and a network configuration per mode.
+    InstallCni(InstallCniArgs),
 }
 
 #[derive(Subcommand)]
@@ -148,6 +157,31 @@ fn parse_timeout(s: &str) -> Result<(String, u32), String> {
         .parse::<u32>()
         .map_err(|_| format!("{secs:?} in {s:?} is not a number of seconds"))?;
     Ok((name.to_owned(), secs))
+}
+
+#[derive(Args)]
+pub struct InstallCniArgs {
+    /// Where the runtime looks for plugins.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    bin_dir: PathBuf,
+    /// Where the runtime reads network configurations.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    conf_dir: PathBuf,
+    /// The mode written as 10-podnet.conflist (the other one as an .example).
+    #[arg(long, default_value = "standalone")]
+    mode: String,
+    /// The node's pod CIDR, e.g. 10.244.1.0/24.
+    #[arg(long)]
+    pod_cidr: Ipv4Network,
+    /// The cluster CIDR, e.g. 10.244.0.0/16.
+    #[arg(long)]
+    cluster_cidr: Ipv4Network,
+    /// The uplink interface.
+    #[arg(long)]
+    uplink: String,
+    /// bpffs directory for this node's pins.
+    #[arg(long, default_value = "/sys/fs/bpf/podnet")]
+    pin_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -278,6 +312,7 @@ pub fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Demo(args) => crate::demo::run(&args)?,
+        Command::InstallCni(args) => install_cni(&state_dir, json, args)?,
         command => {
             let settings = NodeSettings::load(&state_dir)?;
             enter_node_netns(settings.netns.as_deref())?;
@@ -446,10 +481,65 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
             podnet_ebpf::abi::program_name::FROM_POD,
             seconds.map(std::time::Duration::from_secs),
         )?,
-        Command::Node(NodeCommand::Init(_)) | Command::Demo(_) => {
+        Command::Gc { keep } => {
+            let keep = keep
+                .iter()
+                .map(|k| {
+                    k.split_once('/')
+                        .map(|(id, ifname)| (id.to_owned(), ifname.to_owned()))
+                        .with_context(|| format!("--keep {k:?} is not CONTAINERID/IFNAME"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let report = podnet::cni::gc_dead(settings, &keep)?;
+            print(json, &report, |r| {
+                format!(
+                    "gc: {} attachment(s), {} host port(s), {} veth(s) and {} address(es) freed",
+                    r.attachments.len(),
+                    r.host_ports,
+                    r.veths.len(),
+                    r.addresses.len()
+                )
+            });
+        }
+        Command::Node(NodeCommand::Init(_)) | Command::Demo(_) | Command::InstallCni(_) => {
             unreachable!("handled before entering the node")
         }
     }
+    Ok(())
+}
+
+fn install_cni(state_dir: &Path, json: bool, args: InstallCniArgs) -> Result<()> {
+    let InstallCniArgs {
+        bin_dir,
+        conf_dir,
+        mode,
+        pod_cidr,
+        cluster_cidr,
+        uplink,
+        pin_dir,
+    } = args;
+    let mode: podnet::cni::spec::Mode =
+        serde_json::from_value(serde_json::Value::String(mode.clone()))
+            .map_err(|_| anyhow::anyhow!("--mode {mode:?} is not chained or standalone"))?;
+    let settings: NodeSettings = serde_json::from_value(serde_json::json!({
+        "pod_cidr": pod_cidr.to_string(),
+        "cluster_cidr": cluster_cidr.to_string(),
+        "uplink": uplink,
+        "pin_dir": pin_dir,
+        "state_dir": state_dir,
+    }))
+    .context("invalid node settings")?;
+    settings.validate()?;
+    let exe = std::env::current_exe().context("locating the podnet binary")?;
+    let report = podnet::cni::install::install(&exe, &bin_dir, &conf_dir, &settings, mode)?;
+    print(json, &report, |r| {
+        format!(
+            "installed {} and {} (example of the other mode: {})",
+            r.binary.display(),
+            r.network.display(),
+            r.example.display()
+        )
+    });
     Ok(())
 }
 

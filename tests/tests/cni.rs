@@ -1155,3 +1155,100 @@ fn random_inputs_are_deterministic() {
         mutate_bytes(&mut rng, &mut bytes);
     }
 }
+
+#[test]
+fn podnet_gc_frees_containers_whose_namespace_is_gone() {
+    require_root!();
+    let node = CniNode::new("10.244.68.0/24");
+    let conf = node.standalone_conflist();
+    let alive = Netns::new("ga");
+    let rt_alive = RuntimeConf::new(&container_id(), alive.path());
+    let result_alive = add_ok(&node, &conf, &rt_alive).result().clone();
+    let dead_ip = {
+        // A container that died without a DEL (a runtime crash, `ctr run -d`).
+        let dead = Netns::new("gd");
+        let rt_dead = RuntimeConf::new(&container_id(), dead.path());
+        ip_of(add_ok(&node, &conf, &rt_dead).result())
+    };
+    assert!(node.podnet_ip_records().contains(&dead_ip));
+    let report = node.podnet_json(&["gc"]);
+    assert_eq!(
+        report["attachments"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(node.endpoints(), vec![ip_of(&result_alive)]);
+    assert_eq!(node.podnet_ip_records(), vec![ip_of(&result_alive)]);
+    check_ok(&node, &conf, &rt_alive, &result_alive);
+    // Nothing more to free the second time.
+    let again = node.podnet_json(&["gc"]);
+    assert_eq!(again["attachments"], json!([]), "{again}");
+    del_ok(&node, &conf, &rt_alive, Some(&result_alive));
+}
+
+#[test]
+fn install_cni_writes_the_plugin_and_a_network_per_mode() {
+    require_root!();
+    let dir = std::env::temp_dir().join(unique("pn-install"));
+    let (bin, conf) = (dir.join("bin"), dir.join("net.d"));
+    let out = std::process::Command::new(podnet_tests::podnet_bin())
+        .args([
+            "--state-dir",
+            "/var/lib/podnet-example",
+            "--json",
+            "install-cni",
+        ])
+        .arg("--bin-dir")
+        .arg(&bin)
+        .arg("--conf-dir")
+        .arg(&conf)
+        .args([
+            "--mode",
+            "chained",
+            "--pod-cidr",
+            "10.244.1.0/24",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--uplink",
+            "eth0",
+        ])
+        .output()
+        .expect("podnet runs");
+    let cleanup = || {
+        let _ = std::fs::remove_dir_all(&dir);
+    };
+    if !out.status.success() {
+        cleanup();
+        panic!("install-cni: {}", describe(&out));
+    }
+    let network: Value =
+        serde_json::from_slice(&std::fs::read(conf.join("10-podnet.conflist")).expect("network"))
+            .expect("JSON");
+    let example: Value = serde_json::from_slice(
+        &std::fs::read(conf.join("podnet-standalone.conflist.example")).expect("example"),
+    )
+    .expect("JSON");
+    let version = std::process::Command::new(bin.join("podnet"))
+        .env("CNI_COMMAND", "VERSION")
+        .output()
+        .expect("installed plugin runs");
+    cleanup();
+    let types: Vec<&str> = network["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .filter_map(|p| p["type"].as_str())
+        .collect();
+    assert_eq!(types, ["bridge", "podnet"]);
+    assert_eq!(network["plugins"][1]["mode"], "chained");
+    assert_eq!(network["plugins"][1]["node"]["bridge"], "cni0");
+    assert_eq!(example["plugins"][0]["mode"], "standalone");
+    assert!(version.status.success(), "{}", describe(&version));
+    let answer: Value = serde_json::from_slice(&version.stdout).expect("VERSION answer");
+    assert!(
+        answer["supportedVersions"]
+            .as_array()
+            .is_some_and(|v| v.contains(&json!("1.1.0"))),
+        "{answer}"
+    );
+}

@@ -13,6 +13,7 @@
 //! are not loaded yet runs `node init` from the `node` settings in the configuration, under a
 //! lock.
 
+pub mod install;
 pub mod spec;
 
 use std::{
@@ -45,6 +46,10 @@ pub struct Attachment {
     pub ifname: String,
     pub chained: bool,
     pub netns: Option<PathBuf>,
+    /// Inode of the namespace at ADD: `podnet gc` tells a live container from a dead one whose
+    /// `/proc/<pid>/ns/net` path now names another process's namespace.
+    #[serde(default)]
+    pub netns_ino: Option<u64>,
     pub host_if: String,
     pub ip: Ipv4Addr,
     /// Standalone: the pod podnet made (its records, IPAM owner and veth names derive from it).
@@ -352,6 +357,7 @@ fn add_chained(
         ifname: ifname.to_owned(),
         chained: true,
         netns: Some(netns.path().to_path_buf()),
+        netns_ino: Some(netns.inode()),
         host_if: host.name,
         ip,
         pod: None,
@@ -397,6 +403,7 @@ fn add_standalone(
         ifname: ifname.to_owned(),
         chained: false,
         netns: Some(netns.path().to_path_buf()),
+        netns_ino: Some(netns.inode()),
         host_if: record.host_if,
         ip: record.address.ip(),
         pod: Some(name),
@@ -625,6 +632,31 @@ pub fn collect(settings: &NodeSettings, valid: &[(String, String)]) -> Result<Gc
         }
     }
     Ok(report)
+}
+
+/// Whether the attachment's container still exists: its namespace path opens and is the same
+/// namespace (same inode) as at ADD.
+pub fn is_alive(a: &Attachment) -> bool {
+    let Some(path) = &a.netns else {
+        return false;
+    };
+    match Netns::open(path) {
+        Ok(ns) => a.netns_ino.is_none_or(|ino| ino == ns.inode()),
+        Err(_) => false,
+    }
+}
+
+/// `podnet gc`: for a machine where DEL never came (a runtime crash, a container run detached),
+/// frees every attachment whose container namespace is gone, plus `collect`'s other leftovers.
+/// `keep` lists `(containerID, ifname)` pairs to keep regardless.
+pub fn gc_dead(settings: &NodeSettings, keep: &[(String, String)]) -> Result<GcReport, CniError> {
+    let mut valid: Vec<(String, String)> = attachments(&settings.state_dir)?
+        .into_iter()
+        .filter(is_alive)
+        .map(|a| (a.container_id, a.ifname))
+        .collect();
+    valid.extend(keep.iter().cloned());
+    collect(settings, &valid)
 }
 
 /// Every recorded attachment of the node.

@@ -1,0 +1,135 @@
+//! `podnet install-cni`: puts the plugin where a runtime looks for it and writes a network
+//! configuration for each mode. The binary is the `podnet` binary itself (it acts as the plugin
+//! when `CNI_COMMAND` is set), copied atomically so a runtime never executes a half-written file.
+//! The chosen mode is written as `<conf-dir>/10-podnet.conflist`, the runtime's network; the
+//! other mode as `podnet-<mode>.conflist.example`, which runtimes ignore.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::spec::Mode;
+use crate::node::NodeSettings;
+
+/// What `install-cni` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallReport {
+    pub binary: PathBuf,
+    pub network: PathBuf,
+    pub example: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError {
+    let path = path.to_path_buf();
+    move |source| InstallError::Io { op, path, source }
+}
+
+/// The node settings a conflist carries (what the first ADD initialises the node with).
+fn node_object(settings: &NodeSettings, bridge: &str) -> Value {
+    let mut node = json!({
+        "pod_cidr": settings.pod_cidr.to_string(),
+        "cluster_cidr": settings.cluster_cidr.to_string(),
+        "uplink": settings.uplink,
+        "pin_dir": settings.pin_dir,
+        "bridge": bridge,
+    });
+    if let Some(ip) = settings.node_ip {
+        node["node_ip"] = json!(ip.to_string());
+    }
+    node
+}
+
+/// The network configuration list for `mode`.
+pub fn conflist(settings: &NodeSettings, mode: Mode) -> Value {
+    let podnet = |mode: &str, bridge: &str| {
+        json!({
+            "type": "podnet",
+            "mode": mode,
+            "stateDir": settings.state_dir,
+            "node": node_object(settings, bridge),
+            "capabilities": {"portMappings": true},
+        })
+    };
+    match mode {
+        Mode::Standalone => json!({
+            "cniVersion": "1.1.0",
+            "name": "podnet",
+            "plugins": [podnet("standalone", &settings.bridge)],
+        }),
+        // The reference plugins packaged in Debian speak CNI up to 1.0.0.
+        Mode::Chained => json!({
+            "cniVersion": "1.0.0",
+            "name": "podnet",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": "cni0",
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": settings.pod_cidr.to_string()}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                    },
+                },
+                podnet("chained", "cni0"),
+            ],
+        }),
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map_or_else(Default::default, |n| n.to_string_lossy())
+    ));
+    std::fs::write(&tmp, bytes).map_err(io("writing", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(io("setting permissions of", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("renaming into place", path))
+}
+
+/// Installs `exe` as `<bin_dir>/podnet` and the configurations for `mode` in `conf_dir`.
+pub fn install(
+    exe: &Path,
+    bin_dir: &Path,
+    conf_dir: &Path,
+    settings: &NodeSettings,
+    mode: Mode,
+) -> Result<InstallReport, InstallError> {
+    let binary = bin_dir.join("podnet");
+    let bytes = std::fs::read(exe).map_err(io("reading", exe))?;
+    write_atomic(&binary, &bytes, 0o755)?;
+    let (other, other_name) = match mode {
+        Mode::Chained => (Mode::Standalone, "standalone"),
+        Mode::Standalone => (Mode::Chained, "chained"),
+    };
+    let network = conf_dir.join("10-podnet.conflist");
+    let pretty = |v: &Value| serde_json::to_vec_pretty(v).expect("JSON values serialize");
+    write_atomic(&network, &pretty(&conflist(settings, mode)), 0o644)?;
+    let example = conf_dir.join(format!("podnet-{other_name}.conflist.example"));
+    write_atomic(&example, &pretty(&conflist(settings, other)), 0o644)?;
+    Ok(InstallReport {
+        binary,
+        network,
+        example,
+    })
+}
