@@ -396,8 +396,14 @@ mod tests {
         assert_eq!(env(&del).map(|e| e.netns), Ok(None));
         assert_eq!(code_of(&[("CNI_COMMAND", "GC")]), Some(code::INVALID_ENV));
         assert!(env(&[("CNI_COMMAND", "VERSION")]).is_ok());
-        let args = env(&[("CNI_COMMAND", "VERSION"), ("CNI_ARGS", "A=1;B=2")]).unwrap();
+        let args = env(&[("CNI_COMMAND", "STATUS"), ("CNI_ARGS", "A=1;B=2")]).unwrap();
         assert_eq!(args.args.len(), 2);
+        assert_eq!(
+            code_of(&[("CNI_COMMAND", "STATUS"), ("CNI_ARGS", "junk")]),
+            Some(code::INVALID_ENV)
+        );
+        // VERSION reads nothing but the command.
+        assert!(env(&[("CNI_COMMAND", "VERSION"), ("CNI_ARGS", "junk")]).is_ok());
     }
 
     #[test]
