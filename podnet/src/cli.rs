@@ -298,7 +298,7 @@ pub fn run(cli: Cli) -> Result<()> {
                      collector,
                  }| {
                     format!(
-                        "node ready: node IP {}, pod CIDR {} (gateway {} on {}), uplink {}\n{}\nconntrack collector: {collector:?}",
+                        "node ready: node IP {}, pod CIDR {} (gateway {} on {}), uplink {}\n{}\n{collector}",
                         r.settings
                             .node_ip
                             .map_or_else(String::new, |ip| ip.to_string()),

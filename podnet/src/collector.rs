@@ -31,6 +31,16 @@ pub enum Collector {
     },
 }
 
+impl std::fmt::Display for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Disabled => f.write_str("conntrack collector off (--gc-interval 0)"),
+            Self::Running { pid } => write!(f, "conntrack collector already running (pid {pid})"),
+            Self::Started { pid } => write!(f, "conntrack collector started (pid {pid})"),
+        }
+    }
+}
+
 fn pid_file(settings: &NodeSettings) -> PathBuf {
     settings.state_dir.join("conntrack-gc.pid")
 }
