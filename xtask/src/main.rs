@@ -41,7 +41,8 @@ enum Task {
         args: Vec<String>,
     },
     /// Run the benchmarks (release build) and write bench/results/<date>-*.md: same-node
-    /// pod-to-pod (podnet-bench), then NAT, podnet vs iptables (podnet-nat-bench).
+    /// pod-to-pod (podnet-bench), NAT, podnet vs iptables (podnet-nat-bench), then CNI
+    /// ADD/DEL, podnet vs bridge + host-local + portmap (podnet-cni-bench).
     Bench {
         /// Fewer, shorter rounds (a few minutes in all).
         #[arg(long)]
@@ -75,7 +76,7 @@ fn main() -> Result<()> {
         Task::Bench { quick } => {
             setup::ensure_all()?;
             build_userspace(&root, true)?;
-            for bench in ["podnet-bench", "podnet-nat-bench"] {
+            for bench in ["podnet-bench", "podnet-nat-bench", "podnet-cni-bench"] {
                 let mut cmd = Command::new(root.join("target/release").join(bench));
                 cmd.arg("--out").arg(root.join("bench/results"));
                 if quick {
