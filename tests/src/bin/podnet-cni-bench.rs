@@ -701,7 +701,7 @@ fn main() {
          configuration as `podnet chained` (isGateway, no ipMasq) and `portmap` (iptables). \
          ADD/DEL latency: {n} containers one after another, each timed end to end through the \
          chain (every plugin process spawned in the node namespace, fed its configuration and \
-         waited for; p99 is nearest-rank, i.e. the slowest of {n} when {n} < 100), then their \
+         waited for; p99 is nearest-rank: with 100 or fewer samples, the slowest), then their \
          DELs one by one. Parallel: {p} containers from {p} threads released at once, wall \
          time until the last chain finished; then their DELs the same way. Cells: median over \
          rounds (min-max). After each measurement the node is checked clean (no host veth, \
