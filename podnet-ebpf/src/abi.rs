@@ -22,8 +22,12 @@ pub mod map_name {
     pub const CT_USAGE: &str = "CT_USAGE";
     /// NodePorts and their backends.
     pub const SERVICES: &str = "SERVICES";
+    /// Other nodes' pod CIDRs (longest prefix match) and the node each lives on.
+    pub const PEERS: &str = "PEERS";
     /// Every map, for pinning, listing and cleanup.
-    pub const ALL: [&str; 6] = [CONFIG, ENDPOINTS, STATS, CONNTRACK, CT_USAGE, SERVICES];
+    pub const ALL: [&str; 7] = [
+        CONFIG, ENDPOINTS, STATS, CONNTRACK, CT_USAGE, SERVICES, PEERS,
+    ];
 }
 
 /// Program names (the Rust function names of the classifiers).
@@ -164,6 +168,21 @@ pub const fn ct_map_entries(limit: u32, possible_cpus: u32) -> u32 {
 /// both TCP and UDP with ~10 backends each fits with room to spare; Cilium's service map
 /// default is the same 64 Ki.
 pub const DEFAULT_SERVICES_MAX: u32 = 65_536;
+
+/// Default entries in the peers map: one per other node. Kubernetes supports clusters of up to
+/// 5,000 nodes; 8,192 leaves room and costs ~0.5 MiB (LPM trie nodes are allocated on use).
+pub const DEFAULT_PEERS_MAX: u32 = 8_192;
+
+/// Value of the `PEERS` LPM trie (key: `prefix_len` + the pod CIDR's network address): the
+/// node that owns the pod CIDR.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// The node's IP on the fabric.
+    pub node_ip: [u8; 4],
+    /// Bit set of `peer_flag::*` (none yet; reserved for the overlay).
+    pub flags: u32,
+}
 
 /// Most backends one NodePort may have (slots 1..=MAX_BACKENDS in the services map).
 pub const MAX_BACKENDS: u16 = 1024;
@@ -397,8 +416,13 @@ pub mod reason {
     /// A node socket's `connect()` to `nodeIP:NodePort` sent straight to a backend (counted
     /// per connect, bytes 0).
     pub const SOCK_NODEPORT: u32 = 21;
+    /// A pod packet to another node's pod CIDR, sent straight out of the uplink to that node
+    /// (native routing, source preserved).
+    pub const FORWARD_REMOTE_NODE: u32 = 22;
+    /// A packet from another node arriving on the uplink for a local pod, delivered to it.
+    pub const FORWARD_UPLINK_TO_POD: u32 = 23;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 24;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -424,6 +448,8 @@ pub mod reason {
         "drop_no_backend",
         "drop_no_route",
         "sock_nodeport",
+        "forward_remote_node",
+        "forward_uplink_to_pod",
     ];
 }
 
@@ -452,7 +478,7 @@ pub mod proto {
 #[cfg(feature = "user")]
 mod pod_impls {
     use super::{
-        Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, ServiceKey,
+        Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, Peer, ServiceKey,
         ServiceValue,
     };
 
@@ -475,6 +501,8 @@ mod pod_impls {
     unsafe impl aya::Pod for ServiceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ServiceValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Peer {}
 }
 
 #[cfg(test)]

@@ -3,13 +3,13 @@
 //! neighbour is not resolved yet). A SNATed packet carries the node's own address as its
 //! source, which the kernel's input path would drop as a martian, so it cannot be handed back.
 
-use core::{mem::size_of, ptr};
+use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, TC_ACT_SHOT,
-        bpf_fib_lookup as FibParams,
+        bpf_fib_lookup as FibParams, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
     },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -26,8 +26,9 @@ pub enum Route {
         smac: [u8; 6],
         dmac: [u8; 6],
     },
-    /// Out of `ifindex`, next hop not resolved yet.
-    NoNeigh { ifindex: u32 },
+    /// Out of `ifindex` to next hop `nh` (a gateway, or the destination itself), whose
+    /// neighbour entry is not resolved yet.
+    NoNeigh { ifindex: u32, nh: [u8; 4] },
     /// Not forwarded: a local address, blackhole, unreachable, or forwarding disabled.
     NotForwarded,
 }
@@ -62,8 +63,10 @@ pub fn lookup(ctx: &TcContext, key: &CtKey) -> Route {
             smac: params.smac,
             dmac: params.dmac,
         },
+        // SAFETY: for AF_INET the helper leaves the next hop in `ipv4_dst`.
         Ok(BPF_FIB_LKUP_RET_NO_NEIGH) => Route::NoNeigh {
             ifindex: params.ifindex,
+            nh: unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes(),
         },
         _ => Route::NotForwarded,
     }
@@ -84,9 +87,24 @@ pub fn send(ctx: &TcContext, route: &Route, why: u32) -> (i32, u32) {
             // SAFETY: plain integer arguments.
             unsafe { bpf_redirect(ifindex, 0) }
         }
-        // SAFETY: a null neighbour parameter with length 0 asks the kernel to resolve the next
-        // hop from the packet's destination itself.
-        Route::NoNeigh { ifindex } => unsafe { bpf_redirect_neigh(ifindex, ptr::null_mut(), 0, 0) },
+        Route::NoNeigh { ifindex, nh } => {
+            let mut neigh = bpf_redir_neigh {
+                nh_family: u32::from(AF_INET),
+                __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                    ipv4_nh: u32::from_ne_bytes(nh),
+                },
+            };
+            // SAFETY: `neigh` is a valid bpf_redir_neigh of the size passed; the kernel resolves
+            // the neighbour of `nh` on `ifindex` and transmits once it is known.
+            unsafe {
+                bpf_redirect_neigh(
+                    ifindex,
+                    &raw mut neigh,
+                    size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                )
+            }
+        }
         Route::NotForwarded => return (TC_ACT_SHOT, reason::DROP_NO_ROUTE),
     };
     if rc == i64::from(TC_ACT_REDIRECT) {
@@ -100,4 +118,15 @@ pub fn send(ctx: &TcContext, route: &Route, why: u32) -> (i32, u32) {
 #[inline(always)]
 pub fn route_and_send(ctx: &TcContext, key: &CtKey, why: u32) -> (i32, u32) {
     send(ctx, &lookup(ctx, key), why)
+}
+
+/// Sends a packet addressed to another node's pod to that node: routed by the node's IP (the
+/// fabric need not know pod CIDRs), the pod addresses untouched.
+#[inline(always)]
+pub fn to_node(ctx: &TcContext, key: &CtKey, node_ip: [u8; 4], why: u32) -> (i32, u32) {
+    let via = CtKey {
+        daddr: node_ip,
+        ..*key
+    };
+    send(ctx, &lookup(ctx, &via), why)
 }

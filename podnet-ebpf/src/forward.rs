@@ -10,7 +10,10 @@ use aya_ebpf::{
 };
 use podnet_ebpf::abi::{CtKey, Endpoint, EndpointKey, NodeConfig, endpoint_flag, reason};
 
-use crate::{fib, maps::ENDPOINTS};
+use crate::{
+    fib,
+    maps::{ENDPOINTS, PEERS},
+};
 
 /// The local pod with address `addr`, if there is one.
 #[inline(always)]
@@ -51,12 +54,23 @@ pub fn to_endpoint(
     (TC_ACT_REDIRECT, why)
 }
 
+/// The node whose pod CIDR holds `addr`, if another node's does.
+#[inline(always)]
+pub fn peer_of(addr: [u8; 4]) -> Option<[u8; 4]> {
+    PEERS
+        .get(&aya_ebpf::btf_maps::lpm_trie::Key::new(32, addr))
+        .map(|peer| peer.node_ip)
+}
+
 /// Delivers a translated packet whose tuple is now `key`: to the local pod it is addressed to,
 /// or out of the node by the FIB.
 #[inline(always)]
 pub fn deliver(ctx: &TcContext, cfg: &NodeConfig, key: &CtKey, why: u32) -> (i32, u32) {
     match endpoint(key.daddr) {
         Some(ep) => to_endpoint(ctx, cfg, &ep, Some(why)),
-        None => fib::route_and_send(ctx, key, why),
+        None => match peer_of(key.daddr) {
+            Some(node_ip) => fib::to_node(ctx, key, node_ip, why),
+            None => fib::route_and_send(ctx, key, why),
+        },
     }
 }

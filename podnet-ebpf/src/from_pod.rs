@@ -2,8 +2,9 @@
 //!
 //! In order: a packet of a tracked flow is translated and delivered (replies of NodePort flows,
 //! SNATed flows, hairpin); IPv4 to another local pod is delivered straight to it; a new
-//! connection to a NodePort on the node IP is DNATed; traffic leaving the cluster is SNATed to
-//! the node IP. Everything else (ARP, IPv6, broadcast, the node's own addresses, other nodes'
+//! connection to a NodePort on the node IP is DNATed; IPv4 to another node's pod CIDR goes
+//! straight out of the uplink to that node with its addresses untouched (native routing);
+//! traffic leaving the cluster is SNATed to the node IP. Everything else (ARP, IPv6, broadcast, the node's own addresses, other nodes'
 //! pods, anything malformed) goes to the kernel unchanged, as it would without podnet.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
@@ -11,7 +12,7 @@ use aya_log_ebpf::debug;
 use podnet_ebpf::abi::reason;
 
 use crate::{
-    conntrack, forward,
+    conntrack, fib, forward,
     maps::{debug_enabled, ready_config},
     parse::{self, Frame, in_prefix},
     stats, translate,
@@ -67,8 +68,11 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
             .unwrap_or((TC_ACT_OK, reason::PASS_NOT_LOCAL));
     }
     if in_prefix(key.daddr, cfg.cluster_cidr, cfg.cluster_prefix_len) {
-        // Another node's pods (or a stale local address): never NATed.
-        return (TC_ACT_OK, reason::PASS_NOT_LOCAL);
+        // Another node's pods: never NATed; straight to that node when it is a known peer.
+        return match forward::peer_of(key.daddr) {
+            Some(node_ip) => fib::to_node(ctx, key, node_ip, reason::FORWARD_REMOTE_NODE),
+            None => (TC_ACT_OK, reason::PASS_NOT_LOCAL),
+        };
     }
     let done = translate::snat(ctx, cfg, &pkt, now);
     if debug_enabled() {

@@ -1,16 +1,17 @@
 //! Ingress of the node's uplink: replies to SNATed pod traffic are translated back and
 //! delivered to the pod; new connections to a NodePort on the node IP are DNATed to a backend;
-//! ICMP errors about translated flows are translated back. Everything else, above all the
-//! node's own traffic, goes to the kernel unchanged.
+//! ICMP errors about translated flows are translated back; packets from other nodes' pods for
+//! a local pod go straight to it. Everything else, above all the node's own traffic, goes to
+//! the kernel unchanged.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
 use podnet_ebpf::abi::reason;
 
 use crate::{
-    conntrack,
+    conntrack, forward,
     maps::{debug_enabled, ready_config},
-    parse::{self, Frame, L4},
+    parse::{self, Frame, L4, in_prefix},
     stats, translate,
 };
 
@@ -33,7 +34,14 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
         Frame::Malformed => return (TC_ACT_OK, reason::PASS_MALFORMED),
     };
     // SAFETY: the parser bounds-checked the IPv4 header and nothing has changed the packet.
-    if unsafe { (*frame.ip).daddr } != cfg.node_ip {
+    let daddr = unsafe { (*frame.ip).daddr };
+    if daddr != cfg.node_ip {
+        // Another node's pod talking to one of ours (native routing): straight to the pod.
+        if in_prefix(daddr, cfg.pod_cidr, cfg.pod_prefix_len)
+            && let Some(ep) = forward::endpoint(daddr)
+        {
+            return forward::to_endpoint(ctx, cfg, &ep, Some(reason::FORWARD_UPLINK_TO_POD));
+        }
         return (TC_ACT_OK, reason::PASS_NOT_LOCAL);
     }
     let pkt = parse::ipv4_packet(ctx, &frame);

@@ -4,12 +4,13 @@
 
 use aya_ebpf::{
     Global,
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use podnet_ebpf::abi::{
     CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage, DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX,
-    DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, NodeConfig, STATS_SLOTS, ServiceKey, ServiceValue,
+    DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, NodeConfig, Peer, STATS_SLOTS,
+    ServiceKey, ServiceValue,
 };
 
 /// Node configuration: a single entry.
@@ -39,6 +40,10 @@ pub static CT_USAGE: Array<CtUsage, { CT_USAGE_SLOTS as usize }> = Array::new();
 #[btf_map]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue, { DEFAULT_SERVICES_MAX as usize }> =
     HashMap::new();
+
+/// Other nodes' pod CIDRs: longest prefix match on a destination address gives the node.
+#[btf_map]
+pub static PEERS: LpmTrie<[u8; 4], Peer, { DEFAULT_PEERS_MAX as usize }> = LpmTrie::new();
 
 /// Non-zero turns on per-packet debug logging. Set at load time (`podnet node init --debug`);
 /// it lives in read-only data, so with 0 the verifier removes the logging code entirely.

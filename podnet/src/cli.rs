@@ -80,6 +80,29 @@ pub enum NodeCommand {
     Status,
     /// Remove every pod, pin, the bridge and the node's state.
     Reset,
+    /// The other nodes of the cluster (native routing to their pod CIDRs).
+    #[command(subcommand)]
+    Peer(PeerCommand),
+}
+
+#[derive(Subcommand)]
+pub enum PeerCommand {
+    /// Add a node: its pod CIDR becomes reachable through its node IP.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        node_ip: Ipv4Addr,
+        #[arg(long)]
+        pod_cidr: Ipv4Network,
+    },
+    /// Remove a node.
+    Del {
+        #[arg(long)]
+        name: String,
+    },
+    /// List the nodes.
+    List,
 }
 
 #[derive(Args)]
@@ -140,6 +163,10 @@ pub struct InitArgs {
     /// udp_stream or icmp. Repeat for more.
     #[arg(long = "ct-timeout", value_parser = parse_timeout)]
     ct_timeouts: Vec<(String, u32)>,
+    /// A cluster file, {"nodes": [{"name", "node_ip", "pod_cidr"}, ...]}: every other node
+    /// becomes a peer.
+    #[arg(long)]
+    cluster: Option<PathBuf>,
     /// Seconds between conntrack collection passes (default 10; 0: no collector process).
     #[arg(long)]
     gc_interval: Option<u32>,
@@ -448,6 +475,7 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
             });
         }
         Command::Nodeport(cmd) => run_nodeport(settings, json, cmd)?,
+        Command::Node(NodeCommand::Peer(cmd)) => run_peer(settings, json, cmd)?,
         Command::Conntrack(ConntrackCommand::List) => {
             let flows = conntrack::list(settings)?;
             print(json, &flows, |flows| {
@@ -567,6 +595,47 @@ fn stats_conntrack_line(
     out
 }
 
+fn run_peer(settings: &NodeSettings, json: bool, cmd: PeerCommand) -> Result<()> {
+    let line = |p: &podnet::peers::PeerNode| format!("{} {} via {}", p.name, p.pod_cidr, p.node_ip);
+    match cmd {
+        PeerCommand::Add {
+            name,
+            node_ip,
+            pod_cidr,
+        } => {
+            let peer = podnet::peers::add(
+                settings,
+                podnet::peers::PeerNode {
+                    name,
+                    node_ip,
+                    pod_cidr,
+                },
+            )?;
+            print(json, &peer, |p| format!("peer added: {}", line(p)));
+        }
+        PeerCommand::Del { name } => {
+            let peer = podnet::peers::del(settings, &name)?;
+            print(json, &peer, |p| format!("peer deleted: {}", line(p)));
+        }
+        PeerCommand::List => {
+            let peers = podnet::peers::list(settings)?;
+            print(json, &peers, |peers| {
+                let mut out = format!("{:<20} {:<18} NODE-IP", "NAME", "POD-CIDR");
+                for p in peers {
+                    out.push_str(&format!(
+                        "\n{:<20} {:<18} {}",
+                        p.name,
+                        p.pod_cidr.to_string(),
+                        p.node_ip
+                    ));
+                }
+                out
+            });
+        }
+    }
+    Ok(())
+}
+
 fn run_nodeport(settings: &NodeSettings, json: bool, cmd: NodePortCommand) -> Result<()> {
     let describe = |np: &nodeport::NodePort| {
         format!(
@@ -654,6 +723,7 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         conntrack_max,
         services_max,
         ct_timeouts,
+        cluster,
         gc_interval,
         cgroup,
     } = args;
@@ -691,6 +761,7 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     set("services_max", services_max.map(serde_json::Value::from));
     set("cgroup", cgroup.map(|v| s(&v.display())));
     set("gc_interval", gc_interval.map(serde_json::Value::from));
+    set("cluster", cluster.map(|v| s(&v.display())));
 
     set("state_dir", Some(s(&state_dir.display())));
     if !ct_timeouts.is_empty() {

@@ -10,5 +10,6 @@ pub mod link;
 pub mod netns;
 pub mod node;
 pub mod nodeport;
+pub mod peers;
 pub mod pod;
 pub mod state;

@@ -81,6 +81,10 @@ pub struct NodeSettings {
     /// Conntrack idle timeouts in seconds.
     #[serde(default)]
     pub ct_timeouts: ConntrackTimeouts,
+    /// A cluster description (every node's name, node IP and pod CIDR) to take the peers from
+    /// at `node init`; `node peer add|del` change them afterwards.
+    #[serde(default)]
+    pub cluster: Option<PathBuf>,
     /// Seconds between conntrack collection passes by the node's collector process; 0 turns
     /// the collector off (then run `podnet conntrack gc` yourself).
     #[serde(default = "default_gc_interval")]
@@ -291,6 +295,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Ipam(#[from] crate::ipam::IpamError),
+    #[error(transparent)]
+    Peers(#[from] Box<crate::peers::PeerError>),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -542,6 +548,13 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
         _pad2: [0; 4],
         netns_cookie,
     })?;
+    match &settings.cluster {
+        Some(path) => {
+            let peers = crate::peers::read_cluster(&settings, path).map_err(Box::new)?;
+            crate::peers::replace(&settings, peers).map_err(Box::new)?;
+        }
+        None => crate::peers::restore(&settings).map_err(Box::new)?,
+    }
     state::write_json(&NodeSettings::node_file(&settings.state_dir), &settings)?;
     Ok(InitReport {
         settings,
@@ -640,6 +653,8 @@ pub fn reset(settings: &NodeSettings) -> Result<ResetReport, NodeError> {
     for path in [
         NodeSettings::node_file(&settings.state_dir),
         settings.state_dir.join("nodeports.lock"),
+        settings.state_dir.join("peers.json"),
+        settings.state_dir.join("peers.lock"),
         settings.state_dir.join("conntrack-gc.lock"),
         ipam_dir.join("last_reserved_ip"),
         ipam_dir.join("lock"),

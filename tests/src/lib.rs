@@ -13,6 +13,7 @@
 //! - [`Cni`] / [`CniNode`]: a libcni-like driver running podnet's CNI plugin and the reference
 //!   plugins inside a node namespace.
 
+pub mod cluster;
 pub mod cni;
 pub mod netns;
 pub mod node;
@@ -24,6 +25,7 @@ pub mod topology;
 
 use std::time::{Duration, Instant};
 
+pub use cluster::{Cluster, ClusterNode, FABRIC_GATEWAY};
 pub use cni::{
     AddResult, CHAINED_BRIDGE, CHAINED_CNI_VERSION, Cni, CniBinDir, CniError, CniNode, CniOutput,
     Invocation, PODNET_CNI_VERSIONS, RuntimeConf, STANDALONE_BRIDGE, STANDALONE_CNI_VERSION,

@@ -15,8 +15,8 @@ use aya::{
     programs::{CgroupSockAddr, SchedClassifier},
 };
 use podnet_ebpf::abi::{
-    CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig,
-    STATS_SLOTS, ServiceKey, ServiceValue, map_name, program_name,
+    CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage, DEFAULT_PEERS_MAX, Endpoint, EndpointKey,
+    NodeConfig, Peer, STATS_SLOTS, ServiceKey, ServiceValue, map_name, program_name,
 };
 
 use super::{DatapathError, OBJECT};
@@ -103,6 +103,8 @@ fn expected_layout(name: &str, opts: &LoadOptions) -> (u32, u32, Option<u32>) {
             size(size_of::<ServiceValue>()),
             None,
         ),
+        // LPM key: a u32 prefix length, then the address.
+        map_name::PEERS => (8, size(size_of::<Peer>()), Some(DEFAULT_PEERS_MAX)),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
 }

@@ -6,10 +6,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
+use ipnetwork::Ipv4Network;
 use podnet_ebpf::abi::{
     CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey,
-    NodeConfig, STATS_SLOTS, ServiceKey, ServiceValue, map_name, reason,
+    NodeConfig, Peer, STATS_SLOTS, ServiceKey, ServiceValue, map_name, reason,
 };
 
 use super::DatapathError;
@@ -22,6 +23,7 @@ pub struct PinnedMaps {
     pub conntrack: HashMap<MapData, CtKey, CtEntry>,
     pub ct_usage: Array<MapData, CtUsage>,
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub peers: LpmTrie<MapData, [u8; 4], Peer>,
 }
 
 fn open(pin_dir: &Path, name: &str) -> Result<Map, DatapathError> {
@@ -82,7 +84,45 @@ impl PinnedMaps {
             conntrack: typed!(pin_dir, map_name::CONNTRACK),
             ct_usage: typed!(pin_dir, map_name::CT_USAGE),
             services: typed!(pin_dir, map_name::SERVICES),
+            peers: typed!(pin_dir, map_name::PEERS),
         })
+    }
+
+    pub fn set_peer(
+        &mut self,
+        pod_cidr: Ipv4Network,
+        node_ip: Ipv4Addr,
+    ) -> Result<(), DatapathError> {
+        let key = Key::new(u32::from(pod_cidr.prefix()), pod_cidr.network().octets());
+        let peer = Peer {
+            node_ip: node_ip.octets(),
+            flags: 0,
+        };
+        self.peers
+            .insert(&key, peer, 0)
+            .map_err(Self::map_err(map_name::PEERS))
+    }
+
+    pub fn remove_peer(&mut self, pod_cidr: Ipv4Network) -> Result<bool, DatapathError> {
+        let key = Key::new(u32::from(pod_cidr.prefix()), pod_cidr.network().octets());
+        match self.peers.remove(&key) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(source) => Err(Self::map_err(map_name::PEERS)(source)),
+        }
+    }
+
+    /// Every peer pod CIDR in the map, with its node IP.
+    pub fn peers(&self) -> Result<Vec<(Ipv4Network, Ipv4Addr)>, DatapathError> {
+        let mut out = Vec::new();
+        for item in self.peers.iter() {
+            let (key, peer) = item.map_err(Self::map_err(map_name::PEERS))?;
+            let prefix = u8::try_from(key.prefix_len()).unwrap_or(32);
+            if let Ok(net) = Ipv4Network::new(Ipv4Addr::from(key.data()), prefix) {
+                out.push((net, Ipv4Addr::from(peer.node_ip)));
+            }
+        }
+        Ok(out)
     }
 
     /// Usage as the programs and the collector recorded it: `(programs, collector)`.

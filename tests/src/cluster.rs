@@ -1,0 +1,182 @@
+//! Several podnet nodes on one machine: each node a namespace whose uplink is a veth into a
+//! shared "fabric" namespace (a plain bridge, like a top-of-rack switch), plus an "outside"
+//! namespace on the same fabric that plays the rest of the world and the nodes' default
+//! gateway. The fabric knows nothing about pod CIDRs. Every node runs `podnet node init` with a
+//! cluster file naming all of them.
+//!
+//! Dropping the cluster resets every node and removes its directories, then the namespaces go.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    CLUSTER_CIDR, InNetns as _, Netns, PodInfo, addr, describe, netns::Pod, podnet_bin, route,
+    run_bounded, unique, veth,
+};
+
+/// The outside host's address on the fabric (every node's default gateway).
+pub const FABRIC_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+/// One node of a [`Cluster`].
+pub struct ClusterNode {
+    pub name: String,
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: String,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+}
+
+impl ClusterNode {
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(podnet_bin());
+        cmd.arg("--state-dir").arg(&self.state_dir).args(args);
+        cmd
+    }
+
+    pub fn podnet(&self, args: &[&str]) -> Output {
+        run_bounded(self.command(args), Duration::from_secs(60))
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.podnet(args);
+        assert!(
+            out.status.success(),
+            "{}: podnet {args:?} failed:\n{}",
+            self.name,
+            describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let stdout = self.ok(&all);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}"))
+    }
+
+    pub fn add_pod(&self, name: &str) -> PodInfo {
+        let v = self.json(&["pod", "add", name]);
+        let field = |k: &str| {
+            v[k].as_str()
+                .unwrap_or_else(|| panic!("no {k} in {v}"))
+                .to_owned()
+        };
+        let address = field("address");
+        PodInfo {
+            name: name.to_owned(),
+            ip: address.split('/').next().expect("CIDR").to_owned(),
+            host_if: field("host_if"),
+            ns: Pod::new(name, field("netns")),
+        }
+    }
+
+    /// Packets per reason (`podnet stats --json`).
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        self.json(&["stats"])["reasons"]
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .map(|r| {
+                (
+                    r["reason"].as_str().expect("reason").to_owned(),
+                    r["packets"].as_u64().expect("packets"),
+                )
+            })
+            .collect()
+    }
+}
+
+/// `n` podnet nodes and an outside host on one fabric.
+pub struct Cluster {
+    pub nodes: Vec<ClusterNode>,
+    pub outside: Netns,
+    pub fabric: Netns,
+    cluster_file: PathBuf,
+}
+
+impl Cluster {
+    /// Builds the fabric and `n` nodes (node `i` has IP 198.18.0.(11+i) and pod CIDR
+    /// 10.244.(110+i).0/24), writes the cluster file and runs `node init` on every node.
+    pub fn new(n: u8, extra_init: &[&str]) -> Self {
+        let fabric = Netns::new("fab");
+        fabric.ok("ip link add br0 type bridge && ip link set br0 up");
+        let outside = Netns::new("out");
+        veth(&fabric, "fo", &outside, "eth0");
+        fabric.ok("ip link set fo master br0");
+        addr(&outside, "eth0", &format!("{FABRIC_GATEWAY}/24"));
+        let id = unique("cl");
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let ns = Netns::new("nd");
+            let port = format!("f{i}");
+            veth(&fabric, &port, &ns, "uplink0");
+            fabric.ok(&format!("ip link set {port} master br0"));
+            let ip = Ipv4Addr::new(198, 18, 0, 11 + i);
+            addr(&ns, "uplink0", &format!("{ip}/24"));
+            route(&ns, &["default", "via", &FABRIC_GATEWAY.to_string()]);
+            nodes.push(ClusterNode {
+                name: format!("node-{i}"),
+                ns,
+                ip,
+                pod_cidr: format!("10.244.{}.0/24", 110 + u16::from(i)),
+                state_dir: std::env::temp_dir().join(format!("podnet-test-{id}-{i}")),
+                pin_dir: PathBuf::from(format!("/sys/fs/bpf/podnet-test-{id}-{i}")),
+            });
+        }
+        let cluster_file = std::env::temp_dir().join(format!("podnet-test-{id}-cluster.json"));
+        let description = json!({
+            "nodes": nodes.iter().map(|n| json!({
+                "name": n.name, "node_ip": n.ip.to_string(), "pod_cidr": n.pod_cidr,
+            })).collect::<Vec<_>>(),
+        });
+        std::fs::write(&cluster_file, description.to_string()).expect("cluster file");
+        let cluster = Self {
+            nodes,
+            outside,
+            fabric,
+            cluster_file,
+        };
+        for node in &cluster.nodes {
+            let mut args = vec![
+                "node".to_owned(),
+                "init".to_owned(),
+                "--netns".to_owned(),
+                node.ns.name().to_owned(),
+                "--uplink".to_owned(),
+                "uplink0".to_owned(),
+                "--pod-cidr".to_owned(),
+                node.pod_cidr.clone(),
+                "--cluster-cidr".to_owned(),
+                CLUSTER_CIDR.to_owned(),
+                "--pin-dir".to_owned(),
+                node.pin_dir.display().to_string(),
+                "--cluster".to_owned(),
+                cluster.cluster_file.display().to_string(),
+            ];
+            args.extend(extra_init.iter().map(|s| (*s).to_owned()));
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            node.ok(&refs);
+        }
+        cluster
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            let _ = node.podnet(&["node", "reset"]);
+            let _ = std::fs::remove_dir_all(&node.state_dir);
+            let _ = std::fs::remove_dir_all(&node.pin_dir);
+        }
+        let _ = std::fs::remove_file(&self.cluster_file);
+    }
+}

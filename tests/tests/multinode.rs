@@ -1,0 +1,190 @@
+//! Several nodes (native routing): three nodes on one fabric that knows nothing about pod
+//! CIDRs, plus an outside host. Pods reach pods on every other node by IP with their source
+//! preserved, straight out of the uplink and straight into the pod on the other side; pods
+//! reach the outside as their own node's IP; peers change live.
+
+use podnet_tests::{
+    Cluster, FABRIC_GATEWAY, InNetns as _, connect_tcp, describe, peer_ip_of, require_root,
+    serve_tcp,
+};
+
+#[test]
+fn pods_reach_pods_on_every_other_node_by_ip_with_the_source_preserved() {
+    require_root!();
+    let cluster = Cluster::new(3, &[]);
+    let pods: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.add_pod(&format!("p{}", &n.name[5..])))
+        .collect();
+    let _servers: Vec<_> = pods
+        .iter()
+        .map(|p| serve_tcp(&p.ns, &format!("{}:8080", p.ip)))
+        .collect();
+    let before: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(podnet_tests::ClusterNode::stats)
+        .collect();
+    for (i, from) in pods.iter().enumerate() {
+        for (j, to) in pods.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let reply = connect_tcp(&from.ns, &format!("{}:8080", to.ip))
+                .unwrap_or_else(|e| panic!("{} -> {}: {e}", from.ip, to.ip));
+            assert_eq!(
+                peer_ip_of(&reply).map(|ip| ip.to_string()),
+                Some(from.ip.clone()),
+                "{} -> {}: the server sees the client pod's own address",
+                from.ip,
+                to.ip
+            );
+        }
+        let ping = from.ping(&pods[(i + 1) % pods.len()].ip, 2);
+        assert!(ping.status.success(), "ping: {}", describe(&ping));
+    }
+    for (node, before) in cluster.nodes.iter().zip(&before) {
+        let after = node.stats();
+        for reason in ["forward_remote_node", "forward_uplink_to_pod"] {
+            assert!(
+                after[reason] >= before[reason] + 10,
+                "{}: {reason} {after:?}",
+                node.name
+            );
+        }
+        // No kernel route to another node's pods: the datapath alone carries them.
+        let routes = node.ns.ok("ip route show");
+        for other in cluster.nodes.iter().filter(|o| o.name != node.name) {
+            assert!(!routes.contains(&other.pod_cidr), "{}: {routes}", node.name);
+        }
+    }
+    let fabric_routes = cluster.fabric.ok("ip route show");
+    assert!(!fabric_routes.contains("10.244."), "{fabric_routes}");
+}
+
+#[test]
+fn a_pod_reaches_the_outside_as_its_own_nodes_ip() {
+    require_root!();
+    let cluster = Cluster::new(2, &[]);
+    let _server = serve_tcp(&cluster.outside, &format!("{FABRIC_GATEWAY}:8080"));
+    for node in &cluster.nodes {
+        let pod = node.add_pod("client");
+        let reply = connect_tcp(&pod.ns, &format!("{FABRIC_GATEWAY}:8080")).expect("to outside");
+        assert_eq!(
+            peer_ip_of(&reply).map(|ip| ip.to_string()),
+            Some(node.ip.to_string())
+        );
+    }
+}
+
+#[test]
+fn peers_change_live_and_bad_peers_are_refused() {
+    require_root!();
+    let cluster = Cluster::new(2, &[]);
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let pa = a.add_pod("pa");
+    let pb = b.add_pod("pb");
+    let _server = serve_tcp(&pb.ns, &format!("{}:8080", pb.ip));
+    let target = format!("{}:8080", pb.ip);
+    connect_tcp(&pa.ns, &target).expect("a -> b with the peer known");
+
+    let list = a.json(&["node", "peer", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    a.ok(&["node", "peer", "del", "--name", &b.name]);
+    assert!(
+        connect_tcp(&pa.ns, &target).is_err(),
+        "without the peer, node b's pods are unknown to node a"
+    );
+    a.ok(&[
+        "node",
+        "peer",
+        "add",
+        "--name",
+        &b.name,
+        "--node-ip",
+        &b.ip.to_string(),
+        "--pod-cidr",
+        &b.pod_cidr,
+    ]);
+    connect_tcp(&pa.ns, &target).expect("a -> b once the peer is back, nothing restarted");
+
+    let before = a.json(&["node", "peer", "list"]);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--name",
+                "x",
+                "--node-ip",
+                "198.18.0.99",
+                "--pod-cidr",
+                &b.pod_cidr,
+            ],
+            "overlaps",
+        ),
+        (
+            &[
+                "--name",
+                "x",
+                "--node-ip",
+                "198.18.0.99",
+                "--pod-cidr",
+                &a.pod_cidr,
+            ],
+            "overlaps",
+        ),
+        (
+            &[
+                "--name",
+                "x",
+                "--node-ip",
+                "198.18.0.99",
+                "--pod-cidr",
+                "10.9.0.0/24",
+            ],
+            "not inside the cluster CIDR",
+        ),
+        (
+            &[
+                "--name",
+                "x",
+                "--node-ip",
+                "198.18.0.99",
+                "--pod-cidr",
+                "10.244.200.1/24",
+            ],
+            "host bits",
+        ),
+        (
+            &[
+                "--name",
+                &b.name,
+                "--node-ip",
+                "198.18.0.99",
+                "--pod-cidr",
+                "10.244.201.0/24",
+            ],
+            "already exists",
+        ),
+        (
+            &[
+                "--name",
+                "x",
+                "--node-ip",
+                &b.ip.to_string(),
+                "--pod-cidr",
+                "10.244.202.0/24",
+            ],
+            "already node",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut argv = vec!["node", "peer", "add"];
+        argv.extend_from_slice(args);
+        let out = a.podnet(&argv);
+        assert!(!out.status.success(), "{argv:?} must fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{argv:?}: {stderr}");
+    }
+    assert_eq!(a.json(&["node", "peer", "list"]), before);
+}
