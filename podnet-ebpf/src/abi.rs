@@ -180,8 +180,16 @@ pub const DEFAULT_PEERS_MAX: u32 = 8_192;
 pub struct Peer {
     /// The node's IP on the fabric.
     pub node_ip: [u8; 4],
-    /// Bit set of `peer_flag::*` (none yet; reserved for the overlay).
+    /// Bit set of `peer_flag::*`.
     pub flags: u32,
+}
+
+/// Bits of [`Peer::flags`].
+pub mod peer_flag {
+    /// The entry is the node's own IP (a /32), not its pod CIDR: pod traffic to it is sent to
+    /// the node untranslated (node IPs are inside the cluster), so replies of NodePort flows
+    /// forwarded to a backend on another node return to the node that translated them.
+    pub const NODE_IP: u32 = 1 << 0;
 }
 
 /// Most backends one NodePort may have (slots 1..=MAX_BACKENDS in the services map).
@@ -257,7 +265,10 @@ pub mod ct_kind {
     pub const DNAT: u8 = 2;
     /// A pod reaching a NodePort served by itself: destination and source rewritten.
     pub const HAIRPIN: u8 = 3;
-    pub const NAMES: [&str; 4] = ["none", "snat", "dnat", "hairpin"];
+    /// A NodePort connection forwarded to a backend on another node: destination rewritten to
+    /// the backend and source to this node, so the replies come back through it.
+    pub const REMOTE_BACKEND: u8 = 4;
+    pub const NAMES: [&str; 5] = ["none", "snat", "dnat", "hairpin", "remote-backend"];
 }
 
 pub mod ct_dir {

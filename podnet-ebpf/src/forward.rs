@@ -8,7 +8,9 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
 };
-use podnet_ebpf::abi::{CtKey, Endpoint, EndpointKey, NodeConfig, endpoint_flag, reason};
+use podnet_ebpf::abi::{
+    CtKey, Endpoint, EndpointKey, NodeConfig, Peer, endpoint_flag, peer_flag, reason,
+};
 
 use crate::{
     fib,
@@ -54,12 +56,19 @@ pub fn to_endpoint(
     (TC_ACT_REDIRECT, why)
 }
 
+/// The other node `addr` belongs to: a pod CIDR of another node (`node_ip: false`), or
+/// another node's own IP (`node_ip: true`).
+#[inline(always)]
+pub fn peer(addr: [u8; 4]) -> Option<(Peer, bool)> {
+    PEERS
+        .get(&aya_ebpf::btf_maps::lpm_trie::Key::new(32, addr))
+        .map(|peer| (*peer, peer.flags & peer_flag::NODE_IP != 0))
+}
+
 /// The node whose pod CIDR holds `addr`, if another node's does.
 #[inline(always)]
 pub fn peer_of(addr: [u8; 4]) -> Option<[u8; 4]> {
-    PEERS
-        .get(&aya_ebpf::btf_maps::lpm_trie::Key::new(32, addr))
-        .map(|peer| peer.node_ip)
+    peer(addr).filter(|(_, node)| !node).map(|(p, _)| p.node_ip)
 }
 
 /// Delivers a translated packet whose tuple is now `key`: to the local pod it is addressed to,
@@ -68,8 +77,8 @@ pub fn peer_of(addr: [u8; 4]) -> Option<[u8; 4]> {
 pub fn deliver(ctx: &TcContext, cfg: &NodeConfig, key: &CtKey, why: u32) -> (i32, u32) {
     match endpoint(key.daddr) {
         Some(ep) => to_endpoint(ctx, cfg, &ep, Some(why)),
-        None => match peer_of(key.daddr) {
-            Some(node_ip) => fib::to_node(ctx, key, node_ip, why),
+        None => match peer(key.daddr) {
+            Some((p, _)) => fib::to_node(ctx, key, p.node_ip, why),
             None => fib::route_and_send(ctx, key, why),
         },
     }

@@ -74,6 +74,11 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
             None => (TC_ACT_OK, reason::PASS_NOT_LOCAL),
         };
     }
+    if let Some((peer, true)) = forward::peer(key.daddr) {
+        // Another node's own IP is inside the cluster: no NAT (NodePort replies go back to the
+        // node that forwarded the connection this way).
+        return fib::to_node(ctx, key, peer.node_ip, reason::FORWARD_REMOTE_NODE);
+    }
     let done = translate::snat(ctx, cfg, &pkt, now);
     if debug_enabled() {
         debug!(

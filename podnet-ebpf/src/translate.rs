@@ -98,14 +98,16 @@ pub fn nodeport(
         return Some((TC_ACT_SHOT, reason::DROP_CT_FULL));
     }
     let hairpin = from_pod && backend.addr == pkt.key.saddr;
+    // A backend on another node: the replies must come back through this node to be
+    // translated, so the source becomes this node too (kube-proxy's policy "Cluster").
+    let remote = !hairpin && forward::endpoint(backend.addr).is_none();
+    let allocate = PortChoice::Allocate {
+        random: services::random(),
+    };
     let (kind, ports, saddr) = if hairpin {
-        (
-            ct_kind::HAIRPIN,
-            PortChoice::Allocate {
-                random: services::random(),
-            },
-            cfg.node_ip,
-        )
+        (ct_kind::HAIRPIN, allocate, cfg.node_ip)
+    } else if remote {
+        (ct_kind::REMOTE_BACKEND, allocate, cfg.node_ip)
     } else {
         (ct_kind::DNAT, PortChoice::Keep, pkt.key.saddr)
     };

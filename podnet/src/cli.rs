@@ -236,9 +236,15 @@ pub struct NodePortArgs {
     /// tcp or udp.
     #[arg(long, default_value = "tcp")]
     proto: nodeport::Proto,
-    /// A backend: POD:PORT or IP:PORT (a local pod). Repeat for more.
+    /// A backend: POD:PORT (a local pod) or IP:PORT (a local pod, or with policy cluster a pod
+    /// on a peer node). Repeat for more.
     #[arg(long = "backend", required = true)]
     backends: Vec<nodeport::BackendSpec>,
+    /// cluster: backends on any node (remote ones see this node's IP as the client);
+    /// local: only this node's pods, the client's address always preserved. `set` keeps the
+    /// NodePort's policy.
+    #[arg(long, default_value = "cluster")]
+    policy: nodeport::Policy,
 }
 
 #[derive(Subcommand)]
@@ -657,8 +663,9 @@ fn run_nodeport(settings: &NodeSettings, json: bool, cmd: NodePortCommand) -> Re
             port,
             proto,
             backends,
+            policy,
         }) => {
-            let np = nodeport::add(settings, port, proto, &backends)?;
+            let np = nodeport::add(settings, port, proto, &backends, policy)?;
             print(json, &np, |np| {
                 format!("nodeport added: {node_ip}:{}", describe(np))
             });
@@ -667,6 +674,7 @@ fn run_nodeport(settings: &NodeSettings, json: bool, cmd: NodePortCommand) -> Re
             port,
             proto,
             backends,
+            policy: _,
         }) => {
             let np = nodeport::set(settings, port, proto, &backends)?;
             print(json, &np, |np| {

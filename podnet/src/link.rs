@@ -440,6 +440,35 @@ impl Netlink {
         }
     }
 
+    /// `ip route replace DST via GATEWAY`: the node's own traffic to another node's pods (the
+    /// pods' traffic never uses it: the datapath sends that by itself).
+    pub async fn replace_route(
+        &self,
+        dst: Ipv4Network,
+        gateway: Ipv4Addr,
+    ) -> Result<(), LinkError> {
+        let message = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(format!("replace route {dst} via {gateway}")))
+    }
+
+    /// `ip route del DST`. `Ok(false)` if there was no such route.
+    pub async fn delete_route(&self, dst: Ipv4Network) -> Result<bool, LinkError> {
+        let message = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .build();
+        let result = self.handle.route().del(message).execute().await;
+        tolerate(result, libc::ESRCH, || format!("delete route {dst}"))
+    }
+
     /// The gateways of the IPv4 default routes in the main table.
     pub async fn default_gateways(&self) -> Result<Vec<Ipv4Addr>, LinkError> {
         let query = RouteMessageBuilder::<Ipv4Addr>::new().build();

@@ -60,6 +60,30 @@ impl FromStr for Proto {
     }
 }
 
+/// Kubernetes' `externalTrafficPolicy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Backends on any node; a connection to a backend on another node is forwarded there
+    /// with this node's IP as its source, so the replies come back through this node.
+    #[default]
+    Cluster,
+    /// Backends on this node only; the client's address is always preserved.
+    Local,
+}
+
+impl FromStr for Policy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cluster" => Ok(Self::Cluster),
+            "local" => Ok(Self::Local),
+            _ => Err(format!("policy {s:?} is not cluster or local")),
+        }
+    }
+}
+
 /// A backend as given on the command line: `POD:PORT` or `IP:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {
@@ -123,6 +147,9 @@ pub struct NodePort {
     pub port: u16,
     pub proto: Proto,
     pub backends: Vec<Backend>,
+    /// Which backends may serve it.
+    #[serde(default)]
+    pub policy: Policy,
     /// Set for a CNI `portMappings` host port: the attachment (`containerID/ifname`) it
     /// belongs to, which removes it on DEL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,7 +174,7 @@ pub enum NodePortError {
     #[error("backend {backend}: no pod named {pod} on this node")]
     UnknownPod { backend: String, pod: String },
     #[error(
-        "backend {ip} is not in this node's pod CIDR {pod_cidr}: NodePort backends must be local pods"
+        "backend {ip} is neither in this node's pod CIDR {pod_cidr} nor (with policy cluster) in a peer's"
     )]
     NotLocal {
         ip: Ipv4Addr,
@@ -159,6 +186,8 @@ pub enum NodePortError {
     TooManyBackends { count: usize },
     #[error("backend {backend} is given twice")]
     Duplicate { backend: String },
+    #[error("reading the node's peers: {0}")]
+    Peers(String),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -239,7 +268,11 @@ fn program(
 }
 
 /// Resolves and checks backends against the node's pods.
-fn resolve(settings: &NodeSettings, specs: &[BackendSpec]) -> Result<Vec<Backend>, NodePortError> {
+fn resolve(
+    settings: &NodeSettings,
+    specs: &[BackendSpec],
+    policy: Policy,
+) -> Result<Vec<Backend>, NodePortError> {
     if specs.is_empty() {
         return Err(NodePortError::NoBackends);
     }
@@ -264,7 +297,12 @@ fn resolve(settings: &NodeSettings, specs: &[BackendSpec]) -> Result<Vec<Backend
                 }
             }
             BackendTarget::Ip(ip) => {
-                if !settings.pod_cidr.contains(*ip) {
+                let on_peer = policy == Policy::Cluster
+                    && crate::peers::list(settings)
+                        .map_err(|e| NodePortError::Peers(e.to_string()))?
+                        .iter()
+                        .any(|p| p.pod_cidr.contains(*ip));
+                if !settings.pod_cidr.contains(*ip) && !on_peer {
                     return Err(NodePortError::NotLocal {
                         ip: *ip,
                         pod_cidr: settings.pod_cidr,
@@ -319,6 +357,7 @@ pub fn add(
     port: u16,
     proto: Proto,
     specs: &[BackendSpec],
+    policy: Policy,
 ) -> Result<NodePort, NodePortError> {
     if !settings.nodeport_range.contains(port) {
         return Err(NodePortError::OutOfRange {
@@ -334,13 +373,14 @@ pub fn add(
     if socket_bound(proto, port) {
         return Err(NodePortError::SocketInUse { port, proto });
     }
-    let backends = resolve(settings, specs)?;
+    let backends = resolve(settings, specs, policy)?;
     let mut maps = PinnedMaps::open(&settings.pin_dir)?;
     program(&mut maps, port, proto, &backends, 0)?;
     let np = NodePort {
         port,
         proto,
         backends,
+        policy,
         owner: None,
     };
     ports.push(np.clone());
@@ -357,11 +397,11 @@ pub fn set(
 ) -> Result<NodePort, NodePortError> {
     let _lock = NodePorts::lock(settings)?;
     let mut ports = NodePorts::load(settings)?;
-    let backends = resolve(settings, specs)?;
     let np = ports
         .iter_mut()
         .find(|np| np.port == port && np.proto == proto)
         .ok_or(NodePortError::NotFound { port, proto })?;
+    let backends = resolve(settings, specs, np.policy)?;
     let mut maps = PinnedMaps::open(&settings.pin_dir)?;
     program(&mut maps, port, proto, &backends, np.backends.len())?;
     np.backends = backends;
@@ -474,6 +514,7 @@ pub fn add_host_ports(
             port: m.host_port,
             proto: m.proto,
             backends,
+            policy: Policy::Local,
             owner: Some(owner.to_owned()),
         };
         match old {

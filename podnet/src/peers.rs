@@ -9,6 +9,8 @@ use std::{net::Ipv4Addr, path::Path};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+use podnet_ebpf::abi::peer_flag;
+
 use crate::{
     datapath::{DatapathError, maps::PinnedMaps},
     node::NodeSettings,
@@ -62,6 +64,8 @@ pub enum PeerError {
     InvalidName { name: String },
     #[error("reading cluster file {path}: {msg}")]
     ClusterFile { path: String, msg: String },
+    #[error("updating the node's routes to other nodes' pods: {0}")]
+    Routes(String),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -133,18 +137,40 @@ fn check(settings: &NodeSettings, peer: &PeerNode, others: &[PeerNode]) -> Resul
     Ok(())
 }
 
-/// Makes the `PEERS` map hold exactly `peers`.
+/// Makes the `PEERS` map hold exactly `peers` (each pod CIDR, and each node IP as a /32
+/// marked `NODE_IP`), and the node's routing table a route `podCIDR via nodeIP` for each, for
+/// the node's own traffic to other nodes' pods.
 fn sync(settings: &NodeSettings, peers: &[PeerNode]) -> Result<(), PeerError> {
     let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    let mut wanted = Vec::new();
     for p in peers {
-        maps.set_peer(p.pod_cidr, p.node_ip)?;
+        let host = Ipv4Network::new(p.node_ip, 32).expect("/32 is valid");
+        maps.set_peer(p.pod_cidr, p.node_ip, 0)?;
+        maps.set_peer(host, p.node_ip, peer_flag::NODE_IP)?;
+        wanted.extend([p.pod_cidr, host]);
     }
-    for (cidr, _) in maps.peers()? {
-        if !peers.iter().any(|p| p.pod_cidr == cidr) {
-            maps.remove_peer(cidr)?;
+    let stale: Vec<Ipv4Network> = maps
+        .peers()?
+        .into_iter()
+        .map(|(cidr, _)| cidr)
+        .filter(|cidr| !wanted.contains(cidr))
+        .collect();
+    for cidr in &stale {
+        maps.remove_peer(*cidr)?;
+    }
+    let routes: Vec<(Ipv4Network, Ipv4Addr)> =
+        peers.iter().map(|p| (p.pod_cidr, p.node_ip)).collect();
+    let gone: Vec<Ipv4Network> = stale.into_iter().filter(|c| c.prefix() < 32).collect();
+    crate::node::with_netlink(|nl| async move {
+        for (dst, via) in routes {
+            nl.replace_route(dst, via).await?;
         }
-    }
-    Ok(())
+        for dst in gone {
+            nl.delete_route(dst).await?;
+        }
+        Ok(())
+    })
+    .map_err(|e| PeerError::Routes(e.to_string()))
 }
 
 /// `node peer add`.

@@ -1,7 +1,8 @@
 //! Several nodes (native routing): three nodes on one fabric that knows nothing about pod
 //! CIDRs, plus an outside host. Pods reach pods on every other node by IP with their source
 //! preserved, straight out of the uplink and straight into the pod on the other side; pods
-//! reach the outside as their own node's IP; peers change live.
+//! reach the outside as their own node's IP; peers change live; NodePorts reach backends on
+//! any node (policy cluster) or only local ones with the client preserved (policy local).
 
 use podnet_tests::{
     Cluster, FABRIC_GATEWAY, InNetns as _, connect_tcp, describe, peer_ip_of, require_root,
@@ -52,11 +53,6 @@ fn pods_reach_pods_on_every_other_node_by_ip_with_the_source_preserved() {
                 "{}: {reason} {after:?}",
                 node.name
             );
-        }
-        // No kernel route to another node's pods: the datapath alone carries them.
-        let routes = node.ns.ok("ip route show");
-        for other in cluster.nodes.iter().filter(|o| o.name != node.name) {
-            assert!(!routes.contains(&other.pod_cidr), "{}: {routes}", node.name);
         }
     }
     let fabric_routes = cluster.fabric.ok("ip route show");
@@ -187,4 +183,104 @@ fn peers_change_live_and_bad_peers_are_refused() {
         assert!(stderr.contains(message), "{argv:?}: {stderr}");
     }
     assert_eq!(a.json(&["node", "peer", "list"]), before);
+}
+
+#[test]
+fn the_outside_reaches_every_backend_through_any_nodes_nodeport() {
+    require_root!();
+    let cluster = Cluster::new(3, &[]);
+    // Web pods on nodes 1 and 2; node 0 has none.
+    let webs: Vec<_> = cluster.nodes[1..]
+        .iter()
+        .map(|n| n.add_pod("web"))
+        .collect();
+    let _servers: Vec<_> = webs
+        .iter()
+        .map(|p| serve_tcp(&p.ns, "0.0.0.0:80"))
+        .collect();
+    let backends: Vec<String> = webs.iter().map(|p| format!("{}:80", p.ip)).collect();
+    for node in &cluster.nodes {
+        let mut args = vec!["nodeport", "add", "--port", "30080"];
+        for b in &backends {
+            args.extend(["--backend", b.as_str()]);
+        }
+        node.ok(&args);
+    }
+    for node in &cluster.nodes {
+        let target = format!("{}:30080", node.ip);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            let reply = connect_tcp(&cluster.outside, &target)
+                .unwrap_or_else(|e| panic!("outside -> {target}: {e}"));
+            seen.insert(
+                podnet_tests::local_ip_of(&reply)
+                    .expect("local")
+                    .to_string(),
+            );
+            let client = peer_ip_of(&reply).expect("peer").to_string();
+            // A local backend sees the real client; a remote one sees the forwarding node.
+            let local_backend = webs
+                .iter()
+                .zip(&cluster.nodes[1..])
+                .any(|(w, n)| n.name == node.name && reply.contains(&format!("local={}:", w.ip)));
+            let expected = if local_backend {
+                FABRIC_GATEWAY.to_string()
+            } else {
+                node.ip.to_string()
+            };
+            assert_eq!(client, expected, "via {}: {reply}", node.name);
+        }
+        let all: std::collections::BTreeSet<String> = webs.iter().map(|w| w.ip.clone()).collect();
+        assert_eq!(seen, all, "via {}: every backend", node.name);
+    }
+    // Policy local: only this node's pods, and the client's address is preserved.
+    let n1 = &cluster.nodes[1];
+    let out = n1.podnet(&[
+        "nodeport",
+        "add",
+        "--port",
+        "30081",
+        "--policy",
+        "local",
+        "--backend",
+        &backends[1],
+    ]);
+    assert!(!out.status.success(), "a remote backend under policy local");
+    n1.ok(&[
+        "nodeport",
+        "add",
+        "--port",
+        "30081",
+        "--policy",
+        "local",
+        "--backend",
+        &backends[0],
+    ]);
+    let reply = connect_tcp(&cluster.outside, &format!("{}:30081", n1.ip)).expect("local policy");
+    assert_eq!(
+        peer_ip_of(&reply).map(|ip| ip.to_string()),
+        Some(FABRIC_GATEWAY.to_string())
+    );
+}
+
+#[test]
+fn pods_and_nodes_reach_each_other_across_nodes() {
+    require_root!();
+    let cluster = Cluster::new(2, &[]);
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let pb = b.add_pod("pb");
+    // A server on node a itself, reached by a pod on node b: no NAT inside the cluster.
+    let _node_server = serve_tcp(&a.ns, &format!("{}:9000", a.ip));
+    let reply = connect_tcp(&pb.ns, &format!("{}:9000", a.ip)).expect("pod b -> node a");
+    assert_eq!(
+        peer_ip_of(&reply).map(|ip| ip.to_string()),
+        Some(pb.ip.clone())
+    );
+    // And node a reaches pod b (a kernel route podCIDR via node b, kept by podnet).
+    let _pod_server = serve_tcp(&pb.ns, &format!("{}:9001", pb.ip));
+    let reply = connect_tcp(&a.ns, &format!("{}:9001", pb.ip)).expect("node a -> pod b");
+    assert_eq!(
+        peer_ip_of(&reply).map(|ip| ip.to_string()),
+        Some(a.ip.to_string())
+    );
 }

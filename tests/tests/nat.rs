@@ -281,7 +281,7 @@ fn nodeport_bad_input_is_refused_and_changes_nothing() {
         ),
         (
             &["--port", "30081", "--backend", "10.9.9.9:80"],
-            "not in this node's pod CIDR",
+            "neither in this node's pod CIDR",
         ),
         (&["--port", "30081", "--backend", "web-a:0"], "not a port"),
         (

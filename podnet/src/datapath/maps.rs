@@ -92,11 +92,12 @@ impl PinnedMaps {
         &mut self,
         pod_cidr: Ipv4Network,
         node_ip: Ipv4Addr,
+        flags: u32,
     ) -> Result<(), DatapathError> {
         let key = Key::new(u32::from(pod_cidr.prefix()), pod_cidr.network().octets());
         let peer = Peer {
             node_ip: node_ip.octets(),
-            flags: 0,
+            flags,
         };
         self.peers
             .insert(&key, peer, 0)
