@@ -87,7 +87,8 @@ pub struct NodeConfig {
     pub ct_limit: u32,
     /// Conntrack lifetimes, per protocol and state.
     pub ct_timeouts: CtTimeouts,
-    pub _pad2: [u8; 4],
+    /// ifindex of the node's VXLAN device in overlay mode; 0 in native routing mode.
+    pub tunnel_ifindex: u32,
     /// Cookie of the node's network namespace: the socket program acts only on sockets there.
     pub netns_cookie: u64,
 }
@@ -168,6 +169,14 @@ pub const fn ct_map_entries(limit: u32, possible_cpus: u32) -> u32 {
 /// both TCP and UDP with ~10 backends each fits with room to spare; Cilium's service map
 /// default is the same 64 Ki.
 pub const DEFAULT_SERVICES_MAX: u32 = 65_536;
+
+/// VXLAN network identifier of the overlay (Flannel's default too).
+pub const VXLAN_VNI: u32 = 1;
+/// UDP port of the overlay (Linux's and Flannel's VXLAN port).
+pub const VXLAN_PORT: u16 = 8472;
+/// Bytes VXLAN adds (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14): pods get the uplink
+/// MTU minus this in overlay mode, so nothing needs fragmenting.
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// Default entries in the peers map: one per other node. Kubernetes supports clusters of up to
 /// 5,000 nodes; 8,192 leaves room and costs ~0.5 MiB (LPM trie nodes are allocated on use).
@@ -528,6 +537,7 @@ mod tests {
         assert_eq!(offset_of!(NodeConfig, snat_port_min), 44);
         assert_eq!(offset_of!(NodeConfig, ct_limit), 48);
         assert_eq!(offset_of!(NodeConfig, ct_timeouts), 52);
+        assert_eq!(offset_of!(NodeConfig, tunnel_ifindex), 76);
         assert_eq!(offset_of!(NodeConfig, netns_cookie), 80);
         assert_eq!(offset_of!(NodeConfig, node_ip), 8);
         assert_eq!(offset_of!(NodeConfig, pod_cidr), 16);

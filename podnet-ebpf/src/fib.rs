@@ -14,7 +14,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use podnet_ebpf::abi::{CtKey, reason};
+use podnet_ebpf::abi::{CtKey, NodeConfig, reason};
 
 const AF_INET: u8 = 2;
 
@@ -120,10 +120,20 @@ pub fn route_and_send(ctx: &TcContext, key: &CtKey, why: u32) -> (i32, u32) {
     send(ctx, &lookup(ctx, key), why)
 }
 
-/// Sends a packet addressed to another node's pod to that node: routed by the node's IP (the
-/// fabric need not know pod CIDRs), the pod addresses untouched.
+/// Sends a packet addressed to another node (one of its pods, or itself) to that node, the
+/// addresses untouched: in native routing mode routed by the node's IP (the fabric need not
+/// know pod CIDRs); in overlay mode encapsulated in VXLAN to the node's IP.
 #[inline(always)]
-pub fn to_node(ctx: &TcContext, key: &CtKey, node_ip: [u8; 4], why: u32) -> (i32, u32) {
+pub fn to_node(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    key: &CtKey,
+    node_ip: [u8; 4],
+    why: u32,
+) -> (i32, u32) {
+    if cfg.tunnel_ifindex != 0 {
+        return crate::tunnel::to_node(ctx, cfg.tunnel_ifindex, node_ip, why);
+    }
     let via = CtKey {
         daddr: node_ip,
         ..*key

@@ -78,7 +78,7 @@ pub fn deliver(ctx: &TcContext, cfg: &NodeConfig, key: &CtKey, why: u32) -> (i32
     match endpoint(key.daddr) {
         Some(ep) => to_endpoint(ctx, cfg, &ep, Some(why)),
         None => match peer(key.daddr) {
-            Some((p, _)) => fib::to_node(ctx, key, p.node_ip, why),
+            Some((p, _)) => fib::to_node(ctx, cfg, key, p.node_ip, why),
             None => fib::route_and_send(ctx, key, why),
         },
     }

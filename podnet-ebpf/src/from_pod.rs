@@ -70,14 +70,14 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
     if in_prefix(key.daddr, cfg.cluster_cidr, cfg.cluster_prefix_len) {
         // Another node's pods: never NATed; straight to that node when it is a known peer.
         return match forward::peer_of(key.daddr) {
-            Some(node_ip) => fib::to_node(ctx, key, node_ip, reason::FORWARD_REMOTE_NODE),
+            Some(node_ip) => fib::to_node(ctx, cfg, key, node_ip, reason::FORWARD_REMOTE_NODE),
             None => (TC_ACT_OK, reason::PASS_NOT_LOCAL),
         };
     }
     if let Some((peer, true)) = forward::peer(key.daddr) {
         // Another node's own IP is inside the cluster: no NAT (NodePort replies go back to the
         // node that forwarded the connection this way).
-        return fib::to_node(ctx, key, peer.node_ip, reason::FORWARD_REMOTE_NODE);
+        return fib::to_node(ctx, cfg, key, peer.node_ip, reason::FORWARD_REMOTE_NODE);
     }
     let done = translate::snat(ctx, cfg, &pkt, now);
     if debug_enabled() {

@@ -8,6 +8,7 @@
 //! - [`nat`]: packet rewriting and checksums;
 //! - [`services`]: NodePorts and backend choice;
 //! - [`forward`] and [`fib`]: delivery to a local pod, or out by the routing table;
+//! - [`tunnel`]: the VXLAN overlay (tunnel key and redirect to the node's VXLAN device);
 //! - [`parse`]: bounds-checked header access;
 //! - [`stats`]: per-reason counters;
 //! - [`maps`]: the map definitions (types in `podnet_ebpf::abi`).
@@ -42,6 +43,8 @@ mod services;
 mod stats;
 #[cfg(target_arch = "bpf")]
 mod translate;
+#[cfg(target_arch = "bpf")]
+mod tunnel;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

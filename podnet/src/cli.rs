@@ -163,6 +163,9 @@ pub struct InitArgs {
     /// udp_stream or icmp. Repeat for more.
     #[arg(long = "ct-timeout", value_parser = parse_timeout)]
     ct_timeouts: Vec<(String, u32)>,
+    /// native (default): other nodes' pods over the fabric by node IP; vxlan: an overlay.
+    #[arg(long)]
+    mode: Option<String>,
     /// A cluster file, {"nodes": [{"name", "node_ip", "pod_cidr"}, ...]}: every other node
     /// becomes a peer.
     #[arg(long)]
@@ -731,6 +734,7 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         conntrack_max,
         services_max,
         ct_timeouts,
+        mode,
         cluster,
         gc_interval,
         cgroup,
@@ -770,6 +774,7 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     set("cgroup", cgroup.map(|v| s(&v.display())));
     set("gc_interval", gc_interval.map(serde_json::Value::from));
     set("cluster", cluster.map(|v| s(&v.display())));
+    set("mode", mode.map(|v| s(&v)));
 
     set("state_dir", Some(s(&state_dir.display())));
     if !ct_timeouts.is_empty() {

@@ -16,7 +16,7 @@ use rtnetlink::packet_route::link::{
     InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteType};
-use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use crate::netns::Netns;
 
@@ -267,6 +267,36 @@ impl Netlink {
             .ok_or_else(|| LinkError::NotFound {
                 link: format!("{name:?}"),
             })
+    }
+
+    /// A VXLAN device in external (collect_md) mode on UDP `port`, up: programs choose each
+    /// packet's remote and VNI with `bpf_skb_set_tunnel_key`. An existing one is reused.
+    pub async fn ensure_vxlan(&self, name: &str, port: u16) -> Result<LinkInfo, LinkError> {
+        validate_ifname(name)?;
+        let info = match self.get(name).await? {
+            Some(info) => info,
+            None => {
+                let message = LinkVxlan::new(name, 0)
+                    .collect_metadata(true)
+                    .port(port)
+                    .learning(false)
+                    .build();
+                let result = self.handle.link().add(message).execute().await;
+                tolerate(result, libc::EEXIST, || format!("create vxlan {name:?}"))?;
+                self.get(name).await?.ok_or_else(|| LinkError::NotFound {
+                    link: format!("{name:?}"),
+                })?
+            }
+        };
+        if info.kind.as_deref() != Some("vxlan") {
+            return Err(LinkError::WrongKind {
+                name: name.to_owned(),
+                wanted: "vxlan",
+                found: info.kind,
+            });
+        }
+        self.set_up(info.index).await?;
+        Ok(info)
     }
 
     /// Adds `addr` to link `index`; an address that is already there is fine.

@@ -81,6 +81,13 @@ pub struct NodeSettings {
     /// Conntrack idle timeouts in seconds.
     #[serde(default)]
     pub ct_timeouts: ConntrackTimeouts,
+    /// How pods reach other nodes' pods: `native` routing over the fabric, or a `vxlan`
+    /// overlay for fabrics that know nothing about pod CIDRs.
+    #[serde(default)]
+    pub mode: RoutingMode,
+    /// The overlay's VXLAN device (overlay mode).
+    #[serde(default = "default_vxlan_device")]
+    pub vxlan_device: String,
     /// A cluster description (every node's name, node IP and pod CIDR) to take the peers from
     /// at `node init`; `node peer add|del` change them afterwards.
     #[serde(default)]
@@ -93,6 +100,21 @@ pub struct NodeSettings {
     /// of the cgroup2 hierarchy when not given.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+}
+
+/// How pods reach other nodes' pods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingMode {
+    /// Straight over the fabric to the node's IP (the fabric delivers node IPs).
+    #[default]
+    Native,
+    /// Encapsulated in VXLAN between node IPs.
+    Vxlan,
+}
+
+pub fn default_vxlan_device() -> String {
+    "podnet-vxlan".to_owned()
 }
 
 /// An inclusive range of ports, written `MIN-MAX`.
@@ -393,6 +415,7 @@ impl NodeSettings {
         }
         link::validate_ifname(&self.uplink)?;
         link::validate_ifname(&self.bridge)?;
+        link::validate_ifname(&self.vxlan_device)?;
         if self.endpoints_max == 0 {
             return invalid("endpoints_max must be at least 1".to_owned());
         }
@@ -503,8 +526,23 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
         }
     })?;
     settings.node_ip = Some(node_ip);
+    let tunnel = match settings.mode {
+        RoutingMode::Native => None,
+        RoutingMode::Vxlan => {
+            let name = settings.vxlan_device.clone();
+            Some(with_netlink(|nl| async move {
+                Ok(nl.ensure_vxlan(&name, podnet_ebpf::abi::VXLAN_PORT).await?)
+            })?)
+        }
+    };
     if settings.mtu.is_none() {
-        settings.mtu = Some(uplink.mtu);
+        // In overlay mode pods leave room for the encapsulation, so nothing is fragmented.
+        let overhead = if tunnel.is_some() {
+            podnet_ebpf::abi::VXLAN_OVERHEAD
+        } else {
+            0
+        };
+        settings.mtu = Some(uplink.mtu.saturating_sub(overhead));
     }
     settings.validate()?;
     link::enable_ip_forwarding()?;
@@ -519,6 +557,7 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
         ),
         services_max: settings.services_max,
         uplink: settings.uplink.clone(),
+        tunnel: tunnel.as_ref().map(|t| t.name.clone()),
         cgroup: settings.cgroup_dir()?,
         debug: settings.debug,
         relink: crate::pod::list(&settings)?
@@ -545,7 +584,7 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
         snat_port_max: settings.snat_ports.max,
         ct_limit: settings.conntrack_max,
         ct_timeouts: settings.ct_timeouts.into(),
-        _pad2: [0; 4],
+        tunnel_ifindex: tunnel.as_ref().map_or(0, |t| t.index),
         netns_cookie,
     })?;
     match &settings.cluster {
@@ -649,6 +688,10 @@ pub fn reset(settings: &NodeSettings) -> Result<ResetReport, NodeError> {
     }
     let bridge = settings.bridge.clone();
     report.bridge_deleted = with_netlink(|nl| async move { Ok(nl.delete(&bridge).await?) })?;
+    if settings.mode == RoutingMode::Vxlan {
+        let vxlan = settings.vxlan_device.clone();
+        with_netlink(|nl| async move { Ok(nl.delete(&vxlan).await?) })?;
+    }
     let ipam_dir = settings.ipam_dir();
     for path in [
         NodeSettings::node_file(&settings.state_dir),

@@ -158,8 +158,13 @@ fn sync(settings: &NodeSettings, peers: &[PeerNode]) -> Result<(), PeerError> {
     for cidr in &stale {
         maps.remove_peer(*cidr)?;
     }
-    let routes: Vec<(Ipv4Network, Ipv4Addr)> =
-        peers.iter().map(|p| (p.pod_cidr, p.node_ip)).collect();
+    // Kernel routes need the fabric to route pod traffic by node IP: native mode only.
+    let native = settings.mode == crate::node::RoutingMode::Native;
+    let routes: Vec<(Ipv4Network, Ipv4Addr)> = peers
+        .iter()
+        .filter(|_| native)
+        .map(|p| (p.pod_cidr, p.node_ip))
+        .collect();
     let gone: Vec<Ipv4Network> = stale.into_iter().filter(|c| c.prefix() < 32).collect();
     crate::node::with_netlink(|nl| async move {
         for (dst, via) in routes {

@@ -284,3 +284,65 @@ fn pods_and_nodes_reach_each_other_across_nodes() {
         Some(a.ip.to_string())
     );
 }
+
+#[test]
+fn overlay_mode_carries_pods_between_nodes_in_vxlan() {
+    require_root!();
+    let cluster = Cluster::new(3, &["--mode", "vxlan"]);
+    let pods: Vec<_> = cluster.nodes.iter().map(|n| n.add_pod("p")).collect();
+    let _servers: Vec<_> = pods
+        .iter()
+        .map(|p| serve_tcp(&p.ns, &format!("{}:8080", p.ip)))
+        .collect();
+    for (i, from) in pods.iter().enumerate() {
+        // Pods leave room for the encapsulation.
+        // (`ip`, not /sys: sysfs shows the namespace that mounted it, not the caller's.)
+        let mtu_of = |ns: &dyn podnet_tests::InNetns, dev: &str| -> u32 {
+            let line = ns.ok(&format!("ip -o link show dev {dev}"));
+            let after = line.split(" mtu ").nth(1).expect("mtu in ip link output");
+            after
+                .split_whitespace()
+                .next()
+                .expect("mtu")
+                .parse()
+                .expect("number")
+        };
+        let uplink = mtu_of(&cluster.nodes[i].ns, "uplink0");
+        assert_eq!(
+            mtu_of(&from.ns, "eth0"),
+            uplink - 50,
+            "pod MTU in overlay mode"
+        );
+        for (j, to) in pods.iter().enumerate() {
+            if i != j {
+                let reply = connect_tcp(&from.ns, &format!("{}:8080", to.ip))
+                    .unwrap_or_else(|e| panic!("{} -> {}: {e}", from.ip, to.ip));
+                assert_eq!(
+                    peer_ip_of(&reply).map(|ip| ip.to_string()),
+                    Some(from.ip.clone())
+                );
+            }
+        }
+    }
+    for node in &cluster.nodes {
+        // No kernel route to any pod CIDR but the node's own: the overlay carries them, and
+        // the VXLAN device counted the packets.
+        let routes = node.ns.ok("ip route show");
+        for other in cluster.nodes.iter().filter(|o| o.name != node.name) {
+            assert!(!routes.contains(&other.pod_cidr), "{}: {routes}", node.name);
+        }
+        let stats = node.ns.ok("ip -s -j link show dev podnet-vxlan");
+        let parsed: serde_json::Value = serde_json::from_str(&stats).expect("ip -j");
+        let tx = parsed[0]["stats64"]["tx"]["packets"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no TX counters in {stats}"));
+        assert!(tx >= 10, "{}: {tx} packets encapsulated", node.name);
+    }
+    // SNAT to the outside still uses the node's own IP.
+    let _server = serve_tcp(&cluster.outside, &format!("{FABRIC_GATEWAY}:8081"));
+    let reply = connect_tcp(&pods[0].ns, &format!("{FABRIC_GATEWAY}:8081")).expect("to outside");
+    assert_eq!(
+        peer_ip_of(&reply).map(|ip| ip.to_string()),
+        Some(cluster.nodes[0].ip.to_string())
+    );
+}

@@ -36,6 +36,8 @@ pub struct LoadOptions {
     pub services_max: u32,
     /// The uplink, which gets `from_uplink`.
     pub uplink: String,
+    /// The overlay's VXLAN device, which gets `from_uplink` too (overlay mode).
+    pub tunnel: Option<String>,
     /// The cgroup whose sockets get `nodeport_connect4`.
     pub cgroup: PathBuf,
     /// Compile per-packet debug logging in (read-only global; dead code when off).
@@ -200,6 +202,9 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
         })?;
         if name == program_name::FROM_UPLINK {
             super::attach::attach_loaded(prog, name, &opts.uplink)?;
+            if let Some(tunnel) = &opts.tunnel {
+                super::attach::attach_loaded(prog, name, tunnel)?;
+            }
             continue;
         }
         for ifname in &opts.relink {

@@ -337,7 +337,7 @@ impl From<NodeConfig> for ConfigView {
             snat_port_max,
             ct_limit,
             ct_timeouts,
-            _pad2: _,
+            tunnel_ifindex: _,
             netns_cookie,
         } = config;
         Self {
