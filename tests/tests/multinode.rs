@@ -338,6 +338,22 @@ fn overlay_mode_carries_pods_between_nodes_in_vxlan() {
             .unwrap_or_else(|| panic!("no TX counters in {stats}"));
         assert!(tx >= 10, "{}: {tx} packets encapsulated", node.name);
     }
+    // A NodePort on node 0 whose backend is on node 2, reached from the outside: forwarded
+    // through the overlay, replies back through node 0.
+    cluster.nodes[0].ok(&[
+        "nodeport",
+        "add",
+        "--port",
+        "30080",
+        "--backend",
+        &format!("{}:8080", pods[2].ip),
+    ]);
+    let reply = connect_tcp(&cluster.outside, &format!("{}:30080", cluster.nodes[0].ip))
+        .expect("outside -> node 0 NodePort -> pod on node 2");
+    assert_eq!(
+        peer_ip_of(&reply).map(|ip| ip.to_string()),
+        Some(cluster.nodes[0].ip.to_string())
+    );
     // SNAT to the outside still uses the node's own IP.
     let _server = serve_tcp(&cluster.outside, &format!("{FABRIC_GATEWAY}:8081"));
     let reply = connect_tcp(&pods[0].ns, &format!("{FABRIC_GATEWAY}:8081")).expect("to outside");
