@@ -34,6 +34,10 @@ pub struct DemoArgs {
     /// Only remove what an earlier `--keep` run left.
     #[arg(long)]
     cleanup: bool,
+    /// 2: add a second node on another subnet behind the outside host (a router that knows no
+    /// pod CIDRs), run both in VXLAN overlay mode, and show pod-to-pod traffic across them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    nodes: u8,
 }
 
 const NETNS_DIR: &str = "/run/netns";
@@ -43,6 +47,10 @@ const POD_CIDR: &str = "10.244.1.0/24";
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const TCP_PORT: u16 = 8080;
 const NODEPORT: u16 = 30080;
+/// The second node (`--nodes 2`), on its own subnet behind the outside host.
+const NODE2_IP: &str = "198.18.1.10/24";
+const OUTSIDE2_IP: &str = "198.18.1.1/24";
+const POD_CIDR2: &str = "10.244.2.0/24";
 
 struct Demo {
     name: String,
@@ -117,12 +125,19 @@ impl Drop for Guard<'_> {
 
 pub fn run(args: &DemoArgs) -> Result<()> {
     let demo = Demo::new(&args.name);
+    let demo2 = Demo::new(&format!("{}-n2", args.name));
     if args.cleanup {
+        demo2.cleanup();
         demo.cleanup();
         println!("removed demo {}", args.name);
         return Ok(());
     }
+    demo2.cleanup();
     demo.cleanup();
+    let mut guard2 = Guard {
+        demo: &demo2,
+        armed: args.nodes == 2,
+    };
     let mut guard = Guard {
         demo: &demo,
         armed: true,
@@ -135,20 +150,42 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         OUTSIDE_IP
     );
     build_fabric(&demo)?;
-    demo.podnet(&[
-        "node",
-        "init",
-        "--netns",
-        &demo.node_ns(),
-        "--uplink",
-        "uplink0",
-        "--pod-cidr",
-        POD_CIDR,
-        "--cluster-cidr",
-        CLUSTER_CIDR,
-        "--pin-dir",
-        &demo.pin_dir.display().to_string(),
-    ])?;
+    let mut init = vec![
+        "node".to_owned(),
+        "init".to_owned(),
+        "--netns".to_owned(),
+        demo.node_ns(),
+        "--uplink".to_owned(),
+        "uplink0".to_owned(),
+        "--pod-cidr".to_owned(),
+        POD_CIDR.to_owned(),
+        "--cluster-cidr".to_owned(),
+        CLUSTER_CIDR.to_owned(),
+        "--pin-dir".to_owned(),
+        demo.pin_dir.display().to_string(),
+    ];
+    let cluster_file = demo2.state_dir.with_extension("cluster.json");
+    if args.nodes == 2 {
+        build_second_node(&demo, &demo2)?;
+        let node1: Ipv4Network = NODE_IP.parse()?;
+        let node2: Ipv4Network = NODE2_IP.parse()?;
+        let description = serde_json::json!({"nodes": [
+            {"name": "node-1", "node_ip": node1.ip().to_string(), "pod_cidr": POD_CIDR},
+            {"name": "node-2", "node_ip": node2.ip().to_string(), "pod_cidr": POD_CIDR2},
+        ]});
+        std::fs::create_dir_all(cluster_file.parent().unwrap_or(Path::new("/")))?;
+        std::fs::write(&cluster_file, description.to_string())?;
+        println!("\n# two nodes on different subnets, routed by the outside host: a VXLAN overlay");
+        println!("$ cat {}\n{description}", cluster_file.display());
+        init.extend([
+            "--mode".to_owned(),
+            "vxlan".to_owned(),
+            "--cluster".to_owned(),
+            cluster_file.display().to_string(),
+        ]);
+    }
+    let refs: Vec<&str> = init.iter().map(String::as_str).collect();
+    demo.podnet(&refs)?;
     let web = add_pod(&demo, "web")?;
     let client = add_pod(&demo, "client")?;
     demo.podnet(&["pod", "list"])?;
@@ -218,6 +255,32 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     demo.podnet(&["nodeport", "list"])?;
     demo.podnet(&["conntrack", "list"])?;
+
+    if args.nodes == 2 {
+        let mut init2 = init.clone();
+        init2[3] = demo2.node_ns();
+        init2[7] = POD_CIDR2.to_owned();
+        init2[11] = demo2.pin_dir.display().to_string();
+        let refs: Vec<&str> = init2.iter().map(String::as_str).collect();
+        demo2.podnet(&refs)?;
+        let far = add_pod(&demo2, "far")?;
+        demo.podnet(&["node", "peer", "list"])?;
+        println!(
+            "\n# client (node 1) to far ({}, node 2), pod IP to pod IP through the overlay",
+            far.address.ip()
+        );
+        let cross = SocketAddr::from((far.address.ip(), TCP_PORT));
+        let seen = exchange(&client.netns, &far.netns, cross, cross)?;
+        println!(
+            "far saw a connection from {seen} (client's pod IP is {})",
+            client.address.ip()
+        );
+        if seen.ip() != IpAddr::V4(client.address.ip()) {
+            bail!("source IP was not preserved across nodes: far saw {seen}");
+        }
+        demo2.podnet(&["stats"])?;
+        let _ = std::fs::remove_file(&cluster_file);
+    }
     demo.podnet(&["stats"])?;
     demo.podnet(&["maps"])?;
     println!(
@@ -233,6 +296,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
     if args.keep {
         guard.armed = false;
+        guard2.armed = false;
         println!(
             "\nleft in place: try `podnet --state-dir {} stats`; remove with `podnet demo --name {} --cleanup`",
             demo.state_dir.display(),
@@ -249,6 +313,40 @@ fn add_pod(demo: &Demo, name: &str) -> Result<PodRecord> {
         .into_iter()
         .find(|p| p.name == name)
         .context("pod record missing after add")
+}
+
+/// The second node's namespace, on the outside host's second subnet; the outside host routes
+/// between the nodes' subnets and knows nothing about pod CIDRs.
+fn build_second_node(demo: &Demo, demo2: &Demo) -> Result<()> {
+    let run_dir = Path::new(NETNS_DIR);
+    let node = Netns::create_named(run_dir, &demo2.node_ns())?;
+    let outside = Netns::open(&run_dir.join(demo.outside_ns()))?;
+    let node_ip: Ipv4Network = NODE2_IP.parse()?;
+    let gateway: Ipv4Network = OUTSIDE2_IP.parse()?;
+    let outside_for_peer = Netns::open(outside.path())?;
+    node.run_netlink(move |nl| async move {
+        let uplink = nl
+            .create_veth("uplink0", "eth1", &outside_for_peer, None)
+            .await?;
+        nl.ensure_address(uplink.index, node_ip).await?;
+        nl.set_up(uplink.index).await?;
+        if let Some(lo) = nl.get("lo").await? {
+            nl.set_up(lo.index).await?;
+        }
+        nl.ensure_default_route(gateway.ip()).await
+    })??;
+    outside.run_netlink(move |nl| async move {
+        let eth1 = nl
+            .get("eth1")
+            .await?
+            .ok_or_else(|| podnet::link::LinkError::NotFound {
+                link: "eth1".to_owned(),
+            })?;
+        nl.ensure_address(eth1.index, gateway).await?;
+        nl.set_up(eth1.index).await
+    })??;
+    outside.run(podnet::link::enable_ip_forwarding)??;
+    Ok(())
 }
 
 /// The node and outside namespaces and the uplink veth between them.

@@ -362,3 +362,26 @@ fn overlay_mode_carries_pods_between_nodes_in_vxlan() {
         Some(cluster.nodes[0].ip.to_string())
     );
 }
+
+/// The demo with two nodes on different subnets behind a router that knows no pod CIDRs: only
+/// the overlay can carry pod to pod there. It also checks the whole single-node demo.
+#[test]
+fn the_two_node_demo_runs_over_a_routed_fabric() {
+    require_root!();
+    let name = podnet_tests::unique("dm");
+    let mut cmd = std::process::Command::new(podnet_tests::podnet_bin());
+    cmd.args(["demo", "--name", &name, "--nodes", "2"]);
+    let out = podnet_tests::run_bounded(cmd, std::time::Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo: {}", describe(&out));
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("far saw a connection from"))
+        .unwrap_or_else(|| panic!("no cross-node exchange in:\n{stdout}"));
+    assert!(line.contains("(client's pod IP is"), "{line}");
+    let ns = podnet_tests::netns_list();
+    assert!(
+        !ns.iter().any(|n| n.starts_with(&name)),
+        "the demo cleaned up: {ns:?}"
+    );
+}
