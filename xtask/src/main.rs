@@ -42,7 +42,8 @@ enum Task {
     },
     /// Run the benchmarks (release build) and write bench/results/<date>-*.md: same-node
     /// pod-to-pod (podnet-bench), NAT, podnet vs iptables (podnet-nat-bench), then CNI
-    /// ADD/DEL, podnet vs bridge + host-local + portmap (podnet-cni-bench).
+    /// ADD/DEL, podnet vs bridge + host-local + portmap (podnet-cni-bench), then cross-node
+    /// pod-to-pod, podnet native routing vs kernel routes + bridge (podnet-multinode-bench).
     Bench {
         /// Fewer, shorter rounds (a few minutes in all).
         #[arg(long)]
@@ -76,7 +77,12 @@ fn main() -> Result<()> {
         Task::Bench { quick } => {
             setup::ensure_all()?;
             build_userspace(&root, true)?;
-            for bench in ["podnet-bench", "podnet-nat-bench", "podnet-cni-bench"] {
+            for bench in [
+                "podnet-bench",
+                "podnet-nat-bench",
+                "podnet-cni-bench",
+                "podnet-multinode-bench",
+            ] {
                 let mut cmd = Command::new(root.join("target/release").join(bench));
                 cmd.arg("--out").arg(root.join("bench/results"));
                 if quick {

@@ -1,0 +1,323 @@
+//! Cross-node pod-to-pod benchmark: TCP throughput (iperf3) and TCP request/response rate
+//! (netprobe rr) between two nodes of a [`Cluster`] (two node namespaces on a shared fabric
+//! bridge), for three paths measured in one run, interleaved round by round:
+//!
+//! - `node-to-node`: between the two node namespaces themselves, node IP to node IP over the
+//!   fabric (the limit);
+//! - `podnet native`: a pod on node 0 to a pod on node 1 with podnet's native routing (out of
+//!   the sender's uplink by FIB lookup + redirect, straight into the pod on the receiver);
+//! - `kernel routes + bridge`: the same two pods with podnet's programs detached from the pod
+//!   veths and the uplinks, so traffic takes the bridge and the kernel routes
+//!   `podCIDR via nodeIP` that podnet keeps in each node for its peers (the seed documents'
+//!   way). `node init` re-attaches the programs after each such run.
+//!
+//! Client and server are pinned to different CPUs (iperf3 -A, taskset) for repeatability.
+//! Every podnet run must grow `forward_remote_node` (node 0) and `forward_uplink_to_pod`
+//! (node 1) by more than 1000 packets; every kernel run must leave them alone. Prints a
+//! Markdown table of medians (with min-max) and ratios to `node-to-node`, and writes it to
+//! `DIR/<date>-multinode.md` when `--out DIR` is given.
+
+use std::{fmt::Write as _, process::Command, time::Duration};
+
+use podnet_tests::{
+    CLUSTER_CIDR, Cluster, ClusterNode, InNetns, PodInfo, describe, netprobe_bin, serve_tcp_echo,
+};
+
+struct Args {
+    rounds: usize,
+    seconds: u32,
+    out: Option<String>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        rounds: 5,
+        seconds: 3,
+        out: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--rounds" => {
+                args.rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N");
+            }
+            "--seconds" => {
+                args.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds S");
+            }
+            "--quick" => {
+                args.rounds = 3;
+                args.seconds = 2;
+            }
+            "--out" => args.out = it.next(),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    args
+}
+
+/// iperf3 throughput in Gbit/s from `client` to `server_ip`.
+fn throughput(client: &dyn InNetns, server: &dyn InNetns, server_ip: &str, seconds: u32) -> f64 {
+    let mut srv = server.spawn(&["iperf3", "-s", "-1", "-A", "1", "-B", server_ip]);
+    std::thread::sleep(Duration::from_millis(200));
+    let secs = seconds.to_string();
+    let out = client.exec_timeout(
+        &["iperf3", "-c", server_ip, "-t", &secs, "-A", "0", "-J"],
+        Duration::from_secs(u64::from(seconds) + 20),
+    );
+    srv.kill();
+    assert!(out.status.success(), "iperf3: {}", describe(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bits_per_second")
+        / 1e9
+}
+
+/// Request/response transactions per second over one TCP connection.
+fn rr(client: &dyn InNetns, server: &dyn InNetns, server_ip: &str, seconds: u32) -> f64 {
+    let listen = format!("{server_ip}:7100");
+    let _srv = serve_tcp_echo(server, &listen);
+    let bin = netprobe_bin();
+    let secs = seconds.to_string();
+    let out = client.exec_timeout(
+        &[
+            "taskset",
+            "-c",
+            "0",
+            bin.to_str().expect("utf8"),
+            "rr",
+            "tcp",
+            &listen,
+            "--seconds",
+            &secs,
+        ],
+        Duration::from_secs(u64::from(seconds) + 20),
+    );
+    assert!(out.status.success(), "rr: {}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find_map(|f| f.strip_prefix("rate="))
+        .and_then(|r| r.parse().ok())
+        .expect("rate=")
+}
+
+/// The `node init` arguments [`Cluster::new`] ran for `node` (no extra flags), with the
+/// cluster file taken from the settings `node init` recorded in `<state_dir>/node.json`.
+fn init_args(node: &ClusterNode) -> Vec<String> {
+    let path = node.state_dir.join("node.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let settings: serde_json::Value = serde_json::from_str(&text).expect("node.json");
+    let cluster = settings["cluster"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no cluster file in {}: {settings}", path.display()));
+    [
+        "node",
+        "init",
+        "--netns",
+        node.ns.name(),
+        "--uplink",
+        "uplink0",
+        "--pod-cidr",
+        &node.pod_cidr,
+        "--cluster-cidr",
+        CLUSTER_CIDR,
+        "--pin-dir",
+        node.pin_dir.to_str().expect("UTF-8 path"),
+        "--cluster",
+        cluster,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// The counters that show a pod-to-pod packet from node 0 to node 1 took podnet's path: sent
+/// by node 0 out of its uplink, delivered by node 1 from its uplink into the pod.
+const SENT: &str = "forward_remote_node";
+const DELIVERED: &str = "forward_uplink_to_pod";
+
+/// `(node 0's SENT, node 1's DELIVERED)`.
+fn counters(n0: &ClusterNode, n1: &ClusterNode) -> (u64, u64) {
+    let get = |node: &ClusterNode, reason: &str| {
+        node.stats()
+            .get(reason)
+            .copied()
+            .unwrap_or_else(|| panic!("{}: no {reason} counter", node.name))
+    };
+    (get(n0, SENT), get(n1, DELIVERED))
+}
+
+/// Detaches podnet's programs from `pod`'s veth and from the uplink of `node` (`pod`'s node).
+fn detach(node: &ClusterNode, pod: &PodInfo) {
+    node.ns
+        .ok(&format!("tc filter del dev {} ingress", pod.host_if));
+    node.ns.ok("tc filter del dev uplink0 ingress");
+    let left = node.ns.ok(&format!(
+        "tc filter show dev {} ingress; tc filter show dev uplink0 ingress",
+        pod.host_if
+    ));
+    assert!(
+        left.trim().is_empty(),
+        "{}: still attached: {left}",
+        node.name
+    );
+}
+
+#[derive(Default)]
+struct Samples {
+    tput: Vec<f64>,
+    rr: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+fn spread(v: &[f64]) -> (f64, f64) {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, max)
+}
+
+fn main() {
+    let args = parse_args();
+    assert!(podnet_tests::require_root(), "the benchmark needs root");
+
+    let cluster = Cluster::new(2, &[]);
+    let (n0, n1) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let a = n0.add_pod("mnbench-a");
+    let b = n1.add_pod("mnbench-b");
+    let (ip0, ip1) = (n0.ip.to_string(), n1.ip.to_string());
+
+    // The kernel path relies on the routes podnet keeps for its peers in each node.
+    for (node, peer) in [(n0, n1), (n1, n0)] {
+        let routes = node.ns.ok("ip route show");
+        let want = format!("{} via {}", peer.pod_cidr, peer.ip);
+        assert!(
+            routes.lines().any(|l| l.starts_with(&want)),
+            "{}: no kernel route `{want}`:\n{routes}",
+            node.name
+        );
+    }
+    let inits: Vec<Vec<String>> = cluster.nodes.iter().map(init_args).collect();
+    // A second, identical pair of nodes in overlay (VXLAN) mode.
+    let overlay = Cluster::new(2, &["--mode", "vxlan"]);
+    let c = overlay.nodes[0].add_pod("mnbench-c");
+    let d = overlay.nodes[1].add_pod("mnbench-d");
+
+    let names = [
+        "node-to-node",
+        "podnet native",
+        "kernel routes + bridge",
+        "podnet overlay (vxlan)",
+    ];
+    let mut samples: Vec<Samples> = names.iter().map(|_| Samples::default()).collect();
+    for round in 0..args.rounds {
+        eprintln!("round {}/{}", round + 1, args.rounds);
+        samples[0]
+            .tput
+            .push(throughput(&n0.ns, &n1.ns, &ip1, args.seconds));
+        samples[0].rr.push(rr(&n0.ns, &n1.ns, &ip1, args.seconds));
+
+        let before = counters(n0, n1);
+        samples[1]
+            .tput
+            .push(throughput(&a.ns, &b.ns, &b.ip, args.seconds));
+        samples[1].rr.push(rr(&a.ns, &b.ns, &b.ip, args.seconds));
+        let after = counters(n0, n1);
+        assert!(
+            after.0 > before.0 + 1000 && after.1 > before.1 + 1000,
+            "podnet run took podnet's path: node-0 {SENT} {} -> {}, node-1 {DELIVERED} {} -> {}",
+            before.0,
+            after.0,
+            before.1,
+            after.1
+        );
+
+        detach(n0, &a);
+        detach(n1, &b);
+        let before = counters(n0, n1);
+        samples[2]
+            .tput
+            .push(throughput(&a.ns, &b.ns, &b.ip, args.seconds));
+        samples[2].rr.push(rr(&a.ns, &b.ns, &b.ip, args.seconds));
+        let after = counters(n0, n1);
+        assert_eq!(
+            after, before,
+            "kernel run bypassed podnet (node-0 {SENT}, node-1 {DELIVERED})"
+        );
+        for (node, init) in cluster.nodes.iter().zip(&inits) {
+            let refs: Vec<&str> = init.iter().map(String::as_str).collect();
+            node.ok(&refs); // re-attaches the uplink's and the pod's programs
+        }
+
+        let (o0, o1) = (&overlay.nodes[0], &overlay.nodes[1]);
+        let before = counters(o0, o1);
+        samples[3]
+            .tput
+            .push(throughput(&c.ns, &d.ns, &d.ip, args.seconds));
+        samples[3].rr.push(rr(&c.ns, &d.ns, &d.ip, args.seconds));
+        let after = counters(o0, o1);
+        assert!(
+            after.0 > before.0 + 1000 && after.1 > before.1 + 1000,
+            "overlay run took podnet's path"
+        );
+    }
+    drop(cluster); // resets both nodes before the report
+    drop(overlay);
+
+    let kernel = Command::new("uname").arg("-r").output().map_or_else(
+        |_| "?".into(),
+        |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+    );
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "## Cross-node pod-to-pod (kernel {kernel}, {cpus} CPUs, {} rounds x {} s, client on CPU 0, server on CPU 1)\n",
+        args.rounds, args.seconds
+    );
+    let _ = writeln!(
+        md,
+        "Two node namespaces on a shared fabric bridge ({ip0}, {ip1}); node-to-node is node IP to node IP. The overlay row is a second, identical pair of nodes in `--mode vxlan` (pods at MTU 1450).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| path | TCP throughput Gbit/s median (min-max) | ratio to node-to-node | TCP RR trans/s median (min-max) | ratio to node-to-node |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    let base_t = median(&samples[0].tput);
+    let base_r = median(&samples[0].rr);
+    for (name, s) in names.iter().zip(&samples) {
+        let (tmin, tmax) = spread(&s.tput);
+        let (rmin, rmax) = spread(&s.rr);
+        let _ = writeln!(
+            md,
+            "| {name} | {:.2} ({tmin:.2}-{tmax:.2}) | {:.3} | {:.0} ({rmin:.0}-{rmax:.0}) | {:.3} |",
+            median(&s.tput),
+            median(&s.tput) / base_t,
+            median(&s.rr),
+            median(&s.rr) / base_r,
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\npodnet native vs kernel routes + bridge: throughput {:.3}x, request/response {:.3}x",
+        median(&samples[1].tput) / median(&samples[2].tput),
+        median(&samples[1].rr) / median(&samples[2].rr)
+    );
+    print!("{md}");
+    if let Some(dir) = args.out {
+        std::fs::create_dir_all(&dir).expect("results dir");
+        let date = Command::new("date").arg("+%F").output().map_or_else(
+            |_| "undated".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        );
+        let path = format!("{dir}/{date}-multinode.md");
+        std::fs::write(&path, &md).expect("write results");
+        eprintln!("wrote {path}");
+    }
+}
