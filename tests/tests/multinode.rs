@@ -10,9 +10,19 @@ use podnet_tests::{
 };
 
 #[test]
-fn pods_reach_pods_on_every_other_node_by_ip_with_the_source_preserved() {
+fn pods_reach_pods_on_every_other_node_by_ip_with_the_source_preserved_native() {
     require_root!();
-    let cluster = Cluster::new(3, &[]);
+    pods_reach_pods_on_every_other_node_by_ip_with_the_source_preserved(&[]);
+}
+
+#[test]
+fn pods_reach_pods_on_every_other_node_by_ip_with_the_source_preserved_overlay() {
+    require_root!();
+    pods_reach_pods_on_every_other_node_by_ip_with_the_source_preserved(&["--mode", "vxlan"]);
+}
+
+fn pods_reach_pods_on_every_other_node_by_ip_with_the_source_preserved(mode: &[&str]) {
+    let cluster = Cluster::new(3, mode);
     let pods: Vec<_> = cluster
         .nodes
         .iter()
@@ -60,9 +70,19 @@ fn pods_reach_pods_on_every_other_node_by_ip_with_the_source_preserved() {
 }
 
 #[test]
-fn a_pod_reaches_the_outside_as_its_own_nodes_ip() {
+fn a_pod_reaches_the_outside_as_its_own_nodes_ip_native() {
     require_root!();
-    let cluster = Cluster::new(2, &[]);
+    a_pod_reaches_the_outside_as_its_own_nodes_ip(&[]);
+}
+
+#[test]
+fn a_pod_reaches_the_outside_as_its_own_nodes_ip_overlay() {
+    require_root!();
+    a_pod_reaches_the_outside_as_its_own_nodes_ip(&["--mode", "vxlan"]);
+}
+
+fn a_pod_reaches_the_outside_as_its_own_nodes_ip(mode: &[&str]) {
+    let cluster = Cluster::new(2, mode);
     let _server = serve_tcp(&cluster.outside, &format!("{FABRIC_GATEWAY}:8080"));
     for node in &cluster.nodes {
         let pod = node.add_pod("client");
@@ -75,9 +95,19 @@ fn a_pod_reaches_the_outside_as_its_own_nodes_ip() {
 }
 
 #[test]
-fn peers_change_live_and_bad_peers_are_refused() {
+fn peers_change_live_and_bad_peers_are_refused_native() {
     require_root!();
-    let cluster = Cluster::new(2, &[]);
+    peers_change_live_and_bad_peers_are_refused(&[]);
+}
+
+#[test]
+fn peers_change_live_and_bad_peers_are_refused_overlay() {
+    require_root!();
+    peers_change_live_and_bad_peers_are_refused(&["--mode", "vxlan"]);
+}
+
+fn peers_change_live_and_bad_peers_are_refused(mode: &[&str]) {
+    let cluster = Cluster::new(2, mode);
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let pa = a.add_pod("pa");
     let pb = b.add_pod("pb");
@@ -186,9 +216,19 @@ fn peers_change_live_and_bad_peers_are_refused() {
 }
 
 #[test]
-fn the_outside_reaches_every_backend_through_any_nodes_nodeport() {
+fn the_outside_reaches_every_backend_through_any_nodes_nodeport_native() {
     require_root!();
-    let cluster = Cluster::new(3, &[]);
+    the_outside_reaches_every_backend_through_any_nodes_nodeport(&[]);
+}
+
+#[test]
+fn the_outside_reaches_every_backend_through_any_nodes_nodeport_overlay() {
+    require_root!();
+    the_outside_reaches_every_backend_through_any_nodes_nodeport(&["--mode", "vxlan"]);
+}
+
+fn the_outside_reaches_every_backend_through_any_nodes_nodeport(mode: &[&str]) {
+    let cluster = Cluster::new(3, mode);
     // Web pods on nodes 1 and 2; node 0 has none.
     let webs: Vec<_> = cluster.nodes[1..]
         .iter()
