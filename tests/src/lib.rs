@@ -13,6 +13,7 @@
 //! - [`Cni`] / [`CniNode`]: a libcni-like driver running podnet's CNI plugin and the reference
 //!   plugins inside a node namespace.
 
+pub mod bench;
 pub mod cluster;
 pub mod cni;
 pub mod netns;

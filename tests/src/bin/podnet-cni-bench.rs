@@ -53,6 +53,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use podnet_tests::bench::{cmd_line, median, percentile, spread};
 use podnet_tests::{
     Cni, CniError, CniNode, CniOutput, InNetns as _, Invocation, Netns, RuntimeConf,
     cni::{CNI_ENV_VARS, INVOKE_TIMEOUT},
@@ -601,39 +602,6 @@ impl Samples {
             &self.parallel_del,
         ]
     }
-}
-
-/// Nearest-rank percentile `p` (0-100) of `v`.
-fn percentile(v: &[f64], p: usize) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let rank = (p * s.len()).div_ceil(100).max(1);
-    s[rank - 1]
-}
-
-/// The median (the mean of the middle two for an even count).
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let mid = s.len() / 2;
-    if s.len().is_multiple_of(2) {
-        f64::midpoint(s[mid - 1], s[mid])
-    } else {
-        s[mid]
-    }
-}
-
-fn spread(v: &[f64]) -> (f64, f64) {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (min, max)
-}
-
-fn cmd_line(program: &str, args: &[&str]) -> String {
-    Command::new(program).args(args).output().map_or_else(
-        |_| "?".into(),
-        |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-    )
 }
 
 fn fmt_ms(v: f64) -> String {

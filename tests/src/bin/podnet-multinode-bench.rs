@@ -17,89 +17,10 @@
 //! Markdown table of medians (with min-max) and ratios to `node-to-node`, and writes it to
 //! `DIR/<date>-multinode.md` when `--out DIR` is given.
 
-use std::{fmt::Write as _, process::Command, time::Duration};
+use std::fmt::Write as _;
 
-use podnet_tests::{
-    CLUSTER_CIDR, Cluster, ClusterNode, InNetns, PodInfo, describe, netprobe_bin, serve_tcp_echo,
-};
-
-struct Args {
-    rounds: usize,
-    seconds: u32,
-    out: Option<String>,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        rounds: 5,
-        seconds: 3,
-        out: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--rounds" => {
-                args.rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N");
-            }
-            "--seconds" => {
-                args.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds S");
-            }
-            "--quick" => {
-                args.rounds = 3;
-                args.seconds = 2;
-            }
-            "--out" => args.out = it.next(),
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    args
-}
-
-/// iperf3 throughput in Gbit/s from `client` to `server_ip`.
-fn throughput(client: &dyn InNetns, server: &dyn InNetns, server_ip: &str, seconds: u32) -> f64 {
-    let mut srv = server.spawn(&["iperf3", "-s", "-1", "-A", "1", "-B", server_ip]);
-    std::thread::sleep(Duration::from_millis(200));
-    let secs = seconds.to_string();
-    let out = client.exec_timeout(
-        &["iperf3", "-c", server_ip, "-t", &secs, "-A", "0", "-J"],
-        Duration::from_secs(u64::from(seconds) + 20),
-    );
-    srv.kill();
-    assert!(out.status.success(), "iperf3: {}", describe(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("bits_per_second")
-        / 1e9
-}
-
-/// Request/response transactions per second over one TCP connection.
-fn rr(client: &dyn InNetns, server: &dyn InNetns, server_ip: &str, seconds: u32) -> f64 {
-    let listen = format!("{server_ip}:7100");
-    let _srv = serve_tcp_echo(server, &listen);
-    let bin = netprobe_bin();
-    let secs = seconds.to_string();
-    let out = client.exec_timeout(
-        &[
-            "taskset",
-            "-c",
-            "0",
-            bin.to_str().expect("utf8"),
-            "rr",
-            "tcp",
-            &listen,
-            "--seconds",
-            &secs,
-        ],
-        Duration::from_secs(u64::from(seconds) + 20),
-    );
-    assert!(out.status.success(), "rr: {}", describe(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .find_map(|f| f.strip_prefix("rate="))
-        .and_then(|r| r.parse().ok())
-        .expect("rate=")
-}
+use podnet_tests::bench::{RoundArgs, median, rr, spread, throughput};
+use podnet_tests::{CLUSTER_CIDR, Cluster, ClusterNode, InNetns, PodInfo};
 
 /// The `node init` arguments [`Cluster::new`] ran for `node` (no extra flags), with the
 /// cluster file taken from the settings `node init` recorded in `<state_dir>/node.json`.
@@ -170,20 +91,8 @@ struct Samples {
     rr: Vec<f64>,
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
-
-fn spread(v: &[f64]) -> (f64, f64) {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (min, max)
-}
-
 fn main() {
-    let args = parse_args();
+    let args = RoundArgs::from_env();
     assert!(podnet_tests::require_root(), "the benchmark needs root");
 
     let cluster = Cluster::new(2, &[]);
@@ -269,11 +178,7 @@ fn main() {
     drop(cluster); // resets both nodes before the report
     drop(overlay);
 
-    let kernel = Command::new("uname").arg("-r").output().map_or_else(
-        |_| "?".into(),
-        |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-    );
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let (kernel, cpus) = podnet_tests::bench::machine();
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -310,14 +215,5 @@ fn main() {
         median(&samples[1].rr) / median(&samples[2].rr)
     );
     print!("{md}");
-    if let Some(dir) = args.out {
-        std::fs::create_dir_all(&dir).expect("results dir");
-        let date = Command::new("date").arg("+%F").output().map_or_else(
-            |_| "undated".into(),
-            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-        );
-        let path = format!("{dir}/{date}-multinode.md");
-        std::fs::write(&path, &md).expect("write results");
-        eprintln!("wrote {path}");
-    }
+    podnet_tests::bench::write_report(args.out.as_deref(), "multinode", &md);
 }

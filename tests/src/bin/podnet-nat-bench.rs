@@ -29,6 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use podnet_tests::bench::{cmd_line, iperf3_gbps, median, spread};
 use podnet_tests::{
     ChildGuard, InNetns, NODE_IP, Node, OUTSIDE_IP, PodInfo, UPLINK, describe, netprobe_bin,
     podnet_bin, run_bounded, unique,
@@ -94,35 +95,6 @@ fn parse_args() -> Args {
         "--rounds and --seconds must be positive"
     );
     args
-}
-
-/// iperf3 throughput in Gbit/s: server bound to `bind_ip`:5201 in `server`, client in `client`
-/// connecting to `target_ip`:`port` (a NodePort, or the server itself).
-fn throughput(
-    client: &dyn InNetns,
-    server: &dyn InNetns,
-    bind_ip: &str,
-    target_ip: &str,
-    port: u16,
-    seconds: u32,
-) -> f64 {
-    let mut srv = server.spawn(&["iperf3", "-s", "-1", "-A", "1", "-B", bind_ip]);
-    std::thread::sleep(Duration::from_millis(200));
-    let secs = seconds.to_string();
-    let port = port.to_string();
-    let out = client.exec_timeout(
-        &[
-            "iperf3", "-c", target_ip, "-p", &port, "-t", &secs, "-A", "0", "-J",
-        ],
-        Duration::from_secs(u64::from(seconds) + 20),
-    );
-    srv.kill();
-    assert!(out.status.success(), "iperf3: {}", describe(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("bits_per_second")
-        / 1e9
 }
 
 /// `netprobe serve tcp --listen LISTEN` in `ns`, pinned to CPU 1.
@@ -505,7 +477,7 @@ impl Bench {
                 &format!("{NODE_IP}:{CRR_NODEPORT}"),
                 seconds,
             ),
-            Workload::NodePortTput => Outcome::value(throughput(
+            Workload::NodePortTput => Outcome::value(iperf3_gbps(
                 outside,
                 &self.srv.ns,
                 &self.srv.ip,
@@ -519,7 +491,7 @@ impl Bench {
                 let listen = format!("{OUTSIDE_IP}:{port}");
                 crr(&self.cli.ns, outside, &listen, &listen, seconds)
             }
-            Workload::SnatTput => Outcome::value(throughput(
+            Workload::SnatTput => Outcome::value(iperf3_gbps(
                 &self.cli.ns,
                 outside,
                 &outside_ip,
@@ -609,27 +581,8 @@ struct Results {
     drops: BTreeMap<String, u64>,
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
-
-fn spread(v: &[f64]) -> (f64, f64) {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (min, max)
-}
-
 fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, key: &str) -> u64 {
     after.get(key).copied().unwrap_or(0) - before.get(key).copied().unwrap_or(0)
-}
-
-fn cmd_line(program: &str, args: &[&str]) -> String {
-    Command::new(program).args(args).output().map_or_else(
-        |_| "?".into(),
-        |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-    )
 }
 
 fn fmt_value(w: Workload, v: f64) -> String {
