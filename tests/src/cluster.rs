@@ -6,92 +6,30 @@
 //!
 //! Dropping the cluster resets every node and removes its directories, then the namespaces go.
 
-use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
-    path::PathBuf,
-    process::{Command, Output},
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::PathBuf};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::{
-    CLUSTER_CIDR, InNetns as _, Netns, PodInfo, addr, describe, netns::Pod, podnet_bin, route,
-    run_bounded, unique, veth,
-};
+use crate::{CLUSTER_CIDR, InNetns as _, Netns, PodnetCli, addr, route, unique, veth};
 
 /// The outside host's address on the fabric (every node's default gateway).
 pub const FABRIC_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
-/// One node of a [`Cluster`].
+/// One node of a [`Cluster`]; its `podnet` CLI through `Deref` ([`PodnetCli`]).
 pub struct ClusterNode {
     pub name: String,
     pub ns: Netns,
     pub ip: Ipv4Addr,
     pub pod_cidr: String,
-    pub state_dir: PathBuf,
+    pub cli: PodnetCli,
     pub pin_dir: PathBuf,
 }
 
-impl ClusterNode {
-    pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(podnet_bin());
-        cmd.arg("--state-dir").arg(&self.state_dir).args(args);
-        cmd
-    }
+impl std::ops::Deref for ClusterNode {
+    type Target = PodnetCli;
 
-    pub fn podnet(&self, args: &[&str]) -> Output {
-        run_bounded(self.command(args), Duration::from_secs(60))
-    }
-
-    pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.podnet(args);
-        assert!(
-            out.status.success(),
-            "{}: podnet {args:?} failed:\n{}",
-            self.name,
-            describe(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    pub fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let stdout = self.ok(&all);
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}"))
-    }
-
-    pub fn add_pod(&self, name: &str) -> PodInfo {
-        let v = self.json(&["pod", "add", name]);
-        let field = |k: &str| {
-            v[k].as_str()
-                .unwrap_or_else(|| panic!("no {k} in {v}"))
-                .to_owned()
-        };
-        let address = field("address");
-        PodInfo {
-            name: name.to_owned(),
-            ip: address.split('/').next().expect("CIDR").to_owned(),
-            host_if: field("host_if"),
-            ns: Pod::new(name, field("netns")),
-        }
-    }
-
-    /// Packets per reason (`podnet stats --json`).
-    pub fn stats(&self) -> BTreeMap<String, u64> {
-        self.json(&["stats"])["reasons"]
-            .as_array()
-            .expect("reasons")
-            .iter()
-            .map(|r| {
-                (
-                    r["reason"].as_str().expect("reason").to_owned(),
-                    r["packets"].as_u64().expect("packets"),
-                )
-            })
-            .collect()
+    fn deref(&self) -> &PodnetCli {
+        &self.cli
     }
 }
 
@@ -128,7 +66,9 @@ impl Cluster {
                 ns,
                 ip,
                 pod_cidr: format!("10.244.{}.0/24", 110 + u16::from(i)),
-                state_dir: std::env::temp_dir().join(format!("podnet-test-{id}-{i}")),
+                cli: PodnetCli {
+                    state_dir: std::env::temp_dir().join(format!("podnet-test-{id}-{i}")),
+                },
                 pin_dir: PathBuf::from(format!("/sys/fs/bpf/podnet-test-{id}-{i}")),
             });
         }

@@ -21,9 +21,17 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 pub struct Node {
     pub topo: Topology,
-    pub state_dir: PathBuf,
+    pub cli: PodnetCli,
     pub pin_dir: PathBuf,
     pub pod_cidr: String,
+}
+
+impl std::ops::Deref for Node {
+    type Target = PodnetCli;
+
+    fn deref(&self) -> &PodnetCli {
+        &self.cli
+    }
 }
 
 /// A pod as `podnet pod add --json` reports it.
@@ -56,7 +64,9 @@ impl Node {
         let topo = Topology::new();
         let id = unique("pt");
         let node = Self {
-            state_dir: std::env::temp_dir().join(format!("podnet-test-{id}")),
+            cli: PodnetCli {
+                state_dir: std::env::temp_dir().join(format!("podnet-test-{id}")),
+            },
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/podnet-test-{id}")),
             pod_cidr: pod_cidr.to_owned(),
             topo,
@@ -89,6 +99,22 @@ impl Node {
         .collect()
     }
 
+    /// The interfaces in the node's namespace.
+    pub fn links(&self) -> Vec<String> {
+        let out = crate::InNetns::ok(&self.topo.node, "ip -o link show | awk -F': ' '{print $2}'");
+        out.lines()
+            .map(|l| l.split('@').next().unwrap_or(l).to_owned())
+            .collect()
+    }
+}
+
+/// The `podnet` CLI of one node (`podnet --state-dir DIR ...`): what every node fixture offers,
+/// reached through `Deref` (`node.ok(...)`, `node.stats()`).
+pub struct PodnetCli {
+    pub state_dir: PathBuf,
+}
+
+impl PodnetCli {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(podnet_bin());
         cmd.arg("--state-dir").arg(&self.state_dir).args(args);
@@ -149,14 +175,6 @@ impl Node {
                     r["packets"].as_u64().expect("packets"),
                 )
             })
-            .collect()
-    }
-
-    /// The interfaces in the node's namespace.
-    pub fn links(&self) -> Vec<String> {
-        let out = crate::InNetns::ok(&self.topo.node, "ip -o link show | awk -F': ' '{print $2}'");
-        out.lines()
-            .map(|l| l.split('@').next().unwrap_or(l).to_owned())
             .collect()
     }
 }

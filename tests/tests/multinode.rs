@@ -32,11 +32,7 @@ fn pods_reach_pods_on_every_other_node_by_ip_with_the_source_preserved(mode: &[&
         .iter()
         .map(|p| serve_tcp(&p.ns, &format!("{}:8080", p.ip)))
         .collect();
-    let before: Vec<_> = cluster
-        .nodes
-        .iter()
-        .map(podnet_tests::ClusterNode::stats)
-        .collect();
+    let before: Vec<_> = cluster.nodes.iter().map(|n| n.cli.stats()).collect();
     for (i, from) in pods.iter().enumerate() {
         for (j, to) in pods.iter().enumerate() {
             if i == j {
