@@ -347,6 +347,9 @@ pub mod config_flag {
     /// Set once userspace has written a complete configuration; until then the programs only
     /// count and pass packets.
     pub const READY: u32 = 1 << 0;
+    /// Pods may only send IPv4 from their own address and MAC (`node init --anti-spoof`, on by
+    /// default): anything else from a pod's veth is dropped as `drop_spoofed`.
+    pub const ANTI_SPOOF: u32 = 1 << 1;
 }
 
 /// Key of the `ENDPOINTS` hash: a local pod's IPv4 address.
@@ -441,8 +444,10 @@ pub mod reason {
     pub const FORWARD_REMOTE_NODE: u32 = 22;
     /// A packet from another node arriving on the uplink for a local pod, delivered to it.
     pub const FORWARD_UPLINK_TO_POD: u32 = 23;
+    /// An IPv4 packet from a pod whose source address or MAC is not that pod's own.
+    pub const DROP_SPOOFED: u32 = 24;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 25;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -470,6 +475,7 @@ pub mod reason {
         "sock_nodeport",
         "forward_remote_node",
         "forward_uplink_to_pod",
+        "drop_spoofed",
     ];
 }
 

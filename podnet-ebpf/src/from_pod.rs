@@ -7,9 +7,13 @@
 //! traffic leaving the cluster is SNATed to the node IP. Everything else (ARP, IPv6, broadcast, the node's own addresses, other nodes'
 //! pods, anything malformed) goes to the kernel unchanged, as it would without podnet.
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
 use aya_log_ebpf::debug;
-use podnet_ebpf::abi::reason;
+use podnet_ebpf::abi::{config_flag, reason};
 
 use crate::{
     conntrack, fib, forward,
@@ -26,6 +30,16 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     verdict
 }
 
+/// Whether the packet carries the source address and MAC of the pod whose veth it came in on.
+#[inline(always)]
+fn sent_by_owner(ctx: &TcContext, frame: &parse::Ipv4Frame) -> bool {
+    // SAFETY: the parser bounds-checked both headers and nothing has changed the packet since.
+    let (saddr, smac) = unsafe { ((*frame.ip).saddr, (*frame.eth).src) };
+    // SAFETY: `ctx.skb.skb` is the program's own, valid __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    forward::endpoint(saddr).is_some_and(|ep| ep.ifindex == ifindex && ep.mac == smac)
+}
+
 #[inline(always)]
 fn decide(ctx: &TcContext) -> (i32, u32) {
     let Some(cfg) = ready_config() else {
@@ -39,6 +53,9 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
     // SAFETY: the parser bounds-checked the Ethernet header and nothing has changed the packet.
     if parse::is_group_mac(&unsafe { (*frame.eth).dst }) {
         return (TC_ACT_OK, reason::PASS_BROADCAST);
+    }
+    if cfg.flags & config_flag::ANTI_SPOOF != 0 && !sent_by_owner(ctx, &frame) {
+        return (TC_ACT_SHOT, reason::DROP_SPOOFED);
     }
     let pkt = parse::ipv4_packet(ctx, &frame);
     let now = conntrack::now();

@@ -163,6 +163,9 @@ pub struct InitArgs {
     /// udp_stream or icmp. Repeat for more.
     #[arg(long = "ct-timeout", value_parser = parse_timeout)]
     ct_timeouts: Vec<(String, u32)>,
+    /// Let pods send from addresses other than their own (anti-spoofing is on by default).
+    #[arg(long)]
+    no_anti_spoof: bool,
     /// native (default): other nodes' pods over the fabric by node IP; vxlan: an overlay.
     #[arg(long)]
     mode: Option<String>,
@@ -734,6 +737,7 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         conntrack_max,
         services_max,
         ct_timeouts,
+        no_anti_spoof,
         mode,
         cluster,
         gc_interval,
@@ -775,6 +779,9 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     set("gc_interval", gc_interval.map(serde_json::Value::from));
     set("cluster", cluster.map(|v| s(&v.display())));
     set("mode", mode.map(|v| s(&v)));
+    if no_anti_spoof {
+        set("anti_spoof", Some(serde_json::Value::Bool(false)));
+    }
 
     set("state_dir", Some(s(&state_dir.display())));
     if !ct_timeouts.is_empty() {

@@ -81,6 +81,9 @@ pub struct NodeSettings {
     /// Conntrack idle timeouts in seconds.
     #[serde(default)]
     pub ct_timeouts: ConntrackTimeouts,
+    /// Pods may only send from their own IP and MAC; spoofed packets are dropped and counted.
+    #[serde(default = "default_anti_spoof")]
+    pub anti_spoof: bool,
     /// How pods reach other nodes' pods: `native` routing over the fabric, or a `vxlan`
     /// overlay for fabrics that know nothing about pod CIDRs.
     #[serde(default)]
@@ -111,6 +114,10 @@ pub enum RoutingMode {
     Native,
     /// Encapsulated in VXLAN between node IPs.
     Vxlan,
+}
+
+pub fn default_anti_spoof() -> bool {
+    true
 }
 
 pub fn default_vxlan_device() -> String {
@@ -568,7 +575,12 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
     let mut maps = PinnedMaps::open(&settings.pin_dir)?;
     maps.set_config(&NodeConfig {
         abi_version: ABI_VERSION,
-        flags: config_flag::READY,
+        flags: config_flag::READY
+            | if settings.anti_spoof {
+                config_flag::ANTI_SPOOF
+            } else {
+                0
+            },
         node_ip: node_ip.octets(),
         gateway_ip: settings.gateway().octets(),
         pod_cidr: settings.pod_cidr.network().octets(),

@@ -16,6 +16,7 @@ use podnet_tests::{packet::*, require_root};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
+const TC_ACT_SHOT: u32 = 2;
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 3);
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
@@ -28,6 +29,10 @@ struct Harness {
 
 impl Harness {
     fn new(ready: bool) -> Self {
+        Self::with_flags(if ready { config_flag::READY } else { 0 })
+    }
+
+    fn with_flags(flags: u32) -> Self {
         let mut ebpf = EbpfLoader::new()
             .load(podnet::datapath::OBJECT)
             .expect("object loads");
@@ -39,7 +44,6 @@ impl Harness {
         prog.load().expect("verifier accepts from_pod");
         let mut config: Array<_, NodeConfig> =
             Array::try_from(ebpf.map_mut(map_name::CONFIG).expect("CONFIG")).expect("array");
-        let flags = if ready { config_flag::READY } else { 0 };
         config
             .set(
                 0,
@@ -220,4 +224,57 @@ fn nothing_is_forwarded_before_the_node_is_configured() {
     let (verdict, out) = h.run(&frame);
     assert_eq!((verdict, out), (TC_ACT_OK, frame));
     assert_eq!(h.count(reason::PASS_NOT_READY), 1);
+}
+
+/// BPF_PROG_TEST_RUN hands the program an skb on the loopback device of the calling thread's
+/// namespace: ifindex 1 in every namespace.
+const TEST_RUN_IFINDEX: u32 = 1;
+
+#[test]
+fn with_anti_spoofing_a_pod_sends_only_as_itself() {
+    require_root!();
+    let mut h = Harness::with_flags(config_flag::READY | config_flag::ANTI_SPOOF);
+    // Pod A lives behind the interface the test packets "arrive" on.
+    let mut endpoints: HashMap<_, EndpointKey, Endpoint> =
+        HashMap::try_from(h.ebpf.map_mut(map_name::ENDPOINTS).expect("ENDPOINTS")).expect("hash");
+    endpoints
+        .insert(
+            EndpointKey {
+                addr: POD_A.octets(),
+            },
+            Endpoint {
+                ifindex: TEST_RUN_IFINDEX,
+                mac: MAC_A,
+                ..Endpoint::default()
+            },
+            0,
+        )
+        .expect("endpoint");
+    // As itself: forwarded.
+    let (verdict, _) = h.run(&tcp_a_to(POD_B, GW_MAC));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    // Another pod's address (B, which lives elsewhere), or the node's, or A's address with
+    // another MAC: dropped and counted.
+    let as_b = {
+        let seg = tcp(POD_B, POD_A, 40000, 80, 0x02, b"");
+        eth(GW_MAC, MAC_A, ETH_P_IP, &ipv4(POD_B, POD_A, 6, &[], &seg))
+    };
+    let as_node = {
+        let node = Ipv4Addr::new(198, 18, 0, 10);
+        let seg = tcp(node, POD_B, 40000, 80, 0x02, b"");
+        eth(GW_MAC, MAC_A, ETH_P_IP, &ipv4(node, POD_B, 6, &[], &seg))
+    };
+    let other_mac = {
+        let seg = tcp(POD_A, POD_B, 40000, 80, 0x02, b"");
+        eth(GW_MAC, MAC_B, ETH_P_IP, &ipv4(POD_A, POD_B, 6, &[], &seg))
+    };
+    for frame in [as_b, as_node, other_mac] {
+        let (verdict, _) = h.run(&frame);
+        assert_eq!(verdict, TC_ACT_SHOT);
+    }
+    assert_eq!(h.count(reason::DROP_SPOOFED), 3);
+    assert_eq!(h.count(reason::FORWARD_LOCAL_PEER), 1);
+    // ARP is not IPv4: it is left to the bridge.
+    let arp = eth([0xff; 6], MAC_A, ETH_P_ARP, &[0u8; 28]);
+    assert_eq!(h.run(&arp).0, TC_ACT_OK);
 }

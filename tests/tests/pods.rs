@@ -272,3 +272,47 @@ fn a_pod_can_join_an_existing_namespace_which_survives_its_delete() {
         "eth0 removed with its veth: {links}"
     );
 }
+
+#[test]
+fn a_pod_cannot_send_as_another_pod_or_as_the_node() {
+    require_root!();
+    let node = Node::new("10.244.27.0/24");
+    let (a, b, c) = (node.add_pod("a"), node.add_pod("b"), node.add_pod("c"));
+    // As itself first, so a knows its gateway's MAC (the node ignores ARP that claims one of
+    // its own addresses, which would otherwise stop the spoofed ping before it is sent).
+    assert!(a.ping("198.18.0.1", 1).status.success());
+    // Pod a takes b's address and the node's next to its own, and sends from each.
+    for (stolen, target) in [
+        (b.ip.as_str(), c.ip.as_str()),
+        ("198.18.0.10", "198.18.0.1"),
+    ] {
+        a.ns.ok(&format!("ip addr add {stolen}/32 dev eth0"));
+        let before = node.stats()["drop_spoofed"];
+        let ping =
+            a.ns.sh(&format!("ping -c 2 -i 0.1 -W 1 -I {stolen} {target}"));
+        assert!(
+            !ping.status.success(),
+            "a spoofed {stolen}: {}",
+            describe(&ping)
+        );
+        let after = node.stats()["drop_spoofed"];
+        assert!(
+            after >= before + 2,
+            "spoofed packets counted: {before} -> {after}"
+        );
+    }
+    // As itself, a still gets through.
+    assert!(a.ping(&c.ip, 1).status.success());
+}
+
+#[test]
+fn anti_spoofing_can_be_switched_off() {
+    require_root!();
+    let node = Node::with_args("10.244.28.0/24", &["--no-anti-spoof"]);
+    let (a, b, c) = (node.add_pod("a"), node.add_pod("b"), node.add_pod("c"));
+    a.ns.ok(&format!("ip addr add {}/32 dev eth0", b.ip));
+    let _ =
+        a.ns.sh(&format!("ping -c 2 -i 0.1 -W 1 -I {} {}", b.ip, c.ip));
+    assert_eq!(node.stats()["drop_spoofed"], 0);
+    assert_eq!(node.json(&["maps"])["config"]["anti_spoof"], false);
+}
