@@ -94,8 +94,14 @@ pub struct NodeConfig {
 }
 
 /// Idle lifetimes of conntrack entries, in seconds. A packet matching an entry extends it.
+/// Also the node setting `ct_timeouts` (each field defaults on its own).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 pub struct CtTimeouts {
     /// TCP until the first reply (Cilium and Linux both use 60 s for SYN_SENT/SYN_RECV).
     pub tcp_syn: u32,

@@ -17,17 +17,14 @@ use podnet_ebpf::abi::{config_flag, reason};
 
 use crate::{
     conntrack, fib, forward,
-    maps::{debug_enabled, ready_config},
-    parse::{self, Frame, in_prefix},
+    maps::debug_enabled,
+    parse::{self, in_prefix},
     stats, translate,
 };
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    let len = ctx.len();
-    let (verdict, why) = decide(&ctx);
-    stats::count(why, len);
-    verdict
+    stats::counted(&ctx, decide)
 }
 
 /// Whether the packet carries the source address and MAC of the pod whose veth it came in on.
@@ -42,13 +39,9 @@ fn sent_by_owner(ctx: &TcContext, frame: &parse::Ipv4Frame) -> bool {
 
 #[inline(always)]
 fn decide(ctx: &TcContext) -> (i32, u32) {
-    let Some(cfg) = ready_config() else {
-        return (TC_ACT_OK, reason::PASS_NOT_READY);
-    };
-    let frame = match parse::frame(ctx) {
-        Frame::Ipv4(frame) => frame,
-        Frame::NotIpv4 => return (TC_ACT_OK, reason::PASS_NOT_IPV4),
-        Frame::Malformed => return (TC_ACT_OK, reason::PASS_MALFORMED),
+    let (cfg, frame) = match parse::ready_ipv4(ctx) {
+        Ok(ready) => ready,
+        Err(pass) => return pass,
     };
     // SAFETY: the parser bounds-checked the Ethernet header and nothing has changed the packet.
     if parse::is_group_mac(&unsafe { (*frame.eth).dst }) {

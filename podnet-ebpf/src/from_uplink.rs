@@ -10,28 +10,21 @@ use podnet_ebpf::abi::reason;
 
 use crate::{
     conntrack, forward,
-    maps::{debug_enabled, ready_config},
-    parse::{self, Frame, L4, in_prefix},
+    maps::debug_enabled,
+    parse::{self, L4, in_prefix},
     stats, translate,
 };
 
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    let len = ctx.len();
-    let (verdict, why) = decide(&ctx);
-    stats::count(why, len);
-    verdict
+    stats::counted(&ctx, decide)
 }
 
 #[inline(always)]
 fn decide(ctx: &TcContext) -> (i32, u32) {
-    let Some(cfg) = ready_config() else {
-        return (TC_ACT_OK, reason::PASS_NOT_READY);
-    };
-    let frame = match parse::frame(ctx) {
-        Frame::Ipv4(frame) => frame,
-        Frame::NotIpv4 => return (TC_ACT_OK, reason::PASS_NOT_IPV4),
-        Frame::Malformed => return (TC_ACT_OK, reason::PASS_MALFORMED),
+    let (cfg, frame) = match parse::ready_ipv4(ctx) {
+        Ok(ready) => ready,
+        Err(pass) => return pass,
     };
     // SAFETY: the parser bounds-checked the IPv4 header and nothing has changed the packet.
     let daddr = unsafe { (*frame.ip).daddr };

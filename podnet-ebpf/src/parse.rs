@@ -242,3 +242,23 @@ pub fn in_prefix(addr: [u8; 4], net: [u8; 4], prefix_len: u8) -> bool {
     let mask = u32::MAX.checked_shl(shift).unwrap_or(0);
     u32::from_be_bytes(addr) & mask == u32::from_be_bytes(net) & mask
 }
+
+/// The start every classifier shares: the node's configuration and the packet's IPv4 frame,
+/// or the verdict and reason for a packet to hand to the kernel unchanged (node not ready yet,
+/// not IPv4, malformed).
+#[inline(always)]
+pub fn ready_ipv4(
+    ctx: &TcContext,
+) -> Result<(&'static podnet_ebpf::abi::NodeConfig, Ipv4Frame), (i32, u32)> {
+    use aya_ebpf::bindings::TC_ACT_OK;
+    use podnet_ebpf::abi::reason;
+
+    let Some(cfg) = crate::maps::ready_config() else {
+        return Err((TC_ACT_OK, reason::PASS_NOT_READY));
+    };
+    match frame(ctx) {
+        Frame::Ipv4(frame) => Ok((cfg, frame)),
+        Frame::NotIpv4 => Err((TC_ACT_OK, reason::PASS_NOT_IPV4)),
+        Frame::Malformed => Err((TC_ACT_OK, reason::PASS_MALFORMED)),
+    }
+}

@@ -1,5 +1,6 @@
 //! Per-reason counters: every verdict a program returns is counted under exactly one reason.
 
+use aya_ebpf::programs::TcContext;
 use podnet_ebpf::abi::reason;
 
 use crate::maps::STATS;
@@ -15,6 +16,15 @@ pub fn count(why: u32, len: u32) {
             (*counter).bytes += u64::from(len);
         }
     }
+}
+
+/// Runs a classifier's decision and counts the packet under the reason it returns.
+#[inline(always)]
+pub fn counted(ctx: &TcContext, decide: impl FnOnce(&TcContext) -> (i32, u32)) -> i32 {
+    let len = ctx.len();
+    let (verdict, why) = decide(ctx);
+    count(why, len);
+    verdict
 }
 
 /// Reasons are compile-time constants below `STATS_SLOTS`; this keeps that true.

@@ -76,14 +76,6 @@ pub fn start(settings: &NodeSettings, exe: &Path) -> Result<Collector, StateErro
         .arg(&settings.state_dir)
         .args(["conntrack", "gc", "--every"])
         .arg(settings.gc_interval.to_string())
-        // Started from the CNI plugin, it must not inherit the request (the binary would act as
-        // the plugin again).
-        .env_remove("CNI_COMMAND")
-        .env_remove("CNI_CONTAINERID")
-        .env_remove("CNI_NETNS")
-        .env_remove("CNI_IFNAME")
-        .env_remove("CNI_ARGS")
-        .env_remove("CNI_PATH")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -9,8 +9,11 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    // Invoked by a container runtime as a CNI plugin (`"type": "podnet"`).
-    if std::env::var_os("CNI_COMMAND").is_some() {
+    // Invoked by a container runtime as a CNI plugin (`"type": "podnet"`): runtimes pass the
+    // request in the environment and no arguments, so a `podnet` command started with
+    // arguments (e.g. the collector `node init` spawns from within a CNI ADD) is never
+    // mistaken for one, whatever it inherited.
+    if std::env::var_os("CNI_COMMAND").is_some() && std::env::args_os().len() == 1 {
         return podnet::cni::main();
     }
     let args = cli::Cli::parse();

@@ -80,7 +80,7 @@ pub struct NodeSettings {
     pub services_max: u32,
     /// Conntrack idle timeouts in seconds.
     #[serde(default)]
-    pub ct_timeouts: ConntrackTimeouts,
+    pub ct_timeouts: CtTimeouts,
     /// Pods may only send from their own IP and MAC; spoofed packets are dropped and counted.
     #[serde(default = "default_anti_spoof")]
     pub anti_spoof: bool,
@@ -184,67 +184,6 @@ impl TryFrom<String> for PortRange {
 impl From<PortRange> for String {
     fn from(range: PortRange) -> Self {
         range.to_string()
-    }
-}
-
-/// Conntrack idle timeouts, in seconds (see `podnet_ebpf::abi::CtTimeouts` for the defaults'
-/// origins).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ConntrackTimeouts {
-    pub tcp_syn: u32,
-    pub tcp_established: u32,
-    pub tcp_closing: u32,
-    pub udp: u32,
-    pub udp_stream: u32,
-    pub icmp: u32,
-}
-
-impl Default for ConntrackTimeouts {
-    fn default() -> Self {
-        CtTimeouts::DEFAULT.into()
-    }
-}
-
-impl From<CtTimeouts> for ConntrackTimeouts {
-    fn from(t: CtTimeouts) -> Self {
-        let CtTimeouts {
-            tcp_syn,
-            tcp_established,
-            tcp_closing,
-            udp,
-            udp_stream,
-            icmp,
-        } = t;
-        Self {
-            tcp_syn,
-            tcp_established,
-            tcp_closing,
-            udp,
-            udp_stream,
-            icmp,
-        }
-    }
-}
-
-impl From<ConntrackTimeouts> for CtTimeouts {
-    fn from(t: ConntrackTimeouts) -> Self {
-        let ConntrackTimeouts {
-            tcp_syn,
-            tcp_established,
-            tcp_closing,
-            udp,
-            udp_stream,
-            icmp,
-        } = t;
-        Self {
-            tcp_syn,
-            tcp_established,
-            tcp_closing,
-            udp,
-            udp_stream,
-            icmp,
-        }
     }
 }
 
@@ -595,7 +534,7 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
         snat_port_min: settings.snat_ports.min,
         snat_port_max: settings.snat_ports.max,
         ct_limit: settings.conntrack_max,
-        ct_timeouts: settings.ct_timeouts.into(),
+        ct_timeouts: settings.ct_timeouts,
         tunnel_ifindex: tunnel.as_ref().map_or(0, |t| t.index),
         netns_cookie,
     })?;

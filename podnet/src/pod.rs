@@ -73,6 +73,9 @@ pub struct PodRecord {
     /// The host-side veth, in the node's namespace.
     pub host_if: String,
     pub host_ifindex: u32,
+    /// MAC of the host-side veth.
+    #[serde(default)]
+    pub host_mac: String,
     pub address: Ipv4Network,
     pub gateway: Ipv4Addr,
     pub mac: String,
@@ -242,6 +245,7 @@ fn build(
         netns_ino: ns.inode(),
         host_if,
         host_ifindex: host.index,
+        host_mac: format_mac(&host.mac),
         address,
         gateway,
         mac: format_mac(&mac),

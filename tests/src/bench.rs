@@ -109,6 +109,54 @@ pub fn rr(client: &dyn InNetns, server: &dyn InNetns, server_ip: &str, seconds: 
         .expect("rate=")
 }
 
+/// Throughput and request/response samples of one path, one per round.
+#[derive(Default)]
+pub struct Samples {
+    pub tput: Vec<f64>,
+    pub rr: Vec<f64>,
+}
+
+/// The Markdown table of throughput and request/response medians (with min-max) per path, with
+/// ratios to the first path (`baseline` names it in the header), then `a` vs `b` (indexes).
+pub fn tput_rr_table(
+    names: &[&str],
+    samples: &[Samples],
+    baseline: &str,
+    (a, b): (usize, usize),
+) -> String {
+    use std::fmt::Write as _;
+
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| path | TCP throughput Gbit/s median (min-max) | ratio to {baseline} | TCP RR trans/s median (min-max) | ratio to {baseline} |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    let base_t = median(&samples[0].tput);
+    let base_r = median(&samples[0].rr);
+    for (name, s) in names.iter().zip(samples) {
+        let (tmin, tmax) = spread(&s.tput);
+        let (rmin, rmax) = spread(&s.rr);
+        let _ = writeln!(
+            md,
+            "| {name} | {:.2} ({tmin:.2}-{tmax:.2}) | {:.3} | {:.0} ({rmin:.0}-{rmax:.0}) | {:.3} |",
+            median(&s.tput),
+            median(&s.tput) / base_t,
+            median(&s.rr),
+            median(&s.rr) / base_r,
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n{} vs {}: throughput {:.3}x, request/response {:.3}x",
+        names[a],
+        names[b],
+        median(&samples[a].tput) / median(&samples[b].tput),
+        median(&samples[a].rr) / median(&samples[b].rr)
+    );
+    md
+}
+
 /// The median (the mean of the middle two for an even count).
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();

@@ -22,6 +22,7 @@ pub mod packet;
 pub mod privilege;
 pub mod probe;
 pub mod process;
+pub mod testrun;
 pub mod topology;
 
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    programs::SchedClassifier,
 };
 use podnet_ebpf::abi::{
     Counter, Endpoint, EndpointKey, NodeConfig, config_flag, map_name, program_name, reason,
@@ -75,22 +75,7 @@ impl Harness {
 
     /// Runs the program; returns the verdict and the frame as it left.
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &SchedClassifier = self
-            .ebpf
-            .program(program_name::FROM_POD)
-            .expect("program")
-            .try_into()
-            .expect("classifier");
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("test run");
-        out.truncate(usize::try_from(result.data_size_out).expect("fits"));
-        (result.return_value, out)
+        podnet_tests::testrun::run_classifier(&self.ebpf, program_name::FROM_POD, frame)
     }
 
     fn count(&self, why: u32) -> u64 {

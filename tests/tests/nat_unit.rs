@@ -22,7 +22,7 @@ use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    programs::SchedClassifier,
 };
 use podnet_ebpf::abi::{
     CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtNat, CtTimeouts, CtUsage, Endpoint, EndpointKey,
@@ -194,22 +194,7 @@ impl Harness {
 
     /// Runs `program`; returns the verdict and the frame as it left.
     fn run(&self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &SchedClassifier = self
-            .ebpf
-            .program(program)
-            .expect("program")
-            .try_into()
-            .expect("classifier");
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("test run");
-        out.truncate(usize::try_from(result.data_size_out).expect("fits"));
-        (result.return_value, out)
+        podnet_tests::testrun::run_classifier(&self.ebpf, program, frame)
     }
 
     /// Runs `from_pod` (ingress of a pod's host-side veth).

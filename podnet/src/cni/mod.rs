@@ -130,13 +130,19 @@ pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<
         })));
     }
     let conf = NetConf::parse(stdin)?;
-    enter_node_netns(&conf)?;
+    // node.json, read once per invocation: the node's namespace and settings.
+    let recorded = NodeSettings::load(&conf.state_dir).ok();
+    enter_node_netns(&conf, recorded.as_ref())?;
+    let node = Node {
+        conf: &conf,
+        recorded,
+    };
     match env.command {
-        Command::Add => add(&env, &conf).map(Some),
-        Command::Del => del(&env, &conf).map(|()| None),
-        Command::Check => check(&env, &conf).map(|()| None),
-        Command::Status => status(&conf).map(|()| None),
-        Command::Gc => gc(&conf).map(|()| None),
+        Command::Add => add(&env, &node).map(Some),
+        Command::Del => del(&env, &node).map(|()| None),
+        Command::Check => check(&env, &node).map(|()| None),
+        Command::Status => status(&node).map(|()| None),
+        Command::Gc => gc(&node).map(|()| None),
         Command::Version => unreachable!("answered above"),
     }
 }
@@ -145,10 +151,8 @@ pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<
 /// `node.netns`), as every `podnet` command does. Runtimes run plugins in the host namespace,
 /// which is the node's unless podnet simulates several nodes on one machine. Called on the
 /// main thread before any other thread exists.
-fn enter_node_netns(conf: &NetConf) -> Result<(), CniError> {
-    let recorded = NodeSettings::load(&conf.state_dir)
-        .ok()
-        .and_then(|s| s.netns);
+fn enter_node_netns(conf: &NetConf, recorded: Option<&NodeSettings>) -> Result<(), CniError> {
+    let recorded = recorded.and_then(|s| s.netns.clone());
     let given = conf
         .node
         .as_ref()
@@ -167,13 +171,20 @@ fn enter_node_netns(conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
+/// One invocation's configuration and the node's recorded settings, if it is initialised.
+struct Node<'a> {
+    conf: &'a NetConf,
+    recorded: Option<NodeSettings>,
+}
+
 /// The node's settings: recorded by an earlier `node init`, or built from the configuration's
 /// `node` object and initialised now (once, under a lock, however many ADDs race).
-fn node_settings(conf: &NetConf, init: bool) -> Result<Option<NodeSettings>, CniError> {
-    if let Ok(settings) = NodeSettings::load(&conf.state_dir) {
-        return Ok(Some(settings));
+fn node_settings(node: &Node<'_>, init: bool) -> Result<Option<NodeSettings>, CniError> {
+    let conf = node.conf;
+    if let Some(settings) = &node.recorded {
+        return Ok(Some(settings.clone()));
     }
-    let Some(node) = &conf.node else {
+    let Some(given) = &conf.node else {
         return if init {
             Err(CniError::new(
                 code::INVALID_CONFIG,
@@ -186,7 +197,7 @@ fn node_settings(conf: &NetConf, init: bool) -> Result<Option<NodeSettings>, Cni
             Ok(None)
         };
     };
-    let mut map = node.clone();
+    let mut map = given.clone();
     map.insert(
         "state_dir".to_owned(),
         Value::String(conf.state_dir.display().to_string()),
@@ -232,7 +243,8 @@ fn host_ports(conf: &NetConf, ip: Ipv4Addr) -> Result<Vec<HostPort>, CniError> {
         .collect()
 }
 
-fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+fn add(env: &CniEnv, node: &Node<'_>) -> Result<Value, CniError> {
+    let conf = node.conf;
     let (container_id, ifname) = env.attachment();
     let netns_path = env.netns.clone().expect("checked by CniEnv for ADD");
     // Check the namespace before touching anything.
@@ -240,7 +252,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         CniError::new(code::IO, format!("CNI_NETNS {}", netns_path.display()))
             .with_details(e.to_string())
     })?;
-    let settings = node_settings(conf, true)?.expect("init returns settings or an error");
+    let settings = node_settings(node, true)?.expect("init returns settings or an error");
     let path = record_path(&settings.state_dir, &container_id, &ifname);
     if let Ok(Some(existing)) = state::read_json::<Attachment>(&path) {
         // A repeated ADD: answer as the first time did.
@@ -381,7 +393,7 @@ fn add_standalone(
     let mut result = json!({
         "cniVersion": conf.cni_version,
         "interfaces": [
-            {"name": record.host_if, "mac": host_mac(&record.host_if)},
+            {"name": record.host_if, "mac": record.host_mac},
             {"name": ifname, "mac": record.mac, "sandbox": netns.path()},
         ],
         "ips": [{
@@ -411,15 +423,6 @@ fn add_standalone(
     })
 }
 
-fn host_mac(ifname: &str) -> String {
-    let name = ifname.to_owned();
-    with_netlink(|nl| async move { Ok(nl.get(&name).await?) })
-        .ok()
-        .flatten()
-        .map(|l| crate::datapath::maps::format_mac(&l.mac))
-        .unwrap_or_default()
-}
-
 /// Removes what an attachment made. Tolerates anything already gone.
 fn undo(settings: &NodeSettings, a: &Attachment) -> Result<(), CniError> {
     nodeport::remove_host_ports(settings, &a.owner()).map_err(datapath_err)?;
@@ -443,13 +446,12 @@ fn undo(settings: &NodeSettings, a: &Attachment) -> Result<(), CniError> {
     Ok(())
 }
 
-fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
-    let Some(settings) = node_settings(conf, false)? else {
+fn del(env: &CniEnv, node: &Node<'_>) -> Result<(), CniError> {
+    let conf = node.conf;
+    // A node that was never initialised has nothing of any container.
+    let Some(settings) = node.recorded.clone() else {
         return Ok(());
     };
-    if !NodeSettings::node_file(&settings.state_dir).exists() {
-        return Ok(());
-    }
     let (container_id, ifname) = env.attachment();
     let path = record_path(&settings.state_dir, &container_id, &ifname);
     let record: Option<Attachment> = state::read_json(&path).map_err(io_err)?;
@@ -469,8 +471,11 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
-    let settings = node_settings(conf, false)?
+fn check(env: &CniEnv, node: &Node<'_>) -> Result<(), CniError> {
+    let conf = node.conf;
+    let settings = node
+        .recorded
+        .clone()
         .ok_or_else(|| CniError::new(code::UNKNOWN_CONTAINER, "the node is not initialised"))?;
     let (container_id, ifname) = env.attachment();
     let a: Attachment = state::read_json(&record_path(&settings.state_dir, &container_id, &ifname))
@@ -527,12 +532,11 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-fn status(conf: &NetConf) -> Result<(), CniError> {
-    let ready = match node_settings(conf, false)? {
-        Some(s) => {
-            !NodeSettings::node_file(&s.state_dir).exists() || PinnedMaps::open(&s.pin_dir).is_ok()
-        }
-        None => false,
+fn status(node: &Node<'_>) -> Result<(), CniError> {
+    // Ready: initialised with its maps pinned, or able to initialise at the first ADD.
+    let ready = match &node.recorded {
+        Some(s) => PinnedMaps::open(&s.pin_dir).is_ok(),
+        None => node_settings(node, false)?.is_some(),
     };
     if ready {
         Ok(())
@@ -553,21 +557,19 @@ pub struct GcReport {
     pub addresses: Vec<Ipv4Addr>,
 }
 
-fn gc(conf: &NetConf) -> Result<(), CniError> {
-    let Some(settings) = node_settings(conf, false)? else {
+fn gc(node: &Node<'_>) -> Result<(), CniError> {
+    let Some(settings) = &node.recorded else {
         return Ok(());
     };
-    if !NodeSettings::node_file(&settings.state_dir).exists() {
-        return Ok(());
-    }
-    let valid: Vec<(String, String)> = conf
+    let valid: Vec<(String, String)> = node
+        .conf
         .valid_attachments
         .clone()
         .unwrap_or_default()
         .into_iter()
         .map(|v| (v.container_id, v.ifname))
         .collect();
-    collect(&settings, &valid).map(|_| ())
+    collect(settings, &valid).map(|_| ())
 }
 
 /// Frees every attachment not in `valid`, host ports of no attachment, podnet's stale host

@@ -314,7 +314,7 @@ pub struct ConfigView {
     pub snat_ports: String,
     pub anti_spoof: bool,
     pub ct_limit: u32,
-    pub ct_timeouts: crate::node::ConntrackTimeouts,
+    pub ct_timeouts: podnet_ebpf::abi::CtTimeouts,
     pub netns_cookie: u64,
 }
 
@@ -354,7 +354,7 @@ impl From<NodeConfig> for ConfigView {
             snat_ports: format!("{snat_port_min}-{snat_port_max}"),
             anti_spoof: flags & podnet_ebpf::abi::config_flag::ANTI_SPOOF != 0,
             ct_limit,
-            ct_timeouts: ct_timeouts.into(),
+            ct_timeouts,
             netns_cookie,
         }
     }

@@ -11,14 +11,8 @@
 
 use std::fmt::Write as _;
 
-use podnet_tests::bench::{RoundArgs, median, rr, spread, throughput};
+use podnet_tests::bench::{RoundArgs, Samples, rr, throughput};
 use podnet_tests::{InNetns, Netns, Node, addr, veth};
-
-#[derive(Default)]
-struct Samples {
-    tput: Vec<f64>,
-    rr: Vec<f64>,
-}
 
 fn main() {
     let args = RoundArgs::from_env();
@@ -82,31 +76,12 @@ fn main() {
         "## Same-node pod-to-pod (kernel {kernel}, {cpus} CPUs, {} rounds x {} s, client on CPU 0, server on CPU 1)\n",
         args.rounds, args.seconds
     );
-    let _ = writeln!(
-        md,
-        "| path | TCP throughput Gbit/s median (min-max) | ratio to veth | TCP RR trans/s median (min-max) | ratio to veth |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|");
-    let base_t = median(&samples[0].tput);
-    let base_r = median(&samples[0].rr);
-    for (name, s) in names.iter().zip(&samples) {
-        let (tmin, tmax) = spread(&s.tput);
-        let (rmin, rmax) = spread(&s.rr);
-        let _ = writeln!(
-            md,
-            "| {name} | {:.2} ({tmin:.2}-{tmax:.2}) | {:.3} | {:.0} ({rmin:.0}-{rmax:.0}) | {:.3} |",
-            median(&s.tput),
-            median(&s.tput) / base_t,
-            median(&s.rr),
-            median(&s.rr) / base_r,
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\npodnet vs bridge: throughput {:.3}x, request/response {:.3}x",
-        median(&samples[1].tput) / median(&samples[2].tput),
-        median(&samples[1].rr) / median(&samples[2].rr)
-    );
+    md.push_str(&podnet_tests::bench::tput_rr_table(
+        &names,
+        &samples,
+        "veth",
+        (1, 2),
+    ));
     print!("{md}");
     podnet_tests::bench::write_report(args.out.as_deref(), "same-node", &md);
 }

@@ -19,7 +19,7 @@
 
 use std::fmt::Write as _;
 
-use podnet_tests::bench::{RoundArgs, median, rr, spread, throughput};
+use podnet_tests::bench::{RoundArgs, Samples, rr, throughput};
 use podnet_tests::{CLUSTER_CIDR, Cluster, ClusterNode, InNetns, PodInfo};
 
 /// The `node init` arguments [`Cluster::new`] ran for `node` (no extra flags), with the
@@ -83,12 +83,6 @@ fn detach(node: &ClusterNode, pod: &PodInfo) {
         "{}: still attached: {left}",
         node.name
     );
-}
-
-#[derive(Default)]
-struct Samples {
-    tput: Vec<f64>,
-    rr: Vec<f64>,
 }
 
 fn main() {
@@ -189,31 +183,12 @@ fn main() {
         md,
         "Two node namespaces on a shared fabric bridge ({ip0}, {ip1}); node-to-node is node IP to node IP. The overlay row is a second, identical pair of nodes in `--mode vxlan` (pods at MTU 1450).\n"
     );
-    let _ = writeln!(
-        md,
-        "| path | TCP throughput Gbit/s median (min-max) | ratio to node-to-node | TCP RR trans/s median (min-max) | ratio to node-to-node |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|");
-    let base_t = median(&samples[0].tput);
-    let base_r = median(&samples[0].rr);
-    for (name, s) in names.iter().zip(&samples) {
-        let (tmin, tmax) = spread(&s.tput);
-        let (rmin, rmax) = spread(&s.rr);
-        let _ = writeln!(
-            md,
-            "| {name} | {:.2} ({tmin:.2}-{tmax:.2}) | {:.3} | {:.0} ({rmin:.0}-{rmax:.0}) | {:.3} |",
-            median(&s.tput),
-            median(&s.tput) / base_t,
-            median(&s.rr),
-            median(&s.rr) / base_r,
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\npodnet native vs kernel routes + bridge: throughput {:.3}x, request/response {:.3}x",
-        median(&samples[1].tput) / median(&samples[2].tput),
-        median(&samples[1].rr) / median(&samples[2].rr)
-    );
+    md.push_str(&podnet_tests::bench::tput_rr_table(
+        &names,
+        &samples,
+        "node-to-node",
+        (1, 2),
+    ));
     print!("{md}");
     podnet_tests::bench::write_report(args.out.as_deref(), "multinode", &md);
 }
