@@ -22,6 +22,7 @@ pub mod packet;
 pub mod privilege;
 pub mod probe;
 pub mod process;
+pub mod robustness;
 pub mod testrun;
 pub mod topology;
 
@@ -45,6 +46,7 @@ pub use probe::{
     stream_tcp, workspace_root,
 };
 pub use process::{ChildGuard, DEFAULT_TIMEOUT, describe, run_bounded};
+pub use robustness::Scenario;
 pub use topology::{FABRIC_PREFIX_LEN, NODE_IP, OUTSIDE_IF, OUTSIDE_IP, Topology, UPLINK};
 
 /// Polls `f` every 10 ms until it returns true; panics naming `what` after `timeout`.

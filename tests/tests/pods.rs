@@ -4,8 +4,8 @@
 use std::{collections::BTreeSet, process::Command, thread, time::Duration};
 
 use podnet_tests::{
-    InNetns as _, Node, connect_tcp, describe, peer_ip_of, podnet_bin, require_root, serve_tcp,
-    wait_until,
+    InNetns as _, Node, Scenario, connect_tcp, describe, peer_ip_of, podnet_bin, require_root,
+    serve_tcp, wait_until,
 };
 
 #[test]
@@ -276,6 +276,7 @@ fn a_pod_can_join_an_existing_namespace_which_survives_its_delete() {
 #[test]
 fn a_pod_cannot_send_as_another_pod_or_as_the_node() {
     require_root!();
+    let mut scenario = Scenario::new("anti-spoofing: a pod sends as another pod and as the node");
     let node = Node::new("10.244.27.0/24");
     let (a, b, c) = (node.add_pod("a"), node.add_pod("b"), node.add_pod("c"));
     // As itself first, so a knows its gateway's MAC (the node ignores ARP that claims one of
@@ -300,6 +301,7 @@ fn a_pod_cannot_send_as_another_pod_or_as_the_node() {
             after >= before + 2,
             "spoofed packets counted: {before} -> {after}"
         );
+        scenario.number(&format!("dropped as {stolen}"), after - before);
     }
     // As itself, a still gets through.
     assert!(a.ping(&c.ip, 1).status.success());

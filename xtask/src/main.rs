@@ -4,6 +4,7 @@
 //! README's two commands work on a fresh machine and are quick on a prepared one.
 
 mod ebpf;
+mod robustness;
 mod setup;
 
 use setup::run;
@@ -135,7 +136,10 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         .args(args);
     // Under CI a privileged test that would skip is a failure: CI runs as root.
     cmd.env("PODNET_TESTS_REQUIRE_ROOT", "1");
-    run(&mut cmd)
+    let records = robustness::reset(root)?;
+    let outcome = run(&mut cmd);
+    robustness::print_summary(&records);
+    outcome
 }
 
 /// A host `cargo` command that sees the freshly built eBPF object.
