@@ -232,6 +232,13 @@ pub enum NodePortCommand {
     },
     /// List the NodePorts and their backends.
     List,
+    /// Make the NodePorts exactly those in FILE (a JSON array of {"port", "proto", "backends",
+    /// "policy"}; `-` reads standard input), all checked before any change. CNI host ports are
+    /// left alone.
+    Apply {
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -691,6 +698,16 @@ fn run_nodeport(settings: &NodeSettings, json: bool, cmd: NodePortCommand) -> Re
             let np = nodeport::del(settings, port, proto)?;
             print(json, &np, |np| {
                 format!("nodeport deleted: {node_ip}:{}", describe(np))
+            });
+        }
+        NodePortCommand::Apply { file } => {
+            let specs = nodeport::read_specs(&file)?;
+            let summary = nodeport::apply(settings, &specs)?;
+            print(json, &summary, |s| {
+                format!(
+                    "nodeports applied: {} added, {} updated, {} removed, {} unchanged",
+                    s.added, s.updated, s.removed, s.unchanged
+                )
             });
         }
         NodePortCommand::List => {

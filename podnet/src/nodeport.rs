@@ -188,6 +188,23 @@ pub enum NodePortError {
     Duplicate { backend: String },
     #[error("reading the node's peers: {0}")]
     Peers(String),
+    #[error("{proto} port {port} is listed twice")]
+    Repeated { port: u16, proto: Proto },
+    #[error("{0}")]
+    BadBackend(String),
+    #[error(
+        "the NodePorts need {needed} service map entries (one per NodePort plus one per backend); the map holds {max} (set with `node init --services-max`)"
+    )]
+    ServicesFull { needed: usize, max: u32 },
+    #[error("NodePort {port}/{proto} (entry {index} of the file): {source}")]
+    Entry {
+        index: usize,
+        port: u16,
+        proto: Proto,
+        source: Box<NodePortError>,
+    },
+    #[error("reading {path}: {reason}")]
+    File { path: String, reason: String },
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -267,68 +284,98 @@ fn program(
     Ok(())
 }
 
-/// Resolves and checks backends against the node's pods.
-fn resolve(
-    settings: &NodeSettings,
-    specs: &[BackendSpec],
-    policy: Policy,
-) -> Result<Vec<Backend>, NodePortError> {
-    if specs.is_empty() {
-        return Err(NodePortError::NoBackends);
+/// Resolves backend specs against the node's pods and peers, each read once however many
+/// NodePorts are resolved.
+struct Resolver<'a> {
+    settings: &'a NodeSettings,
+    pods: Vec<crate::pod::PodRecord>,
+    peers: Option<Vec<crate::peers::PeerNode>>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(settings: &'a NodeSettings) -> Result<Self, NodePortError> {
+        Ok(Self {
+            settings,
+            pods: crate::pod::list(settings).map_err(Box::new)?,
+            peers: None,
+        })
     }
-    if specs.len() > usize::from(MAX_BACKENDS) {
-        return Err(NodePortError::TooManyBackends { count: specs.len() });
-    }
-    let pods = crate::pod::list(settings).map_err(Box::new)?;
-    let mut out: Vec<Backend> = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let backend = match &spec.target {
-            BackendTarget::Pod(name) => {
-                let pod = pods.iter().find(|p| &p.name == name).ok_or_else(|| {
-                    NodePortError::UnknownPod {
-                        backend: format!("{name}:{}", spec.port),
-                        pod: name.clone(),
-                    }
-                })?;
-                Backend {
-                    pod: Some(name.clone()),
-                    ip: pod.address.ip(),
-                    port: spec.port,
-                }
-            }
-            BackendTarget::Ip(ip) => {
-                let on_peer = policy == Policy::Cluster
-                    && crate::peers::list(settings)
-                        .map_err(|e| NodePortError::Peers(e.to_string()))?
-                        .iter()
-                        .any(|p| p.pod_cidr.contains(*ip));
-                if !settings.pod_cidr.contains(*ip) && !on_peer {
-                    return Err(NodePortError::NotLocal {
-                        ip: *ip,
-                        pod_cidr: settings.pod_cidr,
-                    });
-                }
-                Backend {
-                    pod: pods
-                        .iter()
-                        .find(|p| p.address.ip() == *ip)
-                        .map(|p| p.name.clone()),
-                    ip: *ip,
-                    port: spec.port,
-                }
-            }
-        };
-        if out
-            .iter()
-            .any(|b| b.ip == backend.ip && b.port == backend.port)
-        {
-            return Err(NodePortError::Duplicate {
-                backend: backend.to_string(),
-            });
+
+    fn on_peer(&mut self, ip: Ipv4Addr) -> Result<bool, NodePortError> {
+        if self.peers.is_none() {
+            self.peers = Some(
+                crate::peers::list(self.settings)
+                    .map_err(|e| NodePortError::Peers(e.to_string()))?,
+            );
         }
-        out.push(backend);
+        Ok(self
+            .peers
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|p| p.pod_cidr.contains(ip)))
     }
-    Ok(out)
+
+    /// Resolves and checks `specs` for a NodePort with `policy`.
+    fn resolve(
+        &mut self,
+        specs: &[BackendSpec],
+        policy: Policy,
+    ) -> Result<Vec<Backend>, NodePortError> {
+        if specs.is_empty() {
+            return Err(NodePortError::NoBackends);
+        }
+        if specs.len() > usize::from(MAX_BACKENDS) {
+            return Err(NodePortError::TooManyBackends { count: specs.len() });
+        }
+        let mut out: Vec<Backend> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let backend = match &spec.target {
+                BackendTarget::Pod(name) => {
+                    let pod = self.pods.iter().find(|p| &p.name == name).ok_or_else(|| {
+                        NodePortError::UnknownPod {
+                            backend: format!("{name}:{}", spec.port),
+                            pod: name.clone(),
+                        }
+                    })?;
+                    Backend {
+                        pod: Some(name.clone()),
+                        ip: pod.address.ip(),
+                        port: spec.port,
+                    }
+                }
+                BackendTarget::Ip(ip) => {
+                    let allowed = self.settings.pod_cidr.contains(*ip)
+                        || (policy == Policy::Cluster && self.on_peer(*ip)?);
+                    if !allowed {
+                        return Err(NodePortError::NotLocal {
+                            ip: *ip,
+                            pod_cidr: self.settings.pod_cidr,
+                        });
+                    }
+                    Backend {
+                        pod: self
+                            .pods
+                            .iter()
+                            .find(|p| p.address.ip() == *ip)
+                            .map(|p| p.name.clone()),
+                        ip: *ip,
+                        port: spec.port,
+                    }
+                }
+            };
+            if out
+                .iter()
+                .any(|b| b.ip == backend.ip && b.port == backend.port)
+            {
+                return Err(NodePortError::Duplicate {
+                    backend: backend.to_string(),
+                });
+            }
+            out.push(backend);
+        }
+        Ok(out)
+    }
 }
 
 /// Whether a socket in the calling thread's namespace is bound to `port` (any address), as
@@ -373,7 +420,7 @@ pub fn add(
     if socket_bound(proto, port) {
         return Err(NodePortError::SocketInUse { port, proto });
     }
-    let backends = resolve(settings, specs, policy)?;
+    let backends = Resolver::new(settings)?.resolve(specs, policy)?;
     let mut maps = PinnedMaps::open(&settings.pin_dir)?;
     program(&mut maps, port, proto, &backends, 0)?;
     let np = NodePort {
@@ -401,7 +448,7 @@ pub fn set(
         .iter_mut()
         .find(|np| np.port == port && np.proto == proto)
         .ok_or(NodePortError::NotFound { port, proto })?;
-    let backends = resolve(settings, specs, np.policy)?;
+    let backends = Resolver::new(settings)?.resolve(specs, np.policy)?;
     let mut maps = PinnedMaps::open(&settings.pin_dir)?;
     program(&mut maps, port, proto, &backends, np.backends.len())?;
     np.backends = backends;
@@ -431,6 +478,148 @@ pub fn del(settings: &NodeSettings, port: u16, proto: Proto) -> Result<NodePort,
 /// `nodeport list`.
 pub fn list(settings: &NodeSettings) -> Result<Vec<NodePort>, NodePortError> {
     Ok(NodePorts::load(settings)?)
+}
+
+/// One NodePort as `nodeport apply` reads it: `{"port": 30080, "proto": "tcp",
+/// "backends": ["web:80", "10.244.1.7:80"], "policy": "cluster"}` (proto and policy optional).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePortSpec {
+    pub port: u16,
+    #[serde(default = "default_proto")]
+    pub proto: Proto,
+    pub backends: Vec<String>,
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+fn default_proto() -> Proto {
+    Proto::Tcp
+}
+
+/// What `nodeport apply` changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ApplySummary {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+}
+
+/// `nodeport apply`: makes the node's NodePorts exactly `specs` (CNI host ports are left
+/// alone), in one locked step, the way kube-proxy syncs a whole service table. Everything is
+/// checked before anything changes, so a bad entry changes nothing. Removed NodePorts go first,
+/// so the map never needs room for both the old and the new set.
+pub fn apply(
+    settings: &NodeSettings,
+    specs: &[NodePortSpec],
+) -> Result<ApplySummary, NodePortError> {
+    let _lock = NodePorts::lock(settings)?;
+    let ports = NodePorts::load(settings)?;
+    let mut resolver = Resolver::new(settings)?;
+    let mut desired: Vec<NodePort> = Vec::with_capacity(specs.len());
+    let mut seen = std::collections::HashSet::with_capacity(specs.len());
+    for (index, spec) in specs.iter().enumerate() {
+        let (port, proto) = (spec.port, spec.proto);
+        let entry = |source: NodePortError| NodePortError::Entry {
+            index: index + 1,
+            port,
+            proto,
+            source: Box::new(source),
+        };
+        if !settings.nodeport_range.contains(port) {
+            return Err(entry(NodePortError::OutOfRange {
+                port,
+                range: settings.nodeport_range,
+            }));
+        }
+        if !seen.insert((port, proto)) {
+            return Err(entry(NodePortError::Repeated { port, proto }));
+        }
+        let existing = ports.iter().find(|np| np.port == port && np.proto == proto);
+        if existing.is_some_and(|np| np.owner.is_some()) {
+            return Err(entry(NodePortError::InUse { port, proto }));
+        }
+        if existing.is_none() && socket_bound(proto, port) {
+            return Err(entry(NodePortError::SocketInUse { port, proto }));
+        }
+        let backend_specs = spec
+            .backends
+            .iter()
+            .map(|b| b.parse::<BackendSpec>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| entry(NodePortError::BadBackend(e)))?;
+        let backends = resolver
+            .resolve(&backend_specs, spec.policy)
+            .map_err(entry)?;
+        desired.push(NodePort {
+            port,
+            proto,
+            backends,
+            policy: spec.policy,
+            owner: None,
+        });
+    }
+    let (host_ports, managed): (Vec<NodePort>, Vec<NodePort>) =
+        ports.into_iter().partition(|np| np.owner.is_some());
+    let entries = |nps: &[NodePort]| nps.iter().map(|np| 1 + np.backends.len()).sum::<usize>();
+    let needed = entries(&host_ports) + entries(&desired);
+    if needed > settings.services_max as usize {
+        return Err(NodePortError::ServicesFull {
+            needed,
+            max: settings.services_max,
+        });
+    }
+
+    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    let mut summary = ApplySummary::default();
+    for old in &managed {
+        if !seen.contains(&(old.port, old.proto)) {
+            maps.service_remove(&key(old.port, old.proto, 0))?;
+            for i in 0..old.backends.len() {
+                maps.service_remove(&key(old.port, old.proto, slot(i)))?;
+            }
+            summary.removed += 1;
+        }
+    }
+    for np in &desired {
+        let old = managed
+            .iter()
+            .find(|o| o.port == np.port && o.proto == np.proto);
+        match old {
+            Some(o) if o == np => summary.unchanged += 1,
+            Some(o) => {
+                program(&mut maps, np.port, np.proto, &np.backends, o.backends.len())?;
+                summary.updated += 1;
+            }
+            None => {
+                program(&mut maps, np.port, np.proto, &np.backends, 0)?;
+                summary.added += 1;
+            }
+        }
+    }
+    let mut all = host_ports;
+    all.extend(desired);
+    NodePorts::save(settings, &mut all)?;
+    Ok(summary)
+}
+
+/// Reads a `nodeport apply` file: a JSON array of [`NodePortSpec`]; `-` is standard input.
+pub fn read_specs(path: &std::path::Path) -> Result<Vec<NodePortSpec>, NodePortError> {
+    let bad = |reason: String| NodePortError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = if path == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| bad(e.to_string()))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        bad(format!(
+            "{e} (expected a JSON array of {{\"port\", \"proto\", \"backends\", \"policy\"}})"
+        ))
+    })
 }
 
 /// Removes pod `name` from every NodePort's backends (the pod is being deleted). Returns how

@@ -325,6 +325,114 @@ fn nodeport_bad_input_is_refused_and_changes_nothing() {
     assert_eq!(services, after, "the services map is unchanged");
 }
 
+/// Writes `json` to a file that is removed on drop, for `nodeport apply -f`.
+struct SpecFile(std::path::PathBuf);
+
+impl SpecFile {
+    fn new(json: &serde_json::Value) -> Self {
+        let path = std::env::temp_dir().join(format!("{}.json", podnet_tests::unique("np")));
+        std::fs::write(&path, json.to_string()).expect("write the NodePort file");
+        Self(path)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for SpecFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn nodeport_apply_syncs_the_whole_table_and_refuses_a_bad_file_whole() {
+    require_root!();
+    let (node, pods, _servers) = web_node("10.244.47.0/24");
+    let outside = &node.topo.outside;
+    let services = || {
+        node.topo.node.ok(&format!(
+            "bpftool map dump pinned {}/SERVICES | md5sum",
+            node.pin_dir.display()
+        ))
+    };
+    // 30080 loses web-b, 30081 and a UDP NodePort are new.
+    let first = SpecFile::new(&serde_json::json!([
+        {"port": 30080, "backends": ["web-a:80"]},
+        {"port": 30081, "proto": "tcp", "backends": [format!("{}:80", pods[1].ip)], "policy": "local"},
+        {"port": 30082, "proto": "udp", "backends": ["web-a:53"]},
+    ]));
+    let summary = node.json(&["nodeport", "apply", "-f", first.arg()]);
+    assert_eq!(
+        summary,
+        serde_json::json!({"added": 2, "updated": 1, "removed": 0, "unchanged": 0})
+    );
+    assert_eq!(
+        backends_seen(outside, &format!("{NODE_IP}:30080"), 6),
+        BTreeSet::from([pods[0].ip.clone()])
+    );
+    assert_eq!(
+        backends_seen(outside, &format!("{NODE_IP}:30081"), 2),
+        BTreeSet::from([pods[1].ip.clone()])
+    );
+    let listed = node.json(&["nodeport", "list"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    assert_eq!(listed[1]["backends"][0]["pod"], "web-b", "{listed}");
+
+    // Applying only 30081 removes the other two and leaves 30081 as it is.
+    let second = SpecFile::new(&serde_json::json!([
+        {"port": 30081, "backends": [format!("{}:80", pods[1].ip)], "policy": "local"},
+    ]));
+    let summary = node.json(&["nodeport", "apply", "-f", second.arg()]);
+    assert_eq!(
+        summary,
+        serde_json::json!({"added": 0, "updated": 0, "removed": 2, "unchanged": 1})
+    );
+    assert!(connect_tcp(outside, &format!("{NODE_IP}:30080")).is_err());
+    connect_tcp(outside, &format!("{NODE_IP}:30081")).expect("30081 kept");
+
+    // A bad entry anywhere refuses the whole file: nothing changes.
+    let before = (node.json(&["nodeport", "list"]), services());
+    let bad: &[(serde_json::Value, &str)] = &[
+        (
+            serde_json::json!([{"port": 30090, "backends": ["web-a:80"]}, {"port": 30091, "backends": ["nosuchpod:80"]}]),
+            "entry 2 of the file): backend nosuchpod:80: no pod named nosuchpod",
+        ),
+        (
+            serde_json::json!([{"port": 80, "backends": ["web-a:80"]}]),
+            "outside the NodePort range",
+        ),
+        (
+            serde_json::json!([{"port": 30090, "backends": ["web-a:80"]}, {"port": 30090, "backends": ["web-b:80"]}]),
+            "tcp port 30090 is listed twice",
+        ),
+        (
+            serde_json::json!([{"port": 30090, "backends": ["web-a:0"]}]),
+            "not a port",
+        ),
+        (
+            serde_json::json!([{"port": 30090, "backends": []}]),
+            "at least one --backend",
+        ),
+        (
+            serde_json::json!([{"port": 30090, "backend": ["web-a:80"]}]),
+            "unknown field `backend`",
+        ),
+        (serde_json::json!({"port": 30090}), "expected a JSON array"),
+    ];
+    for (json, message) in bad {
+        let file = SpecFile::new(json);
+        let out = node.podnet(&["nodeport", "apply", "-f", file.arg()]);
+        assert!(!out.status.success(), "{json} must be refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{json}: {stderr}");
+    }
+    let out = node.podnet(&["nodeport", "apply", "-f", "/nonexistent/nodeports.json"]);
+    assert!(!out.status.success());
+    assert_eq!((node.json(&["nodeport", "list"]), services()), before);
+}
+
 #[test]
 fn hairpin_pod_to_nodeport_and_node_local_access_work() {
     require_root!();
