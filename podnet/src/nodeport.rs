@@ -378,24 +378,35 @@ impl<'a> Resolver<'a> {
     }
 }
 
-/// Whether a socket in the calling thread's namespace is bound to `port` (any address), as
+/// The ports sockets in the calling thread's namespace hold for `proto` (any address), as
 /// `/proc/net/{tcp,udp}` shows: such a port cannot also be a NodePort, as with kube-proxy.
-fn socket_bound(proto: Proto, port: u16) -> bool {
+/// (Reading the file costs milliseconds, so callers checking many ports read it once.)
+fn bound_ports(proto: Proto) -> std::collections::HashSet<u16> {
     let file = match proto {
         Proto::Tcp => "/proc/self/net/tcp",
         Proto::Udp => "/proc/self/net/udp",
     };
     let Ok(text) = std::fs::read_to_string(file) else {
-        return false;
+        return std::collections::HashSet::new();
     };
-    let wanted = format!(":{port:04X}");
-    text.lines().skip(1).any(|line| {
-        let mut fields = line.split_whitespace();
-        let local = fields.nth(1).unwrap_or_default();
-        let state = fields.nth(1).unwrap_or_default();
-        // TCP: only listening sockets (state 0A) hold the port for new connections.
-        local.ends_with(&wanted) && (proto == Proto::Udp || state == "0A")
-    })
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            let state = fields.nth(1)?;
+            // TCP: only listening sockets (state 0A) hold the port for new connections.
+            if proto == Proto::Tcp && state != "0A" {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
+        })
+        .collect()
+}
+
+/// Whether a socket in the calling thread's namespace holds `port` (see [`bound_ports`]).
+fn socket_bound(proto: Proto, port: u16) -> bool {
+    bound_ports(proto).contains(&port)
 }
 
 /// `nodeport add`: a new NodePort.
@@ -519,6 +530,7 @@ pub fn apply(
     let mut resolver = Resolver::new(settings)?;
     let mut desired: Vec<NodePort> = Vec::with_capacity(specs.len());
     let mut seen = std::collections::HashSet::with_capacity(specs.len());
+    let bound = [Proto::Tcp, Proto::Udp].map(bound_ports);
     for (index, spec) in specs.iter().enumerate() {
         let (port, proto) = (spec.port, spec.proto);
         let entry = |source: NodePortError| NodePortError::Entry {
@@ -540,7 +552,8 @@ pub fn apply(
         if existing.is_some_and(|np| np.owner.is_some()) {
             return Err(entry(NodePortError::InUse { port, proto }));
         }
-        if existing.is_none() && socket_bound(proto, port) {
+        let bound = &bound[usize::from(proto == Proto::Udp)];
+        if existing.is_none() && bound.contains(&port) {
             return Err(entry(NodePortError::SocketInUse { port, proto }));
         }
         let backend_specs = spec

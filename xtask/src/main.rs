@@ -41,12 +41,12 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run the benchmarks (release build) and write bench/results/<date>-*.md: same-node
-    /// pod-to-pod (podnet-bench), NAT, podnet vs iptables (podnet-nat-bench), then CNI
-    /// ADD/DEL, podnet vs bridge + host-local + portmap (podnet-cni-bench), then cross-node
-    /// pod-to-pod, podnet native routing vs kernel routes + bridge (podnet-multinode-bench).
+    /// Run the benchmark suite (release build) and write one report, bench/results/<date>.md,
+    /// with SVG plots beside it: same-node and cross-node pod-to-pod, NAT (NodePort and SNAT)
+    /// and service scaling against iptables, and the control plane against the reference CNI
+    /// chain, every path measured side by side in the same run.
     Bench {
-        /// Fewer, shorter rounds (a few minutes in all).
+        /// 2 rounds x 1 s and fewer containers: a smoke run of every figure in under 3 minutes.
         #[arg(long)]
         quick: bool,
     },
@@ -78,22 +78,7 @@ fn main() -> Result<()> {
         Task::Bench { quick } => {
             setup::ensure_all()?;
             build_userspace(&root, true)?;
-            for bench in [
-                "podnet-bench",
-                "podnet-nat-bench",
-                "podnet-cni-bench",
-                "podnet-multinode-bench",
-            ] {
-                let mut cmd = Command::new(root.join("target/release").join(bench));
-                cmd.arg("--out").arg(root.join("bench/results"));
-                if quick {
-                    cmd.arg("--quick");
-                }
-                run(cmd
-                    .env("PODNET_BIN", root.join("target/release/podnet"))
-                    .env("NETPROBE_BIN", root.join("target/release/netprobe")))?;
-            }
-            Ok(())
+            bench(&root, quick)
         }
         Task::Demo { args } => {
             setup::ensure_all()?;
@@ -102,6 +87,51 @@ fn main() -> Result<()> {
             run(Command::new(bin).arg("demo").args(args))
         }
     }
+}
+
+/// Runs every benchmark binary into `target/bench`, then the report into `bench/results`.
+fn bench(root: &Path, quick: bool) -> Result<()> {
+    let start = std::time::Instant::now();
+    let work = root.join("target/bench");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    }
+    std::fs::create_dir_all(&work)?;
+    let release = root.join("target/release");
+    let perf = work.join("perf.md");
+    let benches: [(&str, Vec<&std::ffi::OsStr>); 4] = [
+        ("podnet-bench", vec!["--perf".as_ref(), perf.as_os_str()]),
+        ("podnet-multinode-bench", vec![]),
+        ("podnet-nat-bench", vec![]),
+        ("podnet-cni-bench", vec![]),
+    ];
+    for (bench, extra) in benches {
+        let mut cmd = Command::new(release.join(bench));
+        cmd.arg("--out").arg(&work).args(extra);
+        if quick {
+            cmd.arg("--quick");
+        }
+        run(cmd
+            .env("PODNET_BIN", release.join("podnet"))
+            .env("NETPROBE_BIN", release.join("netprobe")))?;
+    }
+    let profile = if quick {
+        "`cargo xtask bench --quick`: 2 rounds x 1 s per figure (CNI: 20 sequential and 30 parallel containers per round), a smoke run whose spreads mean little"
+    } else {
+        "`cargo xtask bench`: 5 rounds x 2 s per figure (CNI: 50 sequential and 100 parallel containers per round)"
+    };
+    let mut cmd = Command::new(release.join("podnet-bench-report"));
+    cmd.arg("--in")
+        .arg(&work)
+        .arg("--out")
+        .arg(root.join("bench/results"))
+        .args(["--profile", profile])
+        .arg("--elapsed")
+        .arg(start.elapsed().as_secs_f64().to_string());
+    if perf.exists() {
+        cmd.arg("--perf").arg(&perf);
+    }
+    run(&mut cmd)
 }
 
 /// Builds the eBPF object and then the userspace workspace, which embeds it.

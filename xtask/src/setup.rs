@@ -36,6 +36,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ping in tests and the demo"),
     ("iperf3", "throughput benchmarks"),
     (
+        "linux-perf",
+        "the benchmark report's profile of where the CPU goes",
+    ),
+    (
         "iptables",
         "the seed documents' NAT baseline in benchmarks; tests check it is unused",
     ),

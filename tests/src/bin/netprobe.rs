@@ -20,7 +20,8 @@
 //! `rr` measures request/response transactions per second over one connection (against
 //! `serve tcp --echo`); `crr` measures whole connections per second (against `serve tcp`):
 //! connect, one request, its reply, the server's close, close, in a loop for S seconds, and
-//! prints `ok=N failed=M rate=R` (R = successful connections per second). A failed connection
+//! prints `ok=N failed=M rate=R p50_us=A p99_us=B` (R = successful connections per second; A and
+//! B the median and 99th percentile connection lifetime). A failed connection
 //! is counted and the loop goes on; each connection is bounded by the timeout.
 
 use std::{
@@ -622,8 +623,9 @@ fn request_response(addr: SocketAddr, duration: Duration, timeout: Duration) -> 
 /// Connection rate against `serve tcp`: connect, send one line, read the reply, wait for the
 /// server to close (so the server, not this client, holds TIME_WAIT and the client's ephemeral
 /// ports never run out), close; one connection at a time for `duration`. A failed connection
-/// is counted and the loop goes on. Prints `ok=N failed=M rate=R` (successful connections per
-/// second); fails if any connection did.
+/// is counted and the loop goes on. Prints `ok=N failed=M rate=R p50_us=A p99_us=B` (successful
+/// connections per second, and the 50th and 99th percentile of a connection's lifetime, from
+/// connect to close); fails if any connection did.
 fn connect_request_response(
     addr: SocketAddr,
     duration: Duration,
@@ -633,9 +635,15 @@ fn connect_request_response(
     const REPORTED: u64 = 5;
     let start = Instant::now();
     let (mut ok, mut bad) = (0u64, 0u64);
+    // Each successful connection's time from connect to close, for the latency percentiles.
+    let mut micros: Vec<u64> = Vec::new();
     while start.elapsed() < duration {
+        let began = Instant::now();
         match crr_once(addr, ok + bad, timeout) {
-            Ok(()) => ok += 1,
+            Ok(()) => {
+                ok += 1;
+                micros.push(u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX));
+            }
             Err(Failure::Failed(e) | Failure::Usage(e)) => {
                 bad += 1;
                 if bad <= REPORTED {
@@ -648,7 +656,18 @@ fn connect_request_response(
         eprintln!("netprobe: {} more failed connection(s)", bad - REPORTED);
     }
     let rate = ok as f64 / start.elapsed().as_secs_f64();
-    println!("ok={ok} failed={bad} rate={rate:.0}");
+    micros.sort_unstable();
+    let percentile = |p: usize| {
+        micros
+            .get((p * micros.len()).div_ceil(100).max(1) - 1)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "ok={ok} failed={bad} rate={rate:.0} p50_us={} p99_us={}",
+        percentile(50),
+        percentile(99)
+    );
     Ok(if bad == 0 {
         ExitCode::SUCCESS
     } else {

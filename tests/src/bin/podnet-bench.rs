@@ -1,18 +1,36 @@
-//! Same-node pod-to-pod benchmark: TCP throughput (iperf3) and TCP request/response rate
-//! (netprobe rr) for three paths measured in one run, interleaved round by round:
+//! Same-node pod-to-pod benchmark: TCP throughput, request/response and connection rate, with
+//! their CPU cost, for three paths measured in one run, interleaved round by round:
 //!
 //! - `veth`: two namespaces joined by a direct veth pair (the limit);
 //! - `podnet`: two pods on a podnet node, pod-to-pod over `bpf_redirect_peer`;
-//! - `bridge`: the same two pods with podnet's programs detached (the seed documents' bridge).
+//! - `bridge`: the same two pods with podnet's programs detached: the seed documents' bridge
+//!   (which is also what the reference `bridge` CNI plugin builds).
 //!
-//! Client and server are pinned to different CPUs (iperf3 -A, taskset) for repeatability.
-//! Prints a Markdown table of medians (with min-max) and ratios to `veth`, and writes it to
-//! `bench/results/<date>-same-node.md` when `--out DIR` is given.
+//! Client on CPU 0, server on CPU 1. Every podnet run must move `forward_local_peer`; every
+//! bridge run must leave it alone. Writes `DIR/same-node.json` for the report with `--out DIR`.
 
-use std::fmt::Write as _;
-
-use podnet_tests::bench::{RoundArgs, Samples, rr, throughput};
+use podnet_tests::bench::{
+    RoundArgs,
+    measure::{Endpoints, Workload, measure},
+    profile,
+    series::{BenchOutput, PathRuns},
+};
 use podnet_tests::{InNetns, Netns, Node, addr, veth};
+
+fn endpoints<'a>(
+    client: &'a dyn InNetns,
+    server: &'a dyn InNetns,
+    ip: &str,
+    w: Workload,
+) -> Endpoints<'a> {
+    let at = format!("{ip}:{}", w.port());
+    Endpoints {
+        client,
+        server,
+        listen: at.clone(),
+        connect: at,
+    }
+}
 
 fn main() {
     let args = RoundArgs::from_env();
@@ -32,56 +50,96 @@ fn main() {
     let init_args = node.init_args();
     let init_refs: Vec<&str> = init_args.iter().map(String::as_str).collect();
 
-    let names = ["veth", "podnet", "bridge"];
-    let mut samples: Vec<Samples> = names.iter().map(|_| Samples::default()).collect();
+    let mut runs = PathRuns::new(&["veth", "podnet", "bridge"]);
     for round in 0..args.rounds {
-        eprintln!("round {}/{}", round + 1, args.rounds);
-        samples[0]
-            .tput
-            .push(throughput(&va, &vb, "10.99.0.2", args.seconds));
-        samples[0].rr.push(rr(&va, &vb, "10.99.0.2", args.seconds));
+        eprintln!("same-node round {}/{}", round + 1, args.rounds);
+        for w in Workload::ALL {
+            runs.push(
+                0,
+                w,
+                measure(w, &endpoints(&va, &vb, "10.99.0.2", w), args.seconds),
+            );
 
-        let before = node.stats()["forward_local_peer"];
-        samples[1]
-            .tput
-            .push(throughput(&a.ns, &b.ns, &b.ip, args.seconds));
-        samples[1].rr.push(rr(&a.ns, &b.ns, &b.ip, args.seconds));
-        assert!(
-            node.stats()["forward_local_peer"] > before + 1000,
-            "podnet run used the fast path"
-        );
+            let before = node.stats()["forward_local_peer"];
+            runs.push(
+                1,
+                w,
+                measure(w, &endpoints(&a.ns, &b.ns, &b.ip, w), args.seconds),
+            );
+            assert!(
+                node.stats()["forward_local_peer"] > before + 100,
+                "podnet run used the fast path"
+            );
 
-        for pod in [&a, &b] {
-            node.topo
-                .node
-                .ok(&format!("tc filter del dev {} ingress", pod.host_if));
+            for pod in [&a, &b] {
+                node.topo
+                    .node
+                    .ok(&format!("tc filter del dev {} ingress", pod.host_if));
+            }
+            let before = node.stats()["forward_local_peer"];
+            runs.push(
+                2,
+                w,
+                measure(w, &endpoints(&a.ns, &b.ns, &b.ip, w), args.seconds),
+            );
+            assert_eq!(
+                node.stats()["forward_local_peer"],
+                before,
+                "bridge run bypassed podnet"
+            );
+            node.ok(&init_refs); // re-attaches the programs to both pods
         }
-        let before = node.stats()["forward_local_peer"];
-        samples[2]
-            .tput
-            .push(throughput(&a.ns, &b.ns, &b.ip, args.seconds));
-        samples[2].rr.push(rr(&a.ns, &b.ns, &b.ip, args.seconds));
-        assert_eq!(
-            node.stats()["forward_local_peer"],
-            before,
-            "bridge run bypassed podnet"
-        );
-        node.ok(&init_refs); // re-attaches the programs to both pods
     }
 
-    let (kernel, cpus) = podnet_tests::bench::machine();
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "## Same-node pod-to-pod (kernel {kernel}, {cpus} CPUs, {} rounds x {} s, client on CPU 0, server on CPU 1)\n",
-        args.rounds, args.seconds
+    if let Some(file) = &args.perf {
+        let md = if profile::available() {
+            let w = Workload::Throughput;
+            let profiles: Vec<profile::Profile> = [
+                profile::profile(
+                    "veth",
+                    w,
+                    &endpoints(&va, &vb, "10.99.0.2", w),
+                    args.seconds,
+                ),
+                profile::profile(
+                    "podnet",
+                    w,
+                    &endpoints(&a.ns, &b.ns, &b.ip, w),
+                    args.seconds,
+                ),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            profile::markdown(
+                "Where the time goes: same-node TCP throughput under perf",
+                "One extra iperf3 run per path, with `perf record -a -e cpu-clock` (software \
+                 sampling; this VM has no hardware counters) over both CPUs; `perf report \
+                 --sort sym`, top symbols. Samples cover the client, the server and the \
+                 softirq work of the path.",
+                &profiles,
+            )
+        } else {
+            "## Where the time goes
+
+`perf record` is not available here.
+"
+            .to_owned()
+        };
+        std::fs::write(file, md).expect("write the perf profile");
+    }
+
+    let mut out = BenchOutput::new(
+        "same-node",
+        "Same-node pod-to-pod",
+        "Two pods on one podnet node. `veth`: two namespaces on a direct veth pair (the limit). \
+         `podnet`: pod-to-pod over `bpf_redirect_peer`. `bridge`: the same pods with podnet's \
+         programs detached, so packets cross the node's Linux bridge (the seed documents' way, \
+         and what the reference `bridge` plugin builds). Every podnet run must move \
+         `forward_local_peer`; every bridge run must not.",
     );
-    md.push_str(&podnet_tests::bench::tput_rr_table(
-        &names,
-        &samples,
-        "veth",
-        (1, 2),
-    ));
-    print!("{md}");
-    podnet_tests::bench::write_report(args.out.as_deref(), "same-node", &md);
+    runs.into_output(&mut out, "same-node pod-to-pod");
+    if let Some(dir) = &args.out {
+        out.write(std::path::Path::new(dir));
+    }
 }

@@ -33,8 +33,12 @@
 //! (penalising longer chains). Plugins enter the node namespace with setns(2) between fork and
 //! exec, as a runtime living in that namespace would run them (no `nsenter` process).
 //!
-//! Arguments: `--rounds N` (3), `--containers N` (100), `--parallel N` (100), `--quick`
-//! (2 rounds, 30 containers), `--out DIR` (writes `DIR/<date>-cni.md`).
+//! Then the node set-up figures: `node init` from scratch and over existing pins, and CLI
+//! `pod add` / `pod del` on an initialised node.
+//!
+//! Arguments: `--rounds N` (5), `--containers N` (50), `--parallel N` (100), `--quick`
+//! (2 rounds, 20 sequential and 30 parallel containers), `--out DIR` (writes `DIR/cni.json`
+//! for the report).
 
 use std::{
     collections::BTreeSet,
@@ -53,7 +57,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use podnet_tests::bench::{cmd_line, median, percentile, spread};
+use podnet_tests::bench::{cmd_line, percentile, series::BenchOutput};
 use podnet_tests::{
     Cni, CniError, CniNode, CniOutput, InNetns as _, Invocation, Netns, RuntimeConf,
     cni::{CNI_ENV_VARS, INVOKE_TIMEOUT},
@@ -75,8 +79,8 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut args = Args {
-        rounds: 3,
-        containers: 100,
+        rounds: 5,
+        containers: 50,
         parallel: 100,
         out: None,
     };
@@ -100,7 +104,8 @@ fn parse_args() -> Args {
             }
             "--quick" => {
                 args.rounds = 2;
-                args.containers = 30;
+                args.containers = 20;
+                args.parallel = 30;
             }
             "--out" => args.out = it.next(),
             other => panic!("unknown argument {other}"),
@@ -604,14 +609,6 @@ impl Samples {
     }
 }
 
-fn fmt_ms(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
-    }
-}
-
 fn main() {
     let args = parse_args();
     assert!(podnet_tests::require_root(), "the benchmark needs root");
@@ -648,92 +645,118 @@ fn main() {
         }
     }
 
-    let kernel = cmd_line("uname", &["-r"]);
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let plugins_version = cmd_line(
         "dpkg-query",
         &["-W", "-f", "${Version}", "containernetworking-plugins"],
     );
     let (n, p) = (args.containers, args.parallel);
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "## CNI ADD/DEL: podnet vs bridge + host-local + portmap (kernel {kernel}, {cpus} CPUs, {} rounds, {n} sequential and {p} parallel containers per round)\n",
-        args.rounds
+    let mut out = BenchOutput::new(
+        "cni",
+        "Control plane: CNI ADD/DEL and node set-up",
+        &format!(
+            "CNI: each setup on its own fresh node namespace; every container has one port \
+             mapping (hostPort {HOST_PORT_BASE}+i -> {CONTAINER_PORT}/tcp, `portMappings` \
+             capability). `reference`: Debian's containernetworking-plugins {plugins_version}: \
+             `bridge` (isGateway, no ipMasq) + `host-local` + `portmap` (iptables). `podnet \
+             chained`: the same `bridge` + `host-local`, then podnet. `podnet standalone`: podnet \
+             alone. ADD/DEL latency: {n} containers one after another per round, each timed end \
+             to end through the chain as a runtime sees it (every plugin process spawned in the \
+             node namespace, fed its configuration and waited for; p99 is nearest-rank), then \
+             their DELs one by one. Parallel: {p} containers from {p} threads released at once, \
+             wall time until the last chain finished; then their DELs the same way. After each \
+             measurement the node is checked clean (no host veth, IPAM record, endpoint, host \
+             port, attachment record or portmap chain) and all addresses were unique. One \
+             warm-up ADD/CHECK/DEL per setup is excluded; setups are interleaved round by round. \
+             Node set-up: `podnet node init` on a node whose pins were removed (`node reset`: \
+             load, verify, pin and attach), `node init` again over its own pins, and \
+             `podnet pod add` / `pod del` (netns, veth, IPAM, endpoint, attach from the pinned \
+             programs), each timed as the CLI process a user runs."
+        ),
     );
-    let _ = writeln!(
-        md,
-        "Each setup on its own fresh node namespace; every container has one port mapping \
-         (hostPort {HOST_PORT_BASE}+i -> {CONTAINER_PORT}/tcp, `portMappings` capability). \
-         `reference`: Debian's containernetworking-plugins {plugins_version}, the same `bridge` \
-         configuration as `podnet chained` (isGateway, no ipMasq) and `portmap` (iptables). \
-         ADD/DEL latency: {n} containers one after another, each timed end to end through the \
-         chain (every plugin process spawned in the node namespace, fed its configuration and \
-         waited for; p99 is nearest-rank: with 100 or fewer samples, the slowest), then their \
-         DELs one by one. Parallel: {p} containers from {p} threads released at once, wall \
-         time until the last chain finished; then their DELs the same way. Cells: median over \
-         rounds (min-max). After each measurement the node is checked clean (no host veth, \
-         IPAM record, endpoint, host port, attachment record or portmap chain) and all \
-         addresses were unique. One warm-up ADD/CHECK/DEL per setup (podnet's `node init`) is \
-         excluded; setups are interleaved round by round.\n"
-    );
-    let _ = writeln!(
-        md,
-        "| setup | plugins | ADD p50 ms | ADD p99 ms | DEL p50 ms | {p} parallel ADDs, wall ms | {p} parallel DELs, wall ms |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let metrics = [
+        "CNI ADD latency p50",
+        "CNI ADD latency p99",
+        "CNI DEL latency p50",
+    ];
     for (setup, s) in setups.iter().zip(&samples) {
-        let cells: Vec<String> = s
-            .columns()
-            .iter()
-            .map(|v| {
-                let (lo, hi) = spread(v);
-                format!("{} ({}-{})", fmt_ms(median(v)), fmt_ms(lo), fmt_ms(hi))
-            })
-            .collect();
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} |",
+        let columns = s.columns();
+        for (metric, v) in metrics.iter().zip(columns) {
+            out.values(
+                "CNI",
+                metric,
+                "ms",
+                false,
+                setup.kind.name(),
+                "reference",
+                None,
+                v.to_vec(),
+            );
+        }
+        out.values(
+            "CNI",
+            &format!("{p} parallel ADDs, wall time"),
+            "ms",
+            false,
             setup.kind.name(),
-            setup.plugins(),
-            cells.join(" | ")
+            "reference",
+            None,
+            columns[3].to_vec(),
+        );
+        out.values(
+            "CNI",
+            &format!("{p} parallel DELs, wall time"),
+            "ms",
+            false,
+            setup.kind.name(),
+            "reference",
+            None,
+            columns[4].to_vec(),
         );
     }
-    let _ = writeln!(
-        md,
-        "\nRatios to `reference` (median / median; below 1 is faster):\n"
-    );
-    let _ = writeln!(
-        md,
-        "| setup | ADD p50 | ADD p99 | DEL p50 | parallel ADDs | parallel DELs |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
-    let reference = &samples[2];
-    for (setup, s) in setups.iter().zip(&samples).take(2) {
-        let ratios: Vec<String> = s
-            .columns()
-            .iter()
-            .zip(reference.columns())
-            .map(|(v, r)| format!("{:.3}", median(v) / median(r)))
-            .collect();
-        let _ = writeln!(
-            md,
-            "| {}/reference | {} |",
-            setup.kind.name(),
-            ratios.join(" | ")
+    let node_setup = node_setup(args.rounds);
+    for (metric, v) in node_setup {
+        out.values(
+            "node set-up",
+            metric,
+            "ms",
+            false,
+            "podnet",
+            "podnet",
+            None,
+            v,
         );
     }
-    print!("{md}");
-    if let Some(dir) = args.out {
-        std::fs::create_dir_all(&dir).expect("results dir");
-        let date = cmd_line("date", &["+%F"]);
-        let date = if date.is_empty() || date == "?" {
-            "undated".to_owned()
-        } else {
-            date
-        };
-        let path = format!("{dir}/{date}-cni.md");
-        std::fs::write(&path, &md).expect("write results");
-        eprintln!("wrote {path}");
+    if let Some(dir) = &args.out {
+        out.write(std::path::Path::new(dir));
     }
+}
+
+/// Times `node init` from scratch (after `node reset`) and over its own pins, and `pod add` /
+/// `pod del`, `rounds` times each (pod add/del 10 times per round): milliseconds.
+fn node_setup(rounds: usize) -> Vec<(&'static str, Vec<f64>)> {
+    let node = podnet_tests::Node::new("10.244.96.0/24");
+    let init = node.init_args();
+    let init: Vec<&str> = init.iter().map(String::as_str).collect();
+    let timed = |args: &[&str]| {
+        let start = Instant::now();
+        node.ok(args);
+        start.elapsed().as_secs_f64() * 1e3
+    };
+    let (mut fresh, mut again, mut add, mut del) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        node.ok(&["node", "reset"]);
+        fresh.push(timed(&init));
+        again.push(timed(&init));
+        for i in 0..10 {
+            let name = format!("setup-{i}");
+            add.push(timed(&["pod", "add", &name]));
+            del.push(timed(&["pod", "del", &name]));
+        }
+    }
+    vec![
+        ("node init (load, verify, pin, attach)", fresh),
+        ("node init over existing pins", again),
+        ("pod add (CLI, attach from pinned programs)", add),
+        ("pod del (CLI)", del),
+    ]
 }

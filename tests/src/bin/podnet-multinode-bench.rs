@@ -1,5 +1,5 @@
-//! Cross-node pod-to-pod benchmark: TCP throughput (iperf3) and TCP request/response rate
-//! (netprobe rr) between two nodes of a [`Cluster`] (two node namespaces on a shared fabric
+//! Cross-node pod-to-pod benchmark: TCP throughput, request/response and connection rate, with
+//! their CPU cost, between two nodes of a [`Cluster`] (two node namespaces on a shared fabric
 //! bridge), for three paths measured in one run, interleaved round by round:
 //!
 //! - `node-to-node`: between the two node namespaces themselves, node IP to node IP over the
@@ -13,14 +13,30 @@
 //!
 //! Client and server are pinned to different CPUs (iperf3 -A, taskset) for repeatability.
 //! Every podnet run must grow `forward_remote_node` (node 0) and `forward_uplink_to_pod`
-//! (node 1) by more than 1000 packets; every kernel run must leave them alone. Prints a
-//! Markdown table of medians (with min-max) and ratios to `node-to-node`, and writes it to
-//! `DIR/<date>-multinode.md` when `--out DIR` is given.
+//! (node 1); every kernel run must leave them alone. Writes `DIR/cross-node.json` for the
+//! report with `--out DIR`.
 
-use std::fmt::Write as _;
-
-use podnet_tests::bench::{RoundArgs, Samples, rr, throughput};
+use podnet_tests::bench::{
+    RoundArgs,
+    measure::{Endpoints, Workload, measure},
+    series::{BenchOutput, PathRuns},
+};
 use podnet_tests::{CLUSTER_CIDR, Cluster, ClusterNode, InNetns, PodInfo};
+
+fn endpoints<'a>(
+    client: &'a dyn InNetns,
+    server: &'a dyn InNetns,
+    ip: &str,
+    w: Workload,
+) -> Endpoints<'a> {
+    let at = format!("{ip}:{}", w.port());
+    Endpoints {
+        client,
+        server,
+        listen: at.clone(),
+        connect: at,
+    }
+}
 
 /// The `node init` arguments [`Cluster::new`] ran for `node` (no extra flags), with the
 /// cluster file taken from the settings `node init` recorded in `<state_dir>/node.json`.
@@ -111,84 +127,88 @@ fn main() {
     let c = overlay.nodes[0].add_pod("mnbench-c");
     let d = overlay.nodes[1].add_pod("mnbench-d");
 
-    let names = [
+    let mut runs = PathRuns::new(&[
         "node-to-node",
         "podnet native",
         "kernel routes + bridge",
         "podnet overlay (vxlan)",
-    ];
-    let mut samples: Vec<Samples> = names.iter().map(|_| Samples::default()).collect();
+    ]);
+    let (o0, o1) = (&overlay.nodes[0], &overlay.nodes[1]);
     for round in 0..args.rounds {
-        eprintln!("round {}/{}", round + 1, args.rounds);
-        samples[0]
-            .tput
-            .push(throughput(&n0.ns, &n1.ns, &ip1, args.seconds));
-        samples[0].rr.push(rr(&n0.ns, &n1.ns, &ip1, args.seconds));
+        eprintln!("cross-node round {}/{}", round + 1, args.rounds);
+        for w in Workload::ALL {
+            runs.push(
+                0,
+                w,
+                measure(w, &endpoints(&n0.ns, &n1.ns, &ip1, w), args.seconds),
+            );
 
-        let before = counters(n0, n1);
-        samples[1]
-            .tput
-            .push(throughput(&a.ns, &b.ns, &b.ip, args.seconds));
-        samples[1].rr.push(rr(&a.ns, &b.ns, &b.ip, args.seconds));
-        let after = counters(n0, n1);
-        assert!(
-            after.0 > before.0 + 1000 && after.1 > before.1 + 1000,
-            "podnet run took podnet's path: node-0 {SENT} {} -> {}, node-1 {DELIVERED} {} -> {}",
-            before.0,
-            after.0,
-            before.1,
-            after.1
-        );
+            let before = counters(n0, n1);
+            runs.push(
+                1,
+                w,
+                measure(w, &endpoints(&a.ns, &b.ns, &b.ip, w), args.seconds),
+            );
+            let after = counters(n0, n1);
+            assert!(
+                after.0 > before.0 + 100 && after.1 > before.1 + 100,
+                "podnet run took podnet's path: node-0 {SENT} {} -> {}, node-1 {DELIVERED} {} -> {}",
+                before.0,
+                after.0,
+                before.1,
+                after.1
+            );
 
-        detach(n0, &a);
-        detach(n1, &b);
-        let before = counters(n0, n1);
-        samples[2]
-            .tput
-            .push(throughput(&a.ns, &b.ns, &b.ip, args.seconds));
-        samples[2].rr.push(rr(&a.ns, &b.ns, &b.ip, args.seconds));
-        let after = counters(n0, n1);
-        assert_eq!(
-            after, before,
-            "kernel run bypassed podnet (node-0 {SENT}, node-1 {DELIVERED})"
-        );
-        for (node, init) in cluster.nodes.iter().zip(&inits) {
-            let refs: Vec<&str> = init.iter().map(String::as_str).collect();
-            node.ok(&refs); // re-attaches the uplink's and the pod's programs
+            detach(n0, &a);
+            detach(n1, &b);
+            let before = counters(n0, n1);
+            runs.push(
+                2,
+                w,
+                measure(w, &endpoints(&a.ns, &b.ns, &b.ip, w), args.seconds),
+            );
+            assert_eq!(
+                counters(n0, n1),
+                before,
+                "kernel run bypassed podnet (node-0 {SENT}, node-1 {DELIVERED})"
+            );
+            for (node, init) in cluster.nodes.iter().zip(&inits) {
+                let refs: Vec<&str> = init.iter().map(String::as_str).collect();
+                node.ok(&refs); // re-attaches the uplink's and the pod's programs
+            }
+
+            let before = counters(o0, o1);
+            runs.push(
+                3,
+                w,
+                measure(w, &endpoints(&c.ns, &d.ns, &d.ip, w), args.seconds),
+            );
+            let after = counters(o0, o1);
+            assert!(
+                after.0 > before.0 + 100 && after.1 > before.1 + 100,
+                "overlay run took podnet's path"
+            );
         }
-
-        let (o0, o1) = (&overlay.nodes[0], &overlay.nodes[1]);
-        let before = counters(o0, o1);
-        samples[3]
-            .tput
-            .push(throughput(&c.ns, &d.ns, &d.ip, args.seconds));
-        samples[3].rr.push(rr(&c.ns, &d.ns, &d.ip, args.seconds));
-        let after = counters(o0, o1);
-        assert!(
-            after.0 > before.0 + 1000 && after.1 > before.1 + 1000,
-            "overlay run took podnet's path"
-        );
     }
     drop(cluster); // resets both nodes before the report
     drop(overlay);
 
-    let (kernel, cpus) = podnet_tests::bench::machine();
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "## Cross-node pod-to-pod (kernel {kernel}, {cpus} CPUs, {} rounds x {} s, client on CPU 0, server on CPU 1)\n",
-        args.rounds, args.seconds
+    let mut out = BenchOutput::new(
+        "cross-node",
+        "Cross-node pod-to-pod",
+        &format!(
+            "Two node namespaces on a shared fabric bridge ({ip0}, {ip1}). `node-to-node`: node \
+             IP to node IP (the limit). `podnet native`: a pod on each node, podnet's native \
+             routing (FIB lookup + redirect out of the uplink, `redirect_peer` into the pod). \
+             `kernel routes + bridge`: the same pods with podnet's programs detached, over the \
+             bridge and the kernel routes `podCIDR via nodeIP` (the seed documents' static \
+             routes). `podnet overlay (vxlan)`: a second, identical pair of nodes in \
+             `--mode vxlan` (pods at MTU 1450). Every podnet run must move \
+             `{SENT}` on the sender and `{DELIVERED}` on the receiver; every kernel run must not."
+        ),
     );
-    let _ = writeln!(
-        md,
-        "Two node namespaces on a shared fabric bridge ({ip0}, {ip1}); node-to-node is node IP to node IP. The overlay row is a second, identical pair of nodes in `--mode vxlan` (pods at MTU 1450).\n"
-    );
-    md.push_str(&podnet_tests::bench::tput_rr_table(
-        &names,
-        &samples,
-        "node-to-node",
-        (1, 2),
-    ));
-    print!("{md}");
-    podnet_tests::bench::write_report(args.out.as_deref(), "multinode", &md);
+    runs.into_output(&mut out, "cross-node pod-to-pod");
+    if let Some(dir) = &args.out {
+        out.write(std::path::Path::new(dir));
+    }
 }

@@ -1,5 +1,10 @@
-//! What the benchmark binaries share: the standard arguments, the iperf3 and netprobe
-//! measurements, statistics, machine facts and writing a result file.
+//! What the benchmark binaries share: the standard arguments, the measurements
+//! ([`measure`]), statistics, machine facts, and the result series they hand to the report
+//! ([`series`]).
+
+pub mod measure;
+pub mod profile;
+pub mod series;
 
 use std::{process::Command, time::Duration};
 
@@ -10,15 +15,19 @@ pub struct RoundArgs {
     pub rounds: usize,
     pub seconds: u32,
     pub out: Option<String>,
+    /// `--perf FILE`: where a benchmark that can profile writes its perf profile (Markdown).
+    pub perf: Option<String>,
 }
 
 impl RoundArgs {
-    /// Parses the process's arguments: defaults 5 rounds x 3 s; `--quick` is 3 x 2 s.
+    /// Parses the process's arguments: defaults 5 rounds x 2 s; `--quick` is 2 x 1 s.
+    /// `--out DIR` is where the result series go (see [`series::BenchOutput::write`]).
     pub fn from_env() -> Self {
         let mut args = Self {
             rounds: 5,
-            seconds: 3,
+            seconds: 2,
             out: None,
+            perf: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
@@ -30,10 +39,11 @@ impl RoundArgs {
                     args.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds S");
                 }
                 "--quick" => {
-                    args.rounds = 3;
-                    args.seconds = 2;
+                    args.rounds = 2;
+                    args.seconds = 1;
                 }
                 "--out" => args.out = it.next(),
+                "--perf" => args.perf = it.next(),
                 other => panic!("unknown argument {other}"),
             }
         }

@@ -1,0 +1,539 @@
+//! `podnet-bench-report`: puts the benchmark binaries' results side by side in one report,
+//! `OUT/<date>.md`, with the machine facts, the aims and whether this run met them, a table
+//! per benchmark (medians, min-max spread over rounds, ratios to the baseline measured in the
+//! same run) and SVG plots `OUT/<date>-*.svg`.
+//!
+//! Arguments: `--in DIR` (the `*.json` files the benchmarks wrote), `--out DIR`,
+//! `--profile TEXT` (how the run was configured), `--elapsed SECONDS` (the whole run), and
+//! optionally `--perf FILE` (a Markdown perf profile to include).
+
+mod plot;
+
+use std::{fmt::Write as _, path::PathBuf};
+
+use podnet_tests::bench::{cmd_line, machine, median, series::BenchOutput, series::Series, spread};
+
+/// The order of the sections, by benchmark name.
+const ORDER: [&str; 5] = ["same-node", "cross-node", "nat", "scaling", "cni"];
+
+struct Args {
+    input: PathBuf,
+    out: PathBuf,
+    profile: String,
+    elapsed: Option<f64>,
+    perf: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        input: PathBuf::new(),
+        out: PathBuf::new(),
+        profile: String::new(),
+        elapsed: None,
+        perf: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--in" => args.input = value()?.into(),
+            "--out" => args.out = value()?.into(),
+            "--profile" => args.profile = value()?,
+            "--elapsed" => {
+                args.elapsed = Some(value()?.parse().map_err(|e| format!("--elapsed: {e}"))?);
+            }
+            "--perf" => args.perf = Some(value()?.into()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if args.input.as_os_str().is_empty() || args.out.as_os_str().is_empty() {
+        return Err("usage: podnet-bench-report --in DIR --out DIR [--profile TEXT] [--elapsed S] [--perf FILE]".into());
+    }
+    Ok(args)
+}
+
+/// A cell: median and min-max, with precision fitting the magnitude.
+fn number(v: f64) -> String {
+    if !v.is_finite() {
+        "n/a".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn cell(samples: &[f64]) -> String {
+    if samples.is_empty() {
+        return "n/a".into();
+    }
+    let (lo, hi) = spread(samples);
+    format!(
+        "{} ({}-{})",
+        number(median(samples)),
+        number(lo),
+        number(hi)
+    )
+}
+
+/// All series of one benchmark, and lookups into them.
+struct Results<'a> {
+    series: Vec<&'a Series>,
+}
+
+impl<'a> Results<'a> {
+    fn find(&self, scenario: &str, metric: &str, path: &str, x: Option<f64>) -> Option<&'a Series> {
+        self.series
+            .iter()
+            .copied()
+            .find(|s| s.scenario == scenario && s.metric == metric && s.path == path && s.x == x)
+    }
+
+    /// Median of `s` over the median of its baseline.
+    fn ratio(&self, s: &Series) -> Option<f64> {
+        if s.path == s.baseline {
+            return None;
+        }
+        let base = self.find(&s.scenario, &s.metric, &s.baseline, s.x)?;
+        Some(median(&s.samples) / median(&base.samples))
+    }
+}
+
+/// The distinct values of `key` over `series`, in first-seen order.
+fn distinct<T: PartialEq + Clone>(series: &[&Series], key: impl Fn(&Series) -> T) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    for s in series {
+        let k = key(s);
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    out
+}
+
+/// The Markdown table of one benchmark: a row per scenario and metric, a column per path.
+fn table(r: &Results<'_>) -> String {
+    let mut md = String::new();
+    let paths = distinct(&r.series, |s| s.path.clone());
+    let scaled = r.series.iter().any(|s| s.x.is_some());
+    let _ = write!(
+        md,
+        "| {}metric |",
+        if scaled { "services | " } else { "scenario | " }
+    );
+    for p in &paths {
+        let _ = write!(md, " {p} |");
+    }
+    let ratio_paths: Vec<&String> = paths
+        .iter()
+        .filter(|p| {
+            r.series
+                .iter()
+                .any(|s| &s.path == *p && s.path != s.baseline)
+        })
+        .collect();
+    for p in &ratio_paths {
+        let base = r
+            .series
+            .iter()
+            .find(|s| &s.path == *p)
+            .map_or("", |s| s.baseline.as_str());
+        let _ = write!(md, " {p} / {base} |");
+    }
+    md.push('\n');
+    let columns = 2 + paths.len() + ratio_paths.len();
+    md.push_str(&"|---".repeat(columns));
+    md.push_str("|\n");
+    let rows = distinct(&r.series, |s| {
+        (s.scenario.clone(), s.metric.clone(), s.x.map(f64::to_bits))
+    });
+    for (scenario, metric, x) in rows {
+        let x = x.map(f64::from_bits);
+        let first = r
+            .series
+            .iter()
+            .find(|s| s.scenario == scenario && s.metric == metric && s.x == x)
+            .expect("a row comes from a series");
+        let lead = x.map_or_else(|| scenario.clone(), |x| format!("{x:.0}"));
+        let better = if first.higher_is_better {
+            "higher is better"
+        } else {
+            "lower is better"
+        };
+        let _ = write!(md, "| {lead} | {metric}, {} ({better}) |", first.unit);
+        for p in &paths {
+            let c = r
+                .find(&scenario, &metric, p, x)
+                .map_or_else(|| "".into(), |s| cell(&s.samples));
+            let _ = write!(md, " {c} |");
+        }
+        for p in &ratio_paths {
+            let c = r
+                .find(&scenario, &metric, p, x)
+                .and_then(|s| r.ratio(s))
+                .map_or_else(|| "".into(), |v| format!("**{v:.3}**"));
+            let _ = write!(md, " {c} |");
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// One aim of the issue, checked against this run.
+struct Aim {
+    what: &'static str,
+    measured: String,
+    met: bool,
+}
+
+fn aims(all: &[BenchOutput]) -> Vec<Aim> {
+    let results = |name: &str| Results {
+        series: all
+            .iter()
+            .filter(|o| o.name == name)
+            .flat_map(|o| o.series.iter())
+            .collect(),
+    };
+    let ratio = |r: &Results<'_>, scenario: &str, metric: &str, path: &str, x: Option<f64>| {
+        r.find(scenario, metric, path, x).and_then(|s| r.ratio(s))
+    };
+    let mut out = Vec::new();
+    let same = results("same-node");
+    if let Some(v) = ratio(
+        &same,
+        "same-node pod-to-pod",
+        "TCP throughput",
+        "podnet",
+        None,
+    ) {
+        out.push(Aim {
+            what: "same-node pod-to-pod throughput at least 0.95x the direct veth",
+            measured: format!("{v:.3}x"),
+            met: v >= 0.95,
+        });
+    }
+    let nat = results("nat");
+    let mut nat_ratios = Vec::new();
+    for scenario in ["outside to pod via NodePort", "pod to outside (SNAT)"] {
+        for metric in [
+            "TCP throughput",
+            "TCP request/response",
+            "TCP connection rate",
+        ] {
+            if let Some(v) = ratio(&nat, scenario, metric, "podnet", None) {
+                nat_ratios.push((format!("{scenario}: {metric}"), v));
+            }
+        }
+    }
+    if !nat_ratios.is_empty() {
+        out.push(Aim {
+            what: "NodePort and SNAT ahead of iptables on every scenario",
+            measured: nat_ratios
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.3}x"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            met: nat_ratios.iter().all(|(_, v)| *v > 1.0),
+        });
+    }
+    let scaling = results("scaling");
+    if let Some(v) = ratio(
+        &scaling,
+        "NodePort service scaling",
+        "TCP connection rate",
+        "podnet",
+        Some(10_000.0),
+    ) {
+        out.push(Aim {
+            what: "at 10,000 services, at least 3x iptables on connection rate",
+            measured: format!("{v:.3}x"),
+            met: v >= 3.0,
+        });
+    }
+    let cni = results("cni");
+    if let Some(v) = ratio(
+        &cni,
+        "CNI",
+        "CNI ADD latency p50",
+        "podnet standalone",
+        None,
+    ) {
+        out.push(Aim {
+            what: "CNI ADD in standalone mode faster than the reference chain (p50 latency ratio below 1)",
+            measured: format!("{v:.3}x"),
+            met: v < 1.0,
+        });
+    }
+    out
+}
+
+/// Bars of every non-baseline path's ratio for `metric`, across all benchmarks.
+fn bars(all: &[BenchOutput], metric: &str) -> (Vec<plot::Bar>, bool) {
+    let mut bars = Vec::new();
+    let mut higher = true;
+    for o in all {
+        let r = Results {
+            series: o.series.iter().collect(),
+        };
+        for s in o
+            .series
+            .iter()
+            .filter(|s| s.metric == metric && s.x.is_none())
+        {
+            if let Some(v) = r.ratio(s) {
+                higher = s.higher_is_better;
+                bars.push(plot::Bar {
+                    label: format!("{}: {} / {}", s.scenario, s.path, s.baseline),
+                    ratio: v,
+                });
+            }
+        }
+    }
+    (bars, higher)
+}
+
+fn scaling_lines(all: &[BenchOutput], metric: &str) -> Vec<plot::Line> {
+    let series: Vec<&Series> = all
+        .iter()
+        .flat_map(|o| o.series.iter())
+        .filter(|s| s.x.is_some() && s.metric == metric)
+        .collect();
+    distinct(&series, |s| s.path.clone())
+        .into_iter()
+        .map(|path| plot::Line {
+            points: series
+                .iter()
+                .filter(|s| s.path == path)
+                .map(|s| {
+                    let (lo, hi) = spread(&s.samples);
+                    (s.x.unwrap_or_default(), median(&s.samples), lo, hi)
+                })
+                .collect(),
+            name: path,
+        })
+        .collect()
+}
+
+fn run() -> Result<PathBuf, String> {
+    let args = parse_args()?;
+    let mut all: Vec<BenchOutput> = Vec::new();
+    for name in ORDER {
+        let path = args.input.join(format!("{name}.json"));
+        if path.exists() {
+            all.push(BenchOutput::read(&path)?);
+        }
+    }
+    if all.is_empty() {
+        return Err(format!("no benchmark results in {}", args.input.display()));
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let date = cmd_line("date", &["+%F"]);
+    let (kernel, cpus) = machine();
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let memory = cmd_line("sh", &["-c", "free -g | awk '/Mem:/ {print $2}'"]);
+    let commit = cmd_line("git", &["rev-parse", "--short", "HEAD"]);
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# podnet benchmark report, {date}\n");
+    let _ = writeln!(
+        md,
+        "Written by `cargo xtask bench` (`podnet-bench-report`); every figure in it was measured \
+         in this one run.\n"
+    );
+    let _ = writeln!(
+        md,
+        "- **Machine:** kernel {kernel}, {cpus} CPUs ({cpu_model}), {memory} GiB memory; podnet at commit `{commit}`."
+    );
+    let _ = writeln!(
+        md,
+        "- **Run:** {}{}.",
+        args.profile,
+        args.elapsed
+            .map_or_else(String::new, |s| format!(", {:.1} minutes in all", s / 60.0))
+    );
+    let _ = writeln!(
+        md,
+        "- **Method:** each figure is measured once per round, the paths interleaved within \
+         the round (and for NAT the mode going first alternates), so drift on this shared \
+         machine hits every path alike. Cells are the median over rounds, with the min-max \
+         spread; ratios are median over the baseline's median, from this run. The client is \
+         pinned to CPU 0 and the server to CPU 1 (iperf3 `-A`, `taskset`), so the two sides \
+         never share a core. Throughput: iperf3, one TCP stream. Request/response: netprobe \
+         `rr`, one 2-byte request in flight over one connection. Connection rate: netprobe \
+         `crr`, one connection at a time (connect, request, reply, close), with the p50/p99 \
+         connection lifetime as latency. CPU cost: the machine's busy CPU time (user, system, \
+         softirq; `/proc/stat`) while the client ran, per GB, per transaction or per \
+         connection; it includes the load generators, which are the same on every path.\n"
+    );
+
+    let _ = writeln!(md, "## Aims, as ratios in this run\n");
+    let _ = writeln!(md, "| aim | measured | met |\n|---|---|---|");
+    for aim in aims(&all) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            aim.what,
+            aim.measured,
+            if aim.met { "yes" } else { "**no**" }
+        );
+    }
+    md.push('\n');
+
+    let _ = writeln!(md, "## Plots\n");
+    let plots = [
+        (
+            "throughput",
+            "TCP throughput",
+            "TCP throughput, ratio to the baseline (higher is better)",
+        ),
+        (
+            "request-response",
+            "TCP request/response",
+            "TCP request/response rate, ratio to the baseline (higher is better)",
+        ),
+        (
+            "connection-rate",
+            "TCP connection rate",
+            "TCP connection rate, ratio to the baseline (higher is better)",
+        ),
+        (
+            "cpu-throughput",
+            "CPU cost of TCP throughput",
+            "CPU per GB moved, ratio to the baseline (lower is better)",
+        ),
+        (
+            "cpu-connection-rate",
+            "CPU cost of TCP connection rate",
+            "CPU per connection, ratio to the baseline (lower is better)",
+        ),
+        (
+            "cni-add",
+            "CNI ADD latency p50",
+            "CNI ADD latency p50, ratio to the reference chain (lower is better)",
+        ),
+    ];
+    for (stem, metric, title) in plots {
+        let (bars, higher) = bars(&all, metric);
+        if bars.is_empty() {
+            continue;
+        }
+        let file = format!("{date}-{stem}.svg");
+        plot::ratio_bars(
+            &args.out.join(&file),
+            title,
+            "ratio to baseline (1.0 = same as the baseline)",
+            &bars,
+            higher,
+        )?;
+        let _ = writeln!(md, "![{title}]({file})\n");
+    }
+    for (stem, metric, y, title) in [
+        (
+            "scaling-rate",
+            "TCP connection rate",
+            "connections/s",
+            "NodePort connection rate vs services installed",
+        ),
+        (
+            "scaling-latency",
+            "TCP connection latency p99",
+            "p99 connection lifetime, us",
+            "NodePort connection latency p99 vs services installed",
+        ),
+    ] {
+        let lines = scaling_lines(&all, metric);
+        if lines.is_empty() {
+            continue;
+        }
+        let file = format!("{date}-{stem}.svg");
+        plot::scaling_lines(
+            &args.out.join(&file),
+            title,
+            "NodePort services installed (log scale)",
+            y,
+            &lines,
+        )?;
+        let _ = writeln!(md, "![{title}]({file})\n");
+    }
+
+    for o in &all {
+        let r = Results {
+            series: o.series.iter().collect(),
+        };
+        let _ = writeln!(md, "## {}\n\n{}\n", o.title, o.method);
+        md.push_str(&table(&r));
+        md.push('\n');
+        for note in &o.notes {
+            let _ = writeln!(md, "- {note}");
+        }
+        if !o.notes.is_empty() {
+            md.push('\n');
+        }
+    }
+    if let Some(perf) = &args.perf {
+        let text = std::fs::read_to_string(perf).map_err(|e| format!("{}: {e}", perf.display()))?;
+        md.push_str(&text);
+    }
+    let path = args.out.join(format!("{date}.md"));
+    std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(path) => {
+            println!("wrote {}", path.display());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("podnet-bench-report: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(path: &str, samples: &[f64]) -> Series {
+        Series {
+            scenario: "s".into(),
+            metric: "TCP throughput".into(),
+            unit: "Gbit/s".into(),
+            higher_is_better: true,
+            path: path.into(),
+            baseline: "veth".into(),
+            x: None,
+            samples: samples.to_vec(),
+        }
+    }
+
+    #[test]
+    fn ratios_are_medians_over_the_baseline_median() {
+        let (base, p) = (
+            series("veth", &[10.0, 8.0, 12.0]),
+            series("podnet", &[9.0, 1.0, 9.5]),
+        );
+        let r = Results {
+            series: vec![&base, &p],
+        };
+        assert!((r.ratio(&p).expect("a ratio") - 0.9).abs() < 1e-9);
+        assert_eq!(r.ratio(&base), None, "the baseline has no ratio to itself");
+        let md = table(&r);
+        assert!(md.contains("| veth | podnet | podnet / veth |"), "{md}");
+        assert!(
+            md.contains("10.00 (8.00-12.00) | 9.00 (1.00-9.50) | **0.900** |"),
+            "{md}"
+        );
+    }
+}
