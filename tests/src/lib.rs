@@ -9,7 +9,8 @@
 //! - [`veth`] / [`addr`] / [`route`]: wiring between namespaces.
 //! - [`Topology`]: the standard node + outside fixture on 198.18.0.0/24.
 //! - [`podnet_bin`], [`netprobe_bin`] and the `netprobe` helpers ([`serve_tcp`],
-//!   [`connect_tcp`], [`peer_ip_of`], ...).
+//!   [`connect_tcp`], [`peer_ip_of`], ...), and for thousands of concurrent connections
+//!   [`serve_many`] and [`hold_tcp`].
 //! - [`Cni`] / [`CniNode`]: a libcni-like driver running podnet's CNI plugin and the reference
 //!   plugins inside a node namespace.
 

@@ -139,6 +139,7 @@ fn ten_thousand_concurrent_connections_through_snat_and_a_nodeport_all_carry_dat
         "--backend",
         "web:7100",
     ]);
+    let idle = map_memory(&node.pin_dir);
     let before = node.stats();
     let retrans_before = (tcp_retransmits(&client.ns), tcp_retransmits(outside));
 
@@ -194,6 +195,7 @@ fn ten_thousand_concurrent_connections_through_snat_and_a_nodeport_all_carry_dat
     let ct = maps.get("CONNTRACK").expect("a pinned CONNTRACK map");
     let per_entry = ct.bytes_memlock / ct.max_entries;
     let total: u64 = maps.values().map(|m| m.bytes_memlock).sum();
+    let total_idle: u64 = idle.values().map(|m| m.bytes_memlock).sum();
     println!("map memory with {live} conntrack entries in use (of {limit} admitted):");
     for (name, m) in &maps {
         println!(
@@ -204,15 +206,17 @@ fn ten_thousand_concurrent_connections_through_snat_and_a_nodeport_all_carry_dat
         );
     }
     println!(
-        "  total {} MiB; CONNTRACK {per_entry} bytes per entry, {} bytes per connection (2 entries)",
+        "  total {} MiB ({} MiB before the connections); CONNTRACK {per_entry} bytes per entry, {} bytes per connection (2 entries)",
         mib(total),
+        mib(total_idle),
         2 * per_entry
     );
     s.number("conntrack_max_entries", ct.max_entries)
         .number("conntrack_mib", mib(ct.bytes_memlock))
         .number("conntrack_bytes_per_connection", 2 * per_entry)
         .number("conntrack_fill_percent", live * 100 / ct.max_entries)
-        .number("all_maps_mib", mib(total));
+        .number("all_maps_mib", mib(total))
+        .number("all_maps_mib_before_connections", mib(total_idle));
     for (name, m) in &maps {
         s.number(
             &format!("map_{}", name.to_lowercase()),
