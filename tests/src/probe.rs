@@ -237,6 +237,8 @@ pub fn hold_tcp(
 ) -> HeldConnections {
     let _ = std::fs::remove_file(release);
     let bin = netprobe_bin();
+    // Connection attempts run in windows of a few hundred, each bounded by the timeout.
+    let windows = count / 256 + 1;
     let count = count.to_string();
     let timeout_ms = connect_timeout.as_millis().to_string();
     let release_arg = release.to_str().expect("UTF-8 path");
@@ -256,8 +258,6 @@ pub fn hold_tcp(
             &timeout_ms,
         ],
     ));
-    // Connection attempts run in windows of a few hundred, each bounded by the timeout.
-    let windows = count.parse::<u32>().unwrap_or(0) / 256 + 1;
     let connected_line =
         child.wait_for_stdout("connected=", connect_timeout * windows + LISTEN_TIMEOUT);
     HeldConnections {
