@@ -476,9 +476,14 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
             struct StatsView {
                 reasons: Vec<podnet::datapath::maps::ReasonCount>,
                 conntrack: conntrack::Usage,
+                /// New flows being refused, one line per cause (empty when none are).
+                warnings: Vec<String>,
             }
+            let reasons = maps.stats()?;
+            let config = maps.config()?;
             let view = StatsView {
-                reasons: maps.stats()?,
+                warnings: stats_warnings(&reasons, &config),
+                reasons,
                 conntrack: conntrack::usage(&maps)?,
             };
             print(json, &view, |v| {
@@ -489,7 +494,15 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
                         s.reason, s.packets, s.bytes
                     ));
                 }
-                out.push_str(&stats_conntrack_line(&v.conntrack, &v.reasons));
+                out.push_str(&format!(
+                    "\nconntrack: {} of {} entries in use ({} flows)",
+                    v.conntrack.live,
+                    v.conntrack.limit,
+                    v.conntrack.live / 2
+                ));
+                for w in &v.warnings {
+                    out.push_str(&format!("\nWARNING: {w}"));
+                }
                 out
             });
         }
@@ -590,28 +603,33 @@ fn install_cni(state_dir: &Path, json: bool, args: InstallCniArgs) -> Result<()>
     Ok(())
 }
 
-/// The conntrack summary under `podnet stats`, with a line that cannot be missed when the
-/// table has refused flows.
-fn stats_conntrack_line(
-    usage: &conntrack::Usage,
+/// The lines under `podnet stats` that cannot be missed: one per cause of refused new flows
+/// (the counters are cumulative since the maps were created).
+fn stats_warnings(
     reasons: &[podnet::datapath::maps::ReasonCount],
-) -> String {
-    let mut out = format!(
-        "\nconntrack: {} of {} entries in use ({} flows)",
-        usage.live,
-        usage.limit,
-        usage.live / 2
-    );
-    let refused = reasons
-        .iter()
-        .find(|r| r.reason == "drop_ct_full")
-        .map_or(0, |r| r.packets);
-    if refused > 0 {
-        out.push_str(&format!(
-            "\nWARNING: conntrack table full: {refused} packet(s) of new flows refused; raise --conntrack-max or run `podnet conntrack gc`"
+    config: &podnet_ebpf::abi::NodeConfig,
+) -> Vec<String> {
+    let packets = |reason: &str| {
+        reasons
+            .iter()
+            .find(|r| r.reason == reason)
+            .map_or(0, |r| r.packets)
+    };
+    let mut warnings = Vec::new();
+    let ct_full = packets("drop_ct_full");
+    if ct_full > 0 {
+        warnings.push(format!(
+            "conntrack table full: {ct_full} packet(s) of new flows refused; raise --conntrack-max or run `podnet conntrack gc`"
         ));
     }
-    out
+    let no_port = packets("drop_nat_no_port");
+    if no_port > 0 {
+        warnings.push(format!(
+            "SNAT ports exhausted: {no_port} packet(s) of new flows refused, no free port in {}-{} toward their destination; widen --snat-ports or run `podnet conntrack gc`",
+            config.snat_port_min, config.snat_port_max
+        ));
+    }
+    warnings
 }
 
 fn run_peer(settings: &NodeSettings, json: bool, cmd: PeerCommand) -> Result<()> {

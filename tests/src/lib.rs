@@ -9,7 +9,8 @@
 //! - [`veth`] / [`addr`] / [`route`]: wiring between namespaces.
 //! - [`Topology`]: the standard node + outside fixture on 198.18.0.0/24.
 //! - [`podnet_bin`], [`netprobe_bin`] and the `netprobe` helpers ([`serve_tcp`],
-//!   [`connect_tcp`], [`peer_ip_of`], ...).
+//!   [`connect_tcp`], [`peer_ip_of`], ...), and for thousands of concurrent connections
+//!   [`serve_many`] and [`hold_tcp`].
 //! - [`Cni`] / [`CniNode`]: a libcni-like driver running podnet's CNI plugin and the reference
 //!   plugins inside a node namespace.
 
@@ -41,9 +42,9 @@ pub use netns::{
 pub use node::{CLUSTER_CIDR, Node, PodInfo, PodnetCli, ping};
 pub use privilege::{REQUIRE_ROOT_ENV, require_root, require_root_for};
 pub use probe::{
-    addr_field, churn_tcp, connect_tcp, connect_udp, http_get, local_ip_of, netprobe, netprobe_bin,
-    peer_ip_of, podnet, podnet_bin, serve, serve_http, serve_tcp, serve_tcp_echo, serve_udp,
-    stream_tcp, workspace_root,
+    HeldConnections, addr_field, churn_tcp, connect_tcp, connect_udp, hold_tcp, http_get,
+    local_ip_of, netprobe, netprobe_bin, number_field, peer_ip_of, podnet, podnet_bin, serve,
+    serve_http, serve_many, serve_tcp, serve_tcp_echo, serve_udp, stream_tcp, workspace_root,
 };
 pub use process::{ChildGuard, DEFAULT_TIMEOUT, describe, run_bounded};
 pub use robustness::Scenario;

@@ -191,6 +191,95 @@ pub fn stream_tcp(
     result_of(&ns.exec_timeout(&argv, timeout))
 }
 
+/// Connections held open by `netprobe hold` (see [`hold_tcp`]); the process dies with this.
+pub struct HeldConnections {
+    child: ChildGuard,
+    release: PathBuf,
+    /// The `connected=C failed=F ms=T` line.
+    pub connected_line: String,
+}
+
+impl HeldConnections {
+    /// How many connected.
+    pub fn connected(&self) -> u64 {
+        number_field(&self.connected_line, "connected").unwrap_or(0)
+    }
+
+    /// Lets the holder go on: every connection sends a line and reads its echo, then all close.
+    /// Returns `echoed=E ms=T` on success (all connected and echoed), else the failure.
+    pub fn release(self, timeout: Duration) -> Result<String, String> {
+        std::fs::write(&self.release, b"")
+            .unwrap_or_else(|e| panic!("writing {}: {e}", self.release.display()));
+        let output = self.child.finish(timeout);
+        let _ = std::fs::remove_file(&self.release);
+        let echoed = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find(|l| l.starts_with("echoed="))
+            .map(str::to_owned);
+        match (output.status.success(), echoed) {
+            (true, Some(line)) => Ok(line),
+            _ => Err(crate::describe(&output)),
+        }
+    }
+}
+
+/// `netprobe hold tcp ADDR --count N` in `ns` (against `netprobe serve-many` or any echo
+/// server): opens `count` connections at once, each attempt bounded by `connect_timeout`, and
+/// returns once all attempts have finished, with the connections held open until
+/// [`HeldConnections::release`]. `release` names a file that must not exist yet (its appearance
+/// is the signal).
+pub fn hold_tcp(
+    ns: &(impl InNetns + ?Sized),
+    addr: &str,
+    count: u32,
+    release: &Path,
+    connect_timeout: Duration,
+) -> HeldConnections {
+    let _ = std::fs::remove_file(release);
+    let bin = netprobe_bin();
+    // Connection attempts run in windows of a few hundred, each bounded by the timeout.
+    let windows = count / 256 + 1;
+    let count = count.to_string();
+    let timeout_ms = connect_timeout.as_millis().to_string();
+    let release_arg = release.to_str().expect("UTF-8 path");
+    let mut child = ns.spawn(&argv_with(
+        &bin,
+        &[
+            "hold",
+            "tcp",
+            addr,
+            "--count",
+            &count,
+            "--until-file",
+            release_arg,
+            "--seconds",
+            "300",
+            "--timeout-ms",
+            &timeout_ms,
+        ],
+    ));
+    let connected_line =
+        child.wait_for_stdout("connected=", connect_timeout * windows + LISTEN_TIMEOUT);
+    HeldConnections {
+        child,
+        release: release.to_path_buf(),
+        connected_line,
+    }
+}
+
+/// `netprobe serve-many tcp --listen LISTEN`: an echo server for thousands of concurrent
+/// connections (for [`hold_tcp`]).
+pub fn serve_many(ns: &(impl InNetns + ?Sized), listen: &str) -> ChildGuard {
+    serve(ns, &["serve-many", "tcp", "--listen", listen])
+}
+
+/// The number after `key=` in a netprobe line (`connected=10 failed=0 ms=3`).
+pub fn number_field(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
 /// The address after `key=` in a netprobe reply (`peer=1.2.3.4:5 local=... bytes=...`).
 pub fn addr_field(reply: &str, key: &str) -> Option<SocketAddr> {
     reply

@@ -581,6 +581,9 @@ fn a_long_lived_stream_survives_node_init() {
 #[test]
 fn a_full_table_refuses_new_flows_visibly_and_keeps_established_ones() {
     require_root!();
+    let mut s = podnet_tests::Scenario::new(
+        "conntrack table full (6 entries): new SNAT and NodePort flows refused, established kept, collection frees room",
+    );
     // Room for 3 flows; UDP flows expire after a second so collection can be shown.
     let node = Node::with_args(
         "10.244.52.0/24",
@@ -597,6 +600,9 @@ fn a_full_table_refuses_new_flows_visibly_and_keeps_established_ones() {
         ],
     );
     let pod = node.add_pod("client");
+    let web = node.add_pod("web");
+    let _web = serve_tcp(&web.ns, "0.0.0.0:80");
+    nodeport(&node, 30080, "tcp", &["web:80"]);
     let outside = &node.topo.outside;
     let _echo = serve_tcp_echo(outside, &format!("{OUTSIDE_IP}:7000"));
     let _udp = serve_udp(outside, &format!("{OUTSIDE_IP}:5353"));
@@ -610,7 +616,7 @@ fn a_full_table_refuses_new_flows_visibly_and_keeps_established_ones() {
         "tcp",
         &format!("{OUTSIDE_IP}:7000"),
         "--seconds",
-        "4",
+        "5",
     ]);
     thread::sleep(Duration::from_millis(300));
     // Two more flows fill the table.
@@ -627,7 +633,14 @@ fn a_full_table_refuses_new_flows_visibly_and_keeps_established_ones() {
         );
         assert!(out.status.success(), "flow {port}: {}", describe(&out));
     }
-    // A new flow is refused...
+    let live = || {
+        node.json(&["stats"])["conntrack"]["live"]
+            .as_u64()
+            .expect("live")
+    };
+    s.number("entries_limit", 6)
+        .number("entries_in_use", live());
+    // A new flow is refused, from a pod (SNAT)...
     let refused = connect_tcp(&pod.ns, &format!("{OUTSIDE_IP}:8080"));
     assert!(
         refused.is_err(),
@@ -635,6 +648,29 @@ fn a_full_table_refuses_new_flows_visibly_and_keeps_established_ones() {
     );
     let stats = node.stats();
     assert!(stats["drop_ct_full"] >= 1, "{stats:?}");
+    // ...and from the outside to a NodePort.
+    let refused = netprobe(
+        outside,
+        &[
+            "connect",
+            "tcp",
+            &format!("{NODE_IP}:30080"),
+            "--timeout-ms",
+            "1000",
+        ],
+    );
+    assert!(
+        !refused.status.success(),
+        "a NodePort flow got through a full table: {}",
+        describe(&refused)
+    );
+    let after = node.stats();
+    assert!(
+        after["drop_ct_full"] > stats["drop_ct_full"],
+        "the NodePort flow was not counted: {after:?}"
+    );
+    assert_eq!(after["dnat"], stats["dnat"], "{after:?}");
+    s.number("packets_refused_ct_full", after["drop_ct_full"]);
     let text = node.ok(&["stats"]);
     assert!(text.contains("conntrack table full"), "{text}");
     assert!(text.contains("6 of 6 entries in use"), "{text}");
@@ -644,11 +680,16 @@ fn a_full_table_refuses_new_flows_visibly_and_keeps_established_ones() {
         .expect("stream ends");
     let out = stream.stdout();
     assert!(status.success(), "stream: {out} {}", stream.stderr());
+    s.number("stream", out.trim());
     // Once the UDP flows expire, collection frees their entries and new flows work again.
     thread::sleep(Duration::from_millis(2200));
     let gc = node.json(&["conntrack", "gc"]);
     assert!(gc["removed"].as_u64().is_some_and(|n| n >= 4), "{gc}");
+    s.number("entries_collected", &gc["removed"])
+        .number("entries_in_use_after_gc", live());
     connect_tcp(&pod.ns, &format!("{OUTSIDE_IP}:8080")).expect("new flow after gc");
+    connect_tcp(outside, &format!("{NODE_IP}:30080")).expect("new NodePort flow after gc");
+    s.number("new_flows_after_gc", 2);
 }
 
 #[test]

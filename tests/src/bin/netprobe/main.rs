@@ -9,6 +9,8 @@
 //! netprobe stream tcp IP:PORT --seconds S [--timeout-ms 2000]
 //! netprobe rr tcp IP:PORT --seconds S [--timeout-ms 2000]
 //! netprobe crr tcp IP:PORT --seconds S [--timeout-ms 2000]
+//! netprobe serve-many tcp --listen IP:PORT
+//! netprobe hold tcp IP:PORT --count N [--until-file PATH] [--seconds S] [--timeout-ms 2000]
 //! ```
 //!
 //! Servers print `listening <addr>` once bound. The one-shot TCP server reads one line (or up
@@ -23,6 +25,10 @@
 //! prints `ok=N failed=M rate=R p50_us=A p99_us=B` (R = successful connections per second; A and
 //! B the median and 99th percentile connection lifetime). A failed connection
 //! is counted and the loop goes on; each connection is bounded by the timeout.
+//!
+//! `serve-many` and `hold` are for thousands of concurrent connections (see [`many`]).
+
+mod many;
 
 use std::{
     collections::HashMap,
@@ -49,7 +55,9 @@ const USAGE: &str = "usage:
   netprobe churn tcp IP:PORT --count N [--timeout-ms MS]
   netprobe stream tcp IP:PORT --seconds S [--timeout-ms MS]
   netprobe rr tcp IP:PORT --seconds S [--timeout-ms MS]
-  netprobe crr tcp IP:PORT --seconds S [--timeout-ms MS]";
+  netprobe crr tcp IP:PORT --seconds S [--timeout-ms MS]
+  netprobe serve-many tcp --listen IP:PORT
+  netprobe hold tcp IP:PORT --count N [--until-file PATH] [--seconds S] [--timeout-ms MS]";
 
 enum Failure {
     Usage(String),
@@ -88,6 +96,7 @@ const FLAGS: &[&str] = &[
     "--source-port",
     "--seconds",
     "--path",
+    "--until-file",
 ];
 
 impl Args {
@@ -264,6 +273,41 @@ fn run(args: &Args) -> Result<ExitCode> {
                 Duration::from_secs_f64(seconds),
                 args.timeout()?,
             )
+        }
+        "serve-many" => {
+            tcp_only(args)?;
+            many::serve_many(args.listen()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "hold" => {
+            tcp_only(args)?;
+            let count: u64 = args
+                .flag("--count")?
+                .ok_or_else(|| usage("--count N is required"))?;
+            if !(1..=many::MAX_COUNT).contains(&count) {
+                return Err(usage(format!(
+                    "--count must be between 1 and {}",
+                    many::MAX_COUNT
+                )));
+            }
+            let until_file = args.flag("--until-file")?;
+            let max_hold = if until_file.is_some() {
+                args.seconds(3600.0)?
+            } else {
+                0.0
+            };
+            let all_held = many::hold(&many::Hold {
+                addr: args.addr(2)?,
+                count,
+                until_file,
+                max_hold: Duration::from_secs_f64(max_hold),
+                timeout: args.timeout()?,
+            })?;
+            Ok(if all_held {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         other => Err(usage(format!("unknown subcommand {other}"))),
     }
