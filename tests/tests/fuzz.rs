@@ -168,14 +168,16 @@ fn in_node_netns(test: impl FnOnce() + Send) {
     netns.run(test).expect("enter the test namespace");
 }
 
-/// Ports the kernel chose for the seeded flows (SNAT ports are random).
+/// Ports the datapath chose for the seeded flows. Every seeded source port (and the echo
+/// identifier) lies in the SNAT range, so SNAT keeps it and the flows are the same in every run:
+/// a replayed input meets the state it failed against.
 #[derive(Clone, Copy, Debug, Default)]
 struct Flows {
     /// `A:40000 -> OUTSIDE:80` leaves as `NODE:snat_tcp`.
     snat_tcp: u16,
-    /// `A:5353 -> OUTSIDE:53` leaves as `NODE:snat_udp`.
+    /// `A:45353 -> OUTSIDE:53` leaves as `NODE:snat_udp`.
     snat_udp: u16,
-    /// `A` echo id 0x1234 to `OUTSIDE` leaves with id `snat_echo`.
+    /// `A` echo id 0xb000 to `OUTSIDE` leaves with id `snat_echo`.
     snat_echo: u16,
     /// `A:41000 -> NODE:NP_HAIRPIN` reaches `A:80` as `NODE:hairpin`.
     hairpin: u16,
@@ -188,8 +190,8 @@ const DNAT_TCP_CLIENT: Addr = (OUTSIDE, 50_000);
 const DNAT_UDP_CLIENT: Addr = (OUTSIDE, 50_001);
 const REMOTE_CLIENT: Addr = (OUTSIDE, 50_002);
 const SNAT_TCP: Addr = (POD_A, 40_000);
-const SNAT_UDP: Addr = (POD_A, 5353);
-const SNAT_ECHO_ID: u16 = 0x1234;
+const SNAT_UDP: Addr = (POD_A, 45_353);
+const SNAT_ECHO_ID: u16 = 0xb000;
 const HAIRPIN_CLIENT: Addr = (POD_A, 41_000);
 
 struct Harness {
@@ -447,6 +449,17 @@ impl Harness {
             hairpin,
             remote,
         };
+        assert_eq!(
+            (snat_tcp, snat_udp, snat_echo, hairpin, remote),
+            (
+                SNAT_TCP.1,
+                SNAT_UDP.1,
+                SNAT_ECHO_ID,
+                HAIRPIN_CLIENT.1,
+                REMOTE_CLIENT.1
+            ),
+            "SNAT keeps a free source port inside its range, so seeded flows are reproducible"
+        );
         // The replies that establish the TCP flows.
         self.seed(
             Prog::FromUplink,
