@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use podnet_ebpf::abi::{
     CtKey, CtNat,
-    proto::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    proto::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HLEN},
 };
 
 use crate::parse::{
@@ -150,9 +150,19 @@ const IP_CHECK_FIELD: usize = 10;
 const IP_SADDR_FIELD: usize = 12;
 const IP_DADDR_FIELD: usize = 16;
 
+/// Bytes after the quoted IPv4 header an ICMP error carries (RFC 792): ports, or an echo's
+/// identifier.
+const QUOTED_L4_LEN: usize = 8;
+/// The quoted bytes an ICMP error must carry, inside its IPv4 total length, to be translated.
+const QUOTED_MIN_LEN: usize = IPV4_MIN_HLEN + QUOTED_L4_LEN;
+
 /// Reads the headers an ICMP error at `pkt.l4_off` quotes.
 #[inline(always)]
 pub fn quoted(ctx: &TcContext, pkt: &Ipv4Packet) -> Option<Quoted> {
+    if pkt.l4_len < ICMP_HLEN + QUOTED_MIN_LEN {
+        // A quote cut short by the IPv4 total length: the rest is padding, not headers.
+        return None;
+    }
     let ip_off = pkt.l4_off + ICMP_HLEN;
     if ctx.load::<u8>(ip_off).ok()? != QUOTED_IHL {
         return None;
@@ -160,7 +170,7 @@ pub fn quoted(ctx: &TcContext, pkt: &Ipv4Packet) -> Option<Quoted> {
     let proto: u8 = ctx.load(ip_off + IP_PROTO_FIELD).ok()?;
     let saddr: [u8; 4] = ctx.load(ip_off + IP_SADDR_FIELD).ok()?;
     let daddr: [u8; 4] = ctx.load(ip_off + IP_DADDR_FIELD).ok()?;
-    let l4_off = ip_off + 20;
+    let l4_off = ip_off + IPV4_MIN_HLEN;
     let mut key = CtKey {
         saddr,
         daddr,

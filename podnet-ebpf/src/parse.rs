@@ -136,6 +136,8 @@ pub struct Ipv4Packet {
     /// Ports are 0 unless [`L4::has_tuple`].
     pub key: CtKey,
     pub l4_off: usize,
+    /// Bytes of L4 inside the IPv4 total length (anything after it is link-layer padding).
+    pub l4_len: usize,
     pub l4: L4,
 }
 
@@ -144,17 +146,21 @@ pub struct Ipv4Packet {
 #[inline(always)]
 pub fn ipv4_packet(ctx: &TcContext, frame: &Ipv4Frame) -> Ipv4Packet {
     // SAFETY: the parser bounds-checked the fixed header and nothing has changed the packet.
-    let (version_ihl, frag_off, protocol, saddr, daddr) = unsafe {
+    let (version_ihl, tot_len, frag_off, protocol, saddr, daddr) = unsafe {
         let ip = &*frame.ip;
         (
             ip.version_ihl,
+            u16::from_be(ip.tot_len),
             u16::from_be(ip.frag_off),
             ip.protocol,
             ip.saddr,
             ip.daddr,
         )
     };
-    let l4_off = ETH_HLEN + usize::from(version_ihl & 0x0f) * 4;
+    let hlen = usize::from(version_ihl & 0x0f) * 4;
+    let l4_off = ETH_HLEN + hlen;
+    // `frame` checked that the total length covers the header.
+    let l4_len = usize::from(tot_len).saturating_sub(hlen);
     let mut key = CtKey {
         saddr,
         daddr,
@@ -165,6 +171,10 @@ pub fn ipv4_packet(ctx: &TcContext, frame: &Ipv4Frame) -> Ipv4Packet {
     };
     let l4 = if frag_off & (IP_MF | IP_OFFSET) != 0 {
         L4::Fragment
+    } else if l4_len < l4_min_len(protocol) {
+        // The L4 header is cut short by the IPv4 total length: whatever follows is padding,
+        // not ports, and rewriting it would write past the packet.
+        L4::Opaque
     } else {
         match protocol {
             IPPROTO_TCP | IPPROTO_UDP => match ports(ctx, l4_off) {
@@ -186,11 +196,30 @@ pub fn ipv4_packet(ctx: &TcContext, frame: &Ipv4Frame) -> Ipv4Packet {
             _ => L4::Opaque,
         }
     };
-    Ipv4Packet { key, l4_off, l4 }
+    Ipv4Packet {
+        key,
+        l4_off,
+        l4_len,
+        l4,
+    }
 }
 
 /// Offset of the flags byte in the TCP header.
 const TCP_FLAGS_OFF: usize = 13;
+/// TCP header without options: NAT reads the flags and rewrites the checksum at 16.
+const TCP_MIN_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+
+/// The L4 header bytes NAT needs inside the IPv4 total length to read and rewrite `proto`.
+#[inline(always)]
+fn l4_min_len(proto: u8) -> usize {
+    match proto {
+        IPPROTO_TCP => TCP_MIN_HLEN,
+        IPPROTO_UDP => UDP_HLEN,
+        IPPROTO_ICMP => ICMP_HLEN,
+        _ => 0,
+    }
+}
 /// Offset of the identifier in an ICMP echo header.
 pub const ICMP_ID_OFF: usize = 4;
 /// Offset of the checksum in an ICMP header.

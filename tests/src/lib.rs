@@ -11,12 +11,14 @@
 //! - [`podnet_bin`], [`netprobe_bin`] and the `netprobe` helpers ([`serve_tcp`],
 //!   [`connect_tcp`], [`peer_ip_of`], ...), and for thousands of concurrent connections
 //!   [`serve_many`] and [`hold_tcp`].
+//! - [`fuzz`]: a seeded PRNG, frame mutations and independent frame checks for fuzzing.
 //! - [`Cni`] / [`CniNode`]: a libcni-like driver running podnet's CNI plugin and the reference
 //!   plugins inside a node namespace.
 
 pub mod bench;
 pub mod cluster;
 pub mod cni;
+pub mod fuzz;
 pub mod netns;
 pub mod node;
 pub mod packet;

@@ -50,6 +50,19 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Fuzz from_pod and from_uplink with more inputs than the suite's fixed-seed run
+    /// (tests/tests/fuzz.rs); a failure prints the input in hex with its seed and index.
+    Fuzz {
+        /// Number of inputs.
+        #[arg(long, default_value_t = 1_000_000)]
+        iterations: u64,
+        /// Seed of the inputs (decimal or 0x-hex); default: a new one from the clock.
+        #[arg(long)]
+        seed: Option<String>,
+        /// Replay one input, `<program>:<hex frame>`, as a failure prints it.
+        #[arg(long)]
+        replay: Option<String>,
+    },
     /// Set up, build, and run the self-contained demo topology in network namespaces.
     Demo {
         /// Arguments passed on to `podnet demo`.
@@ -79,6 +92,14 @@ fn main() -> Result<()> {
             setup::ensure_all()?;
             build_userspace(&root, true)?;
             bench(&root, quick)
+        }
+        Task::Fuzz {
+            iterations,
+            seed,
+            replay,
+        } => {
+            setup::ensure_all()?;
+            fuzz(&root, iterations, seed, replay)
         }
         Task::Demo { args } => {
             setup::ensure_all()?;
@@ -166,6 +187,41 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         .args(args);
     // Under CI a privileged test that would skip is a failure: CI runs as root.
     cmd.env("PODNET_TESTS_REQUIRE_ROOT", "1");
+    let records = robustness::reset(root)?;
+    let outcome = run(&mut cmd);
+    robustness::print_summary(&records);
+    outcome
+}
+
+/// Runs the fuzz test alone with `iterations` inputs from `seed` (or replays one input), and
+/// prints its line of the robustness summary.
+fn fuzz(root: &Path, iterations: u64, seed: Option<String>, replay: Option<String>) -> Result<()> {
+    let object = ebpf::build(root)?;
+    let seed = seed.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!("{:#x}", now.as_nanos() & u128::from(u64::MAX))
+    });
+    println!("fuzzing with {iterations} inputs, seed {seed}");
+    let mut cmd = cargo(root, &object);
+    cmd.args([
+        "test",
+        "--package",
+        "podnet-tests",
+        "--test",
+        "fuzz",
+        "--",
+        "--exact",
+        "fuzzed_frames_keep_the_datapath_invariants",
+        "--nocapture",
+    ])
+    .env("PODNET_TESTS_REQUIRE_ROOT", "1")
+    .env("PODNET_FUZZ_ITERATIONS", iterations.to_string())
+    .env("PODNET_FUZZ_SEED", &seed);
+    if let Some(replay) = replay {
+        cmd.env("PODNET_FUZZ_REPLAY", replay);
+    }
     let records = robustness::reset(root)?;
     let outcome = run(&mut cmd);
     robustness::print_summary(&records);

@@ -5,7 +5,8 @@
 //! other mode as `podnet-<mode>.conflist.example`, which runtimes ignore.
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
+    io::Write as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -93,17 +94,42 @@ pub fn conflist(settings: &NodeSettings, mode: Mode) -> Value {
     }
 }
 
+/// Mode of directories `install-cni` creates: runtimes read them, only root writes them (a
+/// directory others could write to would let them plant a plugin that runs as root).
+const INSTALL_DIR_MODE: u32 = 0o755;
+
+/// Writes `path` atomically with `mode`. The temporary file is created with `mode` from the
+/// start (never more open than that, whatever the umask), so nobody can open it for writing
+/// before it is in place.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
     let dir = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(INSTALL_DIR_MODE)
+        .create(dir)
+        .map_err(io("creating", dir))?;
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name()
             .map_or_else(Default::default, |n| n.to_string_lossy())
     ));
-    std::fs::write(&tmp, bytes).map_err(io("writing", &tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+    // A leftover of an interrupted install: start afresh so its mode is not inherited.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("removing", &tmp)(e)),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io("creating", &tmp))?;
+    file.write_all(bytes).map_err(io("writing", &tmp))?;
+    // The umask may have cleared bits the mode asks for (e.g. the binary's execute bits).
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io("setting permissions of", &tmp))?;
+    drop(file);
     std::fs::rename(&tmp, path).map_err(io("renaming into place", path))
 }
 

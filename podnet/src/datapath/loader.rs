@@ -4,7 +4,8 @@
 //! atomically, so attached pods never see a gap.
 
 use std::{
-    fs,
+    fs::{self, DirBuilder, Permissions},
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -20,6 +21,11 @@ use podnet_ebpf::abi::{
 };
 
 use super::{DatapathError, OBJECT};
+
+/// Mode of the pin directories: root only. The pins in them are 0600 already (the kernel gives
+/// a pin `0600 & ~umask`), but the directories would otherwise follow the umask (0777 under
+/// umask 000) and let anyone list the node's maps and programs.
+const PIN_DIR_MODE: u32 = 0o700;
 
 /// `BPF_FS_MAGIC` from linux/magic.h.
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
@@ -145,6 +151,25 @@ fn check_pinned_map(path: &Path, name: &str, opts: &LoadOptions) -> Result<bool,
     }
 }
 
+/// Creates a pin directory (and missing parents) root-only, whatever the umask, and tightens
+/// one that exists with looser permissions (made by an older podnet or by hand).
+fn ensure_pin_dir(dir: &Path) -> Result<(), DatapathError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(PIN_DIR_MODE)
+        .create(dir)
+        .map_err(io("creating", dir))?;
+    let mode = fs::metadata(dir)
+        .map_err(io("inspecting", dir))?
+        .permissions()
+        .mode();
+    if mode & 0o7777 != PIN_DIR_MODE {
+        fs::set_permissions(dir, Permissions::from_mode(PIN_DIR_MODE))
+            .map_err(io("restricting to root", dir))?;
+    }
+    Ok(())
+}
+
 /// Path of a program's pin.
 pub fn program_pin(pin_dir: &Path, program: &str) -> PathBuf {
     pin_dir.join("progs").join(program)
@@ -156,7 +181,7 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
     let started = Instant::now();
     check_bpffs(&opts.pin_dir)?;
     for dir in [opts.pin_dir.clone(), opts.pin_dir.join("progs")] {
-        fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        ensure_pin_dir(&dir)?;
     }
     let mut maps_reused = Vec::new();
     let mut maps_created = Vec::new();

@@ -1,0 +1,1348 @@
+//! Packet fuzzing of both classifiers, `from_pod` and `from_uplink`, through
+//! `BPF_PROG_TEST_RUN`, with maps set up so that the rewrite paths really run: two local pods
+//! (one delivered with `bpf_redirect_peer`, one with `bpf_redirect`), NodePorts with a local
+//! backend (TCP and UDP), a hairpin backend, a backend on another node and one with no backend,
+//! another node as a peer, SNAT configured, and live conntrack flows of every kind (SNAT TCP,
+//! UDP and echo, DNAT, hairpin, remote backend) made by running the programs on their first
+//! packets. The corpus is built around packets of those flows (new flows, their replies, ICMP
+//! errors quoting them, pod to pod, to another node) plus non-IP, IPv6 and VLAN frames, then
+//! varied structurally (IP options, fragments, bad IHL or version, short or long total length,
+//! truncation at any layer, Ethernet padding, TCP flag combinations, short ICMP quotes) and
+//! mutated at random (bit flips, boundary values, inserted and deleted bytes); half the mutated
+//! frames get consistent checksums again so the checks below stay strict.
+//!
+//! What "not ours" means, from `podnet-ebpf/src`: each program hands a packet to the kernel
+//! with `TC_ACT_OK` exactly when it is not the datapath's to translate or deliver: node not
+//! ready, not IPv4 (ARP, IPv6, VLAN-tagged), malformed IPv4, broadcast or multicast MACs, a
+//! source outside this node's pod CIDR, traffic for the node itself that is not a NodePort, an
+//! unroutable destination, another node's pods without a known peer (`from_pod`); not for the
+//! node IP nor a local pod, fragments, untracked traffic that is no NodePort, ICMP errors about
+//! untracked flows (`from_uplink`). No path rewrites a packet and then returns `TC_ACT_OK`
+//! (delivery is always a redirect), so the invariants per input are:
+//!
+//! - the verdict is `TC_ACT_OK`, `TC_ACT_SHOT` or `TC_ACT_REDIRECT`;
+//! - `TC_ACT_OK`: the frame leaves byte for byte as it came;
+//! - `TC_ACT_REDIRECT`: the frame is well-formed IPv4 of the same length; only the bytes NAT
+//!   and delivery own changed (MACs, addresses, ports or echo identifier, checksums, an ICMP
+//!   error's quoted addresses and ports, never past the IPv4 total length); every checksum
+//!   that verified before (IPv4 header, TCP/UDP/ICMP, a quoted IPv4 header) still verifies,
+//!   recomputed here independently; a UDP checksum of 0 ("none") stays 0; and a packet whose
+//!   addresses or ports were rewritten has a complete L4 header inside its total length;
+//! - `TC_ACT_SHOT`: anything (the frame is gone);
+//! - every packet is counted under exactly one reason (`STATS` adds up to the inputs run).
+//!
+//! The suite runs a fixed seed and a bounded number of inputs; `cargo xtask fuzz
+//! [--iterations N] [--seed S]` runs more (`PODNET_FUZZ_ITERATIONS`, `PODNET_FUZZ_SEED`). A
+//! failure prints the seed, the index and the frame in hex; `PODNET_FUZZ_REPLAY=<program>:<hex>`
+//! runs that one frame against freshly seeded maps.
+//!
+//! Not fuzzed: `nodeport_connect4`. It is a `cgroup/connect4` (`BPF_PROG_TYPE_CGROUP_SOCK_ADDR`)
+//! program, and the kernel has no `BPF_PROG_TEST_RUN` for that program type; it never sees
+//! packets, only `connect()` addresses, and is covered end to end in `tests/tests/nat.rs`.
+//!
+//! Limitation (as in `nat_unit.rs`): test runs hand the programs `CHECKSUM_NONE` skbs, so only
+//! full checksums are exercised, and `bpf_fib_lookup` routes in the namespace of the thread
+//! running the test: each run happens on a thread inside a private namespace wired like a
+//! node's uplink, which is deleted afterwards.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+};
+use podnet_ebpf::abi::{
+    CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtTimeouts, CtUsage, Endpoint, EndpointKey,
+    NodeConfig, Peer, ServiceKey, ServiceValue, config_flag, endpoint_flag, map_name, peer_flag,
+    program_name, reason,
+};
+use podnet_tests::{
+    InNetns as _, Netns as TestNetns, Scenario,
+    fuzz::{self, Ipv4View, Rng},
+    packet::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, csum, eth, ipv4, tcp, udp},
+    require_root,
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const PSH: u8 = 0x08;
+const ACK: u8 = 0x10;
+const SYN_ACK: u8 = SYN | ACK;
+
+/// Inputs and seed of the suite's run.
+const SUITE_ITERATIONS: u64 = 100_000;
+const SUITE_SEED: u64 = 0x00c0_ffee_5eed;
+/// Inputs between two resets of conntrack (the seeded flows are made again), so that flows the
+/// fuzzer closed or moved keep being found live in long runs.
+const EPOCH: u64 = 4_096;
+
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+/// A host outside the cluster on the uplink's subnet, also the default gateway.
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// A router that sends ICMP errors.
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+/// Another node, and one of its pods (inside the cluster CIDR, outside this node's pod CIDR).
+const OTHER_NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+const OTHER_NODE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 107, 9);
+const POD_CIDR: [u8; 4] = [10, 244, 100, 0];
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 100, 1);
+/// Delivered with `bpf_redirect_peer`.
+const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 100, 2);
+/// Delivered with `bpf_redirect` (`NO_PEER_REDIRECT`).
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 100, 3);
+/// In this node's pod CIDR but no endpoint.
+const POD_GONE: Ipv4Addr = Ipv4Addr::new(10, 244, 100, 9);
+
+const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+const OTHER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x20];
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// NodePorts: TCP and UDP to pod B, hairpin to pod A, a backend on another node, no backend.
+const NP_TCP: u16 = 30_080;
+const NP_UDP: u16 = 30_053;
+const NP_HAIRPIN: u16 = 30_081;
+const NP_REMOTE: u16 = 30_090;
+const NP_EMPTY: u16 = 30_099;
+
+const SNAT_PORT_MIN: u16 = 40_000;
+const SNAT_PORT_MAX: u16 = 65_535;
+
+type Addr = (Ipv4Addr, u16);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Prog {
+    FromPod,
+    FromUplink,
+}
+
+impl Prog {
+    fn name(self) -> &'static str {
+        match self {
+            Self::FromPod => program_name::FROM_POD,
+            Self::FromUplink => program_name::FROM_UPLINK,
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        [Self::FromPod, Self::FromUplink]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+}
+
+fn mac_str(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// Runs `test` on a thread inside a new namespace wired like a node's uplink: `up0` with the
+/// node IP, permanent neighbours for the outside host and the other node, a default route via
+/// the outside host (so any destination is routable and SNAT runs for it), forwarding on.
+fn in_node_netns(test: impl FnOnce() + Send) {
+    let ns = TestNetns::new("fuzz");
+    ns.ok(&format!(
+        "sysctl -qw net.ipv4.ip_forward=1 \
+         && ip link add up0 address {up0} type veth peer name up1 \
+         && ip link set up0 up && ip link set up1 up \
+         && ip addr add {NODE_IP}/24 dev up0 \
+         && ip neigh replace {OUTSIDE} lladdr {next_hop} dev up0 nud permanent \
+         && ip neigh replace {OTHER_NODE} lladdr {other} dev up0 nud permanent \
+         && ip route add default via {OUTSIDE} dev up0",
+        up0 = mac_str(UPLINK_MAC),
+        next_hop = mac_str(NEXT_HOP_MAC),
+        other = mac_str(OTHER_NODE_MAC),
+    ));
+    let netns = podnet::netns::Netns::open(&ns.path()).expect("open the test namespace");
+    netns.run(test).expect("enter the test namespace");
+}
+
+/// Ports the datapath chose for the seeded flows. Every seeded source port (and the echo
+/// identifier) lies in the SNAT range, so SNAT keeps it and the flows are the same in every run:
+/// a replayed input meets the state it failed against.
+#[derive(Clone, Copy, Debug, Default)]
+struct Flows {
+    /// `A:40000 -> OUTSIDE:80` leaves as `NODE:snat_tcp`.
+    snat_tcp: u16,
+    /// `A:45353 -> OUTSIDE:53` leaves as `NODE:snat_udp`.
+    snat_udp: u16,
+    /// `A` echo id 0xb000 to `OUTSIDE` leaves with id `snat_echo`.
+    snat_echo: u16,
+    /// `A:41000 -> NODE:NP_HAIRPIN` reaches `A:80` as `NODE:hairpin`.
+    hairpin: u16,
+    /// `OUTSIDE:50002 -> NODE:NP_REMOTE` goes to `OTHER_NODE_POD:80` as `NODE:remote`.
+    remote: u16,
+}
+
+/// DNAT flows with a local backend (ports kept): TCP and UDP clients.
+const DNAT_TCP_CLIENT: Addr = (OUTSIDE, 50_000);
+const DNAT_UDP_CLIENT: Addr = (OUTSIDE, 50_001);
+const REMOTE_CLIENT: Addr = (OUTSIDE, 50_002);
+const SNAT_TCP: Addr = (POD_A, 40_000);
+const SNAT_UDP: Addr = (POD_A, 45_353);
+const SNAT_ECHO_ID: u16 = 0xb000;
+const HAIRPIN_CLIENT: Addr = (POD_A, 41_000);
+
+struct Harness {
+    ebpf: Ebpf,
+}
+
+/// What the kernel did with one input.
+enum Ran {
+    /// `BPF_PROG_TEST_RUN` refused the frame ([`kernel_refuses`]).
+    Refused,
+    Verdict(u32, Vec<u8>),
+}
+
+impl Harness {
+    fn new() -> Self {
+        let mut ebpf = EbpfLoader::new()
+            .load(podnet::datapath::OBJECT)
+            .expect("object loads");
+        for name in program_name::CLASSIFIERS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .expect("program")
+                .try_into()
+                .expect("classifier");
+            prog.load()
+                .unwrap_or_else(|e| panic!("verifier rejects {name}: {e:?}"));
+        }
+        // The skb of a test run comes in on the namespace's loopback: the pods "live" there,
+        // so anti-spoofing accepts their own packets and drops forged ones.
+        let lo = podnet::link::ifindex("lo").expect("loopback ifindex");
+        let mut config: Array<_, NodeConfig> =
+            Array::try_from(ebpf.map_mut(map_name::CONFIG).expect("CONFIG")).expect("array");
+        config
+            .set(
+                0,
+                NodeConfig {
+                    flags: config_flag::READY | config_flag::ANTI_SPOOF,
+                    node_ip: NODE_IP.octets(),
+                    gateway_ip: GATEWAY.octets(),
+                    pod_cidr: POD_CIDR,
+                    pod_prefix_len: 24,
+                    cluster_cidr: [10, 244, 0, 0],
+                    cluster_prefix_len: 16,
+                    gateway_mac: GW_MAC,
+                    snat_port_min: SNAT_PORT_MIN,
+                    snat_port_max: SNAT_PORT_MAX,
+                    ct_limit: 1 << 17,
+                    ct_timeouts: CtTimeouts::DEFAULT,
+                    ..NodeConfig::default()
+                },
+                0,
+            )
+            .expect("config");
+        let mut endpoints: HashMap<_, EndpointKey, Endpoint> =
+            HashMap::try_from(ebpf.map_mut(map_name::ENDPOINTS).expect("ENDPOINTS")).expect("hash");
+        for (addr, mac, flags) in [
+            (POD_A, MAC_A, 0),
+            (POD_B, MAC_B, endpoint_flag::NO_PEER_REDIRECT),
+        ] {
+            endpoints
+                .insert(
+                    EndpointKey {
+                        addr: addr.octets(),
+                    },
+                    Endpoint {
+                        ifindex: lo,
+                        flags,
+                        mac,
+                        ..Endpoint::default()
+                    },
+                    0,
+                )
+                .expect("endpoint");
+        }
+        let mut peers: LpmTrie<_, [u8; 4], Peer> =
+            LpmTrie::try_from(ebpf.map_mut(map_name::PEERS).expect("PEERS")).expect("lpm");
+        for (prefix, addr, flags) in [
+            (24, [10, 244, 107, 0], 0),
+            (32, OTHER_NODE.octets(), peer_flag::NODE_IP),
+        ] {
+            peers
+                .insert(
+                    &Key::new(prefix, addr),
+                    Peer {
+                        node_ip: OTHER_NODE.octets(),
+                        flags,
+                    },
+                    0,
+                )
+                .expect("peer");
+        }
+        let mut h = Self { ebpf };
+        h.service(NP_TCP, TCP, &[(POD_B, 80)]);
+        h.service(NP_UDP, UDP, &[(POD_B, 53)]);
+        h.service(NP_HAIRPIN, TCP, &[(POD_A, 80)]);
+        h.service(NP_REMOTE, TCP, &[(OTHER_NODE_POD, 80)]);
+        h.service(NP_EMPTY, TCP, &[]);
+        h
+    }
+
+    /// Adds NodePort `port`/`proto` with `backends` (slots first, then the count).
+    fn service(&mut self, port: u16, proto: u8, backends: &[Addr]) {
+        let mut services: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(self.ebpf.map_mut(map_name::SERVICES).expect("SERVICES"))
+                .expect("hash");
+        let key = |slot: u16| ServiceKey {
+            port,
+            slot,
+            proto,
+            _pad: [0; 3],
+        };
+        for (slot, (addr, backend_port)) in (1..).zip(backends) {
+            let value = ServiceValue {
+                addr: addr.octets(),
+                port: *backend_port,
+                count: 0,
+            };
+            services.insert(key(slot), value, 0).expect("backend");
+        }
+        let count = u16::try_from(backends.len()).expect("fits");
+        let value = ServiceValue {
+            count,
+            ..ServiceValue::default()
+        };
+        services.insert(key(0), value, 0).expect("service");
+    }
+
+    fn run(&self, prog: Prog, frame: &[u8]) -> Ran {
+        let classifier: &SchedClassifier = self
+            .ebpf
+            .program(prog.name())
+            .expect("program")
+            .try_into()
+            .expect("classifier");
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = classifier.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        });
+        match result {
+            Ok(result) => {
+                out.truncate(usize::try_from(result.data_size_out).expect("fits"));
+                Ran::Verdict(result.return_value, out)
+            }
+            Err(_) if kernel_refuses(frame) => Ran::Refused,
+            Err(e) => panic!(
+                "test run of {} failed: {e:?}: {}",
+                prog.name(),
+                fuzz::hex(frame)
+            ),
+        }
+    }
+
+    /// Runs a seeding packet, which must be translated and redirected; returns it as it left.
+    fn seed(&self, prog: Prog, frame: &[u8], what: &str) -> Vec<u8> {
+        match self.run(prog, frame) {
+            Ran::Verdict(TC_ACT_REDIRECT, out) => out,
+            Ran::Verdict(verdict, _) => panic!("seeding {what}: verdict {verdict}"),
+            Ran::Refused => panic!("seeding {what}: refused"),
+        }
+    }
+
+    /// Empties conntrack and its usage counters, then makes the seeded flows (and answers the
+    /// TCP ones, so they are established).
+    fn reseed(&mut self) -> Flows {
+        let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.ebpf.map_mut(map_name::CONNTRACK).expect("CONNTRACK"))
+                .expect("hash");
+        let keys: Vec<CtKey> = ct.keys().map(|k| k.expect("conntrack key")).collect();
+        for key in keys {
+            // An entry the LRU evicted meanwhile is already gone, which is all we want.
+            let _ = ct.remove(&key);
+        }
+        let mut usage: Array<&mut MapData, CtUsage> =
+            Array::try_from(self.ebpf.map_mut(map_name::CT_USAGE).expect("CT_USAGE"))
+                .expect("array");
+        usage
+            .set(CT_USAGE_PROGRAMS, CtUsage::default(), 0)
+            .expect("usage");
+
+        let src_port = |frame: &[u8]| u16_at(frame, ETH_HLEN + 20);
+        let out = self.seed(
+            Prog::FromPod,
+            &tcp_frame(GW_MAC, MAC_A, SNAT_TCP, (OUTSIDE, 80), SYN, b""),
+            "SNAT TCP",
+        );
+        let snat_tcp = src_port(&out);
+        let out = self.seed(
+            Prog::FromPod,
+            &udp_frame(GW_MAC, MAC_A, SNAT_UDP, (OUTSIDE, 53), b"query", false),
+            "SNAT UDP",
+        );
+        let snat_udp = src_port(&out);
+        let out = self.seed(
+            Prog::FromPod,
+            &echo_frame(GW_MAC, MAC_A, POD_A, OUTSIDE, true, SNAT_ECHO_ID),
+            "SNAT echo",
+        );
+        let snat_echo = u16_at(&out, ETH_HLEN + 20 + 4);
+        self.seed(
+            Prog::FromUplink,
+            &tcp_frame(
+                UPLINK_MAC,
+                NEXT_HOP_MAC,
+                DNAT_TCP_CLIENT,
+                (NODE_IP, NP_TCP),
+                SYN,
+                b"",
+            ),
+            "NodePort TCP",
+        );
+        self.seed(
+            Prog::FromUplink,
+            &udp_frame(
+                UPLINK_MAC,
+                NEXT_HOP_MAC,
+                DNAT_UDP_CLIENT,
+                (NODE_IP, NP_UDP),
+                b"q",
+                false,
+            ),
+            "NodePort UDP",
+        );
+        let out = self.seed(
+            Prog::FromPod,
+            &tcp_frame(
+                GW_MAC,
+                MAC_A,
+                HAIRPIN_CLIENT,
+                (NODE_IP, NP_HAIRPIN),
+                SYN,
+                b"",
+            ),
+            "hairpin",
+        );
+        let hairpin = src_port(&out);
+        let out = self.seed(
+            Prog::FromUplink,
+            &tcp_frame(
+                UPLINK_MAC,
+                NEXT_HOP_MAC,
+                REMOTE_CLIENT,
+                (NODE_IP, NP_REMOTE),
+                SYN,
+                b"",
+            ),
+            "NodePort to another node",
+        );
+        let remote = src_port(&out);
+        let flows = Flows {
+            snat_tcp,
+            snat_udp,
+            snat_echo,
+            hairpin,
+            remote,
+        };
+        assert_eq!(
+            (snat_tcp, snat_udp, snat_echo, hairpin, remote),
+            (
+                SNAT_TCP.1,
+                SNAT_UDP.1,
+                SNAT_ECHO_ID,
+                HAIRPIN_CLIENT.1,
+                REMOTE_CLIENT.1
+            ),
+            "SNAT keeps a free source port inside its range, so seeded flows are reproducible"
+        );
+        // The replies that establish the TCP flows.
+        self.seed(
+            Prog::FromUplink,
+            &tcp_frame(
+                UPLINK_MAC,
+                NEXT_HOP_MAC,
+                (OUTSIDE, 80),
+                (NODE_IP, snat_tcp),
+                SYN_ACK,
+                b"",
+            ),
+            "SNAT TCP reply",
+        );
+        self.seed(
+            Prog::FromPod,
+            &tcp_frame(GW_MAC, MAC_B, (POD_B, 80), DNAT_TCP_CLIENT, SYN_ACK, b""),
+            "NodePort TCP reply",
+        );
+        flows
+    }
+
+    /// Packets counted per reason so far (all CPUs).
+    fn counted(&self) -> Vec<u64> {
+        let stats: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.ebpf.map(map_name::STATS).expect("STATS")).expect("percpu");
+        (0..reason::COUNT)
+            .map(|why| {
+                stats
+                    .get(&why, 0)
+                    .expect("slot")
+                    .iter()
+                    .map(|c| c.packets)
+                    .sum()
+            })
+            .collect()
+    }
+}
+
+/// Frames `BPF_PROG_TEST_RUN` refuses (`EINVAL`) before any program runs: shorter than an
+/// Ethernet header, or an IPv4 (IPv6) EtherType with less than a fixed IPv4 (IPv6) header
+/// after it (seen on kernel 6.18). A real interface would not deliver these either.
+fn kernel_refuses(frame: &[u8]) -> bool {
+    if frame.len() < ETH_HLEN {
+        return true;
+    }
+    let l3 = frame.len() - ETH_HLEN;
+    match u16_at(frame, 12) {
+        ETH_P_IP => l3 < 20,
+        ETH_P_IPV6 => l3 < 40,
+        _ => false,
+    }
+}
+
+fn u16_at(frame: &[u8], off: usize) -> u16 {
+    u16::from_be_bytes([frame[off], frame[off + 1]])
+}
+
+fn tcp_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Addr,
+    dst: Addr,
+    flags: u8,
+    data: &[u8],
+) -> Vec<u8> {
+    let seg = tcp(src.0, dst.0, src.1, dst.1, flags, data);
+    eth(
+        dst_mac,
+        src_mac,
+        ETH_P_IP,
+        &ipv4(src.0, dst.0, TCP, &[], &seg),
+    )
+}
+
+fn udp_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Addr,
+    dst: Addr,
+    data: &[u8],
+    zero_checksum: bool,
+) -> Vec<u8> {
+    let dgram = udp(src.0, dst.0, src.1, dst.1, data, zero_checksum);
+    eth(
+        dst_mac,
+        src_mac,
+        ETH_P_IP,
+        &ipv4(src.0, dst.0, UDP, &[], &dgram),
+    )
+}
+
+/// An ICMP message of `icmp_type`/`code` with `rest` (the second header word) and `body`.
+fn icmp(icmp_type: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut m = vec![icmp_type, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(body);
+    let check = csum(&m, 0);
+    m[2..4].copy_from_slice(&check.to_be_bytes());
+    m
+}
+
+fn echo_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    request: bool,
+    id: u16,
+) -> Vec<u8> {
+    let mut rest = [0u8; 4];
+    rest[..2].copy_from_slice(&id.to_be_bytes());
+    rest[2..].copy_from_slice(&7u16.to_be_bytes());
+    let m = icmp(if request { 8 } else { 0 }, 0, rest, b"podnet echo");
+    eth(dst_mac, src_mac, ETH_P_IP, &ipv4(src, dst, ICMP, &[], &m))
+}
+
+/// An ICMP error from `src` to `dst` quoting the first `quote_len` bytes of `quoted` (an IPv4
+/// packet).
+fn icmp_error_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    (icmp_type, code): (u8, u8),
+    quoted: &[u8],
+    quote_len: usize,
+) -> Vec<u8> {
+    let quote = &quoted[..quote_len.min(quoted.len())];
+    let m = icmp(icmp_type, code, [0, 0, 0x05, 0xdc], quote);
+    eth(macs.0, macs.1, ETH_P_IP, &ipv4(src, dst, ICMP, &[], &m))
+}
+
+/// The IPv4 packet of a TCP segment, as an ICMP error would quote it.
+fn tcp_packet(src: Addr, dst: Addr) -> Vec<u8> {
+    ipv4(
+        src.0,
+        dst.0,
+        TCP,
+        &[],
+        &tcp(src.0, dst.0, src.1, dst.1, SYN, b""),
+    )
+}
+
+fn udp_packet(src: Addr, dst: Addr) -> Vec<u8> {
+    ipv4(
+        src.0,
+        dst.0,
+        UDP,
+        &[],
+        &udp(src.0, dst.0, src.1, dst.1, b"query", false),
+    )
+}
+
+fn echo_packet(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
+    echo_frame([0; 6], [0; 6], src, dst, true, id)[ETH_HLEN..].to_vec()
+}
+
+/// TCP flags: mostly the usual ones, sometimes any combination.
+fn flags(rng: &mut Rng) -> u8 {
+    if rng.chance(25) {
+        rng.byte()
+    } else {
+        *rng.pick(&[SYN, SYN_ACK, ACK, ACK | PSH, FIN | ACK, RST, RST | ACK, 0])
+    }
+}
+
+fn payload(rng: &mut Rng) -> Vec<u8> {
+    let len = *rng.pick(&[0, 0, 1, 5, 32, 200]);
+    (0..len).map(|_| rng.byte()).collect()
+}
+
+/// A random address: a pod, the node, the outside, another node's pod, or anything.
+fn any_addr(rng: &mut Rng) -> Ipv4Addr {
+    if rng.chance(20) {
+        Ipv4Addr::from(u32::try_from(rng.next_u64() >> 32).expect("fits"))
+    } else {
+        *rng.pick(&[
+            POD_A,
+            POD_B,
+            POD_GONE,
+            NODE_IP,
+            OUTSIDE,
+            OTHER_NODE,
+            OTHER_NODE_POD,
+            GATEWAY,
+            Ipv4Addr::new(203, 0, 113, 7),
+            Ipv4Addr::BROADCAST,
+        ])
+    }
+}
+
+/// One corpus packet built around the seeded flows, before structural variation.
+fn template(rng: &mut Rng, f: &Flows) -> (Prog, Vec<u8>) {
+    let pod = (GW_MAC, MAC_A);
+    let pod_b = (GW_MAC, MAC_B);
+    let up = (UPLINK_MAC, NEXT_HOP_MAC);
+    let data = payload(rng);
+    let sport = rng.u16();
+    let zero_udp = rng.chance(30);
+    let quote_len = *rng.pick(&[28, 28, 28, 24, 20, 12, 48, 200]);
+    let error = *rng.pick(&[(3, 3), (3, 4), (11, 0), (12, 0), (3, 1)]);
+    match rng.below(30) {
+        // from_pod: new SNAT flows, the seeded ones going on.
+        0 => {
+            let any_port = rng.u16();
+            let dst = (any_addr(rng), *rng.pick(&[80, 443, 53, any_port]));
+            let fl = if rng.chance(70) { SYN } else { flags(rng) };
+            let src = (POD_A, sport);
+            (Prog::FromPod, tcp_frame(pod.0, pod.1, src, dst, fl, &data))
+        }
+        1 => (
+            Prog::FromPod,
+            tcp_frame(pod.0, pod.1, SNAT_TCP, (OUTSIDE, 80), flags(rng), &data),
+        ),
+        2 => {
+            let dst = (any_addr(rng), 53);
+            let src = (POD_A, sport);
+            (
+                Prog::FromPod,
+                udp_frame(pod.0, pod.1, src, dst, &data, zero_udp),
+            )
+        }
+        3 => (
+            Prog::FromPod,
+            udp_frame(pod.0, pod.1, SNAT_UDP, (OUTSIDE, 53), &data, zero_udp),
+        ),
+        4 => {
+            let request = rng.chance(80);
+            let id = if rng.chance(50) { SNAT_ECHO_ID } else { sport };
+            let dst = any_addr(rng);
+            (
+                Prog::FromPod,
+                echo_frame(pod.0, pod.1, POD_A, dst, request, id),
+            )
+        }
+        // from_pod: NodePort replies, hairpin, NodePorts from pods.
+        5 => (
+            Prog::FromPod,
+            tcp_frame(
+                pod_b.0,
+                pod_b.1,
+                (POD_B, 80),
+                DNAT_TCP_CLIENT,
+                flags(rng),
+                &data,
+            ),
+        ),
+        6 => (
+            Prog::FromPod,
+            udp_frame(
+                pod_b.0,
+                pod_b.1,
+                (POD_B, 53),
+                DNAT_UDP_CLIENT,
+                &data,
+                zero_udp,
+            ),
+        ),
+        7 => (
+            Prog::FromPod,
+            tcp_frame(
+                pod.0,
+                pod.1,
+                (POD_A, 80),
+                (NODE_IP, f.hairpin),
+                flags(rng),
+                &data,
+            ),
+        ),
+        8 => {
+            let port = *rng.pick(&[NP_TCP, NP_HAIRPIN, NP_REMOTE, NP_EMPTY, 22]);
+            let (macs, src) = if rng.chance(50) {
+                (pod, POD_A)
+            } else {
+                (pod_b, POD_B)
+            };
+            (
+                Prog::FromPod,
+                tcp_frame(macs.0, macs.1, (src, sport), (NODE_IP, port), SYN, &data),
+            )
+        }
+        9 => (
+            Prog::FromPod,
+            udp_frame(
+                pod_b.0,
+                pod_b.1,
+                (POD_B, sport),
+                (NODE_IP, NP_UDP),
+                &data,
+                zero_udp,
+            ),
+        ),
+        // from_pod: pod to pod, to another node, ICMP errors from a pod, spoofing.
+        10 => (
+            Prog::FromPod,
+            tcp_frame(pod.0, pod.1, (POD_A, sport), (POD_B, 80), flags(rng), &data),
+        ),
+        11 => {
+            let dst = *rng.pick(&[OTHER_NODE_POD, OTHER_NODE]);
+            (
+                Prog::FromPod,
+                udp_frame(pod.0, pod.1, (POD_A, sport), (dst, 80), &data, zero_udp),
+            )
+        }
+        12 => {
+            let quoted = tcp_packet(DNAT_TCP_CLIENT, (POD_B, 80));
+            (
+                Prog::FromPod,
+                icmp_error_frame(pod_b, POD_B, OUTSIDE, error, &quoted, quote_len),
+            )
+        }
+        13 => {
+            let src = (any_addr(rng), sport);
+            let macs = if rng.chance(50) {
+                pod
+            } else {
+                (GW_MAC, [0x02, 0, 0, 0, 0, 0x66])
+            };
+            (
+                Prog::FromPod,
+                tcp_frame(macs.0, macs.1, src, (OUTSIDE, 80), SYN, &data),
+            )
+        }
+        // from_uplink: replies to SNAT flows.
+        14 => (
+            Prog::FromUplink,
+            tcp_frame(
+                up.0,
+                up.1,
+                (OUTSIDE, 80),
+                (NODE_IP, f.snat_tcp),
+                flags(rng),
+                &data,
+            ),
+        ),
+        15 => (
+            Prog::FromUplink,
+            udp_frame(
+                up.0,
+                up.1,
+                (OUTSIDE, 53),
+                (NODE_IP, f.snat_udp),
+                &data,
+                zero_udp,
+            ),
+        ),
+        16 => (
+            Prog::FromUplink,
+            echo_frame(up.0, up.1, OUTSIDE, NODE_IP, false, f.snat_echo),
+        ),
+        // from_uplink: NodePorts, new and going on, and the remote backend's replies.
+        17 => {
+            let any_port = rng.u16();
+            let port = *rng.pick(&[NP_TCP, NP_HAIRPIN, NP_REMOTE, NP_EMPTY, 22, any_port]);
+            let fl = if rng.chance(70) { SYN } else { flags(rng) };
+            let src = (any_addr(rng), sport);
+            (
+                Prog::FromUplink,
+                tcp_frame(up.0, up.1, src, (NODE_IP, port), fl, &data),
+            )
+        }
+        18 => (
+            Prog::FromUplink,
+            udp_frame(
+                up.0,
+                up.1,
+                (OUTSIDE, sport),
+                (NODE_IP, NP_UDP),
+                &data,
+                zero_udp,
+            ),
+        ),
+        19 => (
+            Prog::FromUplink,
+            tcp_frame(
+                up.0,
+                up.1,
+                DNAT_TCP_CLIENT,
+                (NODE_IP, NP_TCP),
+                flags(rng),
+                &data,
+            ),
+        ),
+        20 => (
+            Prog::FromUplink,
+            tcp_frame(
+                up.0,
+                up.1,
+                (OTHER_NODE_POD, 80),
+                (NODE_IP, f.remote),
+                flags(rng),
+                &data,
+            ),
+        ),
+        // from_uplink: ICMP errors quoting translated flows as they left the node.
+        21 => {
+            let quoted = tcp_packet((NODE_IP, f.snat_tcp), (OUTSIDE, 80));
+            (
+                Prog::FromUplink,
+                icmp_error_frame(up, ROUTER, NODE_IP, error, &quoted, quote_len),
+            )
+        }
+        22 => {
+            let quoted = udp_packet((NODE_IP, f.snat_udp), (OUTSIDE, 53));
+            (
+                Prog::FromUplink,
+                icmp_error_frame(up, ROUTER, NODE_IP, error, &quoted, quote_len),
+            )
+        }
+        23 => {
+            let quoted = echo_packet(NODE_IP, OUTSIDE, f.snat_echo);
+            (
+                Prog::FromUplink,
+                icmp_error_frame(up, ROUTER, NODE_IP, error, &quoted, quote_len),
+            )
+        }
+        24 => {
+            let quoted = tcp_packet((NODE_IP, NP_TCP), DNAT_TCP_CLIENT);
+            (
+                Prog::FromUplink,
+                icmp_error_frame(up, ROUTER, NODE_IP, error, &quoted, quote_len),
+            )
+        }
+        25 => {
+            let quoted = tcp_packet((NODE_IP, f.remote), (OTHER_NODE_POD, 80));
+            (
+                Prog::FromUplink,
+                icmp_error_frame(up, OTHER_NODE, NODE_IP, error, &quoted, quote_len),
+            )
+        }
+        // from_uplink: another node's pod to ours, the node's own traffic.
+        26 => {
+            let dst = *rng.pick(&[POD_A, POD_B, POD_GONE]);
+            (
+                Prog::FromUplink,
+                tcp_frame(
+                    up.0,
+                    OTHER_NODE_MAC,
+                    (OTHER_NODE_POD, sport),
+                    (dst, 80),
+                    flags(rng),
+                    &data,
+                ),
+            )
+        }
+        27 => {
+            let dst = (any_addr(rng), rng.u16());
+            (
+                Prog::FromUplink,
+                udp_frame(up.0, up.1, (OUTSIDE, sport), dst, &data, zero_udp),
+            )
+        }
+        // Not IPv4 at all, for either program.
+        28 => {
+            let prog = *rng.pick(&[Prog::FromPod, Prog::FromUplink]);
+            let (ethertype, body) = match rng.below(3) {
+                0 => (ETH_P_ARP, arp_body()),
+                1 => (ETH_P_IPV6, ipv6_body(&data)),
+                _ => (rng.u16(), data.clone()),
+            };
+            (prog, eth(BROADCAST, MAC_A, ethertype, &body))
+        }
+        // Broadcast IPv4 from a pod, and to the node from the uplink.
+        _ => {
+            let prog = *rng.pick(&[Prog::FromPod, Prog::FromUplink]);
+            let dst = (Ipv4Addr::BROADCAST, 67);
+            (
+                prog,
+                udp_frame(BROADCAST, MAC_A, (POD_A, 68), dst, &data, zero_udp),
+            )
+        }
+    }
+}
+
+fn arp_body() -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    a.extend_from_slice(&MAC_A);
+    a.extend_from_slice(&POD_A.octets());
+    a.extend_from_slice(&[0; 6]);
+    a.extend_from_slice(&GATEWAY.octets());
+    a
+}
+
+fn ipv6_body(data: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&u16::try_from(data.len()).expect("fits").to_be_bytes());
+    p.extend_from_slice(&[17, 64]);
+    p.extend_from_slice(&[0xfd; 16]);
+    p.extend_from_slice(&[0xfe; 16]);
+    p.extend_from_slice(data);
+    p
+}
+
+/// Structural variations of an IPv4 frame: the cases a parser gets wrong.
+fn vary(rng: &mut Rng, frame: &mut Vec<u8>) {
+    if frame.len() < ETH_HLEN + 20 || u16_at(frame, 12) != ETH_P_IP {
+        return;
+    }
+    let ip = ETH_HLEN;
+    match rng.below(12) {
+        // IP options (NOPs, a router alert, junk), the header length and total length
+        // following.
+        0 => {
+            let words = 1 + rng.below(10);
+            let hlen = usize::from(frame[ip] & 0x0f) * 4;
+            let mut options: Vec<u8> = match rng.below(3) {
+                0 => vec![1; words * 4],
+                1 => {
+                    let mut o = vec![0x94, 4, 0, 0];
+                    o.resize(words * 4, 0);
+                    o
+                }
+                _ => (0..words * 4).map(|_| rng.byte()).collect(),
+            };
+            let at = (ip + hlen).min(frame.len());
+            let tail = frame.split_off(at);
+            frame.append(&mut options);
+            frame.extend_from_slice(&tail);
+            frame[ip] = 0x40 | u8::try_from((hlen / 4 + words).min(15)).expect("fits");
+            let total =
+                u16_at(frame, ip + 2).saturating_add(u16::try_from(words * 4).expect("fits"));
+            frame[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+        }
+        // A fragment: first (MF), middle, last.
+        1 => {
+            let off = *rng.pick(&[0x2000u16, 0x2001, 0x0001, 0x00b9, 0x4000 | 0x2000]);
+            frame[ip + 6..ip + 8].copy_from_slice(&off.to_be_bytes());
+        }
+        // Truncated anywhere, total length kept (malformed) or cut to match.
+        2 | 3 => {
+            let len = rng.below(frame.len());
+            frame.truncate(len);
+            if rng.chance(50) && len >= ip + 20 {
+                let total = u16::try_from(len - ip).expect("fits");
+                frame[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+            }
+        }
+        // The IPv4 total length shorter than the frame: L4 headers cut by the IP length, the
+        // rest Ethernet padding.
+        4 | 5 => {
+            let total = usize::from(u16_at(frame, ip + 2));
+            let shorter = u16::try_from(rng.below(total + 1)).expect("fits");
+            frame[ip + 2..ip + 4].copy_from_slice(&shorter.to_be_bytes());
+        }
+        // Ethernet padding after the packet.
+        6 => {
+            let extra = 1 + rng.below(40);
+            frame.extend((0..extra).map(|_| rng.byte()));
+        }
+        // Any IHL, any version.
+        7 => frame[ip] = (frame[ip] & 0xf0) | u8::try_from(rng.below(16)).expect("fits"),
+        8 => frame[ip] = (frame[ip] & 0x0f) | (u8::try_from(rng.below(16)).expect("fits") << 4),
+        // A VLAN tag (the programs see EtherType 0x8100).
+        9 => {
+            let tag = [0x81, 0x00, 0x00, 0x64];
+            frame.splice(12..12, tag);
+        }
+        // Another protocol number.
+        10 => frame[ip + 9] = *rng.pick(&[0, 2, 4, 41, 47, 50, 132, 255]),
+        // Total length longer than the frame.
+        _ => {
+            let total = u16_at(frame, ip + 2).saturating_add(1 + rng.u16() % 64);
+            frame[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+        }
+    }
+}
+
+/// Input `index` of the run with `seed`.
+fn input(seed: u64, index: u64, flows: &Flows) -> (Prog, Vec<u8>) {
+    let mut rng = Rng::for_input(seed, index);
+    let (prog, mut frame) = template(&mut rng, flows);
+    let mut changed = false;
+    if rng.chance(45) {
+        vary(&mut rng, &mut frame);
+        changed = true;
+    }
+    if rng.chance(35) {
+        let count = 1 + rng.below(4);
+        fuzz::mutate_bytes(&mut rng, &mut frame, count);
+        changed = true;
+    }
+    if changed && rng.chance(50) {
+        fuzz::fix_checksums(&mut frame);
+    }
+    (prog, frame)
+}
+
+/// What one input did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Refused,
+    Passed,
+    Dropped,
+    /// Redirected with only its MACs changed.
+    Forwarded,
+    /// Redirected with addresses or ports rewritten; `verified`: every checksum verified, in
+    /// and out.
+    Rewritten {
+        verified: bool,
+    },
+}
+
+/// Checks one result against the invariants (module doc); `Err` says which one broke.
+fn check(input: &[u8], ran: Ran) -> Result<Outcome, String> {
+    let (verdict, out) = match ran {
+        Ran::Refused => return Ok(Outcome::Refused),
+        Ran::Verdict(verdict, out) => (verdict, out),
+    };
+    match verdict {
+        TC_ACT_OK if out == input => Ok(Outcome::Passed),
+        TC_ACT_OK => Err(format!(
+            "passed to the kernel (TC_ACT_OK) but modified: {}",
+            fuzz::hex(&out)
+        )),
+        TC_ACT_SHOT => Ok(Outcome::Dropped),
+        TC_ACT_REDIRECT => check_redirected(input, &out),
+        other => Err(format!("unexpected verdict {other}")),
+    }
+}
+
+fn check_redirected(input: &[u8], out: &[u8]) -> Result<Outcome, String> {
+    let fail = |what: &str| Err(format!("redirected, {what}: {}", fuzz::hex(out)));
+    if out.len() != input.len() {
+        return fail(&format!("length {} became {}", input.len(), out.len()));
+    }
+    let Some(v) = fuzz::ipv4_view(input) else {
+        return fail("but the input is not well-formed IPv4");
+    };
+    let Some(vo) = fuzz::ipv4_view(out) else {
+        return fail("but the output is not well-formed IPv4");
+    };
+    let may = fuzz::rewritable(input, &v);
+    if let Some(at) = (0..out.len()).find(|&i| out[i] != input[i] && !may[i]) {
+        return fail(&format!("byte {at} changed, which NAT does not own"));
+    }
+    let ip_in = fuzz::ip_header_ok(input, &v);
+    let ip_out = fuzz::ip_header_ok(out, &vo);
+    if ip_in && !ip_out {
+        return fail("the IPv4 header checksum no longer verifies");
+    }
+    let l4_in = fuzz::l4_ok(input, &v);
+    let l4_out = fuzz::l4_ok(out, &vo);
+    if l4_in == Some(true) && l4_out != Some(true) {
+        return fail("the L4 checksum no longer verifies");
+    }
+    let q_in = fuzz::quoted_ip_ok(input, &v);
+    let q_out = fuzz::quoted_ip_ok(out, &vo);
+    if q_in == Some(true) && q_out != Some(true) {
+        return fail("the quoted IPv4 header checksum no longer verifies");
+    }
+    if v.proto == UDP && fuzz::l4_complete(&v) {
+        let (c_in, c_out) = (u16_at(input, v.l4_off + 6), u16_at(out, vo.l4_off + 6));
+        if (c_in == 0) != (c_out == 0) {
+            return fail("a UDP checksum changed between none (0) and present");
+        }
+    }
+    if out[12..] == input[12..] {
+        return Ok(Outcome::Forwarded);
+    }
+    if matches!(v.proto, TCP | UDP | ICMP) && !v.fragment && !fuzz::l4_complete(&v) {
+        return fail("rewritten, but its L4 header is not inside the IPv4 total length");
+    }
+    let verified = ip_in && l4_in != Some(false) && q_in != Some(false);
+    Ok(Outcome::Rewritten { verified })
+}
+
+/// The run's configuration: the suite's fixed seed and size, or the environment's.
+fn run_config() -> (u64, u64) {
+    let env = |name: &str, default: u64| {
+        std::env::var(name).map_or(default, |v| {
+            let v = v.trim();
+            v.strip_prefix("0x")
+                .map_or_else(|| v.parse(), |hex| u64::from_str_radix(hex, 16))
+                .unwrap_or_else(|e| panic!("{name}={v}: {e}"))
+        })
+    };
+    (
+        env(fuzz::SEED_ENV, SUITE_SEED),
+        env(fuzz::ITERATIONS_ENV, SUITE_ITERATIONS),
+    )
+}
+
+/// Replays one input given as `<program>:<hex>` against freshly seeded maps.
+fn replay(spec: &str) {
+    let (name, hex) = spec
+        .split_once(':')
+        .unwrap_or_else(|| panic!("{}: expected <program>:<hex>", fuzz::REPLAY_ENV));
+    let prog = Prog::parse(name).unwrap_or_else(|| panic!("unknown program {name}"));
+    let frame = fuzz::unhex(hex).expect("hex frame");
+    in_node_netns(|| {
+        let mut h = Harness::new();
+        h.reseed();
+        let ran = h.run(prog, &frame);
+        if let Ran::Verdict(verdict, out) = &ran {
+            eprintln!("verdict {verdict}\n in: {hex}\nout: {}", fuzz::hex(out));
+        }
+        if let Err(broken) = check(&frame, ran) {
+            panic!("replayed input breaks an invariant: {broken}");
+        }
+    });
+}
+
+/// Every reason the corpus must reach, or the fuzzer is not testing what it claims to.
+const MUST_REACH: [u32; 16] = [
+    reason::FORWARD_LOCAL_PEER,
+    reason::FORWARD_LOCAL_REDIRECT,
+    reason::PASS_NOT_IPV4,
+    reason::PASS_NOT_LOCAL,
+    reason::PASS_MALFORMED,
+    reason::PASS_BROADCAST,
+    reason::SNAT,
+    reason::SNAT_REPLY,
+    reason::DNAT,
+    reason::DNAT_REPLY,
+    reason::ICMP_ERROR_TRANSLATED,
+    reason::PASS_NOT_NAT,
+    reason::PASS_FRAGMENT,
+    reason::FORWARD_REMOTE_NODE,
+    reason::FORWARD_UPLINK_TO_POD,
+    reason::DROP_SPOOFED,
+];
+
+#[test]
+fn fuzzed_frames_keep_the_datapath_invariants() {
+    require_root!();
+    if let Ok(spec) = std::env::var(fuzz::REPLAY_ENV) {
+        replay(&spec);
+        return;
+    }
+    let (seed, iterations) = run_config();
+    let mut s = Scenario::new(
+        "fuzzed frames (truncated, options, fragments, bad IHL, VLAN, IPv6, flags, ICMP quotes, \
+         random mutations) through from_pod and from_uplink keep the datapath's invariants",
+    );
+    s.number("seed", format!("{seed:#x}"));
+    in_node_netns(|| {
+        let started = Instant::now();
+        let mut h = Harness::new();
+        let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut per_prog: BTreeMap<(Prog, u32), u64> = BTreeMap::new();
+        let mut reasons = vec![0u64; reason::COUNT as usize];
+        let mut ran = 0u64;
+        let mut flows = Flows::default();
+        let mut before = Vec::new();
+        for index in 0..iterations {
+            if index % EPOCH == 0 {
+                if index > 0 {
+                    add_delta(&mut reasons, &before, &h.counted());
+                }
+                flows = h.reseed();
+                before = h.counted();
+            }
+            let (prog, frame) = input(seed, index, &flows);
+            let result = h.run(prog, &frame);
+            if let Ran::Verdict(verdict, _) = &result {
+                *per_prog.entry((prog, *verdict)).or_default() += 1;
+                ran += 1;
+            }
+            let outcome = check(&frame, result).unwrap_or_else(|broken| {
+                panic!(
+                    "fuzz input {index} of seed {seed:#x} through {}: {broken}\n\
+                     input: {}\nreplay: {}={}:{}",
+                    prog.name(),
+                    fuzz::hex(&frame),
+                    fuzz::REPLAY_ENV,
+                    prog.name(),
+                    fuzz::hex(&frame),
+                )
+            });
+            let key = match outcome {
+                Outcome::Refused => "refused_by_kernel",
+                Outcome::Passed => "passed_unchanged",
+                Outcome::Dropped => "dropped",
+                Outcome::Forwarded => "forwarded_macs_only",
+                Outcome::Rewritten { verified: true } => "rewritten_checksums_verified",
+                Outcome::Rewritten { verified: false } => "rewritten_bad_checksum_in",
+            };
+            *outcomes.entry(key).or_default() += 1;
+        }
+        add_delta(&mut reasons, &before, &h.counted());
+        let elapsed = started.elapsed();
+
+        let counted: u64 = reasons.iter().sum();
+        assert_eq!(
+            counted, ran,
+            "every packet counted under exactly one reason"
+        );
+        let missing: Vec<&str> = MUST_REACH
+            .iter()
+            .filter(|why| reasons[**why as usize] == 0)
+            .map(|why| reason::NAMES[*why as usize])
+            .collect();
+        if iterations >= SUITE_ITERATIONS {
+            assert!(
+                missing.is_empty(),
+                "the corpus never reached {missing:?}: {reasons:?}"
+            );
+            let rewritten = outcomes.get("rewritten_checksums_verified").copied();
+            assert!(
+                rewritten.unwrap_or(0) * 10 >= iterations,
+                "fewer than 10% of the inputs were rewritten: {outcomes:?}"
+            );
+        }
+
+        s.number("inputs", iterations);
+        for (key, n) in &outcomes {
+            s.number(key, n);
+        }
+        for ((prog, verdict), n) in &per_prog {
+            let verdict = match *verdict {
+                TC_ACT_OK => "ok",
+                TC_ACT_SHOT => "shot",
+                TC_ACT_REDIRECT => "redirect",
+                _ => "other",
+            };
+            s.number(&format!("{}_{verdict}", prog.name()), n);
+        }
+        let by_reason: Vec<String> = reasons
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(why, n)| format!("{}:{n}", reason::NAMES[why]))
+            .collect();
+        s.number("reasons", by_reason.join(" "));
+        s.number("seconds", format!("{:.1}", elapsed.as_secs_f64()));
+        eprintln!(
+            "fuzz: {iterations} inputs, seed {seed:#x}, {:.1} s\n  {outcomes:?}\n  {per_prog:?}\n  {}",
+            elapsed.as_secs_f64(),
+            by_reason.join(" ")
+        );
+    });
+}
+
+fn add_delta(total: &mut [u64], before: &[u64], after: &[u64]) {
+    for ((t, b), a) in total.iter_mut().zip(before).zip(after) {
+        *t += a - b;
+    }
+}
+
+/// The checks must be able to fail: a rewrite that breaks a checksum, a byte NAT does not own,
+/// a modified pass and an unknown verdict are each caught.
+#[test]
+fn the_fuzz_checks_catch_broken_outputs() {
+    let frame = tcp_frame(GW_MAC, MAC_A, SNAT_TCP, (OUTSIDE, 80), SYN, b"data");
+    // A correct SNAT rewrite, made here: passes.
+    let mut good = frame.clone();
+    good[ETH_HLEN + 12..ETH_HLEN + 16].copy_from_slice(&NODE_IP.octets());
+    good[ETH_HLEN + 20..ETH_HLEN + 22].copy_from_slice(&41_000u16.to_be_bytes());
+    fuzz::fix_checksums(&mut good);
+    assert!(matches!(
+        check(&frame, Ran::Verdict(TC_ACT_REDIRECT, good.clone())),
+        Ok(Outcome::Rewritten { verified: true })
+    ));
+    // The same with a stale L4 checksum.
+    let mut stale = good.clone();
+    stale[ETH_HLEN + 36] ^= 1;
+    assert!(check(&frame, Ran::Verdict(TC_ACT_REDIRECT, stale)).is_err());
+    // A changed TTL (not NAT's), checksums fixed.
+    let mut ttl = good.clone();
+    ttl[ETH_HLEN + 8] -= 1;
+    fuzz::fix_checksums(&mut ttl);
+    assert!(check(&frame, Ran::Verdict(TC_ACT_REDIRECT, ttl)).is_err());
+    // Passed to the kernel, but modified.
+    assert!(check(&frame, Ran::Verdict(TC_ACT_OK, good.clone())).is_err());
+    assert!(matches!(
+        check(&frame, Ran::Verdict(TC_ACT_OK, frame.clone())),
+        Ok(Outcome::Passed)
+    ));
+    // An unknown verdict.
+    assert!(check(&frame, Ran::Verdict(1, frame.clone())).is_err());
+    // A port rewritten past a short IPv4 total length.
+    let mut short = frame.clone();
+    short[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&30u16.to_be_bytes());
+    fuzz::fix_checksums(&mut short);
+    let mut short_out = short.clone();
+    short_out[ETH_HLEN + 20] ^= 0x40;
+    assert!(check(&short, Ran::Verdict(TC_ACT_REDIRECT, short_out)).is_err());
+    // A redirected frame that is not IPv4.
+    let arp = eth(BROADCAST, MAC_A, ETH_P_ARP, &arp_body());
+    assert!(check(&arp, Ran::Verdict(TC_ACT_REDIRECT, arp.clone())).is_err());
+    // The generator is deterministic per seed and index.
+    let flows = Flows::default();
+    assert_eq!(input(7, 3, &flows), input(7, 3, &flows));
+    assert_ne!(input(7, 3, &flows), input(7, 4, &flows));
+    let view: Option<Ipv4View> = fuzz::ipv4_view(&frame);
+    assert!(view.is_some_and(|v| fuzz::l4_ok(&frame, &v) == Some(true)));
+}
