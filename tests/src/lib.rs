@@ -12,6 +12,8 @@
 //!   [`connect_tcp`], [`peer_ip_of`], ...).
 //! - [`Cni`] / [`CniNode`]: a libcni-like driver running podnet's CNI plugin and the reference
 //!   plugins inside a node namespace.
+//! - [`Snapshot`] / [`Watch`]: everything a node owns (files, links, addresses, routes, tc
+//!   filters, namespaces), to show that a refused command changed nothing.
 
 pub mod bench;
 pub mod cluster;
@@ -23,6 +25,7 @@ pub mod privilege;
 pub mod probe;
 pub mod process;
 pub mod robustness;
+pub mod snapshot;
 pub mod testrun;
 pub mod topology;
 
@@ -47,6 +50,7 @@ pub use probe::{
 };
 pub use process::{ChildGuard, DEFAULT_TIMEOUT, describe, run_bounded};
 pub use robustness::Scenario;
+pub use snapshot::{Snapshot, Watch};
 pub use topology::{FABRIC_PREFIX_LEN, NODE_IP, OUTSIDE_IF, OUTSIDE_IP, Topology, UPLINK};
 
 /// Polls `f` every 10 ms until it returns true; panics naming `what` after `timeout`.
