@@ -108,27 +108,46 @@ fn netns_prefix(state_dir: &Path) -> String {
 }
 
 /// Runs every row: each must be refused with its status or code and message, and leave the
-/// snapshot as it was. Returns the number of rows checked.
+/// snapshot as it was. Every row runs even when one fails; the failures are added to `failures`
+/// and reported together by [`assert_no_failures`].
 fn run_rows<R>(
     rows: &[R],
     watch: &Watch<'_>,
     what: impl Fn(&R) -> String,
     run_and_check: impl Fn(&R),
-) -> usize {
+    failures: &mut Vec<String>,
+) {
     let mut before = Snapshot::take(watch);
     for row in rows {
-        run_and_check(row);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_and_check(row)));
         let after = Snapshot::take(watch);
         let diff = after.diff(&before);
-        assert!(
-            diff.is_empty(),
-            "{}: left state behind:\n  {}",
-            what(row),
-            diff.join("\n  ")
-        );
+        if let Err(panic) = outcome {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            failures.push(msg);
+        }
+        if !diff.is_empty() {
+            failures.push(format!(
+                "{}: left state behind:\n  {}",
+                what(row),
+                diff.join("\n  ")
+            ));
+        }
         before = after;
     }
-    rows.len()
+}
+
+fn assert_no_failures(failures: &[String], rows: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} failure(s) in {rows} rows:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 /// Checks a CLI refusal: exit status, message on stderr, nothing on stdout.
@@ -933,8 +952,11 @@ fn cli_bad_input_is_refused_clearly_and_leaves_nothing() {
         check_cli(&r.what, &out, r.status, r.message);
     };
     let name = |r: &&CliRow| r.what.clone();
-    let mut checked = run_rows(&fresh_rows, &fresh_watch, name, check);
-    checked += run_rows(&ready_rows, &ready_watch, name, check);
+    let mut failures = Vec::new();
+    run_rows(&fresh_rows, &fresh_watch, name, check, &mut failures);
+    run_rows(&ready_rows, &ready_watch, name, check, &mut failures);
+    assert_no_failures(&failures, rows.len());
+    let checked = rows.len();
     assert!(
         !fresh.cli.state_dir.exists(),
         "a refused node init made the state directory"
@@ -1003,11 +1025,18 @@ fn cni_bad_input_is_refused_with_spec_codes_and_leaves_nothing() {
         ("n1", "198.18.0.21", "10.244.128.0/24"),
         ("n2", "198.18.0.22", "10.244.128.0/25"),
     ]);
-    let pod = Netns::new("bip");
+    // A container namespace per node, so a row that wrongly succeeds on one cannot spoil the
+    // other's rows.
+    let (pod, fresh_pod) = (Netns::new("bip"), Netns::new("bif"));
 
-    // An ADD for a new container in `pod` against `cni` with `conf`, port mappings `ports`.
+    // An ADD for a new container against `cni` with `conf`, port mappings `ports`.
     let add = |cni: &CniNode, conf: &Value, ports: Option<Value>| {
-        let mut rt = RuntimeConf::new(&unique("ctr"), pod.path());
+        let netns = if std::ptr::eq(cni, &fresh) {
+            fresh_pod.path()
+        } else {
+            pod.path()
+        };
+        let mut rt = RuntimeConf::new(&unique("ctr"), netns);
         if let Some(ports) = ports {
             rt = rt.with_capability("portMappings", ports);
         }
@@ -1241,19 +1270,24 @@ fn cni_bad_input_is_refused_with_spec_codes_and_leaves_nothing() {
         check_cni(&r.what, &out, r.code, r.message);
     };
     let name = |r: &&CniRow| r.what.clone();
-    let mut checked = run_rows(&fresh_rows, &fresh_watch, name, check);
-    checked += run_rows(&ready_rows, &ready_watch, name, check);
+    let mut failures = Vec::new();
+    run_rows(&fresh_rows, &fresh_watch, name, check, &mut failures);
+    run_rows(&ready_rows, &ready_watch, name, check, &mut failures);
+    assert_no_failures(&failures, rows.len());
+    let checked = rows.len();
     assert!(
         !fresh.state_dir.exists(),
         "a refused first ADD made the state directory"
     );
-    // Nothing reached the container's namespace either.
-    let links = pod.ok("ip -o link show");
-    assert_eq!(
-        links.lines().count(),
-        1,
-        "only lo in the container: {links}"
-    );
+    // Nothing reached the containers' namespaces either.
+    for ns in [&pod, &fresh_pod] {
+        let links = ns.ok("ip -o link show");
+        assert_eq!(
+            links.lines().count(),
+            1,
+            "only lo in the container: {links}"
+        );
+    }
 
     // The snapshot does notice a change: a real ADD shows up, and its DEL removes it again.
     let rt = RuntimeConf::new(&unique("ctr"), pod.path());
