@@ -87,6 +87,13 @@ fn plain_dir() -> TempPath {
     dir
 }
 
+/// A file holding `text`.
+fn text_file(stem: &str, text: &str) -> TempPath {
+    let file = TempPath::new(&std::env::temp_dir(), stem);
+    std::fs::write(&file.0, text).expect("writing");
+    file
+}
+
 /// A cluster file listing `nodes` as `(name, node IP, pod CIDR)`.
 fn cluster_file(nodes: &[(&str, &str, &str)]) -> TempPath {
     let file = TempPath::new(&std::env::temp_dir(), "cluster");
@@ -169,6 +176,14 @@ fn check_cli(what: &str, out: &Output, status: i32, message: &str) {
         "{what}: panicked: {}",
         describe(out)
     );
+    // One clear line: no cause repeated right after a message that already names it.
+    for line in stderr.lines() {
+        let parts: Vec<&str> = line.split(": ").collect();
+        assert!(
+            parts.windows(2).all(|w| w[0] != w[1]),
+            "{what}: a cause is repeated: {line}"
+        );
+    }
 }
 
 /// Checks a CNI refusal: non-zero exit, no panic, the spec's error JSON on stdout with `code`
@@ -308,6 +323,9 @@ fn cli_bad_input_is_refused_clearly_and_leaves_nothing() {
         ("self", "198.18.0.10", "10.244.121.0/24"),
         ("n1", "198.18.0.21", "10.244.121.64/26"),
     ]);
+    let config_unknown = text_file("config", r#"{"frobnicate": true}"#);
+    let config_vxlan = text_file("config", r#"{"vxlan_device": "vxlanvxlanvxlanv"}"#);
+    let config_not_json = text_file("config", "pod_cidr = 10.244.121.0/24");
     let long_netns = "n".repeat(300);
     let node_netns = node.topo.node.path();
     let node_netns = node_netns.to_str().expect("UTF-8");
@@ -475,6 +493,31 @@ fn cli_bad_input_is_refused_clearly_and_leaves_nothing() {
             &[("--netns", &long_netns)],
             REFUSED,
             "File name too long",
+        ),
+        // A settings file.
+        init(
+            "config file that does not exist",
+            &[("--config", "/nonexistent/node.json")],
+            REFUSED,
+            "reading /nonexistent/node.json",
+        ),
+        init(
+            "config file that is not JSON",
+            &[("--config", config_not_json.str())],
+            REFUSED,
+            "parsing",
+        ),
+        init(
+            "config file with an unknown setting",
+            &[("--config", config_unknown.str())],
+            REFUSED,
+            "unknown field `frobnicate`",
+        ),
+        init(
+            "config file with a VXLAN device name of 16 bytes",
+            &[("--config", config_vxlan.str())],
+            REFUSED,
+            "invalid interface name \"vxlanvxlanvxlanv\"",
         ),
         // The node's namespace.
         init(
