@@ -469,13 +469,12 @@ fn preflight(settings: &NodeSettings) -> Result<Preflight, NodeError> {
         RoutingMode::Native => 0,
         RoutingMode::Vxlan => podnet_ebpf::abi::VXLAN_OVERHEAD,
     };
+    let mtu = settings
+        .mtu
+        .unwrap_or_else(|| uplink.mtu.saturating_sub(overhead));
     let mut derived = settings.clone();
     derived.node_ip = Some(node_ip);
-    derived.mtu = Some(
-        settings
-            .mtu
-            .unwrap_or_else(|| uplink.mtu.saturating_sub(overhead)),
-    );
+    derived.mtu = Some(mtu);
     derived.validate()?;
     let cgroup = settings.cgroup_dir()?;
     if !cgroup.is_dir() {
@@ -489,7 +488,7 @@ fn preflight(settings: &NodeSettings) -> Result<Preflight, NodeError> {
         None => None,
     };
     Ok(Preflight {
-        mtu: derived.mtu.unwrap_or(uplink.mtu),
+        mtu,
         uplink,
         node_ip,
         peers,

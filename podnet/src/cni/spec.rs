@@ -23,7 +23,8 @@ pub mod code {
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN: u32 = 11;
     pub const NOT_AVAILABLE: u32 = 50;
-    /// podnet's own: the datapath (maps, programs) failed.
+    /// podnet's own: the datapath (maps, programs) failed, or cannot be set up (the pin
+    /// directory is not on bpffs, or holds maps of another podnet version).
     pub const DATAPATH: u32 = 100;
 }
 
