@@ -425,11 +425,89 @@ where
     })
 }
 
+/// What `node init` finds out before it changes anything.
+struct Preflight {
+    uplink: link::LinkInfo,
+    node_ip: Ipv4Addr,
+    mtu: u32,
+    /// The peers of `--cluster`, checked.
+    peers: Option<Vec<crate::peers::PeerNode>>,
+}
+
+/// Checks everything `node init` could refuse in its input (the settings, the pin directory:
+/// bpffs and maps pinned by another podnet version, the uplink and node IP, the cluster file)
+/// while changing nothing, so a refused `node init` leaves nothing behind. Runs in the node's
+/// namespace.
+pub fn check(settings: &NodeSettings) -> Result<(), NodeError> {
+    preflight(settings).map(|_| ())
+}
+
+fn preflight(settings: &NodeSettings) -> Result<Preflight, NodeError> {
+    settings.validate()?;
+    loader::check_pins(
+        &settings.pin_dir,
+        podnet_ebpf::abi::ct_map_entries(settings.conntrack_max, possible_cpus()),
+    )?;
+    let (uplink_name, given_ip) = (settings.uplink.clone(), settings.node_ip);
+    let (uplink, node_ip) = with_netlink(|nl| async move {
+        let uplink = nl.get(&uplink_name).await?.ok_or(NodeError::NoUplink {
+            name: uplink_name.clone(),
+        })?;
+        let node_ip = match given_ip {
+            Some(ip) => ip,
+            None => nl
+                .addresses(uplink.index)
+                .await?
+                .first()
+                .map(|net| net.ip())
+                .ok_or(NodeError::NoNodeIp { name: uplink_name })?,
+        };
+        Ok((uplink, node_ip))
+    })?;
+    // In overlay mode pods leave room for the encapsulation, so nothing is fragmented.
+    let overhead = match settings.mode {
+        RoutingMode::Native => 0,
+        RoutingMode::Vxlan => podnet_ebpf::abi::VXLAN_OVERHEAD,
+    };
+    let mtu = settings
+        .mtu
+        .unwrap_or_else(|| uplink.mtu.saturating_sub(overhead));
+    let mut derived = settings.clone();
+    derived.node_ip = Some(node_ip);
+    derived.mtu = Some(mtu);
+    derived.validate()?;
+    let cgroup = settings.cgroup_dir()?;
+    if !cgroup.is_dir() {
+        return Err(NodeError::Invalid(format!(
+            "cgroup {} is not a directory",
+            cgroup.display()
+        )));
+    }
+    let peers = match &settings.cluster {
+        Some(path) => Some(crate::peers::read_cluster(&derived, path).map_err(Box::new)?),
+        None => None,
+    };
+    Ok(Preflight {
+        mtu,
+        uplink,
+        node_ip,
+        peers,
+    })
+}
+
 /// Builds the node: bridge with the gateway address, forwarding, programs and maps. Safe to
 /// re-run: existing maps (and so every pod's endpoint and all flow state) are reused, and the
-/// programs attached to pods are swapped atomically for the new ones.
+/// programs attached to pods are swapped atomically for the new ones. Bad input is refused
+/// before anything is changed ([`check`]).
 pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
-    settings.validate()?;
+    let Preflight {
+        uplink,
+        node_ip,
+        mtu,
+        peers,
+    } = preflight(&settings)?;
+    settings.node_ip = Some(node_ip);
+    settings.mtu = Some(mtu);
     state::ensure_private_dir(&settings.state_dir)?;
     let _lock = FileLock::exclusive(&settings.lock_file())?;
     if let Ok(current) = NodeSettings::load(&settings.state_dir)
@@ -444,34 +522,16 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
             });
         }
     }
-    datapath::loader::check_bpffs(&settings.pin_dir)?;
 
     let gateway = Ipv4Network::new(settings.gateway(), settings.pod_cidr.prefix())
         .expect("the prefix comes from a valid network");
-    let (uplink, bridge, node_ip) = with_netlink(|nl| {
-        let uplink_name = settings.uplink.clone();
-        let bridge_name = settings.bridge.clone();
-        let node_ip = settings.node_ip;
-        async move {
-            let uplink = nl.get(&uplink_name).await?.ok_or(NodeError::NoUplink {
-                name: uplink_name.clone(),
-            })?;
-            let node_ip = match node_ip {
-                Some(ip) => ip,
-                None => nl
-                    .addresses(uplink.index)
-                    .await?
-                    .first()
-                    .map(|net| net.ip())
-                    .ok_or(NodeError::NoNodeIp { name: uplink_name })?,
-            };
-            let bridge = nl.ensure_bridge(&bridge_name).await?;
-            nl.ensure_address(bridge.index, gateway).await?;
-            nl.set_up(bridge.index).await?;
-            Ok((uplink, bridge, node_ip))
-        }
+    let bridge_name = settings.bridge.clone();
+    let bridge = with_netlink(|nl| async move {
+        let bridge = nl.ensure_bridge(&bridge_name).await?;
+        nl.ensure_address(bridge.index, gateway).await?;
+        nl.set_up(bridge.index).await?;
+        Ok(bridge)
     })?;
-    settings.node_ip = Some(node_ip);
     let tunnel = match settings.mode {
         RoutingMode::Native => None,
         RoutingMode::Vxlan => {
@@ -481,16 +541,6 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
             })?)
         }
     };
-    if settings.mtu.is_none() {
-        // In overlay mode pods leave room for the encapsulation, so nothing is fragmented.
-        let overhead = if tunnel.is_some() {
-            podnet_ebpf::abi::VXLAN_OVERHEAD
-        } else {
-            0
-        };
-        settings.mtu = Some(uplink.mtu.saturating_sub(overhead));
-    }
-    settings.validate()?;
     link::enable_ip_forwarding()?;
 
     let netns_cookie = datapath::cgroup::current_netns_cookie()?;
@@ -538,11 +588,8 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
         tunnel_ifindex: tunnel.as_ref().map_or(0, |t| t.index),
         netns_cookie,
     })?;
-    match &settings.cluster {
-        Some(path) => {
-            let peers = crate::peers::read_cluster(&settings, path).map_err(Box::new)?;
-            crate::peers::replace(&settings, peers).map_err(Box::new)?;
-        }
+    match peers {
+        Some(peers) => crate::peers::replace(&settings, peers).map_err(Box::new)?,
         None => crate::peers::restore(&settings).map_err(Box::new)?,
     }
     state::write_json(&NodeSettings::node_file(&settings.state_dir), &settings)?;

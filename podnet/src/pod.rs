@@ -36,6 +36,11 @@ pub enum PodError {
     Exists { name: String },
     #[error("no pod named {name}")]
     NotFound { name: String },
+    #[error(
+        "{} is the node's own network namespace: a pod needs a namespace of its own",
+        .path.display()
+    )]
+    NodeNetns { path: PathBuf },
     #[error(transparent)]
     Ipam(#[from] crate::ipam::IpamError),
     #[error(transparent)]
@@ -164,12 +169,25 @@ pub fn add_with(
     }
     // Open a given namespace before allocating anything, so a bad path changes nothing.
     let given = netns.map(Netns::open).transpose()?;
+    if let Some(ns) = &given
+        && is_node_netns(ns)?
+    {
+        return Err(PodError::NodeNetns {
+            path: ns.path().to_path_buf(),
+        });
+    }
     let result = build(settings, name, given, ifname);
     if result.is_err() {
         // Best effort: the error being returned matters more than a cleanup failure.
         let _ = teardown(settings, name, None);
     }
     result
+}
+
+/// Whether `ns` is the namespace this thread runs in: the node's (every command enters it
+/// first). A pod there would put its address and default route on the node itself.
+pub fn is_node_netns(ns: &Netns) -> Result<bool, PodError> {
+    Ok(Netns::current()?.inode() == ns.inode())
 }
 
 fn build(

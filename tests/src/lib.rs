@@ -14,6 +14,8 @@
 //! - [`fuzz`]: a seeded PRNG, frame mutations and independent frame checks for fuzzing.
 //! - [`Cni`] / [`CniNode`]: a libcni-like driver running podnet's CNI plugin and the reference
 //!   plugins inside a node namespace.
+//! - [`Snapshot`] / [`Watch`]: everything a node owns (files, links, addresses, routes, tc
+//!   filters, namespaces), to show that a refused command changed nothing.
 
 pub mod bench;
 pub mod cluster;
@@ -26,6 +28,7 @@ pub mod privilege;
 pub mod probe;
 pub mod process;
 pub mod robustness;
+pub mod snapshot;
 pub mod testrun;
 pub mod topology;
 
@@ -50,6 +53,7 @@ pub use probe::{
 };
 pub use process::{ChildGuard, DEFAULT_TIMEOUT, describe, run_bounded};
 pub use robustness::Scenario;
+pub use snapshot::{Snapshot, Watch};
 pub use topology::{FABRIC_PREFIX_LEN, NODE_IP, OUTSIDE_IF, OUTSIDE_IP, Topology, UPLINK};
 
 /// Polls `f` every 10 ms until it returns true; panics naming `what` after `timeout`.

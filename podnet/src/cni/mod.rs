@@ -159,15 +159,19 @@ fn enter_node_netns(conf: &NetConf, recorded: Option<&NodeSettings>) -> Result<(
         .and_then(|n| n.get("netns"))
         .and_then(Value::as_str)
         .map(PathBuf::from);
-    if let Some(path) = recorded.or(given) {
-        Netns::open(&path).and_then(|ns| ns.enter()).map_err(|e| {
-            CniError::new(
-                code::IO,
-                format!("entering the node's namespace {}", path.display()),
-            )
-            .with_details(e.to_string())
-        })?;
-    }
+    // A namespace the configuration names wrongly is an invalid configuration; one that
+    // `node init` recorded and that is gone now is an I/O failure.
+    let (path, failure) = match (recorded, given) {
+        (Some(path), _) => (path, code::IO),
+        (None, Some(path)) => (path, code::INVALID_CONFIG),
+        (None, None) => return Ok(()),
+    };
+    Netns::open(&path).and_then(|ns| ns.enter()).map_err(|e| {
+        CniError::new(
+            failure,
+            format!("entering the node's namespace {}: {e}", path.display()),
+        )
+    })?;
     Ok(())
 }
 
@@ -210,17 +214,37 @@ fn node_settings(node: &Node<'_>, init: bool) -> Result<Option<NodeSettings>, Cn
     if !init {
         return Ok(Some(settings));
     }
+    // Whatever `node init` would refuse is refused before the state directory is made.
+    crate::node::check(&settings).map_err(|e| init_err(&e))?;
     state::ensure_private_dir(&conf.state_dir).map_err(io_err)?;
     let _lock = FileLock::exclusive(&conf.state_dir.join("cni-init.lock")).map_err(io_err)?;
     if let Ok(done) = NodeSettings::load(&conf.state_dir) {
         return Ok(Some(done));
     }
-    let report = crate::node::init(settings).map_err(datapath_err)?;
+    let report = crate::node::init(settings).map_err(|e| init_err(&e))?;
     if let Ok(exe) = std::env::current_exe() {
         // Collection is an optimisation of the table's use; ADD does not fail without it.
         let _ = crate::collector::start(&report.settings, &exe);
     }
     Ok(Some(report.settings))
+}
+
+/// A refused or failed `node init`: what the configuration's `node` settings got wrong is an
+/// invalid network configuration (7); the datapath failing (no bpffs, maps pinned by another
+/// podnet version, a program that does not load) is podnet's own [`code::DATAPATH`].
+fn init_err(e: &crate::node::NodeError) -> CniError {
+    use crate::node::NodeError;
+    let code = match e {
+        NodeError::Invalid(_)
+        | NodeError::NoUplink { .. }
+        | NodeError::NoNodeIp { .. }
+        | NodeError::NoCgroup2
+        | NodeError::Peers(_)
+        | NodeError::Link(crate::link::LinkError::InvalidName { .. }) => code::INVALID_CONFIG,
+        NodeError::State(_) => code::IO,
+        _ => code::DATAPATH,
+    };
+    CniError::new(code, e.to_string())
 }
 
 fn proto_of(m: &spec::PortMapping) -> Result<Proto, CniError> {
@@ -247,11 +271,22 @@ fn add(env: &CniEnv, node: &Node<'_>) -> Result<Value, CniError> {
     let conf = node.conf;
     let (container_id, ifname) = env.attachment();
     let netns_path = env.netns.clone().expect("checked by CniEnv for ADD");
-    // Check the namespace before touching anything.
-    let netns = Netns::open(&netns_path).map_err(|e| {
-        CniError::new(code::IO, format!("CNI_NETNS {}", netns_path.display()))
-            .with_details(e.to_string())
-    })?;
+    // Check the namespace before touching anything: it must be a network namespace, and not
+    // the one the plugin runs in (the node's), where eth0, an address and a default route would
+    // land on the node itself.
+    let invalid_netns = |what: String| {
+        CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_NETNS {}: {what}", netns_path.display()),
+        )
+    };
+    let netns = Netns::open(&netns_path).map_err(|e| invalid_netns(e.to_string()))?;
+    if pod::is_node_netns(&netns).map_err(io_err)? {
+        return Err(invalid_netns(
+            "this is the node's own network namespace (the plugin's), not the container's"
+                .to_owned(),
+        ));
+    }
     let settings = node_settings(node, true)?.expect("init returns settings or an error");
     let path = record_path(&settings.state_dir, &container_id, &ifname);
     if let Ok(Some(existing)) = state::read_json::<Attachment>(&path) {
@@ -267,12 +302,17 @@ fn add(env: &CniEnv, node: &Node<'_>) -> Result<Value, CniError> {
         Mode::Standalone => add_standalone(conf, &settings, &container_id, &ifname, &netns)?,
     };
     let owner = attachment.owner();
-    let mappings = host_ports(conf, attachment.ip)?;
-    if !mappings.is_empty()
-        && let Err(e) = nodeport::add_host_ports(&settings, &owner, &mappings)
-    {
+    let added = host_ports(conf, attachment.ip).and_then(|mappings| {
+        if mappings.is_empty() {
+            return Ok(());
+        }
+        nodeport::add_host_ports(&settings, &owner, &mappings)
+            .map(|_| ())
+            .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))
+    });
+    if let Err(e) = added {
         let _ = undo(&settings, &attachment);
-        return Err(CniError::new(code::INVALID_CONFIG, e.to_string()));
+        return Err(e);
     }
     if let Err(e) = state::write_json(&path, &attachment) {
         let _ = undo(&settings, &attachment);

@@ -23,7 +23,8 @@ pub mod code {
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN: u32 = 11;
     pub const NOT_AVAILABLE: u32 = 50;
-    /// podnet's own: the datapath (maps, programs) failed.
+    /// podnet's own: the datapath (maps, programs) failed, or cannot be set up (the pin
+    /// directory is not on bpffs, or holds maps of another podnet version).
     pub const DATAPATH: u32 = 100;
 }
 
@@ -217,6 +218,29 @@ pub struct PortMapping {
     pub host_ip: Option<String>,
 }
 
+impl PortMapping {
+    /// Refuses what no runtime means: port 0 on either side, a protocol other than TCP or UDP.
+    pub fn check(&self) -> Result<(), CniError> {
+        let Self {
+            host_port,
+            container_port,
+            protocol,
+            host_ip: _,
+        } = self;
+        if *host_port == 0 || *container_port == 0 {
+            return Err(config_err(format!(
+                "runtimeConfig.portMappings: hostPort {host_port} -> containerPort {container_port}: ports are 1-65535"
+            )));
+        }
+        if !["tcp", "udp"].contains(&protocol.to_ascii_lowercase().as_str()) {
+            return Err(config_err(format!(
+                "runtimeConfig.portMappings: protocol {protocol:?} of hostPort {host_port} is not tcp or udp"
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn default_protocol() -> String {
     "tcp".to_owned()
 }
@@ -310,7 +334,7 @@ impl NetConf {
             Some(_) => return Err(config_err("node must be an object of node settings")),
         };
         let prev_result = obj.get("prevResult").filter(|v| !v.is_null()).cloned();
-        let port_mappings = match obj
+        let port_mappings: Vec<PortMapping> = match obj
             .get("runtimeConfig")
             .and_then(|rc| rc.get("portMappings"))
         {
@@ -320,6 +344,9 @@ impl NetConf {
                     .with_details(e.to_string())
             })?,
         };
+        for m in &port_mappings {
+            m.check()?;
+        }
         let attachments = obj
             .get("cni.dev/valid-attachments")
             .or_else(|| obj.get("cni.dev/attachments"));
@@ -431,6 +458,20 @@ mod tests {
             code_of(br#"{"cniVersion":"1.0.0","stateDir":"relative"}"#),
             Some(code::INVALID_CONFIG)
         );
+        for bad in [
+            r#"{"hostPort":0,"containerPort":80}"#,
+            r#"{"hostPort":8080,"containerPort":0}"#,
+            r#"{"hostPort":70000,"containerPort":80}"#,
+            r#"{"hostPort":8080,"containerPort":80,"protocol":"sctp"}"#,
+        ] {
+            let conf =
+                format!(r#"{{"cniVersion":"1.0.0","runtimeConfig":{{"portMappings":[{bad}]}}}}"#);
+            assert_eq!(
+                code_of(conf.as_bytes()),
+                Some(code::INVALID_CONFIG),
+                "{bad}"
+            );
+        }
         let gc = br#"{"cniVersion":"1.1.0","cni.dev/attachments":[{"containerID":"a","ifname":"eth0"}]}"#;
         assert_eq!(
             NetConf::parse(gc).unwrap().valid_attachments.unwrap().len(),

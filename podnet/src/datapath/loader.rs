@@ -90,7 +90,7 @@ pub fn check_bpffs(dir: &Path) -> Result<(), DatapathError> {
 }
 
 /// The layout each map must have, for checking maps pinned by an earlier load.
-fn expected_layout(name: &str, opts: &LoadOptions) -> (u32, u32, Option<u32>) {
+fn expected_layout(name: &str, conntrack_entries: u32) -> (u32, u32, Option<u32>) {
     let size = |n: usize| u32::try_from(n).expect("ABI types are small");
     match name {
         map_name::CONFIG => (4, size(size_of::<NodeConfig>()), Some(1)),
@@ -103,7 +103,7 @@ fn expected_layout(name: &str, opts: &LoadOptions) -> (u32, u32, Option<u32>) {
         map_name::CONNTRACK => (
             size(size_of::<CtKey>()),
             size(size_of::<CtEntry>()),
-            Some(opts.conntrack_entries),
+            Some(conntrack_entries),
         ),
         map_name::CT_USAGE => (4, size(size_of::<CtUsage>()), Some(CT_USAGE_SLOTS)),
         map_name::SERVICES => (
@@ -118,7 +118,11 @@ fn expected_layout(name: &str, opts: &LoadOptions) -> (u32, u32, Option<u32>) {
 }
 
 /// Refuses to reuse a pinned map whose key or value layout differs from this build's ABI.
-fn check_pinned_map(path: &Path, name: &str, opts: &LoadOptions) -> Result<bool, DatapathError> {
+fn check_pinned_map(
+    path: &Path,
+    name: &str,
+    conntrack_entries: u32,
+) -> Result<bool, DatapathError> {
     if !path.exists() {
         return Ok(false);
     }
@@ -130,7 +134,7 @@ fn check_pinned_map(path: &Path, name: &str, opts: &LoadOptions) -> Result<bool,
         .map_err(map_err)?
         .info()
         .map_err(map_err)?;
-    let (key, value, entries) = expected_layout(name, opts);
+    let (key, value, entries) = expected_layout(name, conntrack_entries);
     let mismatch = if info.key_size() != key || info.value_size() != value {
         Some(format!(
             "key/value sizes {}/{} where this build uses {key}/{value}",
@@ -170,6 +174,17 @@ fn ensure_pin_dir(dir: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// Checks, changing nothing, that `pin_dir` is on bpffs and that every map already pinned there
+/// has this build's layout (and a conntrack table of `conntrack_entries`), so a load would not
+/// refuse them half-way through `node init`.
+pub fn check_pins(pin_dir: &Path, conntrack_entries: u32) -> Result<(), DatapathError> {
+    check_bpffs(pin_dir)?;
+    for name in map_name::ALL {
+        check_pinned_map(&pin_dir.join(name), name, conntrack_entries)?;
+    }
+    Ok(())
+}
+
 /// Path of a program's pin.
 pub fn program_pin(pin_dir: &Path, program: &str) -> PathBuf {
     pin_dir.join("progs").join(program)
@@ -189,7 +204,7 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
     let mut loader = EbpfLoader::new();
     for name in map_name::ALL {
         let path = opts.pin_dir.join(name);
-        if check_pinned_map(&path, name, opts)? {
+        if check_pinned_map(&path, name, opts.conntrack_entries)? {
             maps_reused.push(name);
         } else {
             maps_created.push(name);
