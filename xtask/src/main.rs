@@ -113,6 +113,7 @@ fn main() -> Result<()> {
 /// Runs every benchmark binary into `target/bench`, then the report into `bench/results`.
 fn bench(root: &Path, quick: bool) -> Result<()> {
     let start = std::time::Instant::now();
+    let _wakeups = hold_fast_wakeups();
     let work = root.join("target/bench");
     if work.exists() {
         std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
@@ -153,6 +154,21 @@ fn bench(root: &Path, quick: bool) -> Result<()> {
         cmd.arg("--perf").arg(&perf);
     }
     run(&mut cmd)
+}
+
+/// Asks the kernel's PM QoS for zero CPU wake-up latency for as long as the returned file is
+/// open (`/dev/cpu_dma_latency`, released when it closes, also if the run fails), so idle CPUs
+/// poll instead of halting. Request/response figures otherwise swing several-fold with
+/// whatever else keeps the CPUs awake. `None` where the kernel does not offer it.
+fn hold_fast_wakeups() -> Option<std::fs::File> {
+    use std::io::Write as _;
+
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")
+        .ok()?;
+    file.write_all(&0i32.to_ne_bytes()).ok()?;
+    Some(file)
 }
 
 /// Builds the eBPF object and then the userspace workspace, which embeds it.

@@ -12,6 +12,16 @@ use crate::unique;
 
 /// Symbols shown per profile.
 const TOP: usize = 14;
+/// Where idle CPUs are sampled (halting, or polling under a PM QoS request): left out, so the
+/// shares are of the time the CPUs were working.
+const IDLE: [&str; 6] = [
+    "pv_native_safe_halt",
+    "native_safe_halt",
+    "default_idle",
+    "poll_idle",
+    "cpuidle_enter_state",
+    "acpi_safe_halt",
+];
 
 /// Whether `perf record` works here (installed, and allowed to sample).
 pub fn available() -> bool {
@@ -23,11 +33,13 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// One profile: the measured value, the top symbols as `(percent, symbol)`, and the percent of
-/// samples in BPF programs.
+/// One profile: the measured value, the share of samples on idle CPUs, the top working symbols
+/// as `(percent of working samples, symbol)`, and the percent of working samples in BPF
+/// programs.
 pub struct Profile {
     pub label: String,
     pub value: f64,
+    pub idle_percent: f64,
     pub top: Vec<(f64, String)>,
     pub bpf_percent: f64,
 }
@@ -82,15 +94,28 @@ pub fn profile(label: &str, w: Workload, ep: &Endpoints<'_>, seconds: u32) -> Op
             Some((pct, sym.to_owned()))
         })
         .collect();
-    let bpf_percent = rows
+    let idle_percent: f64 = rows
+        .iter()
+        .filter(|(_, s)| IDLE.contains(&s.as_str()))
+        .map(|(p, _)| p)
+        .sum();
+    let working = (100.0 - idle_percent).max(f64::EPSILON);
+    let busy: Vec<(f64, String)> = rows
+        .into_iter()
+        .filter(|(_, s)| !IDLE.contains(&s.as_str()))
+        .map(|(p, s)| (p * 100.0 / working, s))
+        .collect();
+    let bpf_percent = busy
         .iter()
         .filter(|(_, s)| s.starts_with("bpf_prog_"))
         .map(|(p, _)| p)
-        .sum();
+        .sum::<f64>()
+        .max(0.0);
     Some(Profile {
         label: label.to_owned(),
         value: m.value,
-        top: rows.into_iter().take(TOP).collect(),
+        idle_percent,
+        top: busy.into_iter().take(TOP).collect(),
         bpf_percent,
     })
 }
@@ -103,10 +128,11 @@ pub fn markdown(title: &str, intro: &str, profiles: &[Profile]) -> String {
     for p in profiles {
         let _ = writeln!(
             md,
-            "**{}** ({:.2} in this run; BPF programs: {:.1} % of all samples):\n",
-            p.label, p.value, p.bpf_percent
+            "**{}** ({:.2} Gbit/s in this run; CPUs idle {:.1} % of samples; BPF programs \
+             {:.2} % of working samples):\n",
+            p.label, p.value, p.idle_percent, p.bpf_percent
         );
-        md.push_str("| % of samples | symbol |\n|---|---|\n");
+        md.push_str("| % of working samples | symbol |\n|---|---|\n");
         for (pct, sym) in &p.top {
             let _ = writeln!(md, "| {pct:.2} | `{sym}` |");
         }

@@ -115,8 +115,11 @@ fn main() {
                 "Where the time goes: same-node TCP throughput under perf",
                 "One extra iperf3 run per path, with `perf record -a -e cpu-clock` (software \
                  sampling; this VM has no hardware counters) over both CPUs; `perf report \
-                 --sort sym`, top symbols. Samples cover the client, the server and the \
-                 softirq work of the path.",
+                 --sort sym`, top symbols as shares of the samples taken while the CPUs worked. \
+                 Samples cover the client, the server and the softirq work of the path. A \
+                 `cpu-clock` sample can only land while interrupts are on, so time spent with \
+                 them off shows up at the point that turns them back on \
+                 (`_raw_spin_unlock_irqrestore`, `handle_softirqs`).",
                 &profiles,
             )
         } else {

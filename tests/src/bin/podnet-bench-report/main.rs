@@ -52,30 +52,25 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// A cell: median and min-max, with precision fitting the magnitude.
-fn number(v: f64) -> String {
-    if !v.is_finite() {
-        "n/a".into()
-    } else if v.abs() >= 100.0 {
-        format!("{v:.0}")
+/// Decimals that suit a value of `v`'s magnitude.
+fn decimals(v: f64) -> usize {
+    if v.abs() >= 100.0 {
+        0
     } else if v.abs() >= 10.0 {
-        format!("{v:.1}")
+        1
     } else {
-        format!("{v:.2}")
+        2
     }
 }
 
+/// A cell: median and min-max, all three with the precision the median's magnitude suits.
 fn cell(samples: &[f64]) -> String {
     if samples.is_empty() {
         return "n/a".into();
     }
-    let (lo, hi) = spread(samples);
-    format!(
-        "{} ({}-{})",
-        number(median(samples)),
-        number(lo),
-        number(hi)
-    )
+    let (m, (lo, hi)) = (median(samples), spread(samples));
+    let d = decimals(m);
+    format!("{m:.d$} ({lo:.d$}-{hi:.d$})")
 }
 
 /// All series of one benchmark, and lookups into them.
@@ -367,7 +362,9 @@ fn run() -> Result<PathBuf, String> {
          machine hits every path alike. Cells are the median over rounds, with the min-max \
          spread; ratios are median over the baseline's median, from this run. The client is \
          pinned to CPU 0 and the server to CPU 1 (iperf3 `-A`, `taskset`), so the two sides \
-         never share a core. Throughput: iperf3, one TCP stream. Request/response: netprobe \
+         never share a core, and `cargo xtask bench` holds `/dev/cpu_dma_latency` at 0 for the \
+         run, so idle CPUs poll rather than halt (wake-up latency otherwise dominates \
+         request/response on this VM). Throughput: iperf3, one TCP stream. Request/response: netprobe \
          `rr`, one 2-byte request in flight over one connection. Connection rate: netprobe \
          `crr`, one connection at a time (connect, request, reply, close), with the p50/p99 \
          connection lifetime as latency. CPU cost: the machine's busy CPU time (user, system, \
@@ -532,7 +529,7 @@ mod tests {
         let md = table(&r);
         assert!(md.contains("| veth | podnet | podnet / veth |"), "{md}");
         assert!(
-            md.contains("10.00 (8.00-12.00) | 9.00 (1.00-9.50) | **0.900** |"),
+            md.contains("10.0 (8.0-12.0) | 9.00 (1.00-9.50) | **0.900** |"),
             "{md}"
         );
     }

@@ -40,7 +40,7 @@ pub fn ratio_bars(
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(420)
+        .y_label_area_size(400)
         .build_cartesian_2d(0f64..max, (0..n).into_segmented())
         .map_err(|e| e.to_string())?;
     chart
@@ -133,6 +133,7 @@ pub fn scaling_lines(
         .x_desc(x_desc)
         .y_desc(y_desc)
         .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(|e| e.to_string())?;
     for (line, colour) in lines.iter().zip(LINE_COLOURS.iter().cycle()) {
