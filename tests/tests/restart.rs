@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 /// The main scenario's pod CIDR (this file owns 10.244.140.0/24 - 10.244.149.0/24).
 const POD_CIDR: &str = "10.244.140.0/24";
 /// How many times `pod add` is killed, and how many times the CNI ADD is.
-const KILLS: u32 = 10;
+const KILLS: u32 = 16;
 /// Bytes per stream line: every 50 ms one line goes out and must come back unchanged.
 const LINE_BYTES: &str = "16384";
 /// One short connection every this many milliseconds per churn client.
@@ -398,9 +398,11 @@ fn restart_upgrade_and_killed_adds_under_load_drop_nothing_and_gc_reclaims_the_r
     let node = Node::new(POD_CIDR);
     let started = Instant::now();
     let web = node.add_pod("web");
+    let web_took = started.elapsed();
     let client_added = Instant::now();
     let client = node.add_pod("client");
-    let typical_pod_add = client_added.elapsed();
+    // The quicker of two: the first add on a node also warms caches.
+    let typical_pod_add = web_took.min(client_added.elapsed());
     let outside = &node.topo.outside;
     node.ok(&[
         "nodeport",
@@ -597,12 +599,19 @@ fn restart_upgrade_and_killed_adds_under_load_drop_nothing_and_gc_reclaims_the_r
         "name": "podnet-restart",
         "plugins": [{"type": "podnet", "mode": "standalone", "stateDir": node.state_dir}],
     });
-    let first = Netns::new("rc");
-    let first_rt = RuntimeConf::new("restart-first", first.path());
-    let add_started = Instant::now();
-    let first_result = cni.add(&conflist, &first_rt).expect("a clean CNI ADD");
-    let typical_cni_add = add_started.elapsed();
-    let mut live_containers: Vec<(String, Netns)> = vec![("restart-first".to_owned(), first)];
+    let mut live_containers: Vec<(String, Netns)> = Vec::new();
+    let mut typical_cni_add = Duration::MAX;
+    let mut first_result = None;
+    for id in ["restart-first", "restart-second"] {
+        let container = Netns::new("rc");
+        let rt = RuntimeConf::new(id, container.path());
+        let add_started = Instant::now();
+        let result = cni.add(&conflist, &rt).expect("a clean CNI ADD");
+        typical_cni_add = typical_cni_add.min(add_started.elapsed());
+        first_result.get_or_insert((rt, result));
+        live_containers.push((id.to_owned(), container));
+    }
+    let (first_rt, first_result) = first_result.expect("two ADDs ran");
     let cni_delays = delays(typical_cni_add);
     let mut cni_outcomes = Vec::new();
     let mut cni_retried = 0;
@@ -846,4 +855,57 @@ fn restart_upgrade_and_killed_adds_under_load_drop_nothing_and_gc_reclaims_the_r
     );
     cni.del(&conflist, &first_rt, Some(first_result.result()))
         .expect("DEL of a container that lived through it all");
+}
+
+#[test]
+fn node_init_refuses_a_bad_ebpf_object_and_changes_nothing() {
+    require_root!();
+    let mut s = Scenario::new("node init --ebpf-object given files that are not podnet objects");
+    let node = Node::new("10.244.141.0/24");
+    let pod = node.add_pod("a");
+    let watched = [node.topo.uplink.clone(), pod.host_if.clone()];
+    let progs: Vec<(u64, String)> = watched.iter().map(|i| attached_program(&node, i)).collect();
+    let maps = map_ids(&node);
+    let status = node.json(&["node", "status"]);
+
+    let dir = std::env::temp_dir().join(format!("podnet-bad-objects-{}", unique("o")));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("writing a test file");
+        path
+    };
+    let good = std::fs::read(upgrade_object()).expect("the upgrade object");
+    let cases = [
+        (write("empty.o", b""), "not an eBPF object"),
+        (write("text.o", b"not an object\n"), "not an eBPF object"),
+        (write("truncated.o", &good[..4096]), "not an eBPF object"),
+        (netprobe_bin(), "not an eBPF object"),
+        (dir.join("missing.o"), "reading the eBPF object"),
+    ];
+    for (path, needle) in &cases {
+        let mut args = node.init_args();
+        args.extend(["--ebpf-object".to_owned(), path.display().to_string()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = node.podnet(&refs);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{} was loaded", path.display());
+        assert!(
+            err.contains(needle) && err.contains(&path.display().to_string()),
+            "{}: {err}",
+            path.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let after: Vec<(u64, String)> = watched.iter().map(|i| attached_program(&node, i)).collect();
+    assert_eq!(after, progs, "the programs are the ones from before");
+    assert_eq!(map_ids(&node), maps);
+    assert_eq!(node.json(&["node", "status"]), status, "nothing changed");
+    // The pod still works on the programs it had.
+    assert!(
+        pod.ping(&node.topo.outside_ip.to_string(), 1)
+            .status
+            .success()
+    );
+    s.number("bad objects refused", cases.len());
 }
