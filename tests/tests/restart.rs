@@ -909,3 +909,85 @@ fn node_init_refuses_a_bad_ebpf_object_and_changes_nothing() {
     );
     s.number("bad objects refused", cases.len());
 }
+
+/// The only JSON file in `dir` (a CNI attachment record).
+fn only_record(dir: &Path) -> PathBuf {
+    let records: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("records dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    records.into_iter().next().expect("one record")
+}
+
+#[test]
+fn each_state_a_kill_can_leave_is_repeated_or_collected() {
+    require_root!();
+    let mut s = Scenario::new(
+        "the states a killed pod add or CNI ADD leaves, made on purpose: repeated, then collected",
+    );
+    let node = Node::new("10.244.142.0/24");
+    let names = vec!["a".to_owned()];
+    let record = node.state_dir.join("pods/a.json");
+
+    // `pod add` killed just before writing its record: everything made but the record.
+    let a = node.add_pod("a");
+    std::fs::remove_file(&record).expect("remove the record");
+    let again = node.add_pod("a");
+    assert_eq!(
+        again.ip, a.ip,
+        "a repeated add gets the address it had reserved"
+    );
+    assert_eq!(
+        addresses_in(&again.ns, "eth0"),
+        vec![a.ip.parse::<Ipv4Addr>().expect("IPv4")]
+    );
+    // The same state again, now left for gc, with a temporary file of an interrupted write.
+    std::fs::remove_file(&record).expect("remove the record");
+    std::fs::write(node.state_dir.join("pods/.tmp.b.json.4242"), b"{").expect("temp file");
+    let before = census(&node, &names);
+    assert_eq!(before.netns.len(), 1, "{before:?}");
+    assert_eq!(before.veths.len(), 1, "{before:?}");
+    assert_eq!(before.endpoints.len(), 1, "{before:?}");
+
+    // A CNI ADD killed after making its pod, before its attachment record.
+    let cni = Cni::new(node.topo.node.path());
+    let conflist = json!({
+        "cniVersion": "1.1.0",
+        "name": "podnet-half-made",
+        "plugins": [{"type": "podnet", "mode": "standalone", "stateDir": node.state_dir}],
+    });
+    let container = Netns::new("hm");
+    let rt = RuntimeConf::new("half-made", container.path());
+    cni.add(&conflist, &rt).expect("ADD");
+    let attachments = node.state_dir.join("cni");
+    std::fs::remove_file(only_record(&attachments)).expect("remove the attachment record");
+    let result = cni.add(&conflist, &rt).expect("ADD again after a kill");
+    let (ip, _) = podnet_tests::container_address(result.result(), "eth0").expect("address");
+    assert_eq!(addresses_in(&container, "eth0"), vec![ip]);
+    std::fs::remove_file(only_record(&attachments)).expect("remove the attachment record");
+
+    let report = node.json(&["gc"]);
+    s.number("gc: pods", report["pods"].as_array().map_or(0, Vec::len))
+        .number(
+            "gc: addresses",
+            report["addresses"].as_array().map_or(0, Vec::len),
+        )
+        .number("gc: temporary files", &report["temp_files"]);
+    assert_eq!(report["pods"].as_array().map(Vec::len), Some(2), "{report}");
+    assert_eq!(
+        report["addresses"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    assert_eq!(report["temp_files"], 1, "{report}");
+    let after = census(&node, &names);
+    assert_eq!(after, Census::default(), "nothing is left");
+    assert!(
+        addresses_in(&container, "eth0").is_empty(),
+        "the container's half-made interface went with its host veth"
+    );
+    assert!(!again.ns.exists(), "the pod's namespace is gone");
+}
