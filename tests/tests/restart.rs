@@ -73,8 +73,8 @@ fn number(fields: &BTreeMap<String, String>, key: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("{what}: no {key}= in {fields:?}"))
 }
 
-/// Load generators that run until [`Load::stop`]: each line of `what` is a client and what it
-/// reported.
+/// Load generators (netprobe `stream` and `crr` clients, each with a name) that run until
+/// [`Load::stop`] creates their stop file.
 struct Load {
     stop_file: PathBuf,
     clients: Vec<(&'static str, ChildGuard)>,
@@ -353,7 +353,7 @@ fn addresses_in(ns: &dyn podnet_tests::InNetns, ifname: &str) -> Vec<Ipv4Addr> {
 
 /// What a killed operation left: nothing, a half-made pod (an address reserved, no record),
 /// or a complete one (the kill came after it finished writing its record).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Left {
     Nothing,
     HalfMade,
@@ -380,8 +380,8 @@ fn count(outcomes: &[Left], which: Left) -> usize {
     outcomes.iter().filter(|o| **o == which).count()
 }
 
-/// Starts `cmd`, waits `delay`, and kills it with SIGKILL. Returns whether it had already
-/// exited by itself.
+/// Waits `delay` after `child` was started, then kills it (and its process group) with
+/// SIGKILL. Returns whether it had already exited by itself.
 fn kill_after(mut child: ChildGuard, delay: Duration) -> bool {
     thread::sleep(delay);
     let finished = child.try_status().is_some();
