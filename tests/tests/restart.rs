@@ -991,3 +991,45 @@ fn each_state_a_kill_can_leave_is_repeated_or_collected() {
     );
     assert!(!again.ns.exists(), "the pod's namespace is gone");
 }
+
+#[test]
+fn gc_alongside_pod_adds_never_takes_what_an_add_is_making() {
+    require_root!();
+    let mut s = Scenario::new("podnet gc run again and again while 12 pod adds run in parallel");
+    let node = Node::new("10.244.143.0/24");
+    let names: Vec<String> = (0..12).map(|i| format!("g{i}")).collect();
+    let mut adds: Vec<ChildGuard> = names
+        .iter()
+        .map(|n| ChildGuard::spawn(node.command(&["--json", "pod", "add", n])))
+        .collect();
+    let (mut runs, mut freed) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while adds.iter_mut().any(|a| a.try_status().is_none()) {
+        assert!(Instant::now() < deadline, "the adds did not finish");
+        let report = node.json(&["gc"]);
+        runs += 1;
+        freed += ["pods", "veths", "addresses", "endpoints"]
+            .iter()
+            .map(|k| report[k].as_array().map_or(0, Vec::len))
+            .sum::<usize>();
+    }
+    for (name, add) in names.iter().zip(&mut adds) {
+        let status = add.wait_timeout(Duration::from_secs(30)).expect("exited");
+        assert!(status.success(), "pod add {name}: {}", add.stderr());
+    }
+    s.number("gc runs during the adds", runs)
+        .number("things gc freed", freed);
+    assert_eq!(freed, 0, "gc took something of an add in progress");
+    let after = census(&node, &names);
+    let ips: BTreeSet<Ipv4Addr> = after.pods.values().map(|(ip, _)| *ip).collect();
+    assert_eq!(after.pods.len(), names.len(), "{after:?}");
+    assert_eq!(ips.len(), names.len(), "distinct addresses: {after:?}");
+    assert_eq!(after.ipam.keys().copied().collect::<BTreeSet<_>>(), ips);
+    assert_eq!(after.endpoints, ips);
+    assert_eq!(after.veths.len(), names.len());
+    assert_eq!(after.netns.len(), names.len());
+    for (name, (ip, _)) in &after.pods {
+        let ns = podnet_tests::Pod::named(&pod_netns_name(&node, name));
+        assert_eq!(addresses_in(&ns, "eth0"), vec![*ip], "pod {name}");
+    }
+}
