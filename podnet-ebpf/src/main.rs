@@ -11,6 +11,7 @@
 //! - [`tunnel`]: the VXLAN overlay (tunnel key and redirect to the node's VXLAN device);
 //! - [`parse`]: bounds-checked header access;
 //! - [`stats`]: per-reason counters;
+//! - [`build_stamp`]: an optional compile-time marker telling two builds apart (upgrade tests);
 //! - [`maps`]: the map definitions (types in `podnet_ebpf::abi`).
 //!
 //! On the host this binary is empty: the programs exist only for `bpfel-unknown-none`.
@@ -19,6 +20,8 @@
 // build runs with RUSTC_BOOTSTRAP=1 (see ../shared/toolchain.md).
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+#[cfg(target_arch = "bpf")]
+mod build_stamp;
 #[cfg(target_arch = "bpf")]
 mod conntrack;
 #[cfg(target_arch = "bpf")]

@@ -21,6 +21,7 @@ pub fn count(why: u32, len: u32) {
 /// Runs a classifier's decision and counts the packet under the reason it returns.
 #[inline(always)]
 pub fn counted(ctx: &TcContext, decide: impl FnOnce(&TcContext) -> (i32, u32)) -> i32 {
+    crate::build_stamp::mark();
     let len = ctx.len();
     let (verdict, why) = decide(ctx);
     count(why, len);

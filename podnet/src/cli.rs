@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use ipnetwork::Ipv4Network;
 use podnet::{
     conntrack,
-    datapath::{loader, maps::PinnedMaps},
+    datapath::{loader, maps::PinnedMaps, object::EbpfObject},
     netns::Netns,
     node::{self, NodeSettings},
     nodeport, pod,
@@ -61,8 +61,9 @@ pub enum Command {
     },
     /// Run a self-contained demo in network namespaces (a node, an outside host and pods).
     Demo(crate::demo::DemoArgs),
-    /// Free what CNI containers that are gone left behind (DEL never came): attachments whose
-    /// namespace no longer exists, their addresses, endpoints, host ports and host veths.
+    /// Free what is left behind: CNI attachments whose container namespace is gone (DEL never
+    /// came), with their addresses, endpoints, host ports and host veths; and whatever a killed
+    /// `pod add|del` or CNI ADD left half-made (address, namespace, veth, endpoint, temp files).
     Gc {
         /// CONTAINERID/IFNAME to keep even if its namespace looks gone. Repeat for more.
         #[arg(long)]
@@ -180,6 +181,11 @@ pub struct InitArgs {
     /// the cgroup2 hierarchy).
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// Load the eBPF programs from this object file instead of the one built into podnet (a
+    /// rebuilt program version; the node's maps and flows are kept). Not recorded: a later
+    /// `node init` without it loads the built-in programs again.
+    #[arg(long)]
+    ebpf_object: Option<PathBuf>,
 }
 
 fn parse_timeout(s: &str) -> Result<(String, u32), String> {
@@ -323,10 +329,15 @@ pub fn run(cli: Cli) -> Result<()> {
         command,
     } = cli;
     match command {
-        Command::Node(NodeCommand::Init(args)) => {
+        Command::Node(NodeCommand::Init(mut args)) => {
+            // Read and check a given object first, so a bad one changes nothing.
+            let object = match args.ebpf_object.take() {
+                Some(path) => EbpfObject::from_file(&path)?,
+                None => EbpfObject::embedded(),
+            };
             let settings = init_settings(&state_dir, *args)?;
             enter_node_netns(settings.netns.as_deref())?;
-            let report = node::init(settings)?;
+            let report = node::init_with(settings, &object)?;
             let exe = std::env::current_exe().context("locating the podnet binary")?;
             let collector = podnet::collector::start(&report.settings, &exe)?;
             #[derive(Serialize)]
@@ -553,11 +564,14 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
             let report = podnet::cni::gc_dead(settings, &keep)?;
             print(json, &report, |r| {
                 format!(
-                    "gc: {} attachment(s), {} host port(s), {} veth(s) and {} address(es) freed",
+                    "gc: {} attachment(s), {} host port(s), {} half-made pod(s), {} veth(s), {} address(es), {} endpoint(s) and {} temporary file(s) freed",
                     r.attachments.len(),
                     r.host_ports,
+                    r.pods.len(),
                     r.veths.len(),
-                    r.addresses.len()
+                    r.addresses.len(),
+                    r.endpoints.len(),
+                    r.temp_files
                 )
             });
         }
@@ -777,6 +791,7 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         cluster,
         gc_interval,
         cgroup,
+        ebpf_object: _,
     } = args;
     let mut settings: serde_json::Map<String, serde_json::Value> = match &config {
         Some(path) => {

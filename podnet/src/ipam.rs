@@ -292,12 +292,7 @@ impl Ipam {
             return Ok(*ip);
         }
 
-        // Under the lock no write is in progress: temp files are crash leftovers, and torn
-        // records are allocations that never completed.
-        for path in snapshot.leftover_tmp.iter().chain(&snapshot.torn) {
-            log::warn!("IPAM: removing leftover {}", path.display());
-            remove_if_exists(path)?;
-        }
+        Self::remove_leftovers_of(&snapshot)?;
 
         let hosts = self.host_count();
         // Index i in 0..hosts is the address network + 1 + i. Without a (valid) last reserved
@@ -324,6 +319,27 @@ impl Ipam {
             subnet: self.subnet,
             usable: self.usable(),
         })
+    }
+
+    /// Removes what crashed writers left (temporary files and torn records, see the module
+    /// documentation) and returns how many files that was. Allocation does this too; `podnet gc`
+    /// calls it so that nothing is left after a crash even when no allocation follows.
+    pub fn remove_leftovers(&self) -> Result<usize, IpamError> {
+        let lock = LockGuard::acquire(&self.dir)?;
+        let snapshot = self.scan(&lock)?;
+        Self::remove_leftovers_of(&snapshot)
+    }
+
+    /// Under the lock no write is in progress: temp files are crash leftovers, and torn records
+    /// are allocations that never completed.
+    fn remove_leftovers_of(snapshot: &Snapshot) -> Result<usize, IpamError> {
+        let mut removed = 0;
+        for path in snapshot.leftover_tmp.iter().chain(&snapshot.torn) {
+            log::warn!("IPAM: removing leftover {}", path.display());
+            remove_if_exists(path)?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// Releases every address `owner` holds and returns them, sorted (empty if none: releasing

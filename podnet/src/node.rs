@@ -20,7 +20,7 @@ use podnet_ebpf::abi::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::{self, DatapathError, loader, maps::PinnedMaps},
+    datapath::{self, DatapathError, loader, maps::PinnedMaps, object::EbpfObject},
     link::{self, LinkError, Netlink},
     state::{self, FileLock, StateError},
 };
@@ -261,6 +261,8 @@ pub enum NodeError {
         #[source]
         source: Box<crate::pod::PodError>,
     },
+    #[error("finding pods a killed `pod add` left half-made: {0}")]
+    HalfMadePods(#[source] Box<crate::pod::PodError>),
     #[error(transparent)]
     Ipam(#[from] crate::ipam::IpamError),
     #[error(transparent)]
@@ -499,7 +501,13 @@ fn preflight(settings: &NodeSettings) -> Result<Preflight, NodeError> {
 /// re-run: existing maps (and so every pod's endpoint and all flow state) are reused, and the
 /// programs attached to pods are swapped atomically for the new ones. Bad input is refused
 /// before anything is changed ([`check`]).
-pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
+pub fn init(settings: NodeSettings) -> Result<InitReport, NodeError> {
+    init_with(settings, &EbpfObject::embedded())
+}
+
+/// [`init`] loading `object` instead of the embedded eBPF object: a rebuilt program version
+/// replaces the running one, keeping the maps (endpoints, services, conntrack) as they are.
+pub fn init_with(mut settings: NodeSettings, object: &EbpfObject) -> Result<InitReport, NodeError> {
     let Preflight {
         uplink,
         node_ip,
@@ -544,23 +552,26 @@ pub fn init(mut settings: NodeSettings) -> Result<InitReport, NodeError> {
     link::enable_ip_forwarding()?;
 
     let netns_cookie = datapath::cgroup::current_netns_cookie()?;
-    let load = loader::load_and_pin(&loader::LoadOptions {
-        pin_dir: settings.pin_dir.clone(),
-        endpoints_max: settings.endpoints_max,
-        conntrack_entries: podnet_ebpf::abi::ct_map_entries(
-            settings.conntrack_max,
-            possible_cpus(),
-        ),
-        services_max: settings.services_max,
-        uplink: settings.uplink.clone(),
-        tunnel: tunnel.as_ref().map(|t| t.name.clone()),
-        cgroup: settings.cgroup_dir()?,
-        debug: settings.debug,
-        relink: crate::pod::list(&settings)?
-            .into_iter()
-            .map(|pod| pod.host_if)
-            .collect(),
-    })?;
+    let load = loader::load_and_pin(
+        &loader::LoadOptions {
+            pin_dir: settings.pin_dir.clone(),
+            endpoints_max: settings.endpoints_max,
+            conntrack_entries: podnet_ebpf::abi::ct_map_entries(
+                settings.conntrack_max,
+                possible_cpus(),
+            ),
+            services_max: settings.services_max,
+            uplink: settings.uplink.clone(),
+            tunnel: tunnel.as_ref().map(|t| t.name.clone()),
+            cgroup: settings.cgroup_dir()?,
+            debug: settings.debug,
+            relink: crate::pod::list(&settings)?
+                .into_iter()
+                .map(|pod| pod.host_if)
+                .collect(),
+        },
+        object,
+    )?;
     let mut maps = PinnedMaps::open(&settings.pin_dir)?;
     maps.set_config(&NodeConfig {
         abi_version: ABI_VERSION,
@@ -650,15 +661,21 @@ pub struct ResetReport {
     pub collector_stopped: bool,
 }
 
-/// Tears the node down: every pod, every pin, the bridge and the node's state. Idempotent.
+/// Tears the node down: every pod (half-made ones too), every pin, the bridge and the node's
+/// state. Idempotent.
 pub fn reset(settings: &NodeSettings) -> Result<ResetReport, NodeError> {
     let mut report = ResetReport::default();
-    for pod in crate::pod::list(settings)? {
-        crate::pod::del(settings, &pod.name)
-            .map_err(|e| NodeError::Invalid(format!("deleting pod {}: {e}", pod.name)))?;
-        report.pods_deleted.push(pod.name);
+    let lock = FileLock::exclusive(&settings.lock_file())?;
+    let half_made =
+        crate::pod::leftovers(settings, &lock).map_err(|e| NodeError::HalfMadePods(Box::new(e)))?;
+    let pods = crate::pod::list(settings)?.into_iter().map(|pod| pod.name);
+    for name in pods.chain(half_made) {
+        crate::pod::del_held(settings, &name, &lock).map_err(|e| NodeError::PodDelete {
+            name: name.clone(),
+            source: Box::new(e),
+        })?;
+        report.pods_deleted.push(name);
     }
-    let _lock = FileLock::exclusive(&settings.lock_file())?;
     report.collector_stopped = crate::collector::stop(settings)?;
     report.uplink_detached = datapath::attach::detach_ingress(&settings.uplink)?;
     report.cgroup_detached = datapath::cgroup::detach_connect4(

@@ -2,8 +2,16 @@
 //! address from IPAM, default route, the pinned program attached to the host side, an endpoint
 //! in the map); `pod del` removes exactly that, and is idempotent; `pod list` reads the records.
 //!
-//! A pod's record (`<state_dir>/pods/<name>.json`) is written last on add and removed last on
-//! delete, so a crash part-way leaves a state that `pod del NAME` still cleans up.
+//! Crash safety (a `pod add` or `pod del` killed at any point): the pod's address is reserved
+//! in IPAM first on add and released last on delete, and its record
+//! (`<state_dir>/pods/<name>.json`) is written last on add and removed just before the address
+//! is released. So a pod with a record is complete, and whatever a killed operation left
+//! behind (namespace, veth, filter, endpoint) belongs to an IPAM reservation `pod:NAME` without a
+//! record: `pod del NAME` removes it, a repeated `pod add NAME` replaces it, and `podnet gc`
+//! finds and removes it (see [`leftovers`]).
+//!
+//! Every add and delete holds the node lock shared (so they run in parallel with each other);
+//! `node init` and `podnet gc` hold it exclusively, so they never see an operation half-done.
 
 use std::{
     net::Ipv4Addr,
@@ -125,8 +133,11 @@ fn fnv1a(bytes: &[u8]) -> u32 {
     })
 }
 
+/// Prefix of the IPAM owner of a pod's address (`pod:NAME`).
+const OWNER_PREFIX: &str = "pod:";
+
 fn owner(pod: &str) -> String {
-    format!("pod:{pod}")
+    format!("{OWNER_PREFIX}{pod}")
 }
 
 fn record_path(settings: &NodeSettings, name: &str) -> PathBuf {
@@ -159,9 +170,20 @@ pub fn add_with(
     netns: Option<&Path>,
     ifname: &str,
 ) -> Result<PodRecord, PodError> {
+    let lock = FileLock::shared(&settings.lock_file())?;
+    add_held(settings, name, netns, ifname, &lock)
+}
+
+/// [`add_with`] for a caller that already holds the node lock (shared or exclusive).
+pub fn add_held(
+    settings: &NodeSettings,
+    name: &str,
+    netns: Option<&Path>,
+    ifname: &str,
+    _node_lock: &FileLock,
+) -> Result<PodRecord, PodError> {
     validate_name(name)?;
     crate::link::validate_ifname(ifname)?;
-    let _lock = FileLock::shared(&settings.lock_file())?;
     if record_path(settings, name).exists() {
         return Err(PodError::Exists {
             name: name.to_owned(),
@@ -291,8 +313,17 @@ pub struct DelReport {
 
 /// Deletes a pod. Idempotent: deleting a pod that is (partly) gone succeeds.
 pub fn del(settings: &NodeSettings, name: &str) -> Result<DelReport, PodError> {
+    let lock = FileLock::shared(&settings.lock_file())?;
+    del_held(settings, name, &lock)
+}
+
+/// [`del`] for a caller that already holds the node lock (shared or exclusive).
+pub fn del_held(
+    settings: &NodeSettings,
+    name: &str,
+    _node_lock: &FileLock,
+) -> Result<DelReport, PodError> {
     validate_name(name)?;
-    let _lock = FileLock::shared(&settings.lock_file())?;
     let record: Option<PodRecord> = state::read_json(&record_path(settings, name))?;
     teardown(settings, name, record.as_ref())
 }
@@ -332,9 +363,42 @@ fn teardown(
         report.netns_removed =
             Netns::delete_named(&settings.netns_dir, &default_netns_name(settings, name))?;
     }
-    report.released = ipam.release_owner(&owner(name))?;
+    // The record goes before the address: a record always has its address reserved.
     state::remove_file(&record_path(settings, name))?;
+    report.released = ipam.release_owner(&owner(name))?;
     Ok(report)
+}
+
+/// Pods that a killed `pod add` (or `pod del`) left half-made: an address reserved for
+/// `pod:NAME` with no record of NAME. Only meaningful under the node lock held exclusively
+/// (otherwise an add in progress looks the same).
+pub fn leftovers(settings: &NodeSettings, _node_lock: &FileLock) -> Result<Vec<String>, PodError> {
+    let recorded: Vec<String> = list(settings)?.into_iter().map(|p| p.name).collect();
+    let mut names: Vec<String> = settings
+        .ipam()?
+        .list()?
+        .into_iter()
+        .filter_map(|a| a.owner.strip_prefix(OWNER_PREFIX).map(str::to_owned))
+        .filter(|name| validate_name(name).is_ok() && !recorded.contains(name))
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Removes temporary files a killed write left in the pod records directory (`.tmp.*`); only
+/// under the node lock held exclusively, when no write is in progress. Returns how many.
+pub fn remove_temp_files(
+    settings: &NodeSettings,
+    _node_lock: &FileLock,
+) -> Result<usize, PodError> {
+    Ok(state::remove_temp_files(&settings.pods_dir())?)
+}
+
+/// The record of pod `name`, if it exists.
+pub fn get(settings: &NodeSettings, name: &str) -> Result<Option<PodRecord>, PodError> {
+    validate_name(name)?;
+    Ok(state::read_json(&record_path(settings, name))?)
 }
 
 /// Every pod on the node, by name.

@@ -49,7 +49,7 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError
     let dir = path.parent().unwrap_or(Path::new("."));
     ensure_private_dir(dir)?;
     let tmp = dir.join(format!(
-        ".tmp.{}.{}",
+        "{TMP_PREFIX}{}.{}",
         path.file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
         std::process::id()
@@ -84,6 +84,31 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateErr
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(io("reading", path)(err)),
     }
+}
+
+/// Prefix of the temporary files [`write_json`] renames into place.
+const TMP_PREFIX: &str = ".tmp.";
+
+/// Removes the temporary files a killed [`write_json`] left in `dir` and returns how many. Only
+/// for callers that know no write into `dir` is in progress (they hold the lock its writers
+/// hold). A missing directory has none.
+pub fn remove_temp_files(dir: &Path) -> Result<usize, StateError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(io("listing", dir)(err)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry.map_err(io("listing", dir))?.path();
+        let is_tmp = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(TMP_PREFIX));
+        if is_tmp && remove_file(&path)? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes `path`; `Ok(false)` if it was already gone.

@@ -32,7 +32,9 @@ use std::{
 
 use serde_json::{Map, Value, json};
 
-use crate::{CLUSTER_CIDR, InNetns, Topology, describe, podnet_bin, process::run_bounded, unique};
+use crate::{
+    CLUSTER_CIDR, ChildGuard, InNetns, Topology, describe, podnet_bin, process::run_bounded, unique,
+};
 
 /// Where Debian's `containernetworking-plugins` installs the reference plugins.
 pub const REFERENCE_PLUGIN_DIR: &str = "/usr/lib/cni";
@@ -415,6 +417,41 @@ impl Cni {
     /// invocation's variables of [`CNI_ENV_VARS`] are set (the rest of the environment is the
     /// test process's).
     pub fn invoke(&self, plugin_type: &str, inv: &Invocation) -> CniOutput {
+        let (cmd, what) = self.command(plugin_type, inv);
+        let out = run_bounded(cmd, self.timeout);
+        CniOutput {
+            what,
+            status: out.status,
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts plugin `plugin_type` in the background exactly as [`Cni::invoke`] runs it (the
+    /// plugin is the process itself: `nsenter` execs it). The guard kills it with SIGKILL, as a
+    /// crashing runtime or the OOM killer would, when dropped or on [`ChildGuard::kill`].
+    pub fn spawn(&self, plugin_type: &str, inv: &Invocation) -> ChildGuard {
+        ChildGuard::spawn(self.command(plugin_type, inv).0)
+    }
+
+    /// [`Cni::spawn`] for plugin `index` of `conflist`, configured as [`Cni::invoke_plugin`]
+    /// configures it.
+    pub fn spawn_plugin(
+        &self,
+        command: &str,
+        conflist: &Value,
+        index: usize,
+        rt: &RuntimeConf,
+        prev_result: Option<&Value>,
+    ) -> ChildGuard {
+        let plugin = &Self::plugins(conflist)[index];
+        let conf = Self::plugin_conf(conflist, index, Some(rt), prev_result);
+        let inv = rt.invocation(command, self.bin_dir()).stdin_json(&conf);
+        self.spawn(plugin, &inv)
+    }
+
+    /// The command that runs plugin `plugin_type` for `inv`, and a description for messages.
+    fn command(&self, plugin_type: &str, inv: &Invocation) -> (Command, String) {
         let exe = self.bin.plugin(plugin_type);
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.node_netns.display()))
@@ -438,13 +475,7 @@ impl Cni {
             env.join(" "),
             String::from_utf8_lossy(&inv.stdin)
         );
-        let out = run_bounded(cmd, self.timeout);
-        CniOutput {
-            what,
-            status: out.status,
-            stdout: out.stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        (cmd, what)
     }
 
     /// The stdin of plugin `index` of `conflist` (libcni's `buildOneConfig`): the plugin's

@@ -178,7 +178,7 @@ pub fn churn_tcp(ns: &(impl InNetns + ?Sized), addr: &str, count: u32) -> Result
 }
 
 /// `netprobe stream tcp ADDR --seconds S` against a [`serve_tcp_echo`] server:
-/// `Ok("sent=N echoed=N")` iff every line came back.
+/// `Ok("sent=N echoed=N bytes=B max_ms=M")` iff every line came back.
 pub fn stream_tcp(
     ns: &(impl InNetns + ?Sized),
     addr: &str,

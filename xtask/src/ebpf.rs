@@ -11,6 +11,10 @@ use anyhow::{Context as _, Result, bail};
 
 /// The environment variable through which podnet's build script finds the object.
 pub const OBJECT_ENV: &str = "PODNET_EBPF_OBJECT";
+/// The environment variable through which the tests find the stamped "upgrade" object.
+pub const UPGRADE_OBJECT_ENV: &str = "PODNET_EBPF_UPGRADE_OBJECT";
+/// The stamp of the upgrade object (see podnet-ebpf's `build_stamp` module).
+const UPGRADE_STAMP: &str = "upgrade-test";
 
 const TARGET: &str = "bpfel-unknown-none";
 /// Debian's rustc-web; `~/.cargo/bin/rustc` (rustup) comes first in PATH and has no BPF core.
@@ -18,8 +22,23 @@ const BPF_RUSTC: &str = "/usr/bin/rustc";
 
 /// Builds the object and returns its path.
 pub fn build(root: &Path) -> Result<PathBuf> {
-    let target_dir = root.join("target/bpf");
-    let status = Command::new("cargo")
+    build_into(root, &root.join("target/bpf"), None)
+}
+
+/// Builds a second object from the same source with a build stamp, into its own target
+/// directory (so neither build invalidates the other), and returns its path. The tests load it
+/// with `podnet node init --ebpf-object` as a rebuilt program version (an upgrade).
+pub fn build_upgrade(root: &Path) -> Result<PathBuf> {
+    build_into(root, &root.join("target/bpf-upgrade"), Some(UPGRADE_STAMP))
+}
+
+fn build_into(root: &Path, target_dir: &Path, stamp: Option<&str>) -> Result<PathBuf> {
+    let mut cmd = Command::new("cargo");
+    match stamp {
+        Some(stamp) => cmd.env("PODNET_EBPF_BUILD_STAMP", stamp),
+        None => cmd.env_remove("PODNET_EBPF_BUILD_STAMP"),
+    };
+    let status = cmd
         .current_dir(root)
         .args([
             "build",
@@ -31,7 +50,7 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         ])
         .args(["--target", TARGET])
         .arg("--target-dir")
-        .arg(&target_dir)
+        .arg(target_dir)
         .env("RUSTC", BPF_RUSTC)
         .env("RUSTC_BOOTSTRAP", "1")
         .env_remove("RUSTC_WRAPPER")

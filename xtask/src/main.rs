@@ -184,6 +184,7 @@ fn build_userspace(root: &Path, release: bool) -> Result<()> {
 
 fn test(root: &Path, args: &[String]) -> Result<()> {
     let object = ebpf::build(root)?;
+    let upgrade = ebpf::build_upgrade(root)?;
     run(Command::new("cargo")
         .current_dir(root)
         .args(["fmt", "--all", "--check"]))
@@ -202,7 +203,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     cmd.args(["test", "--workspace", "--no-fail-fast", "--"])
         .args(args);
     // Under CI a privileged test that would skip is a failure: CI runs as root.
-    cmd.env("PODNET_TESTS_REQUIRE_ROOT", "1");
+    cmd.env("PODNET_TESTS_REQUIRE_ROOT", "1")
+        .env(ebpf::UPGRADE_OBJECT_ENV, upgrade);
     let records = robustness::reset(root)?;
     let outcome = run(&mut cmd);
     robustness::print_summary(&records);

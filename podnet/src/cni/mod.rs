@@ -9,7 +9,10 @@
 //!
 //! Every attachment is recorded in `<stateDir>/cni/`, so DEL removes exactly what ADD made (and
 //! succeeds when repeated, without a namespace, or for containers it never saw), CHECK verifies
-//! it, and GC frees whatever the runtime no longer lists. The first ADD on a node whose programs
+//! it, and GC frees whatever the runtime no longer lists. ADD and DEL hold the node lock shared
+//! from start to end and GC holds it exclusively, so GC never mistakes an ADD in progress for
+//! the leftovers of one that was killed; those (a pod without its attachment record, an address
+//! without its pod) GC removes, and a repeated ADD replaces. The first ADD on a node whose programs
 //! are not loaded yet runs `node init` from the `node` settings in the configuration, under a
 //! lock.
 
@@ -78,7 +81,19 @@ fn fnv64(bytes: &[u8]) -> u64 {
 /// The pod name a standalone attachment gets: container IDs are up to 64+ characters and
 /// interface names are free-form, so a hash of both keeps every derived name short and safe.
 fn pod_name(container_id: &str, ifname: &str) -> String {
-    format!("cni-{:016x}", fnv64(owner(container_id, ifname).as_bytes()))
+    format!(
+        "{CNI_POD_PREFIX}{:016x}",
+        fnv64(owner(container_id, ifname).as_bytes())
+    )
+}
+
+/// The start of every name [`pod_name`] makes.
+const CNI_POD_PREFIX: &str = "cni-";
+
+/// Whether `name` has the form of [`pod_name`]'s names (`cni-` and 16 hex digits).
+fn is_cni_pod_name(name: &str) -> bool {
+    name.strip_prefix(CNI_POD_PREFIX)
+        .is_some_and(|hash| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn records_dir(state_dir: &Path) -> PathBuf {
@@ -288,6 +303,7 @@ fn add(env: &CniEnv, node: &Node<'_>) -> Result<Value, CniError> {
         ));
     }
     let settings = node_settings(node, true)?.expect("init returns settings or an error");
+    let lock = FileLock::shared(&settings.lock_file()).map_err(io_err)?;
     let path = record_path(&settings.state_dir, &container_id, &ifname);
     if let Ok(Some(existing)) = state::read_json::<Attachment>(&path) {
         // A repeated ADD: answer as the first time did.
@@ -299,7 +315,7 @@ fn add(env: &CniEnv, node: &Node<'_>) -> Result<Value, CniError> {
     state::ensure_private_dir(&records_dir(&settings.state_dir)).map_err(io_err)?;
     let attachment = match conf.mode {
         Mode::Chained => add_chained(conf, &settings, &container_id, &ifname, &netns)?,
-        Mode::Standalone => add_standalone(conf, &settings, &container_id, &ifname, &netns)?,
+        Mode::Standalone => add_standalone(conf, &settings, &container_id, &ifname, &netns, &lock)?,
     };
     let owner = attachment.owner();
     let added = host_ports(conf, attachment.ip).and_then(|mappings| {
@@ -311,11 +327,11 @@ fn add(env: &CniEnv, node: &Node<'_>) -> Result<Value, CniError> {
             .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))
     });
     if let Err(e) = added {
-        let _ = undo(&settings, &attachment);
+        let _ = undo(&settings, &attachment, &lock);
         return Err(e);
     }
     if let Err(e) = state::write_json(&path, &attachment) {
-        let _ = undo(&settings, &attachment);
+        let _ = undo(&settings, &attachment, &lock);
         return Err(io_err(e));
     }
     Ok(attachment
@@ -423,10 +439,17 @@ fn add_standalone(
     container_id: &str,
     ifname: &str,
     netns: &Netns,
+    lock: &FileLock,
 ) -> Result<Attachment, CniError> {
     let name = pod_name(container_id, ifname);
+    // There is no attachment record (checked by the caller, under the lock), so a pod of this
+    // name was left by an ADD killed after making it: start again from nothing. (Anything an
+    // ADD killed earlier left, the pod add below replaces.)
+    if pod::get(settings, &name).map_err(datapath_err)?.is_some() {
+        pod::del_held(settings, &name, lock).map_err(datapath_err)?;
+    }
     let record =
-        pod::add_with(settings, &name, Some(netns.path()), ifname).map_err(|e| match e {
+        pod::add_held(settings, &name, Some(netns.path()), ifname, lock).map_err(|e| match e {
             pod::PodError::Ipam(e) => CniError::new(code::TRY_AGAIN, e.to_string()),
             e => datapath_err(e),
         })?;
@@ -463,12 +486,13 @@ fn add_standalone(
     })
 }
 
-/// Removes what an attachment made. Tolerates anything already gone.
-fn undo(settings: &NodeSettings, a: &Attachment) -> Result<(), CniError> {
+/// Removes what an attachment made. Tolerates anything already gone. The caller holds the node
+/// lock.
+fn undo(settings: &NodeSettings, a: &Attachment, lock: &FileLock) -> Result<(), CniError> {
     nodeport::remove_host_ports(settings, &a.owner()).map_err(datapath_err)?;
     match &a.pod {
         Some(pod) => {
-            pod::del(settings, pod).map_err(datapath_err)?;
+            pod::del_held(settings, pod, lock).map_err(datapath_err)?;
         }
         None => {
             attach::detach_ingress(&a.host_if).map_err(datapath_err)?;
@@ -493,17 +517,19 @@ fn del(env: &CniEnv, node: &Node<'_>) -> Result<(), CniError> {
         return Ok(());
     };
     let (container_id, ifname) = env.attachment();
+    let lock = FileLock::shared(&settings.lock_file()).map_err(io_err)?;
     let path = record_path(&settings.state_dir, &container_id, &ifname);
     let record: Option<Attachment> = state::read_json(&path).map_err(io_err)?;
     match record {
-        Some(a) => undo(&settings, &a)?,
+        Some(a) => undo(&settings, &a, &lock)?,
         None => {
             // Never seen, or already deleted: host ports are the only thing ADD makes before
             // the record, so clear those in case ADD died half-way.
             nodeport::remove_host_ports(&settings, &owner(&container_id, &ifname))
                 .map_err(datapath_err)?;
             if conf.mode == Mode::Standalone {
-                pod::del(&settings, &pod_name(&container_id, &ifname)).map_err(datapath_err)?;
+                pod::del_held(&settings, &pod_name(&container_id, &ifname), &lock)
+                    .map_err(datapath_err)?;
             }
         }
     }
@@ -593,8 +619,37 @@ fn status(node: &Node<'_>) -> Result<(), CniError> {
 pub struct GcReport {
     pub attachments: Vec<String>,
     pub host_ports: usize,
+    /// Pods torn down: CNI pods without an attachment, and pods half-made by a killed
+    /// `pod add` (an address reserved, no record).
+    pub pods: Vec<String>,
     pub veths: Vec<String>,
     pub addresses: Vec<Ipv4Addr>,
+    /// Endpoints of addresses no pod or attachment holds.
+    pub endpoints: Vec<Ipv4Addr>,
+    /// Temporary files of killed writes (pod and attachment records, IPAM).
+    pub temp_files: usize,
+}
+
+impl GcReport {
+    /// Whether nothing was freed.
+    pub fn is_empty(&self) -> bool {
+        let Self {
+            attachments,
+            host_ports,
+            pods,
+            veths,
+            addresses,
+            endpoints,
+            temp_files,
+        } = self;
+        attachments.is_empty()
+            && *host_ports == 0
+            && pods.is_empty()
+            && veths.is_empty()
+            && addresses.is_empty()
+            && endpoints.is_empty()
+            && *temp_files == 0
+    }
 }
 
 fn gc(node: &Node<'_>) -> Result<(), CniError> {
@@ -609,12 +664,19 @@ fn gc(node: &Node<'_>) -> Result<(), CniError> {
         .into_iter()
         .map(|v| (v.container_id, v.ifname))
         .collect();
-    collect(settings, &valid).map(|_| ())
+    let lock = FileLock::exclusive(&settings.lock_file()).map_err(io_err)?;
+    collect(settings, &valid, &lock).map(|_| ())
 }
 
-/// Frees every attachment not in `valid`, host ports of no attachment, podnet's stale host
-/// veths, and addresses held by CNI pods that no longer exist. Shared by CNI GC and `podnet gc`.
-pub fn collect(settings: &NodeSettings, valid: &[(String, String)]) -> Result<GcReport, CniError> {
+/// Frees every attachment not in `valid`, host ports of no attachment, pods and addresses that
+/// killed operations left half-made, podnet's stale host veths, endpoints of no pod, and
+/// temporary files. Shared by CNI GC and `podnet gc`. The caller holds the node lock
+/// exclusively, so no ADD, DEL or `pod add|del` is in progress.
+pub fn collect(
+    settings: &NodeSettings,
+    valid: &[(String, String)],
+    lock: &FileLock,
+) -> Result<GcReport, CniError> {
     let mut report = GcReport::default();
     let mut kept = Vec::new();
     for a in attachments(&settings.state_dir)? {
@@ -622,7 +684,7 @@ pub fn collect(settings: &NodeSettings, valid: &[(String, String)]) -> Result<Gc
             kept.push(a);
             continue;
         }
-        undo(settings, &a)?;
+        undo(settings, &a, lock)?;
         state::remove_file(&record_path(
             &settings.state_dir,
             &a.container_id,
@@ -637,6 +699,21 @@ pub fn collect(settings: &NodeSettings, valid: &[(String, String)]) -> Result<Gc
             report.host_ports +=
                 nodeport::remove_host_ports(settings, &owner).map_err(datapath_err)?;
         }
+    }
+    // CNI pods no kept attachment names (an ADD killed after making its pod), and pods whose
+    // address is reserved without a record (a `pod add` or ADD killed part-way).
+    let kept_pods: Vec<&str> = kept.iter().filter_map(|a| a.pod.as_deref()).collect();
+    let orphans: Vec<String> = pod::list(settings)
+        .map_err(datapath_err)?
+        .into_iter()
+        .map(|p| p.name)
+        .filter(|name| is_cni_pod_name(name) && !kept_pods.contains(&name.as_str()))
+        .chain(pod::leftovers(settings, lock).map_err(datapath_err)?)
+        .collect();
+    for name in orphans {
+        let del = pod::del_held(settings, &name, lock).map_err(datapath_err)?;
+        report.addresses.extend(del.released);
+        report.pods.push(name);
     }
     // Host veths podnet named ("pn" + hash) that belong to no pod and no attachment.
     let pods = pod::list(settings).map_err(datapath_err)?;
@@ -663,16 +740,26 @@ pub fn collect(settings: &NodeSettings, valid: &[(String, String)]) -> Result<Gc
             report.veths.push(name);
         }
     }
-    // Addresses of CNI pods whose pod record is gone (a crash between IPAM and the record).
-    let ipam = settings.ipam().map_err(datapath_err)?;
-    let pod_owners: Vec<String> = pods.iter().map(|p| format!("pod:{}", p.name)).collect();
-    for held in ipam.list().map_err(datapath_err)? {
-        if held.owner.starts_with("pod:cni-") && !pod_owners.contains(&held.owner) {
-            report
-                .addresses
-                .extend(ipam.release_owner(&held.owner).map_err(datapath_err)?);
+    // Endpoints of addresses that no pod and no kept attachment holds.
+    let live: Vec<Ipv4Addr> = pods
+        .iter()
+        .map(|p| p.address.ip())
+        .chain(kept.iter().map(|a| a.ip))
+        .collect();
+    if let Ok(mut maps) = PinnedMaps::open(&settings.pin_dir) {
+        for ep in maps.endpoints().map_err(datapath_err)? {
+            if !live.contains(&ep.ip) && maps.remove_endpoint(ep.ip).map_err(datapath_err)? {
+                crate::conntrack::forget_addr(settings, ep.ip).map_err(datapath_err)?;
+                report.endpoints.push(ep.ip);
+            }
         }
     }
+    report.temp_files = pod::remove_temp_files(settings, lock).map_err(datapath_err)?
+        + state::remove_temp_files(&records_dir(&settings.state_dir)).map_err(io_err)?
+        + settings
+            .ipam()
+            .and_then(|ipam| ipam.remove_leftovers())
+            .map_err(datapath_err)?;
     Ok(report)
 }
 
@@ -692,13 +779,14 @@ pub fn is_alive(a: &Attachment) -> bool {
 /// frees every attachment whose container namespace is gone, plus `collect`'s other leftovers.
 /// `keep` lists `(containerID, ifname)` pairs to keep regardless.
 pub fn gc_dead(settings: &NodeSettings, keep: &[(String, String)]) -> Result<GcReport, CniError> {
+    let lock = FileLock::exclusive(&settings.lock_file()).map_err(io_err)?;
     let mut valid: Vec<(String, String)> = attachments(&settings.state_dir)?
         .into_iter()
         .filter(is_alive)
         .map(|a| (a.container_id, a.ifname))
         .collect();
     valid.extend(keep.iter().cloned());
-    collect(settings, &valid)
+    collect(settings, &valid, &lock)
 }
 
 /// Every recorded attachment of the node.
@@ -750,5 +838,14 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.len() <= pod::MAX_POD_NAME);
         pod::validate_name(&a).unwrap();
+        assert!(is_cni_pod_name(&a));
+        for other in [
+            "web",
+            "cni-web",
+            "cni-0123456789abcdeg",
+            "cni-0123456789abcdef0",
+        ] {
+            assert!(!is_cni_pod_name(other), "{other}");
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Loads the embedded eBPF object once per node and pins what it made. Maps are pinned by name,
+//! Loads the eBPF object (normally the embedded one, see [`super::object`]) once per node and pins what it made. Maps are pinned by name,
 //! so a second load finds and reuses them (state survives `podnet node init` re-runs and
 //! upgrades); programs are re-pinned, and every existing TCX link is switched to the new program
 //! atomically, so attached pods never see a gap.
@@ -20,7 +20,7 @@ use podnet_ebpf::abi::{
     NodeConfig, Peer, STATS_SLOTS, ServiceKey, ServiceValue, map_name, program_name,
 };
 
-use super::{DatapathError, OBJECT};
+use super::{DatapathError, object::EbpfObject};
 
 /// Mode of the pin directories: root only. The pins in them are 0600 already (the kernel gives
 /// a pin `0600 & ~umask`), but the directories would otherwise follow the umask (0777 under
@@ -54,6 +54,8 @@ pub struct LoadOptions {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadReport {
+    /// The object loaded: `embedded`, or the file given to `node init --ebpf-object`.
+    pub object: String,
     pub programs: Vec<&'static str>,
     pub maps_reused: Vec<&'static str>,
     pub maps_created: Vec<&'static str>,
@@ -89,32 +91,37 @@ pub fn check_bpffs(dir: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
-/// The layout each map must have, for checking maps pinned by an earlier load.
-fn expected_layout(name: &str, conntrack_entries: u32) -> (u32, u32, Option<u32>) {
+/// The key and value sizes of each map in this build's ABI.
+pub(super) fn key_value_sizes(name: &str) -> (u32, u32) {
     let size = |n: usize| u32::try_from(n).expect("ABI types are small");
     match name {
-        map_name::CONFIG => (4, size(size_of::<NodeConfig>()), Some(1)),
-        map_name::ENDPOINTS => (
-            size(size_of::<EndpointKey>()),
-            size(size_of::<Endpoint>()),
-            None,
-        ),
-        map_name::STATS => (4, size(size_of::<Counter>()), Some(STATS_SLOTS)),
-        map_name::CONNTRACK => (
-            size(size_of::<CtKey>()),
-            size(size_of::<CtEntry>()),
-            Some(conntrack_entries),
-        ),
-        map_name::CT_USAGE => (4, size(size_of::<CtUsage>()), Some(CT_USAGE_SLOTS)),
+        map_name::CONFIG => (4, size(size_of::<NodeConfig>())),
+        map_name::ENDPOINTS => (size(size_of::<EndpointKey>()), size(size_of::<Endpoint>())),
+        map_name::STATS => (4, size(size_of::<Counter>())),
+        map_name::CONNTRACK => (size(size_of::<CtKey>()), size(size_of::<CtEntry>())),
+        map_name::CT_USAGE => (4, size(size_of::<CtUsage>())),
         map_name::SERVICES => (
             size(size_of::<ServiceKey>()),
             size(size_of::<ServiceValue>()),
-            None,
         ),
         // LPM key: a u32 prefix length, then the address.
-        map_name::PEERS => (8, size(size_of::<Peer>()), Some(DEFAULT_PEERS_MAX)),
+        map_name::PEERS => (8, size(size_of::<Peer>())),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
+}
+
+/// The layout each map must have, for checking maps pinned by an earlier load.
+fn expected_layout(name: &str, conntrack_entries: u32) -> (u32, u32, Option<u32>) {
+    let (key, value) = key_value_sizes(name);
+    let entries = match name {
+        map_name::CONFIG => Some(1),
+        map_name::STATS => Some(STATS_SLOTS),
+        map_name::CONNTRACK => Some(conntrack_entries),
+        map_name::CT_USAGE => Some(CT_USAGE_SLOTS),
+        map_name::PEERS => Some(DEFAULT_PEERS_MAX),
+        _ => None,
+    };
+    (key, value, entries)
 }
 
 /// Refuses to reuse a pinned map whose key or value layout differs from this build's ABI.
@@ -190,9 +197,9 @@ pub fn program_pin(pin_dir: &Path, program: &str) -> PathBuf {
     pin_dir.join("progs").join(program)
 }
 
-/// Loads and verifies the programs, creates or reuses the pinned maps, pins the programs, and
-/// moves existing links onto the new programs.
-pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
+/// Loads and verifies `object`'s programs, creates or reuses the pinned maps, pins the programs,
+/// and moves existing links onto the new programs.
+pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadReport, DatapathError> {
     let started = Instant::now();
     check_bpffs(&opts.pin_dir)?;
     for dir in [opts.pin_dir.clone(), opts.pin_dir.join("progs")] {
@@ -216,7 +223,7 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
         .map_max_entries(map_name::CONNTRACK, opts.conntrack_entries)
         .map_max_entries(map_name::SERVICES, opts.services_max)
         .override_global("DEBUG", &debug, true);
-    let mut ebpf = loader.load(OBJECT)?;
+    let mut ebpf = loader.load(object.bytes())?;
 
     let mut links_updated = 0;
     for name in program_name::CLASSIFIERS {
@@ -258,6 +265,7 @@ pub fn load_and_pin(opts: &LoadOptions) -> Result<LoadReport, DatapathError> {
     }
     load_connect4(&mut ebpf, opts)?;
     Ok(LoadReport {
+        object: object.to_string(),
         programs: program_name::ALL.to_vec(),
         maps_reused,
         maps_created,
@@ -303,6 +311,7 @@ fn load_connect4(ebpf: &mut aya::Ebpf, opts: &LoadOptions) -> Result<(), Datapat
 /// One line saying what a load did.
 pub fn describe(report: &LoadReport) -> String {
     let LoadReport {
+        object,
         programs,
         maps_reused,
         maps_created,
@@ -310,7 +319,7 @@ pub fn describe(report: &LoadReport) -> String {
         load_time_ms,
     } = report;
     format!(
-        "loaded {} in {load_time_ms} ms: maps reused [{}], created [{}]; {links_updated} pod attachment(s) switched to the new programs",
+        "loaded {} ({object} object) in {load_time_ms} ms: maps reused [{}], created [{}]; {links_updated} pod attachment(s) switched to the new programs",
         programs.join(", "),
         maps_reused.join(", "),
         maps_created.join(", "),

@@ -1,5 +1,5 @@
-//! The kernel side as userspace sees it: loading and pinning the programs and maps
-//! ([`loader`]), attaching programs to interfaces from their pins ([`attach`]), and typed access
+//! The kernel side as userspace sees it: which object is loaded ([`object`]), loading and
+//! pinning the programs and maps ([`loader`]), attaching programs to interfaces from their pins ([`attach`]), and typed access
 //! to the pinned maps ([`maps`]).
 //!
 //! Pin layout under a node's pin directory (default `/sys/fs/bpf/podnet`):
@@ -15,6 +15,7 @@ pub mod cgroup;
 pub mod loader;
 pub mod log;
 pub mod maps;
+pub mod object;
 
 use std::path::PathBuf;
 
@@ -63,6 +64,8 @@ pub enum DatapathError {
         #[source]
         source: aya_log::Error,
     },
+    #[error("{path} cannot be loaded as podnet's eBPF object: {what}")]
+    BadObject { path: PathBuf, what: String },
     #[error("the node's maps are not pinned under {path}: run `podnet node init` first")]
     NotInitialised { path: PathBuf },
 }

@@ -6,9 +6,9 @@
 //! netprobe connect tcp|udp IP:PORT [--timeout-ms 2000] [--payload TEXT] [--source-port P]
 //! netprobe http-get IP:PORT [--path /] [--timeout-ms 2000]
 //! netprobe churn tcp IP:PORT --count N [--timeout-ms 2000]
-//! netprobe stream tcp IP:PORT --seconds S [--timeout-ms 2000]
+//! netprobe stream tcp IP:PORT --seconds S [--timeout-ms 2000] [--line-bytes N] [--stop-file F]
 //! netprobe rr tcp IP:PORT --seconds S [--timeout-ms 2000]
-//! netprobe crr tcp IP:PORT --seconds S [--timeout-ms 2000]
+//! netprobe crr tcp IP:PORT --seconds S [--timeout-ms 2000] [--interval-ms MS] [--stop-file F]
 //! netprobe serve-many tcp --listen IP:PORT
 //! netprobe hold tcp IP:PORT --count N [--until-file PATH] [--seconds S] [--timeout-ms 2000]
 //! ```
@@ -19,12 +19,22 @@
 //! UDP server answers every datagram the same way (`local=` is the bound address, so bind a
 //! specific IP). Exit status: 0 success, 1 failure, 2 usage error.
 //!
+//! `stream` keeps one connection to `serve tcp --echo` for S seconds, sending a line every 50 ms
+//! and checking that exactly that line comes back before sending the next; `--line-bytes N`
+//! pads every line to N bytes with a pattern that differs per line, so any lost, reordered or
+//! corrupted byte is caught. It prints `sent=N echoed=N bytes=B max_ms=M` (B: bytes echoed and
+//! checked; M: the slowest echo) and fails unless every line came back.
+//!
 //! `rr` measures request/response transactions per second over one connection (against
 //! `serve tcp --echo`); `crr` measures whole connections per second (against `serve tcp`):
-//! connect, one request, its reply, the server's close, close, in a loop for S seconds, and
-//! prints `ok=N failed=M rate=R p50_us=A p99_us=B` (R = successful connections per second; A and
-//! B the median and 99th percentile connection lifetime). A failed connection
-//! is counted and the loop goes on; each connection is bounded by the timeout.
+//! connect, one request, its reply, the server's close, close, in a loop for S seconds (one
+//! connection every `--interval-ms` at most, when given), and prints
+//! `ok=N failed=M rate=R p50_us=A p99_us=B max_ms=X` (R = successful connections per second;
+//! A, B the median and 99th percentile connection lifetime; X the slowest). A failed
+//! connection is counted and the loop goes on; each connection is bounded by the timeout.
+//!
+//! With `--stop-file F`, `stream` and `crr` end early once the file F exists (S stays the upper
+//! bound), so a test can keep load running for exactly as long as something else takes.
 //!
 //! `serve-many` and `hold` are for thousands of concurrent connections (see [`many`]).
 
@@ -34,6 +44,7 @@ use std::{
     collections::HashMap,
     io::{self, BufRead, BufReader, ErrorKind, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
     process::ExitCode,
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -53,9 +64,9 @@ const USAGE: &str = "usage:
   netprobe connect tcp|udp IP:PORT [--timeout-ms MS] [--payload TEXT] [--source-port P (udp)]
   netprobe http-get IP:PORT [--path PATH] [--timeout-ms MS]
   netprobe churn tcp IP:PORT --count N [--timeout-ms MS]
-  netprobe stream tcp IP:PORT --seconds S [--timeout-ms MS]
+  netprobe stream tcp IP:PORT --seconds S [--timeout-ms MS] [--line-bytes N] [--stop-file F]
   netprobe rr tcp IP:PORT --seconds S [--timeout-ms MS]
-  netprobe crr tcp IP:PORT --seconds S [--timeout-ms MS]
+  netprobe crr tcp IP:PORT --seconds S [--timeout-ms MS] [--interval-ms MS] [--stop-file F]
   netprobe serve-many tcp --listen IP:PORT
   netprobe hold tcp IP:PORT --count N [--until-file PATH] [--seconds S] [--timeout-ms MS]";
 
@@ -97,6 +108,9 @@ const FLAGS: &[&str] = &[
     "--seconds",
     "--path",
     "--until-file",
+    "--line-bytes",
+    "--stop-file",
+    "--interval-ms",
 ];
 
 impl Args {
@@ -175,12 +189,30 @@ impl Args {
         Ok(Duration::from_millis(ms))
     }
 
+    /// When to end early: once `--stop-file`, if given, exists.
+    fn stop(&self) -> Result<Stop> {
+        Ok(Stop {
+            file: self.flag::<String>("--stop-file")?.map(PathBuf::from),
+        })
+    }
+
     fn proto(&self) -> Result<Proto> {
         match self.pos(1, "protocol (tcp|udp)")? {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
             other => Err(usage(format!("unknown protocol {other}"))),
         }
+    }
+}
+
+/// A load generator's early end: a file that, once it exists, says stop.
+struct Stop {
+    file: Option<PathBuf>,
+}
+
+impl Stop {
+    fn requested(&self) -> bool {
+        self.file.as_ref().is_some_and(|f| f.exists())
     }
 }
 
@@ -250,10 +282,19 @@ fn run(args: &Args) -> Result<ExitCode> {
         "stream" => {
             tcp_only(args)?;
             let seconds = args.seconds(3600.0)?;
+            let line_bytes: Option<usize> = args.flag("--line-bytes")?;
+            if line_bytes.is_some_and(|n| !(MIN_LINE_BYTES..MAX_LINE).contains(&n)) {
+                return Err(usage(format!(
+                    "--line-bytes must be between {MIN_LINE_BYTES} and {}",
+                    MAX_LINE - 1
+                )));
+            }
             stream(
                 args.addr(2)?,
                 Duration::from_secs_f64(seconds),
                 args.timeout()?,
+                line_bytes,
+                &args.stop()?,
             )
         }
         "rr" => {
@@ -268,10 +309,13 @@ fn run(args: &Args) -> Result<ExitCode> {
         "crr" => {
             tcp_only(args)?;
             let seconds = args.seconds(600.0)?;
+            let interval = Duration::from_millis(args.flag("--interval-ms")?.unwrap_or(0));
             connect_request_response(
                 args.addr(2)?,
                 Duration::from_secs_f64(seconds),
                 args.timeout()?,
+                interval,
+                &args.stop()?,
             )
         }
         "serve-many" => {
@@ -607,35 +651,76 @@ fn churn(addr: SocketAddr, count: u64, timeout: Duration) -> Result<ExitCode> {
     })
 }
 
-fn stream(addr: SocketAddr, duration: Duration, timeout: Duration) -> Result<ExitCode> {
+/// The shortest `--line-bytes`: room for `seq=N ` of any N.
+const MIN_LINE_BYTES: usize = 32;
+
+/// Line `seq` of a stream: `seq=N`, padded to `bytes` (without the newline) with letters that
+/// shift with every line, so a line can only be mistaken for itself.
+fn stream_line(seq: u64, bytes: Option<usize>) -> String {
+    let mut line = format!("seq={seq}");
+    if let Some(bytes) = bytes {
+        line.push(' ');
+        let start = usize::try_from(seq % 26).unwrap_or(0);
+        let pad = bytes.saturating_sub(line.len());
+        line.extend(
+            (0..pad).map(|i| char::from(b'a' + u8::try_from((start + i) % 26).unwrap_or(0))),
+        );
+    }
+    line
+}
+
+fn stream(
+    addr: SocketAddr,
+    duration: Duration,
+    timeout: Duration,
+    line_bytes: Option<usize>,
+    stop: &Stop,
+) -> Result<ExitCode> {
     const TICK: Duration = Duration::from_millis(50);
     let stream = connect(addr, timeout)?;
     let mut reader = BufReader::new(&stream);
     let mut out = &stream;
     let start = Instant::now();
-    let (mut sent, mut echoed) = (0u64, 0u64);
-    while sent == 0 || start.elapsed() < duration {
-        let line = format!("seq={sent}");
+    let (mut sent, mut echoed, mut bytes) = (0u64, 0u64, 0u64);
+    let mut slowest = Duration::ZERO;
+    while sent == 0 || (start.elapsed() < duration && !stop.requested()) {
+        let line = stream_line(sent, line_bytes);
+        let sent_at = Instant::now();
         if let Err(e) = out.write_all(format!("{line}\n").as_bytes()) {
-            eprintln!("netprobe: sending {line}: {e}");
+            eprintln!("netprobe: sending line {sent}: {e}");
             break;
         }
         sent += 1;
         match read_reply(&mut reader, Instant::now() + timeout, addr) {
-            Ok(reply) if reply == line => echoed += 1,
+            Ok(reply) if reply == line => {
+                echoed += 1;
+                bytes += u64::try_from(line.len() + 1).unwrap_or(u64::MAX);
+                slowest = slowest.max(sent_at.elapsed());
+            }
             Ok(reply) => {
-                eprintln!("netprobe: sent {line:?}, got {reply:?}");
+                let show = |s: &str| s.chars().take(40).collect::<String>();
+                eprintln!(
+                    "netprobe: sent line {} ({} bytes) {:?}..., got {} bytes {:?}...",
+                    sent - 1,
+                    line.len(),
+                    show(&line),
+                    reply.len(),
+                    show(&reply)
+                );
                 break;
             }
             Err(Failure::Failed(e) | Failure::Usage(e)) => {
-                eprintln!("netprobe: waiting for the echo of {line}: {e}");
+                eprintln!("netprobe: waiting for the echo of line {}: {e}", sent - 1);
                 break;
             }
         }
         let next = start + TICK * u32::try_from(sent).unwrap_or(u32::MAX);
         thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    println!("sent={sent} echoed={echoed}");
+    println!(
+        "sent={sent} echoed={echoed} bytes={bytes} max_ms={}",
+        slowest.as_millis()
+    );
     Ok(if sent > 0 && sent == echoed {
         ExitCode::SUCCESS
     } else {
@@ -667,13 +752,15 @@ fn request_response(addr: SocketAddr, duration: Duration, timeout: Duration) -> 
 /// Connection rate against `serve tcp`: connect, send one line, read the reply, wait for the
 /// server to close (so the server, not this client, holds TIME_WAIT and the client's ephemeral
 /// ports never run out), close; one connection at a time for `duration`. A failed connection
-/// is counted and the loop goes on. Prints `ok=N failed=M rate=R p50_us=A p99_us=B` (successful
-/// connections per second, and the 50th and 99th percentile of a connection's lifetime, from
-/// connect to close); fails if any connection did.
+/// is counted and the loop goes on. Prints `ok=N failed=M rate=R p50_us=A p99_us=B max_ms=X`
+/// (successful connections per second; the 50th and 99th percentile and the longest of a
+/// connection's lifetime, from connect to close); fails if any connection did.
 fn connect_request_response(
     addr: SocketAddr,
     duration: Duration,
     timeout: Duration,
+    interval: Duration,
+    stop: &Stop,
 ) -> Result<ExitCode> {
     /// Failures reported one by one on stderr; the rest are only counted.
     const REPORTED: u64 = 5;
@@ -681,7 +768,7 @@ fn connect_request_response(
     let (mut ok, mut bad) = (0u64, 0u64);
     // Each successful connection's time from connect to close, for the latency percentiles.
     let mut micros: Vec<u64> = Vec::new();
-    while start.elapsed() < duration {
+    while start.elapsed() < duration && !stop.requested() {
         let began = Instant::now();
         match crr_once(addr, ok + bad, timeout) {
             Ok(()) => {
@@ -695,6 +782,7 @@ fn connect_request_response(
                 }
             }
         }
+        thread::sleep(interval.saturating_sub(began.elapsed()));
     }
     if bad > REPORTED {
         eprintln!("netprobe: {} more failed connection(s)", bad - REPORTED);
@@ -708,9 +796,10 @@ fn connect_request_response(
             .unwrap_or(0)
     };
     println!(
-        "ok={ok} failed={bad} rate={rate:.0} p50_us={} p99_us={}",
+        "ok={ok} failed={bad} rate={rate:.0} p50_us={} p99_us={} max_ms={}",
         percentile(50),
-        percentile(99)
+        percentile(99),
+        micros.last().copied().unwrap_or(0) / 1000
     );
     Ok(if bad == 0 {
         ExitCode::SUCCESS
