@@ -120,11 +120,14 @@ fn bench(root: &Path, quick: bool) -> Result<()> {
     }
     std::fs::create_dir_all(&work)?;
     let release = root.join("target/release");
-    let perf = work.join("perf.md");
+    let perf = [work.join("perf-same-node.md"), work.join("perf-nat.md")];
     let benches: [(&str, Vec<&std::ffi::OsStr>); 4] = [
-        ("podnet-bench", vec!["--perf".as_ref(), perf.as_os_str()]),
+        ("podnet-bench", vec!["--perf".as_ref(), perf[0].as_os_str()]),
         ("podnet-multinode-bench", vec![]),
-        ("podnet-nat-bench", vec![]),
+        (
+            "podnet-nat-bench",
+            vec!["--perf".as_ref(), perf[1].as_os_str()],
+        ),
         ("podnet-cni-bench", vec![]),
     ];
     for (bench, extra) in benches {
@@ -150,8 +153,8 @@ fn bench(root: &Path, quick: bool) -> Result<()> {
         .args(["--profile", profile])
         .arg("--elapsed")
         .arg(start.elapsed().as_secs_f64().to_string());
-    if perf.exists() {
-        cmd.arg("--perf").arg(&perf);
+    for file in perf.iter().filter(|f| f.exists()) {
+        cmd.arg("--perf").arg(file);
     }
     run(&mut cmd)
 }

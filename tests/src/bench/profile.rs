@@ -23,6 +23,15 @@ const IDLE: [&str; 6] = [
     "acpi_safe_halt",
 ];
 
+/// How the profiles were taken, for the report.
+pub const INTRO: &str = "One extra iperf3 run per path, with `perf record -a -e cpu-clock` \
+    (software sampling; this VM has no hardware counters) over both CPUs; `perf report --sort \
+    sym`, as shares of the samples taken while the CPUs worked. Samples cover the client, the \
+    server and the softirq work of the path. A `cpu-clock` sample can only land while \
+    interrupts are on, so time spent with them off (waking the other CPU, queueing to a \
+    backlog) shows up where they are turned back on (`_raw_spin_unlock_irqrestore`, \
+    `handle_softirqs`).";
+
 /// Whether `perf record` works here (installed, and allowed to sample).
 pub fn available() -> bool {
     Command::new("perf")
@@ -33,15 +42,24 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// One profile: the measured value, the share of samples on idle CPUs, the top working symbols
-/// as `(percent of working samples, symbol)`, and the percent of working samples in BPF
-/// programs.
+/// One profile: the measured value, the share of samples on idle CPUs, every working symbol as
+/// `(percent of working samples, symbol)` (largest first), and the percent of working samples
+/// in BPF programs.
 pub struct Profile {
     pub label: String,
     pub value: f64,
     pub idle_percent: f64,
-    pub top: Vec<(f64, String)>,
+    pub symbols: Vec<(f64, String)>,
     pub bpf_percent: f64,
+}
+
+impl Profile {
+    fn share(&self, symbol: &str) -> f64 {
+        self.symbols
+            .iter()
+            .find(|(_, s)| s == symbol)
+            .map_or(0.0, |(p, _)| *p)
+    }
 }
 
 /// Profiles one run of `w` over `ep`; `None` when perf fails.
@@ -115,28 +133,66 @@ pub fn profile(label: &str, w: Workload, ep: &Endpoints<'_>, seconds: u32) -> Op
         label: label.to_owned(),
         value: m.value,
         idle_percent,
-        top: busy.into_iter().take(TOP).collect(),
+        symbols: busy,
         bpf_percent,
     })
 }
 
-/// The profiles side by side as Markdown.
-pub fn markdown(title: &str, intro: &str, profiles: &[Profile]) -> String {
+/// Two profiles side by side as Markdown: the top symbols of each with their share in both,
+/// then the symbols whose share differs most (what the second path does more or less of).
+pub fn markdown(title: &str, intro: &str, base: &Profile, other: &Profile) -> String {
     use std::fmt::Write as _;
 
     let mut md = format!("## {title}\n\n{intro}\n\n");
-    for p in profiles {
+    for p in [base, other] {
         let _ = writeln!(
             md,
-            "**{}** ({:.2} Gbit/s in this run; CPUs idle {:.1} % of samples; BPF programs \
-             {:.2} % of working samples):\n",
+            "- **{}**: {:.2} Gbit/s in this run; CPUs idle in {:.1} % of samples; BPF programs \
+             {:.2} % of the working samples.",
             p.label, p.value, p.idle_percent, p.bpf_percent
         );
-        md.push_str("| % of working samples | symbol |\n|---|---|\n");
-        for (pct, sym) in &p.top {
-            let _ = writeln!(md, "| {pct:.2} | `{sym}` |");
-        }
-        md.push('\n');
     }
+    let mut rows: Vec<&str> = Vec::new();
+    for p in [other, base] {
+        for (_, sym) in p.symbols.iter().take(TOP) {
+            if !rows.contains(&sym.as_str()) {
+                rows.push(sym);
+            }
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n| symbol | {} % | {} % | difference, points |\n|---|---|---|---|",
+        base.label, other.label
+    );
+    for sym in rows.iter().take(TOP) {
+        let (a, b) = (base.share(sym), other.share(sym));
+        let _ = writeln!(md, "| `{sym}` | {a:.2} | {b:.2} | {:+.2} |", b - a);
+    }
+    let mut all: Vec<&str> = base
+        .symbols
+        .iter()
+        .chain(&other.symbols)
+        .map(|(_, s)| s.as_str())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    let mut diffs: Vec<(f64, &str)> = all
+        .into_iter()
+        .map(|s| (other.share(s) - base.share(s), s))
+        .collect();
+    diffs.sort_by(|x, y| y.0.abs().total_cmp(&x.0.abs()));
+    let _ = writeln!(
+        md,
+        "\nLargest differences ({} minus {}, points of the working samples): {}.\n",
+        other.label,
+        base.label,
+        diffs
+            .iter()
+            .take(8)
+            .map(|(d, s)| format!("`{s}` {d:+.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     md
 }

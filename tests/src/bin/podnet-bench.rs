@@ -92,43 +92,35 @@ fn main() {
     }
 
     if let Some(file) = &args.perf {
-        let md = if profile::available() {
-            let w = Workload::Throughput;
-            let profiles: Vec<profile::Profile> = [
-                profile::profile(
+        let w = Workload::Throughput;
+        let profiles = profile::available()
+            .then(|| {
+                let veth = profile::profile(
                     "veth",
                     w,
                     &endpoints(&va, &vb, "10.99.0.2", w),
                     args.seconds,
-                ),
-                profile::profile(
+                )?;
+                let podnet = profile::profile(
                     "podnet",
                     w,
                     &endpoints(&a.ns, &b.ns, &b.ip, w),
                     args.seconds,
-                ),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            profile::markdown(
-                "Where the time goes: same-node TCP throughput under perf",
-                "One extra iperf3 run per path, with `perf record -a -e cpu-clock` (software \
-                 sampling; this VM has no hardware counters) over both CPUs; `perf report \
-                 --sort sym`, top symbols as shares of the samples taken while the CPUs worked. \
-                 Samples cover the client, the server and the softirq work of the path. A \
-                 `cpu-clock` sample can only land while interrupts are on, so time spent with \
-                 them off shows up at the point that turns them back on \
-                 (`_raw_spin_unlock_irqrestore`, `handle_softirqs`).",
-                &profiles,
-            )
-        } else {
-            "## Where the time goes
-
-`perf record` is not available here.
-"
-            .to_owned()
-        };
+                )?;
+                Some((veth, podnet))
+            })
+            .flatten();
+        let md = profiles.map_or_else(
+            || "## Where the time goes\n\n`perf record` is not available here.\n".to_owned(),
+            |(veth, podnet)| {
+                profile::markdown(
+                    "Where the time goes: same-node TCP throughput under perf",
+                    profile::INTRO,
+                    &veth,
+                    &podnet,
+                )
+            },
+        );
         std::fs::write(file, md).expect("write the perf profile");
     }
 

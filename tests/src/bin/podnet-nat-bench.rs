@@ -21,7 +21,8 @@
 //! packets instead. Client on CPU 0, server on CPU 1. Writes `DIR/nat.json` and
 //! `DIR/scaling.json` for the report with `--out DIR`.
 //!
-//! Arguments: `--rounds N` (5), `--seconds S` (2), `--quick` (2 rounds x 1 s), `--out DIR`.
+//! Arguments: `--rounds N` (5), `--seconds S` (2), `--quick` (2 rounds x 1 s), `--out DIR`,
+//! `--perf FILE` (profile NodePort throughput in both modes with perf, as Markdown).
 
 use std::{
     collections::BTreeMap,
@@ -32,7 +33,7 @@ use std::{
 use podnet_tests::bench::{
     RoundArgs,
     measure::{Endpoints, Measurement, Workload, measure},
-    median,
+    median, profile,
     series::{BenchOutput, PathRuns},
 };
 use podnet_tests::{InNetns, NODE_IP, Node, OUTSIDE_IP, PodInfo, UPLINK, unique};
@@ -269,16 +270,21 @@ impl Bench {
         self.mode = mode;
     }
 
+    /// Outside -> NodePort -> `srv` for `w`.
+    fn nodeport_endpoints(&self, w: Workload) -> Endpoints<'_> {
+        Endpoints {
+            client: &self.node.topo.outside,
+            server: &self.srv.ns,
+            listen: format!("{}:{}", self.srv.ip, w.port()),
+            connect: format!("{NODE_IP}:{}", nodeport_of(w)),
+        }
+    }
+
     /// Runs `w` through `scenario` once in the current mode, checking the path it took.
     fn run(&mut self, scenario: Scenario, w: Workload, seconds: u32) -> Measurement {
         let outside = &self.node.topo.outside;
         let ep = match scenario {
-            Scenario::NodePort => Endpoints {
-                client: outside,
-                server: &self.srv.ns,
-                listen: format!("{}:{}", self.srv.ip, w.port()),
-                connect: format!("{NODE_IP}:{}", nodeport_of(w)),
-            },
+            Scenario::NodePort => self.nodeport_endpoints(w),
             Scenario::Snat => {
                 let port = if w == Workload::ConnectionRate {
                     self.snat_runs = self.snat_runs.wrapping_add(1);
@@ -443,6 +449,33 @@ fn main() {
                 }
             }
         }
+    }
+    if let Some(file) = &args.perf {
+        let w = Workload::Throughput;
+        let mut take = |mode: Mode| {
+            paths.set_mode(mode);
+            profile::profile(mode.name(), w, &paths.nodeport_endpoints(w), args.seconds)
+        };
+        let profiles = if profile::available() {
+            take(Mode::Iptables).zip(take(Mode::Podnet))
+        } else {
+            None
+        };
+        let md = profiles.map_or_else(
+            || {
+                "## Where the time goes: NodePort\n\n`perf record` is not available here.\n"
+                    .to_owned()
+            },
+            |(iptables, podnet)| {
+                profile::markdown(
+                    "Where the time goes: NodePort TCP throughput under perf",
+                    profile::INTRO,
+                    &iptables,
+                    &podnet,
+                )
+            },
+        );
+        std::fs::write(file, md).expect("write the perf profile");
     }
     for bench in std::iter::once(&mut paths).chain(scaling.iter_mut()) {
         bench.set_mode(Mode::Podnet);

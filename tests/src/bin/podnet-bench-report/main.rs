@@ -5,7 +5,7 @@
 //!
 //! Arguments: `--in DIR` (the `*.json` files the benchmarks wrote), `--out DIR`,
 //! `--profile TEXT` (how the run was configured), `--elapsed SECONDS` (the whole run), and
-//! optionally `--perf FILE` (a Markdown perf profile to include).
+//! optionally `--perf FILE`, repeatable (Markdown perf profiles to include).
 
 mod plot;
 
@@ -21,7 +21,7 @@ struct Args {
     out: PathBuf,
     profile: String,
     elapsed: Option<f64>,
-    perf: Option<PathBuf>,
+    perf: Vec<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -30,7 +30,7 @@ fn parse_args() -> Result<Args, String> {
         out: PathBuf::new(),
         profile: String::new(),
         elapsed: None,
-        perf: None,
+        perf: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -42,7 +42,7 @@ fn parse_args() -> Result<Args, String> {
             "--elapsed" => {
                 args.elapsed = Some(value()?.parse().map_err(|e| format!("--elapsed: {e}"))?);
             }
-            "--perf" => args.perf = Some(value()?.into()),
+            "--perf" => args.perf.push(value()?.into()),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -476,9 +476,10 @@ fn run() -> Result<PathBuf, String> {
             md.push('\n');
         }
     }
-    if let Some(perf) = &args.perf {
+    for perf in &args.perf {
         let text = std::fs::read_to_string(perf).map_err(|e| format!("{}: {e}", perf.display()))?;
         md.push_str(&text);
+        md.push('\n');
     }
     let path = args.out.join(format!("{date}.md"));
     std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
