@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ChildGuard, InNetns, describe, netprobe_bin, serve_tcp_echo};
+use crate::{ChildGuard, InNetns, describe, netprobe_bin};
 
 /// What a measurement exercises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -127,6 +127,20 @@ pub struct Endpoints<'a> {
     pub connect: String,
 }
 
+impl<'a> Endpoints<'a> {
+    /// No translation in between: the client connects where the server listens, `ip` and the
+    /// workload's port.
+    pub fn direct(client: &'a dyn InNetns, server: &'a dyn InNetns, ip: &str, w: Workload) -> Self {
+        let at = format!("{ip}:{}", w.port());
+        Self {
+            client,
+            server,
+            listen: at.clone(),
+            connect: at,
+        }
+    }
+}
+
 /// Measures `w` once for `seconds`.
 pub fn measure(w: Workload, ep: &Endpoints<'_>, seconds: u32) -> Measurement {
     let m = match w {
@@ -197,15 +211,36 @@ fn field(text: &str, key: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn rr(ep: &Endpoints<'_>, seconds: u32) -> Measurement {
-    let _srv = serve_tcp_echo(ep.server, &ep.listen);
+/// A netprobe server pinned to CPU 1: `serve tcp [--echo] --listen LISTEN` in `ns`.
+pub fn server(ns: &dyn InNetns, listen: &str, echo: bool) -> ChildGuard {
+    let bin = netprobe_bin();
+    let mut argv = vec![
+        "taskset",
+        "-c",
+        "1",
+        bin.to_str().expect("utf8"),
+        "serve",
+        "tcp",
+    ];
+    if echo {
+        argv.push("--echo");
+    }
+    argv.extend(["--listen", listen]);
+    let mut srv = ns.spawn(&argv);
+    srv.wait_for_stdout("listening", Duration::from_secs(10));
+    srv
+}
+
+/// `netprobe MODE tcp CONNECT --seconds S` in the client namespace, pinned to CPU 0: its
+/// output and the machine's busy CPU seconds while it ran.
+fn client(ep: &Endpoints<'_>, mode: &str, seconds: u32) -> (std::process::Output, f64) {
     let bin = netprobe_bin();
     let secs = seconds.to_string();
     let argv = taskset(
         "0",
         &[
             bin.to_str().expect("utf8"),
-            "rr",
+            mode,
             "tcp",
             &ep.connect,
             "--seconds",
@@ -213,10 +248,15 @@ fn rr(ep: &Endpoints<'_>, seconds: u32) -> Measurement {
         ],
     );
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (out, cpu) = with_cpu(|| {
+    with_cpu(|| {
         ep.client
             .exec_timeout(&argv, Duration::from_secs(u64::from(seconds) + 20))
-    });
+    })
+}
+
+fn rr(ep: &Endpoints<'_>, seconds: u32) -> Measurement {
+    let _srv = server(ep.server, &ep.listen, true);
+    let (out, cpu) = client(ep, "rr", seconds);
     assert!(out.status.success(), "rr: {}", describe(&out));
     let rate = field(&String::from_utf8_lossy(&out.stdout), "rate=").expect("rate=");
     Measurement {
@@ -226,43 +266,9 @@ fn rr(ep: &Endpoints<'_>, seconds: u32) -> Measurement {
     }
 }
 
-/// `netprobe serve tcp --listen LISTEN` in `ns`, pinned to CPU 1.
-pub fn crr_server(ns: &dyn InNetns, listen: &str) -> ChildGuard {
-    let bin = netprobe_bin();
-    let mut srv = ns.spawn(&[
-        "taskset",
-        "-c",
-        "1",
-        bin.to_str().expect("utf8"),
-        "serve",
-        "tcp",
-        "--listen",
-        listen,
-    ]);
-    srv.wait_for_stdout("listening", Duration::from_secs(10));
-    srv
-}
-
 fn crr(ep: &Endpoints<'_>, seconds: u32) -> Measurement {
-    let _srv = crr_server(ep.server, &ep.listen);
-    let bin = netprobe_bin();
-    let secs = seconds.to_string();
-    let argv = taskset(
-        "0",
-        &[
-            bin.to_str().expect("utf8"),
-            "crr",
-            "tcp",
-            &ep.connect,
-            "--seconds",
-            &secs,
-        ],
-    );
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (out, cpu) = with_cpu(|| {
-        ep.client
-            .exec_timeout(&argv, Duration::from_secs(u64::from(seconds) + 20))
-    });
+    let _srv = server(ep.server, &ep.listen, false);
+    let (out, cpu) = client(ep, "crr", seconds);
     // A run with failed connections exits non-zero but still reports; count them instead.
     let text = String::from_utf8_lossy(&out.stdout);
     let get = |key: &str| {

@@ -17,21 +17,6 @@ use podnet_tests::bench::{
 };
 use podnet_tests::{InNetns, Netns, Node, addr, veth};
 
-fn endpoints<'a>(
-    client: &'a dyn InNetns,
-    server: &'a dyn InNetns,
-    ip: &str,
-    w: Workload,
-) -> Endpoints<'a> {
-    let at = format!("{ip}:{}", w.port());
-    Endpoints {
-        client,
-        server,
-        listen: at.clone(),
-        connect: at,
-    }
-}
-
 fn main() {
     let args = RoundArgs::from_env();
     assert!(podnet_tests::require_root(), "the benchmark needs root");
@@ -57,14 +42,18 @@ fn main() {
             runs.push(
                 0,
                 w,
-                measure(w, &endpoints(&va, &vb, "10.99.0.2", w), args.seconds),
+                measure(
+                    w,
+                    &Endpoints::direct(&va, &vb, "10.99.0.2", w),
+                    args.seconds,
+                ),
             );
 
             let before = node.stats()["forward_local_peer"];
             runs.push(
                 1,
                 w,
-                measure(w, &endpoints(&a.ns, &b.ns, &b.ip, w), args.seconds),
+                measure(w, &Endpoints::direct(&a.ns, &b.ns, &b.ip, w), args.seconds),
             );
             assert!(
                 node.stats()["forward_local_peer"] > before + 100,
@@ -80,7 +69,7 @@ fn main() {
             runs.push(
                 2,
                 w,
-                measure(w, &endpoints(&a.ns, &b.ns, &b.ip, w), args.seconds),
+                measure(w, &Endpoints::direct(&a.ns, &b.ns, &b.ip, w), args.seconds),
             );
             assert_eq!(
                 node.stats()["forward_local_peer"],
@@ -98,13 +87,13 @@ fn main() {
                 let veth = profile::profile(
                     "veth",
                     w,
-                    &endpoints(&va, &vb, "10.99.0.2", w),
+                    &Endpoints::direct(&va, &vb, "10.99.0.2", w),
                     args.seconds,
                 )?;
                 let podnet = profile::profile(
                     "podnet",
                     w,
-                    &endpoints(&a.ns, &b.ns, &b.ip, w),
+                    &Endpoints::direct(&a.ns, &b.ns, &b.ip, w),
                     args.seconds,
                 )?;
                 Some((veth, podnet))

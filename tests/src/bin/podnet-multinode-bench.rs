@@ -23,21 +23,6 @@ use podnet_tests::bench::{
 };
 use podnet_tests::{CLUSTER_CIDR, Cluster, ClusterNode, InNetns, PodInfo};
 
-fn endpoints<'a>(
-    client: &'a dyn InNetns,
-    server: &'a dyn InNetns,
-    ip: &str,
-    w: Workload,
-) -> Endpoints<'a> {
-    let at = format!("{ip}:{}", w.port());
-    Endpoints {
-        client,
-        server,
-        listen: at.clone(),
-        connect: at,
-    }
-}
-
 /// The `node init` arguments [`Cluster::new`] ran for `node` (no extra flags), with the
 /// cluster file taken from the settings `node init` recorded in `<state_dir>/node.json`.
 fn init_args(node: &ClusterNode) -> Vec<String> {
@@ -140,14 +125,14 @@ fn main() {
             runs.push(
                 0,
                 w,
-                measure(w, &endpoints(&n0.ns, &n1.ns, &ip1, w), args.seconds),
+                measure(w, &Endpoints::direct(&n0.ns, &n1.ns, &ip1, w), args.seconds),
             );
 
             let before = counters(n0, n1);
             runs.push(
                 1,
                 w,
-                measure(w, &endpoints(&a.ns, &b.ns, &b.ip, w), args.seconds),
+                measure(w, &Endpoints::direct(&a.ns, &b.ns, &b.ip, w), args.seconds),
             );
             let after = counters(n0, n1);
             assert!(
@@ -165,7 +150,7 @@ fn main() {
             runs.push(
                 2,
                 w,
-                measure(w, &endpoints(&a.ns, &b.ns, &b.ip, w), args.seconds),
+                measure(w, &Endpoints::direct(&a.ns, &b.ns, &b.ip, w), args.seconds),
             );
             assert_eq!(
                 counters(n0, n1),
@@ -181,7 +166,7 @@ fn main() {
             runs.push(
                 3,
                 w,
-                measure(w, &endpoints(&c.ns, &d.ns, &d.ip, w), args.seconds),
+                measure(w, &Endpoints::direct(&c.ns, &d.ns, &d.ip, w), args.seconds),
             );
             let after = counters(o0, o1);
             assert!(
