@@ -489,6 +489,9 @@ pub mod reason {
 pub mod proto {
     pub const ETH_HLEN: usize = 14;
     pub const ETH_P_IP: u16 = 0x0800;
+    pub const ETH_P_ARP: u16 = 0x0806;
+    /// ARP's hardware type for Ethernet.
+    pub const ARPHRD_ETHER: u16 = 1;
     pub const IPV4_MIN_HLEN: usize = 20;
     pub const IPPROTO_ICMP: u8 = 1;
     pub const IPPROTO_TCP: u8 = 6;

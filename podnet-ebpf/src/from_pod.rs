@@ -4,8 +4,10 @@
 //! SNATed flows, hairpin); IPv4 to another local pod is delivered straight to it; a new
 //! connection to a NodePort on the node IP is DNATed; IPv4 to another node's pod CIDR goes
 //! straight out of the uplink to that node with its addresses untouched (native routing);
-//! traffic leaving the cluster is SNATed to the node IP. Everything else (ARP, IPv6, broadcast, the node's own addresses, other nodes'
-//! pods, anything malformed) goes to the kernel unchanged, as it would without podnet.
+//! traffic leaving the cluster is SNATed to the node IP. Everything else (ARP, IPv6, broadcast,
+//! the node's own addresses, other nodes' pods, anything malformed) goes to the kernel
+//! unchanged, as it would without podnet. With anti-spoofing on, IPv4 and ARP that claim an
+//! address or MAC other than the pod's own are dropped.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -37,11 +39,39 @@ fn sent_by_owner(ctx: &TcContext, frame: &parse::Ipv4Frame) -> bool {
     forward::endpoint(saddr).is_some_and(|ep| ep.ifindex == ifindex && ep.mac == smac)
 }
 
+/// Whether an ARP frame that is not IPv4's business passes: ARP for IPv4 must announce the
+/// pod's own address and MAC (with anti-spoofing on), or another pod's traffic could be drawn
+/// to it through the node's neighbour table. A probe (sender address 0.0.0.0, RFC 5227)
+/// teaches no one anything and passes. Everything else goes to the kernel unchanged.
+#[inline(always)]
+fn arp_or_pass(ctx: &TcContext, pass: (i32, u32)) -> (i32, u32) {
+    if pass.1 != reason::PASS_NOT_IPV4 {
+        return pass;
+    }
+    let anti_spoof =
+        crate::maps::ready_config().is_some_and(|cfg| cfg.flags & config_flag::ANTI_SPOOF != 0);
+    let Some((eth_src, sha, spa)) = anti_spoof.then(|| parse::arp_sender(ctx)).flatten() else {
+        return pass;
+    };
+    if spa == [0; 4] {
+        return pass;
+    }
+    // SAFETY: `ctx.skb.skb` is the program's own, valid __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let owner = forward::endpoint(spa)
+        .is_some_and(|ep| ep.ifindex == ifindex && ep.mac == sha && eth_src == sha);
+    if owner {
+        pass
+    } else {
+        (TC_ACT_SHOT, reason::DROP_SPOOFED)
+    }
+}
+
 #[inline(always)]
 fn decide(ctx: &TcContext) -> (i32, u32) {
     let (cfg, frame) = match parse::ready_ipv4(ctx) {
         Ok(ready) => ready,
-        Err(pass) => return pass,
+        Err(pass) => return arp_or_pass(ctx, pass),
     };
     // SAFETY: the parser bounds-checked the Ethernet header and nothing has changed the packet.
     if parse::is_group_mac(&unsafe { (*frame.eth).dst }) {

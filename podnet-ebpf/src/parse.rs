@@ -6,9 +6,9 @@ use aya_ebpf::programs::TcContext;
 use podnet_ebpf::abi::{
     CtKey,
     proto::{
-        ETH_HLEN, ETH_P_IP, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-        ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, IP_MF, IP_OFFSET, IPPROTO_ICMP, IPPROTO_TCP,
-        IPPROTO_UDP, IPV4_MIN_HLEN,
+        ARPHRD_ETHER, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY,
+        ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED, IP_MF, IP_OFFSET,
+        IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HLEN,
     },
 };
 
@@ -88,6 +88,37 @@ pub fn frame(ctx: &TcContext) -> Frame {
         return Frame::Malformed;
     }
     Frame::Ipv4(Ipv4Frame { eth, ip })
+}
+
+/// An ARP packet for IPv4 over Ethernet (RFC 826), as it follows the Ethernet header.
+#[repr(C)]
+pub struct ArpIpv4 {
+    pub htype: u16,
+    pub ptype: u16,
+    pub hlen: u8,
+    pub plen: u8,
+    pub oper: u16,
+    /// Sender hardware and protocol address: what a receiver's neighbour table learns.
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+/// The Ethernet source and the ARP sender (hardware, protocol address) of an ARP frame for
+/// IPv4 over Ethernet; `None` for anything else, a short frame included.
+#[inline(always)]
+pub fn arp_sender(ctx: &TcContext) -> Option<([u8; 6], [u8; 6], [u8; 4])> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let arp = ptr_at::<ArpIpv4>(ctx, ETH_HLEN)?;
+    // SAFETY: `ptr_at` checked that both headers lie inside the packet.
+    let (eth, arp) = unsafe { (&*eth, &*arp) };
+    let ipv4_over_ethernet = u16::from_be(eth.proto) == ETH_P_ARP
+        && u16::from_be(arp.htype) == ARPHRD_ETHER
+        && u16::from_be(arp.ptype) == ETH_P_IP
+        && arp.hlen == 6
+        && arp.plen == 4;
+    ipv4_over_ethernet.then_some((eth.src, arp.sha, arp.spa))
 }
 
 /// True for broadcast and multicast MACs (the group bit).

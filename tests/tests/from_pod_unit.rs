@@ -259,7 +259,47 @@ fn with_anti_spoofing_a_pod_sends_only_as_itself() {
     }
     assert_eq!(h.count(reason::DROP_SPOOFED), 3);
     assert_eq!(h.count(reason::FORWARD_LOCAL_PEER), 1);
-    // ARP is not IPv4: it is left to the bridge.
+    // ARP that is not for IPv4 over Ethernet is left to the bridge.
     let arp = eth([0xff; 6], MAC_A, ETH_P_ARP, &[0u8; 28]);
     assert_eq!(h.run(&arp).0, TC_ACT_OK);
+    // ARP for IPv4 teaches the node's neighbour table: A may announce only itself. A probe
+    // (sender 0.0.0.0) announces nothing and passes.
+    let gateway = Ipv4Addr::new(10, 244, 0, 1);
+    for (eth_src, sha, spa, passes) in [
+        (MAC_A, MAC_A, POD_A, true),
+        (MAC_A, MAC_A, Ipv4Addr::UNSPECIFIED, true),
+        (MAC_A, MAC_A, POD_B, false),
+        (MAC_A, MAC_A, Ipv4Addr::new(198, 18, 0, 10), false),
+        (MAC_A, MAC_B, POD_A, false),
+        (MAC_B, MAC_A, POD_A, false),
+    ] {
+        let frame = eth(
+            [0xff; 6],
+            eth_src,
+            ETH_P_ARP,
+            &arp_request(sha, spa, gateway),
+        );
+        let before = h.count(reason::DROP_SPOOFED);
+        let (verdict, out) = h.run(&frame);
+        if passes {
+            assert_eq!(
+                (verdict, out),
+                (TC_ACT_OK, frame),
+                "ARP from {spa} as {sha:x?}"
+            );
+        } else {
+            assert_eq!(verdict, TC_ACT_SHOT, "ARP claiming {spa} as {sha:x?}");
+            assert_eq!(h.count(reason::DROP_SPOOFED), before + 1);
+        }
+    }
+}
+
+/// An ARP request for IPv4 over Ethernet from `sha`/`spa` asking for `tpa`.
+fn arp_request(sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    a.extend_from_slice(&sha);
+    a.extend_from_slice(&spa.octets());
+    a.extend_from_slice(&[0; 6]);
+    a.extend_from_slice(&tpa.octets());
+    a
 }

@@ -303,8 +303,89 @@ fn a_pod_cannot_send_as_another_pod_or_as_the_node() {
         );
         scenario.number(&format!("dropped as {stolen}"), after - before);
     }
-    // As itself, a still gets through.
+    // Once a gives the stolen addresses back, it gets through as itself. (While it holds them
+    // its kernel may pick one as the sender of an ARP request, and that ARP is dropped too.)
+    a.ns.ok(&format!(
+        "ip addr del {}/32 dev eth0; ip addr del 198.18.0.10/32 dev eth0; ip neigh flush dev eth0",
+        b.ip
+    ));
     assert!(a.ping(&c.ip, 1).status.success());
+}
+
+/// The MAC the node's neighbour table holds for `ip`, if any.
+fn neighbour_mac(node: &Node, ip: &str) -> Option<String> {
+    let out = node.topo.node.ok(&format!("ip -j neigh show {ip}"));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j neigh");
+    v.as_array()?
+        .iter()
+        .find_map(|n| n["lladdr"].as_str().map(str::to_owned))
+}
+
+/// A gratuitous ARP from pod a claiming `ip` (which a must hold), twice.
+fn announce(a: &podnet_tests::PodInfo, ip: &str) {
+    let out =
+        a.ns.sh(&format!("arping -q -U -c 2 -w 2 -I eth0 -s {ip} {ip}"));
+    // arping exits 1 when no reply came, which an unsolicited announcement never gets.
+    assert!(
+        out.status.code().is_some_and(|c| c <= 1),
+        "arping: {}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn a_pod_cannot_take_another_pods_address_in_the_nodes_neighbour_table() {
+    require_root!();
+    let mut scenario = Scenario::new("anti-spoofing: a pod announces another pod's address by ARP");
+    for (cidr, anti_spoof) in [("10.244.29.0/24", true), ("10.244.30.0/24", false)] {
+        let extra: &[&str] = if anti_spoof {
+            &[]
+        } else {
+            &["--no-anti-spoof"]
+        };
+        let node = Node::with_args(cidr, extra);
+        let (a, b) = (node.add_pod("a"), node.add_pod("b"));
+        // The node learns b's MAC the honest way.
+        assert!(
+            node.topo
+                .node
+                .sh(&format!("ping -c 1 -W 1 {}", b.ip))
+                .status
+                .success()
+        );
+        let b_mac = neighbour_mac(&node, &b.ip).expect("the node knows b's MAC");
+        // (`ip`, not /sys: sysfs read through nsenter shows the root namespace.)
+        let link: serde_json::Value =
+            serde_json::from_str(&a.ns.ok("ip -j link show eth0")).expect("ip -j link");
+        let a_mac = link[0]["address"].as_str().expect("a's MAC").to_owned();
+        a.ns.ok(&format!("ip addr add {}/32 dev eth0", b.ip));
+        let before = node.stats()["drop_spoofed"];
+        announce(&a, &b.ip);
+        let after = node.stats()["drop_spoofed"];
+        let learned = neighbour_mac(&node, &b.ip);
+        if anti_spoof {
+            assert_eq!(learned.as_deref(), Some(b_mac.as_str()), "b's entry kept");
+            assert!(
+                after >= before + 2,
+                "spoofed ARP counted: {before} -> {after}"
+            );
+            scenario.number("spoofed ARP dropped", after - before);
+            // a may still announce itself.
+            announce(&a, &a.ip);
+            assert_eq!(node.stats()["drop_spoofed"], after);
+        } else {
+            // Without the check the announcement takes b's address: what the check prevents.
+            assert_eq!(
+                learned,
+                Some(a_mac.clone()),
+                "poisoned without anti-spoofing"
+            );
+            scenario.number(
+                "without anti-spoofing, the node's entry for b became",
+                "a's MAC",
+            );
+        }
+    }
 }
 
 #[test]

@@ -34,6 +34,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("iproute2", "ip/tc/bridge in tests and the demo"),
     ("iputils-ping", "ping in tests and the demo"),
+    (
+        "iputils-arping",
+        "a pod's spoofed gratuitous ARP in the anti-spoofing test",
+    ),
     ("iperf3", "throughput benchmarks"),
     (
         "linux-perf",
