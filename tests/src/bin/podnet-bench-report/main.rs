@@ -335,7 +335,10 @@ fn run() -> Result<PathBuf, String> {
         })
         .unwrap_or_else(|| "?".into());
     let memory = cmd_line("sh", &["-c", "free -g | awk '/Mem:/ {print $2}'"]);
-    let commit = cmd_line("git", &["rev-parse", "--short", "HEAD"]);
+    let mut commit = format!("`{}`", cmd_line("git", &["rev-parse", "--short", "HEAD"]));
+    if !cmd_line("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        commit.push_str(" plus uncommitted changes");
+    }
 
     let mut md = String::new();
     let _ = writeln!(md, "# podnet benchmark report, {date}\n");
@@ -346,7 +349,7 @@ fn run() -> Result<PathBuf, String> {
     );
     let _ = writeln!(
         md,
-        "- **Machine:** kernel {kernel}, {cpus} CPUs ({cpu_model}), {memory} GiB memory; podnet at commit `{commit}`."
+        "- **Machine:** kernel {kernel}, {cpus} CPUs ({cpu_model}), {memory} GiB memory; podnet at commit {commit}."
     );
     let _ = writeln!(
         md,
@@ -442,9 +445,9 @@ fn run() -> Result<PathBuf, String> {
         ),
         (
             "scaling-latency",
-            "TCP connection latency p99",
-            "p99 connection lifetime, us",
-            "NodePort connection latency p99 vs services installed",
+            "TCP connection latency p50",
+            "median connection lifetime, us",
+            "NodePort connection latency (median) vs services installed",
         ),
     ] {
         let lines = scaling_lines(&all, metric);
