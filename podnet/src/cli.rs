@@ -407,9 +407,10 @@ fn run_on_node(settings: &NodeSettings, json: bool, command: Command) -> Result<
             let report = node::reset(settings)?;
             print(json, &report, |r| {
                 format!(
-                    "node reset: {} pod(s) deleted, {} pin(s) removed, bridge deleted: {}, conntrack collector stopped: {}",
+                    "node reset: {} pod(s) deleted, {} pin(s) removed, {} CNI attachment record(s) removed, bridge deleted: {}, conntrack collector stopped: {}",
                     r.pods_deleted.len(),
                     r.pins_removed,
+                    r.cni_records_removed,
                     r.bridge_deleted,
                     r.collector_stopped
                 )

@@ -659,6 +659,8 @@ pub struct ResetReport {
     pub uplink_detached: bool,
     pub cgroup_detached: bool,
     pub collector_stopped: bool,
+    /// CNI attachment records removed (their pods went with the node).
+    pub cni_records_removed: usize,
 }
 
 /// Tears the node down: every pod (half-made ones too), every pin, the bridge and the node's
@@ -683,6 +685,7 @@ pub fn reset(settings: &NodeSettings) -> Result<ResetReport, NodeError> {
         &loader::program_pin(&settings.pin_dir, program_name::NODEPORT_CONNECT4),
     )?;
     state::remove_file(&crate::nodeport::NodePorts::file(settings))?;
+    report.cni_records_removed = crate::cni::forget_all_attachments(&settings.state_dir)?;
     let mut pins: Vec<PathBuf> = map_name::ALL
         .iter()
         .map(|m| settings.pin_dir.join(m))

@@ -320,6 +320,37 @@ fn standalone_add_check_del() {
 }
 
 #[test]
+fn node_reset_after_cni_adds_leaves_nothing_behind() {
+    require_root!();
+    let node = CniNode::new("10.244.64.0/24");
+    let conf = node.standalone_conflist();
+    let pods: Vec<Netns> = (0..2).map(|_| Netns::new("sr")).collect();
+    for pod in &pods {
+        add_ok(&node, &conf, &RuntimeConf::new(&container_id(), pod.path()));
+    }
+    let records = node.state_dir.join("cni");
+    let count = |dir: &std::path::Path| std::fs::read_dir(dir).map_or(0, Iterator::count);
+    assert_eq!(count(&records), 2, "one attachment record per container");
+    let report = node.podnet_json(&["node", "reset"]);
+    assert_eq!(report["cni_records_removed"], 2, "{report}");
+    assert_eq!(
+        report["pods_deleted"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    for pod in &pods {
+        assert_no_eth0(pod);
+    }
+    let left: Vec<_> = std::fs::read_dir(&node.state_dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|n| n == "lock"),
+        "state left after reset: {left:?}"
+    );
+}
+
+#[test]
 fn standalone_results_follow_the_requested_version() {
     require_root!();
     let node = CniNode::new("10.244.63.0/24");

@@ -100,6 +100,24 @@ fn records_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("cni")
 }
 
+/// Removes every attachment record and the first-ADD lock (the node is being reset, and its
+/// pods with it); returns how many records went. Whatever else is in the directory stays.
+pub fn forget_all_attachments(state_dir: &Path) -> Result<usize, state::StateError> {
+    let dir = records_dir(state_dir);
+    let mut removed = 0;
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+            if path.extension().is_some_and(|x| x == "json") && state::remove_file(&path)? {
+                removed += 1;
+            }
+        }
+    }
+    // Only an empty directory goes.
+    let _ = std::fs::remove_dir(&dir);
+    state::remove_file(&state_dir.join("cni-init.lock"))?;
+    Ok(removed)
+}
+
 fn record_path(state_dir: &Path, container_id: &str, ifname: &str) -> PathBuf {
     records_dir(state_dir).join(format!("{}.json", pod_name(container_id, ifname)))
 }
