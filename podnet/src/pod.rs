@@ -339,6 +339,11 @@ fn teardown(
         ..DelReport::default()
     };
     let host_if = host_ifname(name);
+    // The record goes first: a pod del killed at any later point leaves an address reserved
+    // for a pod without a record, which a repeated del or `podnet gc` finishes, never a
+    // record whose endpoint, filter or veth is already gone (which gc would take for a live
+    // pod). And it goes before the address, so a record always has its address reserved.
+    state::remove_file(&record_path(settings, name))?;
     report.nodeport_backends_removed = crate::nodeport::forget_pod(settings, name)?;
     report.link_removed = attach::detach_ingress(&host_if)?;
     let ipam = settings.ipam()?;
@@ -363,8 +368,6 @@ fn teardown(
         report.netns_removed =
             Netns::delete_named(&settings.netns_dir, &default_netns_name(settings, name))?;
     }
-    // The record goes before the address: a record always has its address reserved.
-    state::remove_file(&record_path(settings, name))?;
     report.released = ipam.release_owner(&owner(name))?;
     Ok(report)
 }

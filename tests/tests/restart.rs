@@ -1033,3 +1033,82 @@ fn gc_alongside_pod_adds_never_takes_what_an_add_is_making() {
         assert_eq!(addresses_in(&ns, "eth0"), vec![*ip], "pod {name}");
     }
 }
+
+#[test]
+fn killed_pod_dels_are_finished_by_a_repeat_or_by_gc() {
+    require_root!();
+    let mut s = Scenario::new(
+        "kill -9 of pod del at delays spread over its run: repeated at once, or collected by gc",
+    );
+    let node = Node::new("10.244.145.0/24");
+    node.add_pod("timing");
+    let start = Instant::now();
+    node.ok(&["pod", "del", "timing"]);
+    let typical = start.elapsed();
+    let names: Vec<String> = (0..KILLS).map(|i| format!("d{i}")).collect();
+    for name in &names {
+        node.add_pod(name);
+    }
+    let kill_delays = delays(typical);
+    let (mut finished, mut repeated) = (0, 0);
+    for (i, (name, delay)) in names.iter().zip(&kill_delays).enumerate() {
+        let done = kill_after(
+            ChildGuard::spawn(node.command(&["--json", "pod", "del", name])),
+            *delay,
+        );
+        finished += usize::from(done);
+        // Every other one is repeated at once, and that must finish the job.
+        if i % 2 == 0 {
+            node.ok(&["pod", "del", name]);
+            repeated += 1;
+        }
+    }
+    let before = census(&node, &names);
+    // A pod whose del was killed before it changed anything is still a whole pod; one killed
+    // after removing its record is a half-deleted pod (an address reserved, no record).
+    let half_deleted: Vec<&String> = before
+        .ipam
+        .iter()
+        .filter(|(_, owner)| {
+            owner
+                .strip_prefix("pod:")
+                .is_some_and(|n| !before.pods.contains_key(n))
+        })
+        .map(|(_, owner)| owner)
+        .collect();
+    s.number("dels killed", KILLS)
+        .number("kill delays ms", millis(&kill_delays))
+        .number("finished before the kill", finished)
+        .number("repeated at once", repeated)
+        .number("whole pods left", before.pods.len())
+        .number("half-deleted pods left", half_deleted.len());
+    let report = node.json(&["gc"]);
+    let after = census(&node, &names);
+    // gc takes every half-deleted pod and nothing of a whole one.
+    assert_eq!(after.pods, before.pods, "gc keeps whole pods: {report}");
+    let owners: BTreeSet<String> = after.pods.keys().map(|n| format!("pod:{n}")).collect();
+    assert_eq!(
+        after.ipam.values().cloned().collect::<BTreeSet<_>>(),
+        owners,
+        "only whole pods hold addresses after gc: {report}"
+    );
+    let addresses: BTreeSet<Ipv4Addr> = after.pods.values().map(|(ip, _)| *ip).collect();
+    assert_eq!(after.endpoints, addresses, "{report}");
+    let host_ifs: BTreeSet<String> = after.pods.values().map(|(_, h)| h.clone()).collect();
+    assert_eq!(after.veths, host_ifs, "{report}");
+    assert_eq!(after.netns.len(), after.pods.len(), "{after:?}");
+    // A repeated del finishes the whole ones; then nothing is left.
+    for name in after.pods.keys() {
+        node.ok(&["pod", "del", name]);
+    }
+    assert_eq!(census(&node, &names), Census::default(), "nothing is left");
+    // The names are free again.
+    let again = node.add_pod("d1");
+    assert!(
+        node.topo
+            .node
+            .sh(&format!("ping -c 1 -W 1 {}", again.ip))
+            .status
+            .success()
+    );
+}
