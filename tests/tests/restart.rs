@@ -1112,3 +1112,86 @@ fn killed_pod_dels_are_finished_by_a_repeat_or_by_gc() {
             .success()
     );
 }
+
+#[test]
+fn killed_node_inits_drop_no_connection_and_a_rerun_restores_the_node() {
+    require_root!();
+    let mut s = Scenario::new(
+        "kill -9 of node init at delays spread over its run, under three streams, then a re-run",
+    );
+    let node = Node::new("10.244.146.0/24");
+    let (web, client) = (node.add_pod("web"), node.add_pod("client"));
+    let init = node.init_args();
+    let init: Vec<&str> = init.iter().map(String::as_str).collect();
+    let start = Instant::now();
+    node.ok(&init);
+    let typical = start.elapsed();
+    let _echo_out = serve_tcp_echo(&node.topo.outside, &format!("{OUTSIDE_IP}:7000"));
+    let _echo_web = serve_tcp_echo(&web.ns, "0.0.0.0:7000");
+    node.ok(&[
+        "nodeport",
+        "add",
+        "--port",
+        "30700",
+        "--backend",
+        "web:7000",
+    ]);
+    let bin = netprobe_bin();
+    let bin = bin.to_str().expect("utf-8 path");
+    let stream = |ns: &dyn podnet_tests::InNetns, to: String| {
+        ns.spawn(&[bin, "stream", "tcp", &to, "--seconds", "5"])
+    };
+    let mut streams = [
+        ("SNAT", stream(&client.ns, format!("{OUTSIDE_IP}:7000"))),
+        (
+            "NodePort",
+            stream(&node.topo.outside, format!("{NODE_IP}:30700")),
+        ),
+        ("pod to pod", stream(&client.ns, format!("{}:7000", web.ip))),
+    ];
+    thread::sleep(Duration::from_millis(500));
+    let kill_delays = delays(typical);
+    let mut finished = 0;
+    for delay in kill_delays.iter().step_by(2) {
+        finished += usize::from(kill_after(ChildGuard::spawn(node.command(&init)), *delay));
+    }
+    // One complete run restores whatever a kill left half-done.
+    let report = node.json(&init);
+    assert!(
+        report["load"]["maps_reused"]
+            .as_array()
+            .is_some_and(|m| m.len() == map_name::ALL.len()),
+        "every map kept: {report}"
+    );
+    for ifname in [web.host_if.as_str(), client.host_if.as_str(), "uplink0"] {
+        let filters = node
+            .topo
+            .node
+            .ok(&format!("tc filter show dev {ifname} ingress"));
+        assert!(
+            filters.contains("bpf"),
+            "{ifname} has its program: {filters}"
+        );
+    }
+    let mut lines = 0;
+    for (what, child) in &mut streams {
+        let status = child
+            .wait_timeout(Duration::from_secs(30))
+            .expect("stream ends");
+        let out = child.stdout();
+        assert!(status.success(), "{what} stream: {out} {}", child.stderr());
+        let f = fields(&out);
+        assert_eq!(f.get("sent"), f.get("echoed"), "{what} stream: {out}");
+        lines += number(&f, "echoed", what);
+    }
+    assert!(client.ping(&web.ip, 1).status.success());
+    s.number("node init kills", kill_delays.len().div_ceil(2))
+        .number(
+            "kill delays ms",
+            millis(&kill_delays.iter().step_by(2).copied().collect::<Vec<_>>()),
+        )
+        .number("finished before the kill", finished)
+        .number("streams", streams.len())
+        .number("lines echoed", lines)
+        .number("lines lost", 0);
+}
