@@ -692,9 +692,10 @@ fn two_pods_with_the_same_source_port_get_different_ports() {
     require_root!();
     in_node_netns(|| {
         let h = Harness::new();
-        // 40000 lies outside the SNAT range (ports are allocated at random); 62000 inside it
-        // (the first flow keeps it, the second must not get it too).
-        for sport in [40000, 62000] {
+        // 62000 lies inside the SNAT range (the first flow keeps it, the second must not get it
+        // too); 40000 outside it (ports are allocated at random). 62000 goes first, while the
+        // table is empty: a random allocation made before could have taken it.
+        for sport in [62000, 40000] {
             let mut ports = Vec::new();
             for (pod, mac) in [(POD_A, MAC_A), (POD_B, MAC_B)] {
                 let syn = tcp_frame(GW_MAC, mac, (pod, sport), (OUTSIDE, 80), SYN);
