@@ -29,14 +29,20 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     stats::counted(&ctx, decide)
 }
 
+/// Whether `addr` and `mac` are those of the pod whose veth the packet came in on.
+#[inline(always)]
+fn is_owner(ctx: &TcContext, addr: [u8; 4], mac: [u8; 6]) -> bool {
+    // SAFETY: `ctx.skb.skb` is the program's own, valid __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    forward::endpoint(addr).is_some_and(|ep| ep.ifindex == ifindex && ep.mac == mac)
+}
+
 /// Whether the packet carries the source address and MAC of the pod whose veth it came in on.
 #[inline(always)]
 fn sent_by_owner(ctx: &TcContext, frame: &parse::Ipv4Frame) -> bool {
     // SAFETY: the parser bounds-checked both headers and nothing has changed the packet since.
     let (saddr, smac) = unsafe { ((*frame.ip).saddr, (*frame.eth).src) };
-    // SAFETY: `ctx.skb.skb` is the program's own, valid __sk_buff.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    forward::endpoint(saddr).is_some_and(|ep| ep.ifindex == ifindex && ep.mac == smac)
+    is_owner(ctx, saddr, smac)
 }
 
 /// Whether an ARP frame that is not IPv4's business passes: ARP for IPv4 must announce the
@@ -53,14 +59,7 @@ fn arp_or_pass(ctx: &TcContext, pass: (i32, u32)) -> (i32, u32) {
     let Some((eth_src, sha, spa)) = anti_spoof.then(|| parse::arp_sender(ctx)).flatten() else {
         return pass;
     };
-    if spa == [0; 4] {
-        return pass;
-    }
-    // SAFETY: `ctx.skb.skb` is the program's own, valid __sk_buff.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let owner = forward::endpoint(spa)
-        .is_some_and(|ep| ep.ifindex == ifindex && ep.mac == sha && eth_src == sha);
-    if owner {
+    if spa == [0; 4] || (eth_src == sha && is_owner(ctx, spa, sha)) {
         pass
     } else {
         (TC_ACT_SHOT, reason::DROP_SPOOFED)

@@ -436,12 +436,35 @@ struct Preflight {
     peers: Option<Vec<crate::peers::PeerNode>>,
 }
 
+/// Settings that passed [`check`], with what the check found out; [`Checked::init`] builds the
+/// node from them without checking again.
+pub struct Checked {
+    settings: NodeSettings,
+    preflight: Preflight,
+}
+
+impl Checked {
+    /// [`init`] with the embedded eBPF object.
+    pub fn init(self) -> Result<InitReport, NodeError> {
+        self.init_with(&EbpfObject::embedded())
+    }
+
+    /// [`init_with`].
+    pub fn init_with(self, object: &EbpfObject) -> Result<InitReport, NodeError> {
+        build(self.settings, self.preflight, object)
+    }
+}
+
 /// Checks everything `node init` could refuse in its input (the settings, the pin directory:
 /// bpffs and maps pinned by another podnet version, the uplink and node IP, the cluster file)
 /// while changing nothing, so a refused `node init` leaves nothing behind. Runs in the node's
 /// namespace.
-pub fn check(settings: &NodeSettings) -> Result<(), NodeError> {
-    preflight(settings).map(|_| ())
+pub fn check(settings: NodeSettings) -> Result<Checked, NodeError> {
+    let preflight = preflight(&settings)?;
+    Ok(Checked {
+        settings,
+        preflight,
+    })
 }
 
 fn preflight(settings: &NodeSettings) -> Result<Preflight, NodeError> {
@@ -502,18 +525,27 @@ fn preflight(settings: &NodeSettings) -> Result<Preflight, NodeError> {
 /// programs attached to pods are swapped atomically for the new ones. Bad input is refused
 /// before anything is changed ([`check`]).
 pub fn init(settings: NodeSettings) -> Result<InitReport, NodeError> {
-    init_with(settings, &EbpfObject::embedded())
+    check(settings)?.init()
 }
 
 /// [`init`] loading `object` instead of the embedded eBPF object: a rebuilt program version
 /// replaces the running one, keeping the maps (endpoints, services, conntrack) as they are.
-pub fn init_with(mut settings: NodeSettings, object: &EbpfObject) -> Result<InitReport, NodeError> {
+pub fn init_with(settings: NodeSettings, object: &EbpfObject) -> Result<InitReport, NodeError> {
+    check(settings)?.init_with(object)
+}
+
+/// What [`init`] does once [`check`] has passed.
+fn build(
+    mut settings: NodeSettings,
+    preflight: Preflight,
+    object: &EbpfObject,
+) -> Result<InitReport, NodeError> {
     let Preflight {
         uplink,
         node_ip,
         mtu,
         peers,
-    } = preflight(&settings)?;
+    } = preflight;
     settings.node_ip = Some(node_ip);
     settings.mtu = Some(mtu);
     state::ensure_private_dir(&settings.state_dir)?;

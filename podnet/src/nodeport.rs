@@ -284,6 +284,16 @@ fn program(
     Ok(())
 }
 
+/// Removes `np` from the map: the head first, so the datapath never sees a count without its
+/// slots, then every backend slot.
+fn unprogram(maps: &mut PinnedMaps, np: &NodePort) -> Result<(), DatapathError> {
+    maps.service_remove(&key(np.port, np.proto, 0))?;
+    for i in 0..np.backends.len() {
+        maps.service_remove(&key(np.port, np.proto, slot(i)))?;
+    }
+    Ok(())
+}
+
 /// Resolves backend specs against the node's pods and peers, each read once however many
 /// NodePorts are resolved.
 struct Resolver<'a> {
@@ -477,11 +487,7 @@ pub fn del(settings: &NodeSettings, port: u16, proto: Proto) -> Result<NodePort,
         .position(|np| np.port == port && np.proto == proto)
         .ok_or(NodePortError::NotFound { port, proto })?;
     let np = ports.remove(index);
-    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
-    maps.service_remove(&key(port, proto, 0))?;
-    for i in 0..np.backends.len() {
-        maps.service_remove(&key(port, proto, slot(i)))?;
-    }
+    unprogram(&mut PinnedMaps::open(&settings.pin_dir)?, &np)?;
     NodePorts::save(settings, &mut ports)?;
     Ok(np)
 }
@@ -588,10 +594,7 @@ pub fn apply(
     let mut summary = ApplySummary::default();
     for old in &managed {
         if !seen.contains(&(old.port, old.proto)) {
-            maps.service_remove(&key(old.port, old.proto, 0))?;
-            for i in 0..old.backends.len() {
-                maps.service_remove(&key(old.port, old.proto, slot(i)))?;
-            }
+            unprogram(&mut maps, old)?;
             summary.removed += 1;
         }
     }
@@ -741,10 +744,7 @@ pub fn remove_host_ports(settings: &NodeSettings, owner: &str) -> Result<usize, 
     }
     let mut maps = PinnedMaps::open(&settings.pin_dir)?;
     for np in &gone {
-        maps.service_remove(&key(np.port, np.proto, 0))?;
-        for i in 0..np.backends.len() {
-            maps.service_remove(&key(np.port, np.proto, slot(i)))?;
-        }
+        unprogram(&mut maps, np)?;
     }
     let mut kept = kept;
     NodePorts::save(settings, &mut kept)?;

@@ -147,3 +147,43 @@ pub fn l4_ok(frame: &[u8]) -> bool {
         proto => csum(l4, pseudo_header_sum(src, dst, proto, l4.len())) == 0,
     }
 }
+
+/// An IPv4 address and a port.
+pub type Addr = (Ipv4Addr, u16);
+
+/// An Ethernet frame holding a TCP segment from `src` to `dst` with `flags` and `data`.
+pub fn tcp_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Addr,
+    dst: Addr,
+    flags: u8,
+    data: &[u8],
+) -> Vec<u8> {
+    let seg = tcp(src.0, dst.0, src.1, dst.1, flags, data);
+    eth(
+        dst_mac,
+        src_mac,
+        ETH_P_IP,
+        &ipv4(src.0, dst.0, 6, &[], &seg),
+    )
+}
+
+/// An Ethernet frame holding a UDP datagram from `src` to `dst` (checksum 0 if
+/// `zero_checksum`).
+pub fn udp_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Addr,
+    dst: Addr,
+    data: &[u8],
+    zero_checksum: bool,
+) -> Vec<u8> {
+    let dgram = udp(src.0, dst.0, src.1, dst.1, data, zero_checksum);
+    eth(
+        dst_mac,
+        src_mac,
+        ETH_P_IP,
+        &ipv4(src.0, dst.0, 17, &[], &dgram),
+    )
+}

@@ -60,7 +60,10 @@ use podnet_ebpf::abi::{
 use podnet_tests::{
     InNetns as _, Netns as TestNetns, Scenario,
     fuzz::{self, Ipv4View, Rng},
-    packet::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, csum, eth, ipv4, tcp, udp},
+    packet::{
+        Addr, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, csum, eth, ipv4, tcp, tcp_frame, udp,
+        udp_frame,
+    },
     require_root,
 };
 
@@ -119,8 +122,6 @@ const NP_EMPTY: u16 = 30_099;
 
 const SNAT_PORT_MIN: u16 = 40_000;
 const SNAT_PORT_MAX: u16 = 65_535;
-
-type Addr = (Ipv4Addr, u16);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Prog {
@@ -515,40 +516,6 @@ fn kernel_refuses(frame: &[u8]) -> bool {
 
 fn u16_at(frame: &[u8], off: usize) -> u16 {
     u16::from_be_bytes([frame[off], frame[off + 1]])
-}
-
-fn tcp_frame(
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    src: Addr,
-    dst: Addr,
-    flags: u8,
-    data: &[u8],
-) -> Vec<u8> {
-    let seg = tcp(src.0, dst.0, src.1, dst.1, flags, data);
-    eth(
-        dst_mac,
-        src_mac,
-        ETH_P_IP,
-        &ipv4(src.0, dst.0, TCP, &[], &seg),
-    )
-}
-
-fn udp_frame(
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    src: Addr,
-    dst: Addr,
-    data: &[u8],
-    zero_checksum: bool,
-) -> Vec<u8> {
-    let dgram = udp(src.0, dst.0, src.1, dst.1, data, zero_checksum);
-    eth(
-        dst_mac,
-        src_mac,
-        ETH_P_IP,
-        &ipv4(src.0, dst.0, UDP, &[], &dgram),
-    )
 }
 
 /// An ICMP message of `icmp_type`/`code` with `rest` (the second header word) and `body`.

@@ -66,8 +66,6 @@ const PORT_MAX: u16 = 65_535;
 /// Offset of L4 in frames built here (Ethernet + IPv4 without options).
 const L4: usize = ETH_HLEN + 20;
 
-type Addr = (Ipv4Addr, u16);
-
 fn mac_str(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
@@ -291,33 +289,6 @@ fn assert_entry(
     assert!(entry.expires_ns > 0, "entry for {key:?} has a lifetime");
 }
 
-fn tcp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Addr, dst: Addr, flags: u8) -> Vec<u8> {
-    let seg = tcp(src.0, dst.0, src.1, dst.1, flags, b"");
-    eth(
-        dst_mac,
-        src_mac,
-        ETH_P_IP,
-        &ipv4(src.0, dst.0, TCP, &[], &seg),
-    )
-}
-
-fn udp_frame(
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    src: Addr,
-    dst: Addr,
-    data: &[u8],
-    zero_checksum: bool,
-) -> Vec<u8> {
-    let dgram = udp(src.0, dst.0, src.1, dst.1, data, zero_checksum);
-    eth(
-        dst_mac,
-        src_mac,
-        ETH_P_IP,
-        &ipv4(src.0, dst.0, UDP, &[], &dgram),
-    )
-}
-
 /// An ICMP echo request or reply.
 fn echo(request: bool, id: u16, seq: u16) -> Vec<u8> {
     let mut m = icmp_echo(id, seq, b"podnet echo");
@@ -434,7 +405,7 @@ fn assert_in_snat_range(port: u16) {
 
 /// Sends pod A's SYN `A:40000 -> OUTSIDE:80` through `from_pod`; returns the SNAT port.
 fn snat_syn_from_a(h: &Harness) -> u16 {
-    let syn = tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (OUTSIDE, 80), SYN);
+    let syn = tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (OUTSIDE, 80), SYN, b"");
     let (verdict, out) = h.pod_sends(&syn);
     assert_eq!(verdict, TC_ACT_REDIRECT, "SNATed SYN is redirected out");
     let (_, port) = src_of(&out);
@@ -447,6 +418,7 @@ fn snat_syn_from_a(h: &Harness) -> u16 {
             (NODE_IP, port),
             (OUTSIDE, 80),
             SYN,
+            b"",
         ),
     );
     port
@@ -494,6 +466,7 @@ fn snat_tcp_rewrites_the_source_and_the_reply_destination() {
             (OUTSIDE, 80),
             (NODE_IP, port),
             SYN_ACK,
+            b"",
         );
         let (verdict, out) = h.uplink_receives(&syn_ack);
         assert_eq!(
@@ -502,7 +475,7 @@ fn snat_tcp_rewrites_the_source_and_the_reply_destination() {
         );
         assert_translated(
             &out,
-            &tcp_frame(MAC_A, GW_MAC, (OUTSIDE, 80), (POD_A, 40000), SYN_ACK),
+            &tcp_frame(MAC_A, GW_MAC, (OUTSIDE, 80), (POD_A, 40000), SYN_ACK, b""),
         );
         h.assert_counted(&[(reason::SNAT, 1), (reason::SNAT_REPLY, 1)]);
 
@@ -513,7 +486,7 @@ fn snat_tcp_rewrites_the_source_and_the_reply_destination() {
         assert_eq!(ct[&reply].state, ct_state::ESTABLISHED);
 
         // Further segments of the flow keep the same translation.
-        let ack = tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (OUTSIDE, 80), ACK);
+        let ack = tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (OUTSIDE, 80), ACK, b"");
         let (verdict, out) = h.pod_sends(&ack);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_translated(
@@ -524,6 +497,7 @@ fn snat_tcp_rewrites_the_source_and_the_reply_destination() {
                 (NODE_IP, port),
                 (OUTSIDE, 80),
                 ACK,
+                b"",
             ),
         );
         h.assert_counted(&[(reason::SNAT, 2), (reason::SNAT_REPLY, 1)]);
@@ -698,7 +672,7 @@ fn two_pods_with_the_same_source_port_get_different_ports() {
         for sport in [62000, 40000] {
             let mut ports = Vec::new();
             for (pod, mac) in [(POD_A, MAC_A), (POD_B, MAC_B)] {
-                let syn = tcp_frame(GW_MAC, mac, (pod, sport), (OUTSIDE, 80), SYN);
+                let syn = tcp_frame(GW_MAC, mac, (pod, sport), (OUTSIDE, 80), SYN, b"");
                 let (verdict, out) = h.pod_sends(&syn);
                 assert_eq!(verdict, TC_ACT_REDIRECT, "{pod}:{sport}");
                 let (_, port) = src_of(&out);
@@ -711,6 +685,7 @@ fn two_pods_with_the_same_source_port_get_different_ports() {
                         (NODE_IP, port),
                         (OUTSIDE, 80),
                         SYN,
+                        b"",
                     ),
                 );
                 ports.push(port);
@@ -727,12 +702,13 @@ fn two_pods_with_the_same_source_port_get_different_ports() {
                     (OUTSIDE, 80),
                     (NODE_IP, port),
                     SYN_ACK,
+                    b"",
                 );
                 let (verdict, out) = h.uplink_receives(&syn_ack);
                 assert_eq!(verdict, TC_ACT_REDIRECT);
                 assert_translated(
                     &out,
-                    &tcp_frame(mac, GW_MAC, (OUTSIDE, 80), (pod, sport), SYN_ACK),
+                    &tcp_frame(mac, GW_MAC, (OUTSIDE, 80), (pod, sport), SYN_ACK, b""),
                 );
             }
         }
@@ -747,12 +723,12 @@ fn traffic_that_stays_in_the_cluster_or_the_node_is_not_translated() {
     in_node_netns(|| {
         let h = Harness::new();
         // Pod to pod on this node: delivered as is (only the MACs of the routed hop change).
-        let to_b = tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (POD_B, 80), SYN);
+        let to_b = tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (POD_B, 80), SYN, b"");
         let (verdict, out) = h.pod_sends(&to_b);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(
             out,
-            tcp_frame(MAC_B, GW_MAC, (POD_A, 40000), (POD_B, 80), SYN),
+            tcp_frame(MAC_B, GW_MAC, (POD_A, 40000), (POD_B, 80), SYN, b""),
             "pod-to-pod keeps its addresses, ports and checksums"
         );
         h.assert_counted(&[(reason::FORWARD_LOCAL_PEER, 1)]);
@@ -762,7 +738,14 @@ fn traffic_that_stays_in_the_cluster_or_the_node_is_not_translated() {
         for (what, frame) in [
             (
                 "another node's pod",
-                tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (OTHER_NODE_POD, 80), SYN),
+                tcp_frame(
+                    GW_MAC,
+                    MAC_A,
+                    (POD_A, 40000),
+                    (OTHER_NODE_POD, 80),
+                    SYN,
+                    b"",
+                ),
             ),
             (
                 "another node's pod, UDP",
@@ -781,7 +764,7 @@ fn traffic_that_stays_in_the_cluster_or_the_node_is_not_translated() {
             ),
             (
                 "the node itself, not a NodePort",
-                tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (NODE_IP, 22), SYN),
+                tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (NODE_IP, 22), SYN, b""),
             ),
             (
                 "an unroutable destination",
@@ -791,6 +774,7 @@ fn traffic_that_stays_in_the_cluster_or_the_node_is_not_translated() {
                     (POD_A, 40000),
                     (Ipv4Addr::new(203, 0, 113, 1), 80),
                     SYN,
+                    b"",
                 ),
             ),
         ] {
@@ -811,10 +795,13 @@ fn nodeport_dnat_to_a_local_backend_and_back() {
         h.service(30080, TCP, &[(POD_B, 80)]);
         let client = (OUTSIDE, 50000);
 
-        let syn = tcp_frame(UPLINK_MAC, NEXT_HOP_MAC, client, (NODE_IP, 30080), SYN);
+        let syn = tcp_frame(UPLINK_MAC, NEXT_HOP_MAC, client, (NODE_IP, 30080), SYN, b"");
         let (verdict, out) = h.uplink_receives(&syn);
         assert_eq!(verdict, TC_ACT_REDIRECT);
-        assert_translated(&out, &tcp_frame(MAC_B, GW_MAC, client, (POD_B, 80), SYN));
+        assert_translated(
+            &out,
+            &tcp_frame(MAC_B, GW_MAC, client, (POD_B, 80), SYN, b""),
+        );
         h.assert_counted(&[(reason::DNAT, 1)]);
 
         let ct = h.conntrack();
@@ -836,20 +823,30 @@ fn nodeport_dnat_to_a_local_backend_and_back() {
             ct_state::NEW,
         );
 
-        let syn_ack = tcp_frame(GW_MAC, MAC_B, (POD_B, 80), client, SYN_ACK);
+        let syn_ack = tcp_frame(GW_MAC, MAC_B, (POD_B, 80), client, SYN_ACK, b"");
         let (verdict, out) = h.pod_sends(&syn_ack);
         assert_eq!(verdict, TC_ACT_REDIRECT, "the reply is routed out");
         assert_translated(
             &out,
-            &tcp_frame(NEXT_HOP_MAC, UPLINK_MAC, (NODE_IP, 30080), client, SYN_ACK),
+            &tcp_frame(
+                NEXT_HOP_MAC,
+                UPLINK_MAC,
+                (NODE_IP, 30080),
+                client,
+                SYN_ACK,
+                b"",
+            ),
         );
         h.assert_counted(&[(reason::DNAT, 1), (reason::DNAT_REPLY, 1)]);
 
         // The client's next segment follows the flow to the same backend.
-        let ack = tcp_frame(UPLINK_MAC, NEXT_HOP_MAC, client, (NODE_IP, 30080), ACK);
+        let ack = tcp_frame(UPLINK_MAC, NEXT_HOP_MAC, client, (NODE_IP, 30080), ACK, b"");
         let (verdict, out) = h.uplink_receives(&ack);
         assert_eq!(verdict, TC_ACT_REDIRECT);
-        assert_translated(&out, &tcp_frame(MAC_B, GW_MAC, client, (POD_B, 80), ACK));
+        assert_translated(
+            &out,
+            &tcp_frame(MAC_B, GW_MAC, client, (POD_B, 80), ACK, b""),
+        );
         h.assert_counted(&[(reason::DNAT, 2), (reason::DNAT_REPLY, 1)]);
         assert_eq!(h.conntrack().len(), 2);
     });
@@ -869,6 +866,7 @@ fn nodeport_without_backends_drops_and_stray_segments_pass() {
             (OUTSIDE, 50000),
             (NODE_IP, 30090),
             SYN,
+            b"",
         );
         let (verdict, _) = h.uplink_receives(&syn);
         assert_eq!(verdict, TC_ACT_SHOT, "a NodePort with no backend");
@@ -881,6 +879,7 @@ fn nodeport_without_backends_drops_and_stray_segments_pass() {
             (OUTSIDE, 50001),
             (NODE_IP, 30080),
             ACK,
+            b"",
         );
         let (verdict, out) = h.uplink_receives(&ack);
         assert_eq!(verdict, TC_ACT_OK, "a mid-stream segment without state");
@@ -897,7 +896,7 @@ fn hairpin_nodeport_to_the_client_pod_itself() {
         let mut h = Harness::new();
         h.service(30081, TCP, &[(POD_A, 80)]);
 
-        let syn = tcp_frame(GW_MAC, MAC_A, (POD_A, 41000), (NODE_IP, 30081), SYN);
+        let syn = tcp_frame(GW_MAC, MAC_A, (POD_A, 41000), (NODE_IP, 30081), SYN, b"");
         let (verdict, out) = h.pod_sends(&syn);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let (src, port) = src_of(&out);
@@ -905,7 +904,7 @@ fn hairpin_nodeport_to_the_client_pod_itself() {
         assert_in_snat_range(port);
         assert_translated(
             &out,
-            &tcp_frame(MAC_A, GW_MAC, (NODE_IP, port), (POD_A, 80), SYN),
+            &tcp_frame(MAC_A, GW_MAC, (NODE_IP, port), (POD_A, 80), SYN, b""),
         );
         h.assert_counted(&[(reason::DNAT, 1)]);
         let ct = h.conntrack();
@@ -918,29 +917,43 @@ fn hairpin_nodeport_to_the_client_pod_itself() {
             ct_state::NEW,
         );
 
-        let syn_ack = tcp_frame(GW_MAC, MAC_A, (POD_A, 80), (NODE_IP, port), SYN_ACK);
+        let syn_ack = tcp_frame(GW_MAC, MAC_A, (POD_A, 80), (NODE_IP, port), SYN_ACK, b"");
         let (verdict, out) = h.pod_sends(&syn_ack);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_translated(
             &out,
-            &tcp_frame(MAC_A, GW_MAC, (NODE_IP, 30081), (POD_A, 41000), SYN_ACK),
+            &tcp_frame(
+                MAC_A,
+                GW_MAC,
+                (NODE_IP, 30081),
+                (POD_A, 41000),
+                SYN_ACK,
+                b"",
+            ),
         );
         h.assert_counted(&[(reason::DNAT, 1), (reason::DNAT_REPLY, 1)]);
 
         // Another local pod reaching the same NodePort: DNAT only, its own source is kept.
-        let syn = tcp_frame(GW_MAC, MAC_B, (POD_B, 42000), (NODE_IP, 30081), SYN);
+        let syn = tcp_frame(GW_MAC, MAC_B, (POD_B, 42000), (NODE_IP, 30081), SYN, b"");
         let (verdict, out) = h.pod_sends(&syn);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_translated(
             &out,
-            &tcp_frame(MAC_A, GW_MAC, (POD_B, 42000), (POD_A, 80), SYN),
+            &tcp_frame(MAC_A, GW_MAC, (POD_B, 42000), (POD_A, 80), SYN, b""),
         );
-        let syn_ack = tcp_frame(GW_MAC, MAC_A, (POD_A, 80), (POD_B, 42000), SYN_ACK);
+        let syn_ack = tcp_frame(GW_MAC, MAC_A, (POD_A, 80), (POD_B, 42000), SYN_ACK, b"");
         let (verdict, out) = h.pod_sends(&syn_ack);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_translated(
             &out,
-            &tcp_frame(MAC_B, GW_MAC, (NODE_IP, 30081), (POD_B, 42000), SYN_ACK),
+            &tcp_frame(
+                MAC_B,
+                GW_MAC,
+                (NODE_IP, 30081),
+                (POD_B, 42000),
+                SYN_ACK,
+                b"",
+            ),
         );
         h.assert_counted(&[(reason::DNAT, 2), (reason::DNAT_REPLY, 2)]);
         assert_eq!(h.conntrack().len(), 4);
@@ -1074,14 +1087,14 @@ fn a_full_conntrack_table_refuses_new_flows_but_keeps_old_ones() {
         let h = Harness::with_ct_limit(2);
         let port = snat_syn_from_a(&h);
 
-        let second = tcp_frame(GW_MAC, MAC_A, (POD_A, 40001), (OUTSIDE, 80), SYN);
+        let second = tcp_frame(GW_MAC, MAC_A, (POD_A, 40001), (OUTSIDE, 80), SYN, b"");
         let (verdict, out) = h.pod_sends(&second);
         assert_eq!(verdict, TC_ACT_SHOT, "no room for a second flow");
         assert_eq!(out, second, "refused before any rewrite");
         h.assert_counted(&[(reason::SNAT, 1), (reason::DROP_CT_FULL, 1)]);
         assert_eq!(h.conntrack().len(), 2, "only the first flow");
 
-        let ack = tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (OUTSIDE, 80), ACK);
+        let ack = tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (OUTSIDE, 80), ACK, b"");
         let (verdict, out) = h.pod_sends(&ack);
         assert_eq!(verdict, TC_ACT_REDIRECT, "the admitted flow goes on");
         assert_translated(
@@ -1092,6 +1105,7 @@ fn a_full_conntrack_table_refuses_new_flows_but_keeps_old_ones() {
                 (NODE_IP, port),
                 (OUTSIDE, 80),
                 ACK,
+                b"",
             ),
         );
         h.assert_counted(&[(reason::SNAT, 2), (reason::DROP_CT_FULL, 1)]);
@@ -1157,12 +1171,12 @@ fn untranslatable_traffic_leaving_the_cluster_is_dropped_not_leaked() {
             ),
             (
                 "a mid-stream ACK without state",
-                tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (OUTSIDE, 80), ACK),
+                tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (OUTSIDE, 80), ACK, b""),
                 reason::DROP_CT_NO_STATE,
             ),
             (
                 "a SYN-ACK without state",
-                tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (OUTSIDE, 80), SYN_ACK),
+                tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (OUTSIDE, 80), SYN_ACK, b""),
                 reason::DROP_CT_NO_STATE,
             ),
             (

@@ -247,14 +247,15 @@ fn node_settings(node: &Node<'_>, init: bool) -> Result<Option<NodeSettings>, Cn
     if !init {
         return Ok(Some(settings));
     }
-    // Whatever `node init` would refuse is refused before the state directory is made.
-    crate::node::check(&settings).map_err(|e| init_err(&e))?;
+    // Whatever `node init` would refuse is refused before the state directory is made; the
+    // init below builds on this check rather than repeating it.
+    let checked = crate::node::check(settings).map_err(|e| init_err(&e))?;
     state::ensure_private_dir(&conf.state_dir).map_err(io_err)?;
     let _lock = FileLock::exclusive(&conf.state_dir.join("cni-init.lock")).map_err(io_err)?;
     if let Ok(done) = NodeSettings::load(&conf.state_dir) {
         return Ok(Some(done));
     }
-    let report = crate::node::init(settings).map_err(|e| init_err(&e))?;
+    let report = checked.init().map_err(|e| init_err(&e))?;
     if let Ok(exe) = std::env::current_exe() {
         // Collection is an optimisation of the table's use; ADD does not fail without it.
         let _ = crate::collector::start(&report.settings, &exe);
