@@ -1,9 +1,73 @@
-//! Running a loaded classifier on a crafted frame through `BPF_PROG_TEST_RUN`.
+//! Running podnet's classifiers on crafted frames through `BPF_PROG_TEST_RUN`: loading them,
+//! the namespace they run in, and one run.
+
+use std::net::Ipv4Addr;
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
+use podnet_ebpf::abi::program_name;
+
+use crate::{InNetns as _, Netns};
+
+/// The embedded object with both classifiers loaded (verified), its maps private to it.
+pub fn load_classifiers() -> Ebpf {
+    let mut ebpf = EbpfLoader::new()
+        .load(podnet::datapath::OBJECT)
+        .expect("object loads");
+    for name in program_name::CLASSIFIERS {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .expect("program")
+            .try_into()
+            .expect("classifier");
+        prog.load()
+            .unwrap_or_else(|e| panic!("verifier rejects {name}: {e:?}"));
+    }
+    ebpf
+}
+
+/// `aa:bb:...` for `ip`.
+pub fn mac_str(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// Runs `test` on a thread inside a new namespace (named after `prefix`) wired like a node's
+/// uplink, where `bpf_fib_lookup` and the neighbour table answer as on a node: `up0` (MAC
+/// `uplink_mac`) with `node_ip`/24, forwarding on, a permanent neighbour entry for each of
+/// `neighbours`, then the shell commands `extra`. The namespace is deleted afterwards, also
+/// when `test` panics (the panic propagates).
+pub fn in_uplink_netns(
+    prefix: &str,
+    uplink_mac: [u8; 6],
+    node_ip: Ipv4Addr,
+    neighbours: &[(Ipv4Addr, [u8; 6])],
+    extra: &str,
+    test: impl FnOnce() + Send,
+) {
+    let ns = Netns::new(prefix);
+    let mut script = format!(
+        "sysctl -qw net.ipv4.ip_forward=1 \
+         && ip link add up0 address {} type veth peer name up1 \
+         && ip link set up0 up && ip link set up1 up \
+         && ip addr add {node_ip}/24 dev up0",
+        mac_str(uplink_mac)
+    );
+    for (ip, mac) in neighbours {
+        script.push_str(&format!(
+            " && ip neigh replace {ip} lladdr {} dev up0 nud permanent",
+            mac_str(*mac)
+        ));
+    }
+    if !extra.is_empty() {
+        script.push_str(" && ");
+        script.push_str(extra);
+    }
+    ns.ok(&script);
+    let netns = podnet::netns::Netns::open(&ns.path()).expect("open the test namespace");
+    netns.run(test).expect("enter the test namespace");
+}
 
 /// Runs the (loaded) classifier `program` of `ebpf` on `frame`; returns the verdict and the
 /// frame as it left.

@@ -48,7 +48,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
@@ -58,13 +58,14 @@ use podnet_ebpf::abi::{
     program_name, reason,
 };
 use podnet_tests::{
-    InNetns as _, Netns as TestNetns, Scenario,
+    Scenario,
     fuzz::{self, Ipv4View, Rng},
     packet::{
         Addr, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, csum, eth, ipv4, tcp, tcp_frame, udp,
         udp_frame,
     },
     require_root,
+    testrun::{in_uplink_netns, load_classifiers},
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -144,31 +145,6 @@ impl Prog {
     }
 }
 
-fn mac_str(mac: [u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
-}
-
-/// Runs `test` on a thread inside a new namespace wired like a node's uplink: `up0` with the
-/// node IP, permanent neighbours for the outside host and the other node, a default route via
-/// the outside host (so any destination is routable and SNAT runs for it), forwarding on.
-fn in_node_netns(test: impl FnOnce() + Send) {
-    let ns = TestNetns::new("fuzz");
-    ns.ok(&format!(
-        "sysctl -qw net.ipv4.ip_forward=1 \
-         && ip link add up0 address {up0} type veth peer name up1 \
-         && ip link set up0 up && ip link set up1 up \
-         && ip addr add {NODE_IP}/24 dev up0 \
-         && ip neigh replace {OUTSIDE} lladdr {next_hop} dev up0 nud permanent \
-         && ip neigh replace {OTHER_NODE} lladdr {other} dev up0 nud permanent \
-         && ip route add default via {OUTSIDE} dev up0",
-        up0 = mac_str(UPLINK_MAC),
-        next_hop = mac_str(NEXT_HOP_MAC),
-        other = mac_str(OTHER_NODE_MAC),
-    ));
-    let netns = podnet::netns::Netns::open(&ns.path()).expect("open the test namespace");
-    netns.run(test).expect("enter the test namespace");
-}
-
 /// Ports the datapath chose for the seeded flows. Every seeded source port (and the echo
 /// identifier) lies in the SNAT range, so SNAT keeps it and the flows are the same in every run:
 /// a replayed input meets the state it failed against.
@@ -195,6 +171,20 @@ const SNAT_UDP: Addr = (POD_A, 45_353);
 const SNAT_ECHO_ID: u16 = 0xb000;
 const HAIRPIN_CLIENT: Addr = (POD_A, 41_000);
 
+/// Runs `test` in a namespace wired like a node's uplink: neighbours for the outside host and
+/// the other node, and a default route via the outside host (so any destination is routable
+/// and SNAT runs for it).
+fn in_node_netns(test: impl FnOnce() + Send) {
+    in_uplink_netns(
+        "fuzz",
+        UPLINK_MAC,
+        NODE_IP,
+        &[(OUTSIDE, NEXT_HOP_MAC), (OTHER_NODE, OTHER_NODE_MAC)],
+        &format!("ip route add default via {OUTSIDE} dev up0"),
+        test,
+    );
+}
+
 struct Harness {
     ebpf: Ebpf,
 }
@@ -208,18 +198,7 @@ enum Ran {
 
 impl Harness {
     fn new() -> Self {
-        let mut ebpf = EbpfLoader::new()
-            .load(podnet::datapath::OBJECT)
-            .expect("object loads");
-        for name in program_name::CLASSIFIERS {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .expect("program")
-                .try_into()
-                .expect("classifier");
-            prog.load()
-                .unwrap_or_else(|e| panic!("verifier rejects {name}: {e:?}"));
-        }
+        let mut ebpf = load_classifiers();
         // The skb of a test run comes in on the namespace's loopback: the pods "live" there,
         // so anti-spoofing accepts their own packets and drops forged ones.
         let lo = podnet::link::ifindex("lo").expect("loopback ifindex");

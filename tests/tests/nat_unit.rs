@@ -20,16 +20,19 @@
 use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::SchedClassifier,
 };
 use podnet_ebpf::abi::{
     CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtNat, CtTimeouts, CtUsage, Endpoint, EndpointKey,
     NodeConfig, ServiceKey, ServiceValue, config_flag, ct_dir, ct_kind, ct_state, map_name,
     program_name, reason,
 };
-use podnet_tests::{InNetns as _, Netns as TestNetns, packet::*, require_root};
+use podnet_tests::{
+    packet::*,
+    require_root,
+    testrun::{in_uplink_netns, load_classifiers},
+};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -66,25 +69,16 @@ const PORT_MAX: u16 = 65_535;
 /// Offset of L4 in frames built here (Ethernet + IPv4 without options).
 const L4: usize = ETH_HLEN + 20;
 
-fn mac_str(mac: [u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
-}
-
-/// Runs `test` on a fresh thread inside a new network namespace set up as a node's uplink
-/// side; the namespace is deleted afterwards, also when `test` panics (the panic propagates).
+/// Runs `test` in a namespace set up as a node's uplink side.
 fn in_node_netns(test: impl FnOnce() + Send) {
-    let ns = TestNetns::new("nat");
-    ns.ok(&format!(
-        "sysctl -qw net.ipv4.ip_forward=1 \
-         && ip link add up0 address {up0} type veth peer name up1 \
-         && ip link set up0 up && ip link set up1 up \
-         && ip addr add {NODE_IP}/24 dev up0 \
-         && ip neigh replace {OUTSIDE} lladdr {next_hop} dev up0 nud permanent",
-        up0 = mac_str(UPLINK_MAC),
-        next_hop = mac_str(NEXT_HOP_MAC),
-    ));
-    let netns = podnet::netns::Netns::open(&ns.path()).expect("open the test namespace");
-    netns.run(test).expect("enter the test namespace");
+    in_uplink_netns(
+        "nat",
+        UPLINK_MAC,
+        NODE_IP,
+        &[(OUTSIDE, NEXT_HOP_MAC)],
+        "",
+        test,
+    );
 }
 
 struct Harness {
@@ -99,18 +93,7 @@ impl Harness {
     /// Loads both classifiers from one object (shared, private maps) and configures a node
     /// with pods A and B.
     fn with_ct_limit(ct_limit: u32) -> Self {
-        let mut ebpf = EbpfLoader::new()
-            .load(podnet::datapath::OBJECT)
-            .expect("object loads");
-        for name in program_name::CLASSIFIERS {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .expect("program")
-                .try_into()
-                .expect("classifier");
-            prog.load()
-                .unwrap_or_else(|e| panic!("verifier rejects {name}: {e:?}"));
-        }
+        let mut ebpf = load_classifiers();
         let mut config: Array<_, NodeConfig> =
             Array::try_from(ebpf.map_mut(map_name::CONFIG).expect("CONFIG")).expect("array");
         config
