@@ -380,6 +380,38 @@ fn count(outcomes: &[Left], which: Left) -> usize {
     outcomes.iter().filter(|o| **o == which).count()
 }
 
+/// Records the kills of `what` (at `delays`, leaving `outcomes`, `retried` of them repeated)
+/// in the scenario, and checks that at least one kill landed half-way through `what`.
+fn record_kills(
+    s: &mut Scenario,
+    what: &str,
+    typical: Duration,
+    delays: &[Duration],
+    outcomes: &[Left],
+    retried: usize,
+) {
+    s.number(&format!("{what} kills"), KILLS)
+        .number(&format!("{what} typical ms"), typical.as_millis())
+        .number(&format!("{what} kill delays ms"), millis(delays))
+        .number(
+            &format!("{what} killed before any change"),
+            count(outcomes, Left::Nothing),
+        )
+        .number(
+            &format!("{what} killed half-way"),
+            count(outcomes, Left::HalfMade),
+        )
+        .number(
+            &format!("{what} finished before the kill"),
+            count(outcomes, Left::Complete),
+        )
+        .number(&format!("{what} repeated after a kill"), retried);
+    assert!(
+        count(outcomes, Left::HalfMade) >= 1,
+        "no kill landed inside {what} ({outcomes:?} at {delays:?})"
+    );
+}
+
 /// Waits `delay` after `child` was started, then kills it (and its process group) with
 /// SIGKILL. Returns whether it had already exited by itself.
 fn kill_after(mut child: ChildGuard, delay: Duration) -> bool {
@@ -535,25 +567,13 @@ fn restart_upgrade_and_killed_adds_under_load_drop_nothing_and_gc_reclaims_the_r
             }
         }
     }
-    s.number("pod add kills", KILLS)
-        .number("pod add typical ms", typical_pod_add.as_millis())
-        .number("pod add kill delays ms", millis(&cli_delays))
-        .number(
-            "pod add killed before any change",
-            count(&cli_outcomes, Left::Nothing),
-        )
-        .number(
-            "pod add killed half-way",
-            count(&cli_outcomes, Left::HalfMade),
-        )
-        .number(
-            "pod add finished before the kill",
-            count(&cli_outcomes, Left::Complete),
-        )
-        .number("pod add repeated after a kill", cli_retried);
-    assert!(
-        count(&cli_outcomes, Left::HalfMade) >= 1,
-        "no kill landed inside pod add ({cli_outcomes:?} at {cli_delays:?})"
+    record_kills(
+        &mut s,
+        "pod add",
+        typical_pod_add,
+        &cli_delays,
+        &cli_outcomes,
+        cli_retried,
     );
     load.assert_running();
 
@@ -654,25 +674,13 @@ fn restart_upgrade_and_killed_adds_under_load_drop_nothing_and_gc_reclaims_the_r
         }
         // Otherwise the runtime gives up on the sandbox: its namespace goes, no DEL comes.
     }
-    s.number("CNI ADD kills", KILLS)
-        .number("CNI ADD typical ms", typical_cni_add.as_millis())
-        .number("CNI ADD kill delays ms", millis(&cni_delays))
-        .number(
-            "CNI ADD killed before any change",
-            count(&cni_outcomes, Left::Nothing),
-        )
-        .number(
-            "CNI ADD killed half-way",
-            count(&cni_outcomes, Left::HalfMade),
-        )
-        .number(
-            "CNI ADD finished before the kill",
-            count(&cni_outcomes, Left::Complete),
-        )
-        .number("CNI ADD repeated after a kill", cni_retried);
-    assert!(
-        count(&cni_outcomes, Left::HalfMade) >= 1,
-        "no kill landed inside the CNI ADD ({cni_outcomes:?} at {cni_delays:?})"
+    record_kills(
+        &mut s,
+        "CNI ADD",
+        typical_cni_add,
+        &cni_delays,
+        &cni_outcomes,
+        cni_retried,
     );
     // Containers added after the upgrade run the upgraded program.
     let last = &live_containers.last().expect("a live container").1;
