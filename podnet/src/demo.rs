@@ -18,9 +18,13 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use ipnetwork::Ipv4Network;
 use podnet::{
-    netns::Netns,
-    node::NodeSettings,
-    pod::{self, PodRecord},
+    model::pod::PodRecord,
+    ops::{self, Ctx},
+    store,
+    sys::{
+        link::{InNetns as _, LinkError, enable_ip_forwarding},
+        netns::Netns,
+    },
 };
 
 #[derive(Args)]
@@ -97,7 +101,7 @@ impl Demo {
     }
 
     fn cleanup(&self) {
-        if NodeSettings::node_file(&self.state_dir).exists() {
+        if store::node::exists(&self.state_dir) {
             let _ = self.podnet(&["node", "reset"]);
         }
         for ns in [self.node_ns(), self.outside_ns()] {
@@ -308,8 +312,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
 fn add_pod(demo: &Demo, name: &str) -> Result<PodRecord> {
     demo.podnet(&["pod", "add", name])?;
-    let settings = NodeSettings::load(&demo.state_dir)?;
-    pod::list(&settings)?
+    let ctx = Ctx::new(ops::node::load(&demo.state_dir)?);
+    ops::pod::list(&ctx)?
         .into_iter()
         .find(|p| p.name == name)
         .context("pod record missing after add")
@@ -336,16 +340,13 @@ fn build_second_node(demo: &Demo, demo2: &Demo) -> Result<()> {
         nl.ensure_default_route(gateway.ip()).await
     })??;
     outside.run_netlink(move |nl| async move {
-        let eth1 = nl
-            .get("eth1")
-            .await?
-            .ok_or_else(|| podnet::link::LinkError::NotFound {
-                link: "eth1".to_owned(),
-            })?;
+        let eth1 = nl.get("eth1").await?.ok_or_else(|| LinkError::NotFound {
+            link: "eth1".to_owned(),
+        })?;
         nl.ensure_address(eth1.index, gateway).await?;
         nl.set_up(eth1.index).await
     })??;
-    outside.run(podnet::link::enable_ip_forwarding)??;
+    outside.run(enable_ip_forwarding)??;
     Ok(())
 }
 
@@ -369,18 +370,15 @@ fn build_fabric(demo: &Demo) -> Result<()> {
         nl.ensure_default_route(outside_ip.ip()).await
     })??;
     outside.run_netlink(move |nl| async move {
-        let eth0 = nl
-            .get("eth0")
-            .await?
-            .ok_or_else(|| podnet::link::LinkError::NotFound {
-                link: "eth0".to_owned(),
-            })?;
+        let eth0 = nl.get("eth0").await?.ok_or_else(|| LinkError::NotFound {
+            link: "eth0".to_owned(),
+        })?;
         nl.ensure_address(eth0.index, outside_ip).await?;
         nl.set_up(eth0.index).await?;
         if let Some(lo) = nl.get("lo").await? {
             nl.set_up(lo.index).await?;
         }
-        Ok::<_, podnet::link::LinkError>(())
+        Ok::<_, LinkError>(())
     })??;
     Ok(())
 }

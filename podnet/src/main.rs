@@ -16,12 +16,12 @@ fn main() -> ExitCode {
     if std::env::var_os("CNI_COMMAND").is_some() && std::env::args_os().len() == 1 {
         return podnet::cni::main();
     }
-    let args = cli::Cli::parse();
+    let args = cli::args::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("podnet: error: {}", one_line(&err));
-            ExitCode::FAILURE
+            cli::exit_status(&err)
         }
     }
 }

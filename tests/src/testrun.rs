@@ -65,7 +65,7 @@ pub fn in_uplink_netns(
         script.push_str(extra);
     }
     ns.ok(&script);
-    let netns = podnet::netns::Netns::open(&ns.path()).expect("open the test namespace");
+    let netns = podnet::sys::netns::Netns::open(&ns.path()).expect("open the test namespace");
     netns.run(test).expect("enter the test namespace");
 }
 

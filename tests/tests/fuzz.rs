@@ -201,7 +201,7 @@ impl Harness {
         let mut ebpf = load_classifiers();
         // The skb of a test run comes in on the namespace's loopback: the pods "live" there,
         // so anti-spoofing accepts their own packets and drops forged ones.
-        let lo = podnet::link::ifindex("lo").expect("loopback ifindex");
+        let lo = podnet::sys::link::ifindex("lo").expect("loopback ifindex");
         let mut config: Array<_, NodeConfig> =
             Array::try_from(ebpf.map_mut(map_name::CONFIG).expect("CONFIG")).expect("array");
         config

@@ -536,7 +536,7 @@ fn restart_upgrade_and_killed_adds_under_load_drop_nothing_and_gc_reclaims_the_r
         } else {
             // Nothing reserved: then nothing else may exist either (the address is the first
             // thing made and the last thing removed).
-            let host_if = podnet::pod::host_ifname(&name);
+            let host_if = podnet::model::names::host_ifname(&name);
             assert!(
                 !now.veths.contains(&host_if) && !now.netns.contains(&pod_netns_name(&node, &name)),
                 "pod add killed after {delay:?} left a veth or namespace without an address: {now:?}"

@@ -4,6 +4,7 @@
 //! README's two commands work on a fresh machine and are quick on a prepared one.
 
 mod ebpf;
+mod layers;
 mod robustness;
 mod setup;
 
@@ -63,6 +64,9 @@ enum Task {
         #[arg(long)]
         replay: Option<String>,
     },
+    /// Check that podnet's imports point one way (front ends -> ops -> store, datapath -> sys
+    /// -> config, model) and form no cycle; `test` runs this first.
+    Layers,
     /// Set up, build, and run the self-contained demo topology in network namespaces.
     Demo {
         /// Arguments passed on to `podnet demo`.
@@ -76,6 +80,7 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match cli.task {
         Task::Setup => setup::ensure_all(),
+        Task::Layers => layers::check(&root),
         Task::BuildEbpf => {
             setup::ensure_all()?;
             ebpf::build(&root).map(drop)
@@ -186,6 +191,7 @@ fn build_userspace(root: &Path, release: bool) -> Result<()> {
 }
 
 fn test(root: &Path, args: &[String]) -> Result<()> {
+    layers::check(root)?;
     let object = ebpf::build(root)?;
     let upgrade = ebpf::build_upgrade(root)?;
     run(Command::new("cargo")

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::spec::Mode;
-use crate::node::NodeSettings;
+use crate::config::NodeSettings;
 
 /// What `install-cni` wrote.
 #[derive(Debug, Clone, Serialize)]

@@ -321,7 +321,7 @@ impl NetConf {
                 .map_err(|_| config_err("mode must be \"chained\" or \"standalone\""))?,
         };
         let state_dir =
-            string("stateDir")?.map_or_else(crate::node::default_state_dir, PathBuf::from);
+            string("stateDir")?.map_or_else(crate::config::default_state_dir, PathBuf::from);
         if !state_dir.is_absolute() {
             return Err(config_err(format!(
                 "stateDir {} must be an absolute path",

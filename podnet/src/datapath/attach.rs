@@ -15,7 +15,7 @@ use aya::programs::{
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
 };
 
-use super::{DatapathError, loader};
+use super::{DatapathError, pins};
 
 /// The filter priority podnet's programs use (lower runs first; leaves 2+ to others).
 pub const FILTER_PRIORITY: u16 = 1;
@@ -42,7 +42,7 @@ fn link_at(ifname: &str) -> std::io::Result<SchedClassifierLink> {
 /// Attaches the pinned `program` to `ifname`'s ingress (in the calling thread's namespace),
 /// replacing podnet's filter there if one exists, so re-running never doubles it.
 pub fn attach_ingress(pin_dir: &Path, program: &str, ifname: &str) -> Result<(), DatapathError> {
-    let prog_path = loader::program_pin(pin_dir, program);
+    let prog_path = pins::program_pin(pin_dir, program);
     if !prog_path.exists() {
         return Err(DatapathError::NotInitialised {
             path: pin_dir.to_path_buf(),

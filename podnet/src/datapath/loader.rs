@@ -15,12 +15,9 @@ use aya::{
     maps::MapData,
     programs::{CgroupSockAddr, SchedClassifier},
 };
-use podnet_ebpf::abi::{
-    CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage, DEFAULT_PEERS_MAX, Endpoint, EndpointKey,
-    NodeConfig, Peer, STATS_SLOTS, ServiceKey, ServiceValue, map_name, program_name,
-};
+use podnet_ebpf::abi::{CT_USAGE_SLOTS, DEFAULT_PEERS_MAX, STATS_SLOTS, map_name, program_name};
 
-use super::{DatapathError, object::EbpfObject};
+use super::{DatapathError, attach, cgroup, object::EbpfObject, pins};
 
 /// Mode of the pin directories: root only. The pins in them are 0600 already (the kernel gives
 /// a pin `0600 & ~umask`), but the directories would otherwise follow the umask (0777 under
@@ -91,28 +88,9 @@ pub fn check_bpffs(dir: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
-/// The key and value sizes of each map in this build's ABI.
-pub(super) fn key_value_sizes(name: &str) -> (u32, u32) {
-    let size = |n: usize| u32::try_from(n).expect("ABI types are small");
-    match name {
-        map_name::CONFIG => (4, size(size_of::<NodeConfig>())),
-        map_name::ENDPOINTS => (size(size_of::<EndpointKey>()), size(size_of::<Endpoint>())),
-        map_name::STATS => (4, size(size_of::<Counter>())),
-        map_name::CONNTRACK => (size(size_of::<CtKey>()), size(size_of::<CtEntry>())),
-        map_name::CT_USAGE => (4, size(size_of::<CtUsage>())),
-        map_name::SERVICES => (
-            size(size_of::<ServiceKey>()),
-            size(size_of::<ServiceValue>()),
-        ),
-        // LPM key: a u32 prefix length, then the address.
-        map_name::PEERS => (8, size(size_of::<Peer>())),
-        _ => unreachable!("every map in map_name::ALL has a layout"),
-    }
-}
-
 /// The layout each map must have, for checking maps pinned by an earlier load.
 fn expected_layout(name: &str, conntrack_entries: u32) -> (u32, u32, Option<u32>) {
-    let (key, value) = key_value_sizes(name);
+    let (key, value) = pins::key_value_sizes(name);
     let entries = match name {
         map_name::CONFIG => Some(1),
         map_name::STATS => Some(STATS_SLOTS),
@@ -192,9 +170,17 @@ pub fn check_pins(pin_dir: &Path, conntrack_entries: u32) -> Result<(), Datapath
     Ok(())
 }
 
-/// Path of a program's pin.
-pub fn program_pin(pin_dir: &Path, program: &str) -> PathBuf {
-    pin_dir.join("progs").join(program)
+/// Possible CPUs, which size the conntrack map's headroom.
+pub fn possible_cpus() -> u32 {
+    aya::util::nr_cpus()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1)
+}
+
+/// Entries the conntrack map needs for an admission limit of `conntrack_max` on this machine.
+pub fn conntrack_entries(conntrack_max: u32) -> u32 {
+    podnet_ebpf::abi::ct_map_entries(conntrack_max, possible_cpus())
 }
 
 /// Loads and verifies `object`'s programs, creates or reuses the pinned maps, pins the programs,
@@ -237,7 +223,7 @@ pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadRepor
             .try_into()
             .map_err(prog_err)?;
         prog.load().map_err(prog_err)?;
-        let pin = program_pin(&opts.pin_dir, name);
+        let pin = pins::program_pin(&opts.pin_dir, name);
         match fs::remove_file(&pin) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -248,17 +234,17 @@ pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadRepor
             source,
         })?;
         if name == program_name::FROM_UPLINK {
-            super::attach::attach_loaded(prog, name, &opts.uplink)?;
+            attach::attach_loaded(prog, name, &opts.uplink)?;
             if let Some(tunnel) = &opts.tunnel {
-                super::attach::attach_loaded(prog, name, tunnel)?;
+                attach::attach_loaded(prog, name, tunnel)?;
             }
             continue;
         }
         for ifname in &opts.relink {
             // A pod whose veth vanished (deleted behind podnet's back) has nothing to switch;
             // `pod del` cleans up its record.
-            if crate::link::ifindex(ifname).is_some() {
-                super::attach::attach_loaded(prog, name, ifname)?;
+            if crate::sys::link::ifindex(ifname).is_some() {
+                attach::attach_loaded(prog, name, ifname)?;
                 links_updated += 1;
             }
         }
@@ -288,16 +274,16 @@ fn load_connect4(ebpf: &mut aya::Ebpf, opts: &LoadOptions) -> Result<(), Datapat
         .try_into()
         .map_err(prog_err)?;
     prog.load().map_err(prog_err)?;
-    let pin = program_pin(&opts.pin_dir, name);
+    let pin = pins::program_pin(&opts.pin_dir, name);
     let old = if pin.exists() {
-        Some(super::cgroup::pinned_program(&pin)?)
+        Some(cgroup::pinned_program(&pin)?)
     } else {
         None
     };
     {
         use std::os::fd::AsFd;
         let fd = prog.fd().map_err(prog_err)?;
-        super::cgroup::attach_connect4(&opts.cgroup, fd.as_fd(), old.as_ref().map(AsFd::as_fd))?;
+        cgroup::attach_connect4(&opts.cgroup, fd.as_fd(), old.as_ref().map(AsFd::as_fd))?;
     }
     match fs::remove_file(&pin) {
         Ok(()) => {}

@@ -11,37 +11,38 @@ use std::{
 use aya::programs::SchedClassifier;
 use aya_log::EbpfLogger;
 
-use super::{DatapathError, loader};
+use super::{DatapathError, pins};
 
-/// Prints each record as `LEVEL message` on stdout.
-struct PrintLogger;
+/// Hands each record as `LEVEL message` to the caller's line sink.
+struct LineLogger<F>(F);
 
-impl log::Log for PrintLogger {
+impl<F: Fn(String) + Send + Sync> log::Log for LineLogger<F> {
     fn enabled(&self, _: &log::Metadata<'_>) -> bool {
         true
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        println!("{} {}", record.level(), record.args());
+        (self.0)(format!("{} {}", record.level(), record.args()));
     }
 
     fn flush(&self) {}
 }
 
-/// Prints the log of `program` until `duration` has passed (or forever without one).
+/// Follows the log of `program` until `duration` has passed (or forever without one), giving
+/// each line to `line`.
 pub fn follow(
     pin_dir: &Path,
     program: &str,
     duration: Option<Duration>,
+    line: impl Fn(String) + Send + Sync + 'static,
 ) -> Result<(), DatapathError> {
     let prog_err = |source| DatapathError::Program {
         name: program.to_owned(),
         source,
     };
-    let prog =
-        SchedClassifier::from_pin(loader::program_pin(pin_dir, program)).map_err(prog_err)?;
+    let prog = SchedClassifier::from_pin(pins::program_pin(pin_dir, program)).map_err(prog_err)?;
     let id = prog.info().map_err(prog_err)?.id();
-    let mut logger = EbpfLogger::init_from_id_with_logger(id, PrintLogger)
+    let mut logger = EbpfLogger::init_from_id_with_logger(id, LineLogger(line))
         .map_err(|source| DatapathError::Log { source })?;
     let deadline = duration.map(|d| Instant::now() + d);
     while deadline.is_none_or(|d| Instant::now() < d) {

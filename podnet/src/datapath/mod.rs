@@ -1,14 +1,11 @@
-//! The kernel side as userspace sees it: which object is loaded ([`object`]), loading and
-//! pinning the programs and maps ([`loader`]), attaching programs to interfaces from their pins ([`attach`]), and typed access
-//! to the pinned maps ([`maps`]).
+//! The kernel side as userspace sees it, split by mechanism: which object is loaded
+//! ([`object`]), loading and pinning programs and maps ([`loader`]), where they are pinned
+//! ([`pins`]), attaching classifiers to interfaces ([`attach`]) and socket programs to cgroups
+//! ([`cgroup`]), the debug log ([`log`]), and typed access to the pinned maps, one module per
+//! map ([`maps`]). No records and no use cases: the operations layer combines these.
 //!
-//! Pin layout under a node's pin directory (default `/sys/fs/bpf/podnet`):
-//!
-//! ```text
-//! <pin_dir>/CONFIG, ENDPOINTS, STATS, CONNTRACK, CT_USAGE, SERVICES
-//!                                      maps (bpftool map dump pinned <pin_dir>/<MAP>)
-//! <pin_dir>/progs/<program>            programs, e.g. progs/from_pod
-//! ```
+//! Inside, imports point one way: `loader` uses `object`, `attach`, `cgroup` and `pins`;
+//! `object`, `attach` and `log` use `pins`.
 
 pub mod attach;
 pub mod cgroup;
@@ -16,6 +13,7 @@ pub mod loader;
 pub mod log;
 pub mod maps;
 pub mod object;
+pub mod pins;
 
 use std::path::PathBuf;
 

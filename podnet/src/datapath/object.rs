@@ -14,7 +14,7 @@ use std::{
 
 use podnet_ebpf::abi::{map_name, program_name};
 
-use super::{DatapathError, OBJECT, loader};
+use super::{DatapathError, OBJECT, pins};
 
 /// An eBPF object to load, and where it came from.
 pub struct EbpfObject {
@@ -92,7 +92,7 @@ fn check(bytes: &[u8]) -> Result<(), String> {
             .maps
             .get(name)
             .ok_or_else(|| format!("it has no map {name}"))?;
-        let (key, value) = loader::key_value_sizes(name);
+        let (key, value) = pins::key_value_sizes(name);
         if (map.key_size(), map.value_size()) != (key, value) {
             return Err(format!(
                 "its map {name} has key/value sizes {}/{} where this podnet uses {key}/{value}",

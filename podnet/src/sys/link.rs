@@ -18,20 +18,26 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteType};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
-use crate::netns::Netns;
-
-/// Longest interface name (`IFNAMSIZ` - 1).
-const MAX_IFNAME_LEN: usize = 15;
+use crate::{
+    model::names::{NameError, validate_ifname},
+    sys::netns::{Netns, NetnsError},
+};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The interface name would be refused by the kernel.
-    #[error("invalid interface name {name:?}: {reason}")]
-    InvalidName { name: String, reason: &'static str },
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// Entering or using a network namespace failed.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     /// [`Netlink::new`] was called outside a tokio runtime.
     #[error("rtnetlink connection needs a tokio runtime on the calling thread")]
     NoRuntime,
+    /// Building the tokio runtime the netlink connection runs on failed.
+    #[error("starting the netlink runtime: {0}")]
+    Runtime(#[source] io::Error),
     /// Opening the rtnetlink socket failed.
     #[error("opening rtnetlink socket: {0}")]
     Connect(#[source] io::Error),
@@ -595,32 +601,34 @@ fn ipv4_of(msg: &AddressMessage) -> Result<Option<Ipv4Network>, LinkError> {
         })
 }
 
-/// Checks an interface name the way the kernel's `dev_valid_name` does: 1 to 15 bytes, not
-/// "." or "..", no '/', ':', whitespace (or NUL).
-pub fn validate_ifname(name: &str) -> Result<(), LinkError> {
-    let reason = if name.is_empty() {
-        Some("empty")
-    } else if name.len() > MAX_IFNAME_LEN {
-        Some("longer than 15 bytes")
-    } else if name == "." || name == ".." {
-        Some("not a valid name")
-    } else if name.contains('/') {
-        Some("contains '/'")
-    } else if name.contains(':') {
-        Some("contains ':'")
-    } else if name.bytes().any(|b| b.is_ascii_whitespace() || b == 0x0b) {
-        Some("contains whitespace")
-    } else if name.contains('\0') {
-        Some("contains a NUL byte")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(LinkError::InvalidName {
-            name: name.to_owned(),
-            reason,
-        }),
-        None => Ok(()),
+/// Runs netlink work inside a namespace: on a fresh thread that enters `ns`, with a
+/// current-thread tokio runtime and a [`Netlink`] connection opened there.
+pub trait InNetns {
+    /// `ns.run_netlink(|nl| async move { nl.ensure_bridge("br0").await })`.
+    fn run_netlink<T, F, Fut>(&self, f: F) -> Result<T, LinkError>
+    where
+        F: FnOnce(Netlink) -> Fut + Send,
+        Fut: Future<Output = T>,
+        T: Send;
+}
+
+impl InNetns for Netns {
+    fn run_netlink<T, F, Fut>(&self, f: F) -> Result<T, LinkError>
+    where
+        F: FnOnce(Netlink) -> Fut + Send,
+        Fut: Future<Output = T>,
+        T: Send,
+    {
+        self.run(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(LinkError::Runtime)?;
+            runtime.block_on(async {
+                let netlink = Netlink::new()?;
+                Ok(f(netlink).await)
+            })
+        })?
     }
 }
 
@@ -664,37 +672,13 @@ pub fn ifindex(name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::testutil::{TestRunDir, need_root, unique};
+    use crate::sys::netns::testutil::{TestRunDir, need_root, unique};
 
     /// A short link name unique in this test process (fits in 15 bytes).
     fn ifname(tag: &str) -> String {
         let name = format!("pt{}{tag}{}", std::process::id() % 100_000, unique());
         validate_ifname(&name).expect("test ifname");
         name
-    }
-
-    #[test]
-    fn link_validate_ifname() {
-        for good in ["eth0", "a", "pnbr0", "x23456789012345", "br-1.2_x"] {
-            assert!(validate_ifname(good).is_ok(), "{good:?}");
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "a:b",
-            "a b",
-            "a\tb",
-            "a\nb",
-            "a\0b",
-            "x234567890123456",
-        ] {
-            assert!(
-                matches!(validate_ifname(bad), Err(LinkError::InvalidName { .. })),
-                "{bad:?}"
-            );
-        }
     }
 
     #[test]

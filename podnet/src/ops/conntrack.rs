@@ -15,20 +15,13 @@ use podnet_ebpf::abi::{
 };
 use serde::Serialize;
 
+use super::{Ctx, error::Result};
 use crate::{
+    config::NodeSettings,
     datapath::{DatapathError, maps::PinnedMaps},
-    node::NodeSettings,
-    state::{FileLock, StateError},
+    store,
+    sys::process::monotonic_ns,
 };
-
-/// CLOCK_MONOTONIC now, in nanoseconds.
-pub fn monotonic_ns() -> u64 {
-    // SAFETY: an all-zero timespec is a valid out-parameter.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: `ts` is valid and writable; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
 
 fn proto_name(proto: u8) -> String {
     match proto {
@@ -139,8 +132,8 @@ pub fn usage(maps: &PinnedMaps) -> Result<Usage, DatapathError> {
 }
 
 /// Every entry, originals first, then by tuple.
-pub fn list(settings: &NodeSettings) -> Result<Vec<Flow>, DatapathError> {
-    let maps = PinnedMaps::open(&settings.pin_dir)?;
+pub fn list(ctx: &Ctx) -> Result<Vec<Flow>> {
+    let maps = ctx.maps()?;
     let now = monotonic_ns();
     let mut flows: Vec<Flow> = maps
         .ct_entries()?
@@ -153,14 +146,6 @@ pub fn list(settings: &NodeSettings) -> Result<Vec<Flow>, DatapathError> {
     Ok(flows)
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConntrackError {
-    #[error(transparent)]
-    Datapath(#[from] DatapathError),
-    #[error(transparent)]
-    State(#[from] StateError),
-}
-
 /// What a collection pass did.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct GcReport {
@@ -170,9 +155,9 @@ pub struct GcReport {
 }
 
 /// Removes every dead flow: both entries expired (or one expired and the other gone).
-pub fn gc(settings: &NodeSettings) -> Result<GcReport, ConntrackError> {
-    let _lock = FileLock::exclusive(&settings.state_dir.join("conntrack-gc.lock"))?;
-    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+pub fn gc(ctx: &Ctx) -> Result<GcReport> {
+    let _lock = store::conntrack::lock(&ctx.settings.state_dir)?;
+    let mut maps = ctx.maps()?;
     let now = monotonic_ns();
     let entries: HashMap<CtKey, CtEntry> = maps.ct_entries()?.into_iter().collect();
     let mut removed = 0;
@@ -214,9 +199,11 @@ pub fn gc(settings: &NodeSettings) -> Result<GcReport, ConntrackError> {
 /// Removes every entry of every flow that involves `addr` (a pod being deleted), so a later pod
 /// given the same address never receives packets of its predecessor's flows. Returns how many
 /// entries went.
-pub fn forget_addr(settings: &NodeSettings, addr: Ipv4Addr) -> Result<u64, ConntrackError> {
-    let _lock = FileLock::exclusive(&settings.state_dir.join("conntrack-gc.lock"))?;
-    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+pub fn forget_addr(ctx: &Ctx, addr: Ipv4Addr) -> Result<u64> {
+    let _lock = store::conntrack::lock(&ctx.settings.state_dir)?;
+    let Some(mut maps) = ctx.maps_if_pinned() else {
+        return Ok(0);
+    };
     let octets = addr.octets();
     let mut removed = 0;
     for (key, entry) in maps.ct_entries()? {
@@ -229,4 +216,9 @@ pub fn forget_addr(settings: &NodeSettings, addr: Ipv4Addr) -> Result<u64, Connt
         maps.ct_collected(removed)?;
     }
     Ok(removed)
+}
+
+/// Forgets the collection lock (`node reset`: the table goes with the pins).
+pub fn clear(settings: &NodeSettings) -> Result<()> {
+    Ok(store::conntrack::clear(&settings.state_dir)?)
 }

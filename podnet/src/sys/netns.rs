@@ -4,9 +4,12 @@
 //!
 //! A network namespace switch (`setns`) is per *thread*. This module never switches the
 //! namespace of a thread it did not create, except in [`Netns::enter`], which the binary
-//! calls at start-up before any other thread exists. [`Netns::run`] and
-//! [`Netns::run_netlink`] run code on a fresh thread that ends afterwards, so a switch never
-//! leaks into other code (or into a tokio worker thread).
+//! calls at start-up before any other thread exists. [`Netns::run`] runs code on a fresh
+//! thread that ends afterwards, so a switch never leaks into other code (or into a tokio worker
+//! thread); [`crate::sys::link::InNetns`] builds a netlink connection on such a thread.
+//!
+//! A leaf: the netlink layer uses namespaces, never the other way round (as containernetworking's
+//! `pkg/ip` uses `pkg/ns`).
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -16,8 +19,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-
-use crate::link::{LinkError, Netlink};
 
 /// `f_type` of files on nsfs (`NSFS_MAGIC` in `linux/magic.h`).
 const NSFS_MAGIC: u64 = 0x6e73_6673;
@@ -58,13 +59,6 @@ pub enum NetnsError {
         op: &'static str,
         #[source]
         source: io::Error,
-    },
-    /// Opening the rtnetlink connection inside the namespace failed.
-    #[error("netlink in network namespace {}: {source}", .path.display())]
-    Netlink {
-        path: PathBuf,
-        #[source]
-        source: LinkError,
     },
 }
 
@@ -298,33 +292,6 @@ impl Netns {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     }
-
-    /// Like [`Netns::run`], but `f` runs on a fresh current-thread tokio runtime and gets a
-    /// [`Netlink`] connection opened inside the namespace:
-    /// `ns.run_netlink(|nl| async move { nl.ensure_bridge("br0").await })`.
-    pub fn run_netlink<T, F, Fut>(&self, f: F) -> Result<T, NetnsError>
-    where
-        F: FnOnce(Netlink) -> Fut + Send,
-        Fut: Future<Output = T>,
-        T: Send,
-    {
-        self.run(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|source| NetnsError::Sys {
-                    op: "build tokio runtime",
-                    source,
-                })?;
-            runtime.block_on(async {
-                let netlink = Netlink::new().map_err(|source| NetnsError::Netlink {
-                    path: self.path.clone(),
-                    source,
-                })?;
-                Ok(f(netlink).await)
-            })
-        })?
-    }
 }
 
 impl AsFd for Netns {
@@ -505,7 +472,7 @@ pub(crate) mod testutil {
                 std::env::var_os("PODNET_TESTS_REQUIRE_ROOT").is_none(),
                 "privileged test would be skipped but PODNET_TESTS_REQUIRE_ROOT is set"
             );
-            println!("skipped: needs root");
+            eprintln!("skipped: needs root");
         }
         root
     }
@@ -711,14 +678,5 @@ mod tests {
             a.run(|| panic!("boom")).expect("run");
         }));
         assert!(panicked.is_err());
-
-        // run_netlink gets a working connection in the namespace: only `lo` exists.
-        let names = a
-            .run_netlink(|nl| async move {
-                let links = nl.list().await.expect("list");
-                links.into_iter().map(|l| l.name).collect::<Vec<_>>()
-            })
-            .expect("run_netlink");
-        assert_eq!(names, vec!["lo".to_owned()]);
     }
 }

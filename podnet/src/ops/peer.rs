@@ -7,86 +7,25 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use ipnetwork::Ipv4Network;
-use serde::{Deserialize, Serialize};
-
 use podnet_ebpf::abi::peer_flag;
 
+use super::{
+    Ctx,
+    error::{Error, Result},
+};
 use crate::{
-    datapath::{DatapathError, maps::PinnedMaps},
-    node::NodeSettings,
-    state::{self, FileLock, StateError},
+    config::{NodeSettings, RoutingMode},
+    model::peer::{ClusterFile, PeerNode},
+    store,
 };
 
-/// One node of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerNode {
-    pub name: String,
-    pub node_ip: Ipv4Addr,
-    pub pod_cidr: Ipv4Network,
-}
-
-/// A cluster description: every node, this one included (it is recognised by its node IP).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterFile {
-    pub nodes: Vec<PeerNode>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PeerError {
-    #[error("peer {name}: pod CIDR {pod_cidr} is not inside the cluster CIDR {cluster_cidr}")]
-    OutsideCluster {
-        name: String,
-        pod_cidr: Ipv4Network,
-        cluster_cidr: Ipv4Network,
-    },
-    #[error("peer {name}: pod CIDR {pod_cidr} has host bits set")]
-    HostBits { name: String, pod_cidr: Ipv4Network },
-    #[error("peer {name}: pod CIDR {pod_cidr} overlaps {other}'s {other_cidr}")]
-    Overlap {
-        name: String,
-        pod_cidr: Ipv4Network,
-        other: String,
-        other_cidr: Ipv4Network,
-    },
-    #[error("peer {name}: node IP {node_ip} is already node {other}'s")]
-    DuplicateIp {
-        name: String,
-        node_ip: Ipv4Addr,
-        other: String,
-    },
-    #[error("peer {name} already exists (delete it first)")]
-    Exists { name: String },
-    #[error("no peer named {name}")]
-    NotFound { name: String },
-    #[error("invalid peer name {name:?}: use 1-63 characters from [A-Za-z0-9_.-]")]
-    InvalidName { name: String },
-    #[error("reading cluster file {path}: {msg}")]
-    ClusterFile { path: String, msg: String },
-    #[error("updating the node's routes to other nodes' pods: {0}")]
-    Routes(String),
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error(transparent)]
-    Datapath(#[from] DatapathError),
-}
-
-fn file(settings: &NodeSettings) -> std::path::PathBuf {
-    settings.state_dir.join("peers.json")
-}
-
-fn lock(settings: &NodeSettings) -> Result<FileLock, StateError> {
-    FileLock::exclusive(&settings.state_dir.join("peers.lock"))
-}
-
 /// The node's peers, by name.
-pub fn list(settings: &NodeSettings) -> Result<Vec<PeerNode>, PeerError> {
-    Ok(state::read_json(&file(settings))?.unwrap_or_default())
+pub fn list(ctx: &Ctx) -> Result<Vec<PeerNode>> {
+    Ok(store::peers::load(&ctx.settings.state_dir)?)
 }
 
 /// Checks `peer` against the node itself and the other peers.
-fn check(settings: &NodeSettings, peer: &PeerNode, others: &[PeerNode]) -> Result<(), PeerError> {
+fn check(settings: &NodeSettings, peer: &PeerNode, others: &[PeerNode]) -> Result<()> {
     let name = peer.name.clone();
     let valid_name = !name.is_empty()
         && name.len() <= 63
@@ -94,17 +33,17 @@ fn check(settings: &NodeSettings, peer: &PeerNode, others: &[PeerNode]) -> Resul
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if !valid_name {
-        return Err(PeerError::InvalidName { name });
+        return Err(Error::PeerName { name });
     }
     if peer.pod_cidr.network() != peer.pod_cidr.ip() {
-        return Err(PeerError::HostBits {
+        return Err(Error::PeerHostBits {
             name,
             pod_cidr: peer.pod_cidr,
         });
     }
     let cluster = settings.cluster_cidr;
     if !(cluster.contains(peer.pod_cidr.network()) && cluster.prefix() <= peer.pod_cidr.prefix()) {
-        return Err(PeerError::OutsideCluster {
+        return Err(Error::PeerOutsideCluster {
             name,
             pod_cidr: peer.pod_cidr,
             cluster_cidr: cluster,
@@ -119,7 +58,7 @@ fn check(settings: &NodeSettings, peer: &PeerNode, others: &[PeerNode]) -> Resul
         let overlap = other.pod_cidr.contains(peer.pod_cidr.network())
             || peer.pod_cidr.contains(other.pod_cidr.network());
         if overlap {
-            return Err(PeerError::Overlap {
+            return Err(Error::PeerOverlap {
                 name,
                 pod_cidr: peer.pod_cidr,
                 other: other.name.clone(),
@@ -127,7 +66,7 @@ fn check(settings: &NodeSettings, peer: &PeerNode, others: &[PeerNode]) -> Resul
             });
         }
         if other.node_ip == peer.node_ip {
-            return Err(PeerError::DuplicateIp {
+            return Err(Error::PeerDuplicateIp {
                 name,
                 node_ip: peer.node_ip,
                 other: other.name.clone(),
@@ -140,8 +79,8 @@ fn check(settings: &NodeSettings, peer: &PeerNode, others: &[PeerNode]) -> Resul
 /// Makes the `PEERS` map hold exactly `peers` (each pod CIDR, and each node IP as a /32
 /// marked `NODE_IP`), and the node's routing table a route `podCIDR via nodeIP` for each, for
 /// the node's own traffic to other nodes' pods.
-fn sync(settings: &NodeSettings, peers: &[PeerNode]) -> Result<(), PeerError> {
-    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+fn sync(ctx: &Ctx, peers: &[PeerNode]) -> Result<()> {
+    let mut maps = ctx.maps()?;
     let mut wanted = Vec::new();
     for p in peers {
         let host = Ipv4Network::new(p.node_ip, 32).expect("/32 is valid");
@@ -159,60 +98,63 @@ fn sync(settings: &NodeSettings, peers: &[PeerNode]) -> Result<(), PeerError> {
         maps.remove_peer(*cidr)?;
     }
     // Kernel routes need the fabric to route pod traffic by node IP: native mode only.
-    let native = settings.mode == crate::node::RoutingMode::Native;
+    drop(maps);
+    let native = ctx.settings.mode == RoutingMode::Native;
     let routes: Vec<(Ipv4Network, Ipv4Addr)> = peers
         .iter()
         .filter(|_| native)
         .map(|p| (p.pod_cidr, p.node_ip))
         .collect();
     let gone: Vec<Ipv4Network> = stale.into_iter().filter(|c| c.prefix() < 32).collect();
-    crate::node::with_netlink(|nl| async move {
-        for (dst, via) in routes {
-            nl.replace_route(dst, via).await?;
-        }
-        for dst in gone {
-            nl.delete_route(dst).await?;
-        }
-        Ok(())
+    ctx.netlink(|nl| async move {
+        let routed = async {
+            for (dst, via) in routes {
+                nl.replace_route(dst, via).await?;
+            }
+            for dst in gone {
+                nl.delete_route(dst).await?;
+            }
+            Ok(())
+        };
+        routed.await.map_err(Error::PeerRoutes)
     })
-    .map_err(|e| PeerError::Routes(e.to_string()))
 }
 
 /// `node peer add`.
-pub fn add(settings: &NodeSettings, peer: PeerNode) -> Result<PeerNode, PeerError> {
-    let _lock = lock(settings)?;
-    let mut peers = list(settings)?;
+pub fn add(ctx: &Ctx, peer: PeerNode) -> Result<PeerNode> {
+    let _lock = store::peers::lock(&ctx.settings.state_dir)?;
+    let mut peers = list(ctx)?;
     if peers.iter().any(|p| p.name == peer.name) {
-        return Err(PeerError::Exists { name: peer.name });
+        return Err(Error::PeerExists { name: peer.name });
     }
-    check(settings, &peer, &peers)?;
+    check(&ctx.settings, &peer, &peers)?;
     peers.push(peer.clone());
     peers.sort_by(|a, b| a.name.cmp(&b.name));
-    sync(settings, &peers)?;
-    state::write_json(&file(settings), &peers)?;
+    sync(ctx, &peers)?;
+    store::peers::save(&ctx.settings.state_dir, &peers)?;
     Ok(peer)
 }
 
 /// `node peer del`.
-pub fn del(settings: &NodeSettings, name: &str) -> Result<PeerNode, PeerError> {
-    let _lock = lock(settings)?;
-    let mut peers = list(settings)?;
+pub fn del(ctx: &Ctx, name: &str) -> Result<PeerNode> {
+    let _lock = store::peers::lock(&ctx.settings.state_dir)?;
+    let mut peers = list(ctx)?;
     let index = peers
         .iter()
         .position(|p| p.name == name)
-        .ok_or_else(|| PeerError::NotFound {
+        .ok_or_else(|| Error::PeerNotFound {
             name: name.to_owned(),
         })?;
     let gone = peers.remove(index);
-    sync(settings, &peers)?;
-    state::write_json(&file(settings), &peers)?;
+    sync(ctx, &peers)?;
+    store::peers::save(&ctx.settings.state_dir, &peers)?;
     Ok(gone)
 }
 
 /// Reads and checks a cluster file: every node but this one (recognised by its node IP)
 /// becomes a peer. Nothing is changed.
-pub fn read_cluster(settings: &NodeSettings, path: &Path) -> Result<Vec<PeerNode>, PeerError> {
-    let err = |msg: String| PeerError::ClusterFile {
+pub fn read_cluster(settings: &NodeSettings, path: &Path) -> Result<Vec<PeerNode>> {
+    let err = |msg: String| Error::ClusterFile {
         path: path.display().to_string(),
         msg,
     };
@@ -230,7 +172,7 @@ pub fn read_cluster(settings: &NodeSettings, path: &Path) -> Result<Vec<PeerNode
             continue;
         }
         if peers.iter().any(|p| p.name == node.name) {
-            return Err(PeerError::Exists { name: node.name });
+            return Err(Error::PeerExists { name: node.name });
         }
         check(settings, &node, &peers)?;
         peers.push(node);
@@ -240,17 +182,39 @@ pub fn read_cluster(settings: &NodeSettings, path: &Path) -> Result<Vec<PeerNode
 }
 
 /// Replaces the peers with `peers` (from a cluster file at `node init`).
-pub fn replace(settings: &NodeSettings, mut peers: Vec<PeerNode>) -> Result<(), PeerError> {
-    let _lock = lock(settings)?;
+pub fn replace(ctx: &Ctx, mut peers: Vec<PeerNode>) -> Result<()> {
+    let _lock = store::peers::lock(&ctx.settings.state_dir)?;
     peers.sort_by(|a, b| a.name.cmp(&b.name));
-    sync(settings, &peers)?;
-    state::write_json(&file(settings), &peers)?;
+    sync(ctx, &peers)?;
+    store::peers::save(&ctx.settings.state_dir, &peers)?;
     Ok(())
 }
 
 /// Re-fills the map from the records (after `node init` re-created it).
-pub fn restore(settings: &NodeSettings) -> Result<(), PeerError> {
-    let _lock = lock(settings)?;
-    let peers = list(settings)?;
-    sync(settings, &peers)
+pub fn restore(ctx: &Ctx) -> Result<()> {
+    let _lock = store::peers::lock(&ctx.settings.state_dir)?;
+    let peers = list(ctx)?;
+    sync(ctx, &peers)
+}
+
+/// Forgets every peer (`node reset`): their routes go from the node's routing table (the map
+/// goes with the pins), and the records with them. Returns how many routes were removed.
+pub fn clear(ctx: &Ctx) -> Result<usize> {
+    let peers = list(ctx)?;
+    let routes: Vec<Ipv4Network> = peers
+        .iter()
+        .filter(|_| ctx.settings.mode == RoutingMode::Native)
+        .map(|p| p.pod_cidr)
+        .collect();
+    let removed = ctx.netlink(|nl| async move {
+        let mut removed = 0;
+        for dst in routes {
+            if nl.delete_route(dst).await.map_err(Error::PeerRoutes)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    })?;
+    store::peers::clear(&ctx.settings.state_dir)?;
+    Ok(removed)
 }

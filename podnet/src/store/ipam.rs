@@ -26,24 +26,25 @@
 //! treated as free (not listed, no owner) and removed by the next allocation. It is deliberately
 //! not kept as allocated to some placeholder owner, because no caller could ever release it.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::{self, DirBuilder, Permissions},
+    io,
+    net::Ipv4Addr,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
 
 use ipnetwork::Ipv4Network;
+
+use super::file::{self, FileLock, StateError, TMP_PREFIX};
 
 /// Longest owner string accepted, in bytes.
 pub const MAX_OWNER_LEN: usize = 255;
 
 const LOCK_FILE: &str = "lock";
 const LAST_RESERVED_FILE: &str = "last_reserved_ip";
-const TMP_PREFIX: &str = ".tmp.";
 const DIR_MODE: u32 = 0o700;
-const FILE_MODE: u32 = 0o600;
 
 /// Errors of the IPAM store.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,9 @@ pub enum IpamError {
         #[source]
         source: io::Error,
     },
+    /// Writing or locking a record failed.
+    #[error("IPAM: {0}")]
+    File(#[from] StateError),
     /// Every usable address of the subnet is allocated.
     #[error("no free address left in {subnet} (all {usable} usable addresses are allocated)")]
     Exhausted {
@@ -146,49 +150,6 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> IpamError 
         op,
         path: path.to_path_buf(),
         source,
-    }
-}
-
-/// Holds an exclusive `flock` on `<dir>/lock` until dropped.
-struct LockGuard {
-    file: File,
-}
-
-impl LockGuard {
-    fn acquire(dir: &Path) -> Result<Self, IpamError> {
-        let path = dir.join(LOCK_FILE);
-        // A fresh open file description per operation: flock locks belong to it, so two
-        // operations of the same process exclude each other just like two processes do.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(FILE_MODE)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(io_err("open lock file", &path))?;
-        loop {
-            // SAFETY: flock takes a plain descriptor and touches no memory of ours; the
-            // descriptor is open and owned by `file`, which outlives the call.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(Self { file });
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(io_err("lock", &path)(err));
-            }
-        }
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        // SAFETY: as in `acquire`, the descriptor is open and owned by `self.file`, which is
-        // only closed after this call. Closing it would release the lock anyway, so a failure
-        // here is harmless and ignored.
-        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
     }
 }
 
@@ -286,7 +247,7 @@ impl Ipam {
     /// gets the same IP); if it somehow holds several, the lowest.
     pub fn allocate(&self, owner: &str) -> Result<Ipv4Addr, IpamError> {
         validate_owner(owner)?;
-        let lock = LockGuard::acquire(&self.dir)?;
+        let lock = FileLock::exclusive(&self.dir.join(LOCK_FILE))?;
         let snapshot = self.scan(&lock)?;
         if let Some((ip, _)) = snapshot.records.iter().find(|(_, o)| o.as_str() == owner) {
             return Ok(*ip);
@@ -311,7 +272,6 @@ impl Ipam {
             let name = ip.to_string();
             self.write_atomic(&name, format!("{owner}\n").as_bytes())?;
             self.write_atomic(LAST_RESERVED_FILE, format!("{ip}\n").as_bytes())?;
-            self.sync_dir()?;
             log::debug!("IPAM: allocated {ip} to {owner}");
             return Ok(ip);
         }
@@ -325,7 +285,7 @@ impl Ipam {
     /// documentation) and returns how many files that was. Allocation does this too; `podnet gc`
     /// calls it so that nothing is left after a crash even when no allocation follows.
     pub fn remove_leftovers(&self) -> Result<usize, IpamError> {
-        let lock = LockGuard::acquire(&self.dir)?;
+        let lock = FileLock::exclusive(&self.dir.join(LOCK_FILE))?;
         let snapshot = self.scan(&lock)?;
         Self::remove_leftovers_of(&snapshot)
     }
@@ -346,7 +306,7 @@ impl Ipam {
     /// twice is fine).
     pub fn release_owner(&self, owner: &str) -> Result<Vec<Ipv4Addr>, IpamError> {
         validate_owner(owner)?;
-        let lock = LockGuard::acquire(&self.dir)?;
+        let lock = FileLock::exclusive(&self.dir.join(LOCK_FILE))?;
         let snapshot = self.scan(&lock)?;
         let released: Vec<Ipv4Addr> = snapshot
             .records
@@ -359,7 +319,7 @@ impl Ipam {
             log::debug!("IPAM: released {ip} from {owner}");
         }
         if !released.is_empty() {
-            self.sync_dir()?;
+            file::sync_dir(&self.dir)?;
         }
         Ok(released)
     }
@@ -370,20 +330,20 @@ impl Ipam {
         if !self.is_usable(ip) {
             return Ok(false);
         }
-        let lock = LockGuard::acquire(&self.dir)?;
+        let lock = FileLock::exclusive(&self.dir.join(LOCK_FILE))?;
         match self.read_record(&lock, ip)? {
             Some(Record::Owned(holder)) if holder == owner => {}
             _ => return Ok(false),
         }
         remove_if_exists(&self.dir.join(ip.to_string()))?;
-        self.sync_dir()?;
+        file::sync_dir(&self.dir)?;
         log::debug!("IPAM: released {ip} from {owner}");
         Ok(true)
     }
 
     /// Every allocation, sorted by address.
     pub fn list(&self) -> Result<Vec<Allocation>, IpamError> {
-        let lock = LockGuard::acquire(&self.dir)?;
+        let lock = FileLock::exclusive(&self.dir.join(LOCK_FILE))?;
         let snapshot = self.scan(&lock)?;
         Ok(snapshot
             .records
@@ -397,7 +357,7 @@ impl Ipam {
         if !self.is_usable(ip) {
             return Ok(None);
         }
-        let lock = LockGuard::acquire(&self.dir)?;
+        let lock = FileLock::exclusive(&self.dir.join(LOCK_FILE))?;
         Ok(match self.read_record(&lock, ip)? {
             Some(Record::Owned(owner)) => Some(owner),
             Some(Record::Torn) | None => None,
@@ -428,7 +388,7 @@ impl Ipam {
     }
 
     /// Reads the directory. `_lock` proves the caller holds the lock.
-    fn scan(&self, _lock: &LockGuard) -> Result<Snapshot, IpamError> {
+    fn scan(&self, _lock: &FileLock) -> Result<Snapshot, IpamError> {
         let mut snapshot = Snapshot::default();
         let entries = fs::read_dir(&self.dir).map_err(io_err("read directory", &self.dir))?;
         for entry in entries {
@@ -470,7 +430,7 @@ impl Ipam {
     }
 
     /// Reads the record of one usable address; `None` if there is none.
-    fn read_record(&self, _lock: &LockGuard, ip: Ipv4Addr) -> Result<Option<Record>, IpamError> {
+    fn read_record(&self, _lock: &FileLock, ip: Ipv4Addr) -> Result<Option<Record>, IpamError> {
         let path = self.dir.join(ip.to_string());
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_file() => {}
@@ -482,7 +442,7 @@ impl Ipam {
     }
 
     /// The last handed-out host address, if the file exists and names one of this subnet.
-    fn read_last_reserved(&self, _lock: &LockGuard) -> Result<Option<Ipv4Addr>, IpamError> {
+    fn read_last_reserved(&self, _lock: &FileLock) -> Result<Option<Ipv4Addr>, IpamError> {
         let path = self.dir.join(LAST_RESERVED_FILE);
         let Some(content) = read_optional(&path)? else {
             return Ok(None);
@@ -497,44 +457,11 @@ impl Ipam {
         }))
     }
 
-    /// Replaces `<dir>/<name>` atomically (temp file, fsync, rename). The caller holds the lock
-    /// and syncs the directory afterwards.
+    /// Replaces `<dir>/<name>` atomically (see [`file::write_atomic`]). The caller holds the
+    /// lock.
     fn write_atomic(&self, name: &str, content: &[u8]) -> Result<(), IpamError> {
-        let tmp = self
-            .dir
-            .join(format!("{TMP_PREFIX}{name}.{}", std::process::id()));
-        let path = self.dir.join(name);
-        remove_if_exists(&tmp)?;
-        let result = write_synced(&tmp, content)
-            .and_then(|()| fs::rename(&tmp, &path).map_err(io_err("rename into place", &path)));
-        if result.is_err() {
-            // Best effort: the next allocation removes leftovers anyway.
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        Ok(file::write_atomic(&self.dir.join(name), content)?)
     }
-
-    fn sync_dir(&self) -> Result<(), IpamError> {
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_err("sync directory", &self.dir))
-    }
-}
-
-/// Creates `path` (which must not exist) with mode 0600, writes `content` and fsyncs it.
-fn write_synced(path: &Path, content: &[u8]) -> Result<(), IpamError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(io_err("create", path))?;
-    // The umask may have cleared bits of the creation mode.
-    file.set_permissions(Permissions::from_mode(FILE_MODE))
-        .map_err(io_err("set permissions of", path))?;
-    file.write_all(content).map_err(io_err("write", path))?;
-    file.sync_all().map_err(io_err("sync", path))
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, IpamError> {
@@ -551,6 +478,16 @@ fn remove_if_exists(path: &Path) -> Result<(), IpamError> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(io_err("remove", path)(err)),
     }
+}
+
+/// Removes the pool's own files (the round-robin position and the lock) and the directory if
+/// no address is held any more (`node reset`, after every pod went). Held addresses stay.
+pub fn clear(dir: &Path) -> Result<(), IpamError> {
+    for name in [LAST_RESERVED_FILE, LOCK_FILE] {
+        file::remove_file(&dir.join(name))?;
+    }
+    super::remove_dir_if_empty(dir);
+    Ok(())
 }
 
 #[cfg(test)]

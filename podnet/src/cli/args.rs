@@ -1,0 +1,392 @@
+//! The command line: every command and argument (clap), and the node settings `node init`
+//! builds from a config file and flags.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use ipnetwork::Ipv4Network;
+use podnet::{
+    config::{NodeSettings, PortRange},
+    model::nodeport::{BackendSpec, Policy, Proto},
+};
+
+#[derive(Parser)]
+#[command(name = "podnet", version, about = "eBPF pod networking for a node")]
+pub struct Cli {
+    /// The node's state directory (node.json, pod records, locks).
+    #[arg(
+        long,
+        global = true,
+        env = "PODNET_STATE_DIR",
+        default_value = "/var/lib/podnet"
+    )]
+    pub state_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Set up and inspect the node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Add, delete and list pods.
+    #[command(subcommand)]
+    Pod(PodCommand),
+    /// Show the node's maps: configuration and endpoints.
+    Maps,
+    /// Show the datapath's per-reason packet counters and conntrack occupancy.
+    Stats,
+    /// Expose pods on the node IP: NodePorts.
+    #[command(subcommand)]
+    Nodeport(NodePortCommand),
+    /// Inspect and collect the connection-tracking (NAT) table.
+    #[command(subcommand)]
+    Conntrack(ConntrackCommand),
+    /// Follow the datapath's per-packet debug log (needs `node init --debug`).
+    Log {
+        /// Stop after this many seconds (default: until interrupted).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Run a self-contained demo in network namespaces (a node, an outside host and pods).
+    Demo(crate::demo::DemoArgs),
+    /// Free what is left behind: CNI attachments whose container namespace is gone (DEL never
+    /// came), with their addresses, endpoints, host ports and host veths; and whatever a killed
+    /// `pod add|del` or CNI ADD left half-made (address, namespace, veth, endpoint, temp files).
+    Gc {
+        /// CONTAINERID/IFNAME to keep even if its namespace looks gone. Repeat for more.
+        #[arg(long)]
+        keep: Vec<String>,
+    },
+    /// Install podnet as a CNI plugin: the binary and a network configuration per mode.
+    InstallCni(InstallCniArgs),
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Create the bridge, enable forwarding, load and pin the datapath. Safe to re-run.
+    Init(Box<InitArgs>),
+    /// Show the node's settings and what is loaded and attached.
+    Status,
+    /// Remove every pod, pin, the bridge and the node's state.
+    Reset,
+    /// The other nodes of the cluster (native routing to their pod CIDRs).
+    #[command(subcommand)]
+    Peer(PeerCommand),
+}
+
+#[derive(Subcommand)]
+pub enum PeerCommand {
+    /// Add a node: its pod CIDR becomes reachable through its node IP.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        node_ip: Ipv4Addr,
+        #[arg(long)]
+        pod_cidr: Ipv4Network,
+    },
+    /// Remove a node.
+    Del {
+        #[arg(long)]
+        name: String,
+    },
+    /// List the nodes.
+    List,
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Read settings from a JSON file (fields as in node.json); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's pod CIDR, e.g. 10.244.0.0/24.
+    #[arg(long)]
+    pub pod_cidr: Option<Ipv4Network>,
+    /// The cluster CIDR, e.g. 10.244.0.0/16.
+    #[arg(long)]
+    pub cluster_cidr: Option<Ipv4Network>,
+    /// The uplink interface.
+    #[arg(long)]
+    pub uplink: Option<String>,
+    /// The node's IP (default: the uplink's first IPv4 address).
+    #[arg(long)]
+    pub node_ip: Option<Ipv4Addr>,
+    /// Bridge name.
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// bpffs directory for this node's pins.
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+    /// IPAM directory (default: <state-dir>/ipam).
+    #[arg(long)]
+    pub ipam_dir: Option<PathBuf>,
+    /// The node's network namespace: a name under /run/netns or a path. Recorded; later
+    /// commands enter it by themselves.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Where `pod add` creates pod namespaces.
+    #[arg(long)]
+    pub netns_dir: Option<PathBuf>,
+    /// Pod interface MTU (default: the uplink's).
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Size of the endpoints map.
+    #[arg(long)]
+    pub endpoints_max: Option<u32>,
+    /// Compile per-packet debug logging into the programs.
+    #[arg(long)]
+    pub debug: bool,
+    /// Ports SNAT allocates from, MIN-MAX (default 1024-29999).
+    #[arg(long)]
+    pub snat_ports: Option<PortRange>,
+    /// Ports NodePorts may use, MIN-MAX (default 30000-32767).
+    #[arg(long)]
+    pub nodeport_range: Option<PortRange>,
+    /// Conntrack entries admitted before new flows are refused (two per flow; default 262144).
+    #[arg(long)]
+    pub conntrack_max: Option<u32>,
+    /// Size of the services map (default 65536).
+    #[arg(long)]
+    pub services_max: Option<u32>,
+    /// A conntrack timeout, NAME=SECONDS; NAME is tcp_syn, tcp_established, tcp_closing, udp,
+    /// udp_stream or icmp. Repeat for more.
+    #[arg(long = "ct-timeout", value_parser = parse_timeout)]
+    pub ct_timeouts: Vec<(String, u32)>,
+    /// Let pods send from addresses other than their own (anti-spoofing is on by default).
+    #[arg(long)]
+    pub no_anti_spoof: bool,
+    /// native (default): other nodes' pods over the fabric by node IP; vxlan: an overlay.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// A cluster file, {"nodes": [{"name", "node_ip", "pod_cidr"}, ...]}: every other node
+    /// becomes a peer.
+    #[arg(long)]
+    pub cluster: Option<PathBuf>,
+    /// Seconds between conntrack collection passes (default 10; 0: no collector process).
+    #[arg(long)]
+    pub gc_interval: Option<u32>,
+    /// cgroup v2 directory whose sockets reach NodePorts on the node IP (default: the root of
+    /// the cgroup2 hierarchy).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// Load the eBPF programs from this object file instead of the one built into podnet (a
+    /// rebuilt program version; the node's maps and flows are kept). Not recorded: a later
+    /// `node init` without it loads the built-in programs again.
+    #[arg(long)]
+    pub ebpf_object: Option<PathBuf>,
+}
+
+fn parse_timeout(s: &str) -> Result<(String, u32), String> {
+    let (name, secs) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=SECONDS"))?;
+    let secs = secs
+        .parse::<u32>()
+        .map_err(|_| format!("{secs:?} in {s:?} is not a number of seconds"))?;
+    Ok((name.to_owned(), secs))
+}
+
+#[derive(Args)]
+pub struct InstallCniArgs {
+    /// Where the runtime looks for plugins.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+    /// Where the runtime reads network configurations.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub conf_dir: PathBuf,
+    /// The mode written as 10-podnet.conflist (the other one as an .example).
+    #[arg(long, default_value = "standalone")]
+    pub mode: String,
+    /// The node's pod CIDR, e.g. 10.244.1.0/24.
+    #[arg(long)]
+    pub pod_cidr: Ipv4Network,
+    /// The cluster CIDR, e.g. 10.244.0.0/16.
+    #[arg(long)]
+    pub cluster_cidr: Ipv4Network,
+    /// The uplink interface.
+    #[arg(long)]
+    pub uplink: String,
+    /// bpffs directory for this node's pins.
+    #[arg(long, default_value = "/sys/fs/bpf/podnet")]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum NodePortCommand {
+    /// Expose backends on nodeIP:PORT.
+    Add(NodePortArgs),
+    /// Replace the backends of an existing NodePort (new connections only).
+    Set(NodePortArgs),
+    /// Remove a NodePort (established connections finish on their backends).
+    Del {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "tcp")]
+        proto: Proto,
+    },
+    /// List the NodePorts and their backends.
+    List,
+    /// Make the NodePorts exactly those in FILE (a JSON array of {"port", "proto", "backends",
+    /// "policy"}; `-` reads standard input), all checked before any change. CNI host ports are
+    /// left alone.
+    Apply {
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct NodePortArgs {
+    /// The port on the node IP (within the node's NodePort range, default 30000-32767).
+    #[arg(long)]
+    pub port: u16,
+    /// tcp or udp.
+    #[arg(long, default_value = "tcp")]
+    pub proto: Proto,
+    /// A backend: POD:PORT (a local pod) or IP:PORT (a local pod, or with policy cluster a pod
+    /// on a peer node). Repeat for more.
+    #[arg(long = "backend", required = true)]
+    pub backends: Vec<BackendSpec>,
+    /// cluster: backends on any node (remote ones see this node's IP as the client);
+    /// local: only this node's pods, the client's address always preserved. `set` keeps the
+    /// NodePort's policy.
+    #[arg(long, default_value = "cluster")]
+    pub policy: Policy,
+}
+
+#[derive(Subcommand)]
+pub enum ConntrackCommand {
+    /// List every entry: two per flow, the original direction and the reply.
+    List,
+    /// Remove dead flows (both entries expired). With --every, keep doing so.
+    Gc {
+        /// Repeat every this many seconds until interrupted.
+        #[arg(long)]
+        every: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PodCommand {
+    /// Give a pod its network (creates its namespace unless --netns is given).
+    Add {
+        name: String,
+        /// Use this existing network namespace (a path, e.g. /run/netns/x or /proc/PID/ns/net).
+        #[arg(long)]
+        netns: Option<PathBuf>,
+    },
+    /// Remove everything `pod add` made. Succeeds if the pod is already gone.
+    Del { name: String },
+    /// List the node's pods.
+    List,
+}
+
+fn netns_path(spec: &str) -> PathBuf {
+    if spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        Path::new("/run/netns").join(spec)
+    }
+}
+
+/// Settings for `node init`: the config file (if any), then flags on top, then defaults.
+pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
+    let InitArgs {
+        config,
+        pod_cidr,
+        cluster_cidr,
+        uplink,
+        node_ip,
+        bridge,
+        pin_dir,
+        ipam_dir,
+        netns,
+        netns_dir,
+        mtu,
+        endpoints_max,
+        debug,
+        snat_ports,
+        nodeport_range,
+        conntrack_max,
+        services_max,
+        ct_timeouts,
+        no_anti_spoof,
+        mode,
+        cluster,
+        gc_interval,
+        cgroup,
+        ebpf_object: _,
+    } = args;
+    let mut settings: serde_json::Map<String, serde_json::Value> = match &config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => serde_json::Map::new(),
+    };
+    let mut set = |key: &str, value: Option<serde_json::Value>| {
+        if let Some(v) = value {
+            settings.insert(key.to_owned(), v);
+        }
+    };
+    let s = |v: &dyn ToString| serde_json::Value::String(v.to_string());
+    set("pod_cidr", pod_cidr.map(|v| s(&v)));
+    set("cluster_cidr", cluster_cidr.map(|v| s(&v)));
+    set("uplink", uplink.map(|v| s(&v)));
+    set("node_ip", node_ip.map(|v| s(&v)));
+    set("bridge", bridge.map(|v| s(&v)));
+    set("pin_dir", pin_dir.map(|v| s(&v.display())));
+    set("ipam_dir", ipam_dir.map(|v| s(&v.display())));
+    set("netns", netns.map(|v| s(&netns_path(&v).display())));
+    set("netns_dir", netns_dir.map(|v| s(&v.display())));
+    set("mtu", mtu.map(serde_json::Value::from));
+    set("endpoints_max", endpoints_max.map(serde_json::Value::from));
+    if debug {
+        set("debug", Some(serde_json::Value::Bool(true)));
+    }
+    set("snat_ports", snat_ports.map(|v| s(&v)));
+    set("nodeport_range", nodeport_range.map(|v| s(&v)));
+    set("conntrack_max", conntrack_max.map(serde_json::Value::from));
+    set("services_max", services_max.map(serde_json::Value::from));
+    set("cgroup", cgroup.map(|v| s(&v.display())));
+    set("gc_interval", gc_interval.map(serde_json::Value::from));
+    set("cluster", cluster.map(|v| s(&v.display())));
+    set("mode", mode.map(|v| s(&v)));
+    if no_anti_spoof {
+        set("anti_spoof", Some(serde_json::Value::Bool(false)));
+    }
+
+    set("state_dir", Some(s(&state_dir.display())));
+    if !ct_timeouts.is_empty() {
+        let mut timeouts = match settings.remove("ct_timeouts") {
+            Some(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        for (name, secs) in ct_timeouts {
+            timeouts.insert(name, serde_json::Value::from(secs));
+        }
+        settings.insert(
+            "ct_timeouts".to_owned(),
+            serde_json::Value::Object(timeouts),
+        );
+    }
+    for required in ["pod_cidr", "cluster_cidr", "uplink"] {
+        if !settings.contains_key(required) {
+            bail!(
+                "node init needs --{} (or it in --config)",
+                required.replace('_', "-")
+            );
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(settings)).context("invalid node settings")
+}

@@ -1,0 +1,233 @@
+//! What the CLI prints: each operation's report as text (`--json` prints the report itself).
+
+use podnet::{
+    datapath::loader,
+    model::{nodeport::NodePort, peer::PeerNode, pod::PodRecord},
+    ops::{
+        collector::Collector,
+        conntrack::{self, Flow, GcReport as CtGcReport},
+        gc::GcReport,
+        node::{InitReport, NodeStatus, ResetReport},
+        nodeport::ApplySummary,
+        pod::DelReport,
+        stats::{MapsView, Stats},
+    },
+};
+use serde::Serialize;
+
+/// Prints `value` as pretty JSON, or as `text` renders it.
+pub fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("reports always serialize")
+        );
+    } else {
+        println!("{}", text(value));
+    }
+}
+
+/// `node init` and the collector it started.
+#[derive(Serialize)]
+pub struct InitView {
+    #[serde(flatten)]
+    pub report: InitReport,
+    pub collector: Collector,
+}
+
+pub fn init(v: &InitView) -> String {
+    let r = &v.report;
+    format!(
+        "node ready: node IP {}, pod CIDR {} (gateway {} on {}), uplink {}\n{}\n{}",
+        r.settings
+            .node_ip
+            .map_or_else(String::new, |ip| ip.to_string()),
+        r.settings.pod_cidr,
+        r.settings.gateway(),
+        r.settings.bridge,
+        r.settings.uplink,
+        loader::describe(&r.load),
+        v.collector
+    )
+}
+
+pub fn status(s: &NodeStatus) -> String {
+    format!(
+        "node: {} pod CIDR {} cluster CIDR {} uplink {} bridge {}\npins: {}\nprograms: {}\nattached to: {}\npods: {}  endpoints: {}  IPs allocated: {}  ready: {}",
+        s.settings
+            .node_ip
+            .map_or_else(String::new, |ip| ip.to_string()),
+        s.settings.pod_cidr,
+        s.settings.cluster_cidr,
+        s.settings.uplink,
+        s.settings.bridge,
+        s.settings.pin_dir.display(),
+        s.programs.join(", "),
+        s.attached.join(", "),
+        s.pods,
+        s.endpoints,
+        s.ipam_allocated,
+        s.ready,
+    )
+}
+
+pub fn reset(r: &ResetReport) -> String {
+    format!(
+        "node reset: {} pod(s) deleted, {} pin(s) removed, {} CNI attachment record(s) removed, {} chained attachment(s) detached, {} peer route(s) removed, bridge deleted: {}, conntrack collector stopped: {}",
+        r.pods_deleted.len(),
+        r.pins_removed,
+        r.cni_records_removed,
+        r.chained_detached,
+        r.peer_routes_removed,
+        r.bridge_deleted,
+        r.collector_stopped
+    )
+}
+
+pub fn pod_added(r: &PodRecord) -> String {
+    format!(
+        "pod {} added: {} on eth0 (mac {}), gateway {}, netns {}, host veth {}",
+        r.name,
+        r.address,
+        r.mac,
+        r.gateway,
+        r.netns.display(),
+        r.host_if
+    )
+}
+
+pub fn pod_deleted(r: &DelReport) -> String {
+    if r.existed || r.veth_removed || !r.released.is_empty() {
+        format!("pod {} deleted", r.name)
+    } else {
+        format!("pod {} was already gone", r.name)
+    }
+}
+
+pub fn pods(pods: &[PodRecord]) -> String {
+    let mut out = format!(
+        "{:<20} {:<18} {:<18} {:<12} NETNS",
+        "NAME", "IP", "MAC", "HOST-VETH"
+    );
+    for p in pods {
+        out.push_str(&format!(
+            "\n{:<20} {:<18} {:<18} {:<12} {}",
+            p.name,
+            p.address,
+            p.mac,
+            p.host_if,
+            p.netns.display()
+        ));
+    }
+    out
+}
+
+pub fn maps(v: &MapsView) -> String {
+    let mut out = format!("CONFIG: {}\nENDPOINTS ({}):", v.config, v.endpoints.len());
+    for e in &v.endpoints {
+        out.push_str(&format!(
+            "\n  {:<15} -> ifindex {:<5} mac {} netns {}",
+            e.ip, e.ifindex, e.mac, e.netns_ino
+        ));
+    }
+    out
+}
+
+pub fn stats(v: &Stats) -> String {
+    let mut out = format!("{:<26} {:>12} {:>14}", "REASON", "PACKETS", "BYTES");
+    for s in &v.reasons {
+        out.push_str(&format!(
+            "\n{:<26} {:>12} {:>14}",
+            s.reason, s.packets, s.bytes
+        ));
+    }
+    out.push_str(&format!(
+        "\nconntrack: {} of {} entries in use ({} flows)",
+        v.conntrack.live,
+        v.conntrack.limit,
+        v.conntrack.live / 2
+    ));
+    for w in &v.warnings {
+        out.push_str(&format!("\nWARNING: {w}"));
+    }
+    out
+}
+
+pub fn flows(flows: &[Flow]) -> String {
+    let mut out = conntrack::header();
+    for f in flows {
+        out.push_str(&format!("\n{f}"));
+    }
+    out.push_str(&format!("\n{} entries", flows.len()));
+    out
+}
+
+pub fn ct_gc(r: &CtGcReport) -> String {
+    format!(
+        "conntrack gc: scanned {} entries, removed {} dead; {} of {} in use",
+        r.scanned, r.removed, r.usage.live, r.usage.limit
+    )
+}
+
+pub fn gc(r: &GcReport) -> String {
+    format!(
+        "gc: {} attachment(s), {} host port(s), {} half-made pod(s), {} veth(s), {} address(es), {} endpoint(s) and {} temporary file(s) freed",
+        r.attachments.len(),
+        r.host_ports,
+        r.pods.len(),
+        r.veths.len(),
+        r.addresses.len(),
+        r.endpoints.len(),
+        r.temp_files
+    )
+}
+
+pub fn peer(p: &PeerNode) -> String {
+    format!("{} {} via {}", p.name, p.pod_cidr, p.node_ip)
+}
+
+pub fn peers(peers: &[PeerNode]) -> String {
+    let mut out = format!("{:<20} {:<18} NODE-IP", "NAME", "POD-CIDR");
+    for p in peers {
+        out.push_str(&format!(
+            "\n{:<20} {:<18} {}",
+            p.name,
+            p.pod_cidr.to_string(),
+            p.node_ip
+        ));
+    }
+    out
+}
+
+fn backends(np: &NodePort) -> String {
+    np.backends
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `PORT/PROTO -> backends`.
+pub fn nodeport(np: &NodePort) -> String {
+    format!("{}/{} -> {}", np.port, np.proto, backends(np))
+}
+
+pub fn nodeports(ports: &[NodePort]) -> String {
+    let mut out = format!("{:<7} {:<5} BACKENDS", "PORT", "PROTO");
+    for np in ports {
+        out.push_str(&format!(
+            "\n{:<7} {:<5} {}",
+            np.port,
+            np.proto,
+            backends(np)
+        ));
+    }
+    out
+}
+
+pub fn applied(s: &ApplySummary) -> String {
+    format!(
+        "nodeports applied: {} added, {} updated, {} removed, {} unchanged",
+        s.added, s.updated, s.removed, s.unchanged
+    )
+}

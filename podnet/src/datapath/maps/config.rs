@@ -1,0 +1,103 @@
+//! `CONFIG`: the node's configuration as the programs read it, and its readable form.
+
+use std::net::Ipv4Addr;
+
+use podnet_ebpf::abi::{NodeConfig, map_name};
+
+use super::{PinnedMaps, format_mac};
+use crate::datapath::DatapathError;
+
+impl PinnedMaps {
+    pub fn config(&self) -> Result<NodeConfig, DatapathError> {
+        self.config
+            .get(&0, 0)
+            .map_err(Self::map_err(map_name::CONFIG))
+    }
+
+    pub fn set_config(&mut self, config: &NodeConfig) -> Result<(), DatapathError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(Self::map_err(map_name::CONFIG))
+    }
+}
+
+/// The `CONFIG` entry in readable form.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConfigView {
+    pub abi_version: u32,
+    pub ready: bool,
+    pub node_ip: Ipv4Addr,
+    pub gateway_ip: Ipv4Addr,
+    pub gateway_mac: String,
+    pub pod_cidr: String,
+    pub cluster_cidr: String,
+    pub uplink_ifindex: u32,
+    pub bridge_ifindex: u32,
+    pub snat_ports: String,
+    pub anti_spoof: bool,
+    pub ct_limit: u32,
+    pub ct_timeouts: podnet_ebpf::abi::CtTimeouts,
+    pub netns_cookie: u64,
+}
+
+impl From<NodeConfig> for ConfigView {
+    fn from(config: NodeConfig) -> Self {
+        let NodeConfig {
+            abi_version,
+            flags,
+            node_ip,
+            gateway_ip,
+            pod_cidr,
+            pod_prefix_len,
+            cluster_prefix_len,
+            _pad0: _,
+            cluster_cidr,
+            gateway_mac,
+            _pad1: _,
+            uplink_ifindex,
+            bridge_ifindex,
+            snat_port_min,
+            snat_port_max,
+            ct_limit,
+            ct_timeouts,
+            tunnel_ifindex: _,
+            netns_cookie,
+        } = config;
+        Self {
+            abi_version,
+            ready: flags & podnet_ebpf::abi::config_flag::READY != 0,
+            node_ip: node_ip.into(),
+            gateway_ip: gateway_ip.into(),
+            gateway_mac: format_mac(&gateway_mac),
+            pod_cidr: format!("{}/{pod_prefix_len}", Ipv4Addr::from(pod_cidr)),
+            cluster_cidr: format!("{}/{cluster_prefix_len}", Ipv4Addr::from(cluster_cidr)),
+            uplink_ifindex,
+            bridge_ifindex,
+            snat_ports: format!("{snat_port_min}-{snat_port_max}"),
+            anti_spoof: flags & podnet_ebpf::abi::config_flag::ANTI_SPOOF != 0,
+            ct_limit,
+            ct_timeouts,
+            netns_cookie,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "abi v{} ready={} node_ip={} gateway={} ({}) pod_cidr={} cluster_cidr={} uplink_ifindex={} bridge_ifindex={} snat_ports={} ct_limit={}",
+            self.abi_version,
+            self.ready,
+            self.node_ip,
+            self.gateway_ip,
+            self.gateway_mac,
+            self.pod_cidr,
+            self.cluster_cidr,
+            self.uplink_ifindex,
+            self.bridge_ifindex,
+            self.snat_ports,
+            self.ct_limit
+        )
+    }
+}

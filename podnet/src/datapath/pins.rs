@@ -1,0 +1,52 @@
+//! Where a node's programs and maps are pinned, and the key and value size every map must have:
+//! the layout the loader, the object check and the attach code share.
+//!
+//! ```text
+//! <pin_dir>/<MAP>             maps (bpftool map dump pinned <pin_dir>/<MAP>)
+//! <pin_dir>/progs/<program>   programs, e.g. progs/from_pod
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use podnet_ebpf::abi::{
+    Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, Peer, ServiceKey,
+    ServiceValue, map_name,
+};
+
+/// Path of a program's pin.
+pub fn program_pin(pin_dir: &Path, program: &str) -> PathBuf {
+    pin_dir.join("progs").join(program)
+}
+
+/// The directory of the program pins.
+pub fn programs_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("progs")
+}
+
+/// Paths of every map pin under `pin_dir`.
+pub fn map_pins(pin_dir: &Path) -> Vec<PathBuf> {
+    map_name::ALL
+        .iter()
+        .map(|name| pin_dir.join(name))
+        .collect()
+}
+
+/// The key and value size of map `name` in this build's ABI.
+/// The key and value sizes of each map in this build's ABI.
+pub fn key_value_sizes(name: &str) -> (u32, u32) {
+    let size = |n: usize| u32::try_from(n).expect("ABI types are small");
+    match name {
+        map_name::CONFIG => (4, size(size_of::<NodeConfig>())),
+        map_name::ENDPOINTS => (size(size_of::<EndpointKey>()), size(size_of::<Endpoint>())),
+        map_name::STATS => (4, size(size_of::<Counter>())),
+        map_name::CONNTRACK => (size(size_of::<CtKey>()), size(size_of::<CtEntry>())),
+        map_name::CT_USAGE => (4, size(size_of::<CtUsage>())),
+        map_name::SERVICES => (
+            size(size_of::<ServiceKey>()),
+            size(size_of::<ServiceValue>()),
+        ),
+        // LPM key: a u32 prefix length, then the address.
+        map_name::PEERS => (8, size(size_of::<Peer>())),
+        _ => unreachable!("every map in map_name::ALL has a layout"),
+    }
+}

@@ -1,0 +1,71 @@
+//! Plugging a host veth into the datapath and unplugging it: the one place that attaches
+//! `from_pod` to a pod's host-side interface and registers (or removes) its endpoint. Used by
+//! `pod add|del` and by the chained CNI path alike.
+
+use std::net::Ipv4Addr;
+
+use podnet_ebpf::abi::{Endpoint, program_name};
+
+use super::{Ctx, conntrack, error::Result};
+use crate::{datapath::attach, sys::link};
+
+/// What the datapath needs to know about a pod's interface.
+pub struct Plug<'a> {
+    /// The host-side interface, in the node's namespace.
+    pub host_if: &'a str,
+    pub host_ifindex: u32,
+    /// The pod's address and the MAC of its interface.
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// Inode of the pod's network namespace.
+    pub netns_ino: u64,
+}
+
+/// Attaches the pinned `from_pod` to the host interface and registers the endpoint.
+pub fn plug(ctx: &Ctx, p: &Plug<'_>) -> Result<()> {
+    attach::attach_ingress(&ctx.settings.pin_dir, program_name::FROM_POD, p.host_if)?;
+    ctx.maps()?.upsert_endpoint(
+        p.ip,
+        &Endpoint {
+            ifindex: p.host_ifindex,
+            flags: 0,
+            mac: p.mac,
+            _pad0: [0; 2],
+            netns_ino: p.netns_ino,
+        },
+    )?;
+    Ok(())
+}
+
+/// What [`unplug`] removed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unplugged {
+    pub filter_removed: bool,
+    pub endpoints_removed: usize,
+    pub conntrack_entries_removed: u64,
+}
+
+/// Detaches the program from `host_if` (if it still exists) and removes the endpoints of
+/// `ips` that still point at it (an address may already belong to a newer pod), with every
+/// conntrack entry of their flows. Tolerates anything already gone.
+pub fn unplug(ctx: &Ctx, host_if: &str, ips: &[Ipv4Addr]) -> Result<Unplugged> {
+    let mut done = Unplugged {
+        filter_removed: attach::detach_ingress(host_if)?,
+        ..Unplugged::default()
+    };
+    let ours = link::ifindex(host_if);
+    if let Some(mut maps) = ctx.maps_if_pinned() {
+        for ip in ips {
+            let current = maps.endpoint(*ip)?;
+            if current.is_some_and(|ep| ours.is_none_or(|i| i == ep.ifindex))
+                && maps.remove_endpoint(*ip)?
+            {
+                done.endpoints_removed += 1;
+            }
+        }
+    }
+    for ip in ips {
+        done.conntrack_entries_removed += conntrack::forget_addr(ctx, *ip)?;
+    }
+    Ok(done)
+}

@@ -1,0 +1,10 @@
+//! The kernel interfaces podnet uses that are not BPF: network namespaces ([`netns`]),
+//! rtnetlink and sysctls ([`link`]), file locks ([`flock`]), `/proc` ([`procfs`]), clocks and
+//! signals ([`process`]). With `datapath`'s BPF syscalls, the only `unsafe` outside
+//! podnet-ebpf lives here.
+
+pub mod flock;
+pub mod link;
+pub mod netns;
+pub mod process;
+pub mod procfs;
