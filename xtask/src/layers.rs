@@ -151,7 +151,7 @@ fn resolve(
         }
         _ => return None,
     };
-    let mut best = None;
+    let mut best = (!base.is_empty() && known.contains(&base)).then(|| base.clone());
     for seg in rest {
         base.push(seg.clone());
         if known.contains(&base) {
@@ -181,7 +181,7 @@ fn graph(src: &Path, bin_files: &[&str]) -> Result<BTreeMap<Module, BTreeSet<Mod
             let in_bin = *in_bin || bin_files.contains(&module.first().map_or("", String::as_str));
             if let Some(to) = resolve(module, &path, &known, in_bin)
                 && &to != module
-                && !to.is_empty()
+                && !top(&to).is_empty()
             {
                 entry.insert(to);
             }

@@ -231,14 +231,26 @@ pub fn is_alive(a: &Attachment) -> bool {
     }
 }
 
+/// What [`forget_all`] undid.
+#[derive(Debug, Clone, Default)]
+pub struct Forgotten {
+    /// Chained attachments whose program came off the runtime's veth.
+    pub chained: usize,
+    /// Standalone attachments' pods, deleted.
+    pub pods: Vec<String>,
+}
+
 /// Undoes every attachment (`node reset`), so chained ones lose podnet's program on the
-/// runtime's veth and every host port goes; the records stay for the store to clear. Returns
-/// how many chained attachments were unplugged.
-pub fn forget_all(ctx: &Ctx, lock: &FileLock) -> Result<usize> {
-    let mut chained = 0;
+/// runtime's veth, standalone ones their pod, and every host port goes; the records stay for
+/// the store to clear.
+pub fn forget_all(ctx: &Ctx, lock: &FileLock) -> Result<Forgotten> {
+    let mut done = Forgotten::default();
     for a in list(ctx)? {
         undo(ctx, &a, lock)?;
-        chained += usize::from(a.chained);
+        match a.pod {
+            Some(pod) => done.pods.push(pod),
+            None => done.chained += 1,
+        }
     }
-    Ok(chained)
+    Ok(done)
 }

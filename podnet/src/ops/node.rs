@@ -332,9 +332,11 @@ pub fn reset(ctx: &Ctx) -> Result<ResetReport> {
     let mut report = ResetReport::default();
     let settings = &ctx.settings;
     let lock = store::node::lock_exclusive(&settings.state_dir)?;
-    report.chained_detached = super::attachment::forget_all(ctx, &lock)?;
+    let forgotten = super::attachment::forget_all(ctx, &lock)?;
+    report.chained_detached = forgotten.chained;
     report.cni_records_removed = store::attachments::clear(&settings.state_dir)?;
-    report.pods_deleted = pod::delete_all(ctx, &lock)?;
+    report.pods_deleted = forgotten.pods;
+    report.pods_deleted.extend(pod::delete_all(ctx, &lock)?);
     report.collector_stopped = super::collector::stop(settings)?;
     report.peer_routes_removed = peer::clear(ctx)?;
     super::nodeport::clear(settings)?;
