@@ -154,6 +154,33 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         OUTSIDE_IP
     );
     build_fabric(&demo)?;
+    let (init, cluster_file) = init_args(&demo, &demo2, args.nodes)?;
+    let refs: Vec<&str> = init.iter().map(String::as_str).collect();
+    demo.podnet(&refs)?;
+    let web = add_pod(&demo, "web")?;
+    let client = add_pod(&demo, "client")?;
+    demo.podnet(&["pod", "list"])?;
+    show_one_node(&demo, &web, &client)?;
+    if args.nodes == 2 {
+        show_second_node(&demo, &demo2, &init, &client)?;
+        let _ = std::fs::remove_file(&cluster_file);
+    }
+    show_maps(&demo)?;
+    if args.keep {
+        guard.armed = false;
+        guard2.armed = false;
+        println!(
+            "\nleft in place: try `podnet --state-dir {} stats`; remove with `podnet demo --name {} --cleanup`",
+            demo.state_dir.display(),
+            demo.name
+        );
+    }
+    Ok(())
+}
+
+/// The `node init` arguments of the first node (with two nodes: the overlay and the cluster
+/// file, which this writes), and the cluster file's path.
+fn init_args(demo: &Demo, demo2: &Demo, nodes: u8) -> Result<(Vec<String>, PathBuf)> {
     let mut init = vec![
         "node".to_owned(),
         "init".to_owned(),
@@ -169,8 +196,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         demo.pin_dir.display().to_string(),
     ];
     let cluster_file = demo2.state_dir.with_extension("cluster.json");
-    if args.nodes == 2 {
-        build_second_node(&demo, &demo2)?;
+    if nodes == 2 {
+        build_second_node(demo, demo2)?;
         let node1: Ipv4Network = NODE_IP.parse()?;
         let node2: Ipv4Network = NODE2_IP.parse()?;
         let description = serde_json::json!({"nodes": [
@@ -188,12 +215,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             cluster_file.display().to_string(),
         ]);
     }
-    let refs: Vec<&str> = init.iter().map(String::as_str).collect();
-    demo.podnet(&refs)?;
-    let web = add_pod(&demo, "web")?;
-    let client = add_pod(&demo, "client")?;
-    demo.podnet(&["pod", "list"])?;
+    Ok((init, cluster_file))
+}
 
+/// Pod to pod, NodePort from outside and from the node, SNAT to the outside.
+fn show_one_node(demo: &Demo, web: &PodRecord, client: &PodRecord) -> Result<()> {
     println!(
         "\n# ping web ({}) from client, over the eBPF fast path",
         web.address.ip()
@@ -260,31 +286,38 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     demo.podnet(&["nodeport", "list"])?;
     demo.podnet(&["conntrack", "list"])?;
 
-    if args.nodes == 2 {
-        let mut init2 = init.clone();
-        init2[3] = demo2.node_ns();
-        init2[7] = POD_CIDR2.to_owned();
-        init2[11] = demo2.pin_dir.display().to_string();
-        let refs: Vec<&str> = init2.iter().map(String::as_str).collect();
-        demo2.podnet(&refs)?;
-        let far = add_pod(&demo2, "far")?;
-        demo.podnet(&["node", "peer", "list"])?;
-        println!(
-            "\n# client (node 1) to far ({}, node 2), pod IP to pod IP through the overlay",
-            far.address.ip()
-        );
-        let cross = SocketAddr::from((far.address.ip(), TCP_PORT));
-        let seen = exchange(&client.netns, &far.netns, cross, cross)?;
-        println!(
-            "far saw a connection from {seen} (client's pod IP is {})",
-            client.address.ip()
-        );
-        if seen.ip() != IpAddr::V4(client.address.ip()) {
-            bail!("source IP was not preserved across nodes: far saw {seen}");
-        }
-        demo2.podnet(&["stats"])?;
-        let _ = std::fs::remove_file(&cluster_file);
+    Ok(())
+}
+
+/// The second node, and a connection from the first node's pod to one of its pods.
+fn show_second_node(demo: &Demo, demo2: &Demo, init: &[String], client: &PodRecord) -> Result<()> {
+    let mut init2 = init.to_vec();
+    init2[3] = demo2.node_ns();
+    init2[7] = POD_CIDR2.to_owned();
+    init2[11] = demo2.pin_dir.display().to_string();
+    let refs: Vec<&str> = init2.iter().map(String::as_str).collect();
+    demo2.podnet(&refs)?;
+    let far = add_pod(demo2, "far")?;
+    demo.podnet(&["node", "peer", "list"])?;
+    println!(
+        "\n# client (node 1) to far ({}, node 2), pod IP to pod IP through the overlay",
+        far.address.ip()
+    );
+    let cross = SocketAddr::from((far.address.ip(), TCP_PORT));
+    let seen = exchange(&client.netns, &far.netns, cross, cross)?;
+    println!(
+        "far saw a connection from {seen} (client's pod IP is {})",
+        client.address.ip()
+    );
+    if seen.ip() != IpAddr::V4(client.address.ip()) {
+        bail!("source IP was not preserved across nodes: far saw {seen}");
     }
+    demo2.podnet(&["stats"])?;
+    Ok(())
+}
+
+/// The counters, the maps, and one map as bpftool prints it.
+fn show_maps(demo: &Demo) -> Result<()> {
     demo.podnet(&["stats"])?;
     demo.podnet(&["maps"])?;
     println!(
@@ -297,15 +330,6 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .output()
     {
         print!("{}", String::from_utf8_lossy(&out.stdout));
-    }
-    if args.keep {
-        guard.armed = false;
-        guard2.armed = false;
-        println!(
-            "\nleft in place: try `podnet --state-dir {} stats`; remove with `podnet demo --name {} --cleanup`",
-            demo.state_dir.display(),
-            demo.name
-        );
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The `podnet` binary: argument parsing, entering the node's namespace, and printing. All the
 //! work is in the library; errors become one clear line on stderr and a non-zero exit.
 
+#![deny(clippy::too_many_lines)]
+
 mod cli;
 mod demo;
 

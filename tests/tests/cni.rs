@@ -12,6 +12,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
     os::unix::ffi::OsStringExt as _,
     thread,
+    time::Duration,
 };
 
 use podnet_tests::{
@@ -1282,4 +1283,71 @@ fn install_cni_writes_the_plugin_and_a_network_per_mode() {
             .is_some_and(|v| v.contains(&json!("1.1.0"))),
         "{answer}"
     );
+}
+
+/// `node reset` on a node with chained attachments and a peer leaves nothing behind: no filter
+/// on the runtime's veths (they outlive the node), no route to the peer's pod CIDR, no pin, no
+/// state file, no collector process. (Before the operations layer, reset deleted its own files
+/// by name and left both the chained filters and the peer routes.)
+#[test]
+fn node_reset_after_chained_adds_and_peers_leaves_nothing_behind() {
+    require_root!();
+    let node = CniNode::new("10.244.65.0/24");
+    let conf = node.chained_conflist();
+    let pods: Vec<Netns> = (0..2).map(|_| Netns::new("rc")).collect();
+    for pod in &pods {
+        add_ok(&node, &conf, &RuntimeConf::new(&container_id(), pod.path()));
+    }
+    let veths: Vec<String> = pods
+        .iter()
+        .map(|p| host_peer(&node.topo.node, p, "eth0").expect("the runtime's host veth"))
+        .collect();
+    for veth in &veths {
+        assert!(
+            !node.ingress_filters(veth).is_empty(),
+            "{veth} has podnet's program"
+        );
+    }
+    let out = node.podnet(&[
+        "node",
+        "peer",
+        "add",
+        "--name",
+        "n2",
+        "--node-ip",
+        "198.18.0.20",
+        "--pod-cidr",
+        "10.244.66.0/24",
+    ]);
+    assert!(out.status.success(), "peer add: {}", describe(&out));
+    let peer_route = || node.topo.node.ok("ip -o route show 10.244.66.0/24");
+    assert!(!peer_route().trim().is_empty(), "the peer's route is there");
+    let pid_file = node.state_dir.join("conntrack-gc.pid");
+    let read_pid =
+        || -> Option<u32> { std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok() };
+    podnet_tests::wait_until(Duration::from_secs(5), "the collector runs", || {
+        read_pid().is_some()
+    });
+    let pid = read_pid().expect("the collector's pid");
+
+    let report = node.podnet_json(&["node", "reset"]);
+    assert_eq!(report["chained_detached"], 2, "{report}");
+    assert_eq!(report["peer_routes_removed"], 1, "{report}");
+    for veth in &veths {
+        assert!(node.links().contains(veth), "the runtime's {veth} stays");
+        assert_eq!(node.ingress_filters(veth), "", "filter left on {veth}");
+    }
+    assert_eq!(peer_route().trim(), "", "route to the peer's pods left");
+    let pins = std::fs::read_dir(&node.pin_dir).map_or(0, Iterator::count);
+    assert_eq!(pins, 0, "pins left under {}", node.pin_dir.display());
+    let left: Vec<_> = std::fs::read_dir(&node.state_dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|n| n == "lock"),
+        "state left after reset: {left:?}"
+    );
+    podnet_tests::wait_until(Duration::from_secs(5), "the collector exits", || {
+        std::fs::read(format!("/proc/{pid}/cmdline")).map_or(true, |c| c.is_empty())
+    });
 }

@@ -766,10 +766,36 @@ mod tests {
             })
             .expect("node netlink");
 
-        // Pod side: the peer is there; rename it to eth0, address, default route.
+        pod_side_lifecycle(&pod, &peer, &host_info, pod_net, gateway);
+
+        // Delete, idempotently; the pod side of the veth goes with it.
+        node.run_netlink(|nl| async {
+            let nl = nl;
+            assert!(nl.delete(&host).await.expect("delete"));
+            assert!(!nl.delete(&host).await.expect("delete again"));
+            assert!(nl.get(&host).await.expect("get").is_none());
+            assert!(nl.delete(&bridge).await.expect("delete bridge"));
+            assert!(!nl.delete(&bridge).await.expect("delete bridge again"));
+            assert!(nl.get_by_index(br.index).await.expect("get").is_none());
+        })
+        .expect("node netlink");
+        pod.run_netlink(|nl| async move { nl.get("eth0").await.expect("get").is_none() })
+            .map(|gone| assert!(gone, "pod side deleted with the host side"))
+            .expect("pod netlink");
+    }
+
+    /// The pod side of [`link_bridge_veth_route_lifecycle`]: the peer is there; rename it to
+    /// eth0, address, default route.
+    fn pod_side_lifecycle(
+        pod: &Netns,
+        peer: &str,
+        host_info: &LinkInfo,
+        pod_net: Ipv4Network,
+        gateway: Ipv4Addr,
+    ) {
         pod.run_netlink(|nl| async {
             let nl = nl;
-            let p = nl.get(&peer).await.expect("get").expect("peer in pod ns");
+            let p = nl.get(peer).await.expect("get").expect("peer in pod ns");
             assert_eq!(Some(p.index), host_info.peer_index);
             assert_eq!(p.peer_index, Some(host_info.index));
             assert_eq!(p.kind.as_deref(), Some("veth"));
@@ -778,7 +804,7 @@ mod tests {
 
             nl.rename(p.index, "eth0").await.expect("rename");
             nl.rename(p.index, "eth0").await.expect("rename again");
-            assert!(nl.get(&peer).await.expect("get").is_none());
+            assert!(nl.get(peer).await.expect("get").is_none());
             let eth0 = nl.get("eth0").await.expect("get").expect("eth0");
             assert_eq!(eth0.index, p.index);
 
@@ -804,21 +830,6 @@ mod tests {
             ));
         })
         .expect("pod netlink");
-
-        // Delete, idempotently; the pod side of the veth goes with it.
-        node.run_netlink(|nl| async {
-            let nl = nl;
-            assert!(nl.delete(&host).await.expect("delete"));
-            assert!(!nl.delete(&host).await.expect("delete again"));
-            assert!(nl.get(&host).await.expect("get").is_none());
-            assert!(nl.delete(&bridge).await.expect("delete bridge"));
-            assert!(!nl.delete(&bridge).await.expect("delete bridge again"));
-            assert!(nl.get_by_index(br.index).await.expect("get").is_none());
-        })
-        .expect("node netlink");
-        pod.run_netlink(|nl| async move { nl.get("eth0").await.expect("get").is_none() })
-            .map(|gone| assert!(gone, "pod side deleted with the host side"))
-            .expect("pod netlink");
     }
 
     fn read_sysctl(path: &str) -> String {
