@@ -102,6 +102,22 @@ pub struct NodeSettings {
     /// of the cgroup2 hierarchy when not given.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// The service CIDR ClusterIPs come from (kube-apiserver's `--service-cluster-ip-range`).
+    /// Traffic to it that matches no service is left to the kernel, never SNATed.
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: Ipv4Network,
+    /// Balance services at the socket (cgroup `connect4`, `sendmsg4`, `recvmsg4`,
+    /// `getpeername4`) for the node and its pods; off, pods' traffic takes the TC path alone.
+    #[serde(default = "default_socket_lb")]
+    pub socket_lb: bool,
+}
+
+pub fn default_service_cidr() -> Ipv4Network {
+    Ipv4Network::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 12).expect("a valid network")
+}
+
+pub fn default_socket_lb() -> bool {
+    true
 }
 
 /// How pods reach other nodes' pods.
@@ -286,6 +302,18 @@ impl NodeSettings {
         }
         if self.services_max == 0 {
             return invalid("services_max must be at least 1".to_owned());
+        }
+        if self.service_cidr.network() != self.service_cidr.ip() {
+            return invalid(format!(
+                "service CIDR {} has host bits set",
+                self.service_cidr
+            ));
+        }
+        let (svc, cluster) = (self.service_cidr, self.cluster_cidr);
+        if svc.contains(cluster.network()) || cluster.contains(svc.network()) {
+            return invalid(format!(
+                "service CIDR {svc} overlaps the cluster CIDR {cluster}"
+            ));
         }
         if self.snat_ports.overlaps(&self.nodeport_range) {
             return invalid(format!(

@@ -178,6 +178,12 @@ pub struct InitArgs {
     /// the cgroup2 hierarchy).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
+    /// The service CIDR ClusterIPs come from (default 10.96.0.0/12).
+    #[arg(long)]
+    pub service_cidr: Option<Ipv4Network>,
+    /// Do not balance services at the socket: pods' service traffic takes the TC path alone.
+    #[arg(long)]
+    pub no_socket_lb: bool,
     /// Load the eBPF programs from this object file instead of the one built into podnet (a
     /// rebuilt program version; the node's maps and flows are kept). Not recorded: a later
     /// `node init` without it loads the built-in programs again.
@@ -324,6 +330,8 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         cluster,
         gc_interval,
         cgroup,
+        service_cidr,
+        no_socket_lb,
         ebpf_object: _,
     } = args;
     let mut settings: serde_json::Map<String, serde_json::Value> = match &config {
@@ -362,6 +370,10 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     set("gc_interval", gc_interval.map(serde_json::Value::from));
     set("cluster", cluster.map(|v| s(&v.display())));
     set("mode", mode.map(|v| s(&v)));
+    set("service_cidr", service_cidr.map(|v| s(&v)));
+    if no_socket_lb {
+        set("socket_lb", Some(serde_json::Value::Bool(false)));
+    }
     if no_anti_spoof {
         set("anti_spoof", Some(serde_json::Value::Bool(false)));
     }

@@ -10,3 +10,4 @@ pub mod names;
 pub mod nodeport;
 pub mod peer;
 pub mod pod;
+pub mod service;

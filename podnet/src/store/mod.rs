@@ -8,6 +8,7 @@
 //! <state_dir>/cni/<cni-pod>.json           attachments  CNI attachments; cni-init.lock
 //! <state_dir>/nodeports.json, .lock        nodeports  NodePorts and CNI host ports
 //! <state_dir>/peers.json, .lock            peers      the other nodes
+//! <state_dir>/services.json, .lock         services   the service table
 //! <state_dir>/collector.pid, .lock         collector  the conntrack collector's process
 //! <state_dir>/conntrack-gc.lock            conntrack  serialises collection passes
 //! <ipam_dir>/<ip>, last_reserved_ip, lock  ipam       addresses (default <state_dir>/ipam)
@@ -24,6 +25,7 @@ pub mod node;
 pub mod nodeports;
 pub mod peers;
 pub mod pods;
+pub mod services;
 
 /// Removes `dir` if it is empty; anything else in it is not ours to remove.
 fn remove_dir_if_empty(dir: &std::path::Path) {
