@@ -126,6 +126,12 @@ pub enum Error {
     #[error("reading {path}: {reason}")]
     File { path: String, reason: String },
 
+    // --- services
+    #[error(transparent)]
+    Service(#[from] crate::model::service::ServiceError),
+    #[error("no service {name}")]
+    ServiceNotFound { name: String },
+
     // --- peers
     #[error("peer {name}: pod CIDR {pod_cidr} is not inside the cluster CIDR {cluster_cidr}")]
     PeerOutsideCluster {
@@ -207,7 +213,8 @@ impl Error {
             | Self::PeerOverlap { .. }
             | Self::PeerDuplicateIp { .. }
             | Self::PeerName { .. }
-            | Self::ClusterFile { .. } => InvalidInput,
+            | Self::ClusterFile { .. }
+            | Self::Service(_) => InvalidInput,
             Self::Link(LinkError::InvalidName(_)) => InvalidInput,
             Self::Netns(NetnsError::NotFound { .. } | NetnsError::NotANetns { .. }) => InvalidInput,
             Self::NotInitialised { .. }
@@ -215,7 +222,8 @@ impl Error {
             | Self::Datapath(DatapathError::NotInitialised { .. }) => NotInitialised,
             Self::PodNotFound { .. }
             | Self::NodePortNotFound { .. }
-            | Self::PeerNotFound { .. } => NotFound,
+            | Self::PeerNotFound { .. }
+            | Self::ServiceNotFound { .. } => NotFound,
             Self::PodCidrInUse { .. }
             | Self::PodExists { .. }
             | Self::PortInUse { .. }
