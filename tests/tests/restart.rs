@@ -1203,3 +1203,80 @@ fn killed_node_inits_drop_no_connection_and_a_rerun_restores_the_node() {
         .number("lines echoed", lines)
         .number("lines lost", 0);
 }
+
+/// A CNI DEL killed with SIGKILL at any point is finished by the runtime's next DEL, or, when
+/// no DEL comes again (the container's namespace is gone), by `podnet gc`: nothing of the
+/// container is left either way (issue 17: kill -9 of CNI DEL).
+#[test]
+fn killed_cni_dels_are_finished_by_a_repeat_or_by_gc() {
+    require_root!();
+    let mut s = Scenario::new(
+        "kill -9 of CNI DEL at delays spread over its run: repeated, or collected by gc",
+    );
+    let node = Node::new("10.244.147.0/24");
+    let cni = Cni::new(node.topo.node.path());
+    let conflist = json!({
+        "cniVersion": "1.1.0",
+        "name": "podnet-killed-del",
+        "plugins": [{"type": "podnet", "mode": "standalone", "stateDir": node.state_dir}],
+    });
+    let timing = Netns::new("kt");
+    let rt = RuntimeConf::new("killed-del-timing", timing.path());
+    cni.add(&conflist, &rt).expect("ADD");
+    let start = Instant::now();
+    cni.del(&conflist, &rt, None).expect("DEL");
+    let typical = start.elapsed();
+    let kill_delays = delays(typical);
+    let mut containers: Vec<(String, Option<Netns>)> = Vec::new();
+    for i in 0..kill_delays.len() {
+        let id = format!("killed-del-{i}");
+        let ns = Netns::new("kd");
+        cni.add(&conflist, &RuntimeConf::new(&id, ns.path()))
+            .unwrap_or_else(|e| panic!("ADD {id}: {e}"));
+        containers.push((id, Some(ns)));
+    }
+    let (mut finished, mut repeated, mut abandoned) = (0, 0, 0);
+    for (i, ((id, ns), delay)) in containers.iter_mut().zip(&kill_delays).enumerate() {
+        let path = ns.as_ref().expect("netns").path().to_path_buf();
+        let rt = RuntimeConf::new(id, &path);
+        finished += usize::from(kill_after(
+            cni.spawn_plugin("DEL", &conflist, 0, &rt, None),
+            *delay,
+        ));
+        if i % 2 == 0 {
+            // The runtime retries the DEL: it must succeed and finish the job.
+            cni.del(&conflist, &rt, None)
+                .unwrap_or_else(|e| panic!("DEL {id} again after a kill: {e}"));
+            repeated += 1;
+        } else {
+            // The runtime gives up: the container's namespace goes, no DEL comes.
+            drop(ns.take());
+            abandoned += 1;
+        }
+    }
+    let before = census(&node, &[]);
+    s.number("DELs killed", kill_delays.len())
+        .number("kill delays ms", millis(&kill_delays))
+        .number("finished before the kill", finished)
+        .number("repeated at once", repeated)
+        .number("abandoned (namespace gone)", abandoned)
+        .number("attachments left before gc", before.attachments.len())
+        .number("addresses left before gc", before.ipam.len());
+    let repeated_ids: BTreeSet<String> = (0..kill_delays.len())
+        .step_by(2)
+        .map(|i| format!("killed-del-{i}"))
+        .collect();
+    assert!(
+        before
+            .attachments
+            .keys()
+            .all(|id| !repeated_ids.contains(id)),
+        "a repeated DEL leaves no attachment: {before:?}"
+    );
+    let report = node.json(&["gc"]);
+    assert_eq!(
+        census(&node, &[]),
+        Census::default(),
+        "gc leaves nothing of the abandoned containers: {report}"
+    );
+}
