@@ -552,6 +552,12 @@ fn cli_bad_input_is_refused_clearly_and_leaves_nothing() {
             "bpffs is not mounted at",
         ),
         init(
+            "pin dir at the root of bpffs (shared by the whole machine)",
+            &[("--pin-dir", "/sys/fs/bpf")],
+            REFUSED,
+            "/sys/fs/bpf is the root of a bpffs mount",
+        ),
+        init(
             "pin dir with a map of an older ABI",
             &[("--pin-dir", old_abi.str())],
             REFUSED,

@@ -270,3 +270,37 @@ fn mode_of(path: &Path) -> u32 {
         .mode()
         & 0o7777
 }
+
+/// `--pin-dir` at the root of bpffs is refused before anything changes: the mount is
+/// everybody's, and making it root-only (0700) as podnet makes its pin directories would hide
+/// every other program's pins from everyone else (issue 17).
+#[test]
+fn a_pin_dir_at_the_bpffs_root_is_refused_and_its_mode_kept() {
+    require_root!();
+    let node = podnet_tests::Node::new("10.244.148.0/24");
+    let root = Path::new("/sys/fs/bpf");
+    let mode = mode_of(root);
+    let mut args = node.init_args();
+    let at = args
+        .iter()
+        .position(|a| a == "--pin-dir")
+        .expect("--pin-dir");
+    args[at + 1] = root.display().to_string();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = node.podnet(&args);
+    assert!(!out.status.success(), "refused: {}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is the root of a bpffs mount"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        mode_of(root),
+        mode,
+        "the mode of {} is kept",
+        root.display()
+    );
+    for name in ["CONFIG", "ENDPOINTS", "progs"] {
+        assert!(!root.join(name).exists(), "{name} pinned at the bpffs root");
+    }
+}

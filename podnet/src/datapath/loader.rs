@@ -85,7 +85,30 @@ pub fn check_bpffs(dir: &Path) -> Result<(), DatapathError> {
             path: dir.to_path_buf(),
         });
     }
+    if is_mount_root(dir) {
+        // podnet makes its pin directory root-only (0700) and removes what it pinned there on
+        // reset: the root of a bpffs is everybody's, so it is never a node's pin directory.
+        return Err(DatapathError::PinDirIsBpffsRoot {
+            path: dir.to_path_buf(),
+        });
+    }
     Ok(())
+}
+
+/// Whether `dir` exists and is the root of a mount (its device differs from its parent's, or
+/// it is `/`).
+fn is_mount_root(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return false;
+    };
+    let Ok(canonical) = dir.canonicalize() else {
+        return false;
+    };
+    match canonical.parent() {
+        Some(parent) => std::fs::metadata(parent).is_ok_and(|p| p.dev() != meta.dev()),
+        None => true,
+    }
 }
 
 /// The layout each map must have, for checking maps pinned by an earlier load.

@@ -64,6 +64,11 @@ pub enum DatapathError {
     },
     #[error("{path} cannot be loaded as podnet's eBPF object: {what}")]
     BadObject { path: PathBuf, what: String },
+    #[error(
+        "{path} is the root of a bpffs mount, shared by everything on the machine: give the node a directory of its own below it (e.g. {path}/podnet)",
+        path = .path.display()
+    )]
+    PinDirIsBpffsRoot { path: PathBuf },
     #[error("the node's maps are not pinned under {path}: run `podnet node init` first")]
     NotInitialised { path: PathBuf },
 }
