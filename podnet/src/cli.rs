@@ -167,6 +167,13 @@ pub struct InitArgs {
     /// Let pods send from addresses other than their own (anti-spoofing is on by default).
     #[arg(long)]
     no_anti_spoof: bool,
+    /// The service CIDR (e.g. 10.96.0.0/12): pod traffic to an address in it that is no
+    /// podnet service goes to the kernel unchanged.
+    #[arg(long)]
+    service_cidr: Option<Ipv4Network>,
+    /// Balance pods' service traffic per packet at their veth only, not at their sockets.
+    #[arg(long)]
+    no_socket_lb: bool,
     /// native (default): other nodes' pods over the fabric by node IP; vxlan: an overlay.
     #[arg(long)]
     mode: Option<String>,
@@ -788,6 +795,8 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         services_max,
         ct_timeouts,
         no_anti_spoof,
+        service_cidr,
+        no_socket_lb,
         mode,
         cluster,
         gc_interval,
@@ -832,6 +841,10 @@ fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     set("mode", mode.map(|v| s(&v)));
     if no_anti_spoof {
         set("anti_spoof", Some(serde_json::Value::Bool(false)));
+    }
+    set("service_cidr", service_cidr.map(|v| s(&v)));
+    if no_socket_lb {
+        set("socket_lb", Some(serde_json::Value::Bool(false)));
     }
 
     set("state_dir", Some(s(&state_dir.display())));

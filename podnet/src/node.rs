@@ -99,10 +99,22 @@ pub struct NodeSettings {
     /// the collector off (then run `podnet conntrack gc` yourself).
     #[serde(default = "default_gc_interval")]
     pub gc_interval: u32,
-    /// cgroup (v2) whose sockets reach NodePorts on the node IP through `connect4`; the root
-    /// of the cgroup2 hierarchy when not given.
+    /// cgroup (v2) whose sockets reach services (and NodePorts on the node IP) through the
+    /// socket programs; the root of the cgroup2 hierarchy when not given.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// The service CIDR: pod traffic to an address in it that is no podnet service goes to
+    /// the kernel unchanged (never SNATed).
+    #[serde(default)]
+    pub service_cidr: Option<Ipv4Network>,
+    /// Socket-level service balancing for pods' sockets too (on by default); off, pods'
+    /// service traffic takes the per-packet path at their veth alone.
+    #[serde(default = "default_socket_lb")]
+    pub socket_lb: bool,
+}
+
+pub fn default_socket_lb() -> bool {
+    true
 }
 
 /// How pods reach other nodes' pods.
@@ -361,6 +373,16 @@ impl NodeSettings {
                 self.cluster_cidr
             ));
         }
+        if let Some(svc) = self.service_cidr {
+            let overlaps = svc.contains(self.cluster_cidr.network())
+                || self.cluster_cidr.contains(svc.network());
+            if svc.network() != svc.ip() || svc.prefix() == 0 || overlaps {
+                return invalid(format!(
+                    "service CIDR {svc} must be a network address with a prefix of 1 to 32 bits, apart from the cluster CIDR {}",
+                    self.cluster_cidr
+                ));
+            }
+        }
         link::validate_ifname(&self.uplink)?;
         link::validate_ifname(&self.bridge)?;
         link::validate_ifname(&self.vxlan_device)?;
@@ -612,6 +634,11 @@ fn build(
                 config_flag::ANTI_SPOOF
             } else {
                 0
+            }
+            | if settings.socket_lb {
+                config_flag::SOCKET_LB
+            } else {
+                0
             },
         node_ip: node_ip.octets(),
         gateway_ip: settings.gateway().octets(),
@@ -630,6 +657,11 @@ fn build(
         ct_timeouts: settings.ct_timeouts,
         tunnel_ifindex: tunnel.as_ref().map_or(0, |t| t.index),
         netns_cookie,
+        service_cidr: settings
+            .service_cidr
+            .map_or([0; 4], |c| c.network().octets()),
+        service_prefix_len: settings.service_cidr.map_or(0, |c| c.prefix()),
+        _pad2: [0; 3],
     })?;
     match peers {
         Some(peers) => crate::peers::replace(&settings, peers).map_err(Box::new)?,
@@ -712,10 +744,14 @@ pub fn reset(settings: &NodeSettings) -> Result<ResetReport, NodeError> {
     }
     report.collector_stopped = crate::collector::stop(settings)?;
     report.uplink_detached = datapath::attach::detach_ingress(&settings.uplink)?;
-    report.cgroup_detached = datapath::cgroup::detach_connect4(
-        &settings.cgroup_dir()?,
-        &loader::program_pin(&settings.pin_dir, program_name::NODEPORT_CONNECT4),
-    )?;
+    let cgroup = settings.cgroup_dir()?;
+    for name in program_name::SOCK {
+        report.cgroup_detached |= datapath::cgroup::detach_sock(
+            &cgroup,
+            datapath::cgroup::attach_type(name),
+            &loader::program_pin(&settings.pin_dir, name),
+        )?;
+    }
     state::remove_file(&crate::nodeport::NodePorts::file(settings))?;
     report.cni_records_removed = crate::cni::forget_all_attachments(&settings.state_dir)?;
     let mut pins: Vec<PathBuf> = map_name::ALL

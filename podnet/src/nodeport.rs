@@ -1,23 +1,27 @@
 //! NodePorts: `nodeIP:PORT/PROTO` spread over backends (local pods, by name or address), like a
 //! Kubernetes NodePort service with kube-proxy's `iptables -t nat ... DNAT` rules, but held in
-//! the `SERVICES` map that the datapath reads. The records in `<state_dir>/nodeports.json` keep
+//! the service maps that the datapath reads (as NodePort frontends, through
+//! [`crate::datapath::services_map`]). The records in `<state_dir>/nodeports.json` keep
 //! what the map cannot (pod names), and say what `nodeport list` shows.
 //!
-//! Map updates are ordered so the datapath never sees a slot that is not there: backend slots
-//! are written before the count that exposes them, and the count is lowered before the slots it
-//! no longer covers are removed. Existing connections keep their backend through conntrack, so
+//! Map updates are ordered so the datapath never sees a slot that is not there (see
+//! `services_map`). Existing connections keep their backend through conntrack, so
 //! removing a backend stops only new connections to it.
 
 use std::{net::Ipv4Addr, path::PathBuf, str::FromStr};
 
 use podnet_ebpf::abi::{
-    MAX_BACKENDS, ServiceKey, ServiceValue,
+    MAX_BACKENDS, backend_flag,
     proto::{IPPROTO_TCP, IPPROTO_UDP},
+    svc_flag,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::{DatapathError, maps::PinnedMaps},
+    datapath::{
+        DatapathError,
+        services_map::{self, Frontend, Service, ServicesMap, ServicesMapError},
+    },
     node::NodeSettings,
     state::{self, FileLock, StateError},
 };
@@ -235,62 +239,41 @@ impl NodePorts {
     }
 }
 
-fn key(port: u16, proto: Proto, slot: u16) -> ServiceKey {
-    ServiceKey {
-        port,
-        slot,
-        proto: proto.number(),
-        _pad: [0; 3],
-    }
+fn frontend(port: u16, proto: Proto) -> Frontend {
+    Frontend::nodeport(port, proto.number())
 }
 
-fn slot(index: usize) -> u16 {
-    u16::try_from(index + 1).expect("backend counts are capped at MAX_BACKENDS")
-}
-
-/// Writes `backends` for `port`/`proto` over `old_count` backends already in the map.
+/// Writes `backends` for `port`/`proto` (replacing what the map held for it). A NodePort left
+/// with no backends keeps its entry, so the datapath counts its connections as `drop_no_backend`.
 fn program(
-    maps: &mut PinnedMaps,
+    maps: &mut ServicesMap,
     port: u16,
     proto: Proto,
     backends: &[Backend],
-    old_count: usize,
-) -> Result<(), DatapathError> {
-    for (i, b) in backends.iter().enumerate() {
-        maps.service_set(
-            key(port, proto, slot(i)),
-            ServiceValue {
-                addr: b.ip.octets(),
+) -> Result<(), NodePortError> {
+    let svc = Service {
+        frontend: frontend(port, proto),
+        backends: backends
+            .iter()
+            .map(|b| services_map::Backend {
+                addr: b.ip,
                 port: b.port,
-                count: 0,
-            },
-        )?;
-    }
-    if backends.is_empty() && old_count == 0 {
-        maps.service_remove(&key(port, proto, 0))?;
-    } else {
-        maps.service_set(
-            key(port, proto, 0),
-            ServiceValue {
-                addr: [0; 4],
-                port: 0,
-                count: u16::try_from(backends.len()).expect("capped at MAX_BACKENDS"),
-            },
-        )?;
-    }
-    for i in backends.len()..old_count {
-        maps.service_remove(&key(port, proto, slot(i)))?;
-    }
-    Ok(())
+                flags: backend_flag::READY | backend_flag::SERVING,
+            })
+            .collect(),
+        flags: svc_flag::NODE_PORT,
+        local_count: 0,
+        affinity_timeout: 0,
+    };
+    maps.write(&svc).map_err(|e| match e {
+        ServicesMapError::Datapath(e) => NodePortError::Datapath(e),
+        other => NodePortError::BadBackend(other.to_string()),
+    })
 }
 
-/// Removes `np` from the map: the head first, so the datapath never sees a count without its
-/// slots, then every backend slot.
-fn unprogram(maps: &mut PinnedMaps, np: &NodePort) -> Result<(), DatapathError> {
-    maps.service_remove(&key(np.port, np.proto, 0))?;
-    for i in 0..np.backends.len() {
-        maps.service_remove(&key(np.port, np.proto, slot(i)))?;
-    }
+/// Removes `np` from the maps (master entry first, so no packet sees a count without slots).
+fn unprogram(maps: &mut ServicesMap, np: &NodePort) -> Result<(), DatapathError> {
+    maps.delete(&frontend(np.port, np.proto))?;
     Ok(())
 }
 
@@ -442,8 +425,8 @@ pub fn add(
         return Err(NodePortError::SocketInUse { port, proto });
     }
     let backends = Resolver::new(settings)?.resolve(specs, policy)?;
-    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
-    program(&mut maps, port, proto, &backends, 0)?;
+    let mut maps = ServicesMap::open(&settings.pin_dir)?;
+    program(&mut maps, port, proto, &backends)?;
     let np = NodePort {
         port,
         proto,
@@ -470,8 +453,8 @@ pub fn set(
         .find(|np| np.port == port && np.proto == proto)
         .ok_or(NodePortError::NotFound { port, proto })?;
     let backends = Resolver::new(settings)?.resolve(specs, np.policy)?;
-    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
-    program(&mut maps, port, proto, &backends, np.backends.len())?;
+    let mut maps = ServicesMap::open(&settings.pin_dir)?;
+    program(&mut maps, port, proto, &backends)?;
     np.backends = backends;
     let updated = np.clone();
     NodePorts::save(settings, &mut ports)?;
@@ -487,7 +470,7 @@ pub fn del(settings: &NodeSettings, port: u16, proto: Proto) -> Result<NodePort,
         .position(|np| np.port == port && np.proto == proto)
         .ok_or(NodePortError::NotFound { port, proto })?;
     let np = ports.remove(index);
-    unprogram(&mut PinnedMaps::open(&settings.pin_dir)?, &np)?;
+    unprogram(&mut ServicesMap::open(&settings.pin_dir)?, &np)?;
     NodePorts::save(settings, &mut ports)?;
     Ok(np)
 }
@@ -590,7 +573,7 @@ pub fn apply(
         });
     }
 
-    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    let mut maps = ServicesMap::open(&settings.pin_dir)?;
     let mut summary = ApplySummary::default();
     for old in &managed {
         if !seen.contains(&(old.port, old.proto)) {
@@ -604,12 +587,12 @@ pub fn apply(
             .find(|o| o.port == np.port && o.proto == np.proto);
         match old {
             Some(o) if o == np => summary.unchanged += 1,
-            Some(o) => {
-                program(&mut maps, np.port, np.proto, &np.backends, o.backends.len())?;
+            Some(_) => {
+                program(&mut maps, np.port, np.proto, &np.backends)?;
                 summary.updated += 1;
             }
             None => {
-                program(&mut maps, np.port, np.proto, &np.backends, 0)?;
+                program(&mut maps, np.port, np.proto, &np.backends)?;
                 summary.added += 1;
             }
         }
@@ -658,9 +641,9 @@ pub fn forget_pod(settings: &NodeSettings, name: &str) -> Result<usize, NodePort
         }
         let maps = match &mut maps {
             Some(m) => m,
-            None => maps.insert(PinnedMaps::open(&settings.pin_dir)?),
+            None => maps.insert(ServicesMap::open(&settings.pin_dir)?),
         };
-        program(maps, np.port, np.proto, &kept, before)?;
+        program(maps, np.port, np.proto, &kept)?;
         removed += before - kept.len();
         np.backends = kept;
     }
@@ -702,7 +685,7 @@ pub fn add_host_ports(
             });
         }
     }
-    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    let mut maps = ServicesMap::open(&settings.pin_dir)?;
     let mut added = Vec::with_capacity(mappings.len());
     for m in mappings {
         let backends = vec![Backend {
@@ -713,8 +696,7 @@ pub fn add_host_ports(
         let old = ports
             .iter()
             .position(|np| np.port == m.host_port && np.proto == m.proto);
-        let old_count = old.map_or(0, |i| ports[i].backends.len());
-        program(&mut maps, m.host_port, m.proto, &backends, old_count)?;
+        program(&mut maps, m.host_port, m.proto, &backends)?;
         let np = NodePort {
             port: m.host_port,
             proto: m.proto,
@@ -742,7 +724,7 @@ pub fn remove_host_ports(settings: &NodeSettings, owner: &str) -> Result<usize, 
     if gone.is_empty() {
         return Ok(0);
     }
-    let mut maps = PinnedMaps::open(&settings.pin_dir)?;
+    let mut maps = ServicesMap::open(&settings.pin_dir)?;
     for np in &gone {
         unprogram(&mut maps, np)?;
     }
@@ -757,20 +739,21 @@ pub fn missing_host_ports(
     owner: &str,
 ) -> Result<Vec<NodePort>, NodePortError> {
     let ports = NodePorts::load(settings)?;
-    let maps = PinnedMaps::open(&settings.pin_dir)?;
+    let maps = ServicesMap::open(&settings.pin_dir)?;
     let mut missing = Vec::new();
     for np in ports
         .into_iter()
         .filter(|np| np.owner.as_deref() == Some(owner))
     {
-        let head = maps.service(&key(np.port, np.proto, 0))?;
-        let ok = head.is_some_and(|h| usize::from(h.count) == np.backends.len())
-            && np.backends.iter().enumerate().all(|(i, b)| {
-                maps.service(&key(np.port, np.proto, slot(i)))
-                    .ok()
-                    .flatten()
-                    .is_some_and(|v| v.addr == b.ip.octets() && v.port == b.port)
-            });
+        let held = maps.get(&frontend(np.port, np.proto))?;
+        let ok = held.is_some_and(|svc| {
+            svc.backends.len() == np.backends.len()
+                && svc
+                    .backends
+                    .iter()
+                    .zip(&np.backends)
+                    .all(|(have, want)| have.addr == want.ip && have.port == want.port)
+        });
         if !ok {
             missing.push(np);
         }

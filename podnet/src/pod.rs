@@ -278,6 +278,7 @@ fn build(
             netns_ino: ns.inode(),
         },
     )?;
+    crate::datapath::services_map::register_pod_netns(&settings.pin_dir, &ns, ip)?;
     let record = PodRecord {
         name: name.to_owned(),
         netns: ns.path().to_path_buf(),
@@ -357,6 +358,7 @@ fn teardown(
     if let Ok(mut maps) = PinnedMaps::open(&settings.pin_dir) {
         for ip in &held {
             report.endpoint_removed |= maps.remove_endpoint(*ip)?;
+            crate::datapath::services_map::forget_pod_netns(&settings.pin_dir, *ip)?;
         }
         for ip in &held {
             report.conntrack_entries_removed += crate::conntrack::forget_addr(settings, *ip)?;

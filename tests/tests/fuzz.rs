@@ -52,10 +52,11 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
+use podnet::datapath::services_map::{Frontend, ServicesMap};
 use podnet_ebpf::abi::{
     CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtTimeouts, CtUsage, Endpoint, EndpointKey,
-    NodeConfig, Peer, ServiceKey, ServiceValue, config_flag, endpoint_flag, map_name, peer_flag,
-    program_name, reason,
+    NodeConfig, Peer, config_flag, endpoint_flag, map_name, peer_flag, program_name, reason,
+    svc_flag,
 };
 use podnet_tests::{
     Scenario,
@@ -187,6 +188,7 @@ fn in_node_netns(test: impl FnOnce() + Send) {
 
 struct Harness {
     ebpf: Ebpf,
+    services: ServicesMap,
 }
 
 /// What the kernel did with one input.
@@ -263,7 +265,8 @@ impl Harness {
                 )
                 .expect("peer");
         }
-        let mut h = Self { ebpf };
+        let services = podnet_tests::testrun::services_map(&mut ebpf);
+        let mut h = Self { ebpf, services };
         h.service(NP_TCP, TCP, &[(POD_B, 80)]);
         h.service(NP_UDP, UDP, &[(POD_B, 53)]);
         h.service(NP_HAIRPIN, TCP, &[(POD_A, 80)]);
@@ -272,31 +275,14 @@ impl Harness {
         h
     }
 
-    /// Adds NodePort `port`/`proto` with `backends` (slots first, then the count).
+    /// Adds NodePort `port`/`proto` with `backends`, through the node's own accessor.
     fn service(&mut self, port: u16, proto: u8, backends: &[Addr]) {
-        let mut services: HashMap<_, ServiceKey, ServiceValue> =
-            HashMap::try_from(self.ebpf.map_mut(map_name::SERVICES).expect("SERVICES"))
-                .expect("hash");
-        let key = |slot: u16| ServiceKey {
-            port,
-            slot,
-            proto,
-            _pad: [0; 3],
-        };
-        for (slot, (addr, backend_port)) in (1..).zip(backends) {
-            let value = ServiceValue {
-                addr: addr.octets(),
-                port: *backend_port,
-                count: 0,
-            };
-            services.insert(key(slot), value, 0).expect("backend");
-        }
-        let count = u16::try_from(backends.len()).expect("fits");
-        let value = ServiceValue {
-            count,
-            ..ServiceValue::default()
-        };
-        services.insert(key(0), value, 0).expect("service");
+        let spec = podnet_tests::testrun::service_spec(
+            Frontend::nodeport(port, proto),
+            backends,
+            svc_flag::NODE_PORT,
+        );
+        self.services.write(&spec).expect("service");
     }
 
     fn run(&self, prog: Prog, frame: &[u8]) -> Ran {

@@ -10,7 +10,7 @@ use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Ke
 use ipnetwork::Ipv4Network;
 use podnet_ebpf::abi::{
     CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey,
-    NodeConfig, Peer, STATS_SLOTS, ServiceKey, ServiceValue, map_name, reason,
+    NodeConfig, Peer, STATS_SLOTS, map_name, reason,
 };
 
 use super::DatapathError;
@@ -22,7 +22,6 @@ pub struct PinnedMaps {
     pub stats: PerCpuArray<MapData, Counter>,
     pub conntrack: HashMap<MapData, CtKey, CtEntry>,
     pub ct_usage: Array<MapData, CtUsage>,
-    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub peers: LpmTrie<MapData, [u8; 4], Peer>,
 }
 
@@ -83,7 +82,6 @@ impl PinnedMaps {
             stats: typed!(pin_dir, map_name::STATS),
             conntrack: typed!(pin_dir, map_name::CONNTRACK),
             ct_usage: typed!(pin_dir, map_name::CT_USAGE),
-            services: typed!(pin_dir, map_name::SERVICES),
             peers: typed!(pin_dir, map_name::PEERS),
         })
     }
@@ -167,33 +165,7 @@ impl PinnedMaps {
         }
     }
 
-    pub fn service_set(
-        &mut self,
-        key: ServiceKey,
-        value: ServiceValue,
-    ) -> Result<(), DatapathError> {
-        self.services
-            .insert(key, value, 0)
-            .map_err(Self::map_err(map_name::SERVICES))
-    }
-
-    pub fn service_remove(&mut self, key: &ServiceKey) -> Result<bool, DatapathError> {
-        match self.services.remove(key) {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(source) => Err(Self::map_err(map_name::SERVICES)(source)),
-        }
-    }
-
-    pub fn service(&self, key: &ServiceKey) -> Result<Option<ServiceValue>, DatapathError> {
-        match self.services.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(source) => Err(Self::map_err(map_name::SERVICES)(source)),
-        }
-    }
-
-    fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> DatapathError + '_ {
+    pub(crate) fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> DatapathError + '_ {
         move |source| DatapathError::Map {
             name: name.to_owned(),
             source,
@@ -283,7 +255,7 @@ impl PinnedMaps {
     }
 }
 
-fn is_not_found(e: &aya::maps::MapError) -> bool {
+pub(crate) fn is_not_found(e: &aya::maps::MapError) -> bool {
     match e {
         aya::maps::MapError::KeyNotFound => true,
         aya::maps::MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
@@ -316,6 +288,8 @@ pub struct ConfigView {
     pub ct_limit: u32,
     pub ct_timeouts: podnet_ebpf::abi::CtTimeouts,
     pub netns_cookie: u64,
+    pub service_cidr: Option<String>,
+    pub socket_lb: bool,
 }
 
 impl From<NodeConfig> for ConfigView {
@@ -340,6 +314,9 @@ impl From<NodeConfig> for ConfigView {
             ct_timeouts,
             tunnel_ifindex: _,
             netns_cookie,
+            service_cidr,
+            service_prefix_len,
+            _pad2: _,
         } = config;
         Self {
             abi_version,
@@ -356,6 +333,9 @@ impl From<NodeConfig> for ConfigView {
             ct_limit,
             ct_timeouts,
             netns_cookie,
+            service_cidr: (service_prefix_len != 0)
+                .then(|| format!("{}/{service_prefix_len}", Ipv4Addr::from(service_cidr))),
+            socket_lb: flags & podnet_ebpf::abi::config_flag::SOCKET_LB != 0,
         }
     }
 }

@@ -1,11 +1,12 @@
 //! The kernel side as userspace sees it: which object is loaded ([`object`]), loading and
 //! pinning the programs and maps ([`loader`]), attaching programs to interfaces from their pins ([`attach`]), and typed access
-//! to the pinned maps ([`maps`]).
+//! to the pinned maps ([`maps`]; the service maps in [`services_map`]).
 //!
 //! Pin layout under a node's pin directory (default `/sys/fs/bpf/podnet`):
 //!
 //! ```text
-//! <pin_dir>/CONFIG, ENDPOINTS, STATS, CONNTRACK, CT_USAGE, SERVICES
+//! <pin_dir>/CONFIG, ENDPOINTS, STATS, CONNTRACK, CT_USAGE, SERVICES, BACKENDS, REV_NAT,
+//!           SOCK_REV_NAT, POD_NETNS, PEERS
 //!                                      maps (bpftool map dump pinned <pin_dir>/<MAP>)
 //! <pin_dir>/progs/<program>            programs, e.g. progs/from_pod
 //! ```
@@ -16,6 +17,7 @@ pub mod loader;
 pub mod log;
 pub mod maps;
 pub mod object;
+pub mod services_map;
 
 use std::path::PathBuf;
 
