@@ -660,7 +660,7 @@ fn build(
         service_cidr: settings
             .service_cidr
             .map_or([0; 4], |c| c.network().octets()),
-        service_prefix_len: settings.service_cidr.map_or(0, |c| c.prefix()),
+        service_prefix_len: settings.service_cidr.map_or(0, Ipv4Network::prefix),
         _pad2: [0; 3],
     })?;
     match peers {

@@ -439,7 +439,7 @@ fn add_chained(
         },
     )
     .map_err(datapath_err)?;
-    crate::datapath::services_map::register_pod_netns(&settings.pin_dir, &netns, ip)
+    crate::datapath::services_map::register_pod_netns(&settings.pin_dir, netns, ip)
         .map_err(datapath_err)?;
     Ok(Attachment {
         container_id: container_id.to_owned(),
