@@ -593,3 +593,58 @@ fn the_accessor_replaces_lists_and_deletes_services() {
         assert_eq!(dump.trim(), "[]", "{map} is empty: {dump}");
     }
 }
+
+#[test]
+fn thirty_thousand_services_with_300_000_backends_fit_the_default_maps() {
+    require_root!();
+    let node = Node::with_args("10.244.72.0/24", &Path::Tc.init_args());
+    let web = node.add_pod("web");
+    let client = node.add_pod("client");
+    let _tcp = serve_tcp(&web.ns, "0.0.0.0:8080");
+    let mut maps = ServicesMap::open(&node.pin_dir).expect("service maps");
+    let backends: Vec<(Ipv4Addr, u16)> = (1..=10)
+        .map(|i| (Ipv4Addr::new(10, 244, 72, 100 + i), 8080))
+        .collect();
+    let started = Instant::now();
+    for i in 0..30_000u32 {
+        let [_, _, hi, lo] = i.to_be_bytes();
+        let vip = Ipv4Addr::new(10, 97, hi, lo);
+        let spec = service_spec(
+            frontend(vip, 80, IPPROTO_TCP),
+            &backends,
+            svc_flag::CLUSTER_IP,
+        );
+        maps.write(&spec)
+            .unwrap_or_else(|e| panic!("service {i}: {e}"));
+    }
+    let written = started.elapsed();
+    // One more, real, among them: the datapath finds it.
+    cluster_ip(
+        &mut maps,
+        VIP,
+        80,
+        IPPROTO_TCP,
+        &[(web.ip.parse().expect("ip"), 8080)],
+    );
+    let reply = probe(&client.ns, "tcp", &vip(80), &[]).expect("a ClusterIP among 30,001");
+    assert_eq!(
+        peer_ip_of(&reply).map(|ip| ip.to_string()),
+        Some(client.ip.clone())
+    );
+    let started = Instant::now();
+    let reopened = ServicesMap::open(&node.pin_dir).expect("reopen");
+    let opened = started.elapsed();
+    assert_eq!(reopened.len(), 30_001);
+    drop(reopened);
+    let started = Instant::now();
+    assert_eq!(maps.clear().expect("clear"), 30_001);
+    let cleared = started.elapsed();
+    eprintln!(
+        "30,000 services x 10 backends: written in {written:?}, index read back in {opened:?}, cleared in {cleared:?}"
+    );
+    assert!(
+        written < Duration::from_secs(30),
+        "writing took {written:?}"
+    );
+    assert_eq!(bpftool_dump(&node, "REV_NAT").trim(), "[]");
+}
