@@ -237,8 +237,8 @@ pub const fn backends_map_entries(services_max: u32) -> u32 {
 }
 
 /// Entries in the `REV_NAT` hash: one per frontend; 30,000 services with up to four frontends
-/// each (ClusterIP, NodePort, a LoadBalancer IP, an externalIP) fit with room. ~64 bytes each
-/// (key 4 -> 8, value 8, header 48), allocated on use: ~2 MiB for 30,000 frontends, 8 MiB full.
+/// each (ClusterIP, NodePort, a LoadBalancer IP, an externalIP) fit with room. ~72 bytes each
+/// (key 4 -> 8, value 12 -> 16, header 48), allocated on use: ~2 MiB for 30,000 frontends, 8 MiB full.
 pub const REV_NAT_MAX: u32 = 131_072;
 
 /// Entries in the `SOCK_REV_NAT` LRU: one per (socket, backend) the socket-level balancer
@@ -352,6 +352,10 @@ pub struct RevNat {
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
+    /// The frontend's `svc_flag::*`, as in its master entry (so userspace reads every frontend
+    /// from this map alone).
+    pub flags: u16,
+    pub _pad2: [u8; 2],
 }
 
 /// Service ids are `1..=MAX_SERVICE_ID`, so every backend id ([`backend_id`]) fits a `u32`.
@@ -837,7 +841,7 @@ mod tests {
         assert_eq!(offset_of!(ServiceValue, flags), 8);
         assert_eq!(offset_of!(ServiceValue, affinity_timeout), 12);
         assert_eq!(size_of::<ServiceBackend>(), 8);
-        assert_eq!(size_of::<RevNat>(), 8);
+        assert_eq!(size_of::<RevNat>(), 12);
         assert_eq!(size_of::<SockRevNatKey>(), 16);
         assert_eq!(size_of::<SockRevNat>(), 12);
         assert_eq!(size_of::<PodNetns>(), 8);

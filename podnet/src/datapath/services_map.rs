@@ -15,12 +15,18 @@
 //! generation's backends. A delete removes the master entry first. A packet that picked a slot
 //! just before a replace can at worst find its backend gone and is refused once.
 //!
-//! The frontends are read once from `REV_NAT` when the maps are opened (about 50 ms for 30,000
-//! frontends), so service ids are allocated without a scan per write; keep one
-//! [`ServicesMap`] open across a batch of writes (one writer at a time: callers hold the
-//! node's service lock).
+//! The frontends are read once from `REV_NAT` when the maps are opened (one batched lookup), so
+//! service ids are allocated without a scan per write; keep one [`ServicesMap`] open across
+//! writes (one writer at a time: callers hold the node's service lock). [`ServicesMap::write_many`]
+//! writes a whole table in a few `BPF_MAP_UPDATE_BATCH` calls per phase (backends, reverse
+//! translations, slots, master entries, then removals), keeping the same order as one write.
 
-use std::{collections::HashMap as StdHashMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    net::Ipv4Addr,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+    path::Path,
+};
 
 use aya::maps::{HashMap, Map, MapData};
 use podnet_ebpf::abi::{
@@ -119,6 +125,8 @@ pub enum ServicesMapError {
     BadFrontend { frontend: Frontend },
     #[error("no free service id: {in_use} frontends exist, the maps hold {REV_NAT_MAX}")]
     Full { in_use: usize },
+    #[error("{frontend} is given twice")]
+    Repeated { frontend: Frontend },
 }
 
 /// What the index knows about a frontend.
@@ -133,6 +141,8 @@ pub struct ServicesMap {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, ServiceBackend>,
     rev_nat: HashMap<MapData, u32, RevNat>,
+    /// The same maps' descriptors, for the batch commands aya does not wrap.
+    fds: BatchFds,
     frontends: StdHashMap<Frontend, Known>,
     ids: std::collections::HashSet<u32>,
     /// ClusterIP address -> how many ClusterIP frontends use it.
@@ -203,32 +213,35 @@ impl ServicesMap {
 
     /// The same over maps at hand (e.g. taken from a loaded, unpinned object in tests).
     pub fn from_maps(services: Map, backends: Map, rev_nat: Map) -> Result<Self, DatapathError> {
+        let fds = BatchFds {
+            services: dup_fd(&services, map_name::SERVICES)?,
+            backends: dup_fd(&backends, map_name::BACKENDS)?,
+            rev_nat: dup_fd(&rev_nat, map_name::REV_NAT)?,
+        };
         let mut this = Self {
             services: services.try_into().map_err(map_err(map_name::SERVICES))?,
             backends: backends.try_into().map_err(map_err(map_name::BACKENDS))?,
             rev_nat: rev_nat.try_into().map_err(map_err(map_name::REV_NAT))?,
+            fds,
             frontends: StdHashMap::new(),
             ids: std::collections::HashSet::new(),
             cluster_ips: StdHashMap::new(),
             next_id: 1,
         };
-        let mut entries = Vec::new();
-        for item in this.rev_nat.iter() {
-            match item {
-                Ok(pair) => entries.push(pair),
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(map_name::REV_NAT)(e)),
-            }
-        }
+        let entries: Vec<(u32, RevNat)> = lookup_all(this.fds.rev_nat.as_fd(), map_name::REV_NAT)?;
         for (id, rev) in entries {
             let frontend = Frontend {
                 addr: Ipv4Addr::from(rev.addr),
                 port: rev.port,
                 proto: rev.proto,
             };
-            let flags =
-                get(&this.services, &frontend.key(0), map_name::SERVICES)?.map_or(0, |m| m.flags);
-            this.index(frontend, Known { id, flags });
+            this.index(
+                frontend,
+                Known {
+                    id,
+                    flags: rev.flags,
+                },
+            );
         }
         Ok(this)
     }
@@ -303,6 +316,10 @@ impl ServicesMap {
     /// Writes `svc` (a new frontend, or a replacement of an existing one), ordered so that
     /// packets in flight only ever see the old or the new backends.
     pub fn write(&mut self, svc: &Service) -> Result<(), ServicesMapError> {
+        self.write_many(std::slice::from_ref(svc))
+    }
+
+    fn check(svc: &Service) -> Result<(), ServicesMapError> {
         let fe = svc.frontend;
         let count = svc.backends.len();
         if count > usize::from(MAX_BACKENDS) {
@@ -324,110 +341,245 @@ impl ServicesMap {
         {
             return Err(ServicesMapError::BadFrontend { frontend: fe });
         }
-        let old = self.frontends.get(&fe).copied();
-        let id = match old {
-            Some(k) => k.id,
-            None => self.allocate_id()?,
-        };
-        let old_master = match old {
-            Some(_) => get(&self.services, &fe.key(0), map_name::SERVICES)?,
-            None => None,
-        };
-        let old_count = old_master.map_or(0, |m| m.count);
-        let old_ids = self.slot_ids(&fe, old_count)?;
-        // The generation the old backends use; the new ones take the other.
-        let old_generation = old_ids
-            .first()
-            .map_or(1, |&first| (first / u32::from(MAX_BACKENDS)) & 1);
-        let generation = 1 - old_generation;
-        let count16 = u16::try_from(count).expect("checked against MAX_BACKENDS");
+        Ok(())
+    }
 
-        // 1. The new backends, under ids nothing uses yet.
-        for (i, b) in svc.backends.iter().enumerate() {
-            let bid = backend_id(id, generation, slot(i));
-            let value = ServiceBackend {
-                addr: b.addr.octets(),
-                port: b.port,
-                flags: b.flags,
-                _pad: 0,
-            };
-            if let Err(e) = self.backends.insert(bid, value, 0) {
-                for j in 0..i {
-                    remove(
-                        &mut self.backends,
-                        &backend_id(id, generation, slot(j)),
-                        map_name::BACKENDS,
-                    )?;
+    /// Writes every service of `services` (new frontends or replacements), in phases, each one
+    /// batched over all of them: the new backends (under ids of the generation the frontend's
+    /// current backends do not use), the reverse translations and ClusterIP address entries,
+    /// the slots, the master entries that expose them, and only then the slots past each new
+    /// count and the old generation's backends. Everything is checked first: a bad entry
+    /// changes nothing.
+    pub fn write_many(&mut self, services: &[Service]) -> Result<(), ServicesMapError> {
+        let mut seen = HashSet::with_capacity(services.len());
+        for svc in services {
+            Self::check(svc)?;
+            if !seen.insert(svc.frontend) {
+                return Err(ServicesMapError::Repeated {
+                    frontend: svc.frontend,
+                });
+            }
+        }
+        let new = services
+            .iter()
+            .filter(|s| !self.frontends.contains_key(&s.frontend))
+            .count();
+        if self.frontends.len() + new > REV_NAT_MAX as usize {
+            return Err(ServicesMapError::Full {
+                in_use: self.frontends.len(),
+            });
+        }
+        // In rounds of about `ROUND_BACKENDS` backends: a replaced frontend's old and new
+        // backends coexist until its round ends, so the backends map needs only that much room
+        // beyond the table, not twice the table.
+        let mut start = 0;
+        while start < services.len() {
+            let mut end = start;
+            let mut backends = 0;
+            while end < services.len() && (end == start || backends < ROUND_BACKENDS) {
+                backends += services[end].backends.len();
+                end += 1;
+            }
+            self.write_round(&services[start..end])?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// One round of [`Self::write_many`], on checked services.
+    fn write_round(&mut self, services: &[Service]) -> Result<(), ServicesMapError> {
+        // What each frontend holds now, and its id.
+        struct Plan {
+            id: u32,
+            generation: u32,
+            old_count: u16,
+            old_ids: Vec<u32>,
+            old_flags: Option<u16>,
+        }
+        let mut plans = Vec::with_capacity(services.len());
+        for svc in services {
+            let fe = svc.frontend;
+            let plan = match self.frontends.get(&fe).copied() {
+                Some(k) => {
+                    let old_count =
+                        get(&self.services, &fe.key(0), map_name::SERVICES)?.map_or(0, |m| m.count);
+                    let old_ids = self.slot_ids(&fe, old_count)?;
+                    let old_generation = old_ids
+                        .first()
+                        .map_or(1, |&first| (first / u32::from(MAX_BACKENDS)) & 1);
+                    Plan {
+                        id: k.id,
+                        generation: 1 - old_generation,
+                        old_count,
+                        old_ids,
+                        old_flags: Some(k.flags),
+                    }
                 }
-                return Err(map_err(map_name::BACKENDS)(e).into());
+                None => {
+                    let id = self.allocate_id()?;
+                    self.ids.insert(id);
+                    Plan {
+                        id,
+                        generation: 0,
+                        old_count: 0,
+                        old_ids: Vec::new(),
+                        old_flags: None,
+                    }
+                }
+            };
+            plans.push(plan);
+        }
+        let release_new_ids = |this: &mut Self, plans: &[Plan]| {
+            for p in plans.iter().filter(|p| p.old_flags.is_none()) {
+                this.ids.remove(&p.id);
+            }
+        };
+
+        // 1. The new backends.
+        let mut backend_keys = Vec::new();
+        let mut backend_values = Vec::new();
+        for (svc, plan) in services.iter().zip(&plans) {
+            for (i, b) in svc.backends.iter().enumerate() {
+                backend_keys.push(backend_id(plan.id, plan.generation, slot(i)));
+                backend_values.push(ServiceBackend {
+                    addr: b.addr.octets(),
+                    port: b.port,
+                    flags: b.flags,
+                    _pad: 0,
+                });
             }
         }
-        // 2. The reverse translation and the ClusterIP's address entry.
-        let rev = RevNat {
-            addr: fe.addr.octets(),
-            port: fe.port,
-            proto: fe.proto,
-            _pad: 0,
-        };
-        self.rev_nat
-            .insert(id, rev, 0)
-            .map_err(map_err(map_name::REV_NAT))?;
-        if svc.flags & svc_flag::CLUSTER_IP != 0 && !self.cluster_ips.contains_key(&fe.addr) {
-            let entry = ServiceValue {
-                flags: svc_flag::ADDRESS,
-                ..ServiceValue::default()
-            };
-            self.services
-                .insert(Self::address_key(fe.addr), entry, 0)
-                .map_err(map_err(map_name::SERVICES))?;
+        if let Err(e) = update_batch(
+            self.fds.backends.as_fd(),
+            map_name::BACKENDS,
+            &backend_keys,
+            &backend_values,
+        ) {
+            // Nothing refers to them yet: take back what went in.
+            let _ = delete_batch(self.fds.backends.as_fd(), map_name::BACKENDS, &backend_keys);
+            release_new_ids(self, &plans);
+            return Err(e.into());
         }
-        // 3. The slots, then the master entry that exposes them.
-        for i in 0..count {
-            let value = ServiceValue {
-                id: backend_id(id, generation, slot(i)),
-                ..ServiceValue::default()
-            };
-            self.services
-                .insert(fe.key(slot(i)), value, 0)
-                .map_err(map_err(map_name::SERVICES))?;
-        }
-        let master = ServiceValue {
-            id,
-            count: count16,
-            local_count: svc.local_count,
-            flags: svc.flags,
-            _pad: 0,
-            affinity_timeout: svc.affinity_timeout,
-        };
-        self.services
-            .insert(fe.key(0), master, 0)
-            .map_err(map_err(map_name::SERVICES))?;
-        // 4. What the new count no longer covers, and the old generation's backends.
-        for s in count16 + 1..=old_count {
-            remove(&mut self.services, &fe.key(s), map_name::SERVICES)?;
-        }
-        for bid in old_ids {
-            if (bid / u32::from(MAX_BACKENDS)) & 1 == old_generation {
-                remove(&mut self.backends, &bid, map_name::BACKENDS)?;
-            }
-        }
-        self.unindex(&fe);
-        self.index(
-            fe,
-            Known {
-                id,
+        // 2. Reverse translations and the address entries of new ClusterIPs.
+        let rev_keys: Vec<u32> = plans.iter().map(|p| p.id).collect();
+        let rev_values: Vec<RevNat> = services
+            .iter()
+            .map(|svc| RevNat {
+                addr: svc.frontend.addr.octets(),
+                port: svc.frontend.port,
+                proto: svc.frontend.proto,
+                _pad: 0,
                 flags: svc.flags,
-            },
-        );
-        if let Some(k) = old
-            && k.flags & svc_flag::CLUSTER_IP != 0
-            && !self.cluster_ips.contains_key(&fe.addr)
-        {
-            remove(
-                &mut self.services,
-                &Self::address_key(fe.addr),
-                map_name::SERVICES,
-            )?;
+                _pad2: [0; 2],
+            })
+            .collect();
+        update_batch(
+            self.fds.rev_nat.as_fd(),
+            map_name::REV_NAT,
+            &rev_keys,
+            &rev_values,
+        )?;
+        let mut slot_keys = Vec::new();
+        let mut slot_values = Vec::new();
+        let mut new_addresses = HashSet::new();
+        for svc in services {
+            let addr = svc.frontend.addr;
+            if svc.flags & svc_flag::CLUSTER_IP != 0
+                && !self.cluster_ips.contains_key(&addr)
+                && new_addresses.insert(addr)
+            {
+                slot_keys.push(Self::address_key(addr));
+                slot_values.push(ServiceValue {
+                    flags: svc_flag::ADDRESS,
+                    ..ServiceValue::default()
+                });
+            }
+        }
+        // 3. The slots.
+        for (svc, plan) in services.iter().zip(&plans) {
+            for i in 0..svc.backends.len() {
+                slot_keys.push(svc.frontend.key(slot(i)));
+                slot_values.push(ServiceValue {
+                    id: backend_id(plan.id, plan.generation, slot(i)),
+                    ..ServiceValue::default()
+                });
+            }
+        }
+        update_batch(
+            self.fds.services.as_fd(),
+            map_name::SERVICES,
+            &slot_keys,
+            &slot_values,
+        )?;
+        // 4. The master entries that expose them.
+        let master_keys: Vec<ServiceKey> = services.iter().map(|s| s.frontend.key(0)).collect();
+        let master_values: Vec<ServiceValue> = services
+            .iter()
+            .zip(&plans)
+            .map(|(svc, plan)| ServiceValue {
+                id: plan.id,
+                count: u16::try_from(svc.backends.len()).expect("checked against MAX_BACKENDS"),
+                local_count: svc.local_count,
+                flags: svc.flags,
+                _pad: 0,
+                affinity_timeout: svc.affinity_timeout,
+            })
+            .collect();
+        update_batch(
+            self.fds.services.as_fd(),
+            map_name::SERVICES,
+            &master_keys,
+            &master_values,
+        )?;
+        // 5. What the new counts no longer cover, and the old generations' backends.
+        let mut stale_slots = Vec::new();
+        let mut stale_backends: Vec<u32> = Vec::new();
+        for (svc, plan) in services.iter().zip(&plans) {
+            let count = u16::try_from(svc.backends.len()).expect("checked");
+            for s in count + 1..=plan.old_count {
+                stale_slots.push(svc.frontend.key(s));
+            }
+            stale_backends.extend(
+                plan.old_ids
+                    .iter()
+                    .filter(|&&bid| (bid / u32::from(MAX_BACKENDS)) & 1 != plan.generation),
+            );
+        }
+        delete_batch(self.fds.services.as_fd(), map_name::SERVICES, &stale_slots)?;
+        delete_batch(
+            self.fds.backends.as_fd(),
+            map_name::BACKENDS,
+            &stale_backends,
+        )?;
+        // 6. The index, and the address entries of ClusterIPs no frontend uses any more.
+        let mut maybe_unused = Vec::new();
+        for (svc, plan) in services.iter().zip(&plans) {
+            let fe = svc.frontend;
+            if plan.old_flags.is_some() {
+                self.unindex(&fe);
+            }
+            self.index(
+                fe,
+                Known {
+                    id: plan.id,
+                    flags: svc.flags,
+                },
+            );
+            if plan
+                .old_flags
+                .is_some_and(|f| f & svc_flag::CLUSTER_IP != 0)
+            {
+                maybe_unused.push(fe.addr);
+            }
+        }
+        for addr in maybe_unused {
+            if !self.cluster_ips.contains_key(&addr) {
+                remove(
+                    &mut self.services,
+                    &Self::address_key(addr),
+                    map_name::SERVICES,
+                )?;
+            }
         }
         Ok(())
     }
@@ -494,39 +646,251 @@ impl ServicesMap {
         self.frontends.get(frontend).map(|k| k.id)
     }
 
-    /// Every frontend, sorted.
+    /// Every frontend, sorted (three batched reads, however many services there are).
     pub fn list(&self) -> Result<Vec<Service>, DatapathError> {
+        let entries: StdHashMap<ServiceKey, ServiceValue> =
+            lookup_all(self.fds.services.as_fd(), map_name::SERVICES)?
+                .into_iter()
+                .collect();
+        let backends: StdHashMap<u32, ServiceBackend> =
+            lookup_all(self.fds.backends.as_fd(), map_name::BACKENDS)?
+                .into_iter()
+                .collect();
         let mut frontends: Vec<Frontend> = self.frontends.keys().copied().collect();
         frontends.sort();
         let mut out = Vec::with_capacity(frontends.len());
         for fe in frontends {
-            if let Some(svc) = self.get(&fe)? {
-                out.push(svc);
-            }
+            let Some(master) = entries.get(&fe.key(0)) else {
+                continue;
+            };
+            let slots = (1..=master.count)
+                .filter_map(|s| entries.get(&fe.key(s)))
+                .filter_map(|slot| backends.get(&slot.id))
+                .map(|b| Backend {
+                    addr: Ipv4Addr::from(b.addr),
+                    port: b.port,
+                    flags: b.flags,
+                })
+                .collect();
+            out.push(Service {
+                frontend: fe,
+                backends: slots,
+                flags: master.flags,
+                local_count: master.local_count,
+                affinity_timeout: master.affinity_timeout,
+            });
         }
         Ok(out)
     }
 
-    /// Deletes every frontend (each safely, as [`Self::delete`]), then anything left in the
-    /// three maps (leftovers of an interrupted writer). Returns how many frontends went.
+    /// Deletes everything in the three maps, master entries first (so no packet finds a slot
+    /// without its backend), then slots and address entries, backends and reverse
+    /// translations, leftovers of an interrupted writer included. Returns how many frontends
+    /// there were.
     pub fn clear(&mut self) -> Result<usize, DatapathError> {
-        let frontends: Vec<Frontend> = self.frontends.keys().copied().collect();
-        for fe in &frontends {
-            self.delete(fe)?;
+        let count = self.frontends.len();
+        let keys: Vec<ServiceKey> =
+            lookup_all::<ServiceKey, ServiceValue>(self.fds.services.as_fd(), map_name::SERVICES)?
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+        let (masters, rest): (Vec<ServiceKey>, Vec<ServiceKey>) = keys
+            .into_iter()
+            .partition(|k| k.slot == 0 && k.port != ANY_PORT);
+        delete_batch(self.fds.services.as_fd(), map_name::SERVICES, &masters)?;
+        delete_batch(self.fds.services.as_fd(), map_name::SERVICES, &rest)?;
+        let ids: Vec<u32> =
+            lookup_all::<u32, ServiceBackend>(self.fds.backends.as_fd(), map_name::BACKENDS)?
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+        delete_batch(self.fds.backends.as_fd(), map_name::BACKENDS, &ids)?;
+        let ids: Vec<u32> = lookup_all::<u32, RevNat>(self.fds.rev_nat.as_fd(), map_name::REV_NAT)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        delete_batch(self.fds.rev_nat.as_fd(), map_name::REV_NAT, &ids)?;
+        self.frontends.clear();
+        self.ids.clear();
+        self.cluster_ips.clear();
+        Ok(count)
+    }
+}
+
+/// Descriptors of the three service maps.
+struct BatchFds {
+    services: OwnedFd,
+    backends: OwnedFd,
+    rev_nat: OwnedFd,
+}
+
+/// A descriptor of `map`'s own (a hash map), for the batch commands.
+fn dup_fd(map: &Map, name: &'static str) -> Result<OwnedFd, DatapathError> {
+    let Map::HashMap(data) = map else {
+        return Err(map_err(name)(aya::maps::MapError::InvalidName {
+            name: name.to_owned(),
+        }));
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DatapathError::Io {
+            op: "duplicating a map descriptor",
+            path: name.into(),
+            source,
+        })
+}
+
+/// Backends written per round of [`ServicesMap::write_many`] (at most one frontend's
+/// `MAX_BACKENDS` more): the room a replace needs in the backends map beyond the table.
+const ROUND_BACKENDS: usize = 16_384;
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// Elements per batch call: bounded, so one call's kernel work (and the lookup buffers) stay
+/// small.
+const BATCH: usize = 8_192;
+
+/// The `BPF_MAP_*_BATCH` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: `attr` is a valid, initialised BatchAttr, the prefix of `union bpf_attr` for the
+    // batch commands, with its exact size; every pointer in it points at live buffers of
+    // `count` keys/values of the map's sizes (checked by the callers' types).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr).cast::<libc::c_void>(),
+            size_of::<BatchAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
+    u32::try_from(fd.as_raw_fd()).expect("open descriptors are non-negative")
+}
+
+fn batch_err(name: &'static str, op: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
+    move |source| DatapathError::Io {
+        op,
+        path: name.into(),
+        source,
+    }
+}
+
+/// Inserts or replaces `keys[i] -> values[i]`, in order.
+fn update_batch<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    name: &'static str,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), DatapathError> {
+    assert_eq!(keys.len(), values.len(), "a value per key");
+    for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
+        let mut attr = BatchAttr {
+            keys: k.as_ptr() as u64,
+            values: v.as_ptr() as u64,
+            count: u32::try_from(k.len()).expect("BATCH fits"),
+            map_fd: fd_u32(fd),
+            ..BatchAttr::default()
+        };
+        bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr)
+            .map_err(batch_err(name, "updating a map (batch)"))?;
+    }
+    Ok(())
+}
+
+/// Deletes `keys`, in order; keys already gone are skipped.
+fn delete_batch<K: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    name: &'static str,
+    keys: &[K],
+) -> Result<(), DatapathError> {
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(BATCH)];
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: u32::try_from(chunk.len()).expect("BATCH fits"),
+            map_fd: fd_u32(fd),
+            ..BatchAttr::default()
+        };
+        match bpf_batch(BPF_MAP_DELETE_BATCH, &mut attr) {
+            Ok(()) => rest = &rest[chunk.len()..],
+            // The kernel stops at a missing key and says how many went before it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let done = usize::try_from(attr.count).unwrap_or(0).min(chunk.len());
+                rest = &rest[(done + 1).min(rest.len())..];
+            }
+            Err(e) => return Err(batch_err(name, "deleting from a map (batch)")(e)),
         }
-        let keys: Vec<ServiceKey> = self.services.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            remove(&mut self.services, &k, map_name::SERVICES)?;
+    }
+    Ok(())
+}
+
+/// Every entry of the hash map `fd`.
+fn lookup_all<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, DatapathError> {
+    let mut out = Vec::new();
+    let mut keys: Vec<K> = Vec::with_capacity(BATCH);
+    let mut values: Vec<V> = Vec::with_capacity(BATCH);
+    // The position between calls: a bucket index for hash maps (a u32), in a u64 slot.
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                std::ptr::from_ref(&token_in) as u64
+            },
+            out_batch: std::ptr::from_mut(&mut token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: u32::try_from(BATCH).expect("fits"),
+            map_fd: fd_u32(fd),
+            ..BatchAttr::default()
+        };
+        let rc = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = usize::try_from(attr.count).unwrap_or(0).min(BATCH);
+        let done = match rc {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(batch_err(name, "reading a map (batch)")(e)),
+        };
+        // SAFETY: the kernel wrote `n` keys and values (at most the capacity it was given) into
+        // the buffers, and every bit pattern is a valid `aya::Pod`.
+        unsafe {
+            keys.set_len(n);
+            values.set_len(n);
         }
-        let ids: Vec<u32> = self.backends.keys().filter_map(Result::ok).collect();
-        for id in ids {
-            remove(&mut self.backends, &id, map_name::BACKENDS)?;
+        out.extend(keys.drain(..).zip(values.drain(..)));
+        if done {
+            return Ok(out);
         }
-        let ids: Vec<u32> = self.rev_nat.keys().filter_map(Result::ok).collect();
-        for id in ids {
-            remove(&mut self.rev_nat, &id, map_name::REV_NAT)?;
-        }
-        Ok(frontends.len())
+        token_in = token_out;
+        first = false;
     }
 }
 
