@@ -9,7 +9,7 @@
 //! version must be re-initialised, not silently reused.
 
 /// Version of this ABI, recorded in [`NodeConfig::abi_version`].
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Map names, as pinned under the node's bpffs directory (`<pin_dir>/<name>`).
 pub mod map_name {
@@ -20,13 +20,34 @@ pub mod map_name {
     pub const CONNTRACK: &str = "CONNTRACK";
     /// Conntrack occupancy, for admission control (a full table refuses new flows).
     pub const CT_USAGE: &str = "CT_USAGE";
-    /// NodePorts and their backends.
+    /// Service frontends (ClusterIP, NodePort, LoadBalancer IP, externalIP), each with its
+    /// backend slots.
     pub const SERVICES: &str = "SERVICES";
+    /// Service backends by id: address, port, conditions.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// Service frontends by service id, to translate back to the address a client used.
+    pub const REV_NAT: &str = "REV_NAT";
+    /// Per-socket reverse translation of the socket-level balancer (socket cookie + backend ->
+    /// the frontend the socket asked for).
+    pub const SOCK_REV_NAT: &str = "SOCK_REV_NAT";
+    /// Network namespaces of this node's pods (by netns cookie), whose sockets the socket-level
+    /// balancer serves.
+    pub const POD_NETNS: &str = "POD_NETNS";
     /// Other nodes' pod CIDRs (longest prefix match) and the node each lives on.
     pub const PEERS: &str = "PEERS";
     /// Every map, for pinning, listing and cleanup.
-    pub const ALL: [&str; 7] = [
-        CONFIG, ENDPOINTS, STATS, CONNTRACK, CT_USAGE, SERVICES, PEERS,
+    pub const ALL: [&str; 11] = [
+        CONFIG,
+        ENDPOINTS,
+        STATS,
+        CONNTRACK,
+        CT_USAGE,
+        SERVICES,
+        BACKENDS,
+        REV_NAT,
+        SOCK_REV_NAT,
+        POD_NETNS,
+        PEERS,
     ];
 }
 
@@ -36,12 +57,32 @@ pub mod program_name {
     pub const FROM_POD: &str = "from_pod";
     /// Ingress of the node's uplink: NodePort DNAT and reverse SNAT.
     pub const FROM_UPLINK: &str = "from_uplink";
-    /// `cgroup/connect4`: the node's own connections to `nodeIP:NodePort` go straight to a
-    /// backend.
-    pub const NODEPORT_CONNECT4: &str = "nodeport_connect4";
+    /// `cgroup/connect4`: TCP and connected UDP sockets (the node's and its pods') connecting
+    /// to a service frontend are connected straight to a backend.
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    /// `cgroup/sendmsg4`: unconnected UDP to a service frontend is sent straight to a backend.
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    /// `cgroup/recvmsg4`: replies to unconnected UDP carry the frontend as their source.
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    /// `cgroup/getpeername4`: a balanced socket's peer is the frontend it connected to.
+    pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
     /// The TC classifiers.
     pub const CLASSIFIERS: [&str; 2] = [FROM_POD, FROM_UPLINK];
-    pub const ALL: [&str; 3] = [FROM_POD, FROM_UPLINK, NODEPORT_CONNECT4];
+    /// The cgroup socket-address programs.
+    pub const SOCK: [&str; 4] = [
+        SOCK_CONNECT4,
+        SOCK_SENDMSG4,
+        SOCK_RECVMSG4,
+        SOCK_GETPEERNAME4,
+    ];
+    pub const ALL: [&str; 6] = [
+        FROM_POD,
+        FROM_UPLINK,
+        SOCK_CONNECT4,
+        SOCK_SENDMSG4,
+        SOCK_RECVMSG4,
+        SOCK_GETPEERNAME4,
+    ];
 }
 
 /// Default number of entries in the endpoints map. One entry per local pod address: a /16 pod
@@ -89,8 +130,15 @@ pub struct NodeConfig {
     pub ct_timeouts: CtTimeouts,
     /// ifindex of the node's VXLAN device in overlay mode; 0 in native routing mode.
     pub tunnel_ifindex: u32,
-    /// Cookie of the node's network namespace: the socket program acts only on sockets there.
+    /// Cookie of the node's network namespace: the socket programs act on sockets there (and,
+    /// with [`config_flag::SOCKET_LB`], in the pods' namespaces listed in `POD_NETNS`).
     pub netns_cookie: u64,
+    /// The service CIDR (Kubernetes' `--service-cluster-ip-range`): pod traffic to an address
+    /// in it that matches no service goes to the kernel unchanged, never SNATed (so kube-proxy
+    /// or anything else in netfilter can still see it). Unset when `service_prefix_len` is 0.
+    pub service_cidr: [u8; 4],
+    pub service_prefix_len: u8,
+    pub _pad2: [u8; 3],
 }
 
 /// Idle lifetimes of conntrack entries, in seconds. A packet matching an entry extends it.
@@ -171,10 +219,188 @@ pub const fn ct_map_entries(limit: u32, possible_cpus: u32) -> u32 {
     limit.saturating_add(slack)
 }
 
-/// Default entries in the services map: every NodePort of the default range (2 768 ports) for
-/// both TCP and UDP with ~10 backends each fits with room to spare; Cilium's service map
-/// default is the same 64 Ki.
-pub const DEFAULT_SERVICES_MAX: u32 = 65_536;
+/// Default entries in the `SERVICES` hash (one per frontend, one per backend slot of each
+/// frontend, one per ClusterIP address): 30,000 services with 300,000 backend slots and their
+/// 30,000 ClusterIP address entries take 360,000, leaving ~160,000 for further frontends of
+/// the same services (NodePorts, LoadBalancer IPs, externalIPs). Allocated as entries are
+/// written (`BPF_F_NO_PREALLOC`): ~80 bytes per entry (key 12 -> 16, value 16, element header
+/// 48), so ~29 MiB for the 360,000 entries of 30,000 services, ~40 MiB when full, nothing for
+/// an empty table. Cilium's service map default is 64 Ki entries per family.
+pub const DEFAULT_SERVICES_MAX: u32 = 524_288;
+
+/// Entries in the `BACKENDS` hash, as a function of the services map's size: a backend id per
+/// backend slot (ids are per frontend, see [`backend_id`]), and during a replace the new
+/// backends of one frontend exist next to its old ones. ~64 bytes per entry (key 4 -> 8,
+/// value 8, header 48), allocated on use: ~19 MiB for 300,000 backends.
+pub const fn backends_map_entries(services_max: u32) -> u32 {
+    services_max.saturating_add(MAX_BACKENDS as u32)
+}
+
+/// Entries in the `REV_NAT` hash: one per frontend; 30,000 services with up to four frontends
+/// each (ClusterIP, NodePort, a LoadBalancer IP, an externalIP) fit with room. ~72 bytes each
+/// (key 4 -> 8, value 12 -> 16, header 48), allocated on use: ~2 MiB for 30,000 frontends, 8 MiB full.
+pub const REV_NAT_MAX: u32 = 131_072;
+
+/// Entries in the `SOCK_REV_NAT` LRU: one per (socket, backend) the socket-level balancer
+/// translated, kept while in use (UDP DNS clients, connected sockets' `getpeername`). The LRU
+/// forgets the least recently used first; a forgotten entry only means an unconnected UDP
+/// reply shows the backend's address instead of the service's. ~88 bytes each (key 16, value
+/// 12 -> 16, LRU element header 56): ~5.5 MiB.
+pub const SOCK_REV_NAT_MAX: u32 = 65_536;
+
+/// Entries in the `POD_NETNS` hash: one per pod on the node (Kubernetes' default is 110 pods
+/// per node, its limit 256 unless raised); ~64 bytes each, allocated on use (0.5 MiB full).
+pub const POD_NETNS_MAX: u32 = 8_192;
+
+/// Frontend address of a NodePort: any of the node's addresses (the datapath looks NodePorts
+/// up with this address when a packet or socket is for the node IP), so a NodePort's entries
+/// do not depend on the node IP.
+pub const NODEPORT_ADDR: [u8; 4] = [0; 4];
+
+/// Port and protocol of a ClusterIP's address entry: `(clusterIP, ANY_PORT, ANY_PROTO, slot 0)`
+/// exists while any service uses that ClusterIP, so traffic to a port it does not serve is
+/// refused instead of leaving the node.
+pub const ANY_PORT: u16 = 0;
+pub const ANY_PROTO: u8 = 0;
+
+/// Key of the `SERVICES` hash. Slot 0 of a frontend is its master entry (service id, backend
+/// count, flags); slots `1..=count` hold backend ids.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Frontend address ([`NODEPORT_ADDR`] for a NodePort).
+    pub addr: [u8; 4],
+    /// Frontend port, host order.
+    pub port: u16,
+    pub slot: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the `SERVICES` hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Slot 0: the service id (key of `REV_NAT`). Slots `1..`: the backend id (key of
+    /// `BACKENDS`).
+    pub id: u32,
+    /// Slot 0: number of backends. Slots: 0.
+    pub count: u16,
+    /// Slot 0: how many backends are on this node; userspace puts them first (slots
+    /// `1..=local_count`), so traffic policy Local picks among them (issue 15).
+    pub local_count: u16,
+    /// Slot 0: bit set of `svc_flag::*`.
+    pub flags: u16,
+    pub _pad: u16,
+    /// Slot 0: session affinity (ClientIP) timeout in seconds; 0 without affinity (issue 15).
+    pub affinity_timeout: u32,
+}
+
+/// Bits of [`ServiceValue::flags`].
+pub mod svc_flag {
+    /// The frontend is a ClusterIP.
+    pub const CLUSTER_IP: u16 = 1 << 0;
+    /// The frontend is a NodePort (address [`super::NODEPORT_ADDR`]).
+    pub const NODE_PORT: u16 = 1 << 1;
+    /// The frontend is a LoadBalancer ingress IP (reachable from outside).
+    pub const LOAD_BALANCER: u16 = 1 << 2;
+    /// The frontend is an externalIP (reachable from outside).
+    pub const EXTERNAL_IP: u16 = 1 << 3;
+    /// `externalTrafficPolicy: Local` (issue 15).
+    pub const EXT_LOCAL: u16 = 1 << 4;
+    /// `internalTrafficPolicy: Local` (issue 15).
+    pub const INT_LOCAL: u16 = 1 << 5;
+    /// `sessionAffinity: ClientIP` (issue 15).
+    pub const AFFINITY: u16 = 1 << 6;
+    /// Backend choice by Maglev instead of at random (issue 15).
+    pub const MAGLEV: u16 = 1 << 7;
+    /// A ClusterIP's address entry (`ANY_PORT`, `ANY_PROTO`): not a service itself.
+    pub const ADDRESS: u16 = 1 << 8;
+    /// Frontends that traffic from outside the node may use.
+    pub const FROM_OUTSIDE: u16 = LOAD_BALANCER | EXTERNAL_IP;
+}
+
+/// Value of the `BACKENDS` hash (key: the backend id, a `u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceBackend {
+    pub addr: [u8; 4],
+    /// Port, host order (the service port's `targetPort`).
+    pub port: u16,
+    /// Bit set of `backend_flag::*`.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// Bits of [`ServiceBackend::flags`]: the EndpointSlice conditions (KEP-1669) and where the
+/// backend lives. Read by issue 15's selection; today every backend in the slots is used.
+pub mod backend_flag {
+    pub const READY: u8 = 1 << 0;
+    pub const SERVING: u8 = 1 << 1;
+    pub const TERMINATING: u8 = 1 << 2;
+    /// On this node.
+    pub const LOCAL: u8 = 1 << 3;
+}
+
+/// Value of the `REV_NAT` hash (key: the service id, a `u32`): the frontend a service id
+/// stands for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNat {
+    pub addr: [u8; 4],
+    /// Port, host order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    /// The frontend's `svc_flag::*`, as in its master entry (so userspace reads every frontend
+    /// from this map alone).
+    pub flags: u16,
+    pub _pad2: [u8; 2],
+}
+
+/// Service ids are `1..=MAX_SERVICE_ID`, so every backend id ([`backend_id`]) fits a `u32`.
+pub const MAX_SERVICE_ID: u32 = u32::MAX / BACKEND_IDS_PER_SERVICE - 1;
+/// Backend ids reserved per service id: two generations of [`MAX_BACKENDS`] slots, so a
+/// replace writes its new backends under ids the old ones do not use.
+pub const BACKEND_IDS_PER_SERVICE: u32 = 2 * MAX_BACKENDS as u32;
+
+/// The backend id of slot `slot` (1-based) of service `service_id` in `generation` (0 or 1).
+pub const fn backend_id(service_id: u32, generation: u32, slot: u16) -> u32 {
+    service_id * BACKEND_IDS_PER_SERVICE + (generation & 1) * MAX_BACKENDS as u32 + slot as u32 - 1
+}
+
+/// Key of the `SOCK_REV_NAT` LRU: a socket and the backend it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevNatKey {
+    /// `bpf_get_socket_cookie`.
+    pub cookie: u64,
+    /// Backend address and port (host order).
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the `SOCK_REV_NAT` LRU: the frontend the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevNat {
+    pub addr: [u8; 4],
+    /// Port, host order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+    /// The service id.
+    pub id: u32,
+}
+
+/// Value of the `POD_NETNS` hash (key: the pod namespace's cookie, a `u64`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodNetns {
+    /// The pod's address, so userspace can tell whose entry it is.
+    pub addr: [u8; 4],
+    pub _pad: [u8; 4],
+}
 
 /// VXLAN network identifier of the overlay (Flannel's default too).
 pub const VXLAN_VNI: u32 = 1;
@@ -207,7 +433,7 @@ pub mod peer_flag {
     pub const NODE_IP: u32 = 1 << 0;
 }
 
-/// Most backends one NodePort may have (slots 1..=MAX_BACKENDS in the services map).
+/// Most backends one frontend may have (slots 1..=MAX_BACKENDS in the services map).
 pub const MAX_BACKENDS: u16 = 1024;
 
 /// SNAT port choices tried before a new flow is refused (Cilium tries up to 128; podnet probes
@@ -324,30 +550,6 @@ pub const fn ct_live(programs: &CtUsage, collector: &CtUsage) -> u64 {
         .saturating_sub(collector.removed)
 }
 
-/// Key of the `SERVICES` map. Slot 0 is the NodePort itself (its value's `count` says how many
-/// backends there are); slots `1..=count` are the backends.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ServiceKey {
-    /// The NodePort, host order.
-    pub port: u16,
-    pub slot: u16,
-    pub proto: u8,
-    pub _pad: [u8; 3],
-}
-
-/// Value of the `SERVICES` map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ServiceValue {
-    /// Backend address (slot 0: unused).
-    pub addr: [u8; 4],
-    /// Backend port, host order (slot 0: unused).
-    pub port: u16,
-    /// Slot 0: number of backends. Backends: unused.
-    pub count: u16,
-}
-
 /// Bits of [`NodeConfig::flags`].
 pub mod config_flag {
     /// Set once userspace has written a complete configuration; until then the programs only
@@ -356,6 +558,10 @@ pub mod config_flag {
     /// Pods may only send IPv4 from their own address and MAC (`node init --anti-spoof`, on by
     /// default): anything else from a pod's veth is dropped as `drop_spoofed`.
     pub const ANTI_SPOOF: u32 = 1 << 1;
+    /// Socket-level service balancing for the pods' sockets too (`cgroup` programs in the pods'
+    /// namespaces listed in `POD_NETNS`); off, the pods' service traffic takes the TC path
+    /// alone. The node's own sockets are always balanced at the socket (no TC hook sees them).
+    pub const SOCKET_LB: u32 = 1 << 2;
 }
 
 /// Key of the `ENDPOINTS` hash: a local pod's IPv4 address.
@@ -452,8 +658,27 @@ pub mod reason {
     pub const FORWARD_UPLINK_TO_POD: u32 = 23;
     /// An IPv4 packet from a pod whose source address or MAC is not that pod's own.
     pub const DROP_SPOOFED: u32 = 24;
+    /// Pod traffic to an address in the service CIDR that is no podnet service: handed to the
+    /// kernel unchanged (never SNATed), for whatever else serves it.
+    pub const PASS_SERVICE_CIDR: u32 = 25;
+    /// A new connection to a service frontend with no backends, refused at once (TCP RST or
+    /// ICMP port unreachable back to the client).
+    pub const REJECT_NO_BACKEND: u32 = 26;
+    /// A new connection to a ClusterIP on a port none of its services has, refused likewise.
+    pub const REJECT_UNKNOWN_PORT: u32 = 27;
+    /// A socket's `connect()` or `sendmsg()` to a service frontend (not a NodePort) sent
+    /// straight to a backend (counted per call, bytes 0).
+    pub const SOCK_SERVICE: u32 = 28;
+    /// A reply's source (`recvmsg`) or a socket's peer (`getpeername`) translated back to the
+    /// service frontend.
+    pub const SOCK_REV_NAT: u32 = 29;
+    /// A socket's `connect()` or `sendmsg()` to a frontend with no backends (or a ClusterIP
+    /// port no service has) refused with ECONNREFUSED.
+    pub const SOCK_REJECT: u32 = 30;
+    /// Pod traffic to a service frontend, destination rewritten to a backend (no SNAT).
+    pub const SERVICE_DNAT: u32 = 31;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 32;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -482,6 +707,13 @@ pub mod reason {
         "forward_remote_node",
         "forward_uplink_to_pod",
         "drop_spoofed",
+        "pass_service_cidr",
+        "reject_no_backend",
+        "reject_unknown_port",
+        "sock_service",
+        "sock_rev_nat",
+        "sock_reject",
+        "service_dnat",
     ];
 }
 
@@ -505,6 +737,12 @@ pub mod proto {
     pub const TCP_SYN: u8 = 0x02;
     pub const TCP_RST: u8 = 0x04;
     pub const TCP_ACK: u8 = 0x10;
+    /// ICMP destination unreachable code "port unreachable".
+    pub const ICMP_PORT_UNREACH: u8 = 3;
+    /// IPv4 `frag_off` bit "don't fragment".
+    pub const IP_DF: u16 = 0x4000;
+    /// TTL of packets the programs build themselves (TCP RST, ICMP errors).
+    pub const DEFAULT_TTL: u8 = 64;
     /// IPv4 `frag_off` bits: more fragments, and the offset mask.
     pub const IP_MF: u16 = 0x2000;
     pub const IP_OFFSET: u16 = 0x1fff;
@@ -513,8 +751,8 @@ pub mod proto {
 #[cfg(feature = "user")]
 mod pod_impls {
     use super::{
-        Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, Peer, ServiceKey,
-        ServiceValue,
+        Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, Peer, PodNetns,
+        RevNat, ServiceBackend, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey,
     };
 
     // SAFETY: each type is #[repr(C)], made only of integers and byte arrays, with every padding
@@ -538,6 +776,16 @@ mod pod_impls {
     unsafe impl aya::Pod for ServiceValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Peer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceBackend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RevNat {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockRevNatKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockRevNat {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PodNetns {}
 }
 
 #[cfg(test)]
@@ -548,7 +796,9 @@ mod tests {
 
     #[test]
     fn node_config_layout() {
-        assert_eq!(size_of::<NodeConfig>(), 88);
+        assert_eq!(size_of::<NodeConfig>(), 96);
+        assert_eq!(offset_of!(NodeConfig, service_cidr), 88);
+        assert_eq!(offset_of!(NodeConfig, service_prefix_len), 92);
         assert_eq!(offset_of!(NodeConfig, snat_port_min), 44);
         assert_eq!(offset_of!(NodeConfig, ct_limit), 48);
         assert_eq!(offset_of!(NodeConfig, ct_timeouts), 52);
@@ -580,8 +830,32 @@ mod tests {
         assert_eq!(offset_of!(CtEntry, nat), 8);
         assert_eq!(offset_of!(CtEntry, kind), 20);
         assert_eq!(size_of::<CtUsage>(), 16);
-        assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<ServiceValue>(), 8);
+    }
+
+    #[test]
+    fn service_layouts() {
+        assert_eq!(size_of::<ServiceKey>(), 12);
+        assert_eq!(offset_of!(ServiceKey, port), 4);
+        assert_eq!(offset_of!(ServiceKey, proto), 8);
+        assert_eq!(size_of::<ServiceValue>(), 16);
+        assert_eq!(offset_of!(ServiceValue, flags), 8);
+        assert_eq!(offset_of!(ServiceValue, affinity_timeout), 12);
+        assert_eq!(size_of::<ServiceBackend>(), 8);
+        assert_eq!(size_of::<RevNat>(), 12);
+        assert_eq!(size_of::<SockRevNatKey>(), 16);
+        assert_eq!(size_of::<SockRevNat>(), 12);
+        assert_eq!(size_of::<PodNetns>(), 8);
+    }
+
+    #[test]
+    fn backend_ids_fit_and_never_collide() {
+        assert_eq!(backend_id(1, 0, 1), BACKEND_IDS_PER_SERVICE);
+        assert_eq!(
+            backend_id(1, 1, MAX_BACKENDS),
+            2 * BACKEND_IDS_PER_SERVICE - 1
+        );
+        assert!(backend_id(MAX_SERVICE_ID, 1, MAX_BACKENDS) < u32::MAX);
+        assert_eq!(backend_id(2, 0, 1), backend_id(1, 1, MAX_BACKENDS) + 1);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Ingress of a pod's host-side veth: everything a pod sends starts here.
 //!
-//! In order: a packet of a tracked flow is translated and delivered (replies of NodePort flows,
+//! In order: a packet of a tracked flow is translated and delivered (replies of service flows,
 //! SNATed flows, hairpin); IPv4 to another local pod is delivered straight to it; a new
-//! connection to a NodePort on the node IP is DNATed; IPv4 to another node's pod CIDR goes
+//! connection to a NodePort on the node IP, or to a ClusterIP, LoadBalancer IP or externalIP,
+//! is DNATed to a backend (never SNATed, except hairpin), or refused at once when there is no
+//! backend; other traffic to the service CIDR goes to the kernel untouched (whatever else
+//! serves it, kube-proxy say, must see the pod's own address); IPv4 to another node's pod CIDR goes
 //! straight out of the uplink to that node with its addresses untouched (native routing);
 //! traffic leaving the cluster is SNATed to the node IP. Everything else (ARP, IPv6, broadcast,
 //! the node's own addresses, other nodes' pods, anything malformed) goes to the kernel
@@ -105,6 +108,15 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
     if key.daddr == cfg.node_ip {
         return translate::nodeport(ctx, cfg, &pkt, now, true)
             .unwrap_or((TC_ACT_OK, reason::PASS_NOT_LOCAL));
+    }
+    if let Some(done) = translate::service(ctx, cfg, &pkt, now, true) {
+        return done;
+    }
+    if cfg.service_prefix_len != 0 && in_prefix(key.daddr, cfg.service_cidr, cfg.service_prefix_len)
+    {
+        // The service CIDR, but no podnet service: someone else's (kube-proxy's rules, say),
+        // so to the kernel as the pod sent it, never SNATed.
+        return (TC_ACT_OK, reason::PASS_SERVICE_CIDR);
     }
     if in_prefix(key.daddr, cfg.cluster_cidr, cfg.cluster_prefix_len) {
         // Another node's pods: never NATed; straight to that node when it is a known peer.

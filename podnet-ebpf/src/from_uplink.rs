@@ -1,5 +1,7 @@
 //! Ingress of the node's uplink: replies to SNATed pod traffic are translated back and
-//! delivered to the pod; new connections to a NodePort on the node IP are DNATed to a backend;
+//! delivered to the pod; new connections to a NodePort on the node IP, or to a LoadBalancer IP
+//! or externalIP routed to this node, are DNATed to a backend (or refused at once when there
+//! is none); replies to pods' service flows from backends on other nodes are translated back;
 //! ICMP errors about translated flows are translated back; packets from other nodes' pods for
 //! a local pod go straight to it. Everything else, above all the node's own traffic, goes to
 //! the kernel unchanged.
@@ -28,17 +30,26 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
     };
     // SAFETY: the parser bounds-checked the IPv4 header and nothing has changed the packet.
     let daddr = unsafe { (*frame.ip).daddr };
+    let pkt = parse::ipv4_packet(ctx, &frame);
+    let now = conntrack::now();
     if daddr != cfg.node_ip {
+        // A reply to a pod's service flow whose backend is on another node, or a packet of a
+        // flow to a LoadBalancer IP or externalIP.
+        if pkt.l4.has_tuple()
+            && let Some(done) = translate::tracked(ctx, cfg, &pkt, now)
+        {
+            return done;
+        }
         // Another node's pod talking to one of ours (native routing): straight to the pod.
         if in_prefix(daddr, cfg.pod_cidr, cfg.pod_prefix_len)
             && let Some(ep) = forward::endpoint(daddr)
         {
             return forward::to_endpoint(ctx, cfg, &ep, Some(reason::FORWARD_UPLINK_TO_POD));
         }
-        return (TC_ACT_OK, reason::PASS_NOT_LOCAL);
+        // A new connection to a LoadBalancer IP or externalIP.
+        return translate::service(ctx, cfg, &pkt, now, false)
+            .unwrap_or((TC_ACT_OK, reason::PASS_NOT_LOCAL));
     }
-    let pkt = parse::ipv4_packet(ctx, &frame);
-    let now = conntrack::now();
     let done = match pkt.l4 {
         L4::Fragment => Some((TC_ACT_OK, reason::PASS_FRAGMENT)),
         L4::Opaque => None,

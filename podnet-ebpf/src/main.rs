@@ -2,11 +2,14 @@
 //!
 //! - [`from_pod`]: ingress of every pod's host-side veth (what the pod sends);
 //! - [`from_uplink`]: ingress of the node's uplink (what reaches the node IP);
-//! - [`nodeport_connect4`]: `cgroup/connect4`, the node's own connections to NodePorts;
+//! - [`sock`]: `cgroup/connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`: socket-level
+//!   service balancing for the node's and its pods' sockets;
 //! - [`translate`]: the NAT decisions both classifiers share;
 //! - [`conntrack`]: flow state, lifetimes and admission;
 //! - [`nat`]: packet rewriting and checksums;
-//! - [`services`]: NodePorts and backend choice;
+//! - [`services`]: service frontends and backend choice;
+//! - [`reject`]: refusing a connection to a service with no backend (TCP RST, ICMP port
+//!   unreachable);
 //! - [`forward`] and [`fib`]: delivery to a local pod, or out by the routing table;
 //! - [`tunnel`]: the VXLAN overlay (tunnel key and redirect to the node's VXLAN device);
 //! - [`parse`]: bounds-checked header access;
@@ -37,11 +40,13 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
-mod nodeport_connect4;
-#[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod reject;
+#[cfg(target_arch = "bpf")]
 mod services;
+#[cfg(target_arch = "bpf")]
+mod sock;
 #[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]

@@ -4,13 +4,15 @@
 
 use aya_ebpf::{
     Global,
+    bindings::BPF_F_NO_PREALLOC,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use podnet_ebpf::abi::{
     CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage, DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX,
-    DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, NodeConfig, Peer, STATS_SLOTS,
-    ServiceKey, ServiceValue,
+    DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, NodeConfig, POD_NETNS_MAX,
+    Peer, PodNetns, REV_NAT_MAX, RevNat, SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey,
+    ServiceValue, SockRevNat, SockRevNatKey, backends_map_entries,
 };
 
 /// Node configuration: a single entry.
@@ -36,9 +38,40 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { DEFAULT_CT_LIMIT as usize }> 
 #[btf_map]
 pub static CT_USAGE: Array<CtUsage, { CT_USAGE_SLOTS as usize }> = Array::new();
 
-/// NodePorts (slot 0) and their backends (slots 1..).
+/// Flags of the service maps: elements are allocated as they are written, so a node pays for
+/// the services it has, not for the 30,000-service capacity.
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
+/// Service frontends (slot 0: master entry) and their backend slots (slots 1..).
 #[btf_map]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue, { DEFAULT_SERVICES_MAX as usize }> =
+pub static SERVICES: HashMap<
+    ServiceKey,
+    ServiceValue,
+    { DEFAULT_SERVICES_MAX as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+
+/// Backends by id.
+#[btf_map]
+pub static BACKENDS: HashMap<
+    u32,
+    ServiceBackend,
+    { backends_map_entries(DEFAULT_SERVICES_MAX) as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+
+/// Frontends by service id.
+#[btf_map]
+pub static REV_NAT: HashMap<u32, RevNat, { REV_NAT_MAX as usize }, NO_PREALLOC> = HashMap::new();
+
+/// The socket-level balancer's reverse translation: (socket cookie, backend) -> frontend.
+#[btf_map]
+pub static SOCK_REV_NAT: LruHashMap<SockRevNatKey, SockRevNat, { SOCK_REV_NAT_MAX as usize }> =
+    LruHashMap::new();
+
+/// This node's pods' network namespaces, by netns cookie.
+#[btf_map]
+pub static POD_NETNS: HashMap<u64, PodNetns, { POD_NETNS_MAX as usize }, NO_PREALLOC> =
     HashMap::new();
 
 /// Other nodes' pod CIDRs: longest prefix match on a destination address gives the node.

@@ -1,25 +1,32 @@
-//! NodePorts: `(port, protocol)` to a set of backends, and the choice of one backend for a new
-//! connection. Slot 0 of a NodePort holds the number of backends; slots `1..=count` hold them.
-//! Userspace fills the slots before raising the count and lowers the count before clearing a
-//! slot, so a lookup never sees a slot that is not there.
+//! Services: frontends (`address:port/proto`, a NodePort under `NODEPORT_ADDR`) to a set of
+//! backends, and the choice of one backend for a new connection. A frontend's slot 0 (its
+//! master entry) holds the service id, the backend count and flags; slots `1..=count` hold
+//! backend ids, looked up in `BACKENDS`. Userspace fills the slots (and their backends) before
+//! raising the count and lowers the count before removing a slot, so a lookup never sees a
+//! slot that is not there; a backend id removed between the slot's lookup and the backend's
+//! (a replace racing with the packet) reads as "no backend" for that one packet.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use podnet_ebpf::abi::{ServiceKey, ServiceValue};
+use podnet_ebpf::abi::{
+    ANY_PORT, ANY_PROTO, NODEPORT_ADDR, ServiceBackend, ServiceKey, ServiceValue,
+};
 
-use crate::maps::SERVICES;
+use crate::maps::{BACKENDS, SERVICES};
 
-/// What a NodePort lookup found.
-pub enum NodePort {
-    /// Not a NodePort.
+/// What a frontend lookup found.
+pub enum Frontend {
+    /// No service here.
     None,
-    /// A NodePort whose backends are all gone.
-    NoBackend,
-    Backend(ServiceValue),
+    /// The address is a ClusterIP, but none of its services has this port and protocol.
+    UnknownPort,
+    /// A service's master entry.
+    Service(ServiceValue),
 }
 
 #[inline(always)]
-fn key(port: u16, proto: u8, slot: u16) -> ServiceKey {
+fn key(addr: [u8; 4], port: u16, proto: u8, slot: u16) -> ServiceKey {
     ServiceKey {
+        addr,
         port,
         slot,
         proto,
@@ -34,21 +41,41 @@ pub fn random() -> u32 {
     unsafe { bpf_get_prandom_u32() }
 }
 
-/// Picks a backend for a new connection to NodePort `port`/`proto`, uniformly at random: the
-/// connection then stays on it through conntrack.
 #[inline(always)]
-pub fn pick(port: u16, proto: u8) -> NodePort {
+fn master(addr: [u8; 4], port: u16, proto: u8) -> Option<ServiceValue> {
     // SAFETY: hash map values are copied out immediately.
-    let Some(count) = (unsafe { SERVICES.get(key(port, proto, 0)) }).map(|svc| svc.count) else {
-        return NodePort::None;
-    };
-    if count == 0 {
-        return NodePort::NoBackend;
+    unsafe { SERVICES.get(key(addr, port, proto, 0)) }.copied()
+}
+
+/// The service at `addr:port/proto` (not NodePorts: see [`nodeport`]).
+#[inline(always)]
+pub fn frontend(addr: [u8; 4], port: u16, proto: u8) -> Frontend {
+    if let Some(svc) = master(addr, port, proto) {
+        return Frontend::Service(svc);
     }
-    let slot = 1 + (random() % u32::from(count)) as u16;
+    if master(addr, ANY_PORT, ANY_PROTO).is_some() {
+        return Frontend::UnknownPort;
+    }
+    Frontend::None
+}
+
+/// The NodePort `port/proto` on the node's address.
+#[inline(always)]
+pub fn nodeport(port: u16, proto: u8) -> Option<ServiceValue> {
+    master(NODEPORT_ADDR, port, proto)
+}
+
+/// Picks a backend of the frontend `addr:port/proto` whose master entry is `svc`, uniformly
+/// at random: the connection then stays on it (through conntrack, or because the socket was
+/// connected to it). `None` when it has no backends.
+#[inline(always)]
+pub fn pick(addr: [u8; 4], port: u16, proto: u8, svc: &ServiceValue) -> Option<ServiceBackend> {
+    if svc.count == 0 {
+        return None;
+    }
+    let slot = 1 + (random() % u32::from(svc.count)) as u16;
+    // SAFETY: hash map values are copied out immediately.
+    let id = unsafe { SERVICES.get(key(addr, port, proto, slot)) }.map(|s| s.id)?;
     // SAFETY: as above.
-    match unsafe { SERVICES.get(key(port, proto, slot)) } {
-        Some(backend) => NodePort::Backend(*backend),
-        None => NodePort::NoBackend,
-    }
+    unsafe { BACKENDS.get(id) }.copied()
 }

@@ -1,17 +1,21 @@
 //! The NAT decisions shared by both classifiers: translating a packet of a known flow, starting
-//! a NodePort flow, and translating an ICMP error about a flow.
+//! a service flow (NodePort, ClusterIP, LoadBalancer IP, externalIP) or refusing it, starting a
+//! SNAT flow, and translating an ICMP error about a flow.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use podnet_ebpf::abi::{CtKey, CtNat, NodeConfig, ct_dir, ct_kind, reason};
+use podnet_ebpf::abi::{
+    CtKey, CtNat, NODEPORT_ADDR, NodeConfig, ServiceBackend, ct_dir, ct_kind, reason, svc_flag,
+};
 
 use crate::{
     conntrack::{self, PortChoice},
     forward, nat,
     parse::{Ipv4Packet, L4},
-    services::{self, NodePort},
+    reject,
+    services::{self, Frontend},
 };
 
 /// The reason a packet of a tracked flow is counted under.
@@ -74,10 +78,58 @@ pub fn tracked(
     ))
 }
 
-/// Starts a flow to a NodePort on the node's IP, if `pkt` is one: picks a backend, records the
+/// Starts a flow to `backend` of a service frontend (the packet's destination): records the
 /// flow and delivers the packet. `from_pod` says the client is a local pod, which may be the
 /// backend itself (hairpin: the source then becomes the node IP too, or the pod would see a
-/// packet from itself). `None` when `pkt` is not for a NodePort.
+/// packet from itself). A backend on another node gets the packet with this node's IP as its
+/// source, so the replies come back through this node (kube-proxy's policy "Cluster"), when
+/// the client is outside or the frontend is a NodePort; a pod's packet to any other frontend
+/// keeps the pod's address (its replies come back to the pod's node by routing).
+#[inline(always)]
+fn start_service_flow(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    pkt: &Ipv4Packet,
+    now: u64,
+    backend: &ServiceBackend,
+    from_pod: bool,
+    nodeport: bool,
+) -> (i32, u32) {
+    if !conntrack::admit(cfg) {
+        return (TC_ACT_SHOT, reason::DROP_CT_FULL);
+    }
+    let hairpin = from_pod && backend.addr == pkt.key.saddr;
+    let remote = !hairpin && forward::endpoint(backend.addr).is_none();
+    let snat_remote = remote && (nodeport || !from_pod);
+    let allocate = PortChoice::Allocate {
+        random: services::random(),
+    };
+    let (kind, ports, saddr) = if hairpin {
+        (ct_kind::HAIRPIN, allocate, cfg.node_ip)
+    } else if snat_remote {
+        (ct_kind::REMOTE_BACKEND, allocate, cfg.node_ip)
+    } else {
+        (ct_kind::DNAT, PortChoice::Keep, pkt.key.saddr)
+    };
+    let nat = CtNat {
+        saddr,
+        daddr: backend.addr,
+        sport: pkt.key.sport,
+        dport: backend.port,
+    };
+    let why = if from_pod && !nodeport {
+        reason::SERVICE_DNAT
+    } else {
+        reason::DNAT
+    };
+    match conntrack::create(cfg, &pkt.key, nat, kind, ports, now) {
+        Ok(nat) => rewrite_and_deliver(ctx, cfg, pkt, &nat, why),
+        Err(why) => (TC_ACT_SHOT, why),
+    }
+}
+
+/// Starts a flow to a NodePort on the node's IP, if `pkt` is one (see [`start_service_flow`]).
+/// `None` when `pkt` is not for a NodePort.
 #[inline(always)]
 pub fn nodeport(
     ctx: &TcContext,
@@ -89,40 +141,63 @@ pub fn nodeport(
     if !matches!(pkt.l4, L4::Tcp { .. } | L4::Udp) || !conntrack::starts_flow(pkt.l4) {
         return None;
     }
-    let backend = match services::pick(pkt.key.dport, pkt.key.proto) {
-        NodePort::None => return None,
-        NodePort::NoBackend => return Some((TC_ACT_SHOT, reason::DROP_NO_BACKEND)),
-        NodePort::Backend(backend) => backend,
+    let svc = services::nodeport(pkt.key.dport, pkt.key.proto)?;
+    let Some(backend) = services::pick(NODEPORT_ADDR, pkt.key.dport, pkt.key.proto, &svc) else {
+        return Some((TC_ACT_SHOT, reason::DROP_NO_BACKEND));
     };
-    if !conntrack::admit(cfg) {
-        return Some((TC_ACT_SHOT, reason::DROP_CT_FULL));
+    Some(start_service_flow(
+        ctx, cfg, pkt, now, &backend, from_pod, true,
+    ))
+}
+
+/// Starts a flow to a service frontend at the packet's destination (ClusterIP, LoadBalancer
+/// IP, externalIP; from outside only the latter two), or refuses it at once (TCP RST, ICMP port
+/// unreachable, back to the client) when the frontend has no backends or the address is a
+/// ClusterIP without this port. `None` when the destination is no frontend.
+#[inline(always)]
+pub fn service(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    pkt: &Ipv4Packet,
+    now: u64,
+    from_pod: bool,
+) -> Option<(i32, u32)> {
+    if !matches!(pkt.l4, L4::Tcp { .. } | L4::Udp) {
+        return None;
     }
-    let hairpin = from_pod && backend.addr == pkt.key.saddr;
-    // A backend on another node: the replies must come back through this node to be
-    // translated, so the source becomes this node too (kube-proxy's policy "Cluster").
-    let remote = !hairpin && forward::endpoint(backend.addr).is_none();
-    let allocate = PortChoice::Allocate {
-        random: services::random(),
+    let key = &pkt.key;
+    let svc = match services::frontend(key.daddr, key.dport, key.proto) {
+        Frontend::None => return None,
+        Frontend::UnknownPort if from_pod => {
+            return Some(reject::refuse(
+                ctx,
+                cfg,
+                pkt,
+                reason::REJECT_UNKNOWN_PORT,
+                from_pod,
+            ));
+        }
+        Frontend::UnknownPort => return None,
+        Frontend::Service(svc) => svc,
     };
-    let (kind, ports, saddr) = if hairpin {
-        (ct_kind::HAIRPIN, allocate, cfg.node_ip)
-    } else if remote {
-        (ct_kind::REMOTE_BACKEND, allocate, cfg.node_ip)
-    } else {
-        (ct_kind::DNAT, PortChoice::Keep, pkt.key.saddr)
+    if !from_pod && svc.flags & svc_flag::FROM_OUTSIDE == 0 {
+        return None;
+    }
+    let Some(backend) = services::pick(key.daddr, key.dport, key.proto, &svc) else {
+        return Some(reject::refuse(
+            ctx,
+            cfg,
+            pkt,
+            reason::REJECT_NO_BACKEND,
+            from_pod,
+        ));
     };
-    let nat = CtNat {
-        saddr,
-        daddr: backend.addr,
-        sport: pkt.key.sport,
-        dport: backend.port,
-    };
-    Some(
-        match conntrack::create(cfg, &pkt.key, nat, kind, ports, now) {
-            Ok(nat) => rewrite_and_deliver(ctx, cfg, pkt, &nat, reason::DNAT),
-            Err(why) => (TC_ACT_SHOT, why),
-        },
-    )
+    if !conntrack::starts_flow(pkt.l4) {
+        return Some((TC_ACT_SHOT, reason::DROP_CT_NO_STATE));
+    }
+    Some(start_service_flow(
+        ctx, cfg, pkt, now, &backend, from_pod, false,
+    ))
 }
 
 /// Starts a SNAT flow for a pod packet leaving the cluster and delivers it. The route is looked

@@ -88,3 +88,42 @@ pub fn run_classifier(ebpf: &Ebpf, program: &str, frame: &[u8]) -> (u32, Vec<u8>
     out.truncate(usize::try_from(result.data_size_out).expect("fits"));
     (result.return_value, out)
 }
+
+/// The service maps of `ebpf` (taken out of it; its programs keep using them), through the
+/// same accessor a node uses.
+pub fn services_map(ebpf: &mut Ebpf) -> podnet::datapath::services_map::ServicesMap {
+    use podnet_ebpf::abi::map_name;
+    let mut take = |name| ebpf.take_map(name).unwrap_or_else(|| panic!("map {name}"));
+    let (services, backends, rev_nat) = (
+        take(map_name::SERVICES),
+        take(map_name::BACKENDS),
+        take(map_name::REV_NAT),
+    );
+    podnet::datapath::services_map::ServicesMap::from_maps(services, backends, rev_nat)
+        .expect("service maps")
+}
+
+/// A service on `frontend` with `backends` (address, port), all ready, and `flags`
+/// (`abi::svc_flag`).
+pub fn service_spec(
+    frontend: podnet::datapath::services_map::Frontend,
+    backends: &[(Ipv4Addr, u16)],
+    flags: u16,
+) -> podnet::datapath::services_map::Service {
+    use podnet::datapath::services_map::{Backend, Service};
+    use podnet_ebpf::abi::backend_flag;
+    Service {
+        frontend,
+        backends: backends
+            .iter()
+            .map(|&(addr, port)| Backend {
+                addr,
+                port,
+                flags: backend_flag::READY | backend_flag::SERVING,
+            })
+            .collect(),
+        flags,
+        local_count: 0,
+        affinity_timeout: 0,
+    }
+}

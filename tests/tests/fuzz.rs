@@ -36,9 +36,18 @@
 //! failure prints the seed, the index and the frame in hex; `PODNET_FUZZ_REPLAY=<program>:<hex>`
 //! runs that one frame against freshly seeded maps.
 //!
-//! Not fuzzed: `nodeport_connect4`. It is a `cgroup/connect4` (`BPF_PROG_TYPE_CGROUP_SOCK_ADDR`)
-//! program, and the kernel has no `BPF_PROG_TEST_RUN` for that program type; it never sees
-//! packets, only `connect()` addresses, and is covered end to end in `tests/tests/nat.rs`.
+//! Services too: ClusterIPs (local backend, hairpin, a backend on another node, no backend, an
+//! unknown port), a LoadBalancer IP from outside (with and without a backend), the service CIDR
+//! without a service, with live ClusterIP and LoadBalancer flows seeded like the others. A
+//! refusal (a TCP RST or ICMP port unreachable built in place and sent back) is the one
+//! redirect that may change the frame's length and every byte: it is checked to be exactly a
+//! refusal of the input (addresses and ports swapped, headers only, checksums verifying, the
+//! ICMP quote being the input's headers).
+//!
+//! Not fuzzed: the socket programs (`sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4`,
+//! `sock_getpeername4`). They are `BPF_PROG_TYPE_CGROUP_SOCK_ADDR` programs, for which the
+//! kernel has no `BPF_PROG_TEST_RUN`; they never see packets, only socket addresses, and are
+//! covered end to end in `tests/tests/nat.rs` and `tests/tests/services.rs`.
 //!
 //! Limitation (as in `nat_unit.rs`): test runs hand the programs `CHECKSUM_NONE` skbs, so only
 //! full checksums are exercised, and `bpf_fib_lookup` routes in the namespace of the thread
@@ -52,10 +61,11 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
+use podnet::datapath::services_map::{Frontend, ServicesMap};
 use podnet_ebpf::abi::{
     CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtTimeouts, CtUsage, Endpoint, EndpointKey,
-    NodeConfig, Peer, ServiceKey, ServiceValue, config_flag, endpoint_flag, map_name, peer_flag,
-    program_name, reason,
+    NodeConfig, Peer, config_flag, endpoint_flag, map_name, peer_flag, program_name, reason,
+    svc_flag,
 };
 use podnet_tests::{
     Scenario,
@@ -120,6 +130,19 @@ const NP_UDP: u16 = 30_053;
 const NP_HAIRPIN: u16 = 30_081;
 const NP_REMOTE: u16 = 30_090;
 const NP_EMPTY: u16 = 30_099;
+
+/// Services: ClusterIP ports to pod B (TCP, UDP), to pod A (hairpin), to another node's pod;
+/// a ClusterIP without backends; a LoadBalancer IP with and without a backend; an address of
+/// the service CIDR that is no service.
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const NOT_A_SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// Seeded service flows (client ports kept): pod A to the ClusterIP (backend pod B), pod A to
+/// the ClusterIP whose backend is on another node, the outside to the LoadBalancer IP.
+const SVC_CLIENT: Addr = (POD_A, 42_000);
+const SVC_REMOTE_CLIENT: Addr = (POD_A, 43_000);
+const LB_CLIENT: Addr = (OUTSIDE, 50_003);
 
 const SNAT_PORT_MIN: u16 = 40_000;
 const SNAT_PORT_MAX: u16 = 65_535;
@@ -187,6 +210,7 @@ fn in_node_netns(test: impl FnOnce() + Send) {
 
 struct Harness {
     ebpf: Ebpf,
+    services: ServicesMap,
 }
 
 /// What the kernel did with one input.
@@ -220,6 +244,10 @@ impl Harness {
                     snat_port_max: SNAT_PORT_MAX,
                     ct_limit: 1 << 17,
                     ct_timeouts: CtTimeouts::DEFAULT,
+                    // Refusals from the uplink go back out of the device the skb came in on.
+                    uplink_ifindex: lo,
+                    service_cidr: [10, 96, 0, 0],
+                    service_prefix_len: 12,
                     ..NodeConfig::default()
                 },
                 0,
@@ -263,40 +291,42 @@ impl Harness {
                 )
                 .expect("peer");
         }
-        let mut h = Self { ebpf };
+        let services = podnet_tests::testrun::services_map(&mut ebpf);
+        let mut h = Self { ebpf, services };
         h.service(NP_TCP, TCP, &[(POD_B, 80)]);
         h.service(NP_UDP, UDP, &[(POD_B, 53)]);
         h.service(NP_HAIRPIN, TCP, &[(POD_A, 80)]);
         h.service(NP_REMOTE, TCP, &[(OTHER_NODE_POD, 80)]);
         h.service(NP_EMPTY, TCP, &[]);
+        let cluster_ip = svc_flag::CLUSTER_IP;
+        for (addr, port, proto, backends, flags) in [
+            (VIP, 80, TCP, &[(POD_B, 80)][..], cluster_ip),
+            (VIP, 53, UDP, &[(POD_B, 53)][..], cluster_ip),
+            (VIP, 81, TCP, &[(POD_A, 80)][..], cluster_ip),
+            (VIP, 82, TCP, &[(OTHER_NODE_POD, 80)][..], cluster_ip),
+            (EMPTY_VIP, 80, TCP, &[][..], cluster_ip),
+            (EMPTY_VIP, 53, UDP, &[][..], cluster_ip),
+            (LB_IP, 80, TCP, &[(POD_B, 80)][..], svc_flag::LOAD_BALANCER),
+            (LB_IP, 81, TCP, &[][..], svc_flag::LOAD_BALANCER),
+        ] {
+            let spec = podnet_tests::testrun::service_spec(
+                Frontend { addr, port, proto },
+                backends,
+                flags,
+            );
+            h.services.write(&spec).expect("service");
+        }
         h
     }
 
-    /// Adds NodePort `port`/`proto` with `backends` (slots first, then the count).
+    /// Adds NodePort `port`/`proto` with `backends`, through the node's own accessor.
     fn service(&mut self, port: u16, proto: u8, backends: &[Addr]) {
-        let mut services: HashMap<_, ServiceKey, ServiceValue> =
-            HashMap::try_from(self.ebpf.map_mut(map_name::SERVICES).expect("SERVICES"))
-                .expect("hash");
-        let key = |slot: u16| ServiceKey {
-            port,
-            slot,
-            proto,
-            _pad: [0; 3],
-        };
-        for (slot, (addr, backend_port)) in (1..).zip(backends) {
-            let value = ServiceValue {
-                addr: addr.octets(),
-                port: *backend_port,
-                count: 0,
-            };
-            services.insert(key(slot), value, 0).expect("backend");
-        }
-        let count = u16::try_from(backends.len()).expect("fits");
-        let value = ServiceValue {
-            count,
-            ..ServiceValue::default()
-        };
-        services.insert(key(0), value, 0).expect("service");
+        let spec = podnet_tests::testrun::service_spec(
+            Frontend::nodeport(port, proto),
+            backends,
+            svc_flag::NODE_PORT,
+        );
+        self.services.write(&spec).expect("service");
     }
 
     fn run(&self, prog: Prog, frame: &[u8]) -> Ran {
@@ -458,6 +488,21 @@ impl Harness {
             &tcp_frame(GW_MAC, MAC_B, (POD_B, 80), DNAT_TCP_CLIENT, SYN_ACK, b""),
             "NodePort TCP reply",
         );
+        self.seed(
+            Prog::FromPod,
+            &tcp_frame(GW_MAC, MAC_A, SVC_CLIENT, (VIP, 80), SYN, b""),
+            "ClusterIP TCP",
+        );
+        self.seed(
+            Prog::FromPod,
+            &tcp_frame(GW_MAC, MAC_A, SVC_REMOTE_CLIENT, (VIP, 82), SYN, b""),
+            "ClusterIP to another node",
+        );
+        self.seed(
+            Prog::FromUplink,
+            &tcp_frame(UPLINK_MAC, NEXT_HOP_MAC, LB_CLIENT, (LB_IP, 80), SYN, b""),
+            "LoadBalancer IP",
+        );
         flows
     }
 
@@ -606,7 +651,7 @@ fn template(rng: &mut Rng, f: &Flows) -> (Prog, Vec<u8>) {
     let zero_udp = rng.chance(30);
     let quote_len = *rng.pick(&[28, 28, 28, 24, 20, 12, 48, 200]);
     let error = *rng.pick(&[(3, 3), (3, 4), (11, 0), (12, 0), (3, 1)]);
-    match rng.below(30) {
+    match rng.below(36) {
         // from_pod: new SNAT flows, the seeded ones going on.
         0 => {
             let any_port = rng.u16();
@@ -867,6 +912,75 @@ fn template(rng: &mut Rng, f: &Flows) -> (Prog, Vec<u8>) {
             };
             (prog, eth(BROADCAST, MAC_A, ethertype, &body))
         }
+        // from_pod: services, new and going on (the refusals of 10.96.0.11 and of unknown
+        // ports included), and the service CIDR without a service.
+        30 => {
+            let dst = *rng.pick(&[
+                (VIP, 80),
+                (VIP, 81),
+                (VIP, 82),
+                (VIP, 9999),
+                (EMPTY_VIP, 80),
+                (NOT_A_SERVICE, 80),
+                (LB_IP, 80),
+            ]);
+            let fl = if rng.chance(70) { SYN } else { flags(rng) };
+            let (macs, src) = if rng.chance(70) {
+                (pod, POD_A)
+            } else {
+                (pod_b, POD_B)
+            };
+            (
+                Prog::FromPod,
+                tcp_frame(macs.0, macs.1, (src, sport), dst, fl, &data),
+            )
+        }
+        31 => {
+            let dst = *rng.pick(&[(VIP, 53), (EMPTY_VIP, 53), (VIP, 5353), (NOT_A_SERVICE, 53)]);
+            (
+                Prog::FromPod,
+                udp_frame(pod.0, pod.1, (POD_A, sport), dst, &data, zero_udp),
+            )
+        }
+        32 => (
+            Prog::FromPod,
+            tcp_frame(pod.0, pod.1, SVC_CLIENT, (VIP, 80), flags(rng), &data),
+        ),
+        // from_pod: the backend's reply; from_uplink: the other node's backend's reply.
+        33 => (
+            Prog::FromPod,
+            tcp_frame(pod_b.0, pod_b.1, (POD_B, 80), SVC_CLIENT, flags(rng), &data),
+        ),
+        34 => (
+            Prog::FromUplink,
+            tcp_frame(
+                up.0,
+                OTHER_NODE_MAC,
+                (OTHER_NODE_POD, 80),
+                SVC_REMOTE_CLIENT,
+                flags(rng),
+                &data,
+            ),
+        ),
+        // from_uplink: the LoadBalancer IP, new and going on, without backends, a ClusterIP.
+        35 => {
+            let (src, dst) = *rng.pick(&[
+                (LB_CLIENT, (LB_IP, 80)),
+                ((OUTSIDE, sport), (LB_IP, 80)),
+                ((OUTSIDE, sport), (LB_IP, 81)),
+                ((OUTSIDE, sport), (VIP, 80)),
+            ]);
+            let fl = if rng.chance(60) { SYN } else { flags(rng) };
+            if rng.chance(25) {
+                let dst = (dst.0, 53);
+                (
+                    Prog::FromUplink,
+                    udp_frame(up.0, up.1, src, dst, &data, zero_udp),
+                )
+            } else {
+                (Prog::FromUplink, tcp_frame(up.0, up.1, src, dst, fl, &data))
+            }
+        }
         // Broadcast IPv4 from a pod, and to the node from the uplink.
         _ => {
             let prog = *rng.pick(&[Prog::FromPod, Prog::FromUplink]);
@@ -1005,6 +1119,8 @@ enum Outcome {
     Rewritten {
         verified: bool,
     },
+    /// Answered in place with a refusal (TCP RST, ICMP port unreachable) and sent back.
+    Refusal,
 }
 
 /// Checks one result against the invariants (module doc); `Err` says which one broke.
@@ -1025,7 +1141,54 @@ fn check(input: &[u8], ran: Ran) -> Result<Outcome, String> {
     }
 }
 
+/// A redirected output that is a refusal of `input`: a TCP RST answering a TCP segment that is
+/// no RST, or an ICMP port unreachable answering a UDP datagram. `None` when it is neither;
+/// otherwise whether it is exactly what a refusal must be: a fresh IPv4 header without options
+/// and L4 header whose checksums verify, from the input's destination to its source (ports
+/// swapped for TCP), cut to its headers (an ICMP error quoting the input's IPv4 header and 8
+/// bytes after it).
+fn check_refusal(input: &[u8], out: &[u8]) -> Option<Result<Outcome, String>> {
+    let v = fuzz::ipv4_view(input)?;
+    let vo = fuzz::ipv4_view(out)?;
+    let rst = v.proto == TCP
+        && vo.proto == TCP
+        && fuzz::l4_complete(&v)
+        && input[v.l4_off + 13] & RST == 0
+        && out.get(vo.l4_off + 13).is_some_and(|f| f & RST != 0);
+    let unreach = v.proto == UDP
+        && vo.proto == ICMP
+        && out.get(vo.l4_off..vo.l4_off + 2) == Some(&[3, 3][..]);
+    if !rst && !unreach {
+        return None;
+    }
+    let fail = |what: &str| Some(Err(format!("refusal, {what}: {}", fuzz::hex(out))));
+    let ip = |f: &[u8], at: usize| f[ETH_HLEN + at..ETH_HLEN + at + 4].to_vec();
+    let expected_len = ETH_HLEN + if rst { 40 } else { 56 };
+    if out.len() != expected_len || vo.hlen != 20 || vo.total + ETH_HLEN != out.len() {
+        return fail(&format!("{} bytes where {expected_len} are due", out.len()));
+    }
+    if !fuzz::ip_header_ok(out, &vo) || fuzz::l4_ok(out, &vo) != Some(true) {
+        return fail("a checksum does not verify");
+    }
+    if ip(out, 12) != ip(input, 16) || ip(out, 16) != ip(input, 12) {
+        return fail("not from the address the client used back to the client");
+    }
+    if rst {
+        let ports_in = (u16_at(input, v.l4_off), u16_at(input, v.l4_off + 2));
+        let ports_out = (u16_at(out, vo.l4_off), u16_at(out, vo.l4_off + 2));
+        if ports_out != (ports_in.1, ports_in.0) {
+            return fail("ports not swapped");
+        }
+    } else if v.hlen != 20 || out[vo.l4_off + 8..] != input[ETH_HLEN..ETH_HLEN + 28] {
+        return fail("the quote is not the refused datagram's headers");
+    }
+    Some(Ok(Outcome::Refusal))
+}
+
 fn check_redirected(input: &[u8], out: &[u8]) -> Result<Outcome, String> {
+    if let Some(refusal) = check_refusal(input, out) {
+        return refusal;
+    }
     let fail = |what: &str| Err(format!("redirected, {what}: {}", fuzz::hex(out)));
     if out.len() != input.len() {
         return fail(&format!("length {} became {}", input.len(), out.len()));
@@ -1108,7 +1271,7 @@ fn replay(spec: &str) {
 }
 
 /// Every reason the corpus must reach, or the fuzzer is not testing what it claims to.
-const MUST_REACH: [u32; 16] = [
+const MUST_REACH: [u32; 20] = [
     reason::FORWARD_LOCAL_PEER,
     reason::FORWARD_LOCAL_REDIRECT,
     reason::PASS_NOT_IPV4,
@@ -1125,6 +1288,10 @@ const MUST_REACH: [u32; 16] = [
     reason::FORWARD_REMOTE_NODE,
     reason::FORWARD_UPLINK_TO_POD,
     reason::DROP_SPOOFED,
+    reason::SERVICE_DNAT,
+    reason::REJECT_NO_BACKEND,
+    reason::REJECT_UNKNOWN_PORT,
+    reason::PASS_SERVICE_CIDR,
 ];
 
 #[test]
@@ -1181,6 +1348,7 @@ fn fuzzed_frames_keep_the_datapath_invariants() {
                 Outcome::Forwarded => "forwarded_macs_only",
                 Outcome::Rewritten { verified: true } => "rewritten_checksums_verified",
                 Outcome::Rewritten { verified: false } => "rewritten_bad_checksum_in",
+                Outcome::Refusal => "refused_with_rst_or_icmp",
             };
             *outcomes.entry(key).or_default() += 1;
         }

@@ -23,10 +23,10 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
 };
+use podnet::datapath::services_map::{Frontend, ServicesMap};
 use podnet_ebpf::abi::{
     CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtNat, CtTimeouts, CtUsage, Endpoint, EndpointKey,
-    NodeConfig, ServiceKey, ServiceValue, config_flag, ct_dir, ct_kind, ct_state, map_name,
-    program_name, reason,
+    NodeConfig, config_flag, ct_dir, ct_kind, ct_state, map_name, program_name, reason, svc_flag,
 };
 use podnet_tests::{
     packet::*,
@@ -83,6 +83,7 @@ fn in_node_netns(test: impl FnOnce() + Send) {
 
 struct Harness {
     ebpf: Ebpf,
+    services: ServicesMap,
 }
 
 impl Harness {
@@ -134,43 +135,18 @@ impl Harness {
                 )
                 .expect("endpoint");
         }
-        Self { ebpf }
+        let services = podnet_tests::testrun::services_map(&mut ebpf);
+        Self { ebpf, services }
     }
 
-    /// Adds NodePort `port`/`proto` with `backends` (slots first, then the count).
+    /// Adds NodePort `port`/`proto` with `backends`, through the node's own accessor.
     fn service(&mut self, port: u16, proto: u8, backends: &[Addr]) {
-        let mut services: HashMap<_, ServiceKey, ServiceValue> =
-            HashMap::try_from(self.ebpf.map_mut(map_name::SERVICES).expect("SERVICES"))
-                .expect("hash");
-        let key = |slot: u16| ServiceKey {
-            port,
-            slot,
-            proto,
-            _pad: [0; 3],
-        };
-        for (slot, (addr, backend_port)) in (1..).zip(backends) {
-            services
-                .insert(
-                    key(slot),
-                    ServiceValue {
-                        addr: addr.octets(),
-                        port: *backend_port,
-                        count: 0,
-                    },
-                    0,
-                )
-                .expect("backend");
-        }
-        services
-            .insert(
-                key(0),
-                ServiceValue {
-                    count: u16::try_from(backends.len()).expect("fits"),
-                    ..ServiceValue::default()
-                },
-                0,
-            )
-            .expect("service");
+        let spec = podnet_tests::testrun::service_spec(
+            Frontend::nodeport(port, proto),
+            backends,
+            svc_flag::NODE_PORT,
+        );
+        self.services.write(&spec).expect("service");
     }
 
     /// Runs `program`; returns the verdict and the frame as it left.

@@ -167,7 +167,10 @@ fn pins_state_and_ipam_records_are_root_only_whatever_the_umask() {
         "CONFIG",
         "CONNTRACK",
         "progs/from_pod",
-        "progs/nodeport_connect4",
+        "progs/sock_connect4",
+        "progs/sock_recvmsg4",
+        "SERVICES",
+        "BACKENDS",
     ] {
         assert!(seen(expected), "no {expected} under the node's directories");
     }

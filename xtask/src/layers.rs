@@ -24,7 +24,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["sys"],
     &["store", "datapath"],
     &["ops"],
-    &["cni"],
+    &["cni", "agent"],
     &["demo"],
     &["cli"],
     &["main"],

@@ -154,7 +154,8 @@ pub struct InitArgs {
     /// Conntrack entries admitted before new flows are refused (two per flow; default 262144).
     #[arg(long)]
     pub conntrack_max: Option<u32>,
-    /// Size of the services map (default 65536).
+    /// Entries in the services map: one per frontend, per backend slot and per ClusterIP
+    /// address (default 524288: 30,000 services with 300,000 backends).
     #[arg(long)]
     pub services_max: Option<u32>,
     /// A conntrack timeout, NAME=SECONDS; NAME is tcp_syn, tcp_established, tcp_closing, udp,

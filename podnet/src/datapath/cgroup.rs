@@ -1,4 +1,5 @@
-//! Attaching the `connect4` program to a cgroup, persistently. `BPF_PROG_ATTACH` with
+//! Attaching the socket programs (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`) to a
+//! cgroup, persistently. `BPF_PROG_ATTACH` with
 //! `BPF_F_ALLOW_MULTI` keeps the attachment in the cgroup until it is detached or the cgroup
 //! goes, with no file descriptor or pin to keep alive (a `bpf_link` would need a pin, and link
 //! pins are refused on the kernels these nodes run; see `attach.rs`). Several nodes on one
@@ -18,6 +19,23 @@ const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_PROG_DETACH: libc::c_long = 9;
 /// `BPF_CGROUP_INET4_CONNECT` from `enum bpf_attach_type`.
 const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+/// `BPF_CGROUP_UDP4_SENDMSG`.
+const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
+/// `BPF_CGROUP_UDP4_RECVMSG`.
+const BPF_CGROUP_UDP4_RECVMSG: u32 = 19;
+/// `BPF_CGROUP_INET4_GETPEERNAME`.
+const BPF_CGROUP_INET4_GETPEERNAME: u32 = 29;
+
+/// The cgroup attach type of each socket program (`program_name::SOCK`).
+pub fn attach_type(program: &str) -> u32 {
+    use podnet_ebpf::abi::program_name;
+    match program {
+        program_name::SOCK_SENDMSG4 => BPF_CGROUP_UDP4_SENDMSG,
+        program_name::SOCK_RECVMSG4 => BPF_CGROUP_UDP4_RECVMSG,
+        program_name::SOCK_GETPEERNAME4 => BPF_CGROUP_INET4_GETPEERNAME,
+        _ => BPF_CGROUP_INET4_CONNECT,
+    }
+}
 const BPF_F_ALLOW_MULTI: u32 = 1 << 1;
 const BPF_F_REPLACE: u32 = 1 << 2;
 
@@ -108,10 +126,11 @@ fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
     u32::try_from(fd.as_raw_fd()).expect("open descriptors are non-negative")
 }
 
-/// Attaches `prog` to `cgroup`'s connect4 hook, replacing `old` (the node's previous program)
-/// when it is attached there.
-pub fn attach_connect4(
+/// Attaches `prog` to `cgroup`'s hook `attach_type`, replacing `old` (the node's previous
+/// program) when it is attached there.
+pub fn attach_sock(
     cgroup: &Path,
+    attach_type: u32,
     prog: BorrowedFd<'_>,
     old: Option<BorrowedFd<'_>>,
 ) -> Result<(), DatapathError> {
@@ -119,7 +138,7 @@ pub fn attach_connect4(
     let mut attr = AttachAttr {
         target_fd: fd_u32(cg.as_fd()),
         attach_bpf_fd: fd_u32(prog),
-        attach_type: BPF_CGROUP_INET4_CONNECT,
+        attach_type,
         attach_flags: BPF_F_ALLOW_MULTI,
         replace_bpf_fd: 0,
     };
@@ -137,12 +156,13 @@ pub fn attach_connect4(
         Ok(_) => Ok(()),
         // Already attached (a re-run with the same program).
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        Err(e) => Err(io("attaching connect4 to cgroup", cgroup)(e)),
+        Err(e) => Err(io("attaching a socket program to cgroup", cgroup)(e)),
     }
 }
 
-/// Detaches the program pinned at `pin` from `cgroup`. `Ok(false)` if it was not attached.
-pub fn detach_connect4(cgroup: &Path, pin: &Path) -> Result<bool, DatapathError> {
+/// Detaches the program pinned at `pin` from `cgroup`'s hook `attach_type`. `Ok(false)` if it
+/// was not attached.
+pub fn detach_sock(cgroup: &Path, attach_type: u32, pin: &Path) -> Result<bool, DatapathError> {
     if !pin.exists() || !cgroup.exists() {
         return Ok(false);
     }
@@ -151,19 +171,19 @@ pub fn detach_connect4(cgroup: &Path, pin: &Path) -> Result<bool, DatapathError>
     let mut attr = AttachAttr {
         target_fd: fd_u32(cg.as_fd()),
         attach_bpf_fd: fd_u32(prog.as_fd()),
-        attach_type: BPF_CGROUP_INET4_CONNECT,
+        attach_type,
         attach_flags: 0,
         replace_bpf_fd: 0,
     };
     match bpf(BPF_PROG_DETACH, &mut attr) {
         Ok(_) => Ok(true),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => Ok(false),
-        Err(e) => Err(io("detaching connect4 from cgroup", cgroup)(e)),
+        Err(e) => Err(io("detaching a socket program from cgroup", cgroup)(e)),
     }
 }
 
 /// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`), which the
-/// connect4 program compares against to act only on the node's own sockets.
+/// socket programs compare against to act only on the node's (and its pods') sockets.
 pub fn current_netns_cookie() -> Result<u64, DatapathError> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
     // SAFETY: plain socket(2) call; the descriptor is owned below.

@@ -15,7 +15,10 @@ use aya::{
     maps::MapData,
     programs::{CgroupSockAddr, SchedClassifier},
 };
-use podnet_ebpf::abi::{CT_USAGE_SLOTS, DEFAULT_PEERS_MAX, STATS_SLOTS, map_name, program_name};
+use podnet_ebpf::abi::{
+    CT_USAGE_SLOTS, DEFAULT_PEERS_MAX, POD_NETNS_MAX, REV_NAT_MAX, SOCK_REV_NAT_MAX, STATS_SLOTS,
+    backends_map_entries, map_name, program_name,
+};
 
 use super::{DatapathError, attach, cgroup, object::EbpfObject, pins};
 
@@ -41,7 +44,7 @@ pub struct LoadOptions {
     pub uplink: String,
     /// The overlay's VXLAN device, which gets `from_uplink` too (overlay mode).
     pub tunnel: Option<String>,
-    /// The cgroup whose sockets get `nodeport_connect4`.
+    /// The cgroup whose sockets get the socket programs (`program_name::SOCK`).
     pub cgroup: PathBuf,
     /// Compile per-packet debug logging in (read-only global; dead code when off).
     pub debug: bool,
@@ -120,6 +123,9 @@ fn expected_layout(name: &str, conntrack_entries: u32) -> (u32, u32, Option<u32>
         map_name::CONNTRACK => Some(conntrack_entries),
         map_name::CT_USAGE => Some(CT_USAGE_SLOTS),
         map_name::PEERS => Some(DEFAULT_PEERS_MAX),
+        map_name::REV_NAT => Some(REV_NAT_MAX),
+        map_name::SOCK_REV_NAT => Some(SOCK_REV_NAT_MAX),
+        map_name::POD_NETNS => Some(POD_NETNS_MAX),
         _ => None,
     };
     (key, value, entries)
@@ -231,6 +237,7 @@ pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadRepor
         .map_max_entries(map_name::ENDPOINTS, opts.endpoints_max)
         .map_max_entries(map_name::CONNTRACK, opts.conntrack_entries)
         .map_max_entries(map_name::SERVICES, opts.services_max)
+        .map_max_entries(map_name::BACKENDS, backends_map_entries(opts.services_max))
         .override_global("DEBUG", &debug, true);
     let mut ebpf = loader.load(object.bytes())?;
 
@@ -272,7 +279,9 @@ pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadRepor
             }
         }
     }
-    load_connect4(&mut ebpf, opts)?;
+    for name in program_name::SOCK {
+        load_sock_program(&mut ebpf, opts, name)?;
+    }
     Ok(LoadReport {
         object: object.to_string(),
         programs: program_name::ALL.to_vec(),
@@ -283,10 +292,13 @@ pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadRepor
     })
 }
 
-/// Loads `nodeport_connect4`, attaches it to the node's cgroup in place of the node's previous
-/// version, and pins it.
-fn load_connect4(ebpf: &mut aya::Ebpf, opts: &LoadOptions) -> Result<(), DatapathError> {
-    let name = program_name::NODEPORT_CONNECT4;
+/// Loads the socket program `name`, attaches it to the node's cgroup in place of the node's
+/// previous version, and pins it.
+fn load_sock_program(
+    ebpf: &mut aya::Ebpf,
+    opts: &LoadOptions,
+    name: &'static str,
+) -> Result<(), DatapathError> {
     let prog_err = |source| DatapathError::Program {
         name: name.to_owned(),
         source,
@@ -306,7 +318,12 @@ fn load_connect4(ebpf: &mut aya::Ebpf, opts: &LoadOptions) -> Result<(), Datapat
     {
         use std::os::fd::AsFd;
         let fd = prog.fd().map_err(prog_err)?;
-        cgroup::attach_connect4(&opts.cgroup, fd.as_fd(), old.as_ref().map(AsFd::as_fd))?;
+        cgroup::attach_sock(
+            &opts.cgroup,
+            cgroup::attach_type(name),
+            fd.as_fd(),
+            old.as_ref().map(AsFd::as_fd),
+        )?;
     }
     match fs::remove_file(&pin) {
         Ok(()) => {}

@@ -2,7 +2,7 @@
 //! ([`object`]), loading and pinning programs and maps ([`loader`]), where they are pinned
 //! ([`pins`]), attaching classifiers to interfaces ([`attach`]) and socket programs to cgroups
 //! ([`cgroup`]), the debug log ([`log`]), and typed access to the pinned maps, one module per
-//! map ([`maps`]). No records and no use cases: the operations layer combines these.
+//! map ([`maps`]; the service maps, written in batches, in [`services_map`]). No records and no use cases: the operations layer combines these.
 //!
 //! Inside, imports point one way: `loader` uses `object`, `attach`, `cgroup` and `pins`;
 //! `object`, `attach` and `log` use `pins`.
@@ -14,6 +14,7 @@ pub mod log;
 pub mod maps;
 pub mod object;
 pub mod pins;
+pub mod services_map;
 
 use std::path::PathBuf;
 

@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use podnet_ebpf::abi::{
-    Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, Peer, ServiceKey,
-    ServiceValue, map_name,
+    Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, Peer, PodNetns, RevNat,
+    ServiceBackend, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, map_name,
 };
 
 /// Path of a program's pin.
@@ -45,6 +45,13 @@ pub fn key_value_sizes(name: &str) -> (u32, u32) {
             size(size_of::<ServiceKey>()),
             size(size_of::<ServiceValue>()),
         ),
+        map_name::BACKENDS => (4, size(size_of::<ServiceBackend>())),
+        map_name::REV_NAT => (4, size(size_of::<RevNat>())),
+        map_name::SOCK_REV_NAT => (
+            size(size_of::<SockRevNatKey>()),
+            size(size_of::<SockRevNat>()),
+        ),
+        map_name::POD_NETNS => (8, size(size_of::<PodNetns>())),
         // LPM key: a u32 prefix length, then the address.
         map_name::PEERS => (8, size(size_of::<Peer>())),
         _ => unreachable!("every map in map_name::ALL has a layout"),

@@ -10,4 +10,5 @@ pub mod names;
 pub mod nodeport;
 pub mod peer;
 pub mod pod;
+pub mod port_range;
 pub mod service;

@@ -12,8 +12,7 @@ use std::{collections::HashSet, net::Ipv4Addr};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use super::nodeport::Proto;
-use crate::config::PortRange;
+use super::{nodeport::Proto, port_range::PortRange};
 
 /// Longest `sessionAffinityConfig.clientIP.timeoutSeconds` Kubernetes accepts (one day).
 pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;

@@ -72,7 +72,7 @@ pub fn add_chained(
             host_ifindex: host.index,
             ip,
             mac: container_if.mac,
-            netns_ino: netns.inode(),
+            netns,
         },
     )?;
     Ok(Attachment {

@@ -6,11 +6,16 @@
 use std::cell::{OnceCell, RefCell, RefMut};
 
 use super::error::Result;
-use crate::{config::NodeSettings, datapath::maps::PinnedMaps, sys::link::Netlink};
+use crate::{
+    config::NodeSettings,
+    datapath::{maps::PinnedMaps, services_map::ServicesMap},
+    sys::link::Netlink,
+};
 
 pub struct Ctx {
     pub settings: NodeSettings,
     maps: OnceCell<RefCell<PinnedMaps>>,
+    services: OnceCell<RefCell<ServicesMap>>,
     netlink: OnceCell<(tokio::runtime::Runtime, Netlink)>,
 }
 
@@ -19,6 +24,7 @@ impl Ctx {
         Self {
             settings,
             maps: OnceCell::new(),
+            services: OnceCell::new(),
             netlink: OnceCell::new(),
         }
     }
@@ -31,6 +37,19 @@ impl Ctx {
         }
         let maps = PinnedMaps::open(&self.settings.pin_dir)?;
         Ok(self.maps.get_or_init(|| RefCell::new(maps)).borrow_mut())
+    }
+
+    /// The service maps (frontends, backends, reverse translations), opened on first use: their
+    /// frontends are read once then, so writes need no scan.
+    pub fn services(&self) -> Result<RefMut<'_, ServicesMap>> {
+        if let Some(services) = self.services.get() {
+            return Ok(services.borrow_mut());
+        }
+        let services = ServicesMap::open(&self.settings.pin_dir)?;
+        Ok(self
+            .services
+            .get_or_init(|| RefCell::new(services))
+            .borrow_mut())
     }
 
     /// The maps if they are pinned (teardown works on a node whose maps are gone).

@@ -1,13 +1,17 @@
 //! Plugging a host veth into the datapath and unplugging it: the one place that attaches
 //! `from_pod` to a pod's host-side interface and registers (or removes) its endpoint. Used by
-//! `pod add|del` and by the chained CNI path alike.
+//! `pod add|del` and by the chained CNI path alike. Plugging also registers the pod's network
+//! namespace for socket-level service balancing.
 
 use std::net::Ipv4Addr;
 
 use podnet_ebpf::abi::{Endpoint, program_name};
 
 use super::{Ctx, conntrack, error::Result};
-use crate::{datapath::attach, sys::link};
+use crate::{
+    datapath::{attach, services_map},
+    sys::{link, netns::Netns},
+};
 
 /// What the datapath needs to know about a pod's interface.
 pub struct Plug<'a> {
@@ -17,8 +21,8 @@ pub struct Plug<'a> {
     /// The pod's address and the MAC of its interface.
     pub ip: Ipv4Addr,
     pub mac: [u8; 6],
-    /// Inode of the pod's network namespace.
-    pub netns_ino: u64,
+    /// The pod's network namespace (its sockets are balanced at the socket too).
+    pub netns: &'a Netns,
 }
 
 /// Attaches the pinned `from_pod` to the host interface and registers the endpoint.
@@ -31,9 +35,10 @@ pub fn plug(ctx: &Ctx, p: &Plug<'_>) -> Result<()> {
             flags: 0,
             mac: p.mac,
             _pad0: [0; 2],
-            netns_ino: p.netns_ino,
+            netns_ino: p.netns.inode(),
         },
     )?;
+    services_map::register_pod_netns(&ctx.settings.pin_dir, p.netns, p.ip)?;
     Ok(())
 }
 
@@ -62,6 +67,10 @@ pub fn unplug(ctx: &Ctx, host_if: &str, ips: &[Ipv4Addr]) -> Result<Unplugged> {
             {
                 done.endpoints_removed += 1;
             }
+        }
+        drop(maps);
+        for ip in ips {
+            services_map::forget_pod_netns(&ctx.settings.pin_dir, *ip)?;
         }
     }
     for ip in ips {

@@ -249,6 +249,11 @@ fn node_config(
                 config_flag::ANTI_SPOOF
             } else {
                 0
+            }
+            | if settings.socket_lb {
+                config_flag::SOCKET_LB
+            } else {
+                0
             },
         node_ip: node_ip.octets(),
         gateway_ip: settings.gateway().octets(),
@@ -267,6 +272,9 @@ fn node_config(
         ct_timeouts: settings.ct_timeouts,
         tunnel_ifindex: tunnel.map_or(0, |t| t.index),
         netns_cookie: datapath::cgroup::current_netns_cookie()?,
+        service_cidr: settings.service_cidr.network().octets(),
+        service_prefix_len: settings.service_cidr.prefix(),
+        _pad2: [0; 3],
     })
 }
 
@@ -342,10 +350,14 @@ pub fn reset(ctx: &Ctx) -> Result<ResetReport> {
     super::nodeport::clear(settings)?;
     super::conntrack::clear(settings)?;
     report.uplink_detached = datapath::attach::detach_ingress(&settings.uplink)?;
-    report.cgroup_detached = datapath::cgroup::detach_connect4(
-        &cgroup_dir(settings)?,
-        &pins::program_pin(&settings.pin_dir, program_name::NODEPORT_CONNECT4),
-    )?;
+    let cgroup = cgroup_dir(settings)?;
+    for name in program_name::SOCK {
+        report.cgroup_detached |= datapath::cgroup::detach_sock(
+            &cgroup,
+            datapath::cgroup::attach_type(name),
+            &pins::program_pin(&settings.pin_dir, name),
+        )?;
+    }
     report.pins_removed = remove_pins(settings)?;
     report.bridge_deleted = remove_devices(ctx)?;
     store::ipam::clear(&settings.ipam_dir())?;

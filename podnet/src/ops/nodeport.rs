@@ -10,7 +10,7 @@
 
 use std::{collections::HashSet, net::Ipv4Addr};
 
-use podnet_ebpf::abi::MAX_BACKENDS;
+use podnet_ebpf::abi::{MAX_BACKENDS, backend_flag, svc_flag};
 use serde::Serialize;
 
 use super::{
@@ -19,7 +19,10 @@ use super::{
     peer,
 };
 use crate::{
-    datapath::{DatapathError, maps::PinnedMaps},
+    datapath::{
+        DatapathError,
+        services_map::{self, Frontend, Service, ServicesMap, ServicesMapError},
+    },
     model::{
         nodeport::{
             Backend, BackendSpec, BackendTarget, HostPort, NodePort, NodePortSpec, Policy, Proto,
@@ -38,21 +41,43 @@ fn transport(proto: Proto) -> Transport {
     }
 }
 
-/// Writes `backends` for `port`/`proto` over `old_count` backends already in the map.
+fn frontend(port: u16, proto: Proto) -> Frontend {
+    Frontend::nodeport(port, proto.number())
+}
+
+/// Writes `backends` for `port`/`proto` (replacing what the maps held for it). A NodePort left
+/// with no backends keeps its entry, so the datapath refuses its new connections and counts
+/// them.
 fn program(
-    maps: &mut PinnedMaps,
+    maps: &mut ServicesMap,
     port: u16,
     proto: Proto,
     backends: &[Backend],
-    old_count: usize,
-) -> Result<(), DatapathError> {
-    let pairs: Vec<(Ipv4Addr, u16)> = backends.iter().map(|b| (b.ip, b.port)).collect();
-    maps.program_nodeport(port, proto.number(), &pairs, old_count)
+) -> Result<(), Error> {
+    let svc = Service {
+        frontend: frontend(port, proto),
+        backends: backends
+            .iter()
+            .map(|b| services_map::Backend {
+                addr: b.ip,
+                port: b.port,
+                flags: backend_flag::READY | backend_flag::SERVING,
+            })
+            .collect(),
+        flags: svc_flag::NODE_PORT,
+        local_count: 0,
+        affinity_timeout: 0,
+    };
+    maps.write(&svc).map_err(|e| match e {
+        ServicesMapError::Datapath(e) => Error::Datapath(e),
+        other => Error::BadBackend(other.to_string()),
+    })
 }
 
-/// Removes `np` from the map.
-fn unprogram(maps: &mut PinnedMaps, np: &NodePort) -> Result<(), DatapathError> {
-    maps.remove_nodeport(np.port, np.proto.number(), np.backends.len())
+/// Removes `np` from the maps (master entry first, so no packet sees a count without slots).
+fn unprogram(maps: &mut ServicesMap, np: &NodePort) -> Result<(), DatapathError> {
+    maps.delete(&frontend(np.port, np.proto))?;
+    Ok(())
 }
 
 /// Resolves backend specs against the node's pods and peers, each read once however many
@@ -165,8 +190,8 @@ pub fn add(
         return Err(Error::SocketInUse { port, proto });
     }
     let backends = Resolver::new(ctx)?.resolve(specs, policy)?;
-    let mut maps = ctx.maps()?;
-    program(&mut maps, port, proto, &backends, 0)?;
+    let mut maps = ctx.services()?;
+    program(&mut maps, port, proto, &backends)?;
     let np = NodePort {
         port,
         proto,
@@ -188,8 +213,8 @@ pub fn set(ctx: &Ctx, port: u16, proto: Proto, specs: &[BackendSpec]) -> Result<
         .find(|np| np.port == port && np.proto == proto)
         .ok_or(Error::NodePortNotFound { port, proto })?;
     let backends = Resolver::new(ctx)?.resolve(specs, np.policy)?;
-    let mut maps = ctx.maps()?;
-    program(&mut maps, port, proto, &backends, np.backends.len())?;
+    let mut maps = ctx.services()?;
+    program(&mut maps, port, proto, &backends)?;
     np.backends = backends;
     let updated = np.clone();
     store::nodeports::save(&ctx.settings.state_dir, &mut ports)?;
@@ -205,8 +230,7 @@ pub fn del(ctx: &Ctx, port: u16, proto: Proto) -> Result<NodePort> {
         .position(|np| np.port == port && np.proto == proto)
         .ok_or(Error::NodePortNotFound { port, proto })?;
     let np = ports.remove(index);
-    ctx.maps()?
-        .remove_nodeport(np.port, np.proto.number(), np.backends.len())?;
+    unprogram(&mut *ctx.services()?, &np)?;
     store::nodeports::save(&ctx.settings.state_dir, &mut ports)?;
     Ok(np)
 }
@@ -289,7 +313,7 @@ pub fn apply(ctx: &Ctx, specs: &[NodePortSpec]) -> Result<ApplySummary> {
         });
     }
 
-    let mut maps = ctx.maps()?;
+    let mut maps = ctx.services()?;
     let mut summary = ApplySummary::default();
     for old in &managed {
         if !seen.contains(&(old.port, old.proto)) {
@@ -303,12 +327,12 @@ pub fn apply(ctx: &Ctx, specs: &[NodePortSpec]) -> Result<ApplySummary> {
             .find(|o| o.port == np.port && o.proto == np.proto);
         match old {
             Some(o) if o == np => summary.unchanged += 1,
-            Some(o) => {
-                program(&mut maps, np.port, np.proto, &np.backends, o.backends.len())?;
+            Some(_) => {
+                program(&mut maps, np.port, np.proto, &np.backends)?;
                 summary.updated += 1;
             }
             None => {
-                program(&mut maps, np.port, np.proto, &np.backends, 0)?;
+                program(&mut maps, np.port, np.proto, &np.backends)?;
                 summary.added += 1;
             }
         }
@@ -357,9 +381,9 @@ pub fn forget_pod(ctx: &Ctx, name: &str) -> Result<usize> {
         }
         let maps = match &mut maps {
             Some(m) => m,
-            None => maps.insert(ctx.maps()?),
+            None => maps.insert(ctx.services()?),
         };
-        program(maps, np.port, np.proto, &kept, before)?;
+        program(maps, np.port, np.proto, &kept)?;
         removed += before - kept.len();
         np.backends = kept;
     }
@@ -388,7 +412,7 @@ pub fn add_host_ports(ctx: &Ctx, owner: &str, mappings: &[HostPort]) -> Result<V
             });
         }
     }
-    let mut maps = ctx.maps()?;
+    let mut maps = ctx.services()?;
     let mut added = Vec::with_capacity(mappings.len());
     for m in mappings {
         let backends = vec![Backend {
@@ -399,8 +423,7 @@ pub fn add_host_ports(ctx: &Ctx, owner: &str, mappings: &[HostPort]) -> Result<V
         let old = ports
             .iter()
             .position(|np| np.port == m.host_port && np.proto == m.proto);
-        let old_count = old.map_or(0, |i| ports[i].backends.len());
-        program(&mut maps, m.host_port, m.proto, &backends, old_count)?;
+        program(&mut maps, m.host_port, m.proto, &backends)?;
         let np = NodePort {
             port: m.host_port,
             proto: m.proto,
@@ -428,7 +451,7 @@ pub fn remove_host_ports(ctx: &Ctx, owner: &str) -> Result<usize> {
     if gone.is_empty() {
         return Ok(0);
     }
-    let mut maps = ctx.maps()?;
+    let mut maps = ctx.services()?;
     for np in &gone {
         unprogram(&mut maps, np)?;
     }
@@ -440,14 +463,21 @@ pub fn remove_host_ports(ctx: &Ctx, owner: &str) -> Result<usize> {
 /// The host ports of `owner` whose map entries are missing or wrong (for CNI CHECK).
 pub fn missing_host_ports(ctx: &Ctx, owner: &str) -> Result<Vec<NodePort>> {
     let ports = store::nodeports::load(&ctx.settings.state_dir)?;
-    let maps = ctx.maps()?;
+    let maps = ctx.services()?;
     let mut missing = Vec::new();
     for np in ports
         .into_iter()
         .filter(|np| np.owner.as_deref() == Some(owner))
     {
-        let want: Vec<(Ipv4Addr, u16)> = np.backends.iter().map(|b| (b.ip, b.port)).collect();
-        let ok = maps.nodeport_backends(np.port, np.proto.number())? == Some(want);
+        let held = maps.get(&frontend(np.port, np.proto))?;
+        let ok = held.is_some_and(|svc| {
+            svc.backends.len() == np.backends.len()
+                && svc
+                    .backends
+                    .iter()
+                    .zip(&np.backends)
+                    .all(|(have, want)| have.addr == want.ip && have.port == want.port)
+        });
         if !ok {
             missing.push(np);
         }

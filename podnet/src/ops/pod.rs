@@ -115,7 +115,7 @@ fn build(ctx: &Ctx, name: &str, given: Option<Netns>, ifname: &str) -> Result<Po
             host_ifindex: host.index,
             ip,
             mac,
-            netns_ino: ns.inode(),
+            netns: &ns,
         },
     )?;
     let record = PodRecord {

@@ -38,6 +38,8 @@ pub struct ConfigView {
     pub ct_limit: u32,
     pub ct_timeouts: podnet_ebpf::abi::CtTimeouts,
     pub netns_cookie: u64,
+    pub service_cidr: Option<String>,
+    pub socket_lb: bool,
 }
 
 impl From<NodeConfig> for ConfigView {
@@ -62,6 +64,9 @@ impl From<NodeConfig> for ConfigView {
             ct_timeouts,
             tunnel_ifindex: _,
             netns_cookie,
+            service_cidr,
+            service_prefix_len,
+            _pad2: _,
         } = config;
         Self {
             abi_version,
@@ -78,6 +83,9 @@ impl From<NodeConfig> for ConfigView {
             ct_limit,
             ct_timeouts,
             netns_cookie,
+            service_cidr: (service_prefix_len != 0)
+                .then(|| format!("{}/{service_prefix_len}", Ipv4Addr::from(service_cidr))),
+            socket_lb: flags & podnet_ebpf::abi::config_flag::SOCKET_LB != 0,
         }
     }
 }

@@ -7,7 +7,6 @@ mod config;
 mod conntrack;
 mod endpoints;
 mod peers;
-mod services;
 mod stats;
 
 pub use config::ConfigView;
@@ -18,8 +17,7 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use podnet_ebpf::abi::{
-    Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, Peer, ServiceKey,
-    ServiceValue, map_name,
+    Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, Peer, map_name,
 };
 
 use super::DatapathError;
@@ -31,7 +29,6 @@ pub struct PinnedMaps {
     pub stats: PerCpuArray<MapData, Counter>,
     pub conntrack: HashMap<MapData, CtKey, CtEntry>,
     pub ct_usage: Array<MapData, CtUsage>,
-    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub peers: LpmTrie<MapData, [u8; 4], Peer>,
 }
 
@@ -74,12 +71,13 @@ impl PinnedMaps {
             stats: typed!(pin_dir, map_name::STATS),
             conntrack: typed!(pin_dir, map_name::CONNTRACK),
             ct_usage: typed!(pin_dir, map_name::CT_USAGE),
-            services: typed!(pin_dir, map_name::SERVICES),
             peers: typed!(pin_dir, map_name::PEERS),
         })
     }
 
-    fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> DatapathError + '_ {
+    pub(in crate::datapath) fn map_err(
+        name: &str,
+    ) -> impl FnOnce(aya::maps::MapError) -> DatapathError + '_ {
         move |source| DatapathError::Map {
             name: name.to_owned(),
             source,
@@ -87,7 +85,7 @@ impl PinnedMaps {
     }
 }
 
-fn is_not_found(e: &aya::maps::MapError) -> bool {
+pub(in crate::datapath) fn is_not_found(e: &aya::maps::MapError) -> bool {
     match e {
         aya::maps::MapError::KeyNotFound => true,
         aya::maps::MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),

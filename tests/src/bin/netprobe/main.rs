@@ -4,6 +4,7 @@
 //! netprobe serve tcp|udp --listen IP:PORT [--count N] [--echo]
 //! netprobe http --listen IP:PORT [--count N]
 //! netprobe connect tcp|udp IP:PORT [--timeout-ms 2000] [--payload TEXT] [--source-port P]
+//!                 [--show-peer] [--unconnected]
 //! netprobe http-get IP:PORT [--path /] [--timeout-ms 2000]
 //! netprobe churn tcp IP:PORT --count N [--timeout-ms 2000]
 //! netprobe stream tcp IP:PORT --seconds S [--timeout-ms 2000] [--line-bytes N] [--stop-file F]
@@ -18,6 +19,10 @@
 //! (N = bytes received, newline included); `--echo` instead echoes every line until EOF. The
 //! UDP server answers every datagram the same way (`local=` is the bound address, so bind a
 //! specific IP). Exit status: 0 success, 1 failure, 2 usage error.
+//!
+//! `connect --show-peer` appends ` sockpeer=IP:PORT`, what `getpeername()` says the client's
+//! socket is connected to (or, with `udp --unconnected`, which sends with `sendto()` on an
+//! unconnected socket, where `recvfrom()` says the reply came from).
 //!
 //! `stream` keeps one connection to `serve tcp --echo` for S seconds, sending a line every 50 ms
 //! and checking that exactly that line comes back before sending the next; `--line-bytes N`
@@ -98,7 +103,7 @@ struct Args {
     switches: Vec<String>,
 }
 
-const SWITCHES: &[&str] = &["--echo"];
+const SWITCHES: &[&str] = &["--echo", "--show-peer", "--unconnected"];
 const FLAGS: &[&str] = &[
     "--listen",
     "--count",
@@ -254,14 +259,21 @@ fn run(args: &Args) -> Result<ExitCode> {
             if payload.contains('\n') {
                 return Err(usage("--payload must be a single line"));
             }
-            let reply = match args.proto()? {
+            let show_peer = args.switch("--show-peer");
+            let (reply, peer) = match args.proto()? {
                 Proto::Tcp => tcp_request(addr, &payload, args.timeout()?)?,
                 Proto::Udp => udp_request(
                     addr,
                     &payload,
                     args.timeout()?,
                     args.flag("--source-port")?.unwrap_or(0),
+                    args.switch("--unconnected"),
                 )?,
+            };
+            let reply = if show_peer {
+                format!("{reply} sockpeer={peer}")
+            } else {
+                reply
             };
             println!("{reply}");
             Ok(ExitCode::SUCCESS)
@@ -549,41 +561,60 @@ fn read_reply(
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-fn tcp_request(addr: SocketAddr, payload: &str, timeout: Duration) -> Result<String> {
+/// The reply line and the socket's peer (`getpeername()`).
+fn tcp_request(addr: SocketAddr, payload: &str, timeout: Duration) -> Result<(String, SocketAddr)> {
     let deadline = Instant::now() + timeout;
     let stream = connect(addr, timeout)?;
+    let peer = stream.peer_addr()?;
     let mut out = &stream;
     out.write_all(format!("{payload}\n").as_bytes())
         .map_err(|e| failed(format!("sending to {addr}: {e}")))?;
-    read_reply(&mut BufReader::new(&stream), deadline, addr)
+    Ok((
+        read_reply(&mut BufReader::new(&stream), deadline, addr)?,
+        peer,
+    ))
 }
 
+/// The reply and where it came from: the connected socket's peer, or with `unconnected`
+/// (`sendto`/`recvfrom` on an unconnected socket) the reply's source.
 fn udp_request(
     addr: SocketAddr,
     payload: &str,
     timeout: Duration,
     source_port: u16,
-) -> Result<String> {
+    unconnected: bool,
+) -> Result<(String, SocketAddr)> {
     let any: SocketAddr = if addr.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], source_port))
     } else {
         SocketAddr::from(([0u16; 8], source_port))
     };
     let socket = UdpSocket::bind(any)?;
-    socket.connect(addr)?;
     socket.set_read_timeout(Some(timeout))?;
-    socket
-        .send(format!("{payload}\n").as_bytes())
-        .map_err(|e| failed(format!("sending to {addr}: {e}")))?;
+    let message = format!("{payload}\n");
+    let sent = if unconnected {
+        socket.send_to(message.as_bytes(), addr)
+    } else {
+        socket.connect(addr)?;
+        socket.send(message.as_bytes())
+    };
+    sent.map_err(|e| failed(format!("sending to {addr}: {e}")))?;
     let mut buf = vec![0u8; 65536];
-    let n = socket.recv(&mut buf).map_err(|e| match e.kind() {
+    let received = if unconnected {
+        socket.recv_from(&mut buf)
+    } else {
+        socket
+            .recv(&mut buf)
+            .and_then(|n| Ok((n, socket.peer_addr()?)))
+    };
+    let (n, from) = received.map_err(|e| match e.kind() {
         ErrorKind::WouldBlock | ErrorKind::TimedOut => {
             failed(format!("timed out waiting for a UDP reply from {addr}"))
         }
         _ => failed(format!("receiving from {addr}: {e}")),
     })?;
     let text = String::from_utf8_lossy(&buf[..n]);
-    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+    Ok((text.trim_end_matches(['\r', '\n']).to_owned(), from))
 }
 
 fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String> {
@@ -632,8 +663,8 @@ fn churn(addr: SocketAddr, count: u64, timeout: Duration) -> Result<ExitCode> {
     let (mut ok, mut bad) = (0u64, 0u64);
     for i in 0..count {
         match tcp_request(addr, &format!("churn {i}"), timeout) {
-            Ok(reply) if reply.starts_with("peer=") => ok += 1,
-            Ok(reply) => {
+            Ok((reply, _)) if reply.starts_with("peer=") => ok += 1,
+            Ok((reply, _)) => {
                 bad += 1;
                 eprintln!("netprobe: connection {i}: unexpected reply {reply:?}");
             }

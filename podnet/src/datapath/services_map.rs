@@ -1,0 +1,1001 @@
+//! Typed access to the service maps (`SERVICES`, `BACKENDS`, `REV_NAT`) and to `POD_NETNS`:
+//! write or replace one frontend with its ordered backends, delete one, read one, list them,
+//! clear them all, and register a pod's network namespace for socket-level balancing.
+//!
+//! Layout (types in `podnet_ebpf::abi`): a frontend `address:port/proto` (a NodePort under
+//! `NODEPORT_ADDR`) has a master entry in `SERVICES` (slot 0: service id, backend count, local
+//! count, flags, affinity timeout) and slots `1..=count` holding backend ids; `BACKENDS` maps a
+//! backend id to its address, port and conditions; `REV_NAT` maps the service id back to the
+//! frontend. Every ClusterIP address also has an address entry (`ANY_PORT`, `ANY_PROTO`) while
+//! any of its frontends exists, so the datapath refuses the ports it does not serve.
+//!
+//! Concurrent packets never see a half-written frontend: a write puts the new backends under
+//! ids of the other generation (see `abi::backend_id`), then fills the slots, then raises the
+//! count in the master entry, and only then removes slots past the new count and the old
+//! generation's backends. A delete removes the master entry first. A packet that picked a slot
+//! just before a replace can at worst find its backend gone and is refused once.
+//!
+//! The frontends are read once from `REV_NAT` when the maps are opened (one batched lookup), so
+//! service ids are allocated without a scan per write; keep one [`ServicesMap`] open across
+//! writes (one writer at a time: callers hold the node's service lock). [`ServicesMap::write_many`]
+//! writes a whole table in a few `BPF_MAP_UPDATE_BATCH` calls per phase (backends, reverse
+//! translations, slots, master entries, then removals), keeping the same order as one write.
+
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    net::Ipv4Addr,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+    path::Path,
+};
+
+use aya::maps::{HashMap, Map, MapData};
+use podnet_ebpf::abi::{
+    ANY_PORT, ANY_PROTO, MAX_BACKENDS, MAX_SERVICE_ID, NODEPORT_ADDR, PodNetns, REV_NAT_MAX,
+    RevNat, ServiceBackend, ServiceKey, ServiceValue, backend_id, map_name,
+    proto::{IPPROTO_TCP, IPPROTO_UDP},
+    svc_flag,
+};
+
+use super::{
+    DatapathError,
+    maps::{PinnedMaps, is_not_found},
+};
+
+/// A service frontend: `addr:port/proto` (a NodePort has the unspecified address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Frontend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+}
+
+impl Frontend {
+    /// The NodePort `port/proto` on the node's address.
+    pub fn nodeport(port: u16, proto: u8) -> Self {
+        Self {
+            addr: Ipv4Addr::from(NODEPORT_ADDR),
+            port,
+            proto,
+        }
+    }
+
+    fn key(&self, slot: u16) -> ServiceKey {
+        ServiceKey {
+            addr: self.addr.octets(),
+            port: self.port,
+            slot,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+impl std::fmt::Display for Frontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.proto {
+            IPPROTO_TCP => "tcp",
+            IPPROTO_UDP => "udp",
+            _ => "?",
+        };
+        if self.addr.octets() == NODEPORT_ADDR {
+            write!(f, "nodeport {}/{proto}", self.port)
+        } else {
+            write!(f, "{}:{}/{proto}", self.addr, self.port)
+        }
+    }
+}
+
+/// One backend of a frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Backend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// Bit set of `abi::backend_flag::*`.
+    pub flags: u8,
+}
+
+/// A frontend and what the datapath does with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Service {
+    pub frontend: Frontend,
+    /// In slot order; local backends first when `local_count` is used.
+    pub backends: Vec<Backend>,
+    /// Bit set of `abi::svc_flag::*` (not `ADDRESS`, which is the maps' own).
+    pub flags: u16,
+    /// How many of the first backends are on this node.
+    pub local_count: u16,
+    /// Session affinity timeout in seconds (0: none).
+    pub affinity_timeout: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesMapError {
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("{frontend}: {count} backends; a frontend has at most {MAX_BACKENDS}")]
+    TooManyBackends { frontend: Frontend, count: usize },
+    #[error("{frontend}: local count {local_count} is more than its {count} backends")]
+    BadLocalCount {
+        frontend: Frontend,
+        local_count: u16,
+        count: usize,
+    },
+    #[error("{frontend}: port 0, protocol other than tcp/udp, or the reserved ADDRESS flag")]
+    BadFrontend { frontend: Frontend },
+    #[error("no free service id: {in_use} frontends exist, the maps hold {REV_NAT_MAX}")]
+    Full { in_use: usize },
+    #[error("{frontend} is given twice")]
+    Repeated { frontend: Frontend },
+}
+
+/// What the index knows about a frontend.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    id: u32,
+    flags: u16,
+}
+
+/// What a frontend holds before a write round, and the id and backend generation it gets.
+struct Plan {
+    id: u32,
+    generation: u32,
+    old_count: u16,
+    old_ids: Vec<u32>,
+    old_flags: Option<u16>,
+}
+
+/// The node's service maps, opened from their pins, with an index of the frontends.
+pub struct ServicesMap {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, ServiceBackend>,
+    rev_nat: HashMap<MapData, u32, RevNat>,
+    /// The same maps' descriptors, for the batch commands aya does not wrap.
+    fds: BatchFds,
+    frontends: StdHashMap<Frontend, Known>,
+    ids: std::collections::HashSet<u32>,
+    /// ClusterIP address -> how many ClusterIP frontends use it.
+    cluster_ips: StdHashMap<Ipv4Addr, usize>,
+    next_id: u32,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    PinnedMaps::map_err(name)
+}
+
+fn open_map(pin_dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
+    let path = pin_dir.join(name);
+    if !path.exists() {
+        return Err(DatapathError::NotInitialised {
+            path: pin_dir.to_path_buf(),
+        });
+    }
+    let data = MapData::from_pin(&path).map_err(map_err(name))?;
+    Map::from_map_data(data).map_err(map_err(name))
+}
+
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    pin_dir: &Path,
+    name: &'static str,
+) -> Result<T, DatapathError> {
+    T::try_from(open_map(pin_dir, name)?).map_err(map_err(name))
+}
+
+/// Removes `key` from `map`; a key already gone is not an error.
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<bool, DatapathError> {
+    match map.remove(key) {
+        Ok(()) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+fn get<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<Option<V>, DatapathError> {
+    match map.get(key, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+fn slot(index: usize) -> u16 {
+    u16::try_from(index + 1).expect("backend counts are capped at MAX_BACKENDS")
+}
+
+impl ServicesMap {
+    /// Opens the node's service maps and reads every frontend from `REV_NAT`.
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::from_maps(
+            open_map(pin_dir, map_name::SERVICES)?,
+            open_map(pin_dir, map_name::BACKENDS)?,
+            open_map(pin_dir, map_name::REV_NAT)?,
+        )
+    }
+
+    /// The same over maps at hand (e.g. taken from a loaded, unpinned object in tests).
+    pub fn from_maps(services: Map, backends: Map, rev_nat: Map) -> Result<Self, DatapathError> {
+        let fds = BatchFds {
+            services: dup_fd(&services, map_name::SERVICES)?,
+            backends: dup_fd(&backends, map_name::BACKENDS)?,
+            rev_nat: dup_fd(&rev_nat, map_name::REV_NAT)?,
+        };
+        let mut this = Self {
+            services: services.try_into().map_err(map_err(map_name::SERVICES))?,
+            backends: backends.try_into().map_err(map_err(map_name::BACKENDS))?,
+            rev_nat: rev_nat.try_into().map_err(map_err(map_name::REV_NAT))?,
+            fds,
+            frontends: StdHashMap::new(),
+            ids: std::collections::HashSet::new(),
+            cluster_ips: StdHashMap::new(),
+            next_id: 1,
+        };
+        let entries: Vec<(u32, RevNat)> = lookup_all(this.fds.rev_nat.as_fd(), map_name::REV_NAT)?;
+        for (id, rev) in entries {
+            let frontend = Frontend {
+                addr: Ipv4Addr::from(rev.addr),
+                port: rev.port,
+                proto: rev.proto,
+            };
+            this.index(
+                frontend,
+                Known {
+                    id,
+                    flags: rev.flags,
+                },
+            );
+        }
+        Ok(this)
+    }
+
+    fn index(&mut self, frontend: Frontend, known: Known) {
+        if known.flags & svc_flag::CLUSTER_IP != 0 {
+            *self.cluster_ips.entry(frontend.addr).or_default() += 1;
+        }
+        self.ids.insert(known.id);
+        self.frontends.insert(frontend, known);
+    }
+
+    fn unindex(&mut self, frontend: &Frontend) -> Option<Known> {
+        let known = self.frontends.remove(frontend)?;
+        self.ids.remove(&known.id);
+        if known.flags & svc_flag::CLUSTER_IP != 0
+            && let Some(n) = self.cluster_ips.get_mut(&frontend.addr)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.cluster_ips.remove(&frontend.addr);
+            }
+        }
+        Some(known)
+    }
+
+    /// How many frontends exist.
+    pub fn len(&self) -> usize {
+        self.frontends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frontends.is_empty()
+    }
+
+    fn allocate_id(&mut self) -> Result<u32, ServicesMapError> {
+        let in_use = self.frontends.len();
+        if in_use >= REV_NAT_MAX as usize {
+            return Err(ServicesMapError::Full { in_use });
+        }
+        for _ in 0..=in_use {
+            let id = self.next_id;
+            self.next_id = if id >= MAX_SERVICE_ID { 1 } else { id + 1 };
+            if !self.ids.contains(&id) {
+                return Ok(id);
+            }
+        }
+        Err(ServicesMapError::Full { in_use })
+    }
+
+    fn address_key(addr: Ipv4Addr) -> ServiceKey {
+        ServiceKey {
+            addr: addr.octets(),
+            port: ANY_PORT,
+            slot: 0,
+            proto: ANY_PROTO,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The backend ids of slots `1..=count` of `frontend`, as the map holds them.
+    fn slot_ids(&self, frontend: &Frontend, count: u16) -> Result<Vec<u32>, DatapathError> {
+        let mut ids = Vec::with_capacity(usize::from(count));
+        for s in 1..=count {
+            if let Some(v) = get(&self.services, &frontend.key(s), map_name::SERVICES)? {
+                ids.push(v.id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Writes `svc` (a new frontend, or a replacement of an existing one), ordered so that
+    /// packets in flight only ever see the old or the new backends.
+    pub fn write(&mut self, svc: &Service) -> Result<(), ServicesMapError> {
+        self.write_many(std::slice::from_ref(svc))
+    }
+
+    fn check(svc: &Service) -> Result<(), ServicesMapError> {
+        let fe = svc.frontend;
+        let count = svc.backends.len();
+        if count > usize::from(MAX_BACKENDS) {
+            return Err(ServicesMapError::TooManyBackends {
+                frontend: fe,
+                count,
+            });
+        }
+        if usize::from(svc.local_count) > count {
+            return Err(ServicesMapError::BadLocalCount {
+                frontend: fe,
+                local_count: svc.local_count,
+                count,
+            });
+        }
+        if fe.port == ANY_PORT
+            || !matches!(fe.proto, IPPROTO_TCP | IPPROTO_UDP)
+            || svc.flags & svc_flag::ADDRESS != 0
+        {
+            return Err(ServicesMapError::BadFrontend { frontend: fe });
+        }
+        Ok(())
+    }
+
+    /// Writes every service of `services` (new frontends or replacements), in phases, each one
+    /// batched over all of them: the new backends (under ids of the generation the frontend's
+    /// current backends do not use), the reverse translations and ClusterIP address entries,
+    /// the slots, the master entries that expose them, and only then the slots past each new
+    /// count and the old generation's backends. Everything is checked first: a bad entry
+    /// changes nothing.
+    pub fn write_many(&mut self, services: &[Service]) -> Result<(), ServicesMapError> {
+        let mut seen = HashSet::with_capacity(services.len());
+        for svc in services {
+            Self::check(svc)?;
+            if !seen.insert(svc.frontend) {
+                return Err(ServicesMapError::Repeated {
+                    frontend: svc.frontend,
+                });
+            }
+        }
+        let new = services
+            .iter()
+            .filter(|s| !self.frontends.contains_key(&s.frontend))
+            .count();
+        if self.frontends.len() + new > REV_NAT_MAX as usize {
+            return Err(ServicesMapError::Full {
+                in_use: self.frontends.len(),
+            });
+        }
+        // In rounds of about `ROUND_BACKENDS` backends: a replaced frontend's old and new
+        // backends coexist until its round ends, so the backends map needs only that much room
+        // beyond the table, not twice the table.
+        let mut start = 0;
+        while start < services.len() {
+            let mut end = start;
+            let mut backends = 0;
+            while end < services.len() && (end == start || backends < ROUND_BACKENDS) {
+                backends += services[end].backends.len();
+                end += 1;
+            }
+            self.write_round(&services[start..end])?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// One round of [`Self::write_many`], on checked services: the new backends, reverse
+    /// translations and slots, then the master entries that expose them, then what they no
+    /// longer cover (the order one write keeps too).
+    fn write_round(&mut self, services: &[Service]) -> Result<(), ServicesMapError> {
+        let plans = self.plan_round(services)?;
+        self.write_backends(services, &plans)?;
+        self.write_rev_nat_and_slots(services, &plans)?;
+        self.write_masters(services, &plans)?;
+        self.remove_stale(services, &plans)?;
+        self.reindex(services, &plans)
+    }
+
+    /// What each frontend holds now, and its id (new frontends get one).
+    fn plan_round(&mut self, services: &[Service]) -> Result<Vec<Plan>, ServicesMapError> {
+        let mut plans = Vec::with_capacity(services.len());
+        for svc in services {
+            let fe = svc.frontend;
+            let plan = match self.frontends.get(&fe).copied() {
+                Some(k) => {
+                    let old_count =
+                        get(&self.services, &fe.key(0), map_name::SERVICES)?.map_or(0, |m| m.count);
+                    let old_ids = self.slot_ids(&fe, old_count)?;
+                    let old_generation = old_ids
+                        .first()
+                        .map_or(1, |&first| (first / u32::from(MAX_BACKENDS)) & 1);
+                    Plan {
+                        id: k.id,
+                        generation: 1 - old_generation,
+                        old_count,
+                        old_ids,
+                        old_flags: Some(k.flags),
+                    }
+                }
+                None => {
+                    let id = self.allocate_id()?;
+                    self.ids.insert(id);
+                    Plan {
+                        id,
+                        generation: 0,
+                        old_count: 0,
+                        old_ids: Vec::new(),
+                        old_flags: None,
+                    }
+                }
+            };
+            plans.push(plan);
+        }
+        Ok(plans)
+    }
+
+    /// Gives back the ids a failed round allocated for new frontends.
+    fn release_new_ids(&mut self, plans: &[Plan]) {
+        for p in plans.iter().filter(|p| p.old_flags.is_none()) {
+            self.ids.remove(&p.id);
+        }
+    }
+
+    fn write_backends(
+        &mut self,
+        services: &[Service],
+        plans: &[Plan],
+    ) -> Result<(), ServicesMapError> {
+        // 1. The new backends.
+        let mut backend_keys = Vec::new();
+        let mut backend_values = Vec::new();
+        for (svc, plan) in services.iter().zip(plans) {
+            for (i, b) in svc.backends.iter().enumerate() {
+                backend_keys.push(backend_id(plan.id, plan.generation, slot(i)));
+                backend_values.push(ServiceBackend {
+                    addr: b.addr.octets(),
+                    port: b.port,
+                    flags: b.flags,
+                    _pad: 0,
+                });
+            }
+        }
+        if let Err(e) = update_batch(
+            self.fds.backends.as_fd(),
+            map_name::BACKENDS,
+            &backend_keys,
+            &backend_values,
+        ) {
+            // Nothing refers to them yet: take back what went in.
+            let _ = delete_batch(self.fds.backends.as_fd(), map_name::BACKENDS, &backend_keys);
+            self.release_new_ids(plans);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn write_rev_nat_and_slots(
+        &mut self,
+        services: &[Service],
+        plans: &[Plan],
+    ) -> Result<(), ServicesMapError> {
+        // 2. Reverse translations and the address entries of new ClusterIPs.
+        let rev_keys: Vec<u32> = plans.iter().map(|p| p.id).collect();
+        let rev_values: Vec<RevNat> = services
+            .iter()
+            .map(|svc| RevNat {
+                addr: svc.frontend.addr.octets(),
+                port: svc.frontend.port,
+                proto: svc.frontend.proto,
+                _pad: 0,
+                flags: svc.flags,
+                _pad2: [0; 2],
+            })
+            .collect();
+        update_batch(
+            self.fds.rev_nat.as_fd(),
+            map_name::REV_NAT,
+            &rev_keys,
+            &rev_values,
+        )?;
+        let mut slot_keys = Vec::new();
+        let mut slot_values = Vec::new();
+        let mut new_addresses = HashSet::new();
+        for svc in services {
+            let addr = svc.frontend.addr;
+            if svc.flags & svc_flag::CLUSTER_IP != 0
+                && !self.cluster_ips.contains_key(&addr)
+                && new_addresses.insert(addr)
+            {
+                slot_keys.push(Self::address_key(addr));
+                slot_values.push(ServiceValue {
+                    flags: svc_flag::ADDRESS,
+                    ..ServiceValue::default()
+                });
+            }
+        }
+        // 3. The slots.
+        for (svc, plan) in services.iter().zip(plans) {
+            for i in 0..svc.backends.len() {
+                slot_keys.push(svc.frontend.key(slot(i)));
+                slot_values.push(ServiceValue {
+                    id: backend_id(plan.id, plan.generation, slot(i)),
+                    ..ServiceValue::default()
+                });
+            }
+        }
+        update_batch(
+            self.fds.services.as_fd(),
+            map_name::SERVICES,
+            &slot_keys,
+            &slot_values,
+        )?;
+        Ok(())
+    }
+
+    fn write_masters(
+        &mut self,
+        services: &[Service],
+        plans: &[Plan],
+    ) -> Result<(), ServicesMapError> {
+        // 4. The master entries that expose them.
+        let master_keys: Vec<ServiceKey> = services.iter().map(|s| s.frontend.key(0)).collect();
+        let master_values: Vec<ServiceValue> = services
+            .iter()
+            .zip(plans)
+            .map(|(svc, plan)| ServiceValue {
+                id: plan.id,
+                count: u16::try_from(svc.backends.len()).expect("checked against MAX_BACKENDS"),
+                local_count: svc.local_count,
+                flags: svc.flags,
+                _pad: 0,
+                affinity_timeout: svc.affinity_timeout,
+            })
+            .collect();
+        update_batch(
+            self.fds.services.as_fd(),
+            map_name::SERVICES,
+            &master_keys,
+            &master_values,
+        )?;
+        Ok(())
+    }
+
+    /// What the new counts no longer cover, and the old generations' backends.
+    fn remove_stale(
+        &mut self,
+        services: &[Service],
+        plans: &[Plan],
+    ) -> Result<(), ServicesMapError> {
+        // 5. What the new counts no longer cover, and the old generations' backends.
+        let mut stale_slots = Vec::new();
+        let mut stale_backends: Vec<u32> = Vec::new();
+        for (svc, plan) in services.iter().zip(plans) {
+            let count = u16::try_from(svc.backends.len()).expect("checked");
+            for s in count + 1..=plan.old_count {
+                stale_slots.push(svc.frontend.key(s));
+            }
+            stale_backends.extend(
+                plan.old_ids
+                    .iter()
+                    .filter(|&&bid| (bid / u32::from(MAX_BACKENDS)) & 1 != plan.generation),
+            );
+        }
+        delete_batch(self.fds.services.as_fd(), map_name::SERVICES, &stale_slots)?;
+        delete_batch(
+            self.fds.backends.as_fd(),
+            map_name::BACKENDS,
+            &stale_backends,
+        )?;
+        Ok(())
+    }
+
+    /// The index, and the address entries of ClusterIPs no frontend uses any more.
+    fn reindex(&mut self, services: &[Service], plans: &[Plan]) -> Result<(), ServicesMapError> {
+        // 6. The index, and the address entries of ClusterIPs no frontend uses any more.
+        let mut maybe_unused = Vec::new();
+        for (svc, plan) in services.iter().zip(plans) {
+            let fe = svc.frontend;
+            if plan.old_flags.is_some() {
+                self.unindex(&fe);
+            }
+            self.index(
+                fe,
+                Known {
+                    id: plan.id,
+                    flags: svc.flags,
+                },
+            );
+            if plan
+                .old_flags
+                .is_some_and(|f| f & svc_flag::CLUSTER_IP != 0)
+            {
+                maybe_unused.push(fe.addr);
+            }
+        }
+        for addr in maybe_unused {
+            if !self.cluster_ips.contains_key(&addr) {
+                remove(
+                    &mut self.services,
+                    &Self::address_key(addr),
+                    map_name::SERVICES,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes `frontend`: its master entry first (new connections stop at once), then its
+    /// slots, backends, reverse translation and, with the last frontend on a ClusterIP, the
+    /// address entry. `Ok(false)` if it did not exist.
+    pub fn delete(&mut self, frontend: &Frontend) -> Result<bool, DatapathError> {
+        let Some(known) = self.frontends.get(frontend).copied() else {
+            return Ok(false);
+        };
+        let count =
+            get(&self.services, &frontend.key(0), map_name::SERVICES)?.map_or(0, |m| m.count);
+        let ids = self.slot_ids(frontend, count)?;
+        remove(&mut self.services, &frontend.key(0), map_name::SERVICES)?;
+        for s in 1..=count {
+            remove(&mut self.services, &frontend.key(s), map_name::SERVICES)?;
+        }
+        for bid in ids {
+            remove(&mut self.backends, &bid, map_name::BACKENDS)?;
+        }
+        remove(&mut self.rev_nat, &known.id, map_name::REV_NAT)?;
+        self.unindex(frontend);
+        if known.flags & svc_flag::CLUSTER_IP != 0 && !self.cluster_ips.contains_key(&frontend.addr)
+        {
+            remove(
+                &mut self.services,
+                &Self::address_key(frontend.addr),
+                map_name::SERVICES,
+            )?;
+        }
+        Ok(true)
+    }
+
+    /// The frontend as the maps hold it.
+    pub fn get(&self, frontend: &Frontend) -> Result<Option<Service>, DatapathError> {
+        if !self.frontends.contains_key(frontend) {
+            return Ok(None);
+        }
+        let Some(master) = get(&self.services, &frontend.key(0), map_name::SERVICES)? else {
+            return Ok(None);
+        };
+        let mut backends = Vec::with_capacity(usize::from(master.count));
+        for bid in self.slot_ids(frontend, master.count)? {
+            if let Some(b) = get(&self.backends, &bid, map_name::BACKENDS)? {
+                backends.push(Backend {
+                    addr: Ipv4Addr::from(b.addr),
+                    port: b.port,
+                    flags: b.flags,
+                });
+            }
+        }
+        Ok(Some(Service {
+            frontend: *frontend,
+            backends,
+            flags: master.flags,
+            local_count: master.local_count,
+            affinity_timeout: master.affinity_timeout,
+        }))
+    }
+
+    /// The service id of `frontend`, if it exists.
+    pub fn id(&self, frontend: &Frontend) -> Option<u32> {
+        self.frontends.get(frontend).map(|k| k.id)
+    }
+
+    /// Every frontend, sorted (three batched reads, however many services there are).
+    pub fn list(&self) -> Result<Vec<Service>, DatapathError> {
+        let entries: StdHashMap<ServiceKey, ServiceValue> =
+            lookup_all(self.fds.services.as_fd(), map_name::SERVICES)?
+                .into_iter()
+                .collect();
+        let backends: StdHashMap<u32, ServiceBackend> =
+            lookup_all(self.fds.backends.as_fd(), map_name::BACKENDS)?
+                .into_iter()
+                .collect();
+        let mut frontends: Vec<Frontend> = self.frontends.keys().copied().collect();
+        frontends.sort();
+        let mut out = Vec::with_capacity(frontends.len());
+        for fe in frontends {
+            let Some(master) = entries.get(&fe.key(0)) else {
+                continue;
+            };
+            let slots = (1..=master.count)
+                .filter_map(|s| entries.get(&fe.key(s)))
+                .filter_map(|slot| backends.get(&slot.id))
+                .map(|b| Backend {
+                    addr: Ipv4Addr::from(b.addr),
+                    port: b.port,
+                    flags: b.flags,
+                })
+                .collect();
+            out.push(Service {
+                frontend: fe,
+                backends: slots,
+                flags: master.flags,
+                local_count: master.local_count,
+                affinity_timeout: master.affinity_timeout,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes everything in the three maps, master entries first (so no packet finds a slot
+    /// without its backend), then slots and address entries, backends and reverse
+    /// translations, leftovers of an interrupted writer included. Returns how many frontends
+    /// there were.
+    pub fn clear(&mut self) -> Result<usize, DatapathError> {
+        let count = self.frontends.len();
+        let keys: Vec<ServiceKey> =
+            lookup_all::<ServiceKey, ServiceValue>(self.fds.services.as_fd(), map_name::SERVICES)?
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+        let (masters, rest): (Vec<ServiceKey>, Vec<ServiceKey>) = keys
+            .into_iter()
+            .partition(|k| k.slot == 0 && k.port != ANY_PORT);
+        delete_batch(self.fds.services.as_fd(), map_name::SERVICES, &masters)?;
+        delete_batch(self.fds.services.as_fd(), map_name::SERVICES, &rest)?;
+        let ids: Vec<u32> =
+            lookup_all::<u32, ServiceBackend>(self.fds.backends.as_fd(), map_name::BACKENDS)?
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+        delete_batch(self.fds.backends.as_fd(), map_name::BACKENDS, &ids)?;
+        let ids: Vec<u32> = lookup_all::<u32, RevNat>(self.fds.rev_nat.as_fd(), map_name::REV_NAT)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        delete_batch(self.fds.rev_nat.as_fd(), map_name::REV_NAT, &ids)?;
+        self.frontends.clear();
+        self.ids.clear();
+        self.cluster_ips.clear();
+        Ok(count)
+    }
+}
+
+/// Descriptors of the three service maps.
+struct BatchFds {
+    services: OwnedFd,
+    backends: OwnedFd,
+    rev_nat: OwnedFd,
+}
+
+/// A descriptor of `map`'s own (a hash map), for the batch commands.
+fn dup_fd(map: &Map, name: &'static str) -> Result<OwnedFd, DatapathError> {
+    let Map::HashMap(data) = map else {
+        return Err(map_err(name)(aya::maps::MapError::InvalidName {
+            name: name.to_owned(),
+        }));
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DatapathError::Io {
+            op: "duplicating a map descriptor",
+            path: name.into(),
+            source,
+        })
+}
+
+/// Backends written per round of [`ServicesMap::write_many`] (at most one frontend's
+/// `MAX_BACKENDS` more): the room a replace needs in the backends map beyond the table.
+const ROUND_BACKENDS: usize = 16_384;
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// Elements per batch call: bounded, so one call's kernel work (and the lookup buffers) stay
+/// small.
+const BATCH: usize = 8_192;
+
+/// The `BPF_MAP_*_BATCH` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: `attr` is a valid, initialised BatchAttr, the prefix of `union bpf_attr` for the
+    // batch commands, with its exact size; every pointer in it points at live buffers of
+    // `count` keys/values of the map's sizes (checked by the callers' types).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr).cast::<libc::c_void>(),
+            size_of::<BatchAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
+    u32::try_from(fd.as_raw_fd()).expect("open descriptors are non-negative")
+}
+
+fn batch_err(name: &'static str, op: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
+    move |source| DatapathError::Io {
+        op,
+        path: name.into(),
+        source,
+    }
+}
+
+/// Inserts or replaces `keys[i] -> values[i]`, in order.
+fn update_batch<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    name: &'static str,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), DatapathError> {
+    assert_eq!(keys.len(), values.len(), "a value per key");
+    for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
+        let mut attr = BatchAttr {
+            keys: k.as_ptr() as u64,
+            values: v.as_ptr() as u64,
+            count: u32::try_from(k.len()).expect("BATCH fits"),
+            map_fd: fd_u32(fd),
+            ..BatchAttr::default()
+        };
+        bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr)
+            .map_err(batch_err(name, "updating a map (batch)"))?;
+    }
+    Ok(())
+}
+
+/// Deletes `keys`, in order; keys already gone are skipped.
+fn delete_batch<K: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    name: &'static str,
+    keys: &[K],
+) -> Result<(), DatapathError> {
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(BATCH)];
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: u32::try_from(chunk.len()).expect("BATCH fits"),
+            map_fd: fd_u32(fd),
+            ..BatchAttr::default()
+        };
+        match bpf_batch(BPF_MAP_DELETE_BATCH, &mut attr) {
+            Ok(()) => rest = &rest[chunk.len()..],
+            // The kernel stops at a missing key and says how many went before it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let done = usize::try_from(attr.count).unwrap_or(0).min(chunk.len());
+                rest = &rest[(done + 1).min(rest.len())..];
+            }
+            Err(e) => return Err(batch_err(name, "deleting from a map (batch)")(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Every entry of the hash map `fd`.
+fn lookup_all<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, DatapathError> {
+    let mut out = Vec::new();
+    let mut keys: Vec<K> = Vec::with_capacity(BATCH);
+    let mut values: Vec<V> = Vec::with_capacity(BATCH);
+    // The position between calls: a bucket index for hash maps (a u32), in a u64 slot.
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                std::ptr::from_ref(&token_in) as u64
+            },
+            out_batch: std::ptr::from_mut(&mut token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: u32::try_from(BATCH).expect("fits"),
+            map_fd: fd_u32(fd),
+            ..BatchAttr::default()
+        };
+        let rc = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = usize::try_from(attr.count).unwrap_or(0).min(BATCH);
+        let done = match rc {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(batch_err(name, "reading a map (batch)")(e)),
+        };
+        // SAFETY: the kernel wrote `n` keys and values (at most the capacity it was given) into
+        // the buffers, and every bit pattern is a valid `aya::Pod`.
+        unsafe {
+            keys.set_len(n);
+            values.set_len(n);
+        }
+        out.extend(keys.drain(..).zip(values.drain(..)));
+        if done {
+            return Ok(out);
+        }
+        token_in = token_out;
+        first = false;
+    }
+}
+
+/// Registers the network namespace `netns` of the pod with address `pod_ip` (its cookie) in
+/// `POD_NETNS`, so the socket programs balance its sockets (with `config_flag::SOCKET_LB`).
+/// Entries of an earlier pod with the same address, and of pods whose endpoint is gone, are
+/// dropped on the way (a netns cookie is never reused, so a stale entry matches nothing, but
+/// it takes room).
+pub fn register_pod_netns(
+    pin_dir: &Path,
+    netns: &crate::sys::netns::Netns,
+    pod_ip: Ipv4Addr,
+) -> Result<(), DatapathError> {
+    let cookie = netns
+        .run(super::cgroup::current_netns_cookie)
+        .map_err(|e| DatapathError::Io {
+            op: "reading the cookie of the pod's namespace",
+            path: netns.path().to_path_buf(),
+            source: std::io::Error::other(e),
+        })??;
+    let maps = PinnedMaps::open(pin_dir)?;
+    let mut pods: HashMap<MapData, u64, PodNetns> = typed(pin_dir, map_name::POD_NETNS)?;
+    let stale: Vec<u64> = pods
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, p)| {
+            let addr = Ipv4Addr::from(p.addr);
+            addr == pod_ip || maps.endpoint(addr).ok().flatten().is_none()
+        })
+        .map(|(k, _)| k)
+        .collect();
+    for k in stale {
+        remove(&mut pods, &k, map_name::POD_NETNS)?;
+    }
+    let value = PodNetns {
+        addr: pod_ip.octets(),
+        _pad: [0; 4],
+    };
+    pods.insert(cookie, value, 0)
+        .map_err(map_err(map_name::POD_NETNS))
+}
+
+/// Removes the `POD_NETNS` entries of the pod with address `pod_ip`. Returns how many went.
+pub fn forget_pod_netns(pin_dir: &Path, pod_ip: Ipv4Addr) -> Result<usize, DatapathError> {
+    let mut pods: HashMap<MapData, u64, PodNetns> = typed(pin_dir, map_name::POD_NETNS)?;
+    let gone: Vec<u64> = pods
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, p)| Ipv4Addr::from(p.addr) == pod_ip)
+        .map(|(k, _)| k)
+        .collect();
+    for k in &gone {
+        remove(&mut pods, k, map_name::POD_NETNS)?;
+    }
+    Ok(gone.len())
+}
