@@ -506,3 +506,37 @@ async fn a_restart_with_a_new_history_converges() {
             .all(|n| rv_of(n) > old_rv + NEW_HISTORY_JUMP)
     );
 }
+
+/// Agents run in test namespaces: the server listens inside one, and only there.
+#[test]
+fn serves_inside_a_test_namespace() {
+    podnet_tests::require_root!();
+    let ns = podnet_tests::Netns::new("api");
+    let server = ApiServer::start(Options {
+        netns: Some(podnet_tests::InNetns::path(&ns)),
+        ..options()
+    })
+    .expect("the server starts in the namespace");
+    let addr = server.addr().to_string();
+    let out = podnet_tests::netprobe(
+        &ns,
+        &[
+            "http-get",
+            &addr,
+            "--path",
+            "/version",
+            "--timeout-ms",
+            "2000",
+        ],
+    );
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && body.contains("podnet-test"),
+        "GET /version inside the namespace: {}",
+        podnet_tests::describe(&out)
+    );
+    assert!(
+        std::net::TcpStream::connect(server.addr()).is_err(),
+        "nothing listens on {addr} in the test process's own namespace"
+    );
+}
