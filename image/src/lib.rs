@@ -10,6 +10,7 @@
 //! - [`Image`]: layers plus entrypoint, command and environment; [`Image::layout_tar`].
 //! - [`dynamic_libraries`]: the shared libraries a binary loads (through `ldd`), to put beside
 //!   a binary that is not static.
+//! - [`podnet`]: podnet's own image (what `cargo xtask image` writes and the image test runs).
 
 use std::{
     collections::BTreeMap,
@@ -235,6 +236,11 @@ impl Image {
             .collect::<io::Result<Vec<_>>>()?;
         // Uncompressed layers: the diff id is the layer digest.
         let diff_ids: Vec<String> = layer_tars.iter().map(|t| digest(t)).collect();
+        let layer_descriptors: Vec<Value> = layer_tars
+            .iter()
+            .zip(&diff_ids)
+            .map(|(t, d)| json!({"mediaType": media_type::LAYER_TAR, "digest": d, "size": t.len()}))
+            .collect();
         let config = json!({
             "architecture": "amd64",
             "os": "linux",
@@ -253,7 +259,7 @@ impl Image {
             "schemaVersion": 2,
             "mediaType": media_type::MANIFEST,
             "config": descriptor(media_type::CONFIG, &config),
-            "layers": layer_tars.iter().map(|t| descriptor(media_type::LAYER_TAR, t)).collect::<Vec<_>>(),
+            "layers": layer_descriptors,
         });
         let manifest = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
         let mut entry = descriptor(media_type::MANIFEST, &manifest);
@@ -268,8 +274,7 @@ impl Image {
             "manifests": [entry],
         });
         let manifest_digest = digest(&manifest);
-        let mut blobs: Vec<(String, Vec<u8>)> =
-            layer_tars.into_iter().map(|t| (digest(&t), t)).collect();
+        let mut blobs: Vec<(String, Vec<u8>)> = diff_ids.into_iter().zip(layer_tars).collect();
         blobs.push((digest(&config), config));
         blobs.push((manifest_digest.clone(), manifest));
         blobs.sort();
@@ -360,6 +365,31 @@ pub fn add_binary(layer: &mut Layer, path: &str, binary: &Path) -> io::Result<Ve
         layer.copy(at, library)?;
     }
     Ok(libraries)
+}
+
+/// Where podnet lives in its image (the DaemonSet runs it by this path).
+pub const PODNET_PATH: &str = "/usr/local/bin/podnet";
+
+/// podnet's image around `binary`: the binary at [`PODNET_PATH`] (with the libraries it loads
+/// when it is not static: `cargo xtask image` packs a static build, a test may pack a debug
+/// one), an empty `/tmp`, entrypoint podnet, `--help` by default.
+pub fn podnet(binary: &Path, name: &str) -> io::Result<Image> {
+    let mut image = Image::new(name);
+    add_binary(image.layer(), PODNET_PATH, binary)?;
+    image.layer().dir("/tmp")?;
+    image.entrypoint = vec![PODNET_PATH.to_owned()];
+    image.cmd = vec!["--help".to_owned()];
+    for (key, value) in [
+        ("org.opencontainers.image.title", "podnet"),
+        (
+            "org.opencontainers.image.version",
+            env!("CARGO_PKG_VERSION"),
+        ),
+        ("org.opencontainers.image.licenses", "Apache-2.0"),
+    ] {
+        image.labels.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(image)
 }
 
 #[cfg(test)]
