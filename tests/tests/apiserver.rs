@@ -540,3 +540,99 @@ fn serves_inside_a_test_namespace() {
         "nothing listens on {addr} in the test process's own namespace"
     );
 }
+
+/// The scale of the issue's benchmark, served by this server: 10,000 Services and their
+/// EndpointSlices (5 endpoints each, 50,000 in all) listed through `kube::runtime::watcher`
+/// (paged, 500 a page) and one change seen through the watch. Prints the times, so an agent's
+/// benchmark can tell how much of its sync is the test server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_services_sync_through_the_watcher() {
+    const SERVICES: usize = 10_000;
+    const ENDPOINTS_PER_SLICE: usize = 5;
+    let server = ApiServer::start(Options {
+        history: 4 * SERVICES,
+        ..options()
+    })
+    .expect("the server starts");
+    let started = std::time::Instant::now();
+    for i in 0..SERVICES {
+        let name = format!("svc-{i:05}");
+        let mut svc = service(&name, &json!({"app": name}));
+        svc["spec"]["clusterIP"] = json!(format!("10.96.{}.{}", i / 250, i % 250 + 1));
+        server.create(Resource::Service, svc).expect("service");
+        let endpoints: Vec<Value> = (0..ENDPOINTS_PER_SLICE)
+            .map(|e| {
+                json!({"addresses": [format!("10.244.{}.{}", i % 200, e + 2)],
+                       "conditions": {"ready": true}})
+            })
+            .collect();
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-abcde"), "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+        });
+        server
+            .create(Resource::EndpointSlice, slice)
+            .expect("slice");
+    }
+    let created = started.elapsed();
+
+    let client = client(&server).await;
+    let slices: Api<EndpointSlice> = Api::all(client.clone());
+    let services: Api<Service> = Api::all(client);
+    let started = std::time::Instant::now();
+    let mut service_stream = watcher(services, watcher::Config::default()).boxed();
+    let mut slice_stream = watcher(slices, watcher::Config::default()).boxed();
+    let (mut seen_services, mut seen_endpoints) = (0, 0);
+    loop {
+        match next(&mut service_stream).await.expect("no watch error") {
+            watcher::Event::InitApply(_) => seen_services += 1,
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    loop {
+        match next(&mut slice_stream).await.expect("no watch error") {
+            watcher::Event::InitApply(s) => seen_endpoints += s.endpoints.map_or(0, |e| e.len()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    let synced = started.elapsed();
+    assert_eq!(seen_services, SERVICES);
+    assert_eq!(seen_endpoints, SERVICES * ENDPOINTS_PER_SLICE);
+
+    // One change at a time, from the write to the watcher's event.
+    let mut latencies = Vec::new();
+    for round in 0..20 {
+        let name = format!("svc-{:05}", round * 7);
+        let mut svc = server
+            .store()
+            .get(Resource::Service, "default", &name)
+            .expect("svc");
+        svc["metadata"]["labels"]["round"] = json!(round.to_string());
+        let written = std::time::Instant::now();
+        server.update(Resource::Service, svc).expect("update");
+        loop {
+            if let watcher::Event::Apply(s) = next(&mut service_stream).await.expect("event")
+                && s.name_any() == name
+            {
+                break;
+            }
+        }
+        latencies.push(written.elapsed());
+    }
+    latencies.sort();
+    eprintln!(
+        "{SERVICES} services + {} endpoints: created in the store in {created:?}; \
+         watcher initial sync (services, then slices) {synced:?}; one change write->event \
+         p50 {:?} max {:?} (this build's profile)",
+        SERVICES * ENDPOINTS_PER_SLICE,
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    assert!(synced < Duration::from_secs(60), "sync took {synced:?}");
+}

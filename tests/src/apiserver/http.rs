@@ -356,39 +356,44 @@ fn decode_continue(token: &str) -> Option<(u64, String, String)> {
 fn list(shared: &Shared, target: &Target, query: &Query) -> Result<Response<Body>, ApiError> {
     let store = shared.store();
     let mut rv = store.resource_version();
-    let mut items: Vec<Value> = store
-        .list(target.resource, target.namespace.as_deref())
-        .into_iter()
-        .filter(|o| matches(target, query, o))
-        .collect();
-    if let Some(token) = &query.continue_token {
-        let (token_rv, namespace, name) = decode_continue(token)
-            .ok_or_else(|| ApiError::new(400, "BadRequest", "invalid continue token"))?;
-        if token_rv < store.oldest() {
-            return Err(expired(token_rv, store.oldest()));
+    let after = match &query.continue_token {
+        Some(token) => {
+            let (token_rv, namespace, name) = decode_continue(token)
+                .ok_or_else(|| ApiError::new(400, "BadRequest", "invalid continue token"))?;
+            if token_rv < store.oldest() {
+                return Err(expired(token_rv, store.oldest()));
+            }
+            rv = token_rv;
+            Some((namespace, name))
         }
-        rv = token_rv;
-        let after = (namespace, name);
-        items.retain(|o| {
-            let key = (
-                o["metadata"]["namespace"].as_str().unwrap_or("").to_owned(),
-                o["metadata"]["name"].as_str().unwrap_or("").to_owned(),
-            );
-            key > after
-        });
-    }
-    drop(store);
+        None => None,
+    };
     // resourceVersion=0 is served from the watch cache, which ignores limit.
     let limit = query
         .limit
         .filter(|l| *l > 0 && query.resource_version.as_deref() != Some("0"));
+    let (mut items, mut remaining) = (Vec::new(), 0_usize);
+    let selected = store
+        .objects_after(
+            target.resource,
+            after
+                .as_ref()
+                .map(|(ns, name)| (ns.as_str(), name.as_str())),
+        )
+        .filter(|o| matches(target, query, o));
+    for object in selected {
+        if limit.is_some_and(|l| items.len() >= l) {
+            remaining += 1;
+        } else {
+            items.push(list_item(object.clone()));
+        }
+    }
+    drop(store);
     let mut metadata = json!({"resourceVersion": rv.to_string()});
-    if let Some(limit) = limit
-        && items.len() > limit
+    if remaining > 0
+        && let Some(last) = items.last()
     {
-        let remaining = items.len() - limit;
-        items.truncate(limit);
-        let last = &items[limit - 1]["metadata"];
+        let last = &last["metadata"];
         metadata["continue"] = json!(encode_continue(
             rv,
             last["namespace"].as_str().unwrap_or(""),
@@ -402,7 +407,7 @@ fn list(shared: &Shared, target: &Target, query: &Query) -> Result<Response<Body
             "kind": format!("{}List", target.resource.kind()),
             "apiVersion": target.resource.api_version(),
             "metadata": metadata,
-            "items": items.into_iter().map(list_item).collect::<Vec<_>>(),
+            "items": items,
         }),
     ))
 }

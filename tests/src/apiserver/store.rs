@@ -275,6 +275,26 @@ impl Store {
             .collect()
     }
 
+    /// The objects of `resource` after the key `(namespace, name)` (all when `None`), in
+    /// key order, without copying them: what a list page walks.
+    pub fn objects_after<'a>(
+        &'a self,
+        resource: Resource,
+        after: Option<(&str, &str)>,
+    ) -> impl Iterator<Item = &'a Value> + 'a {
+        use std::ops::Bound;
+        let start = match after {
+            Some((namespace, name)) => {
+                Bound::Excluded((resource, namespace.to_owned(), name.to_owned()))
+            }
+            None => Bound::Included((resource, String::new(), String::new())),
+        };
+        self.objects
+            .range((start, Bound::Unbounded))
+            .take_while(move |((r, _, _), _)| *r == resource)
+            .map(|(_, object)| object)
+    }
+
     pub fn get(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
         self.objects
             .get(&(resource, namespace.to_owned(), name.to_owned()))
