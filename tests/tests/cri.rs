@@ -16,8 +16,9 @@ use podnet_ebpf::abi::map_name;
 use podnet_tests::{
     CHAINED_BRIDGE, CniNode, InNetns as _, NODE_IP, OUTSIDE_IP, Pod, STANDALONE_BRIDGE, Snapshot,
     Watch, connect_tcp, cri, describe, in_cidr, local_ip_of, peer_ip_of, require_root, serve_tcp,
+    unique,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The hostPort of the test pods.
 const HOST_PORT: u16 = 38080;
@@ -37,6 +38,42 @@ macro_rules! require_containerd {
             return;
         }
     };
+}
+
+/// `cniVersion` and `cniVersions` of the network `podnet install-cni` writes in `mode`.
+fn installed_versions(mode: Mode) -> Vec<(&'static str, Value)> {
+    let dir = std::env::temp_dir().join(unique("pn-cri-install"));
+    let out = std::process::Command::new(podnet_tests::podnet_bin())
+        .args(["--state-dir", "/var/lib/podnet-example", "install-cni"])
+        .arg("--bin-dir")
+        .arg(dir.join("bin"))
+        .arg("--conf-dir")
+        .arg(dir.join("net.d"))
+        .args([
+            "--mode",
+            if mode == Mode::Chained {
+                "chained"
+            } else {
+                "standalone"
+            },
+        ])
+        .args([
+            "--pod-cidr",
+            "10.244.1.0/24",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+        ])
+        .args(["--uplink", "eth0"])
+        .output()
+        .expect("podnet runs");
+    let network = std::fs::read(dir.join("net.d/10-podnet.conflist"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "install-cni: {}", describe(&out));
+    let network: Value = serde_json::from_slice(&network.expect("the network")).expect("JSON");
+    ["cniVersion", "cniVersions"]
+        .into_iter()
+        .filter_map(|key| Some((key, network.get(key)?.clone())))
+        .collect()
 }
 
 /// podnet alone, or after bridge + host-local.
@@ -95,11 +132,14 @@ struct Runtime {
 impl Runtime {
     fn start(mode: Mode, pod_cidr: &str) -> Self {
         let node = CniNode::new(pod_cidr);
-        let conflist = match mode {
+        let mut conflist = match mode {
             Mode::Chained => node.chained_conflist(),
-            // containerd 1.6's libcni speaks CNI up to 1.0.0.
-            Mode::Standalone => node.standalone_conflist_v("1.0.0"),
+            Mode::Standalone => node.standalone_conflist(),
         };
+        // The versions `install-cni` writes: containerd 1.6 must take them.
+        for (key, value) in installed_versions(mode) {
+            conflist[key] = value;
+        }
         let podnet = podnet_tests::podnet_bin()
             .canonicalize()
             .expect("the podnet binary");
