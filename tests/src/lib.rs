@@ -14,12 +14,16 @@
 //! - [`fuzz`]: a seeded PRNG, frame mutations and independent frame checks for fuzzing.
 //! - [`Cni`] / [`CniNode`]: a libcni-like driver running podnet's CNI plugin and the reference
 //!   plugins inside a node namespace.
+//! - [`cri`]: containerd with its CRI plugin in a test namespace, a CRI client, and a sandbox
+//!   image built by hand.
 //! - [`Snapshot`] / [`Watch`]: everything a node owns (files, links, addresses, routes, tc
 //!   filters, namespaces), to show that a refused command changed nothing.
 
+pub mod apiserver;
 pub mod bench;
 pub mod cluster;
 pub mod cni;
+pub mod cri;
 pub mod fuzz;
 pub mod netns;
 pub mod node;

@@ -1210,6 +1210,33 @@ fn cni_bad_input_is_refused_with_spec_codes_and_leaves_nothing() {
             7,
             "tcp port 8080 is already a NodePort",
         ),
+        // Go's field names, as containerd's CRI plugin sends them: read, and checked the same.
+        ready(
+            "HostPort 0 (Go's names)",
+            mapping(json!({"HostPort": 0, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""})),
+            7,
+            "hostPort 0 -> containerPort 80: ports are 1-65535",
+        ),
+        ready(
+            "HostPort taken by another container (Go's names)",
+            mapping(
+                json!({"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}),
+            ),
+            7,
+            "tcp port 8080 is already a NodePort",
+        ),
+        ready(
+            "HostPort as a string",
+            mapping(json!({"HostPort": "8081", "ContainerPort": 80})),
+            7,
+            "runtimeConfig.portMappings is not a list of port mappings",
+        ),
+        ready(
+            "a port mapping that is a list",
+            mapping(json!([8081, 80])),
+            7,
+            "runtimeConfig.portMappings is not a list of port mappings",
+        ),
         // The node settings of the first ADD.
         first(
             "pod_cidr not an address",

@@ -5,6 +5,7 @@
 
 mod ebpf;
 mod layers;
+mod image;
 mod robustness;
 mod setup;
 
@@ -67,6 +68,16 @@ enum Task {
     /// Check that podnet's imports point one way (front ends -> ops -> store, datapath -> sys
     /// -> config, model) and form no cycle; `test` runs this first.
     Layers,
+    /// Write podnet's container image (a static release build) as an OCI image layout
+    /// tarball, for `ctr -n k8s.io image import` on each node (no Docker, no registry).
+    Image {
+        /// Where to write it.
+        #[arg(long, default_value = "target/image/podnet-oci.tar")]
+        out: PathBuf,
+        /// The image's name (default: podnet.local/podnet:<version>).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Set up, build, and run the self-contained demo topology in network namespaces.
     Demo {
         /// Arguments passed on to `podnet demo`.
@@ -105,6 +116,15 @@ fn main() -> Result<()> {
         } => {
             setup::ensure_all()?;
             fuzz(&root, iterations, seed, replay)
+        }
+        Task::Image { out, name } => {
+            setup::ensure_all()?;
+            let out = if out.is_absolute() {
+                out
+            } else {
+                root.join(out)
+            };
+            image::build(&root, &out, &name.unwrap_or_else(image::default_name)).map(drop)
         }
         Task::Demo { args } => {
             setup::ensure_all()?;

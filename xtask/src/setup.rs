@@ -57,6 +57,20 @@ const PACKAGES: &[(&str, &str)] = &[
         "the reference CNI plugins (bridge, host-local, portmap, loopback) in /usr/lib/cni, \
          chained with podnet's CNI plugin in tests",
     ),
+    (
+        "containerd",
+        "a real runtime: the CRI test runs pod sandboxes through podnet with its CRI plugin, \
+         and the image test imports and runs podnet's image",
+    ),
+    ("runc", "containerd's OCI runtime"),
+    (
+        "protobuf-compiler",
+        "protoc: the k8s-cri crate compiles the CRI protos when the tests are built",
+    ),
+    (
+        "libc6-dev",
+        "libc.a: the CRI test compiles its static pause binary with gcc -static",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -67,8 +67,12 @@ pub fn conflist(settings: &NodeSettings, mode: Mode) -> Value {
         })
     };
     match mode {
+        // containerd 1.6 (libcni before 1.2) knows CNI up to 1.0.0 and refuses a 1.1.0 result
+        // ("unsupported CNI result version"); newer runtimes read `cniVersions` and take the
+        // highest they know, 1.1.0, with STATUS and GC.
         Mode::Standalone => json!({
-            "cniVersion": "1.1.0",
+            "cniVersion": "1.0.0",
+            "cniVersions": ["1.0.0", "1.1.0"],
             "name": "podnet",
             "plugins": [podnet("standalone", &settings.bridge)],
         }),

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::{Map, Value, json};
 
 /// Versions podnet speaks.
 pub const SUPPORTED_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
@@ -206,16 +206,78 @@ impl CniEnv {
     }
 }
 
-/// A port mapping from `runtimeConfig.portMappings`.
+/// The member `name` of a JSON object, found the way Go's `encoding/json` finds a struct
+/// field: the exact name, else a name equal to it ignoring (ASCII) case. The runtimes and
+/// the reference plugins are Go and read CNI JSON that way, and runtimes write what they
+/// like: containerd's CRI plugin sends `runtimeConfig.portMappings` with Go's field names
+/// (`{"HostPort":38080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}`).
+pub fn member<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.get(name).or_else(|| {
+        obj.iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+    })
+}
+
+/// Decodes the object `value` as the struct `T` like Go's `encoding/json` would: each of
+/// `names` (`T`'s field names as serde knows them) is looked up with [`member`]; other members
+/// are dropped, as unknown members are ignored anyway. Anything but an object is refused (serde
+/// alone would also take a list of the field values).
+fn from_go_json<T: DeserializeOwned>(value: &Value, names: &[&str]) -> serde_json::Result<T> {
+    let Value::Object(obj) = value else {
+        return Err(serde::de::Error::invalid_type(
+            unexpected(value),
+            &"a JSON object",
+        ));
+    };
+    let folded = names
+        .iter()
+        .filter_map(|name| Some(((*name).to_owned(), member(obj, name)?.clone())))
+        .collect();
+    serde_json::from_value(Value::Object(folded))
+}
+
+/// What a non-object JSON value is, for [`from_go_json`]'s error.
+fn unexpected(value: &Value) -> serde::de::Unexpected<'_> {
+    use serde::de::Unexpected;
+    match value {
+        Value::Null => Unexpected::Unit,
+        Value::Bool(b) => Unexpected::Bool(*b),
+        Value::Number(_) => Unexpected::Other("a number"),
+        Value::String(s) => Unexpected::Str(s),
+        Value::Array(_) => Unexpected::Seq,
+        Value::Object(_) => Unexpected::Map,
+    }
+}
+
+/// [`from_go_json`] for each element of a JSON list.
+fn list_from_go_json<T: DeserializeOwned>(
+    value: &Value,
+    names: &[&str],
+) -> serde_json::Result<Vec<T>> {
+    match value {
+        Value::Array(items) => items.iter().map(|item| from_go_json(item, names)).collect(),
+        other => serde_json::from_value(other.clone()),
+    }
+}
+
+/// A port mapping from `runtimeConfig.portMappings`: the names of the portmap plugin's
+/// `PortMapEntry` (`hostPort`, `containerPort`, `protocol`, `hostIP`), in any case.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
 pub struct PortMapping {
+    #[serde(rename = "hostPort")]
     pub host_port: u16,
+    #[serde(rename = "containerPort")]
     pub container_port: u16,
     #[serde(default = "default_protocol")]
     pub protocol: String,
-    #[serde(default)]
+    #[serde(default, rename = "hostIP")]
     pub host_ip: Option<String>,
+}
+
+impl PortMapping {
+    /// The member names [`from_go_json`] looks up.
+    const FIELDS: [&str; 4] = ["hostPort", "containerPort", "protocol", "hostIP"];
 }
 
 impl PortMapping {
@@ -253,6 +315,11 @@ pub struct ValidAttachment {
     pub ifname: String,
 }
 
+impl ValidAttachment {
+    /// The member names [`from_go_json`] looks up.
+    const FIELDS: [&str; 2] = ["containerID", "ifname"];
+}
+
 /// How podnet works with the plugins before it.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -284,7 +351,9 @@ fn config_err(msg: impl Into<String>) -> CniError {
 }
 
 impl NetConf {
-    /// Parses stdin. Unknown fields are ignored (they belong to the runtime or other plugins).
+    /// Parses stdin. Unknown fields are ignored (they belong to the runtime or other plugins);
+    /// names are matched as Go matches them (see [`member`]). `prevResult` is kept raw: libcni
+    /// always writes it with the result types' own names.
     pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
         let value: Value = serde_json::from_slice(stdin).map_err(|e| {
             CniError::new(code::DECODE, "the network configuration is not valid JSON")
@@ -297,7 +366,7 @@ impl NetConf {
             ));
         };
         let string = |key: &str| -> Result<Option<String>, CniError> {
-            match obj.get(key) {
+            match member(&obj, key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
                 Some(_) => Err(config_err(format!("{key} must be a string"))),
@@ -315,7 +384,7 @@ impl NetConf {
             ));
         }
         let name = string("name")?.unwrap_or_default();
-        let mode = match obj.get("mode") {
+        let mode = match member(&obj, "mode") {
             None | Some(Value::Null) => Mode::default(),
             Some(v) => serde_json::from_value(v.clone())
                 .map_err(|_| config_err("mode must be \"chained\" or \"standalone\""))?,
@@ -328,18 +397,18 @@ impl NetConf {
                 state_dir.display()
             )));
         }
-        let node = match obj.get("node") {
+        let node = match member(&obj, "node") {
             None | Some(Value::Null) => None,
             Some(Value::Object(map)) => Some(map.clone()),
             Some(_) => return Err(config_err("node must be an object of node settings")),
         };
-        let prev_result = obj.get("prevResult").filter(|v| !v.is_null()).cloned();
-        let port_mappings: Vec<PortMapping> = match obj
-            .get("runtimeConfig")
-            .and_then(|rc| rc.get("portMappings"))
+        let prev_result = member(&obj, "prevResult").filter(|v| !v.is_null()).cloned();
+        let port_mappings: Vec<PortMapping> = match member(&obj, "runtimeConfig")
+            .and_then(Value::as_object)
+            .and_then(|rc| member(rc, "portMappings"))
         {
             None | Some(Value::Null) => Vec::new(),
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+            Some(v) => list_from_go_json(v, &PortMapping::FIELDS).map_err(|e| {
                 config_err("runtimeConfig.portMappings is not a list of port mappings")
                     .with_details(e.to_string())
             })?,
@@ -347,12 +416,11 @@ impl NetConf {
         for m in &port_mappings {
             m.check()?;
         }
-        let attachments = obj
-            .get("cni.dev/valid-attachments")
-            .or_else(|| obj.get("cni.dev/attachments"));
+        let attachments = member(&obj, "cni.dev/valid-attachments")
+            .or_else(|| member(&obj, "cni.dev/attachments"));
         let valid_attachments = match attachments {
             None | Some(Value::Null) => None,
-            Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
+            Some(v) => Some(list_from_go_json(v, &ValidAttachment::FIELDS).map_err(|e| {
                 config_err("cni.dev/valid-attachments is not a list of {containerID, ifname}")
                     .with_details(e.to_string())
             })?),
@@ -374,7 +442,11 @@ impl NetConf {
 pub fn answer_version(stdin: &[u8]) -> String {
     serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_owned))
+        .and_then(|v| {
+            member(v.as_object()?, "cniVersion")?
+                .as_str()
+                .map(str::to_owned)
+        })
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| DEFAULT_VERSION.to_owned())
 }
@@ -479,6 +551,81 @@ mod tests {
         );
     }
 
+    #[test]
+    fn runtime_json_is_read_with_go_names_in_any_case() {
+        // containerd 1.6's CRI plugin, verbatim: Go's field names, an empty HostIP.
+        let containerd = br#"{"cniVersion":"1.0.0","name":"n","type":"podnet",
+            "runtimeConfig":{"portMappings":[{"HostPort":38080,"ContainerPort":80,"Protocol":"tcp","HostIP":""},
+                {"HostPort":38081,"ContainerPort":53,"Protocol":"udp","HostIP":"198.18.0.10"}]}}"#;
+        let conf = NetConf::parse(containerd).unwrap();
+        assert_eq!(
+            conf.port_mappings,
+            [
+                PortMapping {
+                    host_port: 38080,
+                    container_port: 80,
+                    protocol: "tcp".to_owned(),
+                    host_ip: Some(String::new()),
+                },
+                PortMapping {
+                    host_port: 38081,
+                    container_port: 53,
+                    protocol: "udp".to_owned(),
+                    host_ip: Some("198.18.0.10".to_owned()),
+                },
+            ]
+        );
+        // Any case of any name, as Go's encoding/json; the exact name wins over a folded one.
+        let mixed = br#"{"CNIVERSION":"1.1.0","Name":"n","MODE":"standalone","StateDir":"/tmp/x",
+            "RuntimeConfig":{"PORTMAPPINGS":[{"hostport":1,"containerPORT":2,"HOSTPORT":3,"hostPort":4}]},
+            "PrevResult":{"ips":[]},
+            "CNI.DEV/Valid-Attachments":[{"ContainerId":"a","IFNAME":"eth0"}]}"#;
+        let conf = NetConf::parse(mixed).unwrap();
+        assert_eq!(conf.cni_version, "1.1.0");
+        assert_eq!(conf.mode, Mode::Standalone);
+        assert_eq!(conf.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(conf.prev_result, Some(json!({"ips": []})));
+        assert_eq!(
+            (
+                conf.port_mappings[0].host_port,
+                conf.port_mappings[0].container_port
+            ),
+            (4, 2)
+        );
+        assert_eq!(conf.port_mappings[0].protocol, "tcp", "the default");
+        assert_eq!(
+            conf.valid_attachments,
+            Some(vec![ValidAttachment {
+                container_id: "a".to_owned(),
+                ifname: "eth0".to_owned(),
+            }])
+        );
+        assert_eq!(answer_version(br#"{"CniVersion":"0.4.0"}"#), "0.4.0");
+        // Folding does not make bad mappings good: still checked, still typed.
+        let code_of = |s: &[u8]| NetConf::parse(s).err().map(|e| e.code);
+        for bad in [
+            r#"{"HostPort":0,"ContainerPort":80}"#,
+            r#"{"HostPort":"8080","ContainerPort":80}"#,
+            r#"{"HostPort":8080}"#,
+            r#"{"HostPort":8080,"ContainerPort":80,"Protocol":"SCTP"}"#,
+            r#"{"Host_Port":8080,"ContainerPort":80}"#,
+            r#"[8080,80]"#,
+        ] {
+            let conf =
+                format!(r#"{{"cniVersion":"1.0.0","runtimeConfig":{{"portMappings":[{bad}]}}}}"#);
+            assert_eq!(
+                code_of(conf.as_bytes()),
+                Some(code::INVALID_CONFIG),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            code_of(br#"{"cniVersion":"1.0.0","RuntimeConfig":{"PortMappings":{"HostPort":1}}}"#),
+            Some(code::INVALID_CONFIG),
+            "not a list"
+        );
+    }
+
     /// A small deterministic generator (xorshift), so the property test needs no crate.
     struct Rng(u64);
 
@@ -497,7 +644,8 @@ mod tests {
 
     #[test]
     fn parsing_never_panics_on_mutated_input() {
-        let seeds: [&[u8]; 3] = [
+        let seeds: [&[u8]; 4] = [
+            br#"{"cniVersion":"1.0.0","RuntimeConfig":{"portMappings":[{"HostPort":38080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}]}}"#,
             br#"{"cniVersion":"1.0.0","name":"n","type":"podnet","mode":"standalone","stateDir":"/tmp/x","node":{"pod_cidr":"10.0.0.0/24"},"runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80}]}}"#,
             br#"{"cniVersion":"1.1.0","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#,
             br#"{"cniVersion":"0.4.0","prevResult":{"interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"10.0.0.2/24","interface":0}]}}"#,
