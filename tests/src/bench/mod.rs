@@ -2,6 +2,8 @@
 //! ([`measure`]), statistics, machine facts, and the result series they hand to the report
 //! ([`series`]).
 
+pub mod kernel_node;
+pub mod kubeproxy;
 pub mod measure;
 pub mod profile;
 pub mod series;
