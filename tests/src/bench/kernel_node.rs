@@ -24,7 +24,7 @@ pub const BRIDGE: &str = "cbr0";
 /// default route, as a real node has one: packets that no rule translates (a ClusterIP without
 /// a rule) are routed there and go no further.
 pub const UPLINK: &str = "uplink0";
-/// How long loading the largest layout may take.
+/// How long loading one transaction may take.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Which of kube-proxy's modes a node's rules reproduce.
@@ -47,11 +47,12 @@ impl Layout {
         }
     }
 
-    /// The input kube-proxy would write for `table`.
-    pub fn script(self, table: &ServiceTable, cfg: &Config) -> String {
+    /// The input kube-proxy would write for `table`, in transactions of at most `per`
+    /// service ports.
+    pub fn transactions(self, table: &ServiceTable, cfg: &Config, per: usize) -> Vec<String> {
         match self {
-            Self::Iptables => kubeproxy::iptables_restore(table, cfg),
-            Self::Nftables => kubeproxy::nft_script(table, cfg),
+            Self::Iptables => kubeproxy::iptables_transactions(table, cfg, per),
+            Self::Nftables => kubeproxy::nft_transactions(table, cfg, per),
         }
     }
 
@@ -134,25 +135,37 @@ impl KernelNode {
         KernelPod { ns, ip, host_if }
     }
 
-    /// Loads `layout` for `table` into the node's netfilter as kube-proxy would (one full
-    /// sync); returns the script and how long the load command took.
-    pub fn load(&self, layout: Layout, table: &ServiceTable, cfg: &Config) -> (String, Duration) {
-        let script = layout.script(table, cfg);
-        let file = TempFile(std::env::temp_dir().join(format!("{}.rules", unique("kp"))));
-        std::fs::write(&file.0, &script).expect("write the rules");
-        let path = file.0.to_str().expect("utf-8 path");
-        let start = Instant::now();
-        let out = self.ns.command(&["sh", "-c", &layout.load_command(path)]);
-        let out = crate::run_bounded(out, LOAD_TIMEOUT);
-        let took = start.elapsed();
-        assert!(
-            out.status.success(),
-            "loading the {} layout ({} bytes) failed: {}",
-            layout.name(),
-            script.len(),
-            describe(&out)
-        );
-        (script, took)
+    /// Loads `layout` for `table` into the node's netfilter as kube-proxy would, one full
+    /// sync, in transactions of at most `per` service ports (`usize::MAX`: one, as kube-proxy
+    /// does); returns the whole input and how long the load commands took together.
+    pub fn load(
+        &self,
+        layout: Layout,
+        table: &ServiceTable,
+        cfg: &Config,
+        per: usize,
+    ) -> (String, Duration) {
+        let mut took = Duration::ZERO;
+        let transactions = layout.transactions(table, cfg, per);
+        for (i, script) in transactions.iter().enumerate() {
+            let file = TempFile(std::env::temp_dir().join(format!("{}.rules", unique("kp"))));
+            std::fs::write(&file.0, script).expect("write the rules");
+            let path = file.0.to_str().expect("utf-8 path");
+            let start = Instant::now();
+            let out = self.ns.command(&["sh", "-c", &layout.load_command(path)]);
+            let out = crate::run_bounded(out, LOAD_TIMEOUT);
+            took += start.elapsed();
+            assert!(
+                out.status.success(),
+                "loading the {} layout (transaction {} of {}, {} bytes) failed: {}",
+                layout.name(),
+                i + 1,
+                transactions.len(),
+                script.len(),
+                describe(&out)
+            );
+        }
+        (transactions.concat(), took)
     }
 
     /// Conntrack entries of this node whose original destination is `ip` (read from

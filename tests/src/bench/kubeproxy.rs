@@ -183,6 +183,15 @@ fn quoted(text: &str) -> String {
 /// sync (filter and nat tables), with the jumps from the built-in chains that kube-proxy
 /// ensures with separate `iptables -I` calls written as `-I` lines in the same input.
 pub fn iptables_restore(table: &ServiceTable, cfg: &Config) -> String {
+    iptables_transactions(table, cfg, usize::MAX).concat()
+}
+
+/// [`iptables_restore`] split into inputs of at most `per` service ports each (the first also
+/// has kube-proxy's own chains, the last the `KUBE-NODEPORTS` jump), to be loaded one after
+/// the other with `--noflush`: the same rules in the same order as one full sync.
+pub fn iptables_transactions(table: &ServiceTable, cfg: &Config, per: usize) -> Vec<String> {
+    let per = per.max(1);
+    let mut parts: Vec<[Lines; 4]> = Vec::new();
     let mark = masquerade_mark();
     let total_endpoints: usize = service_ports(table)
         .map(|(s, _)| s.usable_endpoint_ips().len())
@@ -323,7 +332,15 @@ pub fn iptables_restore(table: &ServiceTable, cfg: &Config) -> String {
     ]);
     nat_rules.line(&["-A", "KUBE-MARK-MASQ", "-j", "MARK", "--or-mark", &mark]);
 
-    for (svc, port) in service_ports(table) {
+    for (i, (svc, port)) in service_ports(table).enumerate() {
+        if i > 0 && i % per == 0 {
+            parts.push([
+                std::mem::take(&mut filter_chains),
+                std::mem::take(&mut filter_rules),
+                std::mem::take(&mut nat_chains),
+                std::mem::take(&mut nat_rules),
+            ]);
+        }
         let name = service_port_name(svc, port);
         let proto = port.protocol.lower();
         let vip = cluster_ips(svc)[0];
@@ -597,10 +614,16 @@ pub fn iptables_restore(table: &ServiceTable, cfg: &Config) -> String {
         "-j",
         "ACCEPT",
     ]);
-    format!(
-        "*filter\n{}{}COMMIT\n*nat\n{}{}COMMIT\n",
-        filter_chains.0, filter_rules.0, nat_chains.0, nat_rules.0
-    )
+    parts.push([filter_chains, filter_rules, nat_chains, nat_rules]);
+    parts
+        .into_iter()
+        .map(|[fc, fr, nc, nr]| {
+            format!(
+                "*filter\n{}{}COMMIT\n*nat\n{}{}COMMIT\n",
+                fc.0, fr.0, nc.0, nr.0
+            )
+        })
+        .collect()
 }
 
 /// The rules (`-A`/`-I` lines) per `table/chain` in an iptables-restore input.
@@ -624,6 +647,14 @@ pub fn iptables_rule_counts(restore: &str) -> BTreeMap<String, usize> {
 /// kube-proxy's nftables mode for `table`: the `nft -f` input of one full sync, in the
 /// `add ...` form knftables writes (table `ip kube-proxy`).
 pub fn nft_script(table: &ServiceTable, cfg: &Config) -> String {
+    nft_transactions(table, cfg, usize::MAX).concat()
+}
+
+/// [`nft_script`] split into inputs of at most `per` service ports each (the first also sets
+/// up the table), to be loaded one after the other: the same table as one full sync.
+pub fn nft_transactions(table: &ServiceTable, cfg: &Config, per: usize) -> Vec<String> {
+    let per = per.max(1);
+    let mut parts: Vec<String> = Vec::new();
     let mark = masquerade_mark();
     let t = "ip kube-proxy";
     let mut chains = String::new();
@@ -764,7 +795,13 @@ pub fn nft_script(table: &ServiceTable, cfg: &Config) -> String {
         "add rule {t} services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports"
     );
 
-    for (svc, port) in service_ports(table) {
+    for (i, (svc, port)) in service_ports(table).enumerate() {
+        if i > 0 && i % per == 0 {
+            parts.push(format!("{chains}{rules}{elements}"));
+            chains.clear();
+            rules.clear();
+            elements.clear();
+        }
         let name = service_port_name(svc, port);
         let proto = port.protocol.lower();
         let vip = cluster_ips(svc)[0];
@@ -865,7 +902,8 @@ pub fn nft_script(table: &ServiceTable, cfg: &Config) -> String {
             );
         }
     }
-    format!("{chains}{rules}{elements}")
+    parts.push(format!("{chains}{rules}{elements}"));
+    parts
 }
 
 /// What kube-proxy would write for `table`, counted independently of the generators: the
