@@ -254,7 +254,7 @@ fn aims(all: &[BenchOutput]) -> Vec<Aim> {
             met: v >= 3.0,
         });
     }
-    out.extend(service_aims(&all, &results("services")));
+    out.extend(service_aims(all, &results("services")));
     let cni = results("cni");
     if let Some(v) = ratio(
         &cni,
