@@ -650,11 +650,14 @@ pub fn nft_script(table: &ServiceTable, cfg: &Config) -> String {
     nft_transactions(table, cfg, usize::MAX).concat()
 }
 
-/// [`nft_script`] split into inputs of at most `per` service ports each (the first also sets
-/// up the table), to be loaded one after the other: the same table as one full sync.
+/// [`nft_script`] in several inputs to be loaded one after the other, ending in the same
+/// table as one full sync: the first has everything but the services' `numgen` balancing
+/// rules, which follow in inputs of at most `per` rules (each service chain's masquerade rule
+/// still comes first). The anonymous verdict maps of those rules are what makes one large
+/// transaction slow: the kernel resolves each by walking the transaction.
 pub fn nft_transactions(table: &ServiceTable, cfg: &Config, per: usize) -> Vec<String> {
     let per = per.max(1);
-    let mut parts: Vec<String> = Vec::new();
+    let mut balancing: Vec<String> = Vec::new();
     let mark = masquerade_mark();
     let t = "ip kube-proxy";
     let mut chains = String::new();
@@ -795,13 +798,7 @@ pub fn nft_transactions(table: &ServiceTable, cfg: &Config, per: usize) -> Vec<S
         "add rule {t} services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports"
     );
 
-    for (i, (svc, port)) in service_ports(table).enumerate() {
-        if i > 0 && i % per == 0 {
-            parts.push(format!("{chains}{rules}{elements}"));
-            chains.clear();
-            rules.clear();
-            elements.clear();
-        }
+    for (svc, port) in service_ports(table) {
         let name = service_port_name(svc, port);
         let proto = port.protocol.lower();
         let vip = cluster_ips(svc)[0];
@@ -884,12 +881,11 @@ pub fn nft_transactions(table: &ServiceTable, cfg: &Config, per: usize) -> Vec<S
             .enumerate()
             .map(|(i, c)| format!("{i} : goto {c}"))
             .collect();
-        let _ = writeln!(
-            rules,
-            "add rule {t} {service_chain} numgen random mod {} vmap {{ {} }}",
+        balancing.push(format!(
+            "add rule {t} {service_chain} numgen random mod {} vmap {{ {} }}\n",
             endpoint_chains.len(),
             vmap.join(" , ")
-        );
+        ));
         for (chain, ip) in endpoint_chains.iter().zip(&endpoints) {
             let _ = writeln!(
                 rules,
@@ -902,8 +898,12 @@ pub fn nft_transactions(table: &ServiceTable, cfg: &Config, per: usize) -> Vec<S
             );
         }
     }
-    parts.push(format!("{chains}{rules}{elements}"));
-    parts
+    if balancing.len() <= per {
+        return vec![format!("{chains}{rules}{}{elements}", balancing.concat())];
+    }
+    std::iter::once(format!("{chains}{rules}{elements}"))
+        .chain(balancing.chunks(per).map(<[String]>::concat))
+        .collect()
 }
 
 /// What kube-proxy would write for `table`, counted independently of the generators: the

@@ -65,11 +65,14 @@ const BACKENDS: usize = 3;
 /// resolving the references within the transaction), so the large tables are loaded in parts;
 /// the rules end up the same, in the same order.
 const IPTABLES_TRANSACTION_PORTS: usize = 1_000;
-/// Service ports per `nft -f` transaction: as for iptables (10,000 services in one transaction
-/// took 76 s, 5,000 about 9 s, most of it kernel time on the anonymous verdict maps), but every
-/// `nft -f` also reads the whole existing table first, so smaller parts cost more again;
-/// 2,500 loaded 10,000 services fastest here (16 s, against 30 s for 5,000 and 16 s for 1,000).
-const NFT_TRANSACTION_PORTS: usize = 2_500;
+/// `numgen` balancing rules per `nft -f` transaction after the first (which has the rest of the
+/// table, see [`podnet_tests::bench::kubeproxy::nft_transactions`]): in one transaction, 10,000
+/// services took 76 s here, 5,000 about 9 s, nearly all kernel time on the rules' anonymous
+/// verdict maps (each is looked up by walking the transaction, and each new one is named by
+/// scanning every set of the table, which no split avoids); without those rules 10,000
+/// services load in about 3 s. Every `nft -f` first reads the whole table, so the parts are
+/// not smaller than they need to be.
+const NFT_TRANSACTION_PORTS: usize = 5_000;
 /// `--quick` leaves out the largest table, whose nftables layout alone takes minutes to load.
 const QUICK_SIZES: [usize; 4] = [1, 1_000, 5_000, 10_000];
 /// A UDP request without a reply within this is counted as lost.
@@ -464,8 +467,8 @@ fn main() {
          per-endpoint dnat chains, masquerading and the filter checks), loaded with \
          `iptables-restore --noflush --counters` ({iptables_version}) or `nft -f` \
          ({nft_version}) into a node with no podnet, in transactions of \
-         {IPTABLES_TRANSACTION_PORTS} (iptables) or {NFT_TRANSACTION_PORTS} (nftables) \
-         service ports: kube-proxy loads a full sync as one transaction, which on this machine \
+         {IPTABLES_TRANSACTION_PORTS} service ports (iptables) or of all but the balancing \
+         rules and then {NFT_TRANSACTION_PORTS} balancing rules at a time (nftables): kube-proxy loads a full sync as one transaction, which on this machine \
          takes superlinear time (30,000 services: over 10 minutes), so the load times here \
          are the best case, not what kube-proxy's first sync takes: Linux bridge, veth pods, \
          bridge-nf-call-iptables on. `podnet`: `podnet node init`, pods from `podnet pod add`, \

@@ -678,4 +678,59 @@ mod tests {
             "{md}"
         );
     }
+    fn point(metric: &str, path: &str, x: f64, v: f64) -> Series {
+        Series {
+            scenario: "pod to ClusterIP".into(),
+            metric: metric.into(),
+            unit: "x".into(),
+            higher_is_better: true,
+            path: path.into(),
+            baseline: "kube-proxy iptables".into(),
+            x: Some(x),
+            samples: vec![v],
+        }
+    }
+
+    #[test]
+    fn service_aims_are_checked_against_both_layouts() {
+        let mut out = BenchOutput::new("services", "t", "m");
+        for (x, ipt, nft, podnet) in [(1.0, 100.0, 100.0, 150.0), (10_000.0, 40.0, 95.0, 140.0)] {
+            for metric in ["TCP connection rate", "UDP request/response rate"] {
+                out.series
+                    .push(point(metric, "kube-proxy iptables", x, ipt));
+                out.series
+                    .push(point(metric, "kube-proxy nftables", x, nft));
+                out.series.push(point(metric, "podnet", x, podnet));
+            }
+        }
+        let all = vec![out];
+        let r = Results {
+            series: all[0].series.iter().collect(),
+        };
+        let aims = service_aims(&all, &r);
+        let met: Vec<bool> = aims.iter().map(|a| a.met).collect();
+        // Ahead of both everywhere; 140/40 = 3.5x at 10,000; 140/150 is within 10 %.
+        assert_eq!(
+            met,
+            [true, true, true],
+            "{:?}",
+            aims.iter().map(|a| &a.measured).collect::<Vec<_>>()
+        );
+
+        let mut without = all[0].clone();
+        without.series.retain(|s| s.path != "podnet");
+        without
+            .notes
+            .push("podnet series skipped: no service command".into());
+        let all = vec![without];
+        let r = Results {
+            series: all[0].series.iter().collect(),
+        };
+        let aims = service_aims(&all, &r);
+        assert_eq!(aims.len(), 3);
+        assert!(
+            aims.iter()
+                .all(|a| !a.met && a.measured.contains("no service command"))
+        );
+    }
 }
