@@ -317,10 +317,16 @@ impl PodnetNode {
         ]);
         let load_secs = start.elapsed().as_secs_f64();
         if !out.status.success() {
+            // podnet's first line says why; the rest (usage) would not fit a table cell.
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let why = stderr
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("no message");
             return Err(format!(
-                "`podnet service apply -f FILE` failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                "`podnet service apply -f FILE` failed ({}): {why}",
+                out.status
             ));
         }
         Ok(Self {
@@ -466,12 +472,14 @@ fn main() {
          the service-ips verdict map, per-service chains with `numgen random mod n vmap`, \
          per-endpoint dnat chains, masquerading and the filter checks), loaded with \
          `iptables-restore --noflush --counters` ({iptables_version}) or `nft -f` \
-         ({nft_version}) into a node with no podnet, in transactions of \
-         {IPTABLES_TRANSACTION_PORTS} service ports (iptables) or of all but the balancing \
-         rules and then {NFT_TRANSACTION_PORTS} balancing rules at a time (nftables): kube-proxy loads a full sync as one transaction, which on this machine \
-         takes superlinear time (30,000 services: over 10 minutes), so the load times here \
-         are the best case, not what kube-proxy's first sync takes: Linux bridge, veth pods, \
-         bridge-nf-call-iptables on. `podnet`: `podnet node init`, pods from `podnet pod add`, \
+         ({nft_version}) into a node with no podnet (Linux bridge, veth pods, \
+         bridge-nf-call-iptables on). kube-proxy loads a full sync as one transaction; here \
+         one transaction takes superlinear time (iptables-restore of 30,000 services did not \
+         finish in 10 minutes), so the tables are loaded in parts: \
+         {IPTABLES_TRANSACTION_PORTS} service ports per iptables-restore, and for nft all but \
+         the balancing rules, then {NFT_TRANSACTION_PORTS} balancing rules at a time. The \
+         rules end up the same; the load times are that best case, not kube-proxy's first \
+         sync. `podnet`: `podnet node init`, pods from `podnet pod add`, \
          the table loaded with `podnet service apply -f FILE`. TCP: netprobe `crr` to \
          ClusterIP:80 (each connection a new flow; connect latency = SYN to established). \
          UDP: netprobe `urr` to ClusterIP:53, a new unconnected socket per request \
@@ -481,9 +489,13 @@ fn main() {
          mangle canary chain, nfacct counters or kubelet KUBE-FIREWALL, and numeric nft \
          priorities (this nft refuses `dstnat - 10` on the filter hooks)."
     );
+    let largest = sizes.iter().max().copied().unwrap_or_default();
     let mut out = BenchOutput::new(
         "services",
-        "Services: pod to ClusterIP with 1 to 30,000 services, podnet vs kube-proxy's layouts",
+        &format!(
+            "Services: pod to ClusterIP with up to {largest} services, podnet vs kube-proxy's \
+             layouts"
+        ),
         &method,
     );
     if let Some(reason) = &podnet_skipped {
