@@ -32,6 +32,7 @@ pub mod privilege;
 pub mod probe;
 pub mod process;
 pub mod robustness;
+pub mod service_table;
 pub mod snapshot;
 pub mod testrun;
 pub mod topology;

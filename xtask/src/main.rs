@@ -45,8 +45,9 @@ enum Task {
     },
     /// Run the benchmark suite (release build) and write one report, bench/results/<date>.md,
     /// with SVG plots beside it: same-node and cross-node pod-to-pod, NAT (NodePort and SNAT)
-    /// and service scaling against iptables, and the control plane against the reference CNI
-    /// chain, every path measured side by side in the same run.
+    /// and service scaling against iptables, pod to ClusterIP with up to 30,000 services
+    /// against kube-proxy's iptables and nftables layouts, and the control plane against the
+    /// reference CNI chain, every path measured side by side in the same run.
     Bench {
         /// 2 rounds x 1 s and fewer containers: a smoke run of every figure in under 3 minutes.
         #[arg(long)]
@@ -146,13 +147,14 @@ fn bench(root: &Path, quick: bool) -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let release = root.join("target/release");
     let perf = [work.join("perf-same-node.md"), work.join("perf-nat.md")];
-    let benches: [(&str, Vec<&std::ffi::OsStr>); 4] = [
+    let benches: [(&str, Vec<&std::ffi::OsStr>); 5] = [
         ("podnet-bench", vec!["--perf".as_ref(), perf[0].as_os_str()]),
         ("podnet-multinode-bench", vec![]),
         (
             "podnet-nat-bench",
             vec!["--perf".as_ref(), perf[1].as_os_str()],
         ),
+        ("podnet-service-bench", vec![]),
         ("podnet-cni-bench", vec![]),
     ];
     for (bench, extra) in benches {

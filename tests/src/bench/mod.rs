@@ -2,6 +2,8 @@
 //! ([`measure`]), statistics, machine facts, and the result series they hand to the report
 //! ([`series`]).
 
+pub mod kernel_node;
+pub mod kubeproxy;
 pub mod measure;
 pub mod profile;
 pub mod series;
@@ -10,13 +12,16 @@ use std::{process::Command, time::Duration};
 
 use crate::{InNetns, describe, netprobe_bin, serve_tcp_echo};
 
-/// `--rounds N --seconds S --quick --out DIR`, as every benchmark takes them.
+/// `--rounds N --seconds S --quick --out DIR`, as every benchmark takes them (and `--perf FILE`,
+/// `--sizes N,N,...` for those that use them).
 pub struct RoundArgs {
     pub rounds: usize,
     pub seconds: u32,
     pub out: Option<String>,
     /// `--perf FILE`: where a benchmark that can profile writes its perf profile (Markdown).
     pub perf: Option<String>,
+    /// `--sizes N,N,...`: the points of a benchmark with a scaling axis, instead of its own.
+    pub sizes: Option<Vec<usize>>,
 }
 
 impl RoundArgs {
@@ -28,6 +33,7 @@ impl RoundArgs {
             seconds: 2,
             out: None,
             perf: None,
+            sizes: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
@@ -44,6 +50,13 @@ impl RoundArgs {
                 }
                 "--out" => args.out = it.next(),
                 "--perf" => args.perf = it.next(),
+                "--sizes" => {
+                    args.sizes = it
+                        .next()
+                        .and_then(|v| v.split(',').map(|n| n.parse().ok()).collect())
+                        .map(Some)
+                        .expect("--sizes N,N,...");
+                }
                 other => panic!("unknown argument {other}"),
             }
         }

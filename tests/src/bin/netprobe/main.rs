@@ -10,6 +10,7 @@
 //! netprobe stream tcp IP:PORT --seconds S [--timeout-ms 2000] [--line-bytes N] [--stop-file F]
 //! netprobe rr tcp IP:PORT --seconds S [--timeout-ms 2000]
 //! netprobe crr tcp IP:PORT --seconds S [--timeout-ms 2000] [--interval-ms MS] [--stop-file F]
+//! netprobe urr udp IP:PORT --seconds S [--timeout-ms 2000]
 //! netprobe serve-many tcp --listen IP:PORT
 //! netprobe hold tcp IP:PORT --count N [--until-file PATH] [--seconds S] [--timeout-ms 2000]
 //! ```
@@ -34,9 +35,18 @@
 //! `serve tcp --echo`); `crr` measures whole connections per second (against `serve tcp`):
 //! connect, one request, its reply, the server's close, close, in a loop for S seconds (one
 //! connection every `--interval-ms` at most, when given), and prints
-//! `ok=N failed=M rate=R p50_us=A p99_us=B max_ms=X` (R = successful connections per second;
-//! A, B the median and 99th percentile connection lifetime; X the slowest). A failed
-//! connection is counted and the loop goes on; each connection is bounded by the timeout.
+//! `ok=N failed=M rate=R p50_us=A p99_us=B max_ms=X connect_p50_us=C connect_p99_us=D` (R =
+//! successful connections per second; A, B the median and 99th percentile connection lifetime;
+//! X the slowest; C, D the median and 99th percentile time `connect` took, the SYN's round
+//! trip). A failed connection is counted and the loop goes on; each connection is bounded by
+//! the timeout.
+//!
+//! `urr` is a DNS-like UDP request/response rate against `serve udp`: per request a new
+//! unconnected socket (a new source port, as a resolver picks one per query) sends one
+//! datagram with `sendto` and takes the reply with `recvfrom`, which must come from the address
+//! the request went to; for S seconds, one request at a time. It prints
+//! `ok=N failed=M rate=R p50_us=A p99_us=B` (A, B: request to reply); a request without a
+//! proper reply within the timeout is counted as failed and the loop goes on.
 //!
 //! With `--stop-file F`, `stream` and `crr` end early once the file F exists (S stays the upper
 //! bound), so a test can keep load running for exactly as long as something else takes.
@@ -72,6 +82,7 @@ const USAGE: &str = "usage:
   netprobe stream tcp IP:PORT --seconds S [--timeout-ms MS] [--line-bytes N] [--stop-file F]
   netprobe rr tcp IP:PORT --seconds S [--timeout-ms MS]
   netprobe crr tcp IP:PORT --seconds S [--timeout-ms MS] [--interval-ms MS] [--stop-file F]
+  netprobe urr udp IP:PORT --seconds S [--timeout-ms MS]
   netprobe serve-many tcp --listen IP:PORT
   netprobe hold tcp IP:PORT --count N [--until-file PATH] [--seconds S] [--timeout-ms MS]";
 
@@ -328,6 +339,17 @@ fn run(args: &Args) -> Result<ExitCode> {
                 args.timeout()?,
                 interval,
                 &args.stop()?,
+            )
+        }
+        "urr" => {
+            if args.proto()? != Proto::Udp {
+                return Err(usage("urr is udp only"));
+            }
+            let seconds = args.seconds(600.0)?;
+            udp_request_response(
+                args.addr(2)?,
+                Duration::from_secs_f64(seconds),
+                args.timeout()?,
             )
         }
         "serve-many" => {
@@ -797,14 +819,17 @@ fn connect_request_response(
     const REPORTED: u64 = 5;
     let start = Instant::now();
     let (mut ok, mut bad) = (0u64, 0u64);
-    // Each successful connection's time from connect to close, for the latency percentiles.
+    // Each successful connection's time from connect to close, and the time its connect took,
+    // for the latency percentiles.
     let mut micros: Vec<u64> = Vec::new();
+    let mut connect_micros: Vec<u64> = Vec::new();
     while start.elapsed() < duration && !stop.requested() {
         let began = Instant::now();
         match crr_once(addr, ok + bad, timeout) {
-            Ok(()) => {
+            Ok(connected) => {
                 ok += 1;
-                micros.push(u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX));
+                micros.push(micros_of(began.elapsed()));
+                connect_micros.push(micros_of(connected));
             }
             Err(Failure::Failed(e) | Failure::Usage(e)) => {
                 bad += 1;
@@ -820,17 +845,15 @@ fn connect_request_response(
     }
     let rate = ok as f64 / start.elapsed().as_secs_f64();
     micros.sort_unstable();
-    let percentile = |p: usize| {
-        micros
-            .get((p * micros.len()).div_ceil(100).max(1) - 1)
-            .copied()
-            .unwrap_or(0)
-    };
+    connect_micros.sort_unstable();
     println!(
-        "ok={ok} failed={bad} rate={rate:.0} p50_us={} p99_us={} max_ms={}",
-        percentile(50),
-        percentile(99),
-        micros.last().copied().unwrap_or(0) / 1000
+        "ok={ok} failed={bad} rate={rate:.0} p50_us={} p99_us={} max_ms={} connect_p50_us={} \
+         connect_p99_us={}",
+        percentile(&micros, 50),
+        percentile(&micros, 99),
+        micros.last().copied().unwrap_or(0) / 1000,
+        percentile(&connect_micros, 50),
+        percentile(&connect_micros, 99),
     );
     Ok(if bad == 0 {
         ExitCode::SUCCESS
@@ -839,10 +862,25 @@ fn connect_request_response(
     })
 }
 
-/// One `crr` connection, bounded by `timeout` from its start.
-fn crr_once(addr: SocketAddr, i: u64, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+/// Microseconds of `d`, saturating.
+fn micros_of(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Nearest-rank percentile `p` (0-100) of sorted `v`; 0 when empty.
+fn percentile(v: &[u64], p: usize) -> u64 {
+    v.get((p * v.len()).div_ceil(100).max(1) - 1)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// One `crr` connection, bounded by `timeout` from its start; returns how long its connect
+/// took.
+fn crr_once(addr: SocketAddr, i: u64, timeout: Duration) -> Result<Duration> {
+    let began = Instant::now();
+    let deadline = began + timeout;
     let stream = connect(addr, timeout)?;
+    let connected = began.elapsed();
     let mut out = &stream;
     out.write_all(format!("crr {i}\n").as_bytes())
         .map_err(|e| failed(format!("sending to {addr}: {e}")))?;
@@ -859,7 +897,7 @@ fn crr_once(addr: SocketAddr, i: u64, timeout: Duration) -> Result<()> {
         }
         stream.set_read_timeout(Some(left))?;
         match reader.read(&mut rest) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(connected),
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -868,4 +906,79 @@ fn crr_once(addr: SocketAddr, i: u64, timeout: Duration) -> Result<()> {
             Err(e) => return Err(failed(format!("reading from {addr}: {e}"))),
         }
     }
+}
+
+/// DNS-like UDP request/response rate: see the module documentation (`urr`).
+fn udp_request_response(
+    addr: SocketAddr,
+    duration: Duration,
+    timeout: Duration,
+) -> Result<ExitCode> {
+    /// Failures reported one by one on stderr; the rest are only counted.
+    const REPORTED: u64 = 5;
+    let any: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let start = Instant::now();
+    let (mut ok, mut bad) = (0u64, 0u64);
+    let mut micros: Vec<u64> = Vec::new();
+    let mut buf = [0u8; 512];
+    while start.elapsed() < duration {
+        let began = Instant::now();
+        let outcome = (|| -> Result<()> {
+            let socket = UdpSocket::bind(any)?;
+            socket.set_read_timeout(Some(timeout))?;
+            socket
+                .send_to(format!("q{}\n", ok + bad).as_bytes(), addr)
+                .map_err(|e| failed(format!("sendto {addr}: {e}")))?;
+            let deadline = began + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(failed(format!("no reply from {addr}")));
+                }
+                socket.set_read_timeout(Some(left))?;
+                match socket.recv_from(&mut buf) {
+                    Ok((_, from)) if from == addr => return Ok(()),
+                    Ok((_, from)) => {
+                        return Err(failed(format!("reply from {from}, not from {addr}")));
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        return Err(failed(format!("no reply from {addr}")));
+                    }
+                    Err(e) => return Err(failed(format!("recvfrom: {e}"))),
+                }
+            }
+        })();
+        match outcome {
+            Ok(()) => {
+                ok += 1;
+                micros.push(micros_of(began.elapsed()));
+            }
+            Err(Failure::Failed(e) | Failure::Usage(e)) => {
+                bad += 1;
+                if bad <= REPORTED {
+                    eprintln!("netprobe: request {}: {e}", ok + bad - 1);
+                }
+            }
+        }
+    }
+    if bad > REPORTED {
+        eprintln!("netprobe: {} more failed request(s)", bad - REPORTED);
+    }
+    let rate = ok as f64 / start.elapsed().as_secs_f64();
+    micros.sort_unstable();
+    println!(
+        "ok={ok} failed={bad} rate={rate:.0} p50_us={} p99_us={}",
+        percentile(&micros, 50),
+        percentile(&micros, 99)
+    );
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -14,7 +14,14 @@ use std::{fmt::Write as _, path::PathBuf};
 use podnet_tests::bench::{cmd_line, machine, median, series::BenchOutput, series::Series, spread};
 
 /// The order of the sections, by benchmark name.
-const ORDER: [&str; 5] = ["same-node", "cross-node", "nat", "scaling", "cni"];
+const ORDER: [&str; 6] = [
+    "same-node",
+    "cross-node",
+    "nat",
+    "scaling",
+    "services",
+    "cni",
+];
 
 struct Args {
     input: PathBuf,
@@ -247,6 +254,7 @@ fn aims(all: &[BenchOutput]) -> Vec<Aim> {
             met: v >= 3.0,
         });
     }
+    out.extend(service_aims(all, &results("services")));
     let cni = results("cni");
     if let Some(v) = ratio(
         &cni,
@@ -259,6 +267,105 @@ fn aims(all: &[BenchOutput]) -> Vec<Aim> {
             what: "CNI ADD in standalone mode faster than the reference chain (p50 latency ratio below 1)",
             measured: format!("{v:.3}x"),
             met: v < 1.0,
+        });
+    }
+    out
+}
+
+/// The service benchmark's aims: podnet ahead of both kube-proxy layouts at every size, at
+/// least 3x the iptables layout at 10,000 services, and flat (within 10 %) from the smallest
+/// to the largest table. Reported as not met, with the reason, when podnet was not measured.
+fn service_aims(all: &[BenchOutput], r: &Results<'_>) -> Vec<Aim> {
+    const PODNET: &str = "podnet";
+    const LAYOUTS: [&str; 2] = ["kube-proxy iptables", "kube-proxy nftables"];
+    const RATES: [&str; 2] = ["TCP connection rate", "UDP request/response rate"];
+    const AHEAD: &str = "services: podnet ahead of both kube-proxy layouts at every size (TCP connection rate and UDP request rate)";
+    const TRIPLE: &str = "services: at 10,000 services, at least 3x the kube-proxy iptables layout on TCP connection rate";
+    const FLAT: &str =
+        "services: podnet flat (within 10 %) from the fewest to the most services, TCP and UDP";
+    if r.series.is_empty() {
+        return Vec::new();
+    }
+    let scenario = "pod to ClusterIP";
+    let med = |metric: &str, path: &str, x: f64| {
+        r.find(scenario, metric, path, Some(x))
+            .map(|s| median(&s.samples))
+    };
+    let sizes: Vec<f64> = distinct(&r.series, |s| s.x.map(f64::to_bits))
+        .into_iter()
+        .flatten()
+        .map(f64::from_bits)
+        .collect();
+    if !r.series.iter().any(|s| s.path == PODNET) {
+        let why = all
+            .iter()
+            .filter(|o| o.name == "services")
+            .flat_map(|o| o.notes.iter())
+            .find(|n| n.starts_with("podnet series skipped"))
+            .cloned()
+            .unwrap_or_else(|| "podnet series not measured".to_owned());
+        return [AHEAD, TRIPLE, FLAT]
+            .into_iter()
+            .map(|what| Aim {
+                what,
+                measured: why.clone(),
+                met: false,
+            })
+            .collect();
+    }
+    let mut out = Vec::new();
+    // The worst ratio of podnet over each layout, over sizes and both rates.
+    let mut worst: Vec<String> = Vec::new();
+    let mut ahead = true;
+    for layout in LAYOUTS {
+        let mut min: Option<(f64, f64, &str)> = None;
+        for &x in &sizes {
+            for metric in RATES {
+                if let (Some(p), Some(b)) = (med(metric, PODNET, x), med(metric, layout, x)) {
+                    let v = p / b;
+                    if min.is_none_or(|(m, _, _)| v < m) {
+                        min = Some((v, x, metric));
+                    }
+                }
+            }
+        }
+        if let Some((v, x, metric)) = min {
+            ahead &= v > 1.0;
+            worst.push(format!(
+                "lowest over {layout}: {v:.3}x ({metric}, {x:.0} services)"
+            ));
+        }
+    }
+    out.push(Aim {
+        what: AHEAD,
+        measured: worst.join("; "),
+        met: ahead && !worst.is_empty(),
+    });
+    let metric = RATES[0];
+    if let (Some(p), Some(b)) = (
+        med(metric, PODNET, 10_000.0),
+        med(metric, LAYOUTS[0], 10_000.0),
+    ) {
+        out.push(Aim {
+            what: TRIPLE,
+            measured: format!("{:.3}x", p / b),
+            met: p / b >= 3.0,
+        });
+    }
+    if let (Some(&lo), Some(&hi)) = (sizes.first(), sizes.last()) {
+        let mut parts = Vec::new();
+        let mut flat = true;
+        for metric in RATES {
+            if let (Some(a), Some(b)) = (med(metric, PODNET, lo), med(metric, PODNET, hi)) {
+                let v = b / a;
+                flat &= (v - 1.0).abs() <= 0.10;
+                parts.push(format!("{metric} at {hi:.0} / at {lo:.0}: {v:.3}"));
+            }
+        }
+        out.push(Aim {
+            what: FLAT,
+            measured: parts.join("; "),
+            met: flat && !parts.is_empty(),
         });
     }
     out
@@ -289,9 +396,11 @@ fn bars(all: &[BenchOutput], metric: &str) -> (Vec<plot::Bar>, bool) {
     (bars, higher)
 }
 
-fn scaling_lines(all: &[BenchOutput], metric: &str) -> Vec<plot::Line> {
+/// Lines (one per path) of `metric` against the scaling axis of benchmark `bench`.
+fn scaling_lines(all: &[BenchOutput], bench: &str, metric: &str) -> Vec<plot::Line> {
     let series: Vec<&Series> = all
         .iter()
+        .filter(|o| o.name == bench)
         .flat_map(|o| o.series.iter())
         .filter(|s| s.x.is_some() && s.metric == metric)
         .collect();
@@ -436,32 +545,64 @@ fn run() -> Result<PathBuf, String> {
         )?;
         let _ = writeln!(md, "![{title}]({file})\n");
     }
-    for (stem, metric, y, title) in [
+    let nodeports = "NodePort services installed (log scale)";
+    let services = "services installed (log scale)";
+    for (bench, stem, metric, x, y, title) in [
         (
+            "scaling",
             "scaling-rate",
             "TCP connection rate",
+            nodeports,
             "connections/s",
             "NodePort connection rate vs services installed",
         ),
         (
+            "scaling",
             "scaling-latency",
             "TCP connection latency p50",
+            nodeports,
             "median connection lifetime, us",
             "NodePort connection latency (median) vs services installed",
         ),
+        (
+            "services",
+            "services-tcp-rate",
+            "TCP connection rate",
+            services,
+            "connections/s",
+            "Pod to ClusterIP: TCP connection rate vs services",
+        ),
+        (
+            "services",
+            "services-connect-p99",
+            "TCP connect latency p99",
+            services,
+            "99th percentile connect latency, us",
+            "Pod to ClusterIP: TCP connect latency (p99) vs services",
+        ),
+        (
+            "services",
+            "services-udp-rate",
+            "UDP request/response rate",
+            services,
+            "requests/s",
+            "Pod to ClusterIP: DNS-like UDP request rate vs services",
+        ),
+        (
+            "services",
+            "services-load-time",
+            "service table load time",
+            services,
+            "seconds",
+            "Loading the service table: iptables-restore, nft -f, podnet service apply",
+        ),
     ] {
-        let lines = scaling_lines(&all, metric);
+        let lines = scaling_lines(&all, bench, metric);
         if lines.is_empty() {
             continue;
         }
         let file = format!("{date}-{stem}.svg");
-        plot::scaling_lines(
-            &args.out.join(&file),
-            title,
-            "NodePort services installed (log scale)",
-            y,
-            &lines,
-        )?;
+        plot::scaling_lines(&args.out.join(&file), title, x, y, &lines)?;
         let _ = writeln!(md, "![{title}]({file})\n");
     }
 
@@ -535,6 +676,61 @@ mod tests {
         assert!(
             md.contains("10.0 (8.0-12.0) | 9.00 (1.00-9.50) | **0.900** |"),
             "{md}"
+        );
+    }
+    fn point(metric: &str, path: &str, x: f64, v: f64) -> Series {
+        Series {
+            scenario: "pod to ClusterIP".into(),
+            metric: metric.into(),
+            unit: "x".into(),
+            higher_is_better: true,
+            path: path.into(),
+            baseline: "kube-proxy iptables".into(),
+            x: Some(x),
+            samples: vec![v],
+        }
+    }
+
+    #[test]
+    fn service_aims_are_checked_against_both_layouts() {
+        let mut out = BenchOutput::new("services", "t", "m");
+        for (x, ipt, nft, podnet) in [(1.0, 100.0, 100.0, 150.0), (10_000.0, 40.0, 95.0, 140.0)] {
+            for metric in ["TCP connection rate", "UDP request/response rate"] {
+                out.series
+                    .push(point(metric, "kube-proxy iptables", x, ipt));
+                out.series
+                    .push(point(metric, "kube-proxy nftables", x, nft));
+                out.series.push(point(metric, "podnet", x, podnet));
+            }
+        }
+        let all = vec![out];
+        let r = Results {
+            series: all[0].series.iter().collect(),
+        };
+        let aims = service_aims(&all, &r);
+        let met: Vec<bool> = aims.iter().map(|a| a.met).collect();
+        // Ahead of both everywhere; 140/40 = 3.5x at 10,000; 140/150 is within 10 %.
+        assert_eq!(
+            met,
+            [true, true, true],
+            "{:?}",
+            aims.iter().map(|a| &a.measured).collect::<Vec<_>>()
+        );
+
+        let mut without = all[0].clone();
+        without.series.retain(|s| s.path != "podnet");
+        without
+            .notes
+            .push("podnet series skipped: no service command".into());
+        let all = vec![without];
+        let r = Results {
+            series: all[0].series.iter().collect(),
+        };
+        let aims = service_aims(&all, &r);
+        assert_eq!(aims.len(), 3);
+        assert!(
+            aims.iter()
+                .all(|a| !a.met && a.measured.contains("no service command"))
         );
     }
 }

@@ -133,7 +133,13 @@ pub fn scaling_lines(
         .x_desc(x_desc)
         .y_desc(y_desc)
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
+        .y_label_formatter(&|y| {
+            if y_max < 10.0 {
+                format!("{y:.2}")
+            } else {
+                format!("{y:.0}")
+            }
+        })
         .draw()
         .map_err(|e| e.to_string())?;
     for (line, colour) in lines.iter().zip(LINE_COLOURS.iter().cycle()) {
