@@ -523,6 +523,8 @@ fn undo(settings: &NodeSettings, a: &Attachment, lock: &FileLock) -> Result<(), 
                 let current = maps.endpoint(a.ip).map_err(datapath_err)?;
                 if current.is_some_and(|ep| ours.is_none_or(|i| i == ep.ifindex)) {
                     maps.remove_endpoint(a.ip).map_err(datapath_err)?;
+                    crate::datapath::services_map::forget_pod_netns(&settings.pin_dir, a.ip)
+                        .map_err(datapath_err)?;
                 }
             }
             crate::conntrack::forget_addr(settings, a.ip).map_err(datapath_err)?;
