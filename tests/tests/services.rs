@@ -657,6 +657,22 @@ fn thirty_thousand_services_with_300_000_backends_fit_the_default_maps() {
         "the replaced generation is gone"
     );
     drop(reopened);
+    let memory: u64 = ["SERVICES", "BACKENDS", "REV_NAT"]
+        .iter()
+        .map(|map| {
+            let out = std::process::Command::new("bpftool")
+                .args(["--json", "map", "show", "pinned"])
+                .arg(node.pin_dir.join(map))
+                .output()
+                .expect("bpftool");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            v["bytes_memlock"].as_u64().expect("bytes_memlock")
+        })
+        .sum();
+    eprintln!(
+        "service maps with 30,001 services: {} MiB (bytes_memlock)",
+        memory >> 20
+    );
     let started = Instant::now();
     assert_eq!(maps.clear().expect("clear"), 30_001);
     let cleared = started.elapsed();

@@ -4,8 +4,8 @@
 //! README's two commands work on a fresh machine and are quick on a prepared one.
 
 mod ebpf;
-mod layers;
 mod image;
+mod layers;
 mod robustness;
 mod setup;
 

@@ -47,6 +47,9 @@ pub enum Command {
     /// Expose pods on the node IP: NodePorts.
     #[command(subcommand)]
     Nodeport(NodePortCommand),
+    /// Kubernetes Services: ClusterIPs, NodePorts, LoadBalancer IPs and externalIPs.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Inspect and collect the connection-tracking (NAT) table.
     #[command(subcommand)]
     Conntrack(ConntrackCommand),
@@ -268,6 +271,23 @@ pub struct NodePortArgs {
     /// NodePort's policy.
     #[arg(long, default_value = "cluster")]
     pub policy: Policy,
+}
+
+#[derive(Subcommand)]
+pub enum ServiceCommand {
+    /// Make the node's service table exactly FILE's (`-`: standard input), all checked before
+    /// any change: {"services": [{"metadata": {...}, "spec": {...}, "status": {...},
+    /// "endpoints": [...]}]}, in Kubernetes' field names (see the README).
+    Apply {
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
+    /// List the services with their frontends and endpoints.
+    List,
+    /// Show one service, NAMESPACE/NAME (or NAME in `default`).
+    Show { name: String },
+    /// Remove one service (established connections finish on their backends).
+    Del { name: String },
 }
 
 #[derive(Subcommand)]

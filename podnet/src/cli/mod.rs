@@ -10,7 +10,7 @@ use std::{path::Path, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result};
 use args::{
     Cli, Command, ConntrackCommand, InstallCniArgs, NodeCommand, NodePortArgs, NodePortCommand,
-    PeerCommand, PodCommand,
+    PeerCommand, PodCommand, ServiceCommand,
 };
 use podnet::{
     config::NodeSettings,
@@ -91,6 +91,7 @@ fn run_on_node(ctx: &Ctx, json: bool, command: Command) -> Result<()> {
         Command::Maps => print(json, &ops::stats::maps(ctx)?, render::maps),
         Command::Stats => print(json, &ops::stats::stats(ctx)?, render::stats),
         Command::Nodeport(cmd) => run_nodeport(ctx, json, cmd)?,
+        Command::Service(cmd) => run_service(ctx, json, cmd)?,
         Command::Conntrack(ConntrackCommand::List) => {
             print(json, &ops::conntrack::list(ctx)?, |f| render::flows(f));
         }
@@ -241,6 +242,30 @@ fn run_nodeport(ctx: &Ctx, json: bool, cmd: NodePortCommand) -> Result<()> {
         }
         NodePortCommand::List => {
             print(json, &ops::nodeport::list(ctx)?, |p| render::nodeports(p));
+        }
+    }
+    Ok(())
+}
+
+fn run_service(ctx: &Ctx, json: bool, cmd: ServiceCommand) -> Result<()> {
+    match cmd {
+        ServiceCommand::Apply { file } => {
+            let table = ops::service::read_table(&file)?;
+            print(
+                json,
+                &ops::service::apply(ctx, table)?,
+                render::services_applied,
+            );
+        }
+        ServiceCommand::List => print(json, &ops::service::list(ctx)?, |s| render::services(s)),
+        ServiceCommand::Show { name } => {
+            print(json, &ops::service::show(ctx, &name)?, render::service);
+        }
+        ServiceCommand::Del { name } => {
+            let gone = ops::service::del(ctx, &name)?;
+            print(json, &gone, |s| {
+                format!("service {}/{} deleted", s.namespace, s.name)
+            });
         }
     }
     Ok(())

@@ -10,6 +10,7 @@ use podnet::{
         node::{InitReport, NodeStatus, ResetReport},
         nodeport::ApplySummary,
         pod::DelReport,
+        service::{ApplyReport as ServiceApply, ServiceView},
         stats::{MapsView, Stats},
     },
 };
@@ -229,5 +230,71 @@ pub fn applied(s: &ApplySummary) -> String {
     format!(
         "nodeports applied: {} added, {} updated, {} removed, {} unchanged",
         s.added, s.updated, s.removed, s.unchanged
+    )
+}
+
+pub fn services_applied(r: &ServiceApply) -> String {
+    format!(
+        "services applied: {} added, {} updated, {} removed, {} unchanged; {} frontends with {} backend slots ({} written, {} removed) in {} ms",
+        r.added,
+        r.updated,
+        r.removed,
+        r.unchanged,
+        r.frontends,
+        r.backends,
+        r.frontends_written,
+        r.frontends_removed,
+        r.elapsed_ms
+    )
+}
+
+fn frontends(v: &ServiceView) -> String {
+    v.frontends
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn services(views: &[ServiceView]) -> String {
+    let mut out = format!(
+        "{:<32} {:<12} {:<44} ENDPOINTS",
+        "SERVICE", "TYPE", "FRONTENDS"
+    );
+    for v in views {
+        out.push_str(&format!(
+            "\n{:<32} {:<12} {:<44} {}",
+            format!("{}/{}", v.namespace, v.name),
+            v.service_type,
+            frontends(v),
+            v.backends.join(", ")
+        ));
+    }
+    out
+}
+
+pub fn service(v: &ServiceView) -> String {
+    let spec = &v.service.spec;
+    let ports: Vec<String> = spec
+        .ports
+        .iter()
+        .map(|p| {
+            let node_port = p
+                .node_port
+                .map_or_else(String::new, |n| format!(" nodePort {n}"));
+            format!("{}/{} -> {}{node_port}", p.port, p.protocol, p.target())
+        })
+        .collect();
+    format!(
+        "service {}/{} ({})\nfrontends: {}\nports: {}\nendpoints: {}\nexternalTrafficPolicy {:?}, internalTrafficPolicy {:?}, sessionAffinity {:?}",
+        v.namespace,
+        v.name,
+        v.service_type,
+        frontends(v),
+        ports.join(", "),
+        v.backends.join(", "),
+        spec.external_traffic_policy,
+        spec.internal_traffic_policy,
+        spec.session_affinity,
     )
 }

@@ -6,6 +6,7 @@
 //! - [`node`]: init (checked first), status, reset (asks every owner to clear);
 //! - [`pod`]: standalone pods; [`endpoint`]: plugging a host veth into the datapath, shared by
 //!   pods and chained CNI attachments; [`attachment`]: the CNI use cases;
+//! - [`service`]: the service table (ClusterIPs, NodePorts, LoadBalancer IPs, externalIPs);
 //! - [`nodeport`], [`peer`], [`conntrack`], [`collector`] (the collection loop), [`gc`],
 //!   [`stats`].
 
@@ -20,6 +21,7 @@ pub mod node;
 pub mod nodeport;
 pub mod peer;
 pub mod pod;
+pub mod service;
 pub mod stats;
 
 pub use ctx::Ctx;

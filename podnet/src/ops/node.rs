@@ -348,6 +348,7 @@ pub fn reset(ctx: &Ctx) -> Result<ResetReport> {
     report.collector_stopped = super::collector::stop(settings)?;
     report.peer_routes_removed = peer::clear(ctx)?;
     super::nodeport::clear(settings)?;
+    super::service::clear(settings)?;
     super::conntrack::clear(settings)?;
     report.uplink_detached = datapath::attach::detach_ingress(&settings.uplink)?;
     let cgroup = cgroup_dir(settings)?;

@@ -29,10 +29,25 @@ use crate::{
         },
         peer::PeerNode,
         pod::PodRecord,
+        service::FrontendKind,
     },
     store,
     sys::procfs::{self, Transport},
 };
+
+/// The NodePorts the service table holds: not free for `nodeport add` or a host port.
+fn service_nodeports(ctx: &Ctx) -> Result<HashSet<(u16, Proto)>> {
+    let node_ip = ctx.settings.node_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let mut out = HashSet::new();
+    for svc in store::services::load(&ctx.settings.state_dir)?.services {
+        for fe in svc.frontends(node_ip)? {
+            if fe.kind == FrontendKind::NodePort {
+                out.insert((fe.port, fe.proto));
+            }
+        }
+    }
+    Ok(out)
+}
 
 fn transport(proto: Proto) -> Transport {
     match proto {
@@ -183,7 +198,9 @@ pub fn add(
     }
     let _lock = store::nodeports::lock(&ctx.settings.state_dir)?;
     let mut ports = store::nodeports::load(&ctx.settings.state_dir)?;
-    if ports.iter().any(|np| np.port == port && np.proto == proto) {
+    if ports.iter().any(|np| np.port == port && np.proto == proto)
+        || service_nodeports(ctx)?.contains(&(port, proto))
+    {
         return Err(Error::PortInUse { port, proto });
     }
     if procfs::bound_ports(transport(proto)).contains(&port) {
@@ -260,6 +277,7 @@ pub fn apply(ctx: &Ctx, specs: &[NodePortSpec]) -> Result<ApplySummary> {
     let mut desired: Vec<NodePort> = Vec::with_capacity(specs.len());
     let mut seen = HashSet::with_capacity(specs.len());
     let bound = [Proto::Tcp, Proto::Udp].map(|p| procfs::bound_ports(transport(p)));
+    let services = service_nodeports(ctx)?;
     for (index, spec) in specs.iter().enumerate() {
         let (port, proto) = (spec.port, spec.proto);
         let entry = |source: Error| Error::Entry {
@@ -278,7 +296,7 @@ pub fn apply(ctx: &Ctx, specs: &[NodePortSpec]) -> Result<ApplySummary> {
             return Err(entry(Error::Repeated { port, proto }));
         }
         let existing = ports.iter().find(|np| np.port == port && np.proto == proto);
-        if existing.is_some_and(|np| np.owner.is_some()) {
+        if existing.is_some_and(|np| np.owner.is_some()) || services.contains(&(port, proto)) {
             return Err(entry(Error::PortInUse { port, proto }));
         }
         let bound = &bound[usize::from(proto == Proto::Udp)];
@@ -398,6 +416,7 @@ pub fn forget_pod(ctx: &Ctx, name: &str) -> Result<usize> {
 pub fn add_host_ports(ctx: &Ctx, owner: &str, mappings: &[HostPort]) -> Result<Vec<NodePort>> {
     let _lock = store::nodeports::lock(&ctx.settings.state_dir)?;
     let mut ports = store::nodeports::load(&ctx.settings.state_dir)?;
+    let services = service_nodeports(ctx)?;
     for (i, m) in mappings.iter().enumerate() {
         let taken_by_other = ports.iter().any(|np| {
             np.port == m.host_port && np.proto == m.proto && np.owner.as_deref() != Some(owner)
@@ -405,7 +424,8 @@ pub fn add_host_ports(ctx: &Ctx, owner: &str, mappings: &[HostPort]) -> Result<V
         let repeated = mappings[..i]
             .iter()
             .any(|o| o.host_port == m.host_port && o.proto == m.proto);
-        if taken_by_other || repeated || m.host_port == 0 {
+        let service = services.contains(&(m.host_port, m.proto));
+        if taken_by_other || repeated || service || m.host_port == 0 {
             return Err(Error::PortInUse {
                 port: m.host_port,
                 proto: m.proto,

@@ -1,0 +1,515 @@
+//! Services: the node's service table in the datapath. `service apply` (and the agent's full
+//! sync) makes the table exactly a given one, all or nothing: the table is checked whole
+//! against the node (service CIDR, NodePort range, frontends other owners hold) before anything
+//! changes, and then only frontends whose map entries differ are written, compared against the
+//! maps themselves (so a restart after a crash converges), removed ones first. The agent's
+//! single changes go through [`Programmed::upsert`] and [`Programmed::remove`], which touch that
+//! service's frontends only. Established connections keep their backend through conntrack.
+//!
+//! What a Service says, in the datapath (per frontend: the backends in its slots):
+//! - endpoints: ready ones; when none is ready, the serving ones that are terminating
+//!   (KEP-1669); a frontend with none refuses new connections at once, and counts them;
+//! - `externalTrafficPolicy: Local` (NodePort, LoadBalancer, externalIP frontends) and
+//!   `internalTrafficPolicy: Local` (ClusterIP frontends): only this node's endpoints (those
+//!   in its pod CIDR), so the client's address is kept;
+//! - `sessionAffinity` and Maglev are carried as flags and the affinity timeout.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::Ipv4Addr,
+    path::Path,
+    time::Instant,
+};
+
+use ipnetwork::Ipv4Network;
+use podnet_ebpf::abi::{MAX_BACKENDS, backend_flag, svc_flag};
+use serde::Serialize;
+
+use super::{
+    Ctx,
+    error::{Error, Result},
+};
+use crate::{
+    datapath::services_map::{self, ServicesMapError},
+    model::{
+        nodeport::Proto,
+        service::{
+            Frontend, FrontendKind, Limits, LoadBalancing, Metadata, Service, ServiceTable,
+            TrafficPolicy,
+        },
+    },
+    store,
+};
+
+/// A frontend as the clash checks see it: address, port, protocol (NodePorts on the node IP).
+type FrontendKey = (Ipv4Addr, u16, Proto);
+
+fn key_of(fe: &Frontend) -> FrontendKey {
+    (fe.addr, fe.port, fe.proto)
+}
+
+/// Reads a service table: JSON (see [`ServiceTable`]); `-` is standard input.
+pub fn read_table(path: &Path) -> Result<ServiceTable> {
+    let bad = |reason: String| Error::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| bad(e.to_string()))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?
+    };
+    serde_json::from_str(&text).map_err(|e| bad(format!("{e} (expected {{\"services\": [...]}})")))
+}
+
+/// What an apply changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    /// Frontends written and removed in the maps.
+    pub frontends_written: usize,
+    pub frontends_removed: usize,
+    /// Frontends and backend slots the table holds now.
+    pub frontends: usize,
+    pub backends: usize,
+    pub elapsed_ms: u128,
+}
+
+fn node_ip(ctx: &Ctx) -> Result<Ipv4Addr> {
+    ctx.settings.node_ip.ok_or_else(|| Error::NotInitialised {
+        path: store::node::settings_file(&ctx.settings.state_dir),
+    })
+}
+
+/// The frontends other owners hold on the node IP: NodePorts and CNI host ports.
+fn nodeport_frontends(ctx: &Ctx, node_ip: Ipv4Addr) -> Result<HashSet<FrontendKey>> {
+    Ok(store::nodeports::load(&ctx.settings.state_dir)?
+        .into_iter()
+        .map(|np| (node_ip, np.port, np.proto))
+        .collect())
+}
+
+fn proto_number(proto: Proto) -> u8 {
+    proto.number()
+}
+
+/// The map frontend of a model frontend (NodePorts live under the NodePort address).
+fn map_frontend(fe: &Frontend) -> services_map::Frontend {
+    match fe.kind {
+        FrontendKind::NodePort => services_map::Frontend::nodeport(fe.port, proto_number(fe.proto)),
+        _ => services_map::Frontend {
+            addr: fe.addr,
+            port: fe.port,
+            proto: proto_number(fe.proto),
+        },
+    }
+}
+
+/// The datapath entries of one service: one per frontend, with the backends that frontend
+/// may use, this node's first.
+fn entries(
+    svc: &Service,
+    node_ip: Ipv4Addr,
+    pod_cidr: Ipv4Network,
+) -> Result<Vec<services_map::Service>> {
+    let all = svc.backends();
+    // KEP-1669: ready endpoints; when there are none, serving ones that are terminating.
+    let ready: Vec<_> = all.iter().filter(|(_, c, _)| c.ready).collect();
+    let usable: Vec<_> = if ready.is_empty() {
+        all.iter()
+            .filter(|(_, c, _)| c.serving && c.terminating)
+            .collect()
+    } else {
+        ready
+    };
+    let mut out = Vec::new();
+    for fe in svc.frontends(node_ip)? {
+        let port = svc
+            .spec
+            .ports
+            .iter()
+            .find(|p| {
+                p.protocol.eq_ignore_ascii_case(&fe.proto.to_string())
+                    && match fe.kind {
+                        FrontendKind::NodePort => p.node_port == Some(fe.port),
+                        _ => p.port == fe.port,
+                    }
+            })
+            .expect("every frontend comes from one of the service's ports");
+        let (kind_flag, local_only) = match fe.kind {
+            FrontendKind::ClusterIp => (
+                svc_flag::CLUSTER_IP,
+                svc.spec.internal_traffic_policy == TrafficPolicy::Local,
+            ),
+            FrontendKind::NodePort => (
+                svc_flag::NODE_PORT,
+                svc.spec.external_traffic_policy == TrafficPolicy::Local,
+            ),
+            FrontendKind::ExternalIp => (
+                svc_flag::EXTERNAL_IP,
+                svc.spec.external_traffic_policy == TrafficPolicy::Local,
+            ),
+            FrontendKind::LoadBalancer => (
+                svc_flag::LOAD_BALANCER,
+                svc.spec.external_traffic_policy == TrafficPolicy::Local,
+            ),
+        };
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        for (addr, c, _) in &usable {
+            let is_local = pod_cidr.contains(*addr);
+            let mut flags = 0;
+            for (on, bit) in [
+                (c.ready, backend_flag::READY),
+                (c.serving, backend_flag::SERVING),
+                (c.terminating, backend_flag::TERMINATING),
+                (is_local, backend_flag::LOCAL),
+            ] {
+                if on {
+                    flags |= bit;
+                }
+            }
+            let backend = services_map::Backend {
+                addr: *addr,
+                port: port.target(),
+                flags,
+            };
+            if is_local {
+                local.push(backend);
+            } else if !local_only {
+                remote.push(backend);
+            }
+        }
+        let local_count = u16::try_from(local.len()).unwrap_or(MAX_BACKENDS);
+        local.extend(remote);
+        let mut flags = kind_flag;
+        if local_only {
+            flags |= if fe.kind == FrontendKind::ClusterIp {
+                svc_flag::INT_LOCAL
+            } else {
+                svc_flag::EXT_LOCAL
+            };
+        }
+        let affinity_timeout = svc.affinity_timeout();
+        if affinity_timeout.is_some() {
+            flags |= svc_flag::AFFINITY;
+        }
+        if svc.spec.load_balancing == LoadBalancing::Maglev {
+            flags |= svc_flag::MAGLEV;
+        }
+        out.push(services_map::Service {
+            frontend: map_frontend(&fe),
+            backends: local,
+            flags,
+            local_count,
+            affinity_timeout: affinity_timeout.unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+fn map_err(e: ServicesMapError) -> Error {
+    match e {
+        ServicesMapError::Datapath(e) => Error::Datapath(e),
+        other => Error::BadBackend(other.to_string()),
+    }
+}
+
+/// The node's service table as programmed: the services, and which frontend each holds.
+#[derive(Debug, Default)]
+pub struct Programmed {
+    services: BTreeMap<Metadata, Service>,
+    owners: HashMap<FrontendKey, Metadata>,
+}
+
+impl Programmed {
+    /// The table as last saved (the maps may be ahead of it: a full sync compares with them).
+    pub fn load(ctx: &Ctx) -> Result<Self> {
+        let table = store::services::load(&ctx.settings.state_dir)?;
+        let node_ip = node_ip(ctx)?;
+        let mut me = Self::default();
+        for svc in table.services {
+            me.index(&svc, node_ip)?;
+            me.services.insert(svc.metadata.clone(), svc);
+        }
+        Ok(me)
+    }
+
+    fn index(&mut self, svc: &Service, node_ip: Ipv4Addr) -> Result<()> {
+        for fe in svc.frontends(node_ip)? {
+            self.owners.insert(key_of(&fe), svc.metadata.clone());
+        }
+        Ok(())
+    }
+
+    fn unindex(&mut self, svc: &Service, node_ip: Ipv4Addr) -> Result<()> {
+        for fe in svc.frontends(node_ip)? {
+            if self.owners.get(&key_of(&fe)) == Some(&svc.metadata) {
+                self.owners.remove(&key_of(&fe));
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the table (the agent saves at most once a second; the maps are always current).
+    pub fn save(&self, ctx: &Ctx) -> Result<()> {
+        let table = ServiceTable {
+            services: self.services.values().cloned().collect(),
+        };
+        Ok(store::services::save(&ctx.settings.state_dir, &table)?)
+    }
+
+    /// Services and backend addresses in the table.
+    pub fn size(&self) -> (usize, usize) {
+        let backends = self.services.values().map(|s| s.backends().len()).sum();
+        (self.services.len(), backends)
+    }
+
+    /// The services, by namespace and name.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    /// Adds or replaces one service: checked against the node and the other services, then
+    /// only its frontends are written (and the ones it no longer has removed).
+    pub fn upsert(&mut self, ctx: &Ctx, svc: Service) -> Result<bool> {
+        let node_ip = node_ip(ctx)?;
+        if self.services.get(&svc.metadata) == Some(&svc) {
+            return Ok(false);
+        }
+        let mut taken = nodeport_frontends(ctx, node_ip)?;
+        taken.extend(
+            self.owners
+                .iter()
+                .filter(|(_, owner)| **owner != svc.metadata)
+                .map(|(k, _)| *k),
+        );
+        ServiceTable {
+            services: vec![svc.clone()],
+        }
+        .check(&limits(ctx, node_ip, &taken))?;
+        let pod_cidr = ctx.settings.pod_cidr;
+        let new = entries(&svc, node_ip, pod_cidr)?;
+        let mut maps = ctx.services()?;
+        if let Some(old) = self.services.get(&svc.metadata) {
+            let kept: HashSet<services_map::Frontend> = new.iter().map(|e| e.frontend).collect();
+            for e in entries(old, node_ip, pod_cidr)? {
+                if !kept.contains(&e.frontend) {
+                    maps.delete(&e.frontend)?;
+                }
+            }
+        }
+        maps.write_many(&new).map_err(map_err)?;
+        drop(maps);
+        if let Some(old) = self.services.remove(&svc.metadata) {
+            self.unindex(&old, node_ip)?;
+        }
+        self.index(&svc, node_ip)?;
+        self.services.insert(svc.metadata.clone(), svc);
+        Ok(true)
+    }
+
+    /// Removes one service's frontends; whether it existed.
+    pub fn remove(&mut self, ctx: &Ctx, name: &Metadata) -> Result<Option<Service>> {
+        let Some(old) = self.services.remove(name) else {
+            return Ok(None);
+        };
+        let node_ip = node_ip(ctx)?;
+        let mut maps = ctx.services()?;
+        for e in entries(&old, node_ip, ctx.settings.pod_cidr)? {
+            maps.delete(&e.frontend)?;
+        }
+        drop(maps);
+        self.unindex(&old, node_ip)?;
+        Ok(Some(old))
+    }
+
+    /// Makes the table exactly `services`, comparing with what the maps hold.
+    pub fn replace_all(&mut self, ctx: &Ctx, services: Vec<Service>) -> Result<ApplyReport> {
+        let started = Instant::now();
+        let node_ip = node_ip(ctx)?;
+        let table = ServiceTable { services };
+        let nodeports = nodeport_frontends(ctx, node_ip)?;
+        table.check(&limits(ctx, node_ip, &nodeports))?;
+        let mut report = ApplyReport::default();
+        for svc in &table.services {
+            match self.services.get(&svc.metadata) {
+                Some(old) if old == svc => report.unchanged += 1,
+                Some(_) => report.updated += 1,
+                None => report.added += 1,
+            }
+        }
+        let wanted: HashSet<&Metadata> = table.services.iter().map(|s| &s.metadata).collect();
+        report.removed = self.services.keys().filter(|k| !wanted.contains(k)).count();
+        let pod_cidr = ctx.settings.pod_cidr;
+        let mut desired = Vec::new();
+        for svc in &table.services {
+            desired.extend(entries(svc, node_ip, pod_cidr)?);
+        }
+        report.frontends = desired.len();
+        report.backends = desired.iter().map(|e| e.backends.len()).sum();
+        let (written, removed) = sync_maps(ctx, &desired, &nodeports)?;
+        report.frontends_written = written;
+        report.frontends_removed = removed;
+        self.services.clear();
+        self.owners.clear();
+        for svc in table.services {
+            self.index(&svc, node_ip)?;
+            self.services.insert(svc.metadata.clone(), svc);
+        }
+        report.elapsed_ms = started.elapsed().as_millis();
+        Ok(report)
+    }
+}
+
+/// Makes the service maps hold `desired` (and the NodePorts `nodeports`, which are not this
+/// table's): removes every other frontend first, then writes the ones that differ. Returns
+/// (written, removed).
+fn sync_maps(
+    ctx: &Ctx,
+    desired: &[services_map::Service],
+    nodeports: &HashSet<FrontendKey>,
+) -> Result<(usize, usize)> {
+    let mut maps = ctx.services()?;
+    let current: HashMap<services_map::Frontend, services_map::Service> =
+        maps.list()?.into_iter().map(|s| (s.frontend, s)).collect();
+    let wanted: HashSet<services_map::Frontend> = desired.iter().map(|e| e.frontend).collect();
+    let kept_nodeports: HashSet<services_map::Frontend> = nodeports
+        .iter()
+        .map(|(_, port, proto)| services_map::Frontend::nodeport(*port, proto.number()))
+        .collect();
+    let mut removed = 0;
+    for fe in current.keys() {
+        if !wanted.contains(fe) && !kept_nodeports.contains(fe) && maps.delete(fe)? {
+            removed += 1;
+        }
+    }
+    let changed: Vec<services_map::Service> = desired
+        .iter()
+        .filter(|e| current.get(&e.frontend) != Some(*e))
+        .cloned()
+        .collect();
+    maps.write_many(&changed).map_err(map_err)?;
+    Ok((changed.len(), removed))
+}
+
+fn limits<'a>(ctx: &Ctx, node_ip: Ipv4Addr, taken: &'a HashSet<FrontendKey>) -> Limits<'a> {
+    Limits {
+        service_cidr: ctx.settings.service_cidr,
+        nodeport_range: ctx.settings.nodeport_range,
+        node_ip,
+        max_backends: usize::from(MAX_BACKENDS),
+        taken,
+    }
+}
+
+/// `service apply`: makes the node's table exactly `table`, and saves it.
+pub fn apply(ctx: &Ctx, table: ServiceTable) -> Result<ApplyReport> {
+    let _lock = store::services::lock(&ctx.settings.state_dir)?;
+    let mut programmed = Programmed::load(ctx)?;
+    let report = programmed.replace_all(ctx, table.services)?;
+    programmed.save(ctx)?;
+    Ok(report)
+}
+
+/// One service as `service list|show` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub namespace: String,
+    #[serde(rename = "type")]
+    pub service_type: String,
+    pub frontends: Vec<Frontend>,
+    /// `ADDRESS:PORT` of each endpoint, with its state when not ready and its node.
+    pub backends: Vec<String>,
+    pub service: Service,
+}
+
+fn view(svc: &Service, node_ip: Ipv4Addr) -> Result<ServiceView> {
+    let mut backends = Vec::new();
+    for (addr, c, node) in svc.backends() {
+        let mut state = Vec::new();
+        if !c.ready {
+            state.push("not-ready");
+        }
+        if c.terminating {
+            state.push("terminating");
+        }
+        let node = node.map_or_else(String::new, |n| format!("@{n}"));
+        let state = if state.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", state.join(","))
+        };
+        backends.push(format!("{addr}{node}{state}"));
+    }
+    Ok(ServiceView {
+        name: svc.metadata.name.clone(),
+        namespace: svc.metadata.namespace.clone(),
+        service_type: format!("{:?}", svc.spec.service_type),
+        frontends: svc.frontends(node_ip)?,
+        backends,
+        service: svc.clone(),
+    })
+}
+
+/// `service list`.
+pub fn list(ctx: &Ctx) -> Result<Vec<ServiceView>> {
+    let node_ip = node_ip(ctx)?;
+    store::services::load(&ctx.settings.state_dir)?
+        .services
+        .iter()
+        .map(|s| view(s, node_ip))
+        .collect()
+}
+
+/// Parses `NAMESPACE/NAME` (or `NAME`, in `default`).
+pub fn parse_name(name: &str) -> Metadata {
+    match name.split_once('/') {
+        Some((namespace, name)) => Metadata {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        },
+        None => Metadata {
+            name: name.to_owned(),
+            namespace: "default".to_owned(),
+        },
+    }
+}
+
+/// `service show NAMESPACE/NAME`.
+pub fn show(ctx: &Ctx, name: &str) -> Result<ServiceView> {
+    let wanted = parse_name(name);
+    let table = store::services::load(&ctx.settings.state_dir)?;
+    let svc = table
+        .services
+        .iter()
+        .find(|s| s.metadata == wanted)
+        .ok_or_else(|| Error::ServiceNotFound {
+            name: wanted.to_string(),
+        })?;
+    view(svc, node_ip(ctx)?)
+}
+
+/// `service del NAMESPACE/NAME`: the service's frontends go; its established connections
+/// finish on their backends.
+pub fn del(ctx: &Ctx, name: &str) -> Result<ServiceView> {
+    let wanted = parse_name(name);
+    let _lock = store::services::lock(&ctx.settings.state_dir)?;
+    let mut programmed = Programmed::load(ctx)?;
+    let gone = programmed
+        .remove(ctx, &wanted)?
+        .ok_or_else(|| Error::ServiceNotFound {
+            name: wanted.to_string(),
+        })?;
+    programmed.save(ctx)?;
+    view(&gone, node_ip(ctx)?)
+}
+
+/// Forgets the table (`node reset`: the maps go with the pins).
+pub fn clear(settings: &crate::config::NodeSettings) -> Result<()> {
+    Ok(store::services::clear(&settings.state_dir)?)
+}
