@@ -14,7 +14,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceTable {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "serviceCIDRs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub service_cidrs: Vec<String>,
     pub services: Vec<Service>,
 }

@@ -191,6 +191,11 @@ fn a_bad_service_table_changes_nothing() {
             "listed twice",
         ),
         ("not JSON", json!("services"), "expected {\"services\""),
+        (
+            "another cluster's service CIDR",
+            json!({"serviceCIDRs": ["10.100.0.0/16"], "services": []}),
+            "is not the node's 10.96.0.0/12",
+        ),
     ];
     for (what, table, message) in &bad {
         let file = table_file(&node, "bad", table);

@@ -23,6 +23,14 @@ pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceTable {
+    /// The service CIDRs the table was made for (optional): they must be the node's
+    /// (`node init --service-cidr`), so a table for another cluster is refused whole.
+    #[serde(
+        default,
+        rename = "serviceCIDRs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_cidrs: Vec<Ipv4Network>,
     pub services: Vec<Service>,
 }
 
@@ -224,6 +232,13 @@ impl Default for Conditions {
 pub enum ServiceError {
     #[error("service {service}: {what}")]
     Invalid { service: String, what: String },
+    #[error(
+        "the table's service CIDR {table} is not the node's {node} (set with `node init --service-cidr`)"
+    )]
+    Cidr {
+        table: Ipv4Network,
+        node: Ipv4Network,
+    },
     #[error("service {service} is listed twice")]
     Repeated { service: String },
     #[error("{frontend} is a frontend of both {first} and {second}")]
@@ -467,9 +482,21 @@ impl Service {
 }
 
 impl ServiceTable {
+    /// The table's service CIDRs, if it names any, must be the node's.
+    pub fn check_cidrs(&self, node: Ipv4Network) -> Result<(), ServiceError> {
+        match self.service_cidrs.iter().find(|c| **c != node) {
+            Some(other) => Err(ServiceError::Cidr {
+                table: *other,
+                node,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Checks the whole table: every service on its own, no service twice, and no frontend
     /// held by two services or by another owner. Changes nothing.
     pub fn check(&self, limits: &Limits<'_>) -> Result<(), ServiceError> {
+        self.check_cidrs(limits.service_cidr)?;
         let mut names = HashSet::new();
         let mut owners: std::collections::HashMap<(Ipv4Addr, u16, Proto), &Metadata> =
             std::collections::HashMap::new();

@@ -257,6 +257,7 @@ impl Programmed {
     /// Saves the table (the agent saves at most once a second; the maps are always current).
     pub fn save(&self, ctx: &Ctx) -> Result<()> {
         let table = ServiceTable {
+            service_cidrs: Vec::new(),
             services: self.services.values().cloned().collect(),
         };
         Ok(store::services::save(&ctx.settings.state_dir, &table)?)
@@ -288,6 +289,7 @@ impl Programmed {
                 .map(|(k, _)| *k),
         );
         ServiceTable {
+            service_cidrs: Vec::new(),
             services: vec![svc.clone()],
         }
         .check(&limits(ctx, node_ip, &taken))?;
@@ -331,7 +333,10 @@ impl Programmed {
     pub fn replace_all(&mut self, ctx: &Ctx, services: Vec<Service>) -> Result<ApplyReport> {
         let started = Instant::now();
         let node_ip = node_ip(ctx)?;
-        let table = ServiceTable { services };
+        let table = ServiceTable {
+            service_cidrs: Vec::new(),
+            services,
+        };
         let nodeports = nodeport_frontends(ctx, node_ip)?;
         table.check(&limits(ctx, node_ip, &nodeports))?;
         let mut report = ApplyReport::default();
@@ -408,6 +413,7 @@ fn limits<'a>(ctx: &Ctx, node_ip: Ipv4Addr, taken: &'a HashSet<FrontendKey>) -> 
 
 /// `service apply`: makes the node's table exactly `table`, and saves it.
 pub fn apply(ctx: &Ctx, table: ServiceTable) -> Result<ApplyReport> {
+    table.check_cidrs(ctx.settings.service_cidr)?;
     let _lock = store::services::lock(&ctx.settings.state_dir)?;
     let mut programmed = Programmed::load(ctx)?;
     let report = programmed.replace_all(ctx, table.services)?;
