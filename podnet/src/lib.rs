@@ -13,6 +13,7 @@
 
 #![deny(unreachable_pub, clippy::print_stdout, clippy::too_many_lines)]
 
+pub mod agent;
 pub mod cni;
 pub mod config;
 pub mod datapath;

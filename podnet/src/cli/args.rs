@@ -69,6 +69,8 @@ pub enum Command {
         #[arg(long)]
         keep: Vec<String>,
     },
+    /// Run the node agent: Kubernetes (Nodes, Services, EndpointSlices) as the control plane.
+    Agent(Box<AgentArgs>),
     /// Install podnet as a CNI plugin: the binary and a network configuration per mode.
     InstallCni(InstallCniArgs),
 }
@@ -216,9 +218,16 @@ pub struct InstallCniArgs {
     /// The mode written as 10-podnet.conflist (the other one as an .example).
     #[arg(long, default_value = "standalone")]
     pub mode: String,
-    /// The node's pod CIDR, e.g. 10.244.1.0/24.
+    /// The node's pod CIDR, e.g. 10.244.1.0/24 (or --node-name: read from the Node).
+    #[arg(long, required_unless_present = "node_name")]
+    pub pod_cidr: Option<Ipv4Network>,
+    /// Read the pod CIDR from this Node object (`spec.podCIDRs`) in the API server: the
+    /// in-cluster service account, or --kubeconfig.
+    #[arg(long, env = "NODE_NAME", conflicts_with = "pod_cidr")]
+    pub node_name: Option<String>,
+    /// A kubeconfig for --node-name (default: the in-cluster service account).
     #[arg(long)]
-    pub pod_cidr: Ipv4Network,
+    pub kubeconfig: Option<PathBuf>,
     /// The cluster CIDR, e.g. 10.244.0.0/16.
     #[arg(long)]
     pub cluster_cidr: Ipv4Network,
@@ -228,6 +237,95 @@ pub struct InstallCniArgs {
     /// bpffs directory for this node's pins.
     #[arg(long, default_value = "/sys/fs/bpf/podnet")]
     pub pin_dir: PathBuf,
+}
+
+/// `podnet agent`: the node's settings besides what its Node object gives (pod CIDR, node IP).
+#[derive(Args)]
+pub struct AgentArgs {
+    /// This node's name (its Node object).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// A kubeconfig (default: the in-cluster service account).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, default_value = "0.0.0.0:9965")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Node settings as JSON (fields as in node.json, without pod_cidr and node_ip); the flags
+    /// below override them.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The cluster CIDR, e.g. 10.244.0.0/16.
+    #[arg(long)]
+    pub cluster_cidr: Option<Ipv4Network>,
+    /// The uplink interface.
+    #[arg(long)]
+    pub uplink: Option<String>,
+    /// The node's network namespace (a name under /run/netns or a path).
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// bpffs directory for this node's pins.
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+    /// native (default) or vxlan.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// The service CIDR (default 10.96.0.0/12).
+    #[arg(long)]
+    pub service_cidr: Option<Ipv4Network>,
+    /// Bridge name.
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// Seconds between conntrack collection passes (default 10; 0: none).
+    #[arg(long)]
+    pub gc_interval: Option<u32>,
+}
+
+impl AgentArgs {
+    /// The node settings the flags and --config give (everything but pod CIDR and node IP).
+    pub fn settings(&self, state_dir: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+        let mut map: serde_json::Map<String, serde_json::Value> = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => serde_json::Map::new(),
+        };
+        let s = |v: &dyn ToString| serde_json::Value::String(v.to_string());
+        let mut set = |key: &str, value: Option<serde_json::Value>| {
+            if let Some(v) = value {
+                map.insert(key.to_owned(), v);
+            }
+        };
+        set("cluster_cidr", self.cluster_cidr.map(|v| s(&v)));
+        set("uplink", self.uplink.as_ref().map(|v| s(v)));
+        set(
+            "netns",
+            self.netns.as_ref().map(|v| s(&netns_path(v).display())),
+        );
+        set("pin_dir", self.pin_dir.as_ref().map(|v| s(&v.display())));
+        set("mode", self.mode.as_ref().map(|v| s(v)));
+        set("service_cidr", self.service_cidr.map(|v| s(&v)));
+        set("bridge", self.bridge.as_ref().map(|v| s(v)));
+        set("gc_interval", self.gc_interval.map(serde_json::Value::from));
+        set("state_dir", Some(s(&state_dir.display())));
+        for required in ["cluster_cidr", "uplink"] {
+            if !map.contains_key(required) {
+                bail!(
+                    "podnet agent needs --{} (or it in --config)",
+                    required.replace('_', "-")
+                );
+            }
+        }
+        Ok(map)
+    }
+
+    /// The node's namespace, if the agent runs for a node in one.
+    pub fn netns(&self) -> Option<PathBuf> {
+        self.netns.as_deref().map(netns_path)
+    }
 }
 
 #[derive(Subcommand)]

@@ -7,7 +7,7 @@ mod render;
 
 use std::{path::Path, process::ExitCode, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use args::{
     Cli, Command, ConntrackCommand, InstallCniArgs, NodeCommand, NodePortArgs, NodePortCommand,
     PeerCommand, PodCommand, ServiceCommand,
@@ -71,6 +71,16 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => crate::demo::run(&args)?,
         Command::InstallCni(args) => install_cni(&state_dir, json, args)?,
+        Command::Agent(args) => {
+            let settings = args.settings(&state_dir)?;
+            enter_node_netns(args.netns().as_deref())?;
+            podnet::agent::run(&podnet::agent::AgentOptions {
+                node_name: args.node_name.clone(),
+                kubeconfig: args.kubeconfig.clone(),
+                settings,
+                metrics_addr: args.metrics_addr,
+            })?;
+        }
         command => {
             let settings = ops::node::load(&state_dir)?;
             enter_node_netns(settings.netns.as_deref())?;
@@ -120,7 +130,10 @@ fn run_on_node(ctx: &Ctx, json: bool, command: Command) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             print(json, &ops::gc::gc_dead(ctx, &keep)?, render::gc);
         }
-        Command::Node(NodeCommand::Init(_)) | Command::Demo(_) | Command::InstallCni(_) => {
+        Command::Node(NodeCommand::Init(_))
+        | Command::Demo(_)
+        | Command::InstallCni(_)
+        | Command::Agent(_) => {
             unreachable!("handled before entering the node")
         }
     }
@@ -148,10 +161,17 @@ fn install_cni(state_dir: &Path, json: bool, args: InstallCniArgs) -> Result<()>
         conf_dir,
         mode,
         pod_cidr,
+        node_name,
+        kubeconfig,
         cluster_cidr,
         uplink,
         pin_dir,
     } = args;
+    let pod_cidr = match (pod_cidr, node_name) {
+        (Some(cidr), _) => cidr,
+        (None, Some(node)) => podnet::agent::node_pod_cidr(&node, kubeconfig.as_ref())?,
+        (None, None) => bail!("install-cni needs --pod-cidr or --node-name"),
+    };
     let mode: podnet::cni::spec::Mode =
         serde_json::from_value(serde_json::Value::String(mode.clone()))
             .map_err(|_| anyhow::anyhow!("--mode {mode:?} is not chained or standalone"))?;
