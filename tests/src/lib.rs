@@ -19,6 +19,7 @@
 //! - [`Snapshot`] / [`Watch`]: everything a node owns (files, links, addresses, routes, tc
 //!   filters, namespaces), to show that a refused command changed nothing.
 
+pub mod agent_cluster;
 pub mod apiserver;
 pub mod bench;
 pub mod cluster;

@@ -5,179 +5,17 @@
 //! removed from the API leaves its peers, and an API server outage (with a new resourceVersion
 //! history after it) and a kill -9 of an agent leave established connections alone.
 
-use std::{
-    net::Ipv4Addr,
-    path::PathBuf,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use podnet_tests::{
-    CLUSTER_CIDR, ChildGuard, FABRIC_GATEWAY, InNetns, Netns, PodnetCli, Scenario, addr,
-    addr_field,
-    apiserver::{ApiServer, Options, Resource},
-    describe, netprobe, peer_ip_of, podnet_bin, require_root, route, serve_tcp, serve_tcp_echo,
-    unique, veth, wait_until,
+    InNetns, Scenario, addr_field,
+    agent_cluster::{AgentCluster, get, metric},
+    apiserver::Resource,
+    describe, netprobe, peer_ip_of, require_root, serve_tcp, serve_tcp_echo, wait_until,
 };
 use serde_json::{Value, json};
 
 const VIP: &str = "10.96.0.10";
-const METRICS: &str = "127.0.0.1:9965";
-
-/// One simulated node: its namespace, its CLI, and its agent process.
-struct AgentNode {
-    name: String,
-    ns: Netns,
-    ip: Ipv4Addr,
-    pod_cidr: String,
-    cli: PodnetCli,
-    pin_dir: PathBuf,
-    agent: Option<ChildGuard>,
-}
-
-/// A fabric, an outside host running the API server, and `n` nodes with agents.
-struct AgentCluster {
-    nodes: Vec<AgentNode>,
-    outside: Netns,
-    _fabric: Netns,
-    api: ApiServer,
-    kubeconfig: PathBuf,
-}
-
-fn node_object(name: &str, ip: Ipv4Addr, pod_cidr: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name},
-        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
-        "status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()},
-                                 {"type": "Hostname", "address": name}]}
-    })
-}
-
-impl AgentCluster {
-    fn new(n: u8, first_octet: u16) -> Self {
-        let fabric = Netns::new("afb");
-        fabric.ok("ip link add br0 type bridge && ip link set br0 up");
-        let outside = Netns::new("aout");
-        veth(&fabric, "fo", &outside, "eth0");
-        fabric.ok("ip link set fo master br0");
-        addr(&outside, "eth0", &format!("{FABRIC_GATEWAY}/24"));
-        let api = ApiServer::start(Options {
-            listen: (FABRIC_GATEWAY, 0).into(),
-            netns: Some(outside.path().to_path_buf()),
-            ..Options::default()
-        })
-        .expect("API server");
-        let id = unique("ag");
-        let kubeconfig = std::env::temp_dir().join(format!("podnet-test-{id}.kubeconfig"));
-        api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-        let mut nodes = Vec::new();
-        for i in 0..n {
-            let ns = Netns::new("and");
-            let port = format!("f{i}");
-            veth(&fabric, &port, &ns, "uplink0");
-            fabric.ok(&format!("ip link set {port} master br0"));
-            let ip = Ipv4Addr::new(198, 18, 0, 11 + i);
-            addr(&ns, "uplink0", &format!("{ip}/24"));
-            route(&ns, &["default", "via", &FABRIC_GATEWAY.to_string()]);
-            let name = format!("node-{i}");
-            let pod_cidr = format!("10.244.{}.0/24", first_octet + u16::from(i));
-            api.create(Resource::Node, node_object(&name, ip, &pod_cidr))
-                .expect("create Node");
-            nodes.push(AgentNode {
-                name,
-                ns,
-                ip,
-                pod_cidr,
-                cli: PodnetCli {
-                    state_dir: std::env::temp_dir().join(format!("podnet-test-{id}-{i}")),
-                },
-                pin_dir: PathBuf::from(format!("/sys/fs/bpf/podnet-test-{id}-{i}")),
-                agent: None,
-            });
-        }
-        let mut cluster = Self {
-            nodes,
-            outside,
-            _fabric: fabric,
-            api,
-            kubeconfig,
-        };
-        for i in 0..cluster.nodes.len() {
-            cluster.start_agent(i);
-        }
-        for i in 0..cluster.nodes.len() {
-            cluster.wait_ready(i);
-        }
-        cluster
-    }
-
-    fn start_agent(&mut self, i: usize) {
-        let node = &self.nodes[i];
-        let mut cmd = Command::new(podnet_bin());
-        cmd.arg("--state-dir")
-            .arg(&node.cli.state_dir)
-            .args(["agent", "--node-name", &node.name, "--kubeconfig"])
-            .arg(&self.kubeconfig)
-            .args(["--uplink", "uplink0", "--cluster-cidr", CLUSTER_CIDR])
-            .arg("--netns")
-            .arg(node.ns.path())
-            .arg("--pin-dir")
-            .arg(&node.pin_dir)
-            .args(["--metrics-addr", METRICS, "--gc-interval", "1"]);
-        self.nodes[i].agent = Some(ChildGuard::spawn(cmd));
-    }
-
-    /// Waits until node `i`'s agent answers `/readyz` with 200.
-    fn wait_ready(&self, i: usize) {
-        let node = &self.nodes[i];
-        wait_until(
-            Duration::from_secs(30),
-            &format!("{} ready", node.name),
-            || get(&node.ns, "/readyz").is_ok_and(|body| body.contains("ok")),
-        );
-    }
-
-    fn kill_agent(&mut self, i: usize) {
-        if let Some(mut agent) = self.nodes[i].agent.take() {
-            agent.kill();
-        }
-    }
-}
-
-impl Drop for AgentCluster {
-    fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.kill_agent(i);
-        }
-        for node in &self.nodes {
-            let _ = node.cli.podnet(&["node", "reset"]);
-            let _ = std::fs::remove_dir_all(&node.cli.state_dir);
-            let _ = std::fs::remove_dir_all(&node.pin_dir);
-        }
-        let _ = std::fs::remove_file(&self.kubeconfig);
-    }
-}
-
-/// `GET PATH` from the agent's metrics endpoint in `ns`.
-fn get(ns: &Netns, path: &str) -> Result<String, String> {
-    let out = netprobe(
-        ns,
-        &["http-get", METRICS, "--path", path, "--timeout-ms", "1000"],
-    );
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(describe(&out))
-    }
-}
-
-/// The value of metric `name` (a line `NAME VALUE`) in the agent's `/metrics`.
-fn metric(ns: &Netns, name: &str) -> Option<f64> {
-    let text = get(ns, "/metrics").ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
-}
 
 fn connect(ns: &(impl InNetns + ?Sized), target: &str) -> Result<String, String> {
     let out = netprobe(ns, &["connect", "tcp", target, "--timeout-ms", "1000"]);
@@ -449,4 +287,19 @@ fn an_api_outage_with_a_new_history_and_a_killed_agent_drop_nothing_established(
         "relists on node-1",
         metric(&cluster.nodes[1].ns, "podnet_agent_relists_total").unwrap_or(0.0),
     );
+}
+
+#[test]
+fn ten_thousand_services_sync_and_one_change_is_programmed_alone() {
+    require_root!();
+    let mut s = Scenario::new(
+        "podnet agent: 10,000 Services with 50,000 endpoints: initial sync, memory, one change's programming latency",
+    );
+    let f = podnet_tests::agent_cluster::sync_figures(10_000, 5, 41, 180);
+    assert_eq!(f.services, 10_000.0, "every Service programmed: {f:?}");
+    assert!(f.change_p99_ms.is_finite(), "{f:?}");
+    s.number("initial sync ms", format!("{:.0}", f.sync_ms))
+        .number("agent RSS MiB", format!("{:.1}", f.rss_mib))
+        .number("one change p50 ms", format!("{:.2}", f.change_p50_ms))
+        .number("one change p99 ms", format!("{:.2}", f.change_p99_ms));
 }

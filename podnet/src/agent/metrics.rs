@@ -93,6 +93,35 @@ impl Metrics {
         v.get(rank.saturating_sub(1).min(v.len() - 1)).copied()
     }
 
+    /// The programming-latency histogram and its recent percentiles.
+    fn render_latency(&self, out: &mut String) {
+        if let Ok(h) = self.latency.lock() {
+            let name = "podnet_agent_programming_latency_seconds";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Time from an API event to its map write.\n# TYPE {name} histogram"
+            );
+            for (bound, count) in LATENCY_BUCKETS.iter().zip(h.buckets) {
+                let _ = writeln!(*out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+                h.count, h.sum, h.count
+            );
+        }
+        let recent = "podnet_agent_programming_latency_recent_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {recent} Percentiles of the last {RECENT_MAX} programming latencies.\n# TYPE {recent} summary"
+        );
+        for q in [50.0, 99.0] {
+            if let Some(v) = self.programming_percentile(q) {
+                let _ = writeln!(*out, "{recent}{{quantile=\"{}\"}} {v}", q / 100.0);
+            }
+        }
+    }
+
     /// The agent's own series in Prometheus' text format; `datapath` adds the maps' series.
     pub fn render(&self, datapath: &str) -> String {
         let mut out = String::new();
@@ -174,21 +203,7 @@ impl Metrics {
             "gauge",
             load(&self.initial_sync_ms),
         );
-        if let Ok(h) = self.latency.lock() {
-            let name = "podnet_agent_programming_latency_seconds";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Time from an API event to its map write.\n# TYPE {name} histogram"
-            );
-            for (bound, count) in LATENCY_BUCKETS.iter().zip(h.buckets) {
-                let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-                h.count, h.sum, h.count
-            );
-        }
+        self.render_latency(&mut out);
         out.push_str(datapath);
         out
     }

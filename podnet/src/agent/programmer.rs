@@ -42,9 +42,10 @@ impl Handle {
     }
 }
 
-/// How long the table may go unsaved after a change (the maps are written at once; the file
-/// only lets `podnet service list` and a restart see the table).
-const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// The table is saved once the agent has been idle this long after a change (the maps are
+/// written at once; the file only lets `podnet service list` see the table, and a restart
+/// compares with the maps anyway), so saving never delays a change.
+const SAVE_WHEN_IDLE: Duration = Duration::from_secs(2);
 
 /// Runs `node init` from `settings`, starts the collector, and starts the programming thread.
 pub fn start(settings: NodeSettings, metrics: Arc<Metrics>) -> Result<Handle, AgentError> {
@@ -76,23 +77,18 @@ fn program(
     rx: &mpsc::Receiver<Work>,
     metrics: &Metrics,
 ) {
-    let mut last_save = Instant::now();
     let mut dirty = false;
     loop {
-        let work = match rx.recv_timeout(SAVE_EVERY) {
-            Ok(work) => Some(work),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        };
-        if let Some(work) = work {
-            dirty |= apply(ctx, table, work, metrics);
-        }
-        if dirty && last_save.elapsed() >= SAVE_EVERY {
-            if let Err(e) = table.save(ctx) {
-                eprintln!("podnet agent: saving the service table: {e}");
+        match rx.recv_timeout(SAVE_WHEN_IDLE) {
+            Ok(work) => dirty |= apply(ctx, table, work, metrics),
+            Err(mpsc::RecvTimeoutError::Timeout) if dirty => {
+                if let Err(e) = table.save(ctx) {
+                    eprintln!("podnet agent: saving the service table: {e}");
+                }
+                dirty = false;
             }
-            dirty = false;
-            last_save = Instant::now();
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
     }
 }

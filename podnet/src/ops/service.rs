@@ -223,6 +223,8 @@ fn map_err(e: ServicesMapError) -> Error {
 pub struct Programmed {
     services: BTreeMap<Metadata, Service>,
     owners: HashMap<FrontendKey, Metadata>,
+    /// Backend addresses over all services, kept as services come and go.
+    backends: usize,
 }
 
 impl Programmed {
@@ -242,6 +244,7 @@ impl Programmed {
         for fe in svc.frontends(node_ip)? {
             self.owners.insert(key_of(&fe), svc.metadata.clone());
         }
+        self.backends += svc.backends().len();
         Ok(())
     }
 
@@ -251,6 +254,7 @@ impl Programmed {
                 self.owners.remove(&key_of(&fe));
             }
         }
+        self.backends = self.backends.saturating_sub(svc.backends().len());
         Ok(())
     }
 
@@ -265,8 +269,7 @@ impl Programmed {
 
     /// Services and backend addresses in the table.
     pub fn size(&self) -> (usize, usize) {
-        let backends = self.services.values().map(|s| s.backends().len()).sum();
-        (self.services.len(), backends)
+        (self.services.len(), self.backends)
     }
 
     /// The services, by namespace and name.
@@ -281,18 +284,25 @@ impl Programmed {
         if self.services.get(&svc.metadata) == Some(&svc) {
             return Ok(false);
         }
-        let mut taken = nodeport_frontends(ctx, node_ip)?;
-        taken.extend(
-            self.owners
-                .iter()
-                .filter(|(_, owner)| **owner != svc.metadata)
-                .map(|(k, _)| *k),
-        );
+        let taken = nodeport_frontends(ctx, node_ip)?;
         ServiceTable {
             service_cidrs: Vec::new(),
             services: vec![svc.clone()],
         }
         .check(&limits(ctx, node_ip, &taken))?;
+        // Frontends of the other services (an index lookup each, not a copy of the index).
+        for fe in svc.frontends(node_ip)? {
+            if let Some(owner) = self.owners.get(&key_of(&fe))
+                && *owner != svc.metadata
+            {
+                return Err(crate::model::service::ServiceError::Clash {
+                    frontend: fe.to_string(),
+                    first: owner.to_string(),
+                    second: svc.metadata.to_string(),
+                }
+                .into());
+            }
+        }
         let pod_cidr = ctx.settings.pod_cidr;
         let new = entries(&svc, node_ip, pod_cidr)?;
         let mut maps = ctx.services()?;
@@ -361,6 +371,7 @@ impl Programmed {
         report.frontends_removed = removed;
         self.services.clear();
         self.owners.clear();
+        self.backends = 0;
         for svc in table.services {
             self.index(&svc, node_ip)?;
             self.services.insert(svc.metadata.clone(), svc);
