@@ -7,9 +7,9 @@ use std::{net::Ipv4Addr, path::PathBuf, process::Command, time::Duration};
 use serde_json::{Value, json};
 
 use crate::{
-    CLUSTER_CIDR, ChildGuard, FABRIC_GATEWAY, InNetns as _, Netns, PodnetCli, addr,
+    CLUSTER_CIDR, ChildGuard, FABRIC_GATEWAY, InNetns as _, Netns, PodnetCli,
     apiserver::{ApiServer, Options, Resource},
-    describe, netprobe, podnet_bin, route, unique, veth, wait_until,
+    describe, netprobe, podnet_bin, unique, wait_until,
 };
 
 /// Where each agent serves `/metrics`, `/healthz` and `/readyz`, inside its node's namespace.
@@ -55,12 +55,7 @@ impl AgentCluster {
     /// [`AgentCluster::new`], calling `before_agents` with the API server before any agent
     /// starts (to fill it, for an initial sync).
     pub fn with(n: u8, first_octet: u16, before_agents: impl FnOnce(&ApiServer)) -> Self {
-        let fabric = Netns::new("afb");
-        fabric.ok("ip link add br0 type bridge && ip link set br0 up");
-        let outside = Netns::new("aout");
-        veth(&fabric, "fo", &outside, "eth0");
-        fabric.ok("ip link set fo master br0");
-        addr(&outside, "eth0", &format!("{FABRIC_GATEWAY}/24"));
+        let (fabric, outside) = crate::cluster::fabric();
         let api = ApiServer::start(Options {
             listen: (FABRIC_GATEWAY, 0).into(),
             netns: Some(outside.path().to_path_buf()),
@@ -72,13 +67,8 @@ impl AgentCluster {
         api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
         let mut nodes = Vec::new();
         for i in 0..n {
-            let ns = Netns::new("and");
-            let port = format!("f{i}");
-            veth(&fabric, &port, &ns, "uplink0");
-            fabric.ok(&format!("ip link set {port} master br0"));
             let ip = Ipv4Addr::new(198, 18, 0, 11 + i);
-            addr(&ns, "uplink0", &format!("{ip}/24"));
-            route(&ns, &["default", "via", &FABRIC_GATEWAY.to_string()]);
+            let ns = crate::cluster::fabric_node(&fabric, i, ip);
             let name = format!("node-{i}");
             let pod_cidr = format!("10.244.{}.0/24", first_octet + u16::from(i));
             api.create(Resource::Node, node_object(&name, ip, &pod_cidr))
@@ -236,6 +226,7 @@ pub fn sync_figures(n: usize, per: usize, changes: usize, first_octet: u16) -> S
         }
     });
     let ns = &cluster.nodes[0].ns;
+    // A scrape can time out on a busy machine: read until one answers.
     let scrape = |name: &str| {
         let mut value = None;
         wait_until(Duration::from_secs(10), name, || {
@@ -259,28 +250,19 @@ pub fn sync_figures(n: usize, per: usize, changes: usize, first_octet: u16) -> S
             })
         })
         .unwrap_or(f64::NAN);
-    // A scrape can time out on a busy machine: read until one answers.
-    let read = |name: &str| {
-        let mut value = None;
-        wait_until(Duration::from_secs(10), name, || {
-            value = metric(ns, name);
-            value.is_some()
-        });
-        value.unwrap_or(f64::NAN)
-    };
-    let count = |_: &Netns| read("podnet_agent_programming_latency_seconds_count");
+    let count = || scrape("podnet_agent_programming_latency_seconds_count");
     let mut latencies = Vec::with_capacity(changes);
     for c in 0..changes {
-        let before = count(ns);
+        let before = count();
         let k = n / 2;
         cluster
             .api
             .update(Resource::EndpointSlice, scale_slice(k, per, (c + 1) % 2))
             .expect("update EndpointSlice");
         wait_until(Duration::from_secs(10), "the change is programmed", || {
-            count(ns) > before
+            count() > before
         });
-        latencies.push(read("podnet_agent_programming_latency_seconds_sum"));
+        latencies.push(scrape("podnet_agent_programming_latency_seconds_sum"));
     }
     // Per-change latencies from the running sum (the sync's own observation comes first).
     let mut per_change: Vec<f64> = latencies

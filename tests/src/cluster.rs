@@ -15,6 +15,29 @@ use crate::{CLUSTER_CIDR, InNetns as _, Netns, PodnetCli, addr, route, unique, v
 /// The outside host's address on the fabric (every node's default gateway).
 pub const FABRIC_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
+/// A fabric (a plain bridge) and the outside host on it at [`FABRIC_GATEWAY`]/24.
+pub fn fabric() -> (Netns, Netns) {
+    let fabric = Netns::new("fab");
+    fabric.ok("ip link add br0 type bridge && ip link set br0 up");
+    let outside = Netns::new("out");
+    veth(&fabric, "fo", &outside, "eth0");
+    fabric.ok("ip link set fo master br0");
+    addr(&outside, "eth0", &format!("{FABRIC_GATEWAY}/24"));
+    (fabric, outside)
+}
+
+/// A node namespace on `fabric` (port `f<i>`), with `ip`/24 on its `uplink0` and the outside
+/// host as its default gateway.
+pub fn fabric_node(fabric: &Netns, i: u8, ip: Ipv4Addr) -> Netns {
+    let ns = Netns::new("nd");
+    let port = format!("f{i}");
+    veth(fabric, &port, &ns, "uplink0");
+    fabric.ok(&format!("ip link set {port} master br0"));
+    addr(&ns, "uplink0", &format!("{ip}/24"));
+    route(&ns, &["default", "via", &FABRIC_GATEWAY.to_string()]);
+    ns
+}
+
 /// One node of a [`Cluster`]; its `podnet` CLI through `Deref` ([`PodnetCli`]).
 pub struct ClusterNode {
     pub name: String,
@@ -45,22 +68,12 @@ impl Cluster {
     /// Builds the fabric and `n` nodes (node `i` has IP 198.18.0.(11+i) and pod CIDR
     /// 10.244.(110+i).0/24), writes the cluster file and runs `node init` on every node.
     pub fn new(n: u8, extra_init: &[&str]) -> Self {
-        let fabric = Netns::new("fab");
-        fabric.ok("ip link add br0 type bridge && ip link set br0 up");
-        let outside = Netns::new("out");
-        veth(&fabric, "fo", &outside, "eth0");
-        fabric.ok("ip link set fo master br0");
-        addr(&outside, "eth0", &format!("{FABRIC_GATEWAY}/24"));
+        let (fabric, outside) = fabric();
         let id = unique("cl");
         let mut nodes = Vec::new();
         for i in 0..n {
-            let ns = Netns::new("nd");
-            let port = format!("f{i}");
-            veth(&fabric, &port, &ns, "uplink0");
-            fabric.ok(&format!("ip link set {port} master br0"));
             let ip = Ipv4Addr::new(198, 18, 0, 11 + i);
-            addr(&ns, "uplink0", &format!("{ip}/24"));
-            route(&ns, &["default", "via", &FABRIC_GATEWAY.to_string()]);
+            let ns = fabric_node(&fabric, i, ip);
             nodes.push(ClusterNode {
                 name: format!("node-{i}"),
                 ns,

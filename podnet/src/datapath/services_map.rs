@@ -947,10 +947,9 @@ fn lookup_all<K: aya::Pod, V: aya::Pod>(
 }
 
 /// Registers the network namespace `netns` of the pod with address `pod_ip` (its cookie) in
-/// `POD_NETNS`, so the socket programs balance its sockets (with `config_flag::SOCKET_LB`).
-/// Entries of an earlier pod with the same address, and of pods whose endpoint is gone, are
-/// dropped on the way (a netns cookie is never reused, so a stale entry matches nothing, but
-/// it takes room).
+/// `POD_NETNS`, so the socket programs balance its sockets (with `config_flag::SOCKET_LB`). One
+/// insert: entries of pods that are gone are removed when they are unplugged, or by
+/// [`prune_pod_netns`] (gc) for a pod whose removal was cut short.
 pub fn register_pod_netns(
     pin_dir: &Path,
     netns: &crate::sys::netns::Netns,
@@ -963,20 +962,7 @@ pub fn register_pod_netns(
             path: netns.path().to_path_buf(),
             source: std::io::Error::other(e),
         })??;
-    let maps = PinnedMaps::open(pin_dir)?;
     let mut pods: HashMap<MapData, u64, PodNetns> = typed(pin_dir, map_name::POD_NETNS)?;
-    let stale: Vec<u64> = pods
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, p)| {
-            let addr = Ipv4Addr::from(p.addr);
-            addr == pod_ip || maps.endpoint(addr).ok().flatten().is_none()
-        })
-        .map(|(k, _)| k)
-        .collect();
-    for k in stale {
-        remove(&mut pods, &k, map_name::POD_NETNS)?;
-    }
     let value = PodNetns {
         addr: pod_ip.octets(),
         _pad: [0; 4],
@@ -985,17 +971,25 @@ pub fn register_pod_netns(
         .map_err(map_err(map_name::POD_NETNS))
 }
 
-/// Removes the `POD_NETNS` entries of the pod with address `pod_ip`. Returns how many went.
-pub fn forget_pod_netns(pin_dir: &Path, pod_ip: Ipv4Addr) -> Result<usize, DatapathError> {
+/// Removes every `POD_NETNS` entry whose pod address `live` does not accept; returns how many.
+pub fn prune_pod_netns(
+    pin_dir: &Path,
+    live: impl Fn(Ipv4Addr) -> bool,
+) -> Result<usize, DatapathError> {
     let mut pods: HashMap<MapData, u64, PodNetns> = typed(pin_dir, map_name::POD_NETNS)?;
     let gone: Vec<u64> = pods
         .iter()
         .filter_map(Result::ok)
-        .filter(|(_, p)| Ipv4Addr::from(p.addr) == pod_ip)
+        .filter(|(_, p)| !live(Ipv4Addr::from(p.addr)))
         .map(|(k, _)| k)
         .collect();
     for k in &gone {
         remove(&mut pods, k, map_name::POD_NETNS)?;
     }
     Ok(gone.len())
+}
+
+/// Removes the `POD_NETNS` entries of the pod with address `pod_ip`. Returns how many went.
+pub fn forget_pod_netns(pin_dir: &Path, pod_ip: Ipv4Addr) -> Result<usize, DatapathError> {
+    prune_pod_netns(pin_dir, |addr| addr != pod_ip)
 }

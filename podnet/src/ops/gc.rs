@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{Ctx, attachment, conntrack, error::Result, nodeport, pod};
 use crate::{
+    datapath::services_map,
     model::{attachment::Attachment, names},
     store::{self, file::FileLock},
 };
@@ -150,6 +151,10 @@ fn remove_stale_endpoints(ctx: &Ctx, kept: &[Attachment], report: &mut GcReport)
     for ip in stale {
         conntrack::forget_addr(ctx, ip)?;
         report.endpoints.push(ip);
+    }
+    // Namespaces registered for socket balancing by pods that are gone (a removal cut short).
+    if ctx.maps_if_pinned().is_some() {
+        services_map::prune_pod_netns(&ctx.settings.pin_dir, |ip| live.contains(&ip))?;
     }
     Ok(())
 }

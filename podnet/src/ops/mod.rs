@@ -25,4 +25,22 @@ pub mod service;
 pub mod stats;
 
 pub use ctx::Ctx;
+
+/// Reads a JSON file a user gives a command (`-`: standard input) as `T`; `expected` says what
+/// shape a bad file should have had.
+pub fn read_json_input<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    expected: &str,
+) -> Result<T> {
+    let bad = |reason: String| Error::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = if path == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| bad(e.to_string()))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?
+    };
+    serde_json::from_str(&text).map_err(|e| bad(format!("{e} (expected {expected})")))
+}
 pub use error::{Error, ErrorKind, Result};

@@ -363,20 +363,10 @@ pub fn apply(ctx: &Ctx, specs: &[NodePortSpec]) -> Result<ApplySummary> {
 
 /// Reads a `nodeport apply` file: a JSON array of [`NodePortSpec`]; `-` is standard input.
 pub fn read_specs(path: &std::path::Path) -> Result<Vec<NodePortSpec>> {
-    let bad = |reason: String| Error::File {
-        path: path.display().to_string(),
-        reason,
-    };
-    let text = if path == std::path::Path::new("-") {
-        std::io::read_to_string(std::io::stdin()).map_err(|e| bad(e.to_string()))?
-    } else {
-        std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?
-    };
-    serde_json::from_str(&text).map_err(|e| {
-        bad(format!(
-            "{e} (expected a JSON array of {{\"port\", \"proto\", \"backends\", \"policy\"}})"
-        ))
-    })
+    super::read_json_input(
+        path,
+        "a JSON array of {\"port\", \"proto\", \"backends\", \"policy\"}",
+    )
 }
 
 /// Removes pod `name` from every NodePort's backends (the pod is being deleted). Returns how

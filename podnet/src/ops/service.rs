@@ -50,16 +50,7 @@ fn key_of(fe: &Frontend) -> FrontendKey {
 
 /// Reads a service table: JSON (see [`ServiceTable`]); `-` is standard input.
 pub fn read_table(path: &Path) -> Result<ServiceTable> {
-    let bad = |reason: String| Error::File {
-        path: path.display().to_string(),
-        reason,
-    };
-    let text = if path == Path::new("-") {
-        std::io::read_to_string(std::io::stdin()).map_err(|e| bad(e.to_string()))?
-    } else {
-        std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?
-    };
-    serde_json::from_str(&text).map_err(|e| bad(format!("{e} (expected {{\"services\": [...]}})")))
+    super::read_json_input(path, "{\"services\": [...]}")
 }
 
 /// What an apply changed.
@@ -92,18 +83,14 @@ fn nodeport_frontends(ctx: &Ctx, node_ip: Ipv4Addr) -> Result<HashSet<FrontendKe
         .collect())
 }
 
-fn proto_number(proto: Proto) -> u8 {
-    proto.number()
-}
-
 /// The map frontend of a model frontend (NodePorts live under the NodePort address).
 fn map_frontend(fe: &Frontend) -> services_map::Frontend {
     match fe.kind {
-        FrontendKind::NodePort => services_map::Frontend::nodeport(fe.port, proto_number(fe.proto)),
+        FrontendKind::NodePort => services_map::Frontend::nodeport(fe.port, fe.proto.number()),
         _ => services_map::Frontend {
             addr: fe.addr,
             port: fe.port,
-            proto: proto_number(fe.proto),
+            proto: fe.proto.number(),
         },
     }
 }
