@@ -9,7 +9,7 @@
 //! version must be re-initialised, not silently reused.
 
 /// Version of this ABI, recorded in [`NodeConfig::abi_version`].
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Map names, as pinned under the node's bpffs directory (`<pin_dir>/<name>`).
 pub mod map_name {
@@ -35,8 +35,14 @@ pub mod map_name {
     pub const POD_NETNS: &str = "POD_NETNS";
     /// Other nodes' pod CIDRs (longest prefix match) and the node each lives on.
     pub const PEERS: &str = "PEERS";
+    /// Session affinity (ClientIP): (service id, client address) -> the backend and when a
+    /// new connection last used it.
+    pub const AFFINITY: &str = "AFFINITY";
+    /// Maglev lookup tables: service id -> an array of [`super::MAGLEV_TABLE_SIZE`] backend
+    /// ids (a hash of maps; each frontend that uses Maglev has its own inner array).
+    pub const MAGLEV: &str = "MAGLEV";
     /// Every map, for pinning, listing and cleanup.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         CONFIG,
         ENDPOINTS,
         STATS,
@@ -48,6 +54,8 @@ pub mod map_name {
         SOCK_REV_NAT,
         POD_NETNS,
         PEERS,
+        AFFINITY,
+        MAGLEV,
     ];
 }
 
@@ -399,6 +407,44 @@ pub struct SockRevNat {
     pub id: u32,
 }
 
+/// Entries in the `AFFINITY` LRU: one per (frontend with `sessionAffinity: ClientIP`, client
+/// address) pair in use. 65,536 covers e.g. 1,000 clients of each of 64 affine services at
+/// once; when it is full the least recently used pair is forgotten, and that client's next
+/// connection simply picks a backend afresh (what an expired affinity does anyway). ~88 bytes
+/// each (key 8, value 16, LRU element header 56, preallocated): ~5.5 MiB.
+pub const AFFINITY_MAX: u32 = 65_536;
+
+/// Key of the `AFFINITY` LRU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// The frontend's service id.
+    pub id: u32,
+    /// The client: the packet's source address, or for the socket-level balancer the address
+    /// of the pod (or node) whose socket connects, so both paths share one entry.
+    pub client: [u8; 4],
+}
+
+/// Value of the `AFFINITY` LRU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns` of the last new connection that used the entry: it holds until
+    /// `affinity_timeout` passes without one (kube-proxy's `recent` match works the same way).
+    pub last_used_ns: u64,
+    /// The backend: userspace deletes the entries of a backend that leaves the frontend.
+    pub backend: ServiceBackend,
+}
+
+/// Entries of each Maglev lookup table: a prime (Maglev needs one), Cilium's default. Maglev
+/// spreads flows evenly while a frontend has up to about 1% of this many backends (~160), and
+/// moves about 1/N of flows when one of N backends comes or goes. 4 bytes each: 64 KiB per
+/// frontend that uses Maglev, allocated only for those.
+pub const MAGLEV_TABLE_SIZE: u32 = 16_381;
+
+/// Entries in the `MAGLEV` hash of maps: one per frontend, as `REV_NAT`.
+pub const MAGLEV_MAX: u32 = REV_NAT_MAX;
+
 /// Value of the `POD_NETNS` hash (key: the pod namespace's cookie, a `u64`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -448,7 +494,10 @@ pub const SNAT_RETRIES: u32 = 32;
 
 /// A packet extends its entry's lifetime only when that moves it by more than this, so busy
 /// flows write their entry at most once per second instead of on every packet.
-pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+pub const CT_REFRESH_NS: u64 = NS_PER_SEC;
+
+/// Nanoseconds in a second (`bpf_ktime_get_ns` counts nanoseconds).
+pub const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// Key of the `CONNTRACK` map: a packet's 5-tuple as it is seen at the hook. Ports are in host
 /// order so `bpftool` prints them readably; for ICMP echo the identifier stands in for the
@@ -757,8 +806,9 @@ pub mod proto {
 #[cfg(feature = "user")]
 mod pod_impls {
     use super::{
-        Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, Peer, PodNetns,
-        RevNat, ServiceBackend, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey,
+        AffinityKey, AffinityValue, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey,
+        NodeConfig, Peer, PodNetns, RevNat, ServiceBackend, ServiceKey, ServiceValue, SockRevNat,
+        SockRevNatKey,
     };
 
     // SAFETY: each type is #[repr(C)], made only of integers and byte arrays, with every padding
@@ -792,6 +842,10 @@ mod pod_impls {
     unsafe impl aya::Pod for SockRevNat {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PodNetns {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityValue {}
 }
 
 #[cfg(test)]
@@ -851,6 +905,9 @@ mod tests {
         assert_eq!(size_of::<SockRevNatKey>(), 16);
         assert_eq!(size_of::<SockRevNat>(), 12);
         assert_eq!(size_of::<PodNetns>(), 8);
+        assert_eq!(size_of::<AffinityKey>(), 8);
+        assert_eq!(size_of::<AffinityValue>(), 16);
+        assert_eq!(offset_of!(AffinityValue, backend), 8);
     }
 
     #[test]

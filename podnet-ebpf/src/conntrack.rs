@@ -10,8 +10,8 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use podnet_ebpf::abi::{
-    CT_REFRESH_NS, CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, CtEntry, CtKey, CtNat, NodeConfig,
-    SNAT_RETRIES, ct_dir, ct_live, ct_state,
+    CT_REFRESH_NS, CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, CtEntry, CtKey, CtNat, NS_PER_SEC,
+    NodeConfig, SNAT_RETRIES, ct_dir, ct_live, ct_state,
     proto::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     reason,
 };
@@ -20,8 +20,6 @@ use crate::{
     maps::{CONNTRACK, CT_USAGE},
     parse::L4,
 };
-
-const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock entry lifetimes are kept in.
 #[inline(always)]

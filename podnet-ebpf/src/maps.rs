@@ -5,14 +5,15 @@
 use aya_ebpf::{
     Global,
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use podnet_ebpf::abi::{
-    CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage, DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX,
-    DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, NodeConfig, POD_NETNS_MAX,
-    Peer, PodNetns, REV_NAT_MAX, RevNat, SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey,
-    ServiceValue, SockRevNat, SockRevNatKey, backends_map_entries,
+    AFFINITY_MAX, AffinityKey, AffinityValue, CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage,
+    DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX, DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint,
+    EndpointKey, MAGLEV_MAX, MAGLEV_TABLE_SIZE, NodeConfig, POD_NETNS_MAX, Peer, PodNetns,
+    REV_NAT_MAX, RevNat, SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey, ServiceValue,
+    SockRevNat, SockRevNatKey, backends_map_entries,
 };
 
 /// Node configuration: a single entry.
@@ -68,6 +69,23 @@ pub static REV_NAT: HashMap<u32, RevNat, { REV_NAT_MAX as usize }, NO_PREALLOC> 
 #[btf_map]
 pub static SOCK_REV_NAT: LruHashMap<SockRevNatKey, SockRevNat, { SOCK_REV_NAT_MAX as usize }> =
     LruHashMap::new();
+
+/// Session affinity: which backend each client of a `ClientIP` frontend last got, and when.
+/// An LRU, so clients that went away make room by themselves.
+#[btf_map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { AFFINITY_MAX as usize }> =
+    LruHashMap::new();
+
+/// Maglev lookup tables by service id: each inner array maps a flow hash (modulo its size) to
+/// a backend id. Userspace builds a frontend's new table as a new array and swaps it in with
+/// one update, so a packet sees the old table or the new one, never a mix.
+#[btf_map]
+pub static MAGLEV: HashOfMaps<
+    u32,
+    Array<u32, { MAGLEV_TABLE_SIZE as usize }>,
+    { MAGLEV_MAX as usize },
+    NO_PREALLOC,
+> = HashOfMaps::new();
 
 /// This node's pods' network namespaces, by netns cookie.
 #[btf_map]

@@ -29,6 +29,7 @@ use podnet_ebpf::abi::{
 };
 
 use crate::{
+    conntrack,
     maps::{POD_NETNS, SOCK_REV_NAT, ready_config},
     services::{self, Frontend},
     stats,
@@ -68,8 +69,8 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
 enum Owner {
     /// The node's own namespace.
     Node,
-    /// One of the node's pods (socket balancing for pods on).
-    Pod,
+    /// One of the node's pods (socket balancing for pods on), with its address.
+    Pod([u8; 4]),
 }
 
 /// The node's configuration and who owns the socket, if it belongs to this node (its own
@@ -85,8 +86,8 @@ fn our_socket(ctx: &SockAddrContext) -> Option<(&'static NodeConfig, Owner)> {
     if cfg.flags & config_flag::SOCKET_LB == 0 {
         return None;
     }
-    // SAFETY: the value is only tested for presence.
-    unsafe { POD_NETNS.get(netns) }.map(|_| (cfg, Owner::Pod))
+    // SAFETY: the value is copied out immediately.
+    unsafe { POD_NETNS.get(netns) }.map(|pod| (cfg, Owner::Pod(pod.addr)))
 }
 
 /// The socket's address as `(ip, port host order, protocol)`.
@@ -132,7 +133,7 @@ fn forward(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     let (lookup_addr, svc, why): ([u8; 4], ServiceValue, u32) = if ip == cfg.node_ip {
-        if owner == Owner::Pod {
+        if matches!(owner, Owner::Pod(_)) {
             // A pod's NodePort traffic takes the per-packet path (`from_pod`), which also
             // handles a pod reaching itself (hairpin, seen from the node IP).
             return ALLOW;
@@ -148,7 +149,19 @@ fn forward(ctx: &SockAddrContext) -> i32 {
             Frontend::Service(svc) => (ip, svc, reason::SOCK_SERVICE),
         }
     };
-    let Some(backend) = services::pick(lookup_addr, port, proto, &svc) else {
+    // Affinity is per client address: the pod's (as its packets would carry it), or the
+    // node's. No flow hash: a socket has no source port before it connects, so Maglev
+    // frontends are balanced at random here (the flows Maglev is for, from outside, take the
+    // per-packet path).
+    let client = services::Client {
+        addr: match owner {
+            Owner::Node => cfg.node_ip,
+            Owner::Pod(addr) => addr,
+        },
+        flow_hash: None,
+    };
+    let Some(backend) = services::pick(lookup_addr, port, proto, &svc, &client, conntrack::now())
+    else {
         return refuse();
     };
     set_user_addr(ctx, backend.addr, backend.port);

@@ -142,7 +142,18 @@ pub fn nodeport(
         return None;
     }
     let svc = services::nodeport(pkt.key.dport, pkt.key.proto)?;
-    let Some(backend) = services::pick(NODEPORT_ADDR, pkt.key.dport, pkt.key.proto, &svc) else {
+    let client = services::Client {
+        addr: pkt.key.saddr,
+        flow_hash: Some(services::flow_hash(&pkt.key)),
+    };
+    let Some(backend) = services::pick(
+        NODEPORT_ADDR,
+        pkt.key.dport,
+        pkt.key.proto,
+        &svc,
+        &client,
+        now,
+    ) else {
         return Some((TC_ACT_SHOT, reason::DROP_NO_BACKEND));
     };
     Some(start_service_flow(
@@ -183,7 +194,11 @@ pub fn service(
     if !from_pod && svc.flags & svc_flag::FROM_OUTSIDE == 0 {
         return None;
     }
-    let Some(backend) = services::pick(key.daddr, key.dport, key.proto, &svc) else {
+    let client = services::Client {
+        addr: key.saddr,
+        flow_hash: Some(services::flow_hash(key)),
+    };
+    let Some(backend) = services::pick(key.daddr, key.dport, key.proto, &svc, &client, now) else {
         return Some(reject::refuse(
             ctx,
             cfg,

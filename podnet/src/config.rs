@@ -111,6 +111,10 @@ pub struct NodeSettings {
     /// `getpeername4`) for the node and its pods; off, pods' traffic takes the TC path alone.
     #[serde(default = "default_socket_lb")]
     pub socket_lb: bool,
+    /// How new connections to a service pick a backend when the service does not say
+    /// (`random` or `maglev`).
+    #[serde(default)]
+    pub load_balancing: crate::model::service::LoadBalancing,
 }
 
 pub fn default_service_cidr() -> Ipv4Network {

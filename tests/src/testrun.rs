@@ -99,7 +99,12 @@ pub fn services_map(ebpf: &mut Ebpf) -> podnet::datapath::services_map::Services
         take(map_name::BACKENDS),
         take(map_name::REV_NAT),
     );
-    podnet::datapath::services_map::ServicesMap::from_maps(services, backends, rev_nat)
+    let selection = podnet::datapath::selection::Selection::from_maps(
+        ebpf.map(map_name::AFFINITY).expect("map AFFINITY"),
+        ebpf.map(map_name::MAGLEV).expect("map MAGLEV"),
+    )
+    .expect("selection maps");
+    podnet::datapath::services_map::ServicesMap::from_maps(services, backends, rev_nat, selection)
         .expect("service maps")
 }
 

@@ -99,7 +99,7 @@ impl Harness {
             uplink_ifindex: TEST_RUN_IFINDEX,
             snat_port_min: PORT_MIN,
             snat_port_max: PORT_MAX,
-            ct_limit: 1024,
+            ct_limit: 65_536,
             ct_timeouts: CtTimeouts::DEFAULT,
             service_cidr: [10, 96, 0, 0],
             service_prefix_len: 12,
@@ -518,5 +518,141 @@ fn the_service_cidr_without_a_service_passes_unchanged_and_unsnated() {
         }
         assert_eq!(h.counted(reason::PASS_SERVICE_CIDR), 2);
         assert_eq!(h.counted(reason::SNAT), 0);
+    });
+}
+
+/// Backends on the peer node (`10.244.7.0/24`): a frame DNATed to one leaves for the peer with
+/// the backend as its destination, whichever it is.
+fn remote_backends(n: u8) -> Vec<Addr> {
+    (1..=n)
+        .map(|i| (Ipv4Addr::new(10, 244, 7, i), 8080))
+        .collect()
+}
+
+/// The backend a SYN from `client` to `frontend`, arriving on the uplink, was sent to.
+fn backend_for(h: &Harness, client: Addr, frontend: Addr) -> Ipv4Addr {
+    let syn = tcp_frame(UPLINK_MAC, NEXT_HOP_MAC, client, frontend, SYN, b"");
+    let (verdict, out) = h.uplink_receives(&syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "DNATed to a backend on the peer");
+    let d = ETH_HLEN + 16;
+    Ipv4Addr::new(out[d], out[d + 1], out[d + 2], out[d + 3])
+}
+
+/// `flows` new connections from distinct source ports of `OUTSIDE` to `frontend`, and the
+/// backend each got.
+fn assignments(h: &Harness, frontend: Addr, flows: u16) -> Vec<Ipv4Addr> {
+    (0..flows)
+        .map(|i| backend_for(h, (OUTSIDE, 20_000 + i), frontend))
+        .collect()
+}
+
+fn moved(before: &[Ipv4Addr], after: &[Ipv4Addr]) -> f64 {
+    let n = before.iter().zip(after).filter(|(b, a)| b != a).count();
+    n as f64 / before.len() as f64
+}
+
+const LB_PORT: u16 = 90;
+const FLOWS: u16 = 3_000;
+
+/// A fresh node with `backends` behind `LB_IP:LB_PORT` and `flags` beyond LOAD_BALANCER.
+fn lb_node(backends: &[Addr], flags: u16) -> Harness {
+    let mut h = Harness::new();
+    h.service(
+        LB_IP,
+        LB_PORT,
+        TCP,
+        backends,
+        svc_flag::LOAD_BALANCER | flags,
+    );
+    h
+}
+
+#[test]
+fn maglev_gives_a_flow_the_same_backend_on_every_node_and_moves_about_one_nth_on_a_change() {
+    require_root!();
+    in_node_netns(|| {
+        let ten = remote_backends(10);
+        let mut reversed = ten.clone();
+        reversed.reverse();
+        let fe = (LB_IP, LB_PORT);
+        // Two nodes given the backends in different orders pick alike, flow by flow.
+        let node_a = assignments(&lb_node(&ten, svc_flag::MAGLEV), fe, FLOWS);
+        let node_b = assignments(&lb_node(&reversed, svc_flag::MAGLEV), fe, FLOWS);
+        assert_eq!(
+            node_a, node_b,
+            "the same flow, the same backend, on each node"
+        );
+        let used: std::collections::HashSet<_> = node_a.iter().collect();
+        assert_eq!(used.len(), 10, "every backend gets flows");
+        // One of ten removed, or an eleventh added: the share of new flows that move.
+        let nine = assignments(&lb_node(&ten[..9], svc_flag::MAGLEV), fe, FLOWS);
+        let eleven = assignments(&lb_node(&remote_backends(11), svc_flag::MAGLEV), fe, FLOWS);
+        let (maglev_removed, maglev_added) = (moved(&node_a, &nine), moved(&node_a, &eleven));
+        // The same with the random choice (the default).
+        let random_a = assignments(&lb_node(&ten, 0), fe, FLOWS);
+        let random_nine = assignments(&lb_node(&ten[..9], 0), fe, FLOWS);
+        let random_removed = moved(&random_a, &random_nine);
+        println!(
+            "new flows moved: maglev {:.1}% (one of 10 removed), {:.1}% (an 11th added); random {:.1}% (one of 10 removed)",
+            maglev_removed * 100.0,
+            maglev_added * 100.0,
+            random_removed * 100.0
+        );
+        // 1/10 and 1/11 must move; Maglev moves a little more than that, random ~90%.
+        assert!((0.07..0.15).contains(&maglev_removed), "{maglev_removed}");
+        assert!((0.06..0.14).contains(&maglev_added), "{maglev_added}");
+        assert!(random_removed > 0.8, "{random_removed}");
+    });
+}
+
+#[test]
+fn client_ip_affinity_holds_for_200_connections_survives_other_changes_and_expires() {
+    require_root!();
+    in_node_netns(|| {
+        let eight = remote_backends(8);
+        let mut h = Harness::new();
+        let fe = Frontend {
+            addr: LB_IP,
+            port: LB_PORT,
+            proto: TCP,
+        };
+        let mut spec = service_spec(fe, &eight, svc_flag::LOAD_BALANCER | svc_flag::AFFINITY);
+        spec.affinity_timeout = 1;
+        h.services.write(&spec).expect("service");
+        let front = (LB_IP, LB_PORT);
+        let first = assignments(&h, front, 200);
+        assert!(
+            first.iter().all(|b| *b == first[0]),
+            "200 connections from one client, one backend: {first:?}"
+        );
+        // Another client has its own entry: over 8 clients, more than one backend.
+        let others: std::collections::HashSet<_> = (2..10)
+            .map(|i| backend_for(&h, (Ipv4Addr::new(198, 18, 0, i), 30_000), front))
+            .collect();
+        assert!(others.len() > 1, "affinity is per client: {others:?}");
+        // A backend added: the client stays where it is.
+        let mut nine = eight.clone();
+        nine.push((Ipv4Addr::new(10, 244, 7, 9), 8080));
+        let mut nine_spec = spec.clone();
+        nine_spec.backends = service_spec(fe, &nine, 0).backends;
+        h.services.write(&nine_spec).expect("service");
+        let port = |i: u16| (OUTSIDE, 40_000 + i);
+        assert!((0..50).all(|i| backend_for(&h, port(i), front) == first[0]));
+        // Its backend removed: the client moves, and sticks to its new backend.
+        let without: Vec<Addr> = nine.iter().copied().filter(|b| b.0 != first[0]).collect();
+        let mut without_spec = spec.clone();
+        without_spec.backends = service_spec(fe, &without, 0).backends;
+        h.services.write(&without_spec).expect("service");
+        let moved_to = backend_for(&h, port(100), front);
+        assert_ne!(moved_to, first[0], "the removed backend is forgotten");
+        assert!((101..150).all(|i| backend_for(&h, port(i), front) == moved_to));
+        // After the timeout without a new connection, the choice is made afresh: over five
+        // expiries, not always the same backend (all five alike: 1 in 4,096 by chance).
+        let mut after = std::collections::HashSet::new();
+        for round in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(1_100));
+            after.insert(backend_for(&h, port(200 + round), front));
+        }
+        assert!(after.len() > 1, "affinity expires: {after:?}");
     });
 }

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use ipnetwork::Ipv4Network;
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Service as K8sService},
+        core::v1::{Node, Service as K8sService, ServiceSpec as K8sServiceSpec},
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::util::intstr::IntOrString,
@@ -19,9 +19,9 @@ use k8s_openapi::{
 use crate::model::{
     peer::PeerNode,
     service::{
-        ClientIpConfig, Conditions, Endpoint, LoadBalancerIngress, LoadBalancerStatus, Metadata,
-        Service, ServicePort, ServiceSpec, ServiceStatus, ServiceType, SessionAffinity,
-        SessionAffinityConfig, TrafficPolicy,
+        ClientIpConfig, Conditions, Endpoint, LoadBalancerIngress, LoadBalancerStatus,
+        LoadBalancing, Metadata, Service, ServicePort, ServiceSpec, ServiceStatus, ServiceType,
+        SessionAffinity, SessionAffinityConfig, TrafficPolicy,
     },
 };
 
@@ -97,11 +97,78 @@ pub fn slice_owner(slice: &EndpointSlice) -> Option<Metadata> {
     })
 }
 
-fn policy(p: Option<&String>) -> TrafficPolicy {
+/// A traffic policy; `None` for a name Kubernetes does not have.
+fn policy(p: Option<&String>) -> Option<TrafficPolicy> {
     match p.map(String::as_str) {
-        Some("Local") => TrafficPolicy::Local,
-        _ => TrafficPolicy::Cluster,
+        None | Some("Cluster") => Some(TrafficPolicy::Cluster),
+        Some("Local") => Some(TrafficPolicy::Local),
+        Some(_) => None,
     }
+}
+
+/// The annotation that chooses a Service's backend selection (podnet's own; unset: the
+/// node's setting).
+pub const LOAD_BALANCING_ANNOTATION: &str = "podnet.io/load-balancing";
+
+/// The backend selection the Service's annotation asks for; `Err` for a value podnet does not
+/// have.
+fn load_balancing(svc: &K8sService) -> Result<Option<LoadBalancing>, &'static str> {
+    let value = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LOAD_BALANCING_ANNOTATION));
+    match value.map(String::as_str) {
+        None => Ok(None),
+        Some("random") => Ok(Some(LoadBalancing::Random)),
+        Some("maglev") => Ok(Some(LoadBalancing::Maglev)),
+        Some(_) => Err("podnet.io/load-balancing is neither random nor maglev"),
+    }
+}
+
+/// How a Service's connections are balanced: its affinity, traffic policies and podnet's
+/// backend selection.
+struct Semantics {
+    session_affinity: SessionAffinity,
+    session_affinity_config: Option<SessionAffinityConfig>,
+    external_traffic_policy: TrafficPolicy,
+    internal_traffic_policy: TrafficPolicy,
+    load_balancing: Option<LoadBalancing>,
+}
+
+/// The Service's [`Semantics`], or why it cannot be served (a name Kubernetes or podnet does
+/// not have).
+fn semantics(svc: &K8sService, spec: &K8sServiceSpec) -> Result<Semantics, &'static str> {
+    let affinity = match spec.session_affinity.as_deref() {
+        None | Some("None") => false,
+        Some("ClientIP") => true,
+        Some(_) => return Err("unknown sessionAffinity"),
+    };
+    let timeout = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+        .and_then(|t| u32::try_from(t).ok());
+    let (Some(external_traffic_policy), Some(internal_traffic_policy)) = (
+        policy(spec.external_traffic_policy.as_ref()),
+        policy(spec.internal_traffic_policy.as_ref()),
+    ) else {
+        return Err("unknown externalTrafficPolicy or internalTrafficPolicy");
+    };
+    Ok(Semantics {
+        session_affinity: if affinity {
+            SessionAffinity::ClientIP
+        } else {
+            SessionAffinity::None
+        },
+        session_affinity_config: timeout.filter(|_| affinity).map(|t| SessionAffinityConfig {
+            client_ip: ClientIpConfig { timeout_seconds: t },
+        }),
+        external_traffic_policy,
+        internal_traffic_policy,
+        load_balancing: load_balancing(svc)?,
+    })
 }
 
 /// The Service with the endpoints of all its slices merged, or why it is skipped.
@@ -151,13 +218,10 @@ pub fn service(svc: &K8sService, slices: &[&EndpointSlice]) -> Result<Service, S
             node_port: p.node_port.and_then(|n| u16::try_from(n).ok()),
         })
         .collect();
-    let affinity = matches!(spec.session_affinity.as_deref(), Some("ClientIP"));
-    let timeout = spec
-        .session_affinity_config
-        .as_ref()
-        .and_then(|c| c.client_ip.as_ref())
-        .and_then(|c| c.timeout_seconds)
-        .and_then(|t| u32::try_from(t).ok());
+    let semantics = match semantics(svc, spec) {
+        Ok(s) => s,
+        Err(why) => return skip(why),
+    };
     let ingress = svc
         .status
         .as_ref()
@@ -180,20 +244,14 @@ pub fn service(svc: &K8sService, slices: &[&EndpointSlice]) -> Result<Service, S
                 .filter_map(|ip| ip.parse().ok())
                 .collect(),
             ports,
-            session_affinity: if affinity {
-                SessionAffinity::ClientIP
-            } else {
-                SessionAffinity::None
-            },
-            session_affinity_config: timeout.filter(|_| affinity).map(|t| SessionAffinityConfig {
-                client_ip: ClientIpConfig { timeout_seconds: t },
-            }),
-            external_traffic_policy: policy(spec.external_traffic_policy.as_ref()),
-            internal_traffic_policy: policy(spec.internal_traffic_policy.as_ref()),
+            session_affinity: semantics.session_affinity,
+            session_affinity_config: semantics.session_affinity_config,
+            external_traffic_policy: semantics.external_traffic_policy,
+            internal_traffic_policy: semantics.internal_traffic_policy,
             health_check_node_port: spec
                 .health_check_node_port
                 .and_then(|p| u16::try_from(p).ok()),
-            load_balancing: crate::model::service::LoadBalancing::default(),
+            load_balancing: semantics.load_balancing,
         },
         status: ServiceStatus {
             load_balancer: LoadBalancerStatus { ingress },

@@ -190,6 +190,10 @@ pub struct InitArgs {
     /// Do not balance services at the socket: pods' service traffic takes the TC path alone.
     #[arg(long)]
     pub no_socket_lb: bool,
+    /// How new connections to a service pick a backend when the service does not say:
+    /// `random` (default) or `maglev` (the same choice for a flow on every node).
+    #[arg(long, value_parser = ["random", "maglev"])]
+    pub load_balancing: Option<String>,
     /// Load the eBPF programs from this object file instead of the one built into podnet (a
     /// rebuilt program version; the node's maps and flows are kept). Not recorded: a later
     /// `node init` without it loads the built-in programs again.
@@ -451,6 +455,7 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         cgroup,
         service_cidr,
         no_socket_lb,
+        load_balancing,
         ebpf_object: _,
     } = args;
     let mut settings: serde_json::Map<String, serde_json::Value> = match &config {
@@ -490,6 +495,7 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     set("cluster", cluster.map(|v| s(&v.display())));
     set("mode", mode.map(|v| s(&v)));
     set("service_cidr", service_cidr.map(|v| s(&v)));
+    set("load_balancing", load_balancing.map(|v| s(&v)));
     if no_socket_lb {
         set("socket_lb", Some(serde_json::Value::Bool(false)));
     }

@@ -2,18 +2,21 @@
 //! ([`object`]), loading and pinning programs and maps ([`loader`]), where they are pinned
 //! ([`pins`]), attaching classifiers to interfaces ([`attach`]) and socket programs to cgroups
 //! ([`cgroup`]), the debug log ([`log`]), and typed access to the pinned maps, one module per
-//! map ([`maps`]; the service maps, written in batches, in [`services_map`]). No records and no use cases: the operations layer combines these.
+//! map ([`maps`]; the service maps, written in batches, in [`services_map`], with the Maglev
+//! tables and affinity entries in [`selection`]; the raw `bpf(2)` commands aya lacks in `batch`). No records and no use cases: the operations layer combines these.
 //!
 //! Inside, imports point one way: `loader` uses `object`, `attach`, `cgroup` and `pins`;
 //! `object`, `attach` and `log` use `pins`.
 
 pub mod attach;
+mod batch;
 pub mod cgroup;
 pub mod loader;
 pub mod log;
 pub mod maps;
 pub mod object;
 pub mod pins;
+pub mod selection;
 pub mod services_map;
 
 use std::path::PathBuf;

@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use podnet_ebpf::abi::{
-    Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, Peer, PodNetns, RevNat,
-    ServiceBackend, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, map_name,
+    AffinityKey, AffinityValue, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey,
+    NodeConfig, Peer, PodNetns, RevNat, ServiceBackend, ServiceKey, ServiceValue, SockRevNat,
+    SockRevNatKey, map_name,
 };
 
 /// Path of a program's pin.
@@ -54,6 +55,12 @@ pub fn key_value_sizes(name: &str) -> (u32, u32) {
         map_name::POD_NETNS => (8, size(size_of::<PodNetns>())),
         // LPM key: a u32 prefix length, then the address.
         map_name::PEERS => (8, size(size_of::<Peer>())),
+        map_name::AFFINITY => (
+            size(size_of::<AffinityKey>()),
+            size(size_of::<AffinityValue>()),
+        ),
+        // A hash of maps: the service id, and an inner map's id (a u32).
+        map_name::MAGLEV => (4, 4),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
 }

@@ -24,22 +24,25 @@
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
     net::Ipv4Addr,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
     path::Path,
 };
 
 use aya::maps::{HashMap, Map, MapData};
 use podnet_ebpf::abi::{
-    ANY_PORT, ANY_PROTO, MAX_BACKENDS, MAX_SERVICE_ID, NODEPORT_ADDR, PodNetns, REV_NAT_MAX,
-    RevNat, ServiceBackend, ServiceKey, ServiceValue, backend_id, map_name,
+    ANY_PORT, ANY_PROTO, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICE_ID, NODEPORT_ADDR, PodNetns,
+    REV_NAT_MAX, RevNat, ServiceBackend, ServiceKey, ServiceValue, backend_id, map_name,
     proto::{IPPROTO_TCP, IPPROTO_UDP},
     svc_flag,
 };
 
 use super::{
     DatapathError,
+    batch::{delete_batch, lookup_all, update_batch},
     maps::{PinnedMaps, is_not_found},
+    selection::Selection,
 };
+use crate::model::maglev;
 
 /// A service frontend: `addr:port/proto` (a NodePort has the unspecified address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -143,6 +146,8 @@ struct Plan {
     old_count: u16,
     old_ids: Vec<u32>,
     old_flags: Option<u16>,
+    /// With affinity before: the backends it had (address, port) and its timeout.
+    old_affine: Option<(Vec<(Ipv4Addr, u16)>, u32)>,
 }
 
 /// The node's service maps, opened from their pins, with an index of the frontends.
@@ -152,6 +157,8 @@ pub struct ServicesMap {
     rev_nat: HashMap<MapData, u32, RevNat>,
     /// The same maps' descriptors, for the batch commands aya does not wrap.
     fds: BatchFds,
+    /// Maglev tables and affinity entries.
+    selection: Selection,
     frontends: StdHashMap<Frontend, Known>,
     ids: std::collections::HashSet<u32>,
     /// ClusterIP address -> how many ClusterIP frontends use it.
@@ -213,15 +220,25 @@ fn slot(index: usize) -> u16 {
 impl ServicesMap {
     /// Opens the node's service maps and reads every frontend from `REV_NAT`.
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        let selection = Selection::from_maps(
+            &open_map(pin_dir, map_name::AFFINITY)?,
+            &open_map(pin_dir, map_name::MAGLEV)?,
+        )?;
         Self::from_maps(
             open_map(pin_dir, map_name::SERVICES)?,
             open_map(pin_dir, map_name::BACKENDS)?,
             open_map(pin_dir, map_name::REV_NAT)?,
+            selection,
         )
     }
 
     /// The same over maps at hand (e.g. taken from a loaded, unpinned object in tests).
-    pub fn from_maps(services: Map, backends: Map, rev_nat: Map) -> Result<Self, DatapathError> {
+    pub fn from_maps(
+        services: Map,
+        backends: Map,
+        rev_nat: Map,
+        selection: Selection,
+    ) -> Result<Self, DatapathError> {
         let fds = BatchFds {
             services: dup_fd(&services, map_name::SERVICES)?,
             backends: dup_fd(&backends, map_name::BACKENDS)?,
@@ -232,6 +249,7 @@ impl ServicesMap {
             backends: backends.try_into().map_err(map_err(map_name::BACKENDS))?,
             rev_nat: rev_nat.try_into().map_err(map_err(map_name::REV_NAT))?,
             fds,
+            selection,
             frontends: StdHashMap::new(),
             ids: std::collections::HashSet::new(),
             cluster_ips: StdHashMap::new(),
@@ -401,10 +419,80 @@ impl ServicesMap {
     fn write_round(&mut self, services: &[Service]) -> Result<(), ServicesMapError> {
         let plans = self.plan_round(services)?;
         self.write_backends(services, &plans)?;
+        self.write_maglev(services, &plans)?;
         self.write_rev_nat_and_slots(services, &plans)?;
         self.write_masters(services, &plans)?;
         self.remove_stale(services, &plans)?;
+        self.forget_stale_selection(services, &plans)?;
         self.reindex(services, &plans)
+    }
+
+    /// The Maglev tables of the round's Maglev frontends, over their new backends (written
+    /// before any slot or master entry refers to them).
+    fn write_maglev(
+        &mut self,
+        services: &[Service],
+        plans: &[Plan],
+    ) -> Result<(), ServicesMapError> {
+        for (svc, plan) in services.iter().zip(plans) {
+            if svc.flags & svc_flag::MAGLEV == 0 || svc.backends.is_empty() {
+                continue;
+            }
+            let addrs: Vec<(Ipv4Addr, u16)> =
+                svc.backends.iter().map(|b| (b.addr, b.port)).collect();
+            let table: Vec<u32> = maglev::table(&addrs, MAGLEV_TABLE_SIZE)
+                .into_iter()
+                .map(|i| {
+                    let i = usize::try_from(i).expect("an index into the backends");
+                    backend_id(plan.id, plan.generation, slot(i))
+                })
+                .collect();
+            if let Err(e) = self.selection.install_maglev(plan.id, &table) {
+                self.release_new_ids(plans);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Maglev tables of frontends that no longer use Maglev (or have no backends left), and
+    /// the affinity entries this round made stale: of backends that left their frontend, and
+    /// all of a frontend whose affinity ended or changed its timeout.
+    fn forget_stale_selection(
+        &mut self,
+        services: &[Service],
+        plans: &[Plan],
+    ) -> Result<(), ServicesMapError> {
+        let mut whole = HashSet::new();
+        let mut departed = HashSet::new();
+        for (svc, plan) in services.iter().zip(plans) {
+            let was_maglev = plan.old_flags.is_some_and(|f| f & svc_flag::MAGLEV != 0);
+            if was_maglev && (svc.flags & svc_flag::MAGLEV == 0 || svc.backends.is_empty()) {
+                self.selection.remove_maglev(plan.id)?;
+            }
+            let affine = svc.flags & svc_flag::AFFINITY != 0;
+            match &plan.old_affine {
+                Some((_, timeout)) if !affine || *timeout != svc.affinity_timeout => {
+                    whole.insert(plan.id);
+                }
+                Some((old, _)) => {
+                    let now: HashSet<(Ipv4Addr, u16)> =
+                        svc.backends.iter().map(|b| (b.addr, b.port)).collect();
+                    departed.extend(
+                        old.iter()
+                            .filter(|b| !now.contains(b))
+                            .map(|&(addr, port)| (plan.id, addr, port)),
+                    );
+                }
+                // A new frontend (its id may be a deleted one's) starts with no entries.
+                None if affine && plan.old_flags.is_none() => {
+                    whole.insert(plan.id);
+                }
+                None => {}
+            }
+        }
+        self.selection.forget_affinities(&whole, &departed)?;
+        Ok(())
     }
 
     /// What each frontend holds now, and its id (new frontends get one).
@@ -420,12 +508,25 @@ impl ServicesMap {
                     let old_generation = old_ids
                         .first()
                         .map_or(1, |&first| (first / u32::from(MAX_BACKENDS)) & 1);
+                    let old_affine = if k.flags & svc_flag::AFFINITY == 0 {
+                        None
+                    } else {
+                        let master = get(&self.services, &fe.key(0), map_name::SERVICES)?;
+                        let mut old = Vec::with_capacity(old_ids.len());
+                        for bid in &old_ids {
+                            if let Some(b) = get(&self.backends, bid, map_name::BACKENDS)? {
+                                old.push((Ipv4Addr::from(b.addr), b.port));
+                            }
+                        }
+                        Some((old, master.map_or(0, |m| m.affinity_timeout)))
+                    };
                     Plan {
                         id: k.id,
                         generation: 1 - old_generation,
                         old_count,
                         old_ids,
                         old_flags: Some(k.flags),
+                        old_affine,
                     }
                 }
                 None => {
@@ -437,6 +538,7 @@ impl ServicesMap {
                         old_count: 0,
                         old_ids: Vec::new(),
                         old_flags: None,
+                        old_affine: None,
                     }
                 }
             };
@@ -654,6 +756,13 @@ impl ServicesMap {
             remove(&mut self.backends, &bid, map_name::BACKENDS)?;
         }
         remove(&mut self.rev_nat, &known.id, map_name::REV_NAT)?;
+        if known.flags & svc_flag::MAGLEV != 0 {
+            self.selection.remove_maglev(known.id)?;
+        }
+        if known.flags & svc_flag::AFFINITY != 0 {
+            self.selection
+                .forget_affinities(&HashSet::from([known.id]), &HashSet::new())?;
+        }
         self.unindex(frontend);
         if known.flags & svc_flag::CLUSTER_IP != 0 && !self.cluster_ips.contains_key(&frontend.addr)
         {
@@ -762,6 +871,7 @@ impl ServicesMap {
             .map(|(k, _)| k)
             .collect();
         delete_batch(self.fds.rev_nat.as_fd(), map_name::REV_NAT, &ids)?;
+        self.selection.clear()?;
         self.frontends.clear();
         self.ids.clear();
         self.cluster_ips.clear();
@@ -796,155 +906,6 @@ fn dup_fd(map: &Map, name: &'static str) -> Result<OwnedFd, DatapathError> {
 /// Backends written per round of [`ServicesMap::write_many`] (at most one frontend's
 /// `MAX_BACKENDS` more): the room a replace needs in the backends map beyond the table.
 const ROUND_BACKENDS: usize = 16_384;
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-/// Elements per batch call: bounded, so one call's kernel work (and the lookup buffers) stay
-/// small.
-const BATCH: usize = 8_192;
-
-/// The `BPF_MAP_*_BATCH` part of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
-    // SAFETY: `attr` is a valid, initialised BatchAttr, the prefix of `union bpf_attr` for the
-    // batch commands, with its exact size; every pointer in it points at live buffers of
-    // `count` keys/values of the map's sizes (checked by the callers' types).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr).cast::<libc::c_void>(),
-            size_of::<BatchAttr>(),
-        )
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
-    u32::try_from(fd.as_raw_fd()).expect("open descriptors are non-negative")
-}
-
-fn batch_err(name: &'static str, op: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
-    move |source| DatapathError::Io {
-        op,
-        path: name.into(),
-        source,
-    }
-}
-
-/// Inserts or replaces `keys[i] -> values[i]`, in order.
-fn update_batch<K: aya::Pod, V: aya::Pod>(
-    fd: BorrowedFd<'_>,
-    name: &'static str,
-    keys: &[K],
-    values: &[V],
-) -> Result<(), DatapathError> {
-    assert_eq!(keys.len(), values.len(), "a value per key");
-    for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
-        let mut attr = BatchAttr {
-            keys: k.as_ptr() as u64,
-            values: v.as_ptr() as u64,
-            count: u32::try_from(k.len()).expect("BATCH fits"),
-            map_fd: fd_u32(fd),
-            ..BatchAttr::default()
-        };
-        bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr)
-            .map_err(batch_err(name, "updating a map (batch)"))?;
-    }
-    Ok(())
-}
-
-/// Deletes `keys`, in order; keys already gone are skipped.
-fn delete_batch<K: aya::Pod>(
-    fd: BorrowedFd<'_>,
-    name: &'static str,
-    keys: &[K],
-) -> Result<(), DatapathError> {
-    let mut rest = keys;
-    while !rest.is_empty() {
-        let chunk = &rest[..rest.len().min(BATCH)];
-        let mut attr = BatchAttr {
-            keys: chunk.as_ptr() as u64,
-            count: u32::try_from(chunk.len()).expect("BATCH fits"),
-            map_fd: fd_u32(fd),
-            ..BatchAttr::default()
-        };
-        match bpf_batch(BPF_MAP_DELETE_BATCH, &mut attr) {
-            Ok(()) => rest = &rest[chunk.len()..],
-            // The kernel stops at a missing key and says how many went before it.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                let done = usize::try_from(attr.count).unwrap_or(0).min(chunk.len());
-                rest = &rest[(done + 1).min(rest.len())..];
-            }
-            Err(e) => return Err(batch_err(name, "deleting from a map (batch)")(e)),
-        }
-    }
-    Ok(())
-}
-
-/// Every entry of the hash map `fd`.
-fn lookup_all<K: aya::Pod, V: aya::Pod>(
-    fd: BorrowedFd<'_>,
-    name: &'static str,
-) -> Result<Vec<(K, V)>, DatapathError> {
-    let mut out = Vec::new();
-    let mut keys: Vec<K> = Vec::with_capacity(BATCH);
-    let mut values: Vec<V> = Vec::with_capacity(BATCH);
-    // The position between calls: a bucket index for hash maps (a u32), in a u64 slot.
-    let (mut token_in, mut token_out) = (0u64, 0u64);
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                std::ptr::from_ref(&token_in) as u64
-            },
-            out_batch: std::ptr::from_mut(&mut token_out) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: u32::try_from(BATCH).expect("fits"),
-            map_fd: fd_u32(fd),
-            ..BatchAttr::default()
-        };
-        let rc = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let n = usize::try_from(attr.count).unwrap_or(0).min(BATCH);
-        let done = match rc {
-            Ok(()) => false,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-            Err(e) => return Err(batch_err(name, "reading a map (batch)")(e)),
-        };
-        // SAFETY: the kernel wrote `n` keys and values (at most the capacity it was given) into
-        // the buffers, and every bit pattern is a valid `aya::Pod`.
-        unsafe {
-            keys.set_len(n);
-            values.set_len(n);
-        }
-        out.extend(keys.drain(..).zip(values.drain(..)));
-        if done {
-            return Ok(out);
-        }
-        token_in = token_out;
-        first = false;
-    }
-}
 
 /// Registers the network namespace `netns` of the pod with address `pod_ip` (its cookie) in
 /// `POD_NETNS`, so the socket programs balance its sockets (with `config_flag::SOCKET_LB`). One

@@ -6,6 +6,7 @@
 //!   operations work on.
 
 pub mod attachment;
+pub mod maglev;
 pub mod names;
 pub mod nodeport;
 pub mod peer;

@@ -125,9 +125,9 @@ pub struct ServiceSpec {
     pub internal_traffic_policy: TrafficPolicy,
     #[serde(default)]
     pub health_check_node_port: Option<u16>,
-    /// podnet's own: `random` (default) or `maglev`.
-    #[serde(default)]
-    pub load_balancing: LoadBalancing,
+    /// podnet's own: `random` or `maglev`; unset, the node's setting (`random` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancing: Option<LoadBalancing>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

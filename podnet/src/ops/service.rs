@@ -101,6 +101,7 @@ fn entries(
     svc: &Service,
     node_ip: Ipv4Addr,
     pod_cidr: Ipv4Network,
+    node_lb: LoadBalancing,
 ) -> Result<Vec<services_map::Service>> {
     let all = svc.backends();
     // KEP-1669: ready endpoints; when there are none, serving ones that are terminating.
@@ -184,7 +185,7 @@ fn entries(
         if affinity_timeout.is_some() {
             flags |= svc_flag::AFFINITY;
         }
-        if svc.spec.load_balancing == LoadBalancing::Maglev {
+        if svc.spec.load_balancing.unwrap_or(node_lb) == LoadBalancing::Maglev {
             flags |= svc_flag::MAGLEV;
         }
         out.push(services_map::Service {
@@ -291,11 +292,11 @@ impl Programmed {
             }
         }
         let pod_cidr = ctx.settings.pod_cidr;
-        let new = entries(&svc, node_ip, pod_cidr)?;
+        let new = entries(&svc, node_ip, pod_cidr, ctx.settings.load_balancing)?;
         let mut maps = ctx.services()?;
         if let Some(old) = self.services.get(&svc.metadata) {
             let kept: HashSet<services_map::Frontend> = new.iter().map(|e| e.frontend).collect();
-            for e in entries(old, node_ip, pod_cidr)? {
+            for e in entries(old, node_ip, pod_cidr, ctx.settings.load_balancing)? {
                 if !kept.contains(&e.frontend) {
                     maps.delete(&e.frontend)?;
                 }
@@ -318,7 +319,12 @@ impl Programmed {
         };
         let node_ip = node_ip(ctx)?;
         let mut maps = ctx.services()?;
-        for e in entries(&old, node_ip, ctx.settings.pod_cidr)? {
+        for e in entries(
+            &old,
+            node_ip,
+            ctx.settings.pod_cidr,
+            ctx.settings.load_balancing,
+        )? {
             maps.delete(&e.frontend)?;
         }
         drop(maps);
@@ -349,7 +355,12 @@ impl Programmed {
         let pod_cidr = ctx.settings.pod_cidr;
         let mut desired = Vec::new();
         for svc in &table.services {
-            desired.extend(entries(svc, node_ip, pod_cidr)?);
+            desired.extend(entries(
+                svc,
+                node_ip,
+                pod_cidr,
+                ctx.settings.load_balancing,
+            )?);
         }
         report.frontends = desired.len();
         report.backends = desired.iter().map(|e| e.backends.len()).sum();
