@@ -25,6 +25,9 @@
 //! socket is connected to (or, with `udp --unconnected`, which sends with `sendto()` on an
 //! unconnected socket, where `recvfrom()` says the reply came from).
 //!
+//! `churn` makes N connections one after another, each with one request, and prints
+//! `ok=N failed=M servers=IP:PORT*K,...`: how many replies came from each server address.
+//!
 //! `stream` keeps one connection to `serve tcp --echo` for S seconds, sending a line every 50 ms
 //! and checking that exactly that line comes back before sending the next; `--line-bytes N`
 //! pads every line to N bytes with a pattern that differs per line, so any lost, reordered or
@@ -683,9 +686,18 @@ fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String> {
 
 fn churn(addr: SocketAddr, count: u64, timeout: Duration) -> Result<ExitCode> {
     let (mut ok, mut bad) = (0u64, 0u64);
+    let mut servers: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     for i in 0..count {
         match tcp_request(addr, &format!("churn {i}"), timeout) {
-            Ok((reply, _)) if reply.starts_with("peer=") => ok += 1,
+            Ok((reply, _)) if reply.starts_with("peer=") => {
+                ok += 1;
+                if let Some(local) = reply
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix("local="))
+                {
+                    *servers.entry(local.to_owned()).or_default() += 1;
+                }
+            }
             Ok((reply, _)) => {
                 bad += 1;
                 eprintln!("netprobe: connection {i}: unexpected reply {reply:?}");
@@ -696,7 +708,8 @@ fn churn(addr: SocketAddr, count: u64, timeout: Duration) -> Result<ExitCode> {
             }
         }
     }
-    println!("ok={ok} failed={bad}");
+    let servers: Vec<String> = servers.iter().map(|(s, n)| format!("{s}*{n}")).collect();
+    println!("ok={ok} failed={bad} servers={}", servers.join(","));
     Ok(if bad == 0 {
         ExitCode::SUCCESS
     } else {
