@@ -7,6 +7,7 @@ pub mod kubeproxy;
 pub mod measure;
 pub mod profile;
 pub mod series;
+pub mod service_run;
 
 use std::{process::Command, time::Duration};
 

@@ -32,7 +32,7 @@
 use std::{
     net::Ipv4Addr,
     path::Path,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use podnet_tests::{
@@ -43,8 +43,12 @@ use podnet_tests::{
         kubeproxy::Config,
         median,
         series::BenchOutput,
+        service_run::{
+            Run, TCP_PORT, TCP_TARGET, UDP_PORT, UDP_TARGET, UDP_TIMEOUT_MS, measure,
+            serve_backend,
+        },
     },
-    describe, netprobe_bin,
+
     service_table::{Protocol, ServiceTable, cluster_ip_service, port},
     unique,
 };
@@ -54,10 +58,6 @@ const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const SERVICE_CIDR: &str = "10.96.0.0/12";
 /// The first ClusterIP; service `i` gets this plus `i`.
 const FIRST_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const TCP_PORT: u16 = 80;
-const TCP_TARGET: u16 = 8080;
-const UDP_PORT: u16 = 53;
-const UDP_TARGET: u16 = 5353;
 const BACKENDS: usize = 3;
 /// Service ports per `iptables-restore` transaction. kube-proxy writes a full sync as one
 /// transaction, but here one transaction costs superlinear time in its size (1,000 services
@@ -75,8 +75,6 @@ const IPTABLES_TRANSACTION_PORTS: usize = 1_000;
 const NFT_TRANSACTION_PORTS: usize = 5_000;
 /// `--quick` leaves out the largest table, whose nftables layout alone takes minutes to load.
 const QUICK_SIZES: [usize; 4] = [1, 1_000, 5_000, 10_000];
-/// A UDP request without a reply within this is counted as lost.
-const UDP_TIMEOUT_MS: &str = "500";
 
 const PATHS: [&str; 3] = ["kube-proxy iptables", "kube-proxy nftables", "podnet"];
 const BASELINE: &str = "kube-proxy iptables";
@@ -121,104 +119,6 @@ fn table(n: usize, backends: &[Ipv4Addr]) -> (ServiceTable, Ipv4Addr) {
         },
         vip,
     )
-}
-
-/// netprobe servers on a backend: TCP on `ip:8080`, UDP on `ip:5353`, on CPU 1.
-fn serve_backend(ns: &dyn InNetns, ip: Ipv4Addr) -> [ChildGuard; 2] {
-    let bin = netprobe_bin();
-    let bin = bin.to_str().expect("utf-8 path");
-    let tcp = format!("{ip}:{TCP_TARGET}");
-    let udp = format!("{ip}:{UDP_TARGET}");
-    let spawn = |proto: &str, listen: &str| {
-        let mut child = ns.spawn(&[
-            "taskset", "-c", "1", bin, "serve", proto, "--listen", listen,
-        ]);
-        child.wait_for_stdout("listening", Duration::from_secs(10));
-        child
-    };
-    [spawn("tcp", &tcp), spawn("udp", &udp)]
-}
-
-/// One run's figures.
-#[derive(Default, Clone, Copy)]
-struct Run {
-    tcp_rate: f64,
-    tcp_failed: f64,
-    connect_p50: f64,
-    connect_p99: f64,
-    udp_rate: f64,
-    udp_failed: f64,
-    udp_p99: f64,
-}
-
-/// The number after `key` in netprobe's output.
-fn field(text: &str, key: &str) -> Option<f64> {
-    text.split_whitespace()
-        .find_map(|f| f.strip_prefix(key))
-        .and_then(|v| v.parse().ok())
-}
-
-/// `netprobe MODE PROTO TARGET --seconds S ...` in `client`, on CPU 0: its stdout.
-fn client_run(client: &dyn InNetns, argv: &[&str], seconds: u32) -> String {
-    let bin = netprobe_bin();
-    let mut all = vec!["taskset", "-c", "0", bin.to_str().expect("utf-8 path")];
-    all.extend_from_slice(argv);
-    let out = client.exec_timeout(&all, Duration::from_secs(u64::from(seconds) + 30));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        field(&text, "ok=").is_some(),
-        "netprobe {argv:?} reported nothing: {}",
-        describe(&out)
-    );
-    text
-}
-
-/// Measures both workloads from `client` to `vip` once.
-fn measure(client: &dyn InNetns, vip: Ipv4Addr, seconds: u32) -> Run {
-    let secs = seconds.to_string();
-    let tcp = format!("{vip}:{TCP_PORT}");
-    let udp = format!("{vip}:{UDP_PORT}");
-    let crr = client_run(
-        client,
-        &[
-            "crr",
-            "tcp",
-            &tcp,
-            "--seconds",
-            &secs,
-            "--timeout-ms",
-            "2000",
-        ],
-        seconds,
-    );
-    let urr = client_run(
-        client,
-        &[
-            "urr",
-            "udp",
-            &udp,
-            "--seconds",
-            &secs,
-            "--timeout-ms",
-            UDP_TIMEOUT_MS,
-        ],
-        seconds,
-    );
-    let get = |text: &str, key: &str| field(text, key).unwrap_or(f64::NAN);
-    let run = Run {
-        tcp_rate: get(&crr, "rate="),
-        tcp_failed: get(&crr, "failed="),
-        connect_p50: get(&crr, "connect_p50_us="),
-        connect_p99: get(&crr, "connect_p99_us="),
-        udp_rate: get(&urr, "rate="),
-        udp_failed: get(&urr, "failed="),
-        udp_p99: get(&urr, "p99_us="),
-    };
-    assert!(
-        get(&crr, "ok=") > 0.0 && get(&urr, "ok=") > 0.0,
-        "no TCP connection or UDP request to {vip} worked: {crr} / {urr}"
-    );
-    run
 }
 
 /// A file removed on drop.
