@@ -70,6 +70,9 @@ pub struct Metrics {
     pub peers_programmed: AtomicU64,
     /// Milliseconds the first full sync took, from the agent's start.
     pub initial_sync_ms: AtomicU64,
+    /// Health-check node ports being served, and binds that failed (see [`super::health`]).
+    pub health_check_ports: AtomicU64,
+    pub health_check_bind_failures: AtomicU64,
     latency: Mutex<Histogram>,
 }
 
@@ -202,6 +205,20 @@ impl Metrics {
             "Time from start to the first full sync programmed.",
             "gauge",
             load(&self.initial_sync_ms),
+        );
+        gauge(
+            &mut out,
+            "podnet_agent_health_check_ports",
+            "Health-check node ports served (eTP Local services).",
+            "gauge",
+            load(&self.health_check_ports),
+        );
+        gauge(
+            &mut out,
+            "podnet_agent_health_check_bind_failures_total",
+            "Health-check node ports that could not be bound (in use).",
+            "counter",
+            load(&self.health_check_bind_failures),
         );
         self.render_latency(&mut out);
         out.push_str(datapath);
