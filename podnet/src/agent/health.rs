@@ -6,16 +6,16 @@
 //! every request, whatever its path, with `200 OK` while this node has at least one local ready
 //! endpoint of the service and `503 Service Unavailable` while it has none, so an external load
 //! balancer sends traffic only to nodes that can serve it without leaving the node. The body is
-//! kube-proxy's:
+//! kube-proxy's, byte for byte (indented with tabs, shown here with spaces):
 //!
 //! ```text
 //! {
-//! 	"service": {
-//! 		"namespace": "shop",
-//! 		"name": "web"
-//! 	},
-//! 	"localEndpoints": 1,
-//! 	"serviceProxyHealthy": true
+//!     "service": {
+//!         "namespace": "shop",
+//!         "name": "web"
+//!     },
+//!     "localEndpoints": 1,
+//!     "serviceProxyHealthy": true
 //! }
 //! ```
 //!

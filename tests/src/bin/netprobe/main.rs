@@ -5,7 +5,7 @@
 //! netprobe http --listen IP:PORT [--count N]
 //! netprobe connect tcp|udp IP:PORT [--timeout-ms 2000] [--payload TEXT] [--source-port P]
 //!                 [--show-peer] [--unconnected]
-//! netprobe http-get IP:PORT [--path /] [--timeout-ms 2000]
+//! netprobe http-get IP:PORT [--path /] [--timeout-ms 2000] [--whole]
 //! netprobe churn tcp IP:PORT --count N [--timeout-ms 2000]
 //! netprobe stream tcp IP:PORT --seconds S [--timeout-ms 2000] [--line-bytes N] [--stop-file F]
 //! netprobe rr tcp IP:PORT --seconds S [--timeout-ms 2000]
@@ -51,6 +51,9 @@
 //! With `--stop-file F`, `stream` and `crr` end early once the file F exists (S stays the upper
 //! bound), so a test can keep load running for exactly as long as something else takes.
 //!
+//! `http-get` prints the body of a 200 response and fails on any other status; with `--whole`
+//! it prints the whole response (status line, headers, body) whatever the status.
+//!
 //! `serve-many` and `hold` are for thousands of concurrent connections (see [`many`]).
 
 mod many;
@@ -77,7 +80,7 @@ const USAGE: &str = "usage:
   netprobe serve tcp|udp --listen IP:PORT [--count N] [--echo]
   netprobe http --listen IP:PORT [--count N]
   netprobe connect tcp|udp IP:PORT [--timeout-ms MS] [--payload TEXT] [--source-port P (udp)]
-  netprobe http-get IP:PORT [--path PATH] [--timeout-ms MS]
+  netprobe http-get IP:PORT [--path PATH] [--timeout-ms MS] [--whole]
   netprobe churn tcp IP:PORT --count N [--timeout-ms MS]
   netprobe stream tcp IP:PORT --seconds S [--timeout-ms MS] [--line-bytes N] [--stop-file F]
   netprobe rr tcp IP:PORT --seconds S [--timeout-ms MS]
@@ -114,7 +117,7 @@ struct Args {
     switches: Vec<String>,
 }
 
-const SWITCHES: &[&str] = &["--echo", "--show-peer", "--unconnected"];
+const SWITCHES: &[&str] = &["--echo", "--show-peer", "--unconnected", "--whole"];
 const FLAGS: &[&str] = &[
     "--listen",
     "--count",
@@ -291,7 +294,8 @@ fn run(args: &Args) -> Result<ExitCode> {
         }
         "http-get" => {
             let path: String = args.flag("--path")?.unwrap_or_else(|| "/".into());
-            let body = http_get(args.addr(1)?, &path, args.timeout()?)?;
+            let whole = args.switch("--whole");
+            let body = http_get(args.addr(1)?, &path, args.timeout()?, whole)?;
             print!("{body}");
             Ok(ExitCode::SUCCESS)
         }
@@ -639,7 +643,7 @@ fn udp_request(
     Ok((text.trim_end_matches(['\r', '\n']).to_owned(), from))
 }
 
-fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String> {
+fn http_get(addr: SocketAddr, path: &str, timeout: Duration, whole: bool) -> Result<String> {
     let deadline = Instant::now() + timeout;
     let stream = connect(addr, timeout)?;
     let mut out = &stream;
@@ -671,6 +675,9 @@ fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String> {
         }
     }
     let text = String::from_utf8_lossy(&response);
+    if whole {
+        return Ok(text.into_owned());
+    }
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| failed(format!("malformed HTTP response: {text:?}")))?;
