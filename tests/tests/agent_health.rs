@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use podnet_tests::{
     InNetns, Scenario,
-    agent_cluster::{AgentCluster, metric},
+    agent_cluster::{AgentCluster, AgentNode, metric},
     apiserver::Resource,
     describe, netprobe, require_root, wait_until,
 };
@@ -132,6 +132,15 @@ fn wait_for(
     started.elapsed()
 }
 
+/// Waits until `node`'s metric `name` reads `value` (a scrape may time out on a busy machine).
+fn wait_metric(node: &AgentNode, name: &str, value: f64) {
+    wait_until(
+        CHANGE_WITHIN,
+        &format!("{} {name} {value}", node.name),
+        || metric(&node.ns, name) == Some(value),
+    );
+}
+
 #[test]
 fn health_check_node_ports_follow_local_endpoints_and_close_with_the_service() {
     require_root!();
@@ -192,10 +201,7 @@ fn health_check_node_ports_follow_local_endpoints_and_close_with_the_service() {
         2,
         "node-0 still answers for lb",
     );
-    assert_eq!(
-        metric(&node0.ns, "podnet_agent_health_check_ports"),
-        Some(1.0)
-    );
+    wait_metric(node0, "podnet_agent_health_check_ports", 1.0);
     cluster
         .api
         .delete(Resource::Service, "default", "other")
@@ -250,9 +256,6 @@ fn health_check_node_ports_follow_local_endpoints_and_close_with_the_service() {
         started.elapsed().as_millis(),
     );
     for node in [node0, node1] {
-        assert_eq!(
-            metric(&node.ns, "podnet_agent_health_check_ports"),
-            Some(0.0)
-        );
+        wait_metric(node, "podnet_agent_health_check_ports", 0.0);
     }
 }

@@ -43,21 +43,17 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     net::TcpListener,
     runtime::Handle,
     task::JoinHandle,
 };
 
-use super::metrics::Metrics;
+use super::metrics::{Metrics, read_head};
 use crate::model::service::{Metadata, Service, TrafficPolicy};
 
 /// Where the health-check ports listen: every address of the node (kube-proxy's default).
 pub const LISTEN_IP: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
-/// The longest request head read; every request gets the same answer, so the rest is ignored.
-const MAX_REQUEST: usize = 4096;
-/// How long a client may take to send its request head.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after a failed `accept` (out of file descriptors, say) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -120,18 +116,8 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     local_endpoints: &AtomicUsize,
     metrics: &Metrics,
 ) {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    let read = async {
-        while head.len() < MAX_REQUEST && !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => head.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
     // A client that sends nothing gets nothing; one that stops mid-request gets the answer.
-    let _ = tokio::time::timeout(REQUEST_TIMEOUT, read).await;
+    let head = read_head(&mut conn).await;
     if head.is_empty() {
         return;
     }
@@ -323,6 +309,8 @@ fn listen(
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt as _;
+
     use super::*;
     use crate::model::service::{Conditions, Endpoint};
 
@@ -445,6 +433,21 @@ mod tests {
                     "{reply}"
                 );
             }
+            // A request in several segments is read whole before the answer.
+            let (mut client, server) = tokio::io::duplex(8192);
+            let answered = tokio::spawn(async move {
+                let metrics = Metrics::default();
+                metrics.ready.store(true, Ordering::Relaxed);
+                answer(server, &key(), &AtomicUsize::new(1), &metrics).await;
+            });
+            for part in ["GET ", "/ HTTP/1.1\r\n", "Host: x\r\n", "\r\n"] {
+                client.write_all(part.as_bytes()).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+            let mut reply = String::new();
+            client.read_to_string(&mut reply).await.expect("read");
+            answered.await.expect("answered");
+            assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
             count.store(0, Ordering::Relaxed);
             let (mut client, server) = tokio::io::duplex(8192);
             client

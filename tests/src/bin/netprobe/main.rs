@@ -647,7 +647,8 @@ fn http_get(addr: SocketAddr, path: &str, timeout: Duration, whole: bool) -> Res
     let deadline = Instant::now() + timeout;
     let stream = connect(addr, timeout)?;
     let mut out = &stream;
-    write!(out, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // One write: a server that reads the request in one go sees all of it.
+    out.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 8192];
     let mut input = &stream;
