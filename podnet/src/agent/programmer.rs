@@ -143,13 +143,13 @@ fn apply(
                 .filter_map(|s| Some((s.metadata.clone(), health.check(s)?)))
                 .collect();
             let done = table.replace_all(ctx, services).map(drop);
-            if done.is_ok() {
-                health.replace_all(&checks);
-            }
             if let Some(start) = first_sync_of {
                 let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
                 metrics.initial_sync_ms.store(ms, Ordering::Relaxed);
                 metrics.ready.store(done.is_ok(), Ordering::Relaxed);
+            }
+            if done.is_ok() {
+                health.replace_all(&checks);
             }
             (done, Some(since), true)
         }
