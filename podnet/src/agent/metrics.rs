@@ -13,7 +13,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,
 };
 
@@ -70,6 +70,9 @@ pub struct Metrics {
     pub peers_programmed: AtomicU64,
     /// Milliseconds the first full sync took, from the agent's start.
     pub initial_sync_ms: AtomicU64,
+    /// Health-check node ports being served, and binds that failed (see [`super::health`]).
+    pub health_check_ports: AtomicU64,
+    pub health_check_bind_failures: AtomicU64,
     latency: Mutex<Histogram>,
 }
 
@@ -203,10 +206,47 @@ impl Metrics {
             "gauge",
             load(&self.initial_sync_ms),
         );
+        gauge(
+            &mut out,
+            "podnet_agent_health_check_ports",
+            "Health-check node ports served (eTP Local services).",
+            "gauge",
+            load(&self.health_check_ports),
+        );
+        gauge(
+            &mut out,
+            "podnet_agent_health_check_bind_failures_total",
+            "Health-check node ports that could not be bound (in use).",
+            "counter",
+            load(&self.health_check_bind_failures),
+        );
         self.render_latency(&mut out);
         out.push_str(datapath);
         out
     }
+}
+
+/// The longest request head read; the rest of a request is not looked at.
+const MAX_REQUEST_HEAD: usize = 4096;
+/// How long a client may take to send its request head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads an HTTP request head from `conn`: until the blank line that ends it, the client's
+/// end of stream, [`MAX_REQUEST_HEAD`] bytes or [`REQUEST_TIMEOUT`], whichever comes first
+/// (a request may arrive in several segments). Empty when the client sent nothing.
+pub async fn read_head<S: AsyncRead + Unpin>(conn: &mut S) -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    let read = async {
+        while head.len() < MAX_REQUEST_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, read).await;
+    head
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
@@ -222,13 +262,8 @@ pub async fn serve(
         };
         let (metrics, datapath) = (metrics.clone(), datapath.clone());
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]);
+            let head = read_head(&mut conn).await;
+            let request = String::from_utf8_lossy(&head);
             let path = request.split_whitespace().nth(1).unwrap_or("");
             let (status, body) = match path {
                 "/metrics" => ("200 OK", metrics.render(&datapath())),

@@ -8,12 +8,15 @@
 //! 3. programs changes incrementally on one programming thread: one Service changing rewrites
 //!    that Service only; a relist replaces the whole table, rewriting what differs from the
 //!    maps (so a restart after kill -9 converges without touching established flows);
-//! 4. runs the conntrack collector, and serves `/metrics`, `/healthz` and `/readyz`.
+//! 4. runs the conntrack collector, and serves `/metrics`, `/healthz` and `/readyz`;
+//! 5. serves the health-check node ports of `externalTrafficPolicy: Local` services, as
+//!    kube-proxy does ([`health`]).
 //!
 //! A front end like the CLI and the CNI plugin: it maps the API to operations.
 
 pub mod cluster;
 pub mod convert;
+pub mod health;
 pub mod metrics;
 pub mod programmer;
 
@@ -155,7 +158,9 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     let seed = runtime.block_on(own_node(&client, &opts.node_name))?;
     let settings = settings(opts, &seed)?;
     let metrics = Arc::new(Metrics::default());
-    let programmer = programmer::start(settings.clone(), metrics.clone())?;
+    let health =
+        health::HealthChecks::new(runtime.handle().clone(), settings.pod_cidr, metrics.clone());
+    let programmer = programmer::start(settings.clone(), metrics.clone(), health)?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(opts.metrics_addr))?;
     let scrape_settings = settings.clone();
     let datapath: Arc<dyn Fn() -> String + Send + Sync> =

@@ -1,15 +1,17 @@
 //! The agent's programming thread: it owns the node's operation context (maps, netlink) and
 //! applies the changes the watches produce, one at a time and in order, recording the time
 //! from each API event to its map write. It also runs `node init` first, and the conntrack
-//! collector beside it. (Operations block on their own netlink runtime, so they run here and
+//! collector beside it, and keeps the health-check node ports ([`super::health`]) in step with
+//! the service table. (Operations block on their own netlink runtime, so they run here and
 //! not on the agent's async workers.)
 
 use std::{
+    collections::BTreeMap,
     sync::{Arc, atomic::Ordering, mpsc},
     time::{Duration, Instant},
 };
 
-use super::{AgentError, metrics::Metrics};
+use super::{AgentError, health::HealthChecks, metrics::Metrics};
 use crate::{
     config::NodeSettings,
     model::{peer::PeerNode, service::Metadata, service::Service},
@@ -48,7 +50,11 @@ impl Handle {
 const SAVE_WHEN_IDLE: Duration = Duration::from_secs(2);
 
 /// Runs `node init` from `settings`, starts the collector, and starts the programming thread.
-pub fn start(settings: NodeSettings, metrics: Arc<Metrics>) -> Result<Handle, AgentError> {
+pub fn start(
+    settings: NodeSettings,
+    metrics: Arc<Metrics>,
+    mut health: HealthChecks,
+) -> Result<Handle, AgentError> {
     let report = ops::node::check(settings)?.init()?;
     let settings = report.settings;
     if settings.gc_interval > 0 {
@@ -67,7 +73,7 @@ pub fn start(settings: NodeSettings, metrics: Arc<Metrics>) -> Result<Handle, Ag
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("podnet-programmer".to_owned())
-        .spawn(move || program(&ctx, &mut table, &rx, &metrics))?;
+        .spawn(move || program(&ctx, &mut table, &rx, &metrics, &mut health))?;
     Ok(Handle { tx })
 }
 
@@ -76,11 +82,12 @@ fn program(
     table: &mut ops::service::Programmed,
     rx: &mpsc::Receiver<Work>,
     metrics: &Metrics,
+    health: &mut HealthChecks,
 ) {
     let mut dirty = false;
     loop {
         match rx.recv_timeout(SAVE_WHEN_IDLE) {
-            Ok(work) => dirty |= apply(ctx, table, work, metrics),
+            Ok(work) => dirty |= apply(ctx, table, work, metrics, health),
             Err(mpsc::RecvTimeoutError::Timeout) if dirty => {
                 if let Err(e) = table.save(ctx) {
                     eprintln!("podnet agent: saving the service table: {e}");
@@ -93,8 +100,15 @@ fn program(
     }
 }
 
-/// Applies one change; whether the service table changed.
-fn apply(ctx: &Ctx, table: &mut ops::service::Programmed, work: Work, metrics: &Metrics) -> bool {
+/// Applies one change (then the health checks follow what the maps hold); whether the service
+/// table changed.
+fn apply(
+    ctx: &Ctx,
+    table: &mut ops::service::Programmed,
+    work: Work,
+    metrics: &Metrics,
+    health: &mut HealthChecks,
+) -> bool {
     let (result, since, table_changed) = match work {
         Work::Peers(peers) => {
             let n = peers.len() as u64;
@@ -104,18 +118,38 @@ fn apply(ctx: &Ctx, table: &mut ops::service::Programmed, work: Work, metrics: &
             }
             (done, None, false)
         }
-        Work::Upsert(svc, since) => (table.upsert(ctx, svc).map(drop), Some(since), true),
-        Work::Remove(key, since) => (table.remove(ctx, &key).map(drop), Some(since), true),
+        Work::Upsert(svc, since) => {
+            let (key, check) = (svc.metadata.clone(), health.check(&svc));
+            let done = table.upsert(ctx, svc).map(drop);
+            if done.is_ok() {
+                health.set(&key, check);
+            }
+            (done, Some(since), true)
+        }
+        Work::Remove(key, since) => {
+            let done = table.remove(ctx, &key).map(drop);
+            if done.is_ok() {
+                health.set(&key, None);
+            }
+            (done, Some(since), true)
+        }
         Work::ReplaceAll {
             services,
             since,
             first_sync_of,
         } => {
+            let checks: BTreeMap<Metadata, _> = services
+                .iter()
+                .filter_map(|s| Some((s.metadata.clone(), health.check(s)?)))
+                .collect();
             let done = table.replace_all(ctx, services).map(drop);
             if let Some(start) = first_sync_of {
                 let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
                 metrics.initial_sync_ms.store(ms, Ordering::Relaxed);
                 metrics.ready.store(done.is_ok(), Ordering::Relaxed);
+            }
+            if done.is_ok() {
+                health.replace_all(&checks);
             }
             (done, Some(since), true)
         }

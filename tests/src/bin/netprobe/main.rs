@@ -5,7 +5,7 @@
 //! netprobe http --listen IP:PORT [--count N]
 //! netprobe connect tcp|udp IP:PORT [--timeout-ms 2000] [--payload TEXT] [--source-port P]
 //!                 [--show-peer] [--unconnected]
-//! netprobe http-get IP:PORT [--path /] [--timeout-ms 2000]
+//! netprobe http-get IP:PORT [--path /] [--timeout-ms 2000] [--whole]
 //! netprobe churn tcp IP:PORT --count N [--timeout-ms 2000]
 //! netprobe stream tcp IP:PORT --seconds S [--timeout-ms 2000] [--line-bytes N] [--stop-file F]
 //! netprobe rr tcp IP:PORT --seconds S [--timeout-ms 2000]
@@ -54,6 +54,9 @@
 //! With `--stop-file F`, `stream` and `crr` end early once the file F exists (S stays the upper
 //! bound), so a test can keep load running for exactly as long as something else takes.
 //!
+//! `http-get` prints the body of a 200 response and fails on any other status; with `--whole`
+//! it prints the whole response (status line, headers, body) whatever the status.
+//!
 //! `serve-many` and `hold` are for thousands of concurrent connections (see [`many`]).
 
 mod many;
@@ -80,7 +83,7 @@ const USAGE: &str = "usage:
   netprobe serve tcp|udp --listen IP:PORT [--count N] [--echo]
   netprobe http --listen IP:PORT [--count N]
   netprobe connect tcp|udp IP:PORT [--timeout-ms MS] [--payload TEXT] [--source-port P (udp)]
-  netprobe http-get IP:PORT [--path PATH] [--timeout-ms MS]
+  netprobe http-get IP:PORT [--path PATH] [--timeout-ms MS] [--whole]
   netprobe churn tcp IP:PORT --count N [--timeout-ms MS]
   netprobe stream tcp IP:PORT --seconds S [--timeout-ms MS] [--line-bytes N] [--stop-file F]
   netprobe rr tcp IP:PORT --seconds S [--timeout-ms MS]
@@ -117,7 +120,7 @@ struct Args {
     switches: Vec<String>,
 }
 
-const SWITCHES: &[&str] = &["--echo", "--show-peer", "--unconnected"];
+const SWITCHES: &[&str] = &["--echo", "--show-peer", "--unconnected", "--whole"];
 const FLAGS: &[&str] = &[
     "--listen",
     "--count",
@@ -294,7 +297,8 @@ fn run(args: &Args) -> Result<ExitCode> {
         }
         "http-get" => {
             let path: String = args.flag("--path")?.unwrap_or_else(|| "/".into());
-            let body = http_get(args.addr(1)?, &path, args.timeout()?)?;
+            let whole = args.switch("--whole");
+            let body = http_get(args.addr(1)?, &path, args.timeout()?, whole)?;
             print!("{body}");
             Ok(ExitCode::SUCCESS)
         }
@@ -642,11 +646,12 @@ fn udp_request(
     Ok((text.trim_end_matches(['\r', '\n']).to_owned(), from))
 }
 
-fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String> {
+fn http_get(addr: SocketAddr, path: &str, timeout: Duration, whole: bool) -> Result<String> {
     let deadline = Instant::now() + timeout;
     let stream = connect(addr, timeout)?;
     let mut out = &stream;
-    write!(out, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // One write: a server that reads the request in one go sees all of it.
+    out.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 8192];
     let mut input = &stream;
@@ -674,6 +679,9 @@ fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String> {
         }
     }
     let text = String::from_utf8_lossy(&response);
+    if whole {
+        return Ok(text.into_owned());
+    }
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| failed(format!("malformed HTTP response: {text:?}")))?;
