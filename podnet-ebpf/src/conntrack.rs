@@ -184,11 +184,13 @@ pub fn admit(cfg: &NodeConfig) -> bool {
 /// How a new flow's translated source port is chosen.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum PortChoice {
-    /// Keep `nat.sport` as given.
-    Keep,
     /// Allocate from the SNAT range: the original port if it is in range and free, otherwise
     /// the first free port probing linearly from a random start.
     Allocate { random: u32 },
+    /// Keep `nat.sport` if the reply tuple is free, otherwise allocate as [`Self::Allocate`]
+    /// (for DNAT: a client port reused towards another frontend whose flow went to the same
+    /// backend and is still closing; the kernel's NAT resolves that clash the same way).
+    KeepElseAllocate { random: u32 },
 }
 
 /// Creates both entries of a new flow whose first packet has tuple `key` and is rewritten to
@@ -227,11 +229,10 @@ pub fn create(
     };
     let mut reply_new = true;
     match ports {
-        PortChoice::Keep => match claim_reply(&reply_key, &reply) {
-            Some(new) => reply_new = new,
-            None => return Err(reason::DROP_NAT_NO_PORT),
-        },
-        PortChoice::Allocate { random } => {
+        PortChoice::KeepElseAllocate { .. } if let Some(new) = claim_reply(&reply_key, &reply) => {
+            reply_new = new;
+        }
+        PortChoice::Allocate { random } | PortChoice::KeepElseAllocate { random } => {
             let min = u32::from(cfg.snat_port_min);
             let span = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
             let original = u32::from(nat.sport);

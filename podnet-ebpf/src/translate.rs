@@ -109,7 +109,10 @@ fn start_service_flow(
     } else if snat_remote {
         (ct_kind::REMOTE_BACKEND, allocate, cfg.node_ip)
     } else {
-        (ct_kind::DNAT, PortChoice::Keep, pkt.key.saddr)
+        let ports = PortChoice::KeepElseAllocate {
+            random: services::random(),
+        };
+        (ct_kind::DNAT, ports, pkt.key.saddr)
     };
     let nat = CtNat {
         saddr,

@@ -656,3 +656,40 @@ fn client_ip_affinity_holds_for_200_connections_survives_other_changes_and_expir
         assert!(after.len() > 1, "affinity expires: {after:?}");
     });
 }
+
+#[test]
+fn a_client_port_reused_towards_another_clusterip_with_the_same_backend_gets_a_new_source_port() {
+    require_root!();
+    in_node_netns(|| {
+        let mut h = Harness::new();
+        let other_vip = Ipv4Addr::new(10, 96, 0, 12);
+        h.service(other_vip, 80, TCP, &[(POD_B, 8080)], svc_flag::CLUSTER_IP);
+        let client = (POD_A, 40000);
+        let backend = (POD_B, 8080);
+        let (verdict, out) = h.pod_sends(&tcp_frame(GW_MAC, MAC_A, client, (VIP, 80), SYN, b""));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_translated(&out, &tcp_frame(MAC_B, GW_MAC, client, backend, SYN, b""));
+        // The first flow is still tracked when the client, free to reuse its port towards
+        // another destination, connects to the other ClusterIP, which picks the same backend:
+        // the backend's side of the tuple is taken, so the source port is remapped (as the
+        // kernel's NAT does), not the SYN dropped.
+        let syn = tcp_frame(GW_MAC, MAC_A, client, (other_vip, 80), SYN, b"");
+        let (verdict, out) = h.pod_sends(&syn);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "not dropped");
+        let sport = u16_at(&out, L4);
+        assert!((PORT_MIN..=PORT_MAX).contains(&sport), "remapped: {sport}");
+        assert_translated(
+            &out,
+            &tcp_frame(MAC_B, GW_MAC, (POD_A, sport), backend, SYN, b""),
+        );
+        // The backend's reply goes back to the client's own port, from the ClusterIP it used.
+        let syn_ack = tcp_frame(GW_MAC, MAC_B, backend, (POD_A, sport), SYN_ACK, b"");
+        let (verdict, out) = h.pod_sends(&syn_ack);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_translated(
+            &out,
+            &tcp_frame(MAC_A, GW_MAC, (other_vip, 80), client, SYN_ACK, b""),
+        );
+        assert_eq!(h.counted(reason::DROP_NAT_NO_PORT), 0);
+    });
+}

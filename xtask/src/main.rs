@@ -147,7 +147,7 @@ fn bench(root: &Path, quick: bool) -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let release = root.join("target/release");
     let perf = [work.join("perf-same-node.md"), work.join("perf-nat.md")];
-    let benches: [(&str, Vec<&std::ffi::OsStr>); 6] = [
+    let benches: [(&str, Vec<&std::ffi::OsStr>); 7] = [
         ("podnet-bench", vec!["--perf".as_ref(), perf[0].as_os_str()]),
         ("podnet-multinode-bench", vec![]),
         (
@@ -155,6 +155,7 @@ fn bench(root: &Path, quick: bool) -> Result<()> {
             vec!["--perf".as_ref(), perf[1].as_os_str()],
         ),
         ("podnet-service-bench", vec![]),
+        ("podnet-selection-bench", vec![]),
         (
             "podnet-agent-bench",
             vec!["--rounds".as_ref(), "1".as_ref()],

@@ -112,4 +112,3 @@ pub fn measure(client: &dyn InNetns, vip: Ipv4Addr, seconds: u32) -> Run {
     );
     run
 }
-

@@ -29,11 +29,7 @@
 //! `--seconds S` (2), `--quick` (2 rounds x 1 s, and no 30,000-service point), `--out DIR`,
 //! `--sizes N,N,...`.
 
-use std::{
-    net::Ipv4Addr,
-    path::Path,
-    time::Instant,
-};
+use std::{net::Ipv4Addr, path::Path, time::Instant};
 
 use podnet_tests::{
     ChildGuard, InNetns, Node, PodInfo,
@@ -44,11 +40,9 @@ use podnet_tests::{
         median,
         series::BenchOutput,
         service_run::{
-            Run, TCP_PORT, TCP_TARGET, UDP_PORT, UDP_TARGET, UDP_TIMEOUT_MS, measure,
-            serve_backend,
+            Run, TCP_PORT, TCP_TARGET, UDP_PORT, UDP_TARGET, UDP_TIMEOUT_MS, measure, serve_backend,
         },
     },
-
     service_table::{Protocol, ServiceTable, cluster_ip_service, port},
     unique,
 };

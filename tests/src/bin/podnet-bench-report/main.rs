@@ -14,12 +14,13 @@ use std::{fmt::Write as _, path::PathBuf};
 use podnet_tests::bench::{cmd_line, machine, median, series::BenchOutput, series::Series, spread};
 
 /// The order of the sections, by benchmark name.
-const ORDER: [&str; 7] = [
+const ORDER: [&str; 8] = [
     "same-node",
     "cross-node",
     "nat",
     "scaling",
     "services",
+    "selection",
     "agent",
     "cni",
 ];
