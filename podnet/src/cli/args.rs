@@ -190,6 +190,11 @@ pub struct InitArgs {
     /// Do not balance services at the socket: pods' service traffic takes the TC path alone.
     #[arg(long)]
     pub no_socket_lb: bool,
+    /// A destination outside the cluster that pods reach with their own address, not SNATed
+    /// to the node IP (ip-masq-agent's nonMasqueradeCIDRs), e.g. 192.168.0.0/16. Repeat for
+    /// more (at most 256); given, they replace the config file's list.
+    #[arg(long = "non-masquerade-cidr")]
+    pub non_masquerade_cidrs: Vec<Ipv4Network>,
     /// Load the eBPF programs from this object file instead of the one built into podnet (a
     /// rebuilt program version; the node's maps and flows are kept). Not recorded: a later
     /// `node init` without it loads the built-in programs again.
@@ -451,6 +456,7 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         cgroup,
         service_cidr,
         no_socket_lb,
+        non_masquerade_cidrs,
         ebpf_object: _,
     } = args;
     let mut settings: serde_json::Map<String, serde_json::Value> = match &config {
@@ -492,6 +498,13 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     set("service_cidr", service_cidr.map(|v| s(&v)));
     if no_socket_lb {
         set("socket_lb", Some(serde_json::Value::Bool(false)));
+    }
+    if !non_masquerade_cidrs.is_empty() {
+        let cidrs = non_masquerade_cidrs.iter().map(|c| s(c)).collect();
+        set(
+            "non_masquerade_cidrs",
+            Some(serde_json::Value::Array(cidrs)),
+        );
     }
     if no_anti_spoof {
         set("anti_spoof", Some(serde_json::Value::Bool(false)));

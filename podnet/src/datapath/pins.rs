@@ -54,6 +54,8 @@ pub fn key_value_sizes(name: &str) -> (u32, u32) {
         map_name::POD_NETNS => (8, size(size_of::<PodNetns>())),
         // LPM key: a u32 prefix length, then the address.
         map_name::PEERS => (8, size(size_of::<Peer>())),
+        // LPM key as above; the value says the prefix is present.
+        map_name::NON_MASQUERADE => (8, 4),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
 }
