@@ -1,14 +1,16 @@
 //! The kernel side as userspace sees it, split by mechanism: which object is loaded
 //! ([`object`]), loading and pinning programs and maps ([`loader`]), where they are pinned
 //! ([`pins`]), attaching classifiers to interfaces ([`attach`]) and socket programs to cgroups
-//! ([`cgroup`]), the debug log ([`log`]), and typed access to the pinned maps, one module per
+//! ([`cgroup`]; whose they are: [`cgroup_owners`]), the debug log ([`log`]), and typed access to the pinned maps, one module per
 //! map ([`maps`]; the service maps, written in batches, in [`services_map`]). No records and no use cases: the operations layer combines these.
 //!
 //! Inside, imports point one way: `loader` uses `object`, `attach`, `cgroup` and `pins`;
+//! `cgroup_owners` uses `cgroup`;
 //! `object`, `attach` and `log` use `pins`.
 
 pub mod attach;
 pub mod cgroup;
+pub mod cgroup_owners;
 pub mod loader;
 pub mod log;
 pub mod maps;
