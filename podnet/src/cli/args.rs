@@ -428,6 +428,27 @@ fn netns_path(spec: &str) -> PathBuf {
     }
 }
 
+/// Puts `--ct-timeout` values over the config file's `ct_timeouts` (each field on its own).
+fn merge_timeouts(
+    settings: &mut serde_json::Map<String, serde_json::Value>,
+    ct_timeouts: Vec<(String, u32)>,
+) {
+    if ct_timeouts.is_empty() {
+        return;
+    }
+    let mut timeouts = match settings.remove("ct_timeouts") {
+        Some(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    for (name, secs) in ct_timeouts {
+        timeouts.insert(name, serde_json::Value::from(secs));
+    }
+    settings.insert(
+        "ct_timeouts".to_owned(),
+        serde_json::Value::Object(timeouts),
+    );
+}
+
 /// Settings for `node init`: the config file (if any), then flags on top, then defaults.
 pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     let InitArgs {
@@ -511,19 +532,7 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     }
 
     set("state_dir", Some(s(&state_dir.display())));
-    if !ct_timeouts.is_empty() {
-        let mut timeouts = match settings.remove("ct_timeouts") {
-            Some(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
-        for (name, secs) in ct_timeouts {
-            timeouts.insert(name, serde_json::Value::from(secs));
-        }
-        settings.insert(
-            "ct_timeouts".to_owned(),
-            serde_json::Value::Object(timeouts),
-        );
-    }
+    merge_timeouts(&mut settings, ct_timeouts);
     for required in ["pod_cidr", "cluster_cidr", "uplink"] {
         if !settings.contains_key(required) {
             bail!(
