@@ -29,7 +29,13 @@ use crate::{datapath::cgroup_owners, sys::live_netns};
 /// `NAME (id ID, netns cookie COOKIE)`.
 pub fn detach_dead(cgroup: &Path) -> Result<Vec<String>> {
     let attached = cgroup_owners::attached_sock_programs(cgroup)?;
-    if attached.iter().all(|p| p.netns_cookie.is_none()) {
+    // podnet runs in its node's namespace: that node is alive, and when it is the only owner
+    // there is nothing to scan for.
+    let own = live_netns::current_cookie().ok();
+    if attached
+        .iter()
+        .all(|p| p.netns_cookie.is_none() || p.netns_cookie == own)
+    {
         return Ok(Vec::new());
     }
     let live = live_netns::live_cookies()?;
