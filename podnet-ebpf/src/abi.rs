@@ -41,8 +41,11 @@ pub mod map_name {
     /// Maglev lookup tables: service id -> an array of [`super::MAGLEV_TABLE_SIZE`] backend
     /// ids (a hash of maps; each frontend that uses Maglev has its own inner array).
     pub const MAGLEV: &str = "MAGLEV";
+    /// Destinations pods reach with their own address, never SNATed (the node setting
+    /// `non_masquerade_cidrs`, longest prefix match).
+    pub const NON_MASQUERADE: &str = "NON_MASQUERADE";
     /// Every map, for pinning, listing and cleanup.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         CONFIG,
         ENDPOINTS,
         STATS,
@@ -56,6 +59,7 @@ pub mod map_name {
         PEERS,
         AFFINITY,
         MAGLEV,
+        NON_MASQUERADE,
     ];
 }
 
@@ -466,6 +470,16 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// 5,000 nodes; 8,192 leaves room and costs ~0.5 MiB (LPM trie nodes are allocated on use).
 pub const DEFAULT_PEERS_MAX: u32 = 8_192;
 
+/// Entries in the `NON_MASQUERADE` LPM trie: the most masquerade exclusions a node may list
+/// (`non_masquerade_cidrs`). ip-masq-agent's lists are a handful of prefixes (RFC 1918 and a
+/// few peered networks); 256 leaves ample room and costs next to nothing (LPM trie nodes are
+/// allocated on use, ~64 bytes each: 16 KiB full).
+pub const NON_MASQUERADE_MAX: u32 = 256;
+
+/// Value of a `NON_MASQUERADE` entry (key: `prefix_len` + the network address): the entry's
+/// presence is what counts.
+pub const NON_MASQUERADE_PRESENT: u32 = 1;
+
 /// Value of the `PEERS` LPM trie (key: `prefix_len` + the pod CIDR's network address): the
 /// node that owns the pod CIDR.
 #[repr(C)]
@@ -732,8 +746,11 @@ pub mod reason {
     pub const SOCK_REJECT: u32 = 30;
     /// Pod traffic to a service frontend, destination rewritten to a backend (no SNAT).
     pub const SERVICE_DNAT: u32 = 31;
+    /// Pod traffic leaving the cluster for a masquerade exclusion (`non_masquerade_cidrs`):
+    /// handed to the kernel with the pod's own address, never SNATed.
+    pub const PASS_NON_MASQUERADE: u32 = 32;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 32;
+    pub const COUNT: u32 = 33;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -769,6 +786,7 @@ pub mod reason {
         "sock_rev_nat",
         "sock_reject",
         "service_dnat",
+        "pass_non_masquerade",
     ];
 }
 

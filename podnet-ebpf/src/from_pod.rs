@@ -7,7 +7,8 @@
 //! backend; other traffic to the service CIDR goes to the kernel untouched (whatever else
 //! serves it, kube-proxy say, must see the pod's own address); IPv4 to another node's pod CIDR goes
 //! straight out of the uplink to that node with its addresses untouched (native routing);
-//! traffic leaving the cluster is SNATed to the node IP. Everything else (ARP, IPv6, broadcast,
+//! traffic to a masquerade exclusion (`non_masquerade_cidrs`) goes to the kernel with the pod's
+//! address; other traffic leaving the cluster is SNATed to the node IP. Everything else (ARP, IPv6, broadcast,
 //! the node's own addresses, other nodes' pods, anything malformed) goes to the kernel
 //! unchanged, as it would without podnet. With anti-spoofing on, IPv4 and ARP that claim an
 //! address or MAC other than the pod's own are dropped.
@@ -23,6 +24,7 @@ use podnet_ebpf::abi::{config_flag, reason};
 use crate::{
     conntrack, fib, forward,
     maps::debug_enabled,
+    masquerade,
     parse::{self, in_prefix},
     stats, translate,
 };
@@ -129,6 +131,11 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
         // Another node's own IP is inside the cluster: no NAT (NodePort replies go back to the
         // node that forwarded the connection this way).
         return fib::to_node(ctx, cfg, key, peer.node_ip, reason::FORWARD_REMOTE_NODE);
+    }
+    if masquerade::excluded(key.daddr) {
+        // A masquerade exclusion (a peered network that routes back to pod addresses): to the
+        // kernel as the pod sent it, routed like the node's own traffic, never SNATed.
+        return (TC_ACT_OK, reason::PASS_NON_MASQUERADE);
     }
     let done = translate::snat(ctx, cfg, &pkt, now);
     if debug_enabled() {

@@ -7,6 +7,7 @@
 //! - [`translate`]: the NAT decisions both classifiers share;
 //! - [`conntrack`]: flow state, lifetimes and admission;
 //! - [`nat`]: packet rewriting and checksums;
+//! - [`masquerade`]: masquerade exclusions (destinations that keep the pod's address);
 //! - [`services`]: service frontends and backend choice;
 //! - [`reject`]: refusing a connection to a service with no backend (TCP RST, ICMP port
 //!   unreachable);
@@ -37,6 +38,8 @@ mod from_pod;
 mod from_uplink;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod masquerade;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]

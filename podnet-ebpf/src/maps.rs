@@ -11,9 +11,9 @@ use aya_ebpf::{
 use podnet_ebpf::abi::{
     AFFINITY_MAX, AffinityKey, AffinityValue, CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage,
     DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX, DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint,
-    EndpointKey, MAGLEV_MAX, MAGLEV_TABLE_SIZE, NodeConfig, POD_NETNS_MAX, Peer, PodNetns,
-    REV_NAT_MAX, RevNat, SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey, ServiceValue,
-    SockRevNat, SockRevNatKey, backends_map_entries,
+    EndpointKey, MAGLEV_MAX, MAGLEV_TABLE_SIZE, NON_MASQUERADE_MAX, NodeConfig, POD_NETNS_MAX,
+    Peer, PodNetns, REV_NAT_MAX, RevNat, SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey,
+    ServiceValue, SockRevNat, SockRevNatKey, backends_map_entries,
 };
 
 /// Node configuration: a single entry.
@@ -95,6 +95,11 @@ pub static POD_NETNS: HashMap<u64, PodNetns, { POD_NETNS_MAX as usize }, NO_PREA
 /// Other nodes' pod CIDRs: longest prefix match on a destination address gives the node.
 #[btf_map]
 pub static PEERS: LpmTrie<[u8; 4], Peer, { DEFAULT_PEERS_MAX as usize }> = LpmTrie::new();
+
+/// Masquerade exclusions: destinations pods reach with their own address (longest prefix
+/// match; the value is `NON_MASQUERADE_PRESENT`).
+#[btf_map]
+pub static NON_MASQUERADE: LpmTrie<[u8; 4], u32, { NON_MASQUERADE_MAX as usize }> = LpmTrie::new();
 
 /// Non-zero turns on per-packet debug logging. Set at load time (`podnet node init --debug`);
 /// it lives in read-only data, so with 0 the verifier removes the logging code entirely.

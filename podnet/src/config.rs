@@ -10,6 +10,7 @@ use ipnetwork::Ipv4Network;
 use podnet_ebpf::abi::{
     CtTimeouts, DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX, DEFAULT_NODEPORT_MAX,
     DEFAULT_NODEPORT_MIN, DEFAULT_SERVICES_MAX, DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN,
+    NON_MASQUERADE_MAX,
 };
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +116,12 @@ pub struct NodeSettings {
     /// (`random` or `maglev`).
     #[serde(default)]
     pub load_balancing: crate::model::service::LoadBalancing,
+    /// Masquerade exclusions (ip-masq-agent's `nonMasqueradeCIDRs`): destinations outside the
+    /// cluster that pods reach with their own address, never SNATed to the node IP (networks
+    /// that route the pod CIDRs back: a peered VPC, an on-premises network). At most
+    /// `NON_MASQUERADE_MAX` (256) prefixes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub non_masquerade_cidrs: Vec<Ipv4Network>,
 }
 
 pub fn default_service_cidr() -> Ipv4Network {
@@ -280,6 +287,25 @@ impl NodeSettings {
             && !(576..=65_535).contains(&mtu)
         {
             return invalid(format!("MTU {mtu} is outside 576..=65535"));
+        }
+        self.validate_non_masquerade()
+    }
+
+    /// Masquerade exclusions: networks (no host bits), at most `NON_MASQUERADE_MAX`.
+    fn validate_non_masquerade(&self) -> Result<(), ConfigError> {
+        let cidrs = &self.non_masquerade_cidrs;
+        if let Some(bad) = cidrs.iter().find(|c| c.network() != c.ip()) {
+            return Err(ConfigError::Invalid(format!(
+                "masquerade exclusion {bad} has host bits set; did you mean {}/{}?",
+                bad.network(),
+                bad.prefix()
+            )));
+        }
+        if cidrs.len() > NON_MASQUERADE_MAX as usize {
+            return Err(ConfigError::Invalid(format!(
+                "{} masquerade exclusions where at most {NON_MASQUERADE_MAX} fit",
+                cidrs.len()
+            )));
         }
         Ok(())
     }

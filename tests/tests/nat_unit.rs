@@ -26,7 +26,8 @@ use aya::{
 use podnet::datapath::services_map::{Frontend, ServicesMap};
 use podnet_ebpf::abi::{
     CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtNat, CtTimeouts, CtUsage, Endpoint, EndpointKey,
-    NodeConfig, config_flag, ct_dir, ct_kind, ct_state, map_name, program_name, reason, svc_flag,
+    NON_MASQUERADE_PRESENT, NodeConfig, config_flag, ct_dir, ct_kind, ct_state, map_name,
+    program_name, reason, svc_flag,
 };
 use podnet_tests::{
     packet::*,
@@ -1154,5 +1155,54 @@ fn untranslatable_traffic_leaving_the_cluster_is_dropped_not_leaked() {
             h.assert_counted(&expected);
         }
         assert!(h.conntrack().is_empty(), "nothing tracked");
+    });
+}
+
+#[test]
+fn a_masquerade_exclusion_keeps_the_pod_address() {
+    require_root!();
+    in_node_netns(|| {
+        let mut h = Harness::new();
+        let mut exclusions: aya::maps::LpmTrie<_, [u8; 4], u32> = aya::maps::LpmTrie::try_from(
+            h.ebpf
+                .map_mut(map_name::NON_MASQUERADE)
+                .expect("NON_MASQUERADE"),
+        )
+        .expect("LPM trie");
+        let outside_net = aya::maps::lpm_trie::Key::new(24, [198, 18, 0, 0]);
+        exclusions
+            .insert(&outside_net, NON_MASQUERADE_PRESENT, 0)
+            .expect("exclusion");
+        // TCP, UDP and ICMP echo to an excluded destination: to the kernel as the pod sent
+        // them, with no NAT state.
+        for frame in [
+            tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (OUTSIDE, 80), SYN, b""),
+            udp_frame(GW_MAC, MAC_A, (POD_A, 40000), (OUTSIDE, 53), b"q", true),
+            echo_frame(GW_MAC, MAC_A, POD_A, OUTSIDE, true, 0x1234),
+        ] {
+            let (verdict, out) = h.pod_sends(&frame);
+            assert_eq!(verdict, TC_ACT_OK);
+            assert_eq!(out, frame, "an excluded destination's packet is unchanged");
+        }
+        h.assert_counted(&[(reason::PASS_NON_MASQUERADE, 3)]);
+        assert!(h.conntrack().is_empty(), "nothing tracked");
+
+        // Another exclusion that does not hold the destination: SNATed as before.
+        let mut exclusions: aya::maps::LpmTrie<_, [u8; 4], u32> = aya::maps::LpmTrie::try_from(
+            h.ebpf
+                .map_mut(map_name::NON_MASQUERADE)
+                .expect("NON_MASQUERADE"),
+        )
+        .expect("LPM trie");
+        exclusions.remove(&outside_net).expect("removed");
+        exclusions
+            .insert(
+                &aya::maps::lpm_trie::Key::new(32, [198, 18, 0, 2]),
+                NON_MASQUERADE_PRESENT,
+                0,
+            )
+            .expect("exclusion");
+        snat_syn_from_a(&h);
+        h.assert_counted(&[(reason::PASS_NON_MASQUERADE, 3), (reason::SNAT, 1)]);
     });
 }

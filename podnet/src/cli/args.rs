@@ -194,6 +194,11 @@ pub struct InitArgs {
     /// `random` (default) or `maglev` (the same choice for a flow on every node).
     #[arg(long, value_parser = ["random", "maglev"])]
     pub load_balancing: Option<String>,
+    /// A destination outside the cluster that pods reach with their own address, not SNATed
+    /// to the node IP (ip-masq-agent's nonMasqueradeCIDRs), e.g. 192.168.0.0/16. Repeat for
+    /// more (at most 256); given, they replace the config file's list.
+    #[arg(long = "non-masquerade-cidr")]
+    pub non_masquerade_cidrs: Vec<Ipv4Network>,
     /// Load the eBPF programs from this object file instead of the one built into podnet (a
     /// rebuilt program version; the node's maps and flows are kept). Not recorded: a later
     /// `node init` without it loads the built-in programs again.
@@ -427,6 +432,27 @@ fn netns_path(spec: &str) -> PathBuf {
     }
 }
 
+/// Puts `--ct-timeout` values over the config file's `ct_timeouts` (each field on its own).
+fn merge_timeouts(
+    settings: &mut serde_json::Map<String, serde_json::Value>,
+    ct_timeouts: Vec<(String, u32)>,
+) {
+    if ct_timeouts.is_empty() {
+        return;
+    }
+    let mut timeouts = match settings.remove("ct_timeouts") {
+        Some(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    for (name, secs) in ct_timeouts {
+        timeouts.insert(name, serde_json::Value::from(secs));
+    }
+    settings.insert(
+        "ct_timeouts".to_owned(),
+        serde_json::Value::Object(timeouts),
+    );
+}
+
 /// Settings for `node init`: the config file (if any), then flags on top, then defaults.
 pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     let InitArgs {
@@ -456,6 +482,7 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         service_cidr,
         no_socket_lb,
         load_balancing,
+        non_masquerade_cidrs,
         ebpf_object: _,
     } = args;
     let mut settings: serde_json::Map<String, serde_json::Value> = match &config {
@@ -499,24 +526,19 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     if no_socket_lb {
         set("socket_lb", Some(serde_json::Value::Bool(false)));
     }
+    if !non_masquerade_cidrs.is_empty() {
+        let cidrs = non_masquerade_cidrs.iter().map(|c| s(c)).collect();
+        set(
+            "non_masquerade_cidrs",
+            Some(serde_json::Value::Array(cidrs)),
+        );
+    }
     if no_anti_spoof {
         set("anti_spoof", Some(serde_json::Value::Bool(false)));
     }
 
     set("state_dir", Some(s(&state_dir.display())));
-    if !ct_timeouts.is_empty() {
-        let mut timeouts = match settings.remove("ct_timeouts") {
-            Some(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
-        for (name, secs) in ct_timeouts {
-            timeouts.insert(name, serde_json::Value::from(secs));
-        }
-        settings.insert(
-            "ct_timeouts".to_owned(),
-            serde_json::Value::Object(timeouts),
-        );
-    }
+    merge_timeouts(&mut settings, ct_timeouts);
     for required in ["pod_cidr", "cluster_cidr", "uplink"] {
         if !settings.contains_key(required) {
             bail!(

@@ -172,14 +172,15 @@ pub fn ct_gc(r: &CtGcReport) -> String {
 
 pub fn gc(r: &GcReport) -> String {
     format!(
-        "gc: {} attachment(s), {} host port(s), {} half-made pod(s), {} veth(s), {} address(es), {} endpoint(s) and {} temporary file(s) freed",
+        "gc: {} attachment(s), {} host port(s), {} half-made pod(s), {} veth(s), {} address(es), {} endpoint(s) and {} temporary file(s) freed; {} socket program(s) of dead nodes detached",
         r.attachments.len(),
         r.host_ports,
         r.pods.len(),
         r.veths.len(),
         r.addresses.len(),
         r.endpoints.len(),
-        r.temp_files
+        r.temp_files,
+        r.sock_programs.len()
     )
 }
 

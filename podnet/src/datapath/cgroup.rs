@@ -57,7 +57,7 @@ struct ObjGetAttr {
     file_flags: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, initialised prefix of `union bpf_attr` for `cmd`, and the size
     // passed is its exact size; the kernel zero-extends the rest.
     let rc = unsafe {
@@ -75,7 +75,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     }
 }
 
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DatapathError {
+pub(super) fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DatapathError {
     let path = path.to_path_buf();
     move |source| DatapathError::Io { op, path, source }
 }
@@ -118,11 +118,11 @@ pub fn cgroup2_root() -> Option<std::path::PathBuf> {
         .find(|dir| is_cgroup2(dir))
 }
 
-fn open_cgroup(cgroup: &Path) -> Result<std::fs::File, DatapathError> {
+pub(super) fn open_cgroup(cgroup: &Path) -> Result<std::fs::File, DatapathError> {
     std::fs::File::open(cgroup).map_err(io("opening cgroup", cgroup))
 }
 
-fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
+pub(super) fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
     u32::try_from(fd.as_raw_fd()).expect("open descriptors are non-negative")
 }
 
@@ -167,10 +167,20 @@ pub fn detach_sock(cgroup: &Path, attach_type: u32, pin: &Path) -> Result<bool, 
         return Ok(false);
     }
     let prog = pinned_program(pin)?;
+    detach_fd(cgroup, attach_type, prog.as_fd())
+}
+
+/// Detaches the program `prog` from `cgroup`'s hook `attach_type`. `Ok(false)` if it was not
+/// attached.
+pub fn detach_fd(
+    cgroup: &Path,
+    attach_type: u32,
+    prog: BorrowedFd<'_>,
+) -> Result<bool, DatapathError> {
     let cg = open_cgroup(cgroup)?;
     let mut attr = AttachAttr {
         target_fd: fd_u32(cg.as_fd()),
-        attach_bpf_fd: fd_u32(prog.as_fd()),
+        attach_bpf_fd: fd_u32(prog),
         attach_type,
         attach_flags: 0,
         replace_bpf_fd: 0,
@@ -185,32 +195,5 @@ pub fn detach_sock(cgroup: &Path, attach_type: u32, pin: &Path) -> Result<bool, 
 /// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`), which the
 /// socket programs compare against to act only on the node's (and its pods') sockets.
 pub fn current_netns_cookie() -> Result<u64, DatapathError> {
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    // SAFETY: plain socket(2) call; the descriptor is owned below.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io("opening a socket for the netns cookie", Path::new("/"))(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: `raw` is a new descriptor nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut cookie: u64 = 0;
-    let mut len = libc::socklen_t::try_from(size_of::<u64>()).expect("8 fits");
-    // SAFETY: `cookie` and `len` are valid, writable and sized for SO_NETNS_COOKIE's u64.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io("reading SO_NETNS_COOKIE", Path::new("/"))(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(cookie)
+    crate::sys::live_netns::current_cookie().map_err(io("reading SO_NETNS_COOKIE", Path::new("/")))
 }

@@ -4,13 +4,17 @@
 //! ([`cgroup`]), the debug log ([`log`]), and typed access to the pinned maps, one module per
 //! map ([`maps`]; the service maps, written in batches, in [`services_map`], with the Maglev
 //! tables and affinity entries in [`selection`]; the raw `bpf(2)` commands aya lacks in `batch`). No records and no use cases: the operations layer combines these.
+//! ([`cgroup`]; whose they are: [`cgroup_owners`]), the debug log ([`log`]), and typed access to the pinned maps, one module per
+//! map ([`maps`]; the service maps, written in batches, in [`services_map`]). No records and no use cases: the operations layer combines these.
 //!
 //! Inside, imports point one way: `loader` uses `object`, `attach`, `cgroup` and `pins`;
+//! `cgroup_owners` uses `cgroup`;
 //! `object`, `attach` and `log` use `pins`.
 
 pub mod attach;
 mod batch;
 pub mod cgroup;
+pub mod cgroup_owners;
 pub mod loader;
 pub mod log;
 pub mod maps;

@@ -61,6 +61,8 @@ pub fn key_value_sizes(name: &str) -> (u32, u32) {
         ),
         // A hash of maps: the service id, and an inner map's id (a u32).
         map_name::MAGLEV => (4, 4),
+        // LPM key as above; the value says the prefix is present.
+        map_name::NON_MASQUERADE => (8, 4),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
 }

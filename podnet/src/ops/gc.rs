@@ -28,6 +28,9 @@ pub struct GcReport {
     pub endpoints: Vec<Ipv4Addr>,
     /// Temporary files of killed writes (pod and attachment records, IPAM).
     pub temp_files: usize,
+    /// Socket programs that nodes whose network namespace is gone left attached to the cgroup
+    /// (`podnet gc` only; see [`super::dead_nodes`]).
+    pub sock_programs: Vec<String>,
 }
 
 impl GcReport {
@@ -41,6 +44,7 @@ impl GcReport {
             addresses,
             endpoints,
             temp_files,
+            sock_programs,
         } = self;
         attachments.is_empty()
             && *host_ports == 0
@@ -49,6 +53,7 @@ impl GcReport {
             && addresses.is_empty()
             && endpoints.is_empty()
             && *temp_files == 0
+            && sock_programs.is_empty()
     }
 }
 
@@ -160,7 +165,8 @@ fn remove_stale_endpoints(ctx: &Ctx, kept: &[Attachment], report: &mut GcReport)
 }
 
 /// `podnet gc`: frees every attachment whose container namespace is gone, plus [`collect`]'s
-/// other leftovers. `keep` lists `(containerID, ifname)` pairs to keep regardless.
+/// other leftovers, and detaches the socket programs of dead nodes from the node's cgroup.
+/// `keep` lists `(containerID, ifname)` pairs to keep regardless.
 pub fn gc_dead(ctx: &Ctx, keep: &[(String, String)]) -> Result<GcReport> {
     let lock = store::node::lock_exclusive(&ctx.settings.state_dir)?;
     let mut valid: Vec<(String, String)> = attachment::list(ctx)?
@@ -169,5 +175,8 @@ pub fn gc_dead(ctx: &Ctx, keep: &[(String, String)]) -> Result<GcReport> {
         .map(|a| (a.container_id, a.ifname))
         .collect();
     valid.extend(keep.iter().cloned());
-    collect(ctx, &valid, &lock)
+    let mut report = collect(ctx, &valid, &lock)?;
+    report.sock_programs =
+        super::dead_nodes::detach_dead(&super::node::cgroup_dir(&ctx.settings)?)?;
+    Ok(report)
 }

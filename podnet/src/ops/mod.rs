@@ -7,13 +7,14 @@
 //! - [`pod`]: standalone pods; [`endpoint`]: plugging a host veth into the datapath, shared by
 //!   pods and chained CNI attachments; [`attachment`]: the CNI use cases;
 //! - [`service`]: the service table (ClusterIPs, NodePorts, LoadBalancer IPs, externalIPs);
-//! - [`nodeport`], [`peer`], [`conntrack`], [`collector`] (the collection loop), [`gc`],
-//!   [`stats`].
+//! - [`nodeport`], [`peer`], [`conntrack`], [`collector`] (the collection loop), [`gc`]
+//!   (with [`dead_nodes`]: socket programs of nodes whose namespace is gone), [`stats`].
 
 pub mod attachment;
 pub mod collector;
 pub mod conntrack;
 mod ctx;
+pub mod dead_nodes;
 pub mod endpoint;
 pub mod error;
 pub mod gc;

@@ -183,6 +183,9 @@ fn build(mut ctx: Ctx, preflight: Preflight, object: &EbpfObject) -> Result<Init
         },
         object,
     )?;
+    // The exclusions first: from the moment the configuration is ready, traffic to them keeps
+    // the pod's address.
+    datapath::maps::non_masquerade::replace(&settings.pin_dir, &settings.non_masquerade_cidrs)?;
     let config = node_config(settings, node_ip, &uplink, &bridge, tunnel.as_ref())?;
     ctx.maps()?.set_config(&config)?;
     match peers {

@@ -6,6 +6,7 @@
 mod config;
 mod conntrack;
 mod endpoints;
+pub mod non_masquerade;
 mod peers;
 mod stats;
 
