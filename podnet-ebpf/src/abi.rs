@@ -305,12 +305,13 @@ pub struct ServiceValue {
     /// Slot 0: number of backends. Slots: 0.
     pub count: u16,
     /// Slot 0: how many backends are on this node; userspace puts them first (slots
-    /// `1..=local_count`), so traffic policy Local picks among them (issue 15).
+    /// `1..=local_count`). Informational: with a Local traffic policy userspace writes only
+    /// the local backends.
     pub local_count: u16,
     /// Slot 0: bit set of `svc_flag::*`.
     pub flags: u16,
     pub _pad: u16,
-    /// Slot 0: session affinity (ClientIP) timeout in seconds; 0 without affinity (issue 15).
+    /// Slot 0: session affinity (ClientIP) timeout in seconds; 0 without affinity.
     pub affinity_timeout: u32,
 }
 
@@ -324,13 +325,13 @@ pub mod svc_flag {
     pub const LOAD_BALANCER: u16 = 1 << 2;
     /// The frontend is an externalIP (reachable from outside).
     pub const EXTERNAL_IP: u16 = 1 << 3;
-    /// `externalTrafficPolicy: Local` (issue 15).
+    /// `externalTrafficPolicy: Local` (the slots hold this node's backends only).
     pub const EXT_LOCAL: u16 = 1 << 4;
-    /// `internalTrafficPolicy: Local` (issue 15).
+    /// `internalTrafficPolicy: Local` (the slots hold this node's backends only).
     pub const INT_LOCAL: u16 = 1 << 5;
-    /// `sessionAffinity: ClientIP` (issue 15).
+    /// `sessionAffinity: ClientIP`: a client's new connections follow `AFFINITY`.
     pub const AFFINITY: u16 = 1 << 6;
-    /// Backend choice by Maglev instead of at random (issue 15).
+    /// Backend choice by the frontend's Maglev table (`MAGLEV`) instead of at random.
     pub const MAGLEV: u16 = 1 << 7;
     /// A ClusterIP's address entry (`ANY_PORT`, `ANY_PROTO`): not a service itself.
     pub const ADDRESS: u16 = 1 << 8;
@@ -351,7 +352,8 @@ pub struct ServiceBackend {
 }
 
 /// Bits of [`ServiceBackend::flags`]: the EndpointSlice conditions (KEP-1669) and where the
-/// backend lives. Read by issue 15's selection; today every backend in the slots is used.
+/// backend lives. Userspace chooses which backends go in the slots by them (KEP-1669, traffic
+/// policies); the datapath uses every backend in the slots.
 pub mod backend_flag {
     pub const READY: u8 = 1 << 0;
     pub const SERVING: u8 = 1 << 1;
