@@ -4,7 +4,7 @@
 //! is none); replies to pods' service flows from backends on other nodes are translated back;
 //! ICMP errors about translated flows are translated back; packets from other nodes' pods for
 //! a local pod go straight to it. Everything else, above all the node's own traffic, goes to
-//! the kernel unchanged.
+//! the kernel unchanged (out of the tunnel, marked as addressed to this host).
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
@@ -57,7 +57,12 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
         L4::Tcp { .. } | L4::Udp | L4::IcmpEcho { .. } => translate::tracked(ctx, cfg, &pkt, now)
             .or_else(|| translate::nodeport(ctx, cfg, &pkt, now, false)),
     };
-    let done = done.unwrap_or((TC_ACT_OK, reason::PASS_NOT_NAT));
+    let done = done.unwrap_or_else(|| {
+        // The node's own: a reply to its traffic to another node's pod may come through the
+        // tunnel.
+        crate::tunnel::for_this_host(ctx, cfg);
+        (TC_ACT_OK, reason::PASS_NOT_NAT)
+    });
     if debug_enabled() {
         debug!(
             ctx,
