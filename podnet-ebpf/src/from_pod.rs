@@ -1,7 +1,7 @@
 //! Ingress of a pod's host-side veth: everything a pod sends starts here.
 //!
-//! In order: a packet of a tracked flow is translated and delivered (replies of service flows,
-//! SNATed flows, hairpin); IPv4 to another local pod is delivered straight to it; a new
+//! In order: a packet of a tracked flow, or an ICMP error about one, is translated and
+//! delivered (replies of service flows, SNATed flows, hairpin); IPv4 to another local pod is delivered straight to it; a new
 //! connection to a NodePort on the node IP, or to a ClusterIP, LoadBalancer IP or externalIP,
 //! is DNATed to a backend (never SNATed, except hairpin), or refused at once when there is no
 //! backend; other traffic to the service CIDR goes to the kernel untouched (whatever else
@@ -88,6 +88,13 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
     let now = conntrack::now();
     if pkt.l4.has_tuple()
         && let Some(done) = translate::tracked(ctx, cfg, &pkt, now)
+    {
+        return done;
+    }
+    // An ICMP error about a translated flow (a backend's port unreachable to a NodePort
+    // client, a pod's frag-needed to an outside sender): translated like the flow's replies.
+    if matches!(pkt.l4, parse::L4::IcmpError)
+        && let Some(done) = translate::icmp_error(ctx, cfg, &pkt, now)
     {
         return done;
     }

@@ -206,7 +206,8 @@ pub fn quoted(ctx: &TcContext, pkt: &Ipv4Packet) -> Option<Quoted> {
 }
 
 /// Translates an ICMP error about a flow back to the endpoint it concerns: the outer
-/// destination becomes `to_addr`, and the quoted header becomes `quoted_nat` (its addresses,
+/// source becomes `from_addr` and the outer destination `to_addr`, and the quoted header
+/// becomes `quoted_nat` (its addresses,
 /// its header checksum and its ports), with the ICMP checksum, which covers the quoted bytes,
 /// updated for every change. The quoted L4 checksum is left alone: receivers do not verify it
 /// (the quote is usually truncated).
@@ -216,6 +217,7 @@ pub fn rewrite_icmp_error(
     pkt: &Ipv4Packet,
     q: &Quoted,
     quoted_nat: &CtNat,
+    from_addr: [u8; 4],
     to_addr: [u8; 4],
 ) -> Result {
     let icmp_csum = L4Csum {
@@ -284,6 +286,16 @@ pub fn rewrite_icmp_error(
                 Some(icmp_csum),
             )?;
         }
+    }
+    if from_addr != pkt.key.saddr {
+        set_addr(
+            ctx,
+            IP_SADDR_OFF,
+            IP_CHECK_OFF,
+            pkt.key.saddr,
+            from_addr,
+            None,
+        )?;
     }
     if to_addr != pkt.key.daddr {
         set_addr(

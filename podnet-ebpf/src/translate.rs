@@ -261,7 +261,10 @@ pub fn snat(ctx: &TcContext, cfg: &NodeConfig, pkt: &Ipv4Packet, now: u64) -> (i
 }
 
 /// Translates an ICMP error about a tracked flow back towards the endpoint that sent the
-/// quoted packet; `None` when it is about no flow podnet tracks.
+/// quoted packet; `None` when it is about no flow podnet tracks. An error sent by the endpoint
+/// the quoted packet was for (a pod behind a NodePort answering port unreachable, say) is
+/// translated like that endpoint's replies, so it comes from the address the sender used; one
+/// from a router on the way keeps the router's address.
 #[inline(always)]
 pub fn icmp_error(
     ctx: &TcContext,
@@ -282,10 +285,16 @@ pub fn icmp_error(
         sport: nat.dport,
         dport: nat.sport,
     };
-    if nat::rewrite_icmp_error(ctx, pkt, &quoted, &original, nat.daddr).is_err() {
+    let from = if pkt.key.saddr == quoted.key.daddr {
+        nat.saddr
+    } else {
+        pkt.key.saddr
+    };
+    if nat::rewrite_icmp_error(ctx, pkt, &quoted, &original, from, nat.daddr).is_err() {
         return Some((TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED));
     }
     let key = CtKey {
+        saddr: from,
         daddr: nat.daddr,
         ..pkt.key
     };

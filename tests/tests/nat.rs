@@ -257,6 +257,51 @@ fn udp_nodeport_answers_from_the_node_ip() {
     );
 }
 
+/// A backend's ICMP error about a translated flow goes back out translated: a NodePort
+/// client whose datagram reaches a pod with nothing listening learns it at once (the pod's
+/// port unreachable, from the node IP it sent to, quoting its own datagram), instead of
+/// waiting for a reply that never comes.
+#[test]
+fn a_backends_port_unreachable_reaches_the_nodeport_client_translated() {
+    require_root!();
+    let node = Node::new("10.244.46.0/24");
+    let _idle = node.add_pod("idle");
+    nodeport(&node, 30054, "udp", &["idle:5353"]);
+    let before = node.stats();
+    let started = std::time::Instant::now();
+    let out = netprobe(
+        &node.topo.outside,
+        &[
+            "connect",
+            "udp",
+            &format!("{NODE_IP}:30054"),
+            "--timeout-ms",
+            "2000",
+        ],
+    );
+    let elapsed = started.elapsed();
+    assert!(!out.status.success(), "nothing listens: {}", describe(&out));
+    let text = describe(&out).to_lowercase();
+    assert!(
+        text.contains("refused"),
+        "ECONNREFUSED from the ICMP error: {text}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "at once, not a timeout: {elapsed:?}"
+    );
+    let after = node.stats();
+    assert!(
+        delta(&before, &after, "icmp_error_translated") >= 1,
+        "{after:?}"
+    );
+    assert_eq!(
+        delta(&before, &after, "drop_nat_unsupported"),
+        0,
+        "{after:?}"
+    );
+}
+
 #[test]
 fn nodeport_bad_input_is_refused_and_changes_nothing() {
     require_root!();
