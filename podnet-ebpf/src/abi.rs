@@ -751,8 +751,12 @@ pub mod reason {
     /// Pod traffic leaving the cluster for a masquerade exclusion (`non_masquerade_cidrs`):
     /// handed to the kernel with the pod's own address, never SNATed.
     pub const PASS_NON_MASQUERADE: u32 = 32;
+    /// A packet podnet would route (translate, or forward to another node or from the uplink
+    /// to a pod) whose TTL would reach 0: dropped and answered with ICMP time exceeded from
+    /// the node's address facing the sender, as a router does.
+    pub const DROP_TTL_EXCEEDED: u32 = 33;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 33;
+    pub const COUNT: u32 = 34;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -789,6 +793,7 @@ pub mod reason {
         "sock_reject",
         "service_dnat",
         "pass_non_masquerade",
+        "drop_ttl_exceeded",
     ];
 }
 
@@ -814,6 +819,8 @@ pub mod proto {
     pub const TCP_ACK: u8 = 0x10;
     /// ICMP destination unreachable code "port unreachable".
     pub const ICMP_PORT_UNREACH: u8 = 3;
+    /// ICMP time exceeded code "TTL exceeded in transit".
+    pub const ICMP_EXC_TTL: u8 = 0;
     /// IPv4 `frag_off` bit "don't fragment".
     pub const IP_DF: u16 = 0x4000;
     /// TTL of packets the programs build themselves (TCP RST, ICMP errors).

@@ -14,7 +14,7 @@ use crate::{
     conntrack, forward,
     maps::debug_enabled,
     parse::{self, L4, in_prefix},
-    stats, translate,
+    stats, translate, ttl,
 };
 
 #[classifier]
@@ -36,7 +36,7 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
         // A reply to a pod's service flow whose backend is on another node, or a packet of a
         // flow to a LoadBalancer IP or externalIP.
         if pkt.l4.has_tuple()
-            && let Some(done) = translate::tracked(ctx, cfg, &pkt, now)
+            && let Some(done) = translate::tracked(ctx, cfg, &pkt, now, false)
         {
             return done;
         }
@@ -44,7 +44,9 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
         if in_prefix(daddr, cfg.pod_cidr, cfg.pod_prefix_len)
             && let Some(ep) = forward::endpoint(daddr)
         {
-            return forward::to_endpoint(ctx, cfg, &ep, Some(reason::FORWARD_UPLINK_TO_POD));
+            return ttl::hop(ctx, cfg, &pkt, false).unwrap_or_else(|| {
+                forward::to_endpoint(ctx, cfg, &ep, Some(reason::FORWARD_UPLINK_TO_POD))
+            });
         }
         // A new connection to a LoadBalancer IP or externalIP.
         return translate::service(ctx, cfg, &pkt, now, false)
@@ -53,9 +55,11 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
     let done = match pkt.l4 {
         L4::Fragment => Some((TC_ACT_OK, reason::PASS_FRAGMENT)),
         L4::Opaque => None,
-        L4::IcmpError => translate::icmp_error(ctx, cfg, &pkt, now),
-        L4::Tcp { .. } | L4::Udp | L4::IcmpEcho { .. } => translate::tracked(ctx, cfg, &pkt, now)
-            .or_else(|| translate::nodeport(ctx, cfg, &pkt, now, false)),
+        L4::IcmpError => translate::icmp_error(ctx, cfg, &pkt, now, false),
+        L4::Tcp { .. } | L4::Udp | L4::IcmpEcho { .. } => {
+            translate::tracked(ctx, cfg, &pkt, now, false)
+                .or_else(|| translate::nodeport(ctx, cfg, &pkt, now, false))
+        }
     };
     let done = done.unwrap_or_else(|| {
         // The node's own: a reply to its traffic to another node's pod may come through the

@@ -16,6 +16,7 @@ use crate::{
     parse::{Ipv4Packet, L4},
     reject,
     services::{self, Frontend},
+    ttl,
 };
 
 /// The reason a packet of a tracked flow is counted under.
@@ -50,7 +51,12 @@ fn rewrite_and_deliver(
     pkt: &Ipv4Packet,
     nat: &CtNat,
     why: u32,
+    from_pod: bool,
 ) -> (i32, u32) {
+    // Every translated packet crosses the node: one hop.
+    if let Some(expired) = ttl::hop(ctx, cfg, pkt, from_pod) {
+        return expired;
+    }
     if nat::rewrite(ctx, pkt, nat).is_err() {
         return (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
     }
@@ -64,6 +70,7 @@ pub fn tracked(
     cfg: &NodeConfig,
     pkt: &Ipv4Packet,
     now: u64,
+    from_pod: bool,
 ) -> Option<(i32, u32)> {
     let entry = conntrack::lookup(&pkt.key, now)?;
     conntrack::on_packet(cfg, &pkt.key, entry, pkt.l4, now);
@@ -75,6 +82,7 @@ pub fn tracked(
         pkt,
         &nat,
         reason_for(kind, dir),
+        from_pod,
     ))
 }
 
@@ -126,7 +134,7 @@ fn start_service_flow(
         reason::DNAT
     };
     match conntrack::create(cfg, &pkt.key, nat, kind, ports, now) {
-        Ok(nat) => rewrite_and_deliver(ctx, cfg, pkt, &nat, why),
+        Ok(nat) => rewrite_and_deliver(ctx, cfg, pkt, &nat, why, from_pod),
         Err(why) => (TC_ACT_SHOT, why),
     }
 }
@@ -240,6 +248,9 @@ pub fn snat(ctx: &TcContext, cfg: &NodeConfig, pkt: &Ipv4Packet, now: u64) -> (i
     if !conntrack::admit(cfg) {
         return (TC_ACT_SHOT, reason::DROP_CT_FULL);
     }
+    if let Some(expired) = ttl::hop(ctx, cfg, pkt, true) {
+        return expired;
+    }
     let nat = CtNat {
         saddr: cfg.node_ip,
         daddr: pkt.key.daddr,
@@ -271,6 +282,7 @@ pub fn icmp_error(
     cfg: &NodeConfig,
     pkt: &Ipv4Packet,
     now: u64,
+    from_pod: bool,
 ) -> Option<(i32, u32)> {
     let quoted = nat::quoted(ctx, pkt)?;
     // A reply to the quoted packet would carry the reversed tuple: its entry says how packets
@@ -285,6 +297,9 @@ pub fn icmp_error(
         sport: nat.dport,
         dport: nat.sport,
     };
+    if let Some(expired) = ttl::hop(ctx, cfg, pkt, from_pod) {
+        return Some(expired);
+    }
     let from = if pkt.key.saddr == quoted.key.daddr {
         nat.saddr
     } else {

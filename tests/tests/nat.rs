@@ -302,6 +302,40 @@ fn a_backends_port_unreachable_reaches_the_nodeport_client_translated() {
     );
 }
 
+/// The node is a router hop wherever podnet routes: a packet whose TTL would run out there is
+/// answered with ICMP time exceeded from the node's address facing the sender (what
+/// traceroute shows), and one with a TTL left goes on.
+#[test]
+fn ttl_runs_out_at_the_node_with_time_exceeded_both_ways() {
+    require_root!();
+    let node = Node::new("10.244.47.0/24");
+    let pod = node.add_pod("client");
+    let gateway = "10.244.47.1";
+    let ping = |ns: &dyn podnet_tests::InNetns, ttl: u8, to: &str| {
+        let out = ns.sh(&format!("ping -n -c 1 -W 1 -t {ttl} {to}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = node.stats();
+    // Pod -> outside (SNAT): TTL 1 dies at the node, from the pod network's gateway.
+    let out = ping(&pod.ns, 1, &OUTSIDE_IP.to_string());
+    assert!(
+        out.contains(&format!("From {gateway}")) && out.contains("Time to live exceeded"),
+        "{out}"
+    );
+    assert!(ping(&pod.ns, 2, &OUTSIDE_IP.to_string()).contains("1 received"));
+    // Outside -> pod (routed through the node to the pod): TTL 1 dies at the node IP.
+    let outside = &node.topo.outside;
+    outside.ok(&format!("ip route add 10.244.47.0/24 via {NODE_IP}"));
+    let out = ping(outside, 1, &pod.ip);
+    assert!(
+        out.contains(&format!("From {NODE_IP}")) && out.contains("Time to live exceeded"),
+        "{out}"
+    );
+    // (A TTL left over arrives one lower: `services_unit` checks that byte by byte.)
+    let after = node.stats();
+    assert_eq!(delta(&before, &after, "drop_ttl_exceeded"), 2, "{after:?}");
+}
+
 #[test]
 fn nodeport_bad_input_is_refused_and_changes_nothing() {
     require_root!();
