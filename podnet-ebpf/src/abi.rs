@@ -580,7 +580,18 @@ pub mod ct_kind {
     /// A NodePort connection forwarded to a backend on another node: destination rewritten to
     /// the backend and source to this node, so the replies come back through it.
     pub const REMOTE_BACKEND: u8 = 4;
-    pub const NAMES: [&str; 5] = ["none", "snat", "dnat", "hairpin", "remote-backend"];
+    /// A connection from outside the cluster routed straight to a pod's address: nothing is
+    /// rewritten; the entry only tells the pod's replies from its own new traffic (which would
+    /// be SNATed), as the kernel's conntrack does for masquerading.
+    pub const ROUTED: u8 = 5;
+    pub const NAMES: [&str; 6] = [
+        "none",
+        "snat",
+        "dnat",
+        "hairpin",
+        "remote-backend",
+        "routed",
+    ];
 }
 
 pub mod ct_dir {
@@ -755,8 +766,11 @@ pub mod reason {
     /// to a pod) whose TTL would reach 0: dropped and answered with ICMP time exceeded from
     /// the node's address facing the sender, as a router does.
     pub const DROP_TTL_EXCEEDED: u32 = 33;
+    /// A pod's reply to a connection from outside the cluster routed straight to it, sent
+    /// back as it is (not SNATed).
+    pub const FORWARD_ROUTED_REPLY: u32 = 34;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 34;
+    pub const COUNT: u32 = 35;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -794,6 +808,7 @@ pub mod reason {
         "service_dnat",
         "pass_non_masquerade",
         "drop_ttl_exceeded",
+        "forward_routed_reply",
     ];
 }
 

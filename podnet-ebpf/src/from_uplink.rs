@@ -44,6 +44,11 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
         if in_prefix(daddr, cfg.pod_cidr, cfg.pod_prefix_len)
             && let Some(ep) = forward::endpoint(daddr)
         {
+            // From outside the cluster (a host that routes pod CIDRs): recorded, so the
+            // pod's replies go back as they are.
+            if !in_prefix(pkt.key.saddr, cfg.cluster_cidr, cfg.cluster_prefix_len) {
+                return translate::routed_to_pod(ctx, cfg, &pkt, now, &ep);
+            }
             return ttl::hop(ctx, cfg, &pkt, false).unwrap_or_else(|| {
                 forward::to_endpoint(ctx, cfg, &ep, Some(reason::FORWARD_UPLINK_TO_POD))
             });

@@ -23,6 +23,8 @@ use crate::{
 #[inline(always)]
 fn reason_for(kind: u8, dir: u8) -> u32 {
     match (kind, dir) {
+        (ct_kind::ROUTED, ct_dir::ORIGINAL) => reason::FORWARD_UPLINK_TO_POD,
+        (ct_kind::ROUTED, _) => reason::FORWARD_ROUTED_REPLY,
         (ct_kind::SNAT, ct_dir::ORIGINAL) => reason::SNAT,
         (ct_kind::SNAT, _) => reason::SNAT_REPLY,
         (_, ct_dir::ORIGINAL) => reason::DNAT,
@@ -224,6 +226,45 @@ pub fn service(
     Some(start_service_flow(
         ctx, cfg, pkt, now, &backend, from_pod, false,
     ))
+}
+
+/// Records a connection from outside the cluster routed straight to the local pod at its
+/// destination (no NAT), so the pod's replies are not taken for new traffic of its own and
+/// SNATed, then delivers the packet (one hop). Packets that start no flow are delivered as
+/// they are.
+#[inline(always)]
+pub fn routed_to_pod(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    pkt: &Ipv4Packet,
+    now: u64,
+    ep: &podnet_ebpf::abi::Endpoint,
+) -> (i32, u32) {
+    if let Some(expired) = ttl::hop(ctx, cfg, pkt, false) {
+        return expired;
+    }
+    if pkt.l4.has_tuple() && conntrack::starts_flow(pkt.l4) && conntrack::admit(cfg) {
+        let nat = CtNat {
+            saddr: pkt.key.saddr,
+            daddr: pkt.key.daddr,
+            sport: pkt.key.sport,
+            dport: pkt.key.dport,
+        };
+        let ports = PortChoice::KeepElseAllocate {
+            random: services::random(),
+        };
+        match conntrack::create(cfg, &pkt.key, nat, ct_kind::ROUTED, ports, now) {
+            // A clash with another flow's reply tuple moved the source port: rewrite it.
+            Ok(done) if done.sport != nat.sport => {
+                if nat::rewrite(ctx, pkt, &done).is_err() {
+                    return (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
+                }
+            }
+            Ok(_) => {}
+            Err(why) => return (TC_ACT_SHOT, why),
+        }
+    }
+    forward::to_endpoint(ctx, cfg, ep, Some(reason::FORWARD_UPLINK_TO_POD))
 }
 
 /// Starts a SNAT flow for a pod packet leaving the cluster and delivers it. The route is looked

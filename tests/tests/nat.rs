@@ -336,6 +336,37 @@ fn ttl_runs_out_at_the_node_with_time_exceeded_both_ways() {
     assert_eq!(delta(&before, &after, "drop_ttl_exceeded"), 2, "{after:?}");
 }
 
+/// A host outside the cluster that routes the pod CIDR to the node (pod IPs advertised into a
+/// VPC or by BGP) reaches a pod by its own address: the pod sees the client, and its replies
+/// go back as they are, not SNATed as if the pod had started something (TCP would break).
+#[test]
+fn the_outside_reaches_a_pod_ip_routed_to_the_node_and_the_replies_are_not_snated() {
+    require_root!();
+    let node = Node::new("10.244.44.0/24");
+    let web = node.add_pod("web");
+    let _tcp = serve_tcp(&web.ns, "0.0.0.0:8080");
+    let _udp = serve_udp(&web.ns, &format!("{}:8081", web.ip));
+    let outside = &node.topo.outside;
+    outside.ok(&format!("ip route add 10.244.44.0/24 via {NODE_IP}"));
+    let before = node.stats();
+    let reply = connect_tcp(outside, &format!("{}:8080", web.ip)).expect("TCP outside -> pod IP");
+    assert_eq!(peer_ip_of(&reply), Some(IpAddr::V4(OUTSIDE_IP)), "{reply}");
+    let reply = connect_udp(outside, &format!("{}:8081", web.ip)).expect("UDP outside -> pod IP");
+    assert_eq!(peer_ip_of(&reply), Some(IpAddr::V4(OUTSIDE_IP)), "{reply}");
+    let ping = outside.sh(&format!("ping -n -c 1 -W 1 {}", web.ip));
+    assert!(ping.status.success(), "{}", describe(&ping));
+    let after = node.stats();
+    assert_eq!(
+        delta(&before, &after, "snat"),
+        0,
+        "replies never SNATed: {after:?}"
+    );
+    assert!(
+        delta(&before, &after, "forward_routed_reply") >= 3,
+        "{after:?}"
+    );
+}
+
 #[test]
 fn nodeport_bad_input_is_refused_and_changes_nothing() {
     require_root!();
