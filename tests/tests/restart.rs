@@ -847,7 +847,7 @@ fn restart_upgrade_and_killed_adds_under_load_drop_nothing_and_gc_reclaims_the_r
     assert_eq!(
         again,
         json!({"attachments": [], "host_ports": 0, "pods": [], "veths": [], "addresses": [],
-               "endpoints": [], "temp_files": 0}),
+               "endpoints": [], "temp_files": 0, "sock_programs": []}),
         "a second gc finds nothing"
     );
     // The pods that lived through all of it still work: a repeated one reaches web.
