@@ -119,6 +119,21 @@ fn run_on_node(ctx: &Ctx, json: bool, command: Command) -> Result<()> {
             seconds.map(Duration::from_secs),
             |line| println!("{line}"),
         )?,
+        Command::Monitor {
+            reasons,
+            count,
+            seconds,
+        } => {
+            let opts = ops::monitor::MonitorOptions {
+                reasons,
+                count,
+                duration: seconds.map(Duration::from_secs),
+            };
+            let summary = ops::monitor::follow(ctx, &opts, |event| {
+                render::print_line(json, event, render::drop_event);
+            })?;
+            eprintln!("{}", render::monitor_summary(&summary));
+        }
         Command::Gc { keep } => {
             let keep = keep
                 .iter()
