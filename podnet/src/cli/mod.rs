@@ -129,7 +129,12 @@ fn run_on_node(ctx: &Ctx, json: bool, command: Command) -> Result<()> {
                 count,
                 duration: seconds.map(Duration::from_secs),
             };
-            let summary = ops::monitor::follow(ctx, &opts, |event| {
+            let monitor = ops::monitor::Monitor::open(ctx, opts)?;
+            eprintln!(
+                "following drops and refusals on {} (Ctrl-C to stop)",
+                ctx.settings.pin_dir.display()
+            );
+            let summary = monitor.run(|event| {
                 render::print_line(json, event, render::drop_event);
             })?;
             eprintln!("{}", render::monitor_summary(&summary));

@@ -72,46 +72,65 @@ pub fn check_reasons(names: &[String]) -> Result<()> {
     }
 }
 
-/// Follows the node's events, giving each one that passes the filter to `emit`, until SIGINT
-/// or SIGTERM, `opts.count` events or `opts.duration`.
-pub fn follow(
-    ctx: &Ctx,
-    opts: &MonitorOptions,
-    mut emit: impl FnMut(&DropView),
-) -> Result<MonitorSummary> {
-    check_reasons(&opts.reasons)?;
-    let pin_dir = &ctx.settings.pin_dir;
-    let mut ring = EventRing::open(pin_dir)?;
-    process::on_stop_signal();
-    let started_ns = process::monotonic_ns();
-    let deadline = opts.duration.map(|d| Instant::now() + d);
-    let mut names: HashMap<u32, Option<String>> = HashMap::new();
-    let mut events = 0u64;
-    let done = |events: u64| opts.count.is_some_and(|n| events >= n);
-    while !done(events) && !process::stop_requested() && deadline.is_none_or(|d| Instant::now() < d)
-    {
-        ring.wait(POLL_INTERVAL);
-        while let Some(event) = ring.next() {
-            if event.ktime_ns < started_ns {
-                continue;
-            }
-            let record = DropRecord::decode(&event);
-            if !opts.reasons.is_empty() && !opts.reasons.contains(&record.reason) {
-                continue;
-            }
-            let ifname = names
-                .entry(record.ifindex)
-                .or_insert_with(|| link::ifname(record.ifindex))
-                .clone();
-            emit(&DropView { record, ifname });
-            events += 1;
-            if done(events) {
-                break;
+/// A node's event ring, open and ready: events from now on are followed.
+pub struct Monitor {
+    ring: EventRing,
+    opts: MonitorOptions,
+    pin_dir: std::path::PathBuf,
+    started_ns: u64,
+}
+
+impl Monitor {
+    /// Checks the options and opens the ring; from here SIGINT and SIGTERM end [`Self::run`]
+    /// instead of the process.
+    pub fn open(ctx: &Ctx, opts: MonitorOptions) -> Result<Self> {
+        check_reasons(&opts.reasons)?;
+        let pin_dir = ctx.settings.pin_dir.clone();
+        let ring = EventRing::open(&pin_dir)?;
+        process::on_stop_signal();
+        Ok(Self {
+            ring,
+            opts,
+            pin_dir,
+            started_ns: process::monotonic_ns(),
+        })
+    }
+
+    /// Gives each event that passes the filter to `emit`, until SIGINT or SIGTERM,
+    /// `opts.count` events or `opts.duration`.
+    pub fn run(mut self, mut emit: impl FnMut(&DropView)) -> Result<MonitorSummary> {
+        let opts = &self.opts;
+        let deadline = opts.duration.map(|d| Instant::now() + d);
+        let mut names: HashMap<u32, Option<String>> = HashMap::new();
+        let mut events = 0u64;
+        let done = |events: u64| opts.count.is_some_and(|n| events >= n);
+        while !done(events)
+            && !process::stop_requested()
+            && deadline.is_none_or(|d| Instant::now() < d)
+        {
+            self.ring.wait(POLL_INTERVAL);
+            while let Some(event) = self.ring.next() {
+                if event.ktime_ns < self.started_ns {
+                    continue;
+                }
+                let record = DropRecord::decode(&event);
+                if !opts.reasons.is_empty() && !opts.reasons.contains(&record.reason) {
+                    continue;
+                }
+                let ifname = names
+                    .entry(record.ifindex)
+                    .or_insert_with(|| link::ifname(record.ifindex))
+                    .clone();
+                emit(&DropView { record, ifname });
+                events += 1;
+                if done(events) {
+                    break;
+                }
             }
         }
+        Ok(MonitorSummary {
+            events,
+            totals: monitor::budget_totals(&self.pin_dir)?,
+        })
     }
-    Ok(MonitorSummary {
-        events,
-        totals: monitor::budget_totals(pin_dir)?,
-    })
 }
