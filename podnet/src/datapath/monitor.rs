@@ -50,7 +50,7 @@ impl EventRing {
     }
 
     /// The next event in the ring, if any (a record too short to be an event is skipped).
-    pub fn next(&mut self) -> Option<DropEvent> {
+    pub fn next_event(&mut self) -> Option<DropEvent> {
         loop {
             let item = self.ring.next()?;
             if item.len() >= EVENT_LEN {

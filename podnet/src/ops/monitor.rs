@@ -109,7 +109,7 @@ impl Monitor {
             && deadline.is_none_or(|d| Instant::now() < d)
         {
             self.ring.wait(POLL_INTERVAL);
-            while let Some(event) = self.ring.next() {
+            while let Some(event) = self.ring.next_event() {
                 if event.ktime_ns < self.started_ns {
                     continue;
                 }
