@@ -865,7 +865,7 @@ pub mod monitor {
     pub struct MonitorBudget {
         /// Start of the current window.
         pub window_start_ns: u64,
-        /// Events reported in the current window.
+        /// Events reported (or tried, when the ring was full) in the current window.
         pub sent: u32,
         /// Events held back since the last one reported (copied into the next event).
         pub pending: u32,

@@ -6,18 +6,23 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use podnet_ebpf::abi::monitor::{CAPTURE_LEN, EVENTS_PER_WINDOW, WINDOW_NS};
 
 use crate::maps::{MONITOR_BUDGET, MONITOR_EVENTS};
 
+/// Set at build time only to measure what reporting costs (`PODNET_EBPF_NO_MONITOR=1`, see the
+/// README's `podnet monitor` section): the programs then never report.
+const COMPILED_OUT: bool = option_env!("PODNET_EBPF_NO_MONITOR").is_some();
+
 /// Whether a packet with this verdict and reason is reported. Written with `|` so the packet
 /// path pays one branch.
 #[inline(always)]
 pub fn wanted(verdict: i32, why: u32) -> bool {
-    (verdict == TC_ACT_SHOT as i32) | podnet_ebpf::abi::monitor::reason_reported(why)
+    !COMPILED_OUT
+        && ((verdict == TC_ACT_SHOT as i32) | podnet_ebpf::abi::monitor::reason_reported(why))
 }
 
 /// Reports the packet in `ctx`, counted under `why` with `verdict` by program `hook`, unless
@@ -27,8 +32,10 @@ pub fn report(ctx: &TcContext, hook: u8, verdict: i32, why: u32, len: u32) {
     let Some(budget) = MONITOR_BUDGET.get_ptr_mut(0) else {
         return;
     };
+    // The coarse clock (one tick of resolution, and cheaper than the precise one) is enough
+    // for one-second windows; the precise one is read only for an event that is reported.
     // SAFETY: no arguments; reads the monotonic clock.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: the pointer comes from a successful lookup in a per-CPU array, so it points at
     // this CPU's slot, which nothing else writes while this program runs on this CPU.
     let budget = unsafe { &mut *budget };
@@ -41,6 +48,9 @@ pub fn report(ctx: &TcContext, hook: u8, verdict: i32, why: u32, len: u32) {
         budget.suppressed += 1;
         return;
     }
+    // Every try counts against the budget, so a full ring (nobody reading) costs no more
+    // than the rate limit: at most `EVENTS_PER_WINDOW` reservations a second per CPU.
+    budget.sent += 1;
     let Some(mut entry) = MONITOR_EVENTS.reserve(0) else {
         budget.pending = budget.pending.wrapping_add(1);
         budget.lost += 1;
@@ -66,7 +76,7 @@ pub fn report(ctx: &TcContext, hook: u8, verdict: i32, why: u32, len: u32) {
     };
     // SAFETY: as above; every field but `data` (whose valid length is `captured`) is written.
     unsafe {
-        (*event).ktime_ns = now;
+        (*event).ktime_ns = bpf_ktime_get_ns();
         (*event).reason = why;
         (*event).ifindex = (*ctx.skb.skb).ifindex;
         (*event).packet_len = len;
@@ -77,6 +87,5 @@ pub fn report(ctx: &TcContext, hook: u8, verdict: i32, why: u32, len: u32) {
         (*event)._pad = 0;
     }
     entry.submit(0);
-    budget.sent += 1;
     budget.pending = 0;
 }

@@ -222,3 +222,136 @@ fn monitor_filters_by_reason_counts_and_refuses_unknown_reasons() {
     assert_eq!(all[1]["dst"], EMPTY_VIP.to_string(), "{all:#?}");
     assert_eq!(all[1]["dport"], 53, "{all:#?}");
 }
+
+/// What `from_pod` cost per packet (kernel `bpf_stats`) while pod `a` flooded `to` for
+/// `FLOOD_SECONDS`, and the flood's rate.
+struct FloodCost {
+    ns_per_packet: f64,
+    packets: u64,
+    sender_rate: String,
+}
+
+const FLOOD_SECONDS: &str = "3";
+
+/// `run_cnt` and `run_time_ns` of the node's pinned `from_pod`.
+fn from_pod_stats(node: &Node) -> (u64, u64) {
+    let mut cmd = Command::new("bpftool");
+    cmd.args(["-j", "prog", "show", "pinned"])
+        .arg(node.pin_dir.join("progs/from_pod"));
+    let out = podnet_tests::run_bounded(cmd, Duration::from_secs(20));
+    assert!(out.status.success(), "bpftool: {}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    (
+        v["run_cnt"].as_u64().unwrap_or(0),
+        v["run_time_ns"].as_u64().unwrap_or(0),
+    )
+}
+
+fn flood(node: &Node, a: &PodInfo, to: &str) -> FloodCost {
+    let (cnt0, ns0) = from_pod_stats(node);
+    let out = netprobe(
+        &a.ns,
+        &[
+            "flood",
+            "udp",
+            &format!("{to}:9"),
+            "--seconds",
+            FLOOD_SECONDS,
+            "--source-port",
+            &SPOOF_SPORT.to_string(),
+        ],
+    );
+    assert!(out.status.success(), "flood: {}", describe(&out));
+    let (cnt1, ns1) = from_pod_stats(node);
+    let packets = cnt1 - cnt0;
+    #[expect(clippy::cast_precision_loss, reason = "a ratio to print")]
+    let ns_per_packet = (ns1 - ns0) as f64 / packets.max(1) as f64;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    FloodCost {
+        ns_per_packet,
+        packets,
+        sender_rate: stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("rate="))
+            .unwrap_or("?")
+            .to_owned(),
+    }
+}
+
+/// `kernel.bpf_stats_enabled` on while it lives, back to its old value after (also on panic).
+struct BpfStats(String);
+
+impl BpfStats {
+    fn enable() -> Self {
+        let path = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = std::fs::read_to_string(path).expect("bpf_stats_enabled");
+        std::fs::write(path, "1").expect("enabling bpf_stats");
+        Self(old.trim().to_owned())
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+/// The cost of reporting drops (run by hand, see the README): `from_pod`'s nanoseconds per
+/// packet under a flood of spoofed UDP (every packet dropped) and under a flood to another pod
+/// (every packet forwarded), with the programs built without reporting
+/// (`PODNET_MONITOR_BASELINE_OBJECT`, built with `PODNET_EBPF_NO_MONITOR=1`), with reporting
+/// and nobody listening, and with `podnet monitor` listening. Two rounds, each case on a node
+/// of its own.
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+fn monitor_cost_under_a_drop_flood() {
+    require_root!();
+    let baseline = std::env::var("PODNET_MONITOR_BASELINE_OBJECT")
+        .expect("PODNET_MONITOR_BASELINE_OBJECT: an object built with PODNET_EBPF_NO_MONITOR=1");
+    let _stats = BpfStats::enable();
+    let cases = [
+        "no reporting",
+        "reporting, nobody listening",
+        "reporting, monitor listening",
+    ];
+    println!(
+        "case | drop flood: ns/pkt, pkts, sender pps | forward flood: ns/pkt, pkts, sender pps | events shown, held back, lost"
+    );
+    for round in 0..2 {
+        for (i, case) in cases.iter().enumerate() {
+            let cidr = format!("10.244.{}.0/24", 174 + round * 3 + i);
+            let mut args = vec!["--service-cidr", SERVICE_CIDR, "--no-socket-lb"];
+            if i == 0 {
+                args.extend(["--ebpf-object", baseline.as_str()]);
+            }
+            let node = Node::with_args(&cidr, &args);
+            let (a, b) = (node.add_pod("a"), node.add_pod("b"));
+            assert!(a.ping(&b.ip, 1).status.success());
+            let monitor = (i == 2).then(|| start_monitor(&node, &[]));
+            a.ns.ok(&format!("ip addr replace {STOLEN}/32 dev eth0"));
+            a.ns.ok(&format!(
+                "ip route replace {}/32 dev eth0 src {STOLEN}",
+                b.ip
+            ));
+            let dropped = flood(&node, &a, &b.ip);
+            a.ns.ok(&format!("ip route del {}/32", b.ip));
+            let forwarded = flood(&node, &a, &b.ip);
+            let shown = monitor.map_or(0, |m| {
+                let out = m.finish(Duration::from_secs(1));
+                String::from_utf8_lossy(&out.stdout).lines().count()
+            });
+            let totals = node.podnet(&["monitor", "--seconds", "0"]);
+            let totals = String::from_utf8_lossy(&totals.stderr);
+            let totals = totals.lines().last().unwrap_or("").to_owned();
+            println!(
+                "{case} | {:.0}, {}, {} | {:.0}, {}, {} | {shown} shown; {totals}",
+                dropped.ns_per_packet,
+                dropped.packets,
+                dropped.sender_rate,
+                forwarded.ns_per_packet,
+                forwarded.packets,
+                forwarded.sender_rate,
+            );
+        }
+    }
+}
