@@ -9,7 +9,9 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
-use podnet_ebpf::abi::monitor::{CAPTURE_LEN, EVENTS_PER_WINDOW, WINDOW_NS};
+use podnet_ebpf::abi::monitor::{
+    CAPTURE_LEN, EVENTS_PER_WINDOW, HELD_BACK_PER_CLOCK_READ, MonitorBudget, WINDOW_NS,
+};
 
 use crate::maps::{MONITOR_BUDGET, MONITOR_EVENTS};
 
@@ -25,6 +27,20 @@ pub fn wanted(verdict: i32, why: u32) -> bool {
         && ((verdict == TC_ACT_SHOT as i32) | podnet_ebpf::abi::monitor::reason_reported(why))
 }
 
+/// Starts a new window if the current one is over; whether it did. The coarse clock (one
+/// tick of resolution, and cheaper than the precise one) is enough for one-second windows.
+#[inline(always)]
+fn new_window(budget: &mut MonitorBudget) -> bool {
+    // SAFETY: no arguments; reads the monotonic clock.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if now.wrapping_sub(budget.window_start_ns) < WINDOW_NS {
+        return false;
+    }
+    budget.window_start_ns = now;
+    budget.sent = 0;
+    true
+}
+
 /// Reports the packet in `ctx`, counted under `why` with `verdict` by program `hook`, unless
 /// this CPU's budget for the current window is spent.
 #[inline(always)]
@@ -32,21 +48,20 @@ pub fn report(ctx: &TcContext, hook: u8, verdict: i32, why: u32, len: u32) {
     let Some(budget) = MONITOR_BUDGET.get_ptr_mut(0) else {
         return;
     };
-    // The coarse clock (one tick of resolution, and cheaper than the precise one) is enough
-    // for one-second windows; the precise one is read only for an event that is reported.
-    // SAFETY: no arguments; reads the monotonic clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: the pointer comes from a successful lookup in a per-CPU array, so it points at
     // this CPU's slot, which nothing else writes while this program runs on this CPU.
     let budget = unsafe { &mut *budget };
-    if now.wrapping_sub(budget.window_start_ns) >= WINDOW_NS {
-        budget.window_start_ns = now;
-        budget.sent = 0;
-    }
     if budget.sent >= EVENTS_PER_WINDOW {
-        budget.pending = budget.pending.wrapping_add(1);
-        budget.suppressed += 1;
-        return;
+        // Over budget: the clock (the dearest part of this path) is read only for every
+        // `HELD_BACK_PER_CLOCK_READ`-th packet held back, to see whether a new window began.
+        let held = budget.pending.wrapping_add(1);
+        if held % HELD_BACK_PER_CLOCK_READ != 0 || !new_window(budget) {
+            budget.pending = held;
+            budget.suppressed += 1;
+            return;
+        }
+    } else {
+        new_window(budget);
     }
     // Every try counts against the budget, so a full ring (nobody reading) costs no more
     // than the rate limit: at most `EVENTS_PER_WINDOW` reservations a second per CPU.
