@@ -44,8 +44,13 @@ pub mod map_name {
     /// Destinations pods reach with their own address, never SNATed (the node setting
     /// `non_masquerade_cidrs`, longest prefix match).
     pub const NON_MASQUERADE: &str = "NON_MASQUERADE";
+    /// Drop and refusal events for `podnet monitor`: a ring buffer of
+    /// [`super::monitor::DropEvent`]s.
+    pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
+    /// The per-CPU rate limit of [`MONITOR_EVENTS`] and what it held back.
+    pub const MONITOR_BUDGET: &str = "MONITOR_BUDGET";
     /// Every map, for pinning, listing and cleanup.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         CONFIG,
         ENDPOINTS,
         STATS,
@@ -60,6 +65,8 @@ pub mod map_name {
         AFFINITY,
         MAGLEV,
         NON_MASQUERADE,
+        MONITOR_EVENTS,
+        MONITOR_BUDGET,
     ];
 }
 
@@ -812,6 +819,134 @@ pub mod reason {
     ];
 }
 
+/// Drop and refusal events (`podnet monitor`): what the programs report, how often, and how
+/// much of the packet.
+pub mod monitor {
+    use super::reason;
+
+    /// Bytes of the ring buffer `MONITOR_EVENTS` (a power of two, a multiple of the page size):
+    /// 256 KiB holds 1,560 events of [`EVENT_LEN`] plus the ring's 8-byte record header, over
+    /// three quarters of a second of both CPUs reporting at their limit, while a reader wakes
+    /// up on each event. A full ring costs nothing more: the event is counted as lost.
+    pub const RING_BYTES: u32 = 256 * 1024;
+
+    /// Events each CPU may report per [`WINDOW_NS`]: a flood of drops reports this many a
+    /// second per CPU (2,000 lines a second on a two-CPU node, 320 KB/s of events), and every
+    /// further drop costs only a per-CPU lookup, a comparison and two counter increments (and
+    /// one clock read in [`HELD_BACK_PER_CLOCK_READ`]).
+    pub const EVENTS_PER_WINDOW: u32 = 1_000;
+    /// The rate limit's window: one second.
+    pub const WINDOW_NS: u64 = 1_000_000_000;
+    /// Once a CPU has spent its budget, it looks at the clock (to see whether a new window
+    /// began) only for every 16th packet it holds back: the clock read was most of a held-back
+    /// packet's cost (about 35 of 40 ns measured here). A new window's first events may thus be
+    /// held back too, at most 15 per CPU, counted like the others.
+    pub const HELD_BACK_PER_CLOCK_READ: u32 = 16;
+
+    /// Bytes of the packet each event carries, from the Ethernet header on: enough for
+    /// Ethernet + IPv4 with options + an ICMP header quoting an IPv4 header and its ports
+    /// (14 + 60 + 8 + 20 + 8 = 110). Userspace decodes addresses, ports and protocol from them.
+    pub const CAPTURE_LEN: usize = 128;
+
+    /// Which program saw the packet ([`DropEvent::hook`]).
+    pub mod hook {
+        /// `from_pod`: the packet came from a pod (ingress of its host-side veth).
+        pub const FROM_POD: u8 = 0;
+        /// `from_uplink`: the packet came from the network (uplink or tunnel device).
+        pub const FROM_UPLINK: u8 = 1;
+    }
+
+    /// One dropped or refused packet, as the programs write it into `MONITOR_EVENTS`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct DropEvent {
+        /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the packet was counted.
+        pub ktime_ns: u64,
+        /// The `reason::*` it was counted under.
+        pub reason: u32,
+        /// ifindex of the interface the program runs on.
+        pub ifindex: u32,
+        /// Length of the packet when it was counted (after any rewrite).
+        pub packet_len: u32,
+        /// Events this CPU held back (rate limit or full ring) since its previous event.
+        pub suppressed_before: u32,
+        /// Bytes of `data` that are the packet's (0 if it could not be read).
+        pub captured: u16,
+        /// `hook::*`.
+        pub hook: u8,
+        /// 1 when the packet was dropped (`TC_ACT_SHOT`); 0 when it went on, e.g. a refused
+        /// connection's packet turned into its answer (TCP RST, ICMP port unreachable).
+        pub dropped: u8,
+        pub _pad: u32,
+        /// The packet's first bytes, from the Ethernet header; as the packet was when counted,
+        /// so a refused packet that was answered holds the answer.
+        pub data: [u8; CAPTURE_LEN],
+    }
+
+    /// Size of a [`DropEvent`] record.
+    pub const EVENT_LEN: usize = core::mem::size_of::<DropEvent>();
+
+    /// Value of the per-CPU `MONITOR_BUDGET` array (one entry): the rate limit's state and its
+    /// totals.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct MonitorBudget {
+        /// Start of the current window.
+        pub window_start_ns: u64,
+        /// Events reported (or tried, when the ring was full) in the current window.
+        pub sent: u32,
+        /// Events held back since the last one reported (copied into the next event).
+        pub pending: u32,
+        /// Events ever held back by the rate limit.
+        pub suppressed: u64,
+        /// Events ever lost to a full ring buffer (nobody reading fast enough, or nobody reading).
+        pub lost: u64,
+    }
+
+    const fn starts_with(name: &str, prefix: &str) -> bool {
+        let (name, prefix) = (name.as_bytes(), prefix.as_bytes());
+        if name.len() < prefix.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < prefix.len() {
+            if name[i] != prefix[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// Whether packets counted under `name` are reported: every `drop_*` and `reject_*`
+    /// reason (and, whatever the reason, every packet a program drops).
+    pub const fn is_reported_name(name: &str) -> bool {
+        starts_with(name, "drop_") || starts_with(name, "reject_")
+    }
+
+    /// Bit `r` set for each reason `r` whose packets are reported ([`is_reported_name`]),
+    /// derived from the names so a new `drop_*` reason is reported without a change here.
+    pub const REPORTED: u64 = {
+        let mut mask = 0u64;
+        let mut i = 0;
+        while i < reason::NAMES.len() {
+            if is_reported_name(reason::NAMES[i]) {
+                mask |= 1 << i;
+            }
+            i += 1;
+        }
+        mask
+    };
+    /// [`REPORTED`] has a bit for every stats slot.
+    const _: () = assert!(super::STATS_SLOTS <= u64::BITS);
+
+    /// Whether a packet counted under `why` is reported regardless of its verdict.
+    #[inline(always)]
+    pub const fn reason_reported(why: u32) -> bool {
+        (REPORTED >> (why & 63)) & 1 != 0
+    }
+}
+
 /// Protocol constants used by the programs, named instead of written as numbers.
 pub mod proto {
     pub const ETH_HLEN: usize = 14;
@@ -888,6 +1023,10 @@ mod pod_impls {
     unsafe impl aya::Pod for AffinityKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AffinityValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::monitor::DropEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::monitor::MonitorBudget {}
 }
 
 #[cfg(test)]
@@ -986,6 +1125,21 @@ mod tests {
         );
         assert_eq!(ct_map_entries(8, 2), 8 + 512);
         assert_eq!(ct_map_entries(u32::MAX, 2), u32::MAX);
+    }
+
+    #[test]
+    fn monitor_layouts_and_reported_reasons() {
+        assert_eq!(size_of::<monitor::DropEvent>(), 32 + monitor::CAPTURE_LEN);
+        assert_eq!(offset_of!(monitor::DropEvent, data), 32);
+        assert_eq!(size_of::<monitor::MonitorBudget>(), 32);
+        const { assert!(STATS_SLOTS <= 64) };
+        assert!(monitor::reason_reported(reason::DROP_SPOOFED));
+        assert!(monitor::reason_reported(reason::REJECT_NO_BACKEND));
+        assert!(monitor::reason_reported(reason::DROP_CT_FULL));
+        assert!(!monitor::reason_reported(reason::SNAT));
+        assert!(!monitor::reason_reported(reason::SOCK_REJECT));
+        assert!(!monitor::reason_reported(reason::PASS_MALFORMED));
+        assert!(monitor::RING_BYTES.is_power_of_two());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::{
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    stats::counted(&ctx, decide)
+    stats::counted(&ctx, podnet_ebpf::abi::monitor::hook::FROM_POD, decide)
 }
 
 /// Whether `addr` and `mac` are those of the pod whose veth the packet came in on.

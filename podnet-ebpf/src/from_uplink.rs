@@ -19,7 +19,7 @@ use crate::{
 
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    stats::counted(&ctx, decide)
+    stats::counted(&ctx, podnet_ebpf::abi::monitor::hook::FROM_UPLINK, decide)
 }
 
 #[inline(always)]

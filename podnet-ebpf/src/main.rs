@@ -16,6 +16,7 @@
 //! - [`tunnel`]: the VXLAN overlay (tunnel key and redirect to the node's VXLAN device);
 //! - [`parse`]: bounds-checked header access;
 //! - [`stats`]: per-reason counters;
+//! - [`monitor`]: drop and refusal events for `podnet monitor` (rate-limited);
 //! - [`build_stamp`]: an optional compile-time marker telling two builds apart (upgrade tests);
 //! - [`maps`]: the map definitions (types in `podnet_ebpf::abi`).
 //!
@@ -41,6 +42,8 @@ mod from_uplink;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod masquerade;
+#[cfg(target_arch = "bpf")]
+mod monitor;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]

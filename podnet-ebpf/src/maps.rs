@@ -5,7 +5,7 @@
 use aya_ebpf::{
     Global,
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use podnet_ebpf::abi::{
@@ -14,6 +14,7 @@ use podnet_ebpf::abi::{
     EndpointKey, MAGLEV_MAX, MAGLEV_TABLE_SIZE, NON_MASQUERADE_MAX, NodeConfig, POD_NETNS_MAX,
     Peer, PodNetns, REV_NAT_MAX, RevNat, SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey,
     ServiceValue, SockRevNat, SockRevNatKey, backends_map_entries,
+    monitor::{DropEvent, MonitorBudget, RING_BYTES},
 };
 
 /// Node configuration: a single entry.
@@ -100,6 +101,14 @@ pub static PEERS: LpmTrie<[u8; 4], Peer, { DEFAULT_PEERS_MAX as usize }> = LpmTr
 /// match; the value is `NON_MASQUERADE_PRESENT`).
 #[btf_map]
 pub static NON_MASQUERADE: LpmTrie<[u8; 4], u32, { NON_MASQUERADE_MAX as usize }> = LpmTrie::new();
+
+/// Drop and refusal events for `podnet monitor` (see `podnet_ebpf::abi::monitor` for the size).
+#[btf_map]
+pub static MONITOR_EVENTS: RingBuf<DropEvent, { RING_BYTES as usize }> = RingBuf::new();
+
+/// The per-CPU rate limit of `MONITOR_EVENTS`: one entry.
+#[btf_map]
+pub static MONITOR_BUDGET: PerCpuArray<MonitorBudget, 1> = PerCpuArray::new();
 
 /// Non-zero turns on per-packet debug logging. Set at load time (`podnet node init --debug`);
 /// it lives in read-only data, so with 0 the verifier removes the logging code entirely.

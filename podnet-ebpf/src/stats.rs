@@ -3,7 +3,7 @@
 use aya_ebpf::programs::TcContext;
 use podnet_ebpf::abi::reason;
 
-use crate::maps::STATS;
+use crate::{maps::STATS, monitor};
 
 /// Counts one packet of `len` bytes under `why`.
 #[inline(always)]
@@ -18,13 +18,18 @@ pub fn count(why: u32, len: u32) {
     }
 }
 
-/// Runs a classifier's decision and counts the packet under the reason it returns.
+/// Runs a classifier's decision and counts the packet under the reason it returns; a drop or
+/// refusal is also reported to `podnet monitor` (as seen by program `hook`, a
+/// `monitor::hook::*`).
 #[inline(always)]
-pub fn counted(ctx: &TcContext, decide: impl FnOnce(&TcContext) -> (i32, u32)) -> i32 {
+pub fn counted(ctx: &TcContext, hook: u8, decide: impl FnOnce(&TcContext) -> (i32, u32)) -> i32 {
     crate::build_stamp::mark();
     let len = ctx.len();
     let (verdict, why) = decide(ctx);
     count(why, len);
+    if monitor::wanted(verdict, why) {
+        monitor::report(ctx, hook, verdict, why, ctx.len());
+    }
     verdict
 }
 

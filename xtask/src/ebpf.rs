@@ -32,8 +32,30 @@ pub fn build_upgrade(root: &Path) -> Result<PathBuf> {
     build_into(root, &root.join("target/bpf-upgrade"), Some(UPGRADE_STAMP))
 }
 
+/// Builds the object without drop reporting (`PODNET_EBPF_NO_MONITOR`), into its own target
+/// directory, and returns its path: the baseline of the reporting's cost measurement.
+pub fn build_without_monitor(root: &Path) -> Result<PathBuf> {
+    build_with(
+        root,
+        &root.join("target/bpf-nomonitor"),
+        None,
+        &[("PODNET_EBPF_NO_MONITOR", "1")],
+    )
+}
+
 fn build_into(root: &Path, target_dir: &Path, stamp: Option<&str>) -> Result<PathBuf> {
+    build_with(root, target_dir, stamp, &[])
+}
+
+fn build_with(
+    root: &Path,
+    target_dir: &Path,
+    stamp: Option<&str>,
+    extra_env: &[(&str, &str)],
+) -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");
+    cmd.env_remove("PODNET_EBPF_NO_MONITOR")
+        .envs(extra_env.iter().copied());
     match stamp {
         Some(stamp) => cmd.env("PODNET_EBPF_BUILD_STAMP", stamp),
         None => cmd.env_remove("PODNET_EBPF_BUILD_STAMP"),

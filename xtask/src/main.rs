@@ -31,7 +31,12 @@ enum Task {
     /// Install what is missing: Debian packages, bpf-linker, bpffs.
     Setup,
     /// Build the eBPF object (podnet-ebpf) for bpfel-unknown-none.
-    BuildEbpf,
+    BuildEbpf {
+        /// Build it without drop reporting (`podnet monitor`), into `target/bpf-nomonitor`: the
+        /// baseline of the reporting's cost measurement (see the README's `podnet monitor`).
+        #[arg(long)]
+        no_monitor: bool,
+    },
     /// Build the eBPF object, then podnet with it embedded.
     Build {
         #[arg(long)]
@@ -93,9 +98,15 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Setup => setup::ensure_all(),
         Task::Layers => layers::check(&root),
-        Task::BuildEbpf => {
+        Task::BuildEbpf { no_monitor } => {
             setup::ensure_all()?;
-            ebpf::build(&root).map(drop)
+            if no_monitor {
+                let object = ebpf::build_without_monitor(&root)?;
+                println!("{}", object.display());
+                Ok(())
+            } else {
+                ebpf::build(&root).map(drop)
+            }
         }
         Task::Build { release } => {
             setup::ensure_all()?;

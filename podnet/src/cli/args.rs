@@ -59,6 +59,19 @@ pub enum Command {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Follow dropped and refused packets live, one line each (like `cilium monitor --type
+    /// drop`); with --json one JSON object per line. Stops on Ctrl-C/SIGTERM.
+    Monitor {
+        /// Only this reason (e.g. drop_spoofed, reject_no_backend). Repeat for more.
+        #[arg(long = "reason", value_name = "R")]
+        reasons: Vec<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Run a self-contained demo in network namespaces (a node, an outside host and pods).
     Demo(crate::demo::DemoArgs),
     /// Free what is left behind: CNI attachments whose container namespace is gone (DEL never

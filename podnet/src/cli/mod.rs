@@ -119,6 +119,26 @@ fn run_on_node(ctx: &Ctx, json: bool, command: Command) -> Result<()> {
             seconds.map(Duration::from_secs),
             |line| println!("{line}"),
         )?,
+        Command::Monitor {
+            reasons,
+            count,
+            seconds,
+        } => {
+            let opts = ops::monitor::MonitorOptions {
+                reasons,
+                count,
+                duration: seconds.map(Duration::from_secs),
+            };
+            let monitor = ops::monitor::Monitor::open(ctx, opts)?;
+            eprintln!(
+                "following drops and refusals on {} (Ctrl-C to stop)",
+                ctx.settings.pin_dir.display()
+            );
+            let summary = monitor.run(|event| {
+                render::print_line(json, event, render::drop_event);
+            })?;
+            eprintln!("{}", render::monitor_summary(&summary));
+        }
         Command::Gc { keep } => {
             let keep = keep
                 .iter()

@@ -7,6 +7,7 @@ use podnet::{
         collector::Collector,
         conntrack::{self, Flow, GcReport as CtGcReport},
         gc::GcReport,
+        monitor::{DropView, MonitorSummary},
         node::{InitReport, NodeStatus, ResetReport},
         nodeport::ApplySummary,
         pod::DelReport,
@@ -26,6 +27,76 @@ pub fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> Strin
     } else {
         println!("{}", text(value));
     }
+}
+
+/// Prints one line: `value` as compact JSON, or its text.
+pub fn print_line<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(value).expect("reports always serialize")
+        );
+    } else {
+        println!("{}", text(value));
+    }
+}
+
+/// `podnet monitor`: one event, like `cilium monitor --type drop`.
+pub fn drop_event(v: &DropView) -> String {
+    let r = &v.record;
+    let p = &r.packet;
+    let end = |addr: Option<std::net::Ipv4Addr>, port: Option<u16>| match (addr, port) {
+        (Some(a), Some(port)) => format!("{a}:{port}"),
+        (Some(a), None) => a.to_string(),
+        (None, _) => "?".to_owned(),
+    };
+    let mut line = String::new();
+    if r.suppressed_before > 0 {
+        line.push_str(&format!(
+            "({} earlier event(s) not reported: rate limit or full buffer)\n",
+            r.suppressed_before
+        ));
+    }
+    let verb = if r.action == "answered" {
+        "reject"
+    } else {
+        "drop"
+    };
+    let ifname = v.ifname.as_deref().unwrap_or("?");
+    line.push_str(&format!(
+        "{verb} reason={} {} if={ifname}({}) ",
+        r.reason, r.hook, r.ifindex
+    ));
+    match p.l3.as_deref() {
+        Some("ipv4") => {
+            line.push_str(&format!(
+                "{} -> {}",
+                end(p.src, p.sport),
+                end(p.dst, p.dport)
+            ));
+            if let Some(proto) = &p.proto {
+                line.push_str(&format!(" {proto}"));
+            }
+            if let Some((kind, code)) = p.icmp {
+                line.push_str(&format!(" type={kind} code={code}"));
+            }
+            if p.fragment {
+                line.push_str(" fragment");
+            }
+        }
+        Some(other) => line.push_str(&format!("ethertype={other}")),
+        None => line.push_str("(unreadable)"),
+    }
+    line.push_str(&format!(" len={}", r.len));
+    line
+}
+
+/// `podnet monitor`'s last line (on stderr).
+pub fn monitor_summary(s: &MonitorSummary) -> String {
+    format!(
+        "{} event(s) shown; node totals: {} held back by the rate limit, {} lost to a full buffer",
+        s.events, s.totals.suppressed, s.totals.lost
+    )
 }
 
 /// `node init` and the collector it started.

@@ -129,6 +129,8 @@ fn expected_layout(name: &str, conntrack_entries: u32) -> (u32, u32, Option<u32>
         map_name::POD_NETNS => Some(POD_NETNS_MAX),
         map_name::AFFINITY => Some(AFFINITY_MAX),
         map_name::MAGLEV => Some(MAGLEV_MAX),
+        map_name::MONITOR_EVENTS => Some(podnet_ebpf::abi::monitor::RING_BYTES),
+        map_name::MONITOR_BUDGET => Some(1),
         _ => None,
     };
     (key, value, entries)

@@ -8,7 +8,7 @@
 //! map ([`maps`]; the service maps, written in batches, in [`services_map`]). No records and no use cases: the operations layer combines these.
 //!
 //! Inside, imports point one way: `loader` uses `object`, `attach`, `cgroup` and `pins`;
-//! `cgroup_owners` uses `cgroup`;
+//! `cgroup_owners` uses `cgroup`; `monitor` (the drop events' ring buffer, decoded) uses `maps`;
 //! `object`, `attach` and `log` use `pins`.
 
 pub mod attach;
@@ -18,6 +18,7 @@ pub mod cgroup_owners;
 pub mod loader;
 pub mod log;
 pub mod maps;
+pub mod monitor;
 pub mod object;
 pub mod pins;
 pub mod selection;

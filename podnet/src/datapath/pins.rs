@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use podnet_ebpf::abi::{
     AffinityKey, AffinityValue, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey,
     NodeConfig, Peer, PodNetns, RevNat, ServiceBackend, ServiceKey, ServiceValue, SockRevNat,
-    SockRevNatKey, map_name,
+    SockRevNatKey, map_name, monitor::MonitorBudget,
 };
 
 /// Path of a program's pin.
@@ -63,6 +63,10 @@ pub fn key_value_sizes(name: &str) -> (u32, u32) {
         map_name::MAGLEV => (4, 4),
         // LPM key as above; the value says the prefix is present.
         map_name::NON_MASQUERADE => (8, 4),
+        // A ring buffer has neither key nor value: the kernel reports 0/0 (its size is
+        // `max_entries`, in bytes).
+        map_name::MONITOR_EVENTS => (0, 0),
+        map_name::MONITOR_BUDGET => (4, size(size_of::<MonitorBudget>())),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
 }

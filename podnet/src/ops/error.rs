@@ -165,6 +165,10 @@ pub enum Error {
     #[error("updating the node's routes to other nodes' pods: {0}")]
     PeerRoutes(#[source] LinkError),
 
+    // --- monitor
+    #[error("unknown drop reason {name:?}; valid reasons: {valid}")]
+    UnknownReason { name: String, valid: String },
+
     // --- processes
     #[error("a conntrack collector already runs for this node (pid {pid})")]
     CollectorRunning { pid: u32 },
@@ -214,7 +218,8 @@ impl Error {
             | Self::PeerDuplicateIp { .. }
             | Self::PeerName { .. }
             | Self::ClusterFile { .. }
-            | Self::Service(_) => InvalidInput,
+            | Self::Service(_)
+            | Self::UnknownReason { .. } => InvalidInput,
             Self::Link(LinkError::InvalidName(_)) => InvalidInput,
             Self::Netns(NetnsError::NotFound { .. } | NetnsError::NotANetns { .. }) => InvalidInput,
             Self::NotInitialised { .. }

@@ -8,7 +8,8 @@
 //!   pods and chained CNI attachments; [`attachment`]: the CNI use cases;
 //! - [`service`]: the service table (ClusterIPs, NodePorts, LoadBalancer IPs, externalIPs);
 //! - [`nodeport`], [`peer`], [`conntrack`], [`collector`] (the collection loop), [`gc`]
-//!   (with [`dead_nodes`]: socket programs of nodes whose namespace is gone), [`stats`].
+//!   (with [`dead_nodes`]: socket programs of nodes whose namespace is gone), [`stats`],
+//!   [`monitor`] (the live view of drops).
 
 pub mod attachment;
 pub mod collector;
@@ -18,6 +19,7 @@ pub mod dead_nodes;
 pub mod endpoint;
 pub mod error;
 pub mod gc;
+pub mod monitor;
 pub mod node;
 pub mod nodeport;
 pub mod peer;

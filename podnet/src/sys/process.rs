@@ -1,5 +1,31 @@
 //! The process-level calls the operations need: the monotonic clock the datapath's
-//! `bpf_ktime_get_ns()` uses, and signals to processes podnet started.
+//! `bpf_ktime_get_ns()` uses, signals to processes podnet started, and SIGINT/SIGTERM turned
+//! into a flag a loop can check.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by [`on_stop_signal`] when SIGINT or SIGTERM arrives.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_stop(_signal: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// From now on SIGINT and SIGTERM no longer kill the process but set a flag, read with
+/// [`stop_requested`] (for a loop that finishes cleanly; it must check the flag at least every
+/// bounded wait).
+pub fn on_stop_signal() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `note_stop` only stores to an atomic, which is async-signal-safe; the
+        // handler stays valid for the life of the process.
+        unsafe { libc::signal(signal, note_stop as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Whether SIGINT or SIGTERM arrived since [`on_stop_signal`].
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
 
 /// CLOCK_MONOTONIC now, in nanoseconds.
 pub fn monotonic_ns() -> u64 {

@@ -33,7 +33,7 @@ pub struct PinnedMaps {
     pub peers: LpmTrie<MapData, [u8; 4], Peer>,
 }
 
-fn open(pin_dir: &Path, name: &str) -> Result<Map, DatapathError> {
+pub(in crate::datapath) fn open(pin_dir: &Path, name: &str) -> Result<Map, DatapathError> {
     let path = pin_dir.join(name);
     if !path.exists() {
         return Err(DatapathError::NotInitialised {

@@ -13,6 +13,7 @@
 //! netprobe urr udp IP:PORT --seconds S [--timeout-ms 2000]
 //! netprobe serve-many tcp --listen IP:PORT
 //! netprobe hold tcp IP:PORT --count N [--until-file PATH] [--seconds S] [--timeout-ms 2000]
+//! netprobe flood udp IP:PORT --seconds S [--source-port P]
 //! ```
 //!
 //! Servers print `listening <addr>` once bound. The one-shot TCP server reads one line (or up
@@ -57,8 +58,10 @@
 //! `http-get` prints the body of a 200 response and fails on any other status; with `--whole`
 //! it prints the whole response (status line, headers, body) whatever the status.
 //!
-//! `serve-many` and `hold` are for thousands of concurrent connections (see [`many`]).
+//! `serve-many` and `hold` are for thousands of concurrent connections (see [`many`]); `flood`
+//! sends datagrams as fast as it can (see [`flood`]).
 
+mod flood;
 mod many;
 
 use std::{
@@ -90,7 +93,8 @@ const USAGE: &str = "usage:
   netprobe crr tcp IP:PORT --seconds S [--timeout-ms MS] [--interval-ms MS] [--stop-file F]
   netprobe urr udp IP:PORT --seconds S [--timeout-ms MS]
   netprobe serve-many tcp --listen IP:PORT
-  netprobe hold tcp IP:PORT --count N [--until-file PATH] [--seconds S] [--timeout-ms MS]";
+  netprobe hold tcp IP:PORT --count N [--until-file PATH] [--seconds S] [--timeout-ms MS]
+  netprobe flood udp IP:PORT --seconds S [--source-port P]";
 
 enum Failure {
     Usage(String),
@@ -393,6 +397,17 @@ fn run(args: &Args) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        "flood" => {
+            if args.proto()? != Proto::Udp {
+                return Err(usage("flood is udp only"));
+            }
+            let seconds = args.seconds(600.0)?;
+            Ok(flood::flood(
+                args.addr(2)?,
+                Duration::from_secs_f64(seconds),
+                args.flag("--source-port")?.unwrap_or(0),
+            )?)
         }
         other => Err(usage(format!("unknown subcommand {other}"))),
     }
