@@ -51,7 +51,9 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
             .unwrap_or((TC_ACT_OK, reason::PASS_NOT_LOCAL));
     }
     let done = match pkt.l4 {
-        L4::Fragment => Some((TC_ACT_OK, reason::PASS_FRAGMENT)),
+        // A later fragment whose first fragment has not been seen: perhaps the node's own.
+        L4::Fragment { known: false } => Some((TC_ACT_OK, reason::PASS_FRAGMENT)),
+        L4::Fragment { known: true } => translate::tracked(ctx, cfg, &pkt, now),
         L4::Opaque => None,
         L4::IcmpError => translate::icmp_error(ctx, cfg, &pkt, now),
         L4::Tcp { .. } | L4::Udp | L4::IcmpEcho { .. } => translate::tracked(ctx, cfg, &pkt, now)

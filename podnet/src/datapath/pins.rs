@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use podnet_ebpf::abi::{
-    AffinityKey, AffinityValue, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey,
-    NodeConfig, Peer, PodNetns, RevNat, ServiceBackend, ServiceKey, ServiceValue, SockRevNat,
-    SockRevNatKey, map_name,
+    AffinityKey, AffinityValue, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, FragKey,
+    FragPorts, NodeConfig, Peer, PodNetns, RevNat, ServiceBackend, ServiceKey, ServiceValue,
+    SockRevNat, SockRevNatKey, map_name,
 };
 
 /// Path of a program's pin.
@@ -63,6 +63,7 @@ pub fn key_value_sizes(name: &str) -> (u32, u32) {
         map_name::MAGLEV => (4, 4),
         // LPM key as above; the value says the prefix is present.
         map_name::NON_MASQUERADE => (8, 4),
+        map_name::FRAGMENTS => (size(size_of::<FragKey>()), size(size_of::<FragPorts>())),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
 }
