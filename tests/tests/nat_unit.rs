@@ -1460,3 +1460,88 @@ fn a_later_fragment_before_its_first_is_counted_never_leaked() {
         ]);
     });
 }
+
+#[test]
+fn clusterip_udp_fragments_from_a_pod_and_a_straggler_before_the_first() {
+    require_root!();
+    in_node_netns(|| {
+        let mut h = Harness::new();
+        let vip = Ipv4Addr::new(10, 96, 0, 53);
+        let spec = podnet_tests::testrun::service_spec(
+            Frontend {
+                addr: vip,
+                port: 53,
+                proto: UDP,
+            },
+            &[(POD_B, 5353)],
+            svc_flag::CLUSTER_IP,
+        );
+        h.services.write(&spec).expect("service");
+        let data = big_payload();
+        let frags = fragment_frames(
+            (GW_MAC, MAC_A),
+            (POD_A, vip),
+            UDP,
+            0x7007,
+            &udp(POD_A, vip, 40053, 53, &data, false),
+        );
+
+        // A later fragment first: the ClusterIP is known, its port is not; never handed on
+        // untranslated to the service CIDR.
+        let straggler = &frags[2];
+        let (verdict, out) = h.pod_sends(straggler);
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(&out, straggler, "dropped before any rewrite");
+        h.assert_counted(&[(reason::DROP_FRAG_OUT_OF_ORDER, 1)]);
+
+        // The whole datagram in order: to the backend, the pod's address kept.
+        let mut delivered = Vec::new();
+        for f in &frags {
+            let (verdict, out) = h.pod_sends(f);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "to the backend pod");
+            delivered.push(out);
+        }
+        let expected = fragment_frames(
+            (MAC_B, GW_MAC),
+            (POD_A, POD_B),
+            UDP,
+            0x7007,
+            &udp(POD_A, POD_B, 40053, 5353, &data, false),
+        );
+        assert_fragments_translated(&delivered, &expected);
+        h.assert_counted(&[
+            (reason::DROP_FRAG_OUT_OF_ORDER, 1),
+            (reason::SERVICE_DNAT, 1),
+            (reason::DNAT, 3),
+        ]);
+
+        // The backend's fragmented reply comes from the ClusterIP.
+        let frags = fragment_frames(
+            (GW_MAC, MAC_B),
+            (POD_B, POD_A),
+            UDP,
+            0x8008,
+            &udp(POD_B, POD_A, 5353, 40053, &data, false),
+        );
+        let mut replies = Vec::new();
+        for f in &frags {
+            let (verdict, out) = h.pod_sends(f);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "back to the client pod");
+            replies.push(out);
+        }
+        let expected = fragment_frames(
+            (MAC_A, GW_MAC),
+            (vip, POD_A),
+            UDP,
+            0x8008,
+            &udp(vip, POD_A, 53, 40053, &data, false),
+        );
+        assert_fragments_translated(&replies, &expected);
+        h.assert_counted(&[
+            (reason::DROP_FRAG_OUT_OF_ORDER, 1),
+            (reason::SERVICE_DNAT, 1),
+            (reason::DNAT, 3),
+            (reason::DNAT_REPLY, 4),
+        ]);
+    });
+}
