@@ -309,12 +309,13 @@ pub struct ServiceValue {
     /// Slot 0: number of backends. Slots: 0.
     pub count: u16,
     /// Slot 0: how many backends are on this node; userspace puts them first (slots
-    /// `1..=local_count`), so traffic policy Local picks among them (issue 15).
+    /// `1..=local_count`). Informational: with a Local traffic policy userspace writes only
+    /// the local backends.
     pub local_count: u16,
     /// Slot 0: bit set of `svc_flag::*`.
     pub flags: u16,
     pub _pad: u16,
-    /// Slot 0: session affinity (ClientIP) timeout in seconds; 0 without affinity (issue 15).
+    /// Slot 0: session affinity (ClientIP) timeout in seconds; 0 without affinity.
     pub affinity_timeout: u32,
 }
 
@@ -328,13 +329,13 @@ pub mod svc_flag {
     pub const LOAD_BALANCER: u16 = 1 << 2;
     /// The frontend is an externalIP (reachable from outside).
     pub const EXTERNAL_IP: u16 = 1 << 3;
-    /// `externalTrafficPolicy: Local` (issue 15).
+    /// `externalTrafficPolicy: Local` (the slots hold this node's backends only).
     pub const EXT_LOCAL: u16 = 1 << 4;
-    /// `internalTrafficPolicy: Local` (issue 15).
+    /// `internalTrafficPolicy: Local` (the slots hold this node's backends only).
     pub const INT_LOCAL: u16 = 1 << 5;
-    /// `sessionAffinity: ClientIP` (issue 15).
+    /// `sessionAffinity: ClientIP`: a client's new connections follow `AFFINITY`.
     pub const AFFINITY: u16 = 1 << 6;
-    /// Backend choice by Maglev instead of at random (issue 15).
+    /// Backend choice by the frontend's Maglev table (`MAGLEV`) instead of at random.
     pub const MAGLEV: u16 = 1 << 7;
     /// A ClusterIP's address entry (`ANY_PORT`, `ANY_PROTO`): not a service itself.
     pub const ADDRESS: u16 = 1 << 8;
@@ -355,7 +356,8 @@ pub struct ServiceBackend {
 }
 
 /// Bits of [`ServiceBackend::flags`]: the EndpointSlice conditions (KEP-1669) and where the
-/// backend lives. Read by issue 15's selection; today every backend in the slots is used.
+/// backend lives. Userspace chooses which backends go in the slots by them (KEP-1669, traffic
+/// policies); the datapath uses every backend in the slots.
 pub mod backend_flag {
     pub const READY: u8 = 1 << 0;
     pub const SERVING: u8 = 1 << 1;
@@ -786,12 +788,16 @@ pub mod reason {
     /// Pod traffic leaving the cluster for a masquerade exclusion (`non_masquerade_cidrs`):
     /// handed to the kernel with the pod's own address, never SNATed.
     pub const PASS_NON_MASQUERADE: u32 = 32;
+    /// A packet podnet would route (translate, or forward to another node or from the uplink
+    /// to a pod) whose TTL would reach 0: dropped and answered with ICMP time exceeded from
+    /// the node's address facing the sender, as a router does.
+    pub const DROP_TTL_EXCEEDED: u32 = 33;
     /// A later fragment of a datagram whose first fragment (which carries the ports) has not
     /// been seen, on a path that must translate it (SNAT from a pod, a service frontend):
     /// dropped, since it could be neither translated nor let out untranslated.
-    pub const DROP_FRAG_OUT_OF_ORDER: u32 = 33;
+    pub const DROP_FRAG_OUT_OF_ORDER: u32 = 34;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 34;
+    pub const COUNT: u32 = 35;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -828,6 +834,7 @@ pub mod reason {
         "sock_reject",
         "service_dnat",
         "pass_non_masquerade",
+        "drop_ttl_exceeded",
         "drop_frag_out_of_order",
     ];
 }
@@ -854,6 +861,8 @@ pub mod proto {
     pub const TCP_ACK: u8 = 0x10;
     /// ICMP destination unreachable code "port unreachable".
     pub const ICMP_PORT_UNREACH: u8 = 3;
+    /// ICMP time exceeded code "TTL exceeded in transit".
+    pub const ICMP_EXC_TTL: u8 = 0;
     /// IPv4 `frag_off` bit "don't fragment".
     pub const IP_DF: u16 = 0x4000;
     /// TTL of packets the programs build themselves (TCP RST, ICMP errors).

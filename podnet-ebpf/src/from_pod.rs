@@ -1,7 +1,7 @@
 //! Ingress of a pod's host-side veth: everything a pod sends starts here.
 //!
-//! In order: a packet of a tracked flow is translated and delivered (replies of service flows,
-//! SNATed flows, hairpin); IPv4 to another local pod is delivered straight to it; a new
+//! In order: a packet of a tracked flow, or an ICMP error about one, is translated and
+//! delivered (replies of service flows, SNATed flows, hairpin); IPv4 to another local pod is delivered straight to it; a new
 //! connection to a NodePort on the node IP, or to a ClusterIP, LoadBalancer IP or externalIP,
 //! is DNATed to a backend (never SNATed, except hairpin), or refused at once when there is no
 //! backend; other traffic to the service CIDR goes to the kernel untouched (whatever else
@@ -26,7 +26,7 @@ use crate::{
     maps::debug_enabled,
     masquerade,
     parse::{self, in_prefix},
-    stats, translate,
+    stats, translate, ttl,
 };
 
 #[classifier]
@@ -87,7 +87,14 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
     let pkt = parse::ipv4_packet(ctx, &frame);
     let now = conntrack::now();
     if pkt.l4.has_tuple()
-        && let Some(done) = translate::tracked(ctx, cfg, &pkt, now)
+        && let Some(done) = translate::tracked(ctx, cfg, &pkt, now, true)
+    {
+        return done;
+    }
+    // An ICMP error about a translated flow (a backend's port unreachable to a NodePort
+    // client, a pod's frag-needed to an outside sender): translated like the flow's replies.
+    if matches!(pkt.l4, parse::L4::IcmpError)
+        && let Some(done) = translate::icmp_error(ctx, cfg, &pkt, now, true)
     {
         return done;
     }
@@ -123,14 +130,18 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
     if in_prefix(key.daddr, cfg.cluster_cidr, cfg.cluster_prefix_len) {
         // Another node's pods: never NATed; straight to that node when it is a known peer.
         return match forward::peer_of(key.daddr) {
-            Some(node_ip) => fib::to_node(ctx, cfg, key, node_ip, reason::FORWARD_REMOTE_NODE),
+            Some(node_ip) => ttl::hop(ctx, cfg, &pkt, true).unwrap_or_else(|| {
+                fib::to_node(ctx, cfg, key, node_ip, reason::FORWARD_REMOTE_NODE)
+            }),
             None => (TC_ACT_OK, reason::PASS_NOT_LOCAL),
         };
     }
     if let Some((peer, true)) = forward::peer(key.daddr) {
         // Another node's own IP is inside the cluster: no NAT (NodePort replies go back to the
         // node that forwarded the connection this way).
-        return fib::to_node(ctx, cfg, key, peer.node_ip, reason::FORWARD_REMOTE_NODE);
+        return ttl::hop(ctx, cfg, &pkt, true).unwrap_or_else(|| {
+            fib::to_node(ctx, cfg, key, peer.node_ip, reason::FORWARD_REMOTE_NODE)
+        });
     }
     if masquerade::excluded(key.daddr) {
         // A masquerade exclusion (a peered network that routes back to pod addresses): to the

@@ -4,7 +4,7 @@
 //! is none); replies to pods' service flows from backends on other nodes are translated back;
 //! ICMP errors about translated flows are translated back; packets from other nodes' pods for
 //! a local pod go straight to it. Everything else, above all the node's own traffic, goes to
-//! the kernel unchanged.
+//! the kernel unchanged (out of the tunnel, marked as addressed to this host).
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
@@ -14,7 +14,7 @@ use crate::{
     conntrack, forward,
     maps::debug_enabled,
     parse::{self, L4, in_prefix},
-    stats, translate,
+    stats, translate, ttl,
 };
 
 #[classifier]
@@ -36,7 +36,7 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
         // A reply to a pod's service flow whose backend is on another node, or a packet of a
         // flow to a LoadBalancer IP or externalIP.
         if pkt.l4.has_tuple()
-            && let Some(done) = translate::tracked(ctx, cfg, &pkt, now)
+            && let Some(done) = translate::tracked(ctx, cfg, &pkt, now, false)
         {
             return done;
         }
@@ -44,7 +44,9 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
         if in_prefix(daddr, cfg.pod_cidr, cfg.pod_prefix_len)
             && let Some(ep) = forward::endpoint(daddr)
         {
-            return forward::to_endpoint(ctx, cfg, &ep, Some(reason::FORWARD_UPLINK_TO_POD));
+            return ttl::hop(ctx, cfg, &pkt, false).unwrap_or_else(|| {
+                forward::to_endpoint(ctx, cfg, &ep, Some(reason::FORWARD_UPLINK_TO_POD))
+            });
         }
         // A new connection to a LoadBalancer IP or externalIP.
         return translate::service(ctx, cfg, &pkt, now, false)
@@ -52,14 +54,21 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
     }
     let done = match pkt.l4 {
         // A later fragment whose first fragment has not been seen: perhaps the node's own.
-        L4::Fragment { known: false } => Some((TC_ACT_OK, reason::PASS_FRAGMENT)),
-        L4::Fragment { known: true } => translate::tracked(ctx, cfg, &pkt, now),
+        L4::OrphanFragment => Some((TC_ACT_OK, reason::PASS_FRAGMENT)),
+        L4::Fragment => translate::tracked(ctx, cfg, &pkt, now, false),
         L4::Opaque => None,
-        L4::IcmpError => translate::icmp_error(ctx, cfg, &pkt, now),
-        L4::Tcp { .. } | L4::Udp | L4::IcmpEcho { .. } => translate::tracked(ctx, cfg, &pkt, now)
-            .or_else(|| translate::nodeport(ctx, cfg, &pkt, now, false)),
+        L4::IcmpError => translate::icmp_error(ctx, cfg, &pkt, now, false),
+        L4::Tcp { .. } | L4::Udp | L4::IcmpEcho { .. } => {
+            translate::tracked(ctx, cfg, &pkt, now, false)
+                .or_else(|| translate::nodeport(ctx, cfg, &pkt, now, false))
+        }
     };
-    let done = done.unwrap_or((TC_ACT_OK, reason::PASS_NOT_NAT));
+    let done = done.unwrap_or_else(|| {
+        // The node's own: a reply to its traffic to another node's pod may come through the
+        // tunnel.
+        crate::tunnel::for_this_host(ctx, cfg);
+        (TC_ACT_OK, reason::PASS_NOT_NAT)
+    });
     if debug_enabled() {
         debug!(
             ctx,

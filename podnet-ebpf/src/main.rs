@@ -11,7 +11,8 @@
 //! - [`masquerade`]: masquerade exclusions (destinations that keep the pod's address);
 //! - [`services`]: service frontends and backend choice;
 //! - [`reject`]: refusing a connection to a service with no backend (TCP RST, ICMP port
-//!   unreachable);
+//!   unreachable), and ICMP time exceeded;
+//! - [`ttl`]: the TTL of packets podnet routes;
 //! - [`forward`] and [`fib`]: delivery to a local pod, or out by the routing table;
 //! - [`tunnel`]: the VXLAN overlay (tunnel key and redirect to the node's VXLAN device);
 //! - [`parse`]: bounds-checked header access;
@@ -57,6 +58,8 @@ mod sock;
 mod stats;
 #[cfg(target_arch = "bpf")]
 mod translate;
+#[cfg(target_arch = "bpf")]
+mod ttl;
 #[cfg(target_arch = "bpf")]
 mod tunnel;
 

@@ -106,7 +106,7 @@ fn set_port(ctx: &TcContext, off: usize, from: u16, to: u16, csum: Option<L4Csum
 pub fn rewrite(ctx: &TcContext, pkt: &Ipv4Packet, nat: &CtNat) -> Result {
     let key = &pkt.key;
     let csum = match pkt.l4 {
-        L4::Fragment { .. } => None,
+        L4::Fragment | L4::OrphanFragment => None,
         _ => l4_csum(pkt.l4_off, key.proto),
     };
     if nat.saddr != key.saddr {
@@ -134,7 +134,7 @@ pub fn rewrite(ctx: &TcContext, pkt: &Ipv4Packet, nat: &CtNat) -> Result {
                 set_port(ctx, pkt.l4_off + ICMP_ID_OFF, from, to, csum)?;
             }
         }
-        L4::IcmpError | L4::Fragment { .. } | L4::Opaque => {}
+        L4::IcmpError | L4::Fragment | L4::OrphanFragment | L4::Opaque => {}
     }
     Ok(())
 }
@@ -211,7 +211,8 @@ pub fn quoted(ctx: &TcContext, pkt: &Ipv4Packet) -> Option<Quoted> {
 }
 
 /// Translates an ICMP error about a flow back to the endpoint it concerns: the outer
-/// destination becomes `to_addr`, and the quoted header becomes `quoted_nat` (its addresses,
+/// source becomes `from_addr` and the outer destination `to_addr`, and the quoted header
+/// becomes `quoted_nat` (its addresses,
 /// its header checksum and its ports), with the ICMP checksum, which covers the quoted bytes,
 /// updated for every change. The quoted L4 checksum is left alone: receivers do not verify it
 /// (the quote is usually truncated).
@@ -221,6 +222,7 @@ pub fn rewrite_icmp_error(
     pkt: &Ipv4Packet,
     q: &Quoted,
     quoted_nat: &CtNat,
+    from_addr: [u8; 4],
     to_addr: [u8; 4],
 ) -> Result {
     let icmp_csum = L4Csum {
@@ -289,6 +291,16 @@ pub fn rewrite_icmp_error(
                 Some(icmp_csum),
             )?;
         }
+    }
+    if from_addr != pkt.key.saddr {
+        set_addr(
+            ctx,
+            IP_SADDR_OFF,
+            IP_CHECK_OFF,
+            pkt.key.saddr,
+            from_addr,
+            None,
+        )?;
     }
     if to_addr != pkt.key.daddr {
         set_addr(

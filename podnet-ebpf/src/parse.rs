@@ -148,13 +148,15 @@ pub enum L4 {
     /// ICMP destination unreachable, time exceeded or parameter problem: quotes the headers of
     /// the packet it is about.
     IcmpError,
-    /// A later fragment of a datagram (offset not 0): no L4 header. `known`: its ports come
-    /// from the datagram's first fragment (see [`crate::frag`]) and are in the key, so it
-    /// follows that fragment's flow; otherwise the first fragment has not been seen and the
-    /// ports are 0. (A first fragment parses as its protocol, like an unfragmented packet.)
-    Fragment {
-        known: bool,
-    },
+    /// A later fragment of a datagram (offset not 0): no L4 header. Its ports come from the
+    /// datagram's first fragment (see [`crate::frag`]) and are in the key, so it follows that
+    /// fragment's flow. (A first fragment parses as its protocol, like an unfragmented packet.)
+    Fragment,
+    /// A later fragment whose first fragment has not been seen (out of order, or lost): ports 0.
+    /// (Fieldless like [`Self::Fragment`]: a payload byte here makes LLVM store an undefined
+    /// byte from any register for the other variants, a pointer included, which the verifier
+    /// refuses.)
+    OrphanFragment,
     /// Anything else: other protocols, other ICMP types, or an L4 header cut short.
     Opaque,
 }
@@ -165,7 +167,7 @@ impl L4 {
     pub fn has_tuple(self) -> bool {
         matches!(
             self,
-            Self::Tcp { .. } | Self::Udp | Self::IcmpEcho { .. } | Self::Fragment { known: true }
+            Self::Tcp { .. } | Self::Udp | Self::IcmpEcho { .. } | Self::Fragment
         )
     }
 }
@@ -213,13 +215,13 @@ pub fn ipv4_packet(ctx: &TcContext, frame: &Ipv4Frame) -> Ipv4Packet {
     };
     let l4 = if frag_off & IP_OFFSET != 0 {
         // A later fragment: the ports are those its datagram's first fragment carried.
-        let ports = crate::frag::ports_of_later(&key, id);
-        if let Some(ports) = ports {
-            key.sport = ports.sport;
-            key.dport = ports.dport;
-        }
-        L4::Fragment {
-            known: ports.is_some(),
+        match crate::frag::ports_of_later(&key, id) {
+            Some(ports) => {
+                key.sport = ports.sport;
+                key.dport = ports.dport;
+                L4::Fragment
+            }
+            None => L4::OrphanFragment,
         }
     } else if l4_len < l4_min_len(protocol) {
         // The L4 header is cut short by the IPv4 total length: whatever follows is padding,

@@ -2,7 +2,8 @@
 //! into the answer in place (a TCP RST for TCP, an ICMP port unreachable quoting the datagram
 //! for UDP), from the address the client used, and sent straight back: into the pod it came
 //! from, or out of the uplink it arrived on. The client's `connect()` then fails with
-//! ECONNREFUSED instead of timing out.
+//! ECONNREFUSED instead of timing out. A packet whose TTL runs out where podnet routes it is
+//! answered the same way, with ICMP time exceeded from the node.
 //!
 //! The headers are built whole on the stack with their checksums computed here (they are
 //! small and fixed), then the packet is cut to size (`bpf_skb_change_tail`) and written.
@@ -15,9 +16,11 @@ use aya_ebpf::{
 use podnet_ebpf::abi::{
     NodeConfig,
     proto::{
-        DEFAULT_TTL, ETH_HLEN, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, IP_DF, IPPROTO_ICMP,
-        IPPROTO_TCP, IPV4_MIN_HLEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        DEFAULT_TTL, ETH_HLEN, ICMP_DEST_UNREACH, ICMP_EXC_TTL, ICMP_PORT_UNREACH,
+        ICMP_TIME_EXCEEDED, IP_DF, IPPROTO_ICMP, IPPROTO_TCP, IPV4_MIN_HLEN, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN,
     },
+    reason,
 };
 
 use crate::{
@@ -140,20 +143,26 @@ fn tcp_reset(ctx: &TcContext, pkt: &Ipv4Packet, flags: u8) -> Result<(), Unbuild
     ctx.store(ETH_HLEN, &buf, 0).map_err(|_| Unbuildable)
 }
 
-/// Turns the UDP datagram `pkt` into the ICMP port unreachable that refuses it. Datagrams with
-/// IPv4 options are not answered (the quote would not have a fixed size).
+/// Turns `pkt` into an ICMP error of `kind` (type, code) from `from` back to its sender,
+/// quoting its IPv4 header and first 8 bytes. Packets with IPv4 options are not answered (the
+/// quote would not have a fixed size).
 #[inline(always)]
-fn port_unreachable(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), Unbuildable> {
+fn icmp_error(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    kind: (u8, u8),
+    from: [u8; 4],
+) -> Result<(), Unbuildable> {
     if pkt.l4_off != ETH_HLEN + IPV4_MIN_HLEN {
         return Err(Unbuildable);
     }
     let quoted: [u8; QUOTED_LEN] = ctx.load(ETH_HLEN).map_err(|_| Unbuildable)?;
     let key = &pkt.key;
     let mut buf = [0u8; UNREACH_LEN];
-    ipv4_header(&mut buf, UNREACH_LEN, IPPROTO_ICMP, key.daddr, key.saddr);
+    ipv4_header(&mut buf, UNREACH_LEN, IPPROTO_ICMP, from, key.saddr);
     let icmp = &mut buf[IPV4_MIN_HLEN..];
-    icmp[0] = ICMP_DEST_UNREACH;
-    icmp[1] = ICMP_PORT_UNREACH;
+    icmp[0] = kind.0;
+    icmp[1] = kind.1;
     icmp[ICMP_HLEN..].copy_from_slice(&quoted);
     let check = fold(add_words(0, icmp));
     icmp[2..4].copy_from_slice(&check);
@@ -175,12 +184,55 @@ pub fn refuse(
 ) -> (i32, u32) {
     let built = match pkt.l4 {
         L4::Tcp { flags } => tcp_reset(ctx, pkt, flags),
-        L4::Udp => port_unreachable(ctx, pkt),
+        L4::Udp => icmp_error(
+            ctx,
+            pkt,
+            (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH),
+            pkt.key.daddr,
+        ),
         _ => Err(Unbuildable),
     };
     if built.is_err() {
         return (TC_ACT_SHOT, why);
     }
+    send_back(ctx, cfg, pkt, why, from_pod)
+}
+
+/// Answers `pkt`, whose TTL ran out where podnet routes it, with ICMP time exceeded from the
+/// node's address facing the sender (the pod network's gateway for a pod, the node IP on the
+/// uplink), as a router would, so traceroute shows the node. An ICMP error is never answered,
+/// only dropped. Counted as `DROP_TTL_EXCEEDED` either way.
+#[inline(always)]
+pub fn time_exceeded(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    pkt: &Ipv4Packet,
+    from_pod: bool,
+) -> (i32, u32) {
+    let why = reason::DROP_TTL_EXCEEDED;
+    let from = if from_pod {
+        cfg.gateway_ip
+    } else {
+        cfg.node_ip
+    };
+    if matches!(pkt.l4, L4::IcmpError)
+        || icmp_error(ctx, pkt, (ICMP_TIME_EXCEEDED, ICMP_EXC_TTL), from).is_err()
+    {
+        return (TC_ACT_SHOT, why);
+    }
+    send_back(ctx, cfg, pkt, why, from_pod)
+}
+
+/// Sends the answer built in place of `pkt` back to its sender: into the pod it came from
+/// (`from_pod`), or out of the uplink it arrived on.
+#[inline(always)]
+fn send_back(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    pkt: &Ipv4Packet,
+    why: u32,
+    from_pod: bool,
+) -> (i32, u32) {
     if from_pod {
         return match forward::endpoint(pkt.key.saddr) {
             Some(ep) => forward::to_endpoint(ctx, cfg, &ep, Some(why)),

@@ -18,6 +18,7 @@ use crate::{
     parse::{Ipv4Packet, L4},
     reject,
     services::{self, Frontend},
+    ttl,
 };
 
 /// The reason a packet of a tracked flow is counted under.
@@ -52,7 +53,12 @@ fn rewrite_and_deliver(
     pkt: &Ipv4Packet,
     nat: &CtNat,
     why: u32,
+    from_pod: bool,
 ) -> (i32, u32) {
+    // Every translated packet crosses the node: one hop.
+    if let Some(expired) = ttl::hop(ctx, cfg, pkt, from_pod) {
+        return expired;
+    }
     if nat::rewrite(ctx, pkt, nat).is_err() {
         return (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
     }
@@ -66,6 +72,7 @@ pub fn tracked(
     cfg: &NodeConfig,
     pkt: &Ipv4Packet,
     now: u64,
+    from_pod: bool,
 ) -> Option<(i32, u32)> {
     let entry = conntrack::lookup(&pkt.key, now)?;
     conntrack::on_packet(cfg, &pkt.key, entry, pkt.l4, now);
@@ -77,6 +84,7 @@ pub fn tracked(
         pkt,
         &nat,
         reason_for(kind, dir),
+        from_pod,
     ))
 }
 
@@ -128,7 +136,7 @@ fn start_service_flow(
         reason::DNAT
     };
     match conntrack::create(cfg, &pkt.key, nat, kind, ports, now) {
-        Ok(nat) => rewrite_and_deliver(ctx, cfg, pkt, &nat, why),
+        Ok(nat) => rewrite_and_deliver(ctx, cfg, pkt, &nat, why, from_pod),
         Err(why) => (TC_ACT_SHOT, why),
     }
 }
@@ -178,8 +186,8 @@ pub fn service(
     now: u64,
     from_pod: bool,
 ) -> Option<(i32, u32)> {
-    if let L4::Fragment { known } = pkt.l4 {
-        return untracked_fragment_to_frontend(pkt, from_pod, known);
+    if matches!(pkt.l4, L4::Fragment | L4::OrphanFragment) {
+        return untracked_fragment_to_frontend(pkt, from_pod);
     }
     if !matches!(pkt.l4, L4::Tcp { .. } | L4::Udp) {
         return None;
@@ -228,11 +236,7 @@ pub fn service(
 /// recognised): dropped, never handed on untranslated. `None` when the destination is no
 /// frontend the sender may use.
 #[inline(always)]
-fn untracked_fragment_to_frontend(
-    pkt: &Ipv4Packet,
-    from_pod: bool,
-    known: bool,
-) -> Option<(i32, u32)> {
+fn untracked_fragment_to_frontend(pkt: &Ipv4Packet, from_pod: bool) -> Option<(i32, u32)> {
     let key = &pkt.key;
     // With unknown ports the port is 0, which no service has: a ClusterIP reads as UnknownPort.
     let frontend = match services::frontend(key.daddr, key.dport, key.proto) {
@@ -240,7 +244,7 @@ fn untracked_fragment_to_frontend(
         Frontend::UnknownPort => from_pod,
         Frontend::Service(svc) => from_pod || svc.flags & svc_flag::FROM_OUTSIDE != 0,
     };
-    let why = if known {
+    let why = if pkt.l4 == L4::Fragment {
         reason::DROP_CT_NO_STATE
     } else {
         reason::DROP_FRAG_OUT_OF_ORDER
@@ -254,7 +258,7 @@ fn untracked_fragment_to_frontend(
 #[inline(always)]
 pub fn snat(ctx: &TcContext, cfg: &NodeConfig, pkt: &Ipv4Packet, now: u64) -> (i32, u32) {
     match pkt.l4 {
-        L4::Fragment { known: false } => return (TC_ACT_SHOT, reason::DROP_FRAG_OUT_OF_ORDER),
+        L4::OrphanFragment => return (TC_ACT_SHOT, reason::DROP_FRAG_OUT_OF_ORDER),
         l4 if !l4.has_tuple() => return (TC_ACT_SHOT, reason::DROP_NAT_UNSUPPORTED),
         _ => {}
     }
@@ -271,6 +275,9 @@ pub fn snat(ctx: &TcContext, cfg: &NodeConfig, pkt: &Ipv4Packet, now: u64) -> (i
     }
     if !conntrack::admit(cfg) {
         return (TC_ACT_SHOT, reason::DROP_CT_FULL);
+    }
+    if let Some(expired) = ttl::hop(ctx, cfg, pkt, true) {
+        return expired;
     }
     let nat = CtNat {
         saddr: cfg.node_ip,
@@ -293,13 +300,17 @@ pub fn snat(ctx: &TcContext, cfg: &NodeConfig, pkt: &Ipv4Packet, now: u64) -> (i
 }
 
 /// Translates an ICMP error about a tracked flow back towards the endpoint that sent the
-/// quoted packet; `None` when it is about no flow podnet tracks.
+/// quoted packet; `None` when it is about no flow podnet tracks. An error sent by the endpoint
+/// the quoted packet was for (a pod behind a NodePort answering port unreachable, say) is
+/// translated like that endpoint's replies, so it comes from the address the sender used; one
+/// from a router on the way keeps the router's address.
 #[inline(always)]
 pub fn icmp_error(
     ctx: &TcContext,
     cfg: &NodeConfig,
     pkt: &Ipv4Packet,
     now: u64,
+    from_pod: bool,
 ) -> Option<(i32, u32)> {
     let quoted = nat::quoted(ctx, pkt)?;
     // A reply to the quoted packet would carry the reversed tuple: its entry says how packets
@@ -314,10 +325,19 @@ pub fn icmp_error(
         sport: nat.dport,
         dport: nat.sport,
     };
-    if nat::rewrite_icmp_error(ctx, pkt, &quoted, &original, nat.daddr).is_err() {
+    if let Some(expired) = ttl::hop(ctx, cfg, pkt, from_pod) {
+        return Some(expired);
+    }
+    let from = if pkt.key.saddr == quoted.key.daddr {
+        nat.saddr
+    } else {
+        pkt.key.saddr
+    };
+    if nat::rewrite_icmp_error(ctx, pkt, &quoted, &original, from, nat.daddr).is_err() {
         return Some((TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED));
     }
     let key = CtKey {
+        saddr: from,
         daddr: nat.daddr,
         ..pkt.key
     };

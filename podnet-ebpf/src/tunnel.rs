@@ -8,10 +8,10 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_tunnel_key},
-    helpers::{bpf_redirect, bpf_skb_set_tunnel_key},
+    helpers::{bpf_redirect, bpf_skb_change_type, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
-use podnet_ebpf::abi::{VXLAN_VNI, reason};
+use podnet_ebpf::abi::{NodeConfig, VXLAN_VNI, reason};
 
 /// Outer TTL of encapsulated packets.
 const TUNNEL_TTL: u8 = 64;
@@ -43,5 +43,23 @@ pub fn to_node(ctx: &TcContext, tunnel_ifindex: u32, node_ip: [u8; 4], why: u32)
         (TC_ACT_REDIRECT, why)
     } else {
         (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED)
+    }
+}
+
+/// `skb->pkt_type` of a frame for this host.
+const PACKET_HOST: u32 = 0;
+
+/// Marks a packet that came out of the tunnel for the node itself as addressed to this host.
+/// The far side sent it with whatever destination MAC its pod used (its own gateway's), which
+/// is not this device's, so the kernel would drop it as another host's frame; the MAC means
+/// nothing inside the tunnel.
+#[inline(always)]
+pub fn for_this_host(ctx: &TcContext, cfg: &NodeConfig) {
+    // SAFETY: `ctx.skb.skb` is the program's own, valid __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if cfg.tunnel_ifindex != 0 && ifindex == cfg.tunnel_ifindex {
+        // SAFETY: plain integer argument; TC programs may set the packet type to PACKET_HOST.
+        // A failure leaves the packet as it was (dropped by the kernel, as before).
+        let _ = unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) };
     }
 }

@@ -160,9 +160,16 @@ pub fn http_get(ns: &(impl InNetns + ?Sized), addr: &str) -> Result<String, Stri
     result_of(&netprobe(ns, &["http-get", addr, "--timeout-ms", "2000"]))
 }
 
-/// `netprobe churn tcp ADDR --count N`: `Ok("ok=N failed=0")` iff every connection worked.
+/// `netprobe churn tcp ADDR --count N`: `Ok("ok=N failed=0")` iff every connection worked
+/// (without the per-server tally netprobe prints after it).
 pub fn churn_tcp(ns: &(impl InNetns + ?Sized), addr: &str, count: u32) -> Result<String, String> {
     let count = count.to_string();
+    let counts = |out: String| -> String {
+        out.split_whitespace()
+            .filter(|f| f.starts_with("ok=") || f.starts_with("failed="))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     result_of(&netprobe(
         ns,
         &[
@@ -175,6 +182,7 @@ pub fn churn_tcp(ns: &(impl InNetns + ?Sized), addr: &str, count: u32) -> Result
             "2000",
         ],
     ))
+    .map(counts)
 }
 
 /// `netprobe stream tcp ADDR --seconds S` against a [`serve_tcp_echo`] server:

@@ -1188,6 +1188,13 @@ fn check_refusal(input: &[u8], out: &[u8]) -> Option<Result<Outcome, String>> {
     let unreach = v.proto == UDP
         && vo.proto == ICMP
         && out.get(vo.l4_off..vo.l4_off + 2) == Some(&[3, 3][..]);
+    // ICMP time exceeded: the input's TTL ran out where podnet routes it.
+    let expired = vo.proto == ICMP
+        && input[ETH_HLEN + 8] <= 1
+        && out.get(vo.l4_off..vo.l4_off + 2) == Some(&[11, 0][..]);
+    if expired {
+        return Some(check_time_exceeded(input, out, &v, &vo));
+    }
     if !rst && !unreach {
         return None;
     }
@@ -1215,6 +1222,34 @@ fn check_refusal(input: &[u8], out: &[u8]) -> Option<Result<Outcome, String>> {
     Some(Ok(Outcome::Refusal))
 }
 
+/// An ICMP time exceeded built in place of `input`: to its sender, from the node (whichever
+/// of its addresses), quoting its IPv4 header and first 8 bytes, with checksums that verify.
+fn check_time_exceeded(
+    input: &[u8],
+    out: &[u8],
+    v: &fuzz::Ipv4View,
+    vo: &fuzz::Ipv4View,
+) -> Result<Outcome, String> {
+    let fail = |what: &str| Err(format!("time exceeded, {what}: {}", fuzz::hex(out)));
+    if out.len() != ETH_HLEN + 56 || vo.hlen != 20 || vo.total + ETH_HLEN != out.len() {
+        return fail(&format!(
+            "{} bytes where {} are due",
+            out.len(),
+            ETH_HLEN + 56
+        ));
+    }
+    if !fuzz::ip_header_ok(out, vo) || fuzz::l4_ok(out, vo) != Some(true) {
+        return fail("a checksum does not verify");
+    }
+    if out[ETH_HLEN + 16..ETH_HLEN + 20] != input[ETH_HLEN + 12..ETH_HLEN + 16] {
+        return fail("not back to the sender");
+    }
+    if v.hlen != 20 || out[vo.l4_off + 8..] != input[ETH_HLEN..ETH_HLEN + 28] {
+        return fail("the quote is not the expired packet's headers");
+    }
+    Ok(Outcome::Refusal)
+}
+
 fn check_redirected(input: &[u8], out: &[u8]) -> Result<Outcome, String> {
     if let Some(refusal) = check_refusal(input, out) {
         return refusal;
@@ -1230,7 +1265,12 @@ fn check_redirected(input: &[u8], out: &[u8]) -> Result<Outcome, String> {
         return fail("but the output is not well-formed IPv4");
     };
     let may = fuzz::rewritable(input, &v);
-    if let Some(at) = (0..out.len()).find(|&i| out[i] != input[i] && !may[i]) {
+    // A routed hop takes one off the TTL (and nothing else may touch it).
+    let ttl = ETH_HLEN + 8;
+    if out[ttl] != input[ttl] && out[ttl] != input[ttl].wrapping_sub(1) {
+        return fail(&format!("TTL {} became {}", input[ttl], out[ttl]));
+    }
+    if let Some(at) = (0..out.len()).find(|&i| out[i] != input[i] && !may[i] && i != ttl) {
         return fail(&format!("byte {at} changed, which NAT does not own"));
     }
     let ip_in = fuzz::ip_header_ok(input, &v);
@@ -1254,7 +1294,9 @@ fn check_redirected(input: &[u8], out: &[u8]) -> Result<Outcome, String> {
             return fail("a UDP checksum changed between none (0) and present");
         }
     }
-    if out[12..] == input[12..] {
+    // Forwarded untranslated: the same but for a routed hop's TTL and header checksum.
+    let hop_fields = [ETH_HLEN + 8, ETH_HLEN + 10, ETH_HLEN + 11];
+    if (12..out.len()).all(|i| out[i] == input[i] || hop_fields.contains(&i)) {
         return Ok(Outcome::Forwarded);
     }
     if matches!(v.proto, TCP | UDP | ICMP) && !fuzz::l4_header_inside(&v) {
@@ -1461,11 +1503,17 @@ fn the_fuzz_checks_catch_broken_outputs() {
     let mut stale = good.clone();
     stale[ETH_HLEN + 36] ^= 1;
     assert!(check(&frame, Ran::Verdict(TC_ACT_REDIRECT, stale)).is_err());
-    // A changed TTL (not NAT's), checksums fixed.
-    let mut ttl = good.clone();
-    ttl[ETH_HLEN + 8] -= 1;
-    fuzz::fix_checksums(&mut ttl);
-    assert!(check(&frame, Ran::Verdict(TC_ACT_REDIRECT, ttl)).is_err());
+    // A routed hop's TTL, one lower, checksums fixed: passes; two lower, or higher: fails.
+    let mut hop = good.clone();
+    hop[ETH_HLEN + 8] -= 1;
+    fuzz::fix_checksums(&mut hop);
+    assert!(check(&frame, Ran::Verdict(TC_ACT_REDIRECT, hop)).is_ok());
+    for changed in [good[ETH_HLEN + 8] - 2, good[ETH_HLEN + 8] + 1] {
+        let mut ttl = good.clone();
+        ttl[ETH_HLEN + 8] = changed;
+        fuzz::fix_checksums(&mut ttl);
+        assert!(check(&frame, Ran::Verdict(TC_ACT_REDIRECT, ttl)).is_err());
+    }
     // Passed to the kernel, but modified.
     assert!(check(&frame, Ran::Verdict(TC_ACT_OK, good.clone())).is_err());
     assert!(matches!(

@@ -300,9 +300,21 @@ fn the_outside_reaches_every_backend_through_any_nodes_nodeport(mode: &[&str]) {
 }
 
 #[test]
-fn pods_and_nodes_reach_each_other_across_nodes() {
+fn pods_and_nodes_reach_each_other_across_nodes_native() {
     require_root!();
-    let cluster = Cluster::new(2, &[]);
+    pods_and_nodes_reach_each_other_across_nodes(&[]);
+}
+
+/// Overlay mode: the node's own traffic to another node's pod (kubelet probes, host-network
+/// pods) goes through the tunnel too, and the replies come back out of it to the node.
+#[test]
+fn pods_and_nodes_reach_each_other_across_nodes_overlay() {
+    require_root!();
+    pods_and_nodes_reach_each_other_across_nodes(&["--mode", "vxlan"]);
+}
+
+fn pods_and_nodes_reach_each_other_across_nodes(mode: &[&str]) {
+    let cluster = Cluster::new(2, mode);
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let pb = b.add_pod("pb");
     // A server on node a itself, reached by a pod on node b: no NAT inside the cluster.
@@ -312,13 +324,31 @@ fn pods_and_nodes_reach_each_other_across_nodes() {
         peer_ip_of(&reply).map(|ip| ip.to_string()),
         Some(pb.ip.clone())
     );
-    // And node a reaches pod b (a kernel route podCIDR via node b, kept by podnet).
+    // And node a reaches pod b (a kernel route to its pod CIDR, kept by podnet: via node b, or
+    // through the tunnel to node b), seen from node a's own IP; and node b reaches a pod of a.
     let _pod_server = serve_tcp(&pb.ns, &format!("{}:9001", pb.ip));
     let reply = connect_tcp(&a.ns, &format!("{}:9001", pb.ip)).expect("node a -> pod b");
     assert_eq!(
         peer_ip_of(&reply).map(|ip| ip.to_string()),
         Some(a.ip.to_string())
     );
+    let pa = a.add_pod("pa");
+    let _pa_server = serve_tcp(&pa.ns, &format!("{}:9002", pa.ip));
+    let reply = connect_tcp(&b.ns, &format!("{}:9002", pa.ip)).expect("node b -> pod a");
+    assert_eq!(
+        peer_ip_of(&reply).map(|ip| ip.to_string()),
+        Some(b.ip.to_string())
+    );
+    let ping = a.ns.sh(&format!("ping -c 1 -W 1 {}", pb.ip));
+    assert!(
+        ping.status.success(),
+        "node a pings pod b: {}",
+        describe(&ping)
+    );
+    // Without the peer the route goes; with it back, it returns.
+    a.ok(&["node", "peer", "del", "--name", &b.name]);
+    assert!(!a.ns.ok("ip route show").contains(&b.pod_cidr));
+    assert!(connect_tcp(&a.ns, &format!("{}:9001", pb.ip)).is_err());
 }
 
 #[test]
@@ -361,11 +391,24 @@ fn overlay_mode_carries_pods_between_nodes_in_vxlan() {
         }
     }
     for node in &cluster.nodes {
-        // No kernel route to any pod CIDR but the node's own: the overlay carries them, and
-        // the VXLAN device counted the packets.
+        // The node's own routes to other pod CIDRs go through the tunnel device, each with
+        // its tunnel key (the fabric knows no pod CIDR), and the VXLAN device counted the
+        // packets.
         let routes = node.ns.ok("ip route show");
         for other in cluster.nodes.iter().filter(|o| o.name != node.name) {
-            assert!(!routes.contains(&other.pod_cidr), "{}: {routes}", node.name);
+            let route = routes
+                .lines()
+                .find(|l| l.starts_with(&other.pod_cidr))
+                .unwrap_or_else(|| {
+                    panic!("{}: no route to {}: {routes}", node.name, other.pod_cidr)
+                });
+            assert!(
+                route.contains("encap ip id 1")
+                    && route.contains(&format!("dst {}", other.ip))
+                    && route.contains("dev podnet-vxlan"),
+                "{}: {route}",
+                node.name
+            );
         }
         let stats = node.ns.ok("ip -s -j link show dev podnet-vxlan");
         let parsed: serde_json::Value = serde_json::from_str(&stats).expect("ip -j");

@@ -257,6 +257,85 @@ fn udp_nodeport_answers_from_the_node_ip() {
     );
 }
 
+/// A backend's ICMP error about a translated flow goes back out translated: a NodePort
+/// client whose datagram reaches a pod with nothing listening learns it at once (the pod's
+/// port unreachable, from the node IP it sent to, quoting its own datagram), instead of
+/// waiting for a reply that never comes.
+#[test]
+fn a_backends_port_unreachable_reaches_the_nodeport_client_translated() {
+    require_root!();
+    let node = Node::new("10.244.46.0/24");
+    let _idle = node.add_pod("idle");
+    nodeport(&node, 30054, "udp", &["idle:5353"]);
+    let before = node.stats();
+    let started = std::time::Instant::now();
+    let out = netprobe(
+        &node.topo.outside,
+        &[
+            "connect",
+            "udp",
+            &format!("{NODE_IP}:30054"),
+            "--timeout-ms",
+            "2000",
+        ],
+    );
+    let elapsed = started.elapsed();
+    assert!(!out.status.success(), "nothing listens: {}", describe(&out));
+    let text = describe(&out).to_lowercase();
+    assert!(
+        text.contains("refused"),
+        "ECONNREFUSED from the ICMP error: {text}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "at once, not a timeout: {elapsed:?}"
+    );
+    let after = node.stats();
+    assert!(
+        delta(&before, &after, "icmp_error_translated") >= 1,
+        "{after:?}"
+    );
+    assert_eq!(
+        delta(&before, &after, "drop_nat_unsupported"),
+        0,
+        "{after:?}"
+    );
+}
+
+/// The node is a router hop wherever podnet routes: a packet whose TTL would run out there is
+/// answered with ICMP time exceeded from the node's address facing the sender (what
+/// traceroute shows), and one with a TTL left goes on.
+#[test]
+fn ttl_runs_out_at_the_node_with_time_exceeded_both_ways() {
+    require_root!();
+    let node = Node::new("10.244.47.0/24");
+    let pod = node.add_pod("client");
+    let gateway = "10.244.47.1";
+    let ping = |ns: &dyn podnet_tests::InNetns, ttl: u8, to: &str| {
+        let out = ns.sh(&format!("ping -n -c 1 -W 1 -t {ttl} {to}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = node.stats();
+    // Pod -> outside (SNAT): TTL 1 dies at the node, from the pod network's gateway.
+    let out = ping(&pod.ns, 1, &OUTSIDE_IP.to_string());
+    assert!(
+        out.contains(&format!("From {gateway}")) && out.contains("Time to live exceeded"),
+        "{out}"
+    );
+    assert!(ping(&pod.ns, 2, &OUTSIDE_IP.to_string()).contains("1 received"));
+    // Outside -> pod (routed through the node to the pod): TTL 1 dies at the node IP.
+    let outside = &node.topo.outside;
+    outside.ok(&format!("ip route add 10.244.47.0/24 via {NODE_IP}"));
+    let out = ping(outside, 1, &pod.ip);
+    assert!(
+        out.contains(&format!("From {NODE_IP}")) && out.contains("Time to live exceeded"),
+        "{out}"
+    );
+    // (A TTL left over arrives one lower: `services_unit` checks that byte by byte.)
+    let after = node.stats();
+    assert_eq!(delta(&before, &after, "drop_ttl_exceeded"), 2, "{after:?}");
+}
+
 #[test]
 fn nodeport_bad_input_is_refused_and_changes_nothing() {
     require_root!();

@@ -336,10 +336,14 @@ fn without_checksums(frame: &[u8]) -> Vec<u8> {
 /// Asserts `out` is `expected` (a frame built from scratch with the translated fields) byte
 /// for byte, except checksums, which must each be valid when recomputed independently; a UDP
 /// checksum must be "none" (0) exactly when `expected`'s is.
+/// Every translated frame crossed the node, a routed hop: `expected` (built with the TTL the
+/// sender used) arrives with its TTL one lower.
 fn assert_translated(out: &[u8], expected: &[u8]) {
+    let mut routed = expected.to_vec();
+    routed[ETH_HLEN + 8] -= 1;
     assert_eq!(
         without_checksums(out),
-        without_checksums(expected),
+        without_checksums(&routed),
         "translated frame\n   got: {out:02x?}\nexpect: {expected:02x?}"
     );
     assert!(ipv4_header_ok(out), "IPv4 header checksum: {out:02x?}");
@@ -1238,11 +1242,20 @@ fn fragment_frames(
         .collect()
 }
 
-/// Asserts `out` are `expected`'s fragments byte for byte except the IPv4 header checksums
-/// (each verified on its own) and the first fragment's UDP checksum, which is verified over
-/// the reassembled datagram with the translated addresses' pseudo-header.
+/// Asserts `out` are `expected`'s fragments (built with the TTL the sender used; each crossed
+/// the node, a routed hop, so arrives with its TTL one lower) byte for byte except the IPv4
+/// header checksums (each verified on its own) and the first fragment's UDP checksum, which is
+/// verified over the reassembled datagram with the translated addresses' pseudo-header.
 fn assert_fragments_translated(out: &[Vec<u8>], expected: &[Vec<u8>]) {
     assert_eq!(out.len(), expected.len(), "fragment count");
+    let expected: Vec<Vec<u8>> = expected
+        .iter()
+        .map(|f| {
+            let mut routed = f.clone();
+            routed[ETH_HLEN + 8] -= 1;
+            routed
+        })
+        .collect();
     let mask = |i: usize, f: &[u8]| {
         let mut f = f.to_vec();
         f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&[0, 0]);
@@ -1251,7 +1264,7 @@ fn assert_fragments_translated(out: &[Vec<u8>], expected: &[Vec<u8>]) {
         }
         f
     };
-    for (i, (o, e)) in out.iter().zip(expected).enumerate() {
+    for (i, (o, e)) in out.iter().zip(&expected).enumerate() {
         assert_eq!(
             mask(i, o),
             mask(i, e),

@@ -196,10 +196,14 @@ fn without_checksums(frame: &[u8]) -> Vec<u8> {
 }
 
 /// `out` is `expected` byte for byte except checksums, which verify on their own.
+/// Every translated frame crossed the node, a routed hop: `expected` (built with the TTL the
+/// sender used) arrives with its TTL one lower.
 fn assert_translated(out: &[u8], expected: &[u8]) {
+    let mut routed = expected.to_vec();
+    routed[ETH_HLEN + 8] -= 1;
     assert_eq!(
         without_checksums(out),
-        without_checksums(expected),
+        without_checksums(&routed),
         "translated frame\n   got: {out:02x?}\nexpect: {expected:02x?}"
     );
     assert!(ipv4_header_ok(out), "IPv4 header checksum: {out:02x?}");
@@ -691,5 +695,92 @@ fn a_client_port_reused_towards_another_clusterip_with_the_same_backend_gets_a_n
             &tcp_frame(MAC_A, GW_MAC, (other_vip, 80), client, SYN_ACK, b""),
         );
         assert_eq!(h.counted(reason::DROP_NAT_NO_PORT), 0);
+    });
+}
+
+/// `frame` with its IPv4 TTL set to `ttl` (header checksum fixed).
+fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[ETH_HLEN + 8] = ttl;
+    f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&[0, 0]);
+    let mut sum = 0u32;
+    for w in f[ETH_HLEN..ETH_HLEN + 20].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f
+}
+
+/// The ICMP time exceeded the programs build for `expired`: from `from` to its sender,
+/// quoting its IPv4 header and first 8 bytes.
+fn time_exceeded_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    from: Ipv4Addr,
+    expired: &[u8],
+) -> Vec<u8> {
+    let sender = Ipv4Addr::new(
+        expired[ETH_HLEN + 12],
+        expired[ETH_HLEN + 13],
+        expired[ETH_HLEN + 14],
+        expired[ETH_HLEN + 15],
+    );
+    let mut icmp = vec![11, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&expired[ETH_HLEN..ETH_HLEN + 28]);
+    let mut sum = 0u32;
+    for w in icmp.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    eth(
+        dst_mac,
+        src_mac,
+        0x0800,
+        &refusal_ipv4(from, sender, ICMP, &icmp),
+    )
+}
+
+#[test]
+fn a_routed_packet_whose_ttl_runs_out_is_answered_with_time_exceeded_from_the_node() {
+    require_root!();
+    in_node_netns(|| {
+        let h = Harness::new();
+        // Outside -> a pod, routed through the node: TTL 1 dies here, answered from the node
+        // IP back out of the uplink; TTL 2 arrives with 1.
+        let syn = tcp_frame(
+            UPLINK_MAC,
+            NEXT_HOP_MAC,
+            (OUTSIDE, 50000),
+            (POD_B, 8080),
+            SYN,
+            b"",
+        );
+        let expired = with_ttl(&syn, 1);
+        let (verdict, out) = h.uplink_receives(&expired);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "back out of the uplink");
+        assert_eq!(
+            out,
+            time_exceeded_frame(NEXT_HOP_MAC, UPLINK_MAC, NODE_IP, &expired)
+        );
+        let (verdict, out) = h.uplink_receives(&with_ttl(&syn, 2));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out[ETH_HLEN + 8], 1, "one hop taken");
+        assert!(ipv4_header_ok(&out));
+        // A pod's packet to a ClusterIP: translated, so routed: the same, from the gateway.
+        let syn = tcp_frame(GW_MAC, MAC_A, (POD_A, 40000), (VIP, 80), SYN, b"");
+        let expired = with_ttl(&syn, 1);
+        let (verdict, out) = h.pod_sends(&expired);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "back into the pod");
+        assert_eq!(
+            out,
+            time_exceeded_frame(MAC_A, GW_MAC, Ipv4Addr::new(10, 244, 0, 1), &expired)
+        );
+        assert_eq!(h.counted(reason::DROP_TTL_EXCEEDED), 2);
     });
 }

@@ -7,7 +7,7 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use ipnetwork::Ipv4Network;
-use podnet_ebpf::abi::peer_flag;
+use podnet_ebpf::abi::{VXLAN_VNI, peer_flag};
 
 use super::{
     Ctx,
@@ -17,6 +17,7 @@ use crate::{
     config::{NodeSettings, RoutingMode},
     model::peer::{ClusterFile, PeerNode},
     store,
+    sys::link::LinkError,
 };
 
 /// The node's peers, by name.
@@ -77,8 +78,10 @@ fn check(settings: &NodeSettings, peer: &PeerNode, others: &[PeerNode]) -> Resul
 }
 
 /// Makes the `PEERS` map hold exactly `peers` (each pod CIDR, and each node IP as a /32
-/// marked `NODE_IP`), and the node's routing table a route `podCIDR via nodeIP` for each, for
-/// the node's own traffic to other nodes' pods.
+/// marked `NODE_IP`), and the node's routing table a route to each pod CIDR, for the node's own
+/// traffic to other nodes' pods (kubelet's probes, host-network pods): `via nodeIP` in native
+/// mode; in overlay mode through the VXLAN device, encapsulated to the node IP by the route
+/// itself, from this node's IP.
 fn sync(ctx: &Ctx, peers: &[PeerNode]) -> Result<()> {
     let mut maps = ctx.maps()?;
     let mut wanted = Vec::new();
@@ -97,19 +100,38 @@ fn sync(ctx: &Ctx, peers: &[PeerNode]) -> Result<()> {
     for cidr in &stale {
         maps.remove_peer(*cidr)?;
     }
-    // Kernel routes need the fabric to route pod traffic by node IP: native mode only.
     drop(maps);
-    let native = ctx.settings.mode == RoutingMode::Native;
-    let routes: Vec<(Ipv4Network, Ipv4Addr)> = peers
-        .iter()
-        .filter(|_| native)
-        .map(|p| (p.pod_cidr, p.node_ip))
-        .collect();
+    let overlay = match ctx.settings.mode {
+        RoutingMode::Native => None,
+        RoutingMode::Vxlan => Some((
+            ctx.settings.vxlan_device.clone(),
+            ctx.settings.node_ip.ok_or_else(|| Error::NotInitialised {
+                path: store::node::settings_file(&ctx.settings.state_dir),
+            })?,
+        )),
+    };
+    let routes: Vec<(Ipv4Network, Ipv4Addr)> =
+        peers.iter().map(|p| (p.pod_cidr, p.node_ip)).collect();
     let gone: Vec<Ipv4Network> = stale.into_iter().filter(|c| c.prefix() < 32).collect();
     ctx.netlink(|nl| async move {
         let routed = async {
+            let tunnel = match &overlay {
+                Some((dev, node_ip)) => {
+                    let link = nl.get(dev).await?.ok_or_else(|| LinkError::NotFound {
+                        link: format!("{dev:?}"),
+                    })?;
+                    Some((link.index, *node_ip))
+                }
+                None => None,
+            };
             for (dst, via) in routes {
-                nl.replace_route(dst, via).await?;
+                match tunnel {
+                    Some((dev, src)) => {
+                        nl.replace_encap_route(dst, dev, VXLAN_VNI, via, src)
+                            .await?;
+                    }
+                    None => nl.replace_route(dst, via).await?,
+                }
             }
             for dst in gone {
                 nl.delete_route(dst).await?;
@@ -201,11 +223,7 @@ pub fn restore(ctx: &Ctx) -> Result<()> {
 /// goes with the pins), and the records with them. Returns how many routes were removed.
 pub fn clear(ctx: &Ctx) -> Result<usize> {
     let peers = list(ctx)?;
-    let routes: Vec<Ipv4Network> = peers
-        .iter()
-        .filter(|_| ctx.settings.mode == RoutingMode::Native)
-        .map(|p| p.pod_cidr)
-        .collect();
+    let routes: Vec<Ipv4Network> = peers.iter().map(|p| p.pod_cidr).collect();
     let removed = ctx.netlink(|nl| async move {
         let mut removed = 0;
         for dst in routes {

@@ -275,8 +275,12 @@ impl Netlink {
             })
     }
 
-    /// A VXLAN device in external (collect_md) mode on UDP `port`, up: programs choose each
-    /// packet's remote and VNI with `bpf_skb_set_tunnel_key`. An existing one is reused.
+    /// A VXLAN device in external (collect_md) mode on UDP `port`, up and without ARP: programs
+    /// choose each packet's remote and VNI with `bpf_skb_set_tunnel_key`, and the node's own
+    /// routes to other nodes' pods through it carry theirs in the route (see
+    /// [`Self::replace_encap_route`]); ARP could not cross it (a request has no tunnel key),
+    /// so the kernel addresses frames to the device's own MAC instead. An existing one is
+    /// reused.
     pub async fn ensure_vxlan(&self, name: &str, port: u16) -> Result<LinkInfo, LinkError> {
         validate_ifname(name)?;
         let info = match self.get(name).await? {
@@ -301,7 +305,14 @@ impl Netlink {
                 found: info.kind,
             });
         }
-        self.set_up(info.index).await?;
+        self.set(
+            LinkUnspec::new_with_index(info.index)
+                .up()
+                .arp(false)
+                .build(),
+            format!("set link {name:?} up without ARP"),
+        )
+        .await?;
         Ok(info)
     }
 
@@ -496,10 +507,50 @@ impl Netlink {
             .map_err(nl_err(format!("replace route {dst} via {gateway}")))
     }
 
-    /// `ip route del DST`. `Ok(false)` if there was no such route.
+    /// `ip route replace DST dev DEV encap ip id VNI dst REMOTE src SRC`: the node's own
+    /// traffic to `dst` goes through the collect_md tunnel device `dev` to `remote`, with the
+    /// tunnel key in the route (a lightweight tunnel), from the address `src`.
+    pub async fn replace_encap_route(
+        &self,
+        dst: Ipv4Network,
+        dev: u32,
+        vni: u32,
+        remote: Ipv4Addr,
+        src: Ipv4Addr,
+    ) -> Result<(), LinkError> {
+        use rtnetlink::packet_route::route::{
+            RouteIpTunnel, RouteLwEnCapType, RouteLwTunnelEncap, RouteScope,
+        };
+        let mut message = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .output_interface(dev)
+            .pref_source(src)
+            .scope(RouteScope::Link)
+            .build();
+        message
+            .attributes
+            .push(RouteAttribute::EncapType(RouteLwEnCapType::Ip));
+        message.attributes.push(RouteAttribute::Encap(vec![
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(u64::from(vni))),
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(remote)),
+        ]));
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(format!(
+                "replace route {dst} dev {dev} encap ip id {vni} dst {remote}"
+            )))
+    }
+
+    /// `ip route del DST`, whatever its scope (a gateway route's or a device route's). `Ok(false)`
+    /// if there was no such route.
     pub async fn delete_route(&self, dst: Ipv4Network) -> Result<bool, LinkError> {
         let message = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix())
+            .scope(rtnetlink::packet_route::route::RouteScope::NoWhere)
             .build();
         let result = self.handle.route().del(message).execute().await;
         tolerate(result, libc::ESRCH, || format!("delete route {dst}"))
