@@ -49,8 +49,11 @@ pub mod map_name {
     pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
     /// The per-CPU rate limit of [`MONITOR_EVENTS`] and what it held back.
     pub const MONITOR_BUDGET: &str = "MONITOR_BUDGET";
+    /// IPv4 fragments: (addresses, protocol, IP id) of a fragmented datagram -> the ports its
+    /// first fragment carried, so the later fragments follow the same flow.
+    pub const FRAGMENTS: &str = "FRAGMENTS";
     /// Every map, for pinning, listing and cleanup.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         CONFIG,
         ENDPOINTS,
         STATS,
@@ -67,6 +70,7 @@ pub mod map_name {
         NON_MASQUERADE,
         MONITOR_EVENTS,
         MONITOR_BUDGET,
+        FRAGMENTS,
     ];
 }
 
@@ -485,6 +489,39 @@ pub const DEFAULT_PEERS_MAX: u32 = 8_192;
 /// allocated on use, ~64 bytes each: 16 KiB full).
 pub const NON_MASQUERADE_MAX: u32 = 256;
 
+/// Entries in the `FRAGMENTS` LRU hash: fragmented datagrams whose later fragments may still
+/// come. An entry is needed only from a datagram's first fragment to its last, which on a
+/// network that does not reorder follow each other within microseconds; the LRU lets the
+/// oldest go. So the map must hold the datagrams in flight at once through this node, which
+/// the kernel bounds the same way for its own reassembly: `ipfrag_high_thresh` (4 MiB by
+/// default, per namespace) holds ~2,700 full-size (1,500-byte) fragments, so at most that many
+/// incomplete datagrams per receiver. 8,192 (Cilium's default too) covers three such
+/// receivers' worth of interleaved datagrams and costs ~0.6 MiB (16 bytes of key and value
+/// plus the LRU's ~56 bytes per preallocated element).
+pub const FRAGMENTS_MAX: u32 = 8_192;
+
+/// Key of the `FRAGMENTS` map: what the fragments of one datagram share (RFC 791: source,
+/// destination, protocol and identification), as they arrive at the hook (untranslated).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    /// The IPv4 identification field, host order.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of the `FRAGMENTS` map: the L4 ports (host order, as in [`CtKey`]) the datagram's
+/// first fragment carried; for ICMP echo, the identifier as in [`CtKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+
 /// Value of a `NON_MASQUERADE` entry (key: `prefix_len` + the network address): the entry's
 /// presence is what counts.
 pub const NON_MASQUERADE_PRESENT: u32 = 1;
@@ -720,16 +757,16 @@ pub mod reason {
     pub const ICMP_ERROR_TRANSLATED: u32 = 12;
     /// Uplink traffic with no NAT state and no NodePort: the node's own, to the kernel unchanged.
     pub const PASS_NOT_NAT: u32 = 13;
-    /// A fragment (first or later) arriving on the uplink for the node IP: podnet does not
-    /// reassemble, so it goes to the kernel unchanged (and a fragmented reply to a SNATed flow
-    /// does not reach the pod).
+    /// A later fragment arriving on the uplink for the node IP before its datagram's first
+    /// fragment (which carries the ports): it may be the node's own traffic, so it goes to the
+    /// kernel unchanged (if it belonged to a translated flow, that datagram is lost).
     pub const PASS_FRAGMENT: u32 = 14;
     /// The conntrack table is at its limit: a new flow was refused.
     pub const DROP_CT_FULL: u32 = 15;
     /// No free SNAT port for this destination after `SNAT_RETRIES` tries.
     pub const DROP_NAT_NO_PORT: u32 = 16;
     /// Traffic leaving the cluster that cannot be translated (no ports: other protocols, ICMP
-    /// other than echo, fragments): dropped so a pod address never leaks outside.
+    /// other than echo): dropped so a pod address never leaks outside.
     pub const DROP_NAT_UNSUPPORTED: u32 = 17;
     /// A TCP segment other than a SYN for a translated path with no conntrack entry.
     pub const DROP_CT_NO_STATE: u32 = 18;
@@ -776,8 +813,12 @@ pub mod reason {
     /// A pod's reply to a connection from outside the cluster routed straight to it, sent
     /// back as it is (not SNATed).
     pub const FORWARD_ROUTED_REPLY: u32 = 34;
+    /// A later fragment of a datagram whose first fragment (which carries the ports) has not
+    /// been seen, on a path that must translate it (SNAT from a pod, a service frontend):
+    /// dropped, since it could be neither translated nor let out untranslated.
+    pub const DROP_FRAG_OUT_OF_ORDER: u32 = 35;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 35;
+    pub const COUNT: u32 = 36;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -816,6 +857,7 @@ pub mod reason {
         "pass_non_masquerade",
         "drop_ttl_exceeded",
         "forward_routed_reply",
+        "drop_frag_out_of_order",
     ];
 }
 
@@ -984,8 +1026,8 @@ pub mod proto {
 mod pod_impls {
     use super::{
         AffinityKey, AffinityValue, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey,
-        NodeConfig, Peer, PodNetns, RevNat, ServiceBackend, ServiceKey, ServiceValue, SockRevNat,
-        SockRevNatKey,
+        FragKey, FragPorts, NodeConfig, Peer, PodNetns, RevNat, ServiceBackend, ServiceKey,
+        ServiceValue, SockRevNat, SockRevNatKey,
     };
 
     // SAFETY: each type is #[repr(C)], made only of integers and byte arrays, with every padding
@@ -1027,6 +1069,10 @@ mod pod_impls {
     unsafe impl aya::Pod for super::monitor::DropEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::monitor::MonitorBudget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FragKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FragPorts {}
 }
 
 #[cfg(test)]
@@ -1140,6 +1186,14 @@ mod tests {
         assert!(!monitor::reason_reported(reason::SOCK_REJECT));
         assert!(!monitor::reason_reported(reason::PASS_MALFORMED));
         assert!(monitor::RING_BYTES.is_power_of_two());
+    }
+
+    #[test]
+    fn fragment_layout() {
+        assert_eq!(size_of::<FragKey>(), 12);
+        assert_eq!(offset_of!(FragKey, id), 8);
+        assert_eq!(offset_of!(FragKey, proto), 10);
+        assert_eq!(size_of::<FragPorts>(), 4);
     }
 
     #[test]

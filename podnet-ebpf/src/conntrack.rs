@@ -307,6 +307,6 @@ pub fn starts_flow(l4: L4) -> bool {
         L4::Tcp { flags } => flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN,
         L4::Udp => true,
         L4::IcmpEcho { request } => request,
-        L4::IcmpError | L4::Fragment | L4::Opaque => false,
+        L4::IcmpError | L4::Fragment | L4::OrphanFragment | L4::Opaque => false,
     }
 }

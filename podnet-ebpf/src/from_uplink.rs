@@ -58,7 +58,9 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
             .unwrap_or((TC_ACT_OK, reason::PASS_NOT_LOCAL));
     }
     let done = match pkt.l4 {
-        L4::Fragment => Some((TC_ACT_OK, reason::PASS_FRAGMENT)),
+        // A later fragment whose first fragment has not been seen: perhaps the node's own.
+        L4::OrphanFragment => Some((TC_ACT_OK, reason::PASS_FRAGMENT)),
+        L4::Fragment => translate::tracked(ctx, cfg, &pkt, now, false),
         L4::Opaque => None,
         L4::IcmpError => translate::icmp_error(ctx, cfg, &pkt, now, false),
         L4::Tcp { .. } | L4::Udp | L4::IcmpEcho { .. } => {

@@ -7,6 +7,7 @@
 //! - [`translate`]: the NAT decisions both classifiers share;
 //! - [`conntrack`]: flow state, lifetimes and admission;
 //! - [`nat`]: packet rewriting and checksums;
+//! - [`frag`]: IPv4 fragments (later fragments follow their first fragment's flow);
 //! - [`masquerade`]: masquerade exclusions (destinations that keep the pod's address);
 //! - [`services`]: service frontends and backend choice;
 //! - [`reject`]: refusing a connection to a service with no backend (TCP RST, ICMP port
@@ -34,6 +35,8 @@ mod conntrack;
 mod fib;
 #[cfg(target_arch = "bpf")]
 mod forward;
+#[cfg(target_arch = "bpf")]
+mod frag;
 #[cfg(target_arch = "bpf")]
 mod from_pod;
 #[cfg(target_arch = "bpf")]

@@ -11,9 +11,10 @@ use aya_ebpf::{
 use podnet_ebpf::abi::{
     AFFINITY_MAX, AffinityKey, AffinityValue, CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage,
     DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX, DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint,
-    EndpointKey, MAGLEV_MAX, MAGLEV_TABLE_SIZE, NON_MASQUERADE_MAX, NodeConfig, POD_NETNS_MAX,
-    Peer, PodNetns, REV_NAT_MAX, RevNat, SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey,
-    ServiceValue, SockRevNat, SockRevNatKey, backends_map_entries,
+    EndpointKey, FRAGMENTS_MAX, FragKey, FragPorts, MAGLEV_MAX, MAGLEV_TABLE_SIZE,
+    NON_MASQUERADE_MAX, NodeConfig, POD_NETNS_MAX, Peer, PodNetns, REV_NAT_MAX, RevNat,
+    SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey, ServiceValue, SockRevNat,
+    SockRevNatKey, backends_map_entries,
     monitor::{DropEvent, MonitorBudget, RING_BYTES},
 };
 
@@ -109,6 +110,13 @@ pub static MONITOR_EVENTS: RingBuf<DropEvent, { RING_BYTES as usize }> = RingBuf
 /// The per-CPU rate limit of `MONITOR_EVENTS`: one entry.
 #[btf_map]
 pub static MONITOR_BUDGET: PerCpuArray<MonitorBudget, 1> = PerCpuArray::new();
+
+/// IPv4 fragments: the ports of each fragmented datagram's first fragment, for its later
+/// fragments (which carry no L4 header). An LRU: entries are never removed, the oldest
+/// datagrams make room for new ones.
+#[btf_map]
+pub static FRAGMENTS: LruHashMap<FragKey, FragPorts, { FRAGMENTS_MAX as usize }> =
+    LruHashMap::new();
 
 /// Non-zero turns on per-packet debug logging. Set at load time (`podnet node init --debug`);
 /// it lives in read-only data, so with 0 the verifier removes the logging code entirely.

@@ -99,11 +99,16 @@ fn set_port(ctx: &TcContext, off: usize, from: u16, to: u16, csum: Option<L4Csum
     ok(ctx.store(off, &t, 0))
 }
 
-/// Rewrites the packet's tuple from `pkt.key` to `nat`.
+/// Rewrites the packet's tuple from `pkt.key` to `nat`. A later fragment gets its addresses
+/// (and the IPv4 header checksum) rewritten only: its ports and the L4 checksum, which covers
+/// the whole datagram, are in the first fragment, rewritten like any packet's.
 #[inline(always)]
 pub fn rewrite(ctx: &TcContext, pkt: &Ipv4Packet, nat: &CtNat) -> Result {
     let key = &pkt.key;
-    let csum = l4_csum(pkt.l4_off, key.proto);
+    let csum = match pkt.l4 {
+        L4::Fragment | L4::OrphanFragment => None,
+        _ => l4_csum(pkt.l4_off, key.proto),
+    };
     if nat.saddr != key.saddr {
         set_addr(ctx, IP_SADDR_OFF, IP_CHECK_OFF, key.saddr, nat.saddr, csum)?;
     }
@@ -129,7 +134,7 @@ pub fn rewrite(ctx: &TcContext, pkt: &Ipv4Packet, nat: &CtNat) -> Result {
                 set_port(ctx, pkt.l4_off + ICMP_ID_OFF, from, to, csum)?;
             }
         }
-        L4::IcmpError | L4::Fragment | L4::Opaque => {}
+        L4::IcmpError | L4::Fragment | L4::OrphanFragment | L4::Opaque => {}
     }
     Ok(())
 }

@@ -148,8 +148,15 @@ pub enum L4 {
     /// ICMP destination unreachable, time exceeded or parameter problem: quotes the headers of
     /// the packet it is about.
     IcmpError,
-    /// Part of a fragmented datagram: ports are not available (or not in every fragment).
+    /// A later fragment of a datagram (offset not 0): no L4 header. Its ports come from the
+    /// datagram's first fragment (see [`crate::frag`]) and are in the key, so it follows that
+    /// fragment's flow. (A first fragment parses as its protocol, like an unfragmented packet.)
     Fragment,
+    /// A later fragment whose first fragment has not been seen (out of order, or lost): ports 0.
+    /// (Fieldless like [`Self::Fragment`]: a payload byte here makes LLVM store an undefined
+    /// byte from any register for the other variants, a pointer included, which the verifier
+    /// refuses.)
+    OrphanFragment,
     /// Anything else: other protocols, other ICMP types, or an L4 header cut short.
     Opaque,
 }
@@ -158,7 +165,10 @@ impl L4 {
     /// True when the packet has a 5-tuple conntrack can key on.
     #[inline(always)]
     pub fn has_tuple(self) -> bool {
-        matches!(self, Self::Tcp { .. } | Self::Udp | Self::IcmpEcho { .. })
+        matches!(
+            self,
+            Self::Tcp { .. } | Self::Udp | Self::IcmpEcho { .. } | Self::Fragment
+        )
     }
 }
 
@@ -173,15 +183,18 @@ pub struct Ipv4Packet {
 }
 
 /// Reads the L4 part of a parsed IPv4 frame. Every read goes through `bpf_skb_load_bytes`, so
-/// IP options (a variable L4 offset) and paged (GSO) packets need no special casing.
+/// IP options (a variable L4 offset) and paged (GSO) packets need no special casing. A first
+/// fragment's ports are remembered for the later ones, which get them back ([`crate::frag`]);
+/// the fragment map is touched only by fragments.
 #[inline(always)]
 pub fn ipv4_packet(ctx: &TcContext, frame: &Ipv4Frame) -> Ipv4Packet {
     // SAFETY: the parser bounds-checked the fixed header and nothing has changed the packet.
-    let (version_ihl, tot_len, frag_off, protocol, saddr, daddr) = unsafe {
+    let (version_ihl, tot_len, id, frag_off, protocol, saddr, daddr) = unsafe {
         let ip = &*frame.ip;
         (
             ip.version_ihl,
             u16::from_be(ip.tot_len),
+            u16::from_be(ip.id),
             u16::from_be(ip.frag_off),
             ip.protocol,
             ip.saddr,
@@ -200,8 +213,16 @@ pub fn ipv4_packet(ctx: &TcContext, frame: &Ipv4Frame) -> Ipv4Packet {
         proto: protocol,
         _pad: [0; 3],
     };
-    let l4 = if frag_off & (IP_MF | IP_OFFSET) != 0 {
-        L4::Fragment
+    let l4 = if frag_off & IP_OFFSET != 0 {
+        // A later fragment: the ports are those its datagram's first fragment carried.
+        match crate::frag::ports_of_later(&key, id) {
+            Some(ports) => {
+                key.sport = ports.sport;
+                key.dport = ports.dport;
+                L4::Fragment
+            }
+            None => L4::OrphanFragment,
+        }
     } else if l4_len < l4_min_len(protocol) {
         // The L4 header is cut short by the IPv4 total length: whatever follows is padding,
         // not ports, and rewriting it would write past the packet.
@@ -227,6 +248,10 @@ pub fn ipv4_packet(ctx: &TcContext, frame: &Ipv4Frame) -> Ipv4Packet {
             _ => L4::Opaque,
         }
     };
+    if frag_off & IP_MF != 0 && frag_off & IP_OFFSET == 0 && l4.has_tuple() {
+        // The first fragment of a datagram: its later fragments will need its ports.
+        crate::frag::remember_first(&key, id);
+    }
     Ipv4Packet {
         key,
         l4_off,

@@ -1,6 +1,8 @@
 //! The NAT decisions shared by both classifiers: translating a packet of a known flow, starting
 //! a service flow (NodePort, ClusterIP, LoadBalancer IP, externalIP) or refusing it, starting a
-//! SNAT flow, and translating an ICMP error about a flow.
+//! SNAT flow, and translating an ICMP error about a flow. A later IP fragment carries the ports
+//! of its datagram's first fragment (see `frag`), so it is translated by the same flow; it never
+//! starts one.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -186,6 +188,9 @@ pub fn service(
     now: u64,
     from_pod: bool,
 ) -> Option<(i32, u32)> {
+    if matches!(pkt.l4, L4::Fragment | L4::OrphanFragment) {
+        return untracked_fragment_to_frontend(pkt, from_pod);
+    }
     if !matches!(pkt.l4, L4::Tcp { .. } | L4::Udp) {
         return None;
     }
@@ -267,13 +272,36 @@ pub fn routed_to_pod(
     forward::to_endpoint(ctx, cfg, ep, Some(reason::FORWARD_UPLINK_TO_POD))
 }
 
+/// A later fragment to a service frontend that no conntrack entry took (its first fragment was
+/// refused, or has not been seen: then its ports are unknown, and only a ClusterIP's address is
+/// recognised): dropped, never handed on untranslated. `None` when the destination is no
+/// frontend the sender may use.
+#[inline(always)]
+fn untracked_fragment_to_frontend(pkt: &Ipv4Packet, from_pod: bool) -> Option<(i32, u32)> {
+    let key = &pkt.key;
+    // With unknown ports the port is 0, which no service has: a ClusterIP reads as UnknownPort.
+    let frontend = match services::frontend(key.daddr, key.dport, key.proto) {
+        Frontend::None => false,
+        Frontend::UnknownPort => from_pod,
+        Frontend::Service(svc) => from_pod || svc.flags & svc_flag::FROM_OUTSIDE != 0,
+    };
+    let why = if pkt.l4 == L4::Fragment {
+        reason::DROP_CT_NO_STATE
+    } else {
+        reason::DROP_FRAG_OUT_OF_ORDER
+    };
+    frontend.then_some((TC_ACT_SHOT, why))
+}
+
 /// Starts a SNAT flow for a pod packet leaving the cluster and delivers it. The route is looked
 /// up first: a destination the node does not forward to (one of its own addresses, say) is not
 /// the datapath's to translate and goes to the kernel unchanged.
 #[inline(always)]
 pub fn snat(ctx: &TcContext, cfg: &NodeConfig, pkt: &Ipv4Packet, now: u64) -> (i32, u32) {
-    if !pkt.l4.has_tuple() {
-        return (TC_ACT_SHOT, reason::DROP_NAT_UNSUPPORTED);
+    match pkt.l4 {
+        L4::OrphanFragment => return (TC_ACT_SHOT, reason::DROP_FRAG_OUT_OF_ORDER),
+        l4 if !l4.has_tuple() => return (TC_ACT_SHOT, reason::DROP_NAT_UNSUPPORTED),
+        _ => {}
     }
     if !conntrack::starts_flow(pkt.l4) {
         return (TC_ACT_SHOT, reason::DROP_CT_NO_STATE);

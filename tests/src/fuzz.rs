@@ -108,6 +108,8 @@ pub struct Ipv4View {
     pub proto: u8,
     /// More fragments set, or a fragment offset.
     pub fragment: bool,
+    /// A fragment offset: a later fragment, with no L4 header (only its addresses are NAT's).
+    pub later_fragment: bool,
     /// Offset of the L4 header in the frame.
     pub l4_off: usize,
     /// Bytes of L4 inside the IPv4 total length.
@@ -131,6 +133,7 @@ pub fn ipv4_view(frame: &[u8]) -> Option<Ipv4View> {
         total,
         proto: ip[9],
         fragment: u16_at(ip, 6) & (IP_MF | IP_OFFSET) != 0,
+        later_fragment: u16_at(ip, 6) & IP_OFFSET != 0,
         l4_off: ETH_HLEN + hlen,
         l4_len: total - hlen,
     })
@@ -154,6 +157,13 @@ fn l4_min_len(proto: u8) -> Option<usize> {
 /// length (and the packet is not a fragment): only then is there an L4 checksum to verify.
 pub fn l4_complete(v: &Ipv4View) -> bool {
     !v.fragment && l4_min_len(v.proto).is_some_and(|min| v.l4_len >= min)
+}
+
+/// Whether a packet that NAT may rewrite the ports of has its whole L4 header inside the IPv4
+/// total length: every packet but a later fragment (a first fragment carries the header; its
+/// checksum covers the whole datagram, so [`l4_complete`] does not hold for it).
+pub fn l4_header_inside(v: &Ipv4View) -> bool {
+    v.later_fragment || l4_min_len(v.proto).is_none_or(|min| v.l4_len >= min)
 }
 
 fn pseudo_sum(frame: &[u8], v: &Ipv4View) -> u32 {
@@ -216,7 +226,7 @@ pub fn rewritable(frame: &[u8], v: &Ipv4View) -> Vec<bool> {
     };
     allow(0, 12);
     allow(ETH_HLEN + 10, 10);
-    if v.fragment {
+    if v.later_fragment {
         return may;
     }
     let l4 = v.l4_off;

@@ -16,7 +16,8 @@
 //! ready, not IPv4 (ARP, IPv6, VLAN-tagged), malformed IPv4, broadcast or multicast MACs, a
 //! source outside this node's pod CIDR, traffic for the node itself that is not a NodePort, an
 //! unroutable destination, another node's pods without a known peer (`from_pod`); not for the
-//! node IP nor a local pod, fragments, untracked traffic that is no NodePort, ICMP errors about
+//! node IP nor a local pod, later fragments whose first fragment was not seen, untracked
+//! traffic that is no NodePort, ICMP errors about
 //! untracked flows (`from_uplink`). No path rewrites a packet and then returns `TC_ACT_OK`
 //! (delivery is always a redirect), so the invariants per input are:
 //!
@@ -64,8 +65,8 @@ use aya::{
 use podnet::datapath::services_map::{Frontend, ServicesMap};
 use podnet_ebpf::abi::{
     CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtTimeouts, CtUsage, Endpoint, EndpointKey,
-    NodeConfig, Peer, config_flag, endpoint_flag, map_name, peer_flag, program_name, reason,
-    svc_flag,
+    NodeConfig, Peer, config_flag, endpoint_flag, map_name, peer_flag, program_name, proto::IP_MF,
+    reason, svc_flag,
 };
 use podnet_tests::{
     Scenario,
@@ -426,6 +427,33 @@ impl Harness {
             ),
             "NodePort UDP",
         );
+        // First fragments of datagrams of the SNAT and NodePort UDP flows, with the IP id every
+        // frame built here carries: the corpus's later fragments of those flows then have ports
+        // to follow (the fragment map), and the others are out of order.
+        for (prog, frame, what) in [
+            (
+                Prog::FromPod,
+                udp_frame(GW_MAC, MAC_A, SNAT_UDP, (OUTSIDE, 53), b"query", false),
+                "SNAT UDP first fragment",
+            ),
+            (
+                Prog::FromUplink,
+                udp_frame(
+                    UPLINK_MAC,
+                    NEXT_HOP_MAC,
+                    DNAT_UDP_CLIENT,
+                    (NODE_IP, NP_UDP),
+                    b"q",
+                    false,
+                ),
+                "NodePort UDP first fragment",
+            ),
+        ] {
+            let mut first = frame;
+            first[ETH_HLEN + 6..ETH_HLEN + 8].copy_from_slice(&IP_MF.to_be_bytes());
+            fuzz::fix_checksums(&mut first);
+            self.seed(prog, &first, what);
+        }
         let out = self.seed(
             Prog::FromPod,
             &tcp_frame(
@@ -1150,9 +1178,11 @@ fn check(input: &[u8], ran: Ran) -> Result<Outcome, String> {
 fn check_refusal(input: &[u8], out: &[u8]) -> Option<Result<Outcome, String>> {
     let v = fuzz::ipv4_view(input)?;
     let vo = fuzz::ipv4_view(out)?;
+    // A first fragment carries the header a refusal answers, like a whole packet.
     let rst = v.proto == TCP
         && vo.proto == TCP
-        && fuzz::l4_complete(&v)
+        && !v.later_fragment
+        && fuzz::l4_header_inside(&v)
         && input[v.l4_off + 13] & RST == 0
         && out.get(vo.l4_off + 13).is_some_and(|f| f & RST != 0);
     let unreach = v.proto == UDP
@@ -1269,7 +1299,7 @@ fn check_redirected(input: &[u8], out: &[u8]) -> Result<Outcome, String> {
     if (12..out.len()).all(|i| out[i] == input[i] || hop_fields.contains(&i)) {
         return Ok(Outcome::Forwarded);
     }
-    if matches!(v.proto, TCP | UDP | ICMP) && !v.fragment && !fuzz::l4_complete(&v) {
+    if matches!(v.proto, TCP | UDP | ICMP) && !fuzz::l4_header_inside(&v) {
         return fail("rewritten, but its L4 header is not inside the IPv4 total length");
     }
     let verified = ip_in && l4_in != Some(false) && q_in != Some(false);
@@ -1313,7 +1343,7 @@ fn replay(spec: &str) {
 }
 
 /// Every reason the corpus must reach, or the fuzzer is not testing what it claims to.
-const MUST_REACH: [u32; 20] = [
+const MUST_REACH: [u32; 21] = [
     reason::FORWARD_LOCAL_PEER,
     reason::FORWARD_LOCAL_REDIRECT,
     reason::PASS_NOT_IPV4,
@@ -1327,6 +1357,7 @@ const MUST_REACH: [u32; 20] = [
     reason::ICMP_ERROR_TRANSLATED,
     reason::PASS_NOT_NAT,
     reason::PASS_FRAGMENT,
+    reason::DROP_FRAG_OUT_OF_ORDER,
     reason::FORWARD_REMOTE_NODE,
     reason::FORWARD_UPLINK_TO_POD,
     reason::DROP_SPOOFED,

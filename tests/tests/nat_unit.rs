@@ -1104,14 +1104,9 @@ fn untranslatable_traffic_leaving_the_cluster_is_dropped_not_leaked() {
         );
         let cases = [
             (
-                "first fragment (MF)",
-                fragment(0x2000),
-                reason::DROP_NAT_UNSUPPORTED,
-            ),
-            (
-                "later fragment (offset 8)",
+                "a later fragment (offset 8) whose first fragment was never seen",
                 fragment(1),
-                reason::DROP_NAT_UNSUPPORTED,
+                reason::DROP_FRAG_OUT_OF_ORDER,
             ),
             (
                 "a protocol without ports (GRE)",
@@ -1208,5 +1203,358 @@ fn a_masquerade_exclusion_keeps_the_pod_address() {
             .expect("exclusion");
         snat_syn_from_a(&h);
         h.assert_counted(&[(reason::PASS_NON_MASQUERADE, 3), (reason::SNAT, 1)]);
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// IP fragments: the first fragment carries the ports and is translated by its flow; later
+// fragments take the ports from the fragment map and get their addresses rewritten.
+
+/// IPv4 `frag_off` "more fragments" bit.
+const IP_MF: u16 = 0x2000;
+/// L4 bytes per fragment in these tests (a multiple of 8, as offsets count 8-byte units).
+const FRAG_CHUNK: usize = 64;
+
+/// The fragments of an L4 `datagram` of protocol `proto` from `src` to `dst` with IP id `id`,
+/// [`FRAG_CHUNK`] L4 bytes each, as Ethernet frames (header checksums filled in).
+fn fragment_frames(
+    macs: ([u8; 6], [u8; 6]),
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    proto: u8,
+    id: u16,
+    datagram: &[u8],
+) -> Vec<Vec<u8>> {
+    let count = datagram.len().div_ceil(FRAG_CHUNK);
+    datagram
+        .chunks(FRAG_CHUNK)
+        .enumerate()
+        .map(|(i, part)| {
+            let mut ip = ipv4(src, dst, proto, &[], part);
+            let offset = u16::try_from(i * FRAG_CHUNK / 8).expect("offset fits");
+            let more = if i + 1 < count { IP_MF } else { 0 };
+            ip[4..6].copy_from_slice(&id.to_be_bytes());
+            ip[6..8].copy_from_slice(&(offset | more).to_be_bytes());
+            ip[10..12].copy_from_slice(&[0, 0]);
+            let check = csum(&ip[..20], 0);
+            ip[10..12].copy_from_slice(&check.to_be_bytes());
+            eth(macs.0, macs.1, ETH_P_IP, &ip)
+        })
+        .collect()
+}
+
+/// Asserts `out` are `expected`'s fragments (built with the TTL the sender used; each crossed
+/// the node, a routed hop, so arrives with its TTL one lower) byte for byte except the IPv4
+/// header checksums (each verified on its own) and the first fragment's UDP checksum, which is
+/// verified over the reassembled datagram with the translated addresses' pseudo-header.
+fn assert_fragments_translated(out: &[Vec<u8>], expected: &[Vec<u8>]) {
+    assert_eq!(out.len(), expected.len(), "fragment count");
+    let expected: Vec<Vec<u8>> = expected
+        .iter()
+        .map(|f| {
+            let mut routed = f.clone();
+            routed[ETH_HLEN + 8] -= 1;
+            routed
+        })
+        .collect();
+    let mask = |i: usize, f: &[u8]| {
+        let mut f = f.to_vec();
+        f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&[0, 0]);
+        if i == 0 {
+            f[L4 + 6..L4 + 8].copy_from_slice(&[0, 0]);
+        }
+        f
+    };
+    for (i, (o, e)) in out.iter().zip(&expected).enumerate() {
+        assert_eq!(
+            mask(i, o),
+            mask(i, e),
+            "fragment {i}\n   got: {o:02x?}\nexpect: {e:02x?}"
+        );
+        assert!(ipv4_header_ok(o), "fragment {i}: IPv4 header checksum");
+    }
+    let l4: Vec<u8> = out.iter().flat_map(|f| f[L4..].to_vec()).collect();
+    let whole = eth(
+        out[0][..6].try_into().expect("mac"),
+        out[0][6..12].try_into().expect("mac"),
+        ETH_P_IP,
+        &ipv4(
+            ip_at(&out[0], ETH_HLEN + 12),
+            ip_at(&out[0], ETH_HLEN + 16),
+            out[0][ETH_HLEN + 9],
+            &[],
+            &l4,
+        ),
+    );
+    assert!(l4_ok(&whole), "checksum of the reassembled datagram");
+}
+
+/// A UDP payload long enough for several fragments, different at every offset.
+fn big_payload() -> Vec<u8> {
+    (0..200u16)
+        .map(|i| (i % 251).to_le_bytes()[0] ^ 0x5a)
+        .collect()
+}
+
+#[test]
+fn snat_udp_fragments_follow_the_first_fragments_flow_both_ways() {
+    require_root!();
+    in_node_netns(|| {
+        let h = Harness::new();
+        let data = big_payload();
+        let out_dgram = udp(POD_A, OUTSIDE, 5353, 53, &data, false);
+        let frags = fragment_frames((GW_MAC, MAC_A), (POD_A, OUTSIDE), UDP, 0x1001, &out_dgram);
+        assert_eq!(frags.len(), 4, "208 bytes in 64-byte fragments");
+        let mut sent = Vec::new();
+        for f in &frags {
+            let (verdict, out) = h.pod_sends(f);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "every fragment is SNATed out");
+            sent.push(out);
+        }
+        let (_, port) = src_of(&sent[0]);
+        assert_in_snat_range(port);
+        let expected = fragment_frames(
+            (NEXT_HOP_MAC, UPLINK_MAC),
+            (NODE_IP, OUTSIDE),
+            UDP,
+            0x1001,
+            &udp(NODE_IP, OUTSIDE, port, 53, &data, false),
+        );
+        assert_fragments_translated(&sent, &expected);
+        h.assert_counted(&[(reason::SNAT, 4)]);
+        assert_eq!(h.conntrack().len(), 2, "one flow for the whole datagram");
+
+        // The reply, fragmented too, reaches the pod translated back.
+        let reply = udp(OUTSIDE, NODE_IP, 53, port, &data, false);
+        let frags = fragment_frames(
+            (UPLINK_MAC, NEXT_HOP_MAC),
+            (OUTSIDE, NODE_IP),
+            UDP,
+            0x2002,
+            &reply,
+        );
+        let mut received = Vec::new();
+        for f in &frags {
+            let (verdict, out) = h.uplink_receives(f);
+            assert_eq!(
+                verdict, TC_ACT_REDIRECT,
+                "every reply fragment goes to the pod"
+            );
+            received.push(out);
+        }
+        let expected = fragment_frames(
+            (MAC_A, GW_MAC),
+            (OUTSIDE, POD_A),
+            UDP,
+            0x2002,
+            &udp(OUTSIDE, POD_A, 53, 5353, &data, false),
+        );
+        assert_fragments_translated(&received, &expected);
+        h.assert_counted(&[(reason::SNAT, 4), (reason::SNAT_REPLY, 4)]);
+    });
+}
+
+#[test]
+fn nodeport_udp_fragments_are_dnated_and_the_reply_translated_back() {
+    require_root!();
+    in_node_netns(|| {
+        let mut h = Harness::new();
+        h.service(30053, UDP, &[(POD_B, 53)]);
+        let client = (OUTSIDE, 50000);
+        let data = big_payload();
+        let frags = fragment_frames(
+            (UPLINK_MAC, NEXT_HOP_MAC),
+            (OUTSIDE, NODE_IP),
+            UDP,
+            0x3003,
+            &udp(OUTSIDE, NODE_IP, client.1, 30053, &data, false),
+        );
+        let mut delivered = Vec::new();
+        for f in &frags {
+            let (verdict, out) = h.uplink_receives(f);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "every fragment to the backend");
+            delivered.push(out);
+        }
+        let expected = fragment_frames(
+            (MAC_B, GW_MAC),
+            (OUTSIDE, POD_B),
+            UDP,
+            0x3003,
+            &udp(OUTSIDE, POD_B, client.1, 53, &data, false),
+        );
+        assert_fragments_translated(&delivered, &expected);
+        h.assert_counted(&[(reason::DNAT, 4)]);
+
+        let frags = fragment_frames(
+            (GW_MAC, MAC_B),
+            (POD_B, OUTSIDE),
+            UDP,
+            0x4004,
+            &udp(POD_B, OUTSIDE, 53, client.1, &data, false),
+        );
+        let mut sent = Vec::new();
+        for f in &frags {
+            let (verdict, out) = h.pod_sends(f);
+            assert_eq!(
+                verdict, TC_ACT_REDIRECT,
+                "every reply fragment is routed out"
+            );
+            sent.push(out);
+        }
+        let expected = fragment_frames(
+            (NEXT_HOP_MAC, UPLINK_MAC),
+            (NODE_IP, OUTSIDE),
+            UDP,
+            0x4004,
+            &udp(NODE_IP, OUTSIDE, 30053, client.1, &data, false),
+        );
+        assert_fragments_translated(&sent, &expected);
+        h.assert_counted(&[(reason::DNAT, 4), (reason::DNAT_REPLY, 4)]);
+    });
+}
+
+#[test]
+fn a_later_fragment_before_its_first_is_counted_never_leaked() {
+    require_root!();
+    in_node_netns(|| {
+        let h = Harness::new();
+        let data = big_payload();
+        let frags = fragment_frames(
+            (GW_MAC, MAC_A),
+            (POD_A, OUTSIDE),
+            UDP,
+            0x5005,
+            &udp(POD_A, OUTSIDE, 5353, 53, &data, false),
+        );
+
+        // The last fragment overtakes the others: no ports to translate it by, and it must
+        // not leave with the pod's address.
+        let last = frags.last().expect("fragments");
+        let (verdict, out) = h.pod_sends(last);
+        assert_eq!(verdict, TC_ACT_SHOT, "dropped");
+        assert_eq!(&out, last, "dropped before any rewrite");
+        h.assert_counted(&[(reason::DROP_FRAG_OUT_OF_ORDER, 1)]);
+        assert!(h.conntrack().is_empty(), "a later fragment starts no flow");
+
+        // The rest, in order, are translated by the flow the first one starts.
+        for f in &frags[..frags.len() - 1] {
+            let (verdict, out) = h.pod_sends(f);
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            assert!(ipv4_header_ok(&out), "IPv4 header checksum");
+            assert_eq!(ip_at(&out, ETH_HLEN + 12), NODE_IP, "source translated");
+        }
+        // Once the first fragment is known, the same straggler follows its flow.
+        let (verdict, out) = h.pod_sends(last);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert!(ipv4_header_ok(&out));
+        assert_eq!(ip_at(&out, ETH_HLEN + 12), NODE_IP);
+        assert_eq!(
+            out[L4..],
+            last[L4..],
+            "a later fragment's data is never touched"
+        );
+        h.assert_counted(&[(reason::DROP_FRAG_OUT_OF_ORDER, 1), (reason::SNAT, 4)]);
+
+        // On the uplink, a later fragment for the node IP whose first fragment was not seen
+        // may be the node's own: to the kernel unchanged, counted.
+        let stray = fragment_frames(
+            (UPLINK_MAC, NEXT_HOP_MAC),
+            (OUTSIDE, NODE_IP),
+            UDP,
+            0x6006,
+            &udp(OUTSIDE, NODE_IP, 53, 40000, &data, false),
+        );
+        let (verdict, out) = h.uplink_receives(&stray[1]);
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(out, stray[1], "unchanged");
+        h.assert_counted(&[
+            (reason::DROP_FRAG_OUT_OF_ORDER, 1),
+            (reason::SNAT, 4),
+            (reason::PASS_FRAGMENT, 1),
+        ]);
+    });
+}
+
+#[test]
+fn clusterip_udp_fragments_from_a_pod_and_a_straggler_before_the_first() {
+    require_root!();
+    in_node_netns(|| {
+        let mut h = Harness::new();
+        let vip = Ipv4Addr::new(10, 96, 0, 53);
+        let spec = podnet_tests::testrun::service_spec(
+            Frontend {
+                addr: vip,
+                port: 53,
+                proto: UDP,
+            },
+            &[(POD_B, 5353)],
+            svc_flag::CLUSTER_IP,
+        );
+        h.services.write(&spec).expect("service");
+        let data = big_payload();
+        let frags = fragment_frames(
+            (GW_MAC, MAC_A),
+            (POD_A, vip),
+            UDP,
+            0x7007,
+            &udp(POD_A, vip, 40053, 53, &data, false),
+        );
+
+        // A later fragment first: the ClusterIP is known, its port is not; never handed on
+        // untranslated to the service CIDR.
+        let straggler = &frags[2];
+        let (verdict, out) = h.pod_sends(straggler);
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(&out, straggler, "dropped before any rewrite");
+        h.assert_counted(&[(reason::DROP_FRAG_OUT_OF_ORDER, 1)]);
+
+        // The whole datagram in order: to the backend, the pod's address kept.
+        let mut delivered = Vec::new();
+        for f in &frags {
+            let (verdict, out) = h.pod_sends(f);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "to the backend pod");
+            delivered.push(out);
+        }
+        let expected = fragment_frames(
+            (MAC_B, GW_MAC),
+            (POD_A, POD_B),
+            UDP,
+            0x7007,
+            &udp(POD_A, POD_B, 40053, 5353, &data, false),
+        );
+        assert_fragments_translated(&delivered, &expected);
+        h.assert_counted(&[
+            (reason::DROP_FRAG_OUT_OF_ORDER, 1),
+            (reason::SERVICE_DNAT, 1),
+            (reason::DNAT, 3),
+        ]);
+
+        // The backend's fragmented reply comes from the ClusterIP.
+        let frags = fragment_frames(
+            (GW_MAC, MAC_B),
+            (POD_B, POD_A),
+            UDP,
+            0x8008,
+            &udp(POD_B, POD_A, 5353, 40053, &data, false),
+        );
+        let mut replies = Vec::new();
+        for f in &frags {
+            let (verdict, out) = h.pod_sends(f);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "back to the client pod");
+            replies.push(out);
+        }
+        let expected = fragment_frames(
+            (MAC_A, GW_MAC),
+            (vip, POD_A),
+            UDP,
+            0x8008,
+            &udp(vip, POD_A, 53, 40053, &data, false),
+        );
+        assert_fragments_translated(&replies, &expected);
+        h.assert_counted(&[
+            (reason::DROP_FRAG_OUT_OF_ORDER, 1),
+            (reason::SERVICE_DNAT, 1),
+            (reason::DNAT, 3),
+            (reason::DNAT_REPLY, 4),
+        ]);
     });
 }

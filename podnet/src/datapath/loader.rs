@@ -16,8 +16,9 @@ use aya::{
     programs::{CgroupSockAddr, SchedClassifier},
 };
 use podnet_ebpf::abi::{
-    AFFINITY_MAX, CT_USAGE_SLOTS, DEFAULT_PEERS_MAX, MAGLEV_MAX, NON_MASQUERADE_MAX, POD_NETNS_MAX,
-    REV_NAT_MAX, SOCK_REV_NAT_MAX, STATS_SLOTS, backends_map_entries, map_name, program_name,
+    AFFINITY_MAX, CT_USAGE_SLOTS, DEFAULT_PEERS_MAX, FRAGMENTS_MAX, MAGLEV_MAX, NON_MASQUERADE_MAX,
+    POD_NETNS_MAX, REV_NAT_MAX, SOCK_REV_NAT_MAX, STATS_SLOTS, backends_map_entries, map_name,
+    program_name,
 };
 
 use super::{DatapathError, attach, cgroup, object::EbpfObject, pins};
@@ -124,6 +125,7 @@ fn expected_layout(name: &str, conntrack_entries: u32) -> (u32, u32, Option<u32>
         map_name::CT_USAGE => Some(CT_USAGE_SLOTS),
         map_name::PEERS => Some(DEFAULT_PEERS_MAX),
         map_name::NON_MASQUERADE => Some(NON_MASQUERADE_MAX),
+        map_name::FRAGMENTS => Some(FRAGMENTS_MAX),
         map_name::REV_NAT => Some(REV_NAT_MAX),
         map_name::SOCK_REV_NAT => Some(SOCK_REV_NAT_MAX),
         map_name::POD_NETNS => Some(POD_NETNS_MAX),

@@ -4,7 +4,7 @@
 //! netprobe serve tcp|udp --listen IP:PORT [--count N] [--echo]
 //! netprobe http --listen IP:PORT [--count N]
 //! netprobe connect tcp|udp IP:PORT [--timeout-ms 2000] [--payload TEXT] [--source-port P]
-//!                 [--show-peer] [--unconnected]
+//!                 [--show-peer] [--unconnected] [--payload-bytes N (udp)]
 //! netprobe http-get IP:PORT [--path /] [--timeout-ms 2000] [--whole]
 //! netprobe churn tcp IP:PORT --count N [--timeout-ms 2000]
 //! netprobe stream tcp IP:PORT --seconds S [--timeout-ms 2000] [--line-bytes N] [--stop-file F]
@@ -20,7 +20,13 @@
 //! to EOF, at most 64 KiB) per connection and answers `peer=IP:PORT local=IP:PORT bytes=N`
 //! (N = bytes received, newline included); `--echo` instead echoes every line until EOF. The
 //! UDP server answers every datagram the same way (`local=` is the bound address, so bind a
-//! specific IP). Exit status: 0 success, 1 failure, 2 usage error.
+//! specific IP), or with `--echo` sends every datagram back unchanged. Exit status: 0 success,
+//! 1 failure, 2 usage error.
+//!
+//! `connect udp --payload-bytes N` (against `serve udp --echo`) sends one datagram of N bytes
+//! (up to 65,507, a pattern that differs at every offset) and checks the reply is that very
+//! datagram, byte for byte; it prints `echoed=N` (and ` sockpeer=` with `--show-peer`). Datagrams
+//! larger than the path's MTU leave fragmented, so this checks fragments through every hop.
 //!
 //! `connect --show-peer` appends ` sockpeer=IP:PORT`, what `getpeername()` says the client's
 //! socket is connected to (or, with `udp --unconnected`, which sends with `sendto()` on an
@@ -86,6 +92,7 @@ const USAGE: &str = "usage:
   netprobe serve tcp|udp --listen IP:PORT [--count N] [--echo]
   netprobe http --listen IP:PORT [--count N]
   netprobe connect tcp|udp IP:PORT [--timeout-ms MS] [--payload TEXT] [--source-port P (udp)]
+                  [--payload-bytes N (udp, against serve udp --echo)]
   netprobe http-get IP:PORT [--path PATH] [--timeout-ms MS] [--whole]
   netprobe churn tcp IP:PORT --count N [--timeout-ms MS]
   netprobe stream tcp IP:PORT --seconds S [--timeout-ms MS] [--line-bytes N] [--stop-file F]
@@ -137,6 +144,7 @@ const FLAGS: &[&str] = &[
     "--line-bytes",
     "--stop-file",
     "--interval-ms",
+    "--payload-bytes",
 ];
 
 impl Args {
@@ -270,7 +278,7 @@ fn run(args: &Args) -> Result<ExitCode> {
             match args.proto()? {
                 Proto::Tcp if args.switch("--echo") => serve_tcp(listen, count, Handler::Echo),
                 Proto::Tcp => serve_tcp(listen, count, Handler::Reply),
-                Proto::Udp => serve_udp(listen, count),
+                Proto::Udp => serve_udp(listen, count, args.switch("--echo")),
             }
         }
         "http" => serve_tcp(args.listen()?, args.flag("--count")?, Handler::Http),
@@ -281,9 +289,14 @@ fn run(args: &Args) -> Result<ExitCode> {
                 return Err(usage("--payload must be a single line"));
             }
             let show_peer = args.switch("--show-peer");
-            let (reply, peer) = match args.proto()? {
-                Proto::Tcp => tcp_request(addr, &payload, args.timeout()?)?,
-                Proto::Udp => udp_request(
+            let payload_bytes: Option<usize> = args.flag("--payload-bytes")?;
+            let (reply, peer) = match (args.proto()?, payload_bytes) {
+                (Proto::Tcp, Some(_)) => return Err(usage("--payload-bytes is udp only")),
+                (Proto::Udp, Some(n)) => {
+                    udp_echo_request(addr, n, args.timeout()?, args.switch("--unconnected"))?
+                }
+                (Proto::Tcp, None) => tcp_request(addr, &payload, args.timeout()?)?,
+                (Proto::Udp, None) => udp_request(
                     addr,
                     &payload,
                     args.timeout()?,
@@ -536,7 +549,7 @@ fn read_http_head(mut stream: &TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-fn serve_udp(listen: SocketAddr, count: Option<u64>) -> Result<ExitCode> {
+fn serve_udp(listen: SocketAddr, count: Option<u64>, echo: bool) -> Result<ExitCode> {
     let socket = UdpSocket::bind(listen).map_err(|e| failed(format!("bind {listen}: {e}")))?;
     let local = socket.local_addr()?;
     announce(local)?;
@@ -551,8 +564,12 @@ fn serve_udp(listen: SocketAddr, count: Option<u64>) -> Result<ExitCode> {
                 continue;
             }
         };
-        let reply = format!("peer={peer} local={local} bytes={n}\n");
-        if let Err(e) = socket.send_to(reply.as_bytes(), peer) {
+        let reply = if echo {
+            buf[..n].to_vec()
+        } else {
+            format!("peer={peer} local={local} bytes={n}\n").into_bytes()
+        };
+        if let Err(e) = socket.send_to(&reply, peer) {
             eprintln!("netprobe: send to {peer}: {e}");
         }
         answered += 1;
@@ -659,6 +676,62 @@ fn udp_request(
     })?;
     let text = String::from_utf8_lossy(&buf[..n]);
     Ok((text.trim_end_matches(['\r', '\n']).to_owned(), from))
+}
+
+/// Largest UDP payload in one IPv4 datagram (65,535 - 20 IPv4 - 8 UDP).
+const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// Byte `i` of a `--payload-bytes` datagram: differs between neighbouring offsets and between
+/// blocks of 251 bytes (a prime, so no fragment size lines up with it), so a lost, moved or
+/// duplicated fragment changes what comes back.
+fn pattern_byte(i: usize) -> u8 {
+    let low = (i % 251).to_le_bytes()[0];
+    let high = (i / 251).to_le_bytes()[0];
+    low ^ high.rotate_left(3)
+}
+
+/// Sends one datagram of `len` pattern bytes to a `serve udp --echo` and checks the reply is
+/// that datagram exactly. Returns `echoed=N` and where the reply came from.
+fn udp_echo_request(
+    addr: SocketAddr,
+    len: usize,
+    timeout: Duration,
+    unconnected: bool,
+) -> Result<(String, SocketAddr)> {
+    if len == 0 || len > MAX_UDP_PAYLOAD {
+        return Err(usage(format!(
+            "--payload-bytes must be 1..={MAX_UDP_PAYLOAD}"
+        )));
+    }
+    let message: Vec<u8> = (0..len).map(pattern_byte).collect();
+    let any = SocketAddr::from(([0, 0, 0, 0], 0));
+    let socket = UdpSocket::bind(any)?;
+    socket.set_read_timeout(Some(timeout))?;
+    let sent = if unconnected {
+        socket.send_to(&message, addr)
+    } else {
+        socket.connect(addr)?;
+        socket.send(&message)
+    };
+    sent.map_err(|e| failed(format!("sending {len} bytes to {addr}: {e}")))?;
+    let mut buf = vec![0u8; MAX_UDP_PAYLOAD + 1];
+    let (n, from) = socket.recv_from(&mut buf).map_err(|e| match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => failed(format!(
+            "timed out waiting for the {len}-byte echo from {addr}"
+        )),
+        _ => failed(format!("receiving from {addr}: {e}")),
+    })?;
+    if n != len {
+        return Err(failed(format!(
+            "{addr} echoed {n} bytes where {len} were sent"
+        )));
+    }
+    if let Some(at) = buf[..n].iter().zip(&message).position(|(a, b)| a != b) {
+        return Err(failed(format!(
+            "the echo from {addr} differs at byte {at} of {len}"
+        )));
+    }
+    Ok((format!("echoed={n}"), from))
 }
 
 fn http_get(addr: SocketAddr, path: &str, timeout: Duration, whole: bool) -> Result<String> {
