@@ -683,8 +683,12 @@ pub mod reason {
     pub const SOCK_REJECT: u32 = 30;
     /// Pod traffic to a service frontend, destination rewritten to a backend (no SNAT).
     pub const SERVICE_DNAT: u32 = 31;
+    /// A TCP segment other than a SYN to a service frontend with no conntrack state (its flow
+    /// was removed when its backend left the service): answered with a RST, so the client
+    /// learns at once instead of retransmitting until it times out.
+    pub const REJECT_CT_NO_STATE: u32 = 32;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 32;
+    pub const COUNT: u32 = 33;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -720,6 +724,7 @@ pub mod reason {
         "sock_rev_nat",
         "sock_reject",
         "service_dnat",
+        "reject_ct_no_state",
     ];
 }
 

@@ -7,10 +7,12 @@ mod config;
 mod conntrack;
 mod endpoints;
 mod peers;
+mod sock_rev_nat;
 mod stats;
 
 pub use config::ConfigView;
 pub use endpoints::EndpointEntry;
+pub use sock_rev_nat::SockRevNatMap;
 pub use stats::ReasonCount;
 
 use std::path::Path;
