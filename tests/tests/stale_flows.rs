@@ -425,6 +425,7 @@ fn tcp_to_a_deleted_backend(path: Path, pod_cidr: &str) -> (ErrorKind, Duration)
             assert_eq!(report["stale"]["sockets_destroyed"], 1, "{report}");
         }
     }
+    println!("{path:?}: the client saw {kind:?} {elapsed:?} after the apply began");
     // New connections reach the live backend.
     let (ready, go, thread) = tcp_connection(&client, true);
     ready
@@ -454,4 +455,76 @@ fn a_tcp_connection_to_a_deleted_backend_is_aborted_socket_path() {
     let (kind, elapsed) = tcp_to_a_deleted_backend(Path::Socket, "10.244.173.0/24");
     s.number("error", format!("{kind:?}"))
         .number("ms to the error", elapsed.as_millis());
+}
+
+/// A `web` service: ClusterIP `10.96.0.20:80` and NodePort `node_port`, TCP to 8080.
+fn web_service(backends: &[&PodInfo], node_port: u16) -> Value {
+    let addresses: Vec<&str> = backends.iter().map(|p| p.ip.as_str()).collect();
+    json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "type": "NodePort",
+            "clusterIPs": ["10.96.0.20"],
+            "ports": [{"protocol": "TCP", "port": 80, "targetPort": TCP_TARGET, "nodePort": node_port}]
+        },
+        "endpoints": [{"addresses": addresses, "conditions": {"ready": true}}]
+    })
+}
+
+#[test]
+fn a_service_change_rewrites_only_what_changed() {
+    require_root!();
+    let mut s = Scenario::new(
+        "service apply: a change to one service writes only its changed frontends; other flows stay",
+    );
+    let node = Node::with_args("10.244.174.0/24", &Path::Tc.init_args());
+    let (a, b) = (node.add_pod("a"), node.add_pod("b"));
+    let client = node.add_pod("client");
+    let _udp = serve_udp(&a.ns, &format!("{}:{UDP_TARGET}", a.ip));
+    let apply_both = |web: Value| {
+        let mut t = table(&[&a]);
+        t["services"].as_array_mut().expect("list").push(web);
+        let path = node.state_dir.with_extension("two-services.json");
+        std::fs::write(&path, t.to_string()).expect("write table");
+        node.json(&["service", "apply", "-f", path.to_str().expect("utf-8")])
+    };
+    let first = apply_both(web_service(&[&b], 30080));
+    assert_eq!(first["frontends_written"], 4, "{first}");
+    let udp = UdpClient::start(&client);
+    let warm = udp.step(Instant::now());
+    assert_eq!(lost(&warm), 0, "warm-up: {warm:?}");
+
+    // Another service's endpoints change: its two frontends are written, nothing else.
+    let t = Instant::now();
+    let endpoints = apply_both(web_service(&[&a, &b], 30080));
+    assert_eq!(
+        (
+            &endpoints["updated"],
+            &endpoints["unchanged"],
+            &endpoints["frontends_written"],
+            &endpoints["frontends_removed"],
+            &endpoints["stale"]["backends_left"],
+        ),
+        (&json!(1), &json!(1), &json!(2), &json!(0), &json!(0)),
+        "{endpoints}"
+    );
+    // Its NodePort changes: that one frontend goes and the new one is written.
+    let nodeport = apply_both(web_service(&[&a, &b], 30081));
+    assert_eq!(
+        (
+            &nodeport["frontends_written"],
+            &nodeport["frontends_removed"]
+        ),
+        (&json!(1), &json!(1)),
+        "{nodeport}"
+    );
+    let during = udp.step(t);
+    assert_eq!(lost(&during), 0, "{during:?}");
+    assert!(
+        during.iter().all(|r| r.backend == Some(ip(&a))),
+        "{during:?}"
+    );
+    udp.finish();
+    s.number("frontends written: endpoints change", 2)
+        .number("frontends written: NodePort change", 1);
 }
