@@ -333,84 +333,158 @@ fn a_udp_client_moves_off_a_deleted_backend_and_through_a_rollout_socket_path() 
     udp_backend_deletion_and_rollout(Path::Socket, "10.244.171.0/24");
 }
 
-/// How a TCP connection through the ClusterIP ended after its backend was deleted.
+/// How a round of a TCP connection through the ClusterIP went.
 #[derive(Debug)]
 enum Ended {
-    /// Still echoing: the connection was left alone.
+    /// The line came back.
     Echoed,
-    /// The read failed with this kind of error after this long.
+    /// The read (or write) failed with this kind of error this long after the round's start.
     Failed(ErrorKind, Duration),
 }
 
-/// Connects from `client` to `VIP:80`, checks one echo, signals `ready` and waits for `go`;
-/// then (with `send_after`) sends another line, and reads (2 s at most).
-fn tcp_connection(
-    client: &PodInfo,
-    send_after: bool,
-) -> (
-    std::sync::mpsc::Receiver<()>,
-    std::sync::mpsc::Sender<Instant>,
-    JoinHandle<Ended>,
-) {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
-    let thread = in_netns(client.ns.path(), move || {
-        let stream =
-            TcpStream::connect_timeout(&SocketAddr::from((VIP, TCP_PORT)), Duration::from_secs(2))
-                .expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("timeout");
-        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-        let mut writer = stream;
-        let mut line = String::new();
-        writer.write_all(b"hello\n").expect("write");
-        reader.read_line(&mut line).expect("first echo");
-        assert_eq!(line, "hello\n");
-        ready_tx.send(()).expect("ready");
-        let since = go_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("go signal");
-        line.clear();
-        if send_after && writer.write_all(b"again\n").is_err() {
-            return Ended::Failed(ErrorKind::BrokenPipe, since.elapsed());
-        }
-        match reader.read_line(&mut line) {
-            Ok(n) if n > 0 => Ended::Echoed,
-            Ok(_) => Ended::Failed(ErrorKind::UnexpectedEof, since.elapsed()),
-            Err(e) => Ended::Failed(e.kind(), since.elapsed()),
-        }
-    });
-    (ready_rx, go_tx, thread)
+/// A TCP connection to `VIP:80` from a thread in a namespace, driven in rounds: each round
+/// optionally sends a line and then reads (2 s at most), reporting how it went.
+struct TcpClient {
+    go: std::sync::mpsc::Sender<(Instant, bool)>,
+    results: std::sync::mpsc::Receiver<Ended>,
+    thread: Option<JoinHandle<()>>,
 }
 
-fn tcp_to_a_deleted_backend(path: Path, pod_cidr: &str) -> (ErrorKind, Duration) {
+impl TcpClient {
+    /// Connects from the namespace at `netns` and checks one echo.
+    fn connect(netns: PathBuf) -> Self {
+        let (go, go_rx) = std::sync::mpsc::channel::<(Instant, bool)>();
+        let (results_tx, results) = std::sync::mpsc::channel();
+        let thread = in_netns(netns, move || {
+            let stream = TcpStream::connect_timeout(
+                &SocketAddr::from((VIP, TCP_PORT)),
+                Duration::from_secs(2),
+            )
+            .expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut writer = stream;
+            let mut line = String::new();
+            writer.write_all(b"hello\n").expect("write");
+            reader.read_line(&mut line).expect("first echo");
+            assert_eq!(line, "hello\n");
+            let _ = results_tx.send(Ended::Echoed);
+            // Bounded: a round per signal, and the signals stop with the test.
+            while let Ok((since, send)) = go_rx.recv_timeout(Duration::from_secs(30)) {
+                line.clear();
+                let ended = if send && writer.write_all(b"again\n").is_err() {
+                    Ended::Failed(ErrorKind::BrokenPipe, since.elapsed())
+                } else {
+                    match reader.read_line(&mut line) {
+                        Ok(n) if n > 0 => Ended::Echoed,
+                        Ok(_) => Ended::Failed(ErrorKind::UnexpectedEof, since.elapsed()),
+                        Err(e) => Ended::Failed(e.kind(), since.elapsed()),
+                    }
+                };
+                let failed = matches!(ended, Ended::Failed(..));
+                if results_tx.send(ended).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let client = Self {
+            go,
+            results,
+            thread: Some(thread),
+        };
+        assert!(matches!(client.result(), Ended::Echoed), "connected");
+        client
+    }
+
+    /// Starts a round at `since`: sends a line first if `send`, then reads.
+    fn start(&self, since: Instant, send: bool) {
+        self.go.send((since, send)).expect("client alive");
+    }
+
+    fn result(&self) -> Ended {
+        self.results
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a round's result")
+    }
+
+    /// A whole round that sends a line now.
+    fn round(&self) -> Ended {
+        self.start(Instant::now(), true);
+        self.result()
+    }
+}
+
+impl Drop for TcpClient {
+    fn drop(&mut self) {
+        let (go, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.go, go));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A connection from a pod (through `path`) and one from the node (always at the socket) to a
+/// backend that stays while another is added, then is deleted. Returns how the pod's and the
+/// node's connections ended.
+fn tcp_to_a_deleted_backend(path: Path, pod_cidr: &str) -> [(ErrorKind, Duration); 2] {
     let node = Node::with_args(pod_cidr, &path.init_args());
     let (a, b) = (node.add_pod("a"), node.add_pod("b"));
     let client = node.add_pod("client");
     let _servers = [&a, &b].map(|p| serve_tcp_echo(&p.ns, &format!("0.0.0.0:{TCP_TARGET}")));
     apply(&node, &[&a]);
+    let pod = TcpClient::connect(client.ns.path());
+    let host = TcpClient::connect(node.topo.node.path());
+
+    // Another backend added: both connections carry on.
+    let kept = apply(&node, &[&a, &b]);
+    assert_eq!(kept["stale"]["backends_left"], 0, "{kept}");
+    for (who, c) in [("pod", &pod), ("node", &host)] {
+        let round = c.round();
+        assert!(
+            matches!(round, Ended::Echoed),
+            "{who}: a kept backend keeps its connection: {round:?}"
+        );
+    }
+
+    // Their backend deleted. At the socket a client learns while it waits (blocked in a
+    // read); per packet when it next sends.
     let before = node.stats();
-    // Per packet the client learns when it next sends; at the socket it learns while it waits.
-    let (ready, go, thread) = tcp_connection(&client, path == Path::Tc);
-    ready
-        .recv_timeout(Duration::from_secs(10))
-        .expect("connected");
     let t = Instant::now();
+    host.start(t, false);
+    if path == Path::Socket {
+        pod.start(t, false);
+    }
     let report = apply(&node, &[&b]);
-    go.send(t).expect("go");
-    let ended = thread.join().expect("client thread");
+    if path == Path::Tc {
+        pod.start(t, true);
+    }
+    let ended = [pod.result(), host.result()];
     let after = node.stats();
-    let Ended::Failed(kind, elapsed) = ended else {
-        panic!("the connection to the deleted backend still works: {ended:?} ({report})");
-    };
-    assert!(
-        elapsed < Duration::from_secs(2),
-        "closed promptly: {kind:?} after {elapsed:?}"
+    let mut out = Vec::new();
+    for (who, ended) in ["pod", "node"].iter().zip(ended) {
+        let Ended::Failed(kind, elapsed) = ended else {
+            panic!(
+                "{who}: the connection to the deleted backend still works: {ended:?} ({report})"
+            );
+        };
+        assert!(
+            elapsed < Duration::from_secs(2),
+            "{who}: closed promptly: {kind:?} after {elapsed:?}"
+        );
+        println!("{path:?}: the {who}'s connection saw {kind:?} {elapsed:?} after the apply began");
+        out.push((kind, elapsed));
+    }
+    assert_eq!(
+        out[1].0,
+        ErrorKind::ConnectionAborted,
+        "the node's socket destroyed"
     );
     match path {
         Path::Tc => {
-            assert_eq!(kind, ErrorKind::ConnectionReset, "reset by a RST");
+            assert_eq!(out[0].0, ErrorKind::ConnectionReset, "reset by a RST");
             assert!(
                 after["reject_ct_no_state"] > before["reject_ct_no_state"],
                 "answered by the datapath: {after:?}"
@@ -419,42 +493,44 @@ fn tcp_to_a_deleted_backend(path: Path, pod_cidr: &str) -> (ErrorKind, Duration)
                 report["stale"]["flow_entries_removed"].as_u64() >= Some(2),
                 "{report}"
             );
-        }
-        Path::Socket => {
-            assert_eq!(kind, ErrorKind::ConnectionAborted, "destroyed");
             assert_eq!(report["stale"]["sockets_destroyed"], 1, "{report}");
         }
+        Path::Socket => {
+            assert_eq!(out[0].0, ErrorKind::ConnectionAborted, "destroyed");
+            assert_eq!(report["stale"]["sockets_destroyed"], 2, "{report}");
+        }
     }
-    println!("{path:?}: the client saw {kind:?} {elapsed:?} after the apply began");
     // New connections reach the live backend.
-    let (ready, go, thread) = tcp_connection(&client, true);
-    ready
-        .recv_timeout(Duration::from_secs(10))
-        .expect("new connection");
-    go.send(Instant::now()).expect("go");
-    assert!(
-        matches!(thread.join().expect("client"), Ended::Echoed),
-        "a new connection works"
-    );
-    (kind, elapsed)
+    for netns in [client.ns.path(), node.topo.node.path()] {
+        let fresh = TcpClient::connect(netns);
+        assert!(
+            matches!(fresh.round(), Ended::Echoed),
+            "a new connection works"
+        );
+    }
+    [out[0], out[1]]
 }
 
 #[test]
 fn a_tcp_connection_to_a_deleted_backend_is_reset_tc_path() {
     require_root!();
     let mut s = Scenario::new("stale TCP flow (per-packet path): reset on the next segment");
-    let (kind, elapsed) = tcp_to_a_deleted_backend(Path::Tc, "10.244.172.0/24");
-    s.number("error", format!("{kind:?}"))
-        .number("ms to the error", elapsed.as_millis());
+    let [(kind, elapsed), (_, node_elapsed)] =
+        tcp_to_a_deleted_backend(Path::Tc, "10.244.172.0/24");
+    s.number("pod's error", format!("{kind:?}"))
+        .number("ms to the pod's error", elapsed.as_millis())
+        .number("ms to the node socket's abort", node_elapsed.as_millis());
 }
 
 #[test]
 fn a_tcp_connection_to_a_deleted_backend_is_aborted_socket_path() {
     require_root!();
     let mut s = Scenario::new("stale TCP socket (socket path): destroyed while it waits");
-    let (kind, elapsed) = tcp_to_a_deleted_backend(Path::Socket, "10.244.173.0/24");
-    s.number("error", format!("{kind:?}"))
-        .number("ms to the error", elapsed.as_millis());
+    let [(kind, elapsed), (_, node_elapsed)] =
+        tcp_to_a_deleted_backend(Path::Socket, "10.244.173.0/24");
+    s.number("pod's error", format!("{kind:?}"))
+        .number("ms to the pod's abort", elapsed.as_millis())
+        .number("ms to the node socket's abort", node_elapsed.as_millis());
 }
 
 /// A `web` service: ClusterIP `10.96.0.20:80` and NodePort `node_port`, TCP to 8080.
