@@ -11,6 +11,8 @@
 //!   reset when the client next sends (per-packet path: its flow is gone, the datapath answers
 //!   with a RST), or aborted at once while it waits (socket path: `SOCK_DESTROY`).
 //!
+//! - The agent: an EndpointSlice deleted in the API moves a UDP client off its endpoint.
+//!
 //! The old backends keep serving throughout, so a client that stayed on one would still get
 //! replies: only moving passes.
 
@@ -27,7 +29,8 @@ use std::{
 };
 
 use podnet_tests::{
-    InNetns, Node, PodInfo, Scenario, addr_field, require_root, serve_tcp_echo, serve_udp,
+    InNetns, Node, PodInfo, Scenario, addr_field, agent_cluster::AgentCluster, apiserver::Resource,
+    require_root, serve_tcp_echo, serve_udp, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -324,13 +327,13 @@ fn udp_backend_deletion_and_rollout(path: Path, pod_cidr: &str) {
 #[test]
 fn a_udp_client_moves_off_a_deleted_backend_and_through_a_rollout_tc_path() {
     require_root!();
-    udp_backend_deletion_and_rollout(Path::Tc, "10.244.170.0/24");
+    udp_backend_deletion_and_rollout(Path::Tc, "10.244.230.0/24");
 }
 
 #[test]
 fn a_udp_client_moves_off_a_deleted_backend_and_through_a_rollout_socket_path() {
     require_root!();
-    udp_backend_deletion_and_rollout(Path::Socket, "10.244.171.0/24");
+    udp_backend_deletion_and_rollout(Path::Socket, "10.244.231.0/24");
 }
 
 /// How a round of a TCP connection through the ClusterIP went.
@@ -516,7 +519,7 @@ fn a_tcp_connection_to_a_deleted_backend_is_reset_tc_path() {
     require_root!();
     let mut s = Scenario::new("stale TCP flow (per-packet path): reset on the next segment");
     let [(kind, elapsed), (_, node_elapsed)] =
-        tcp_to_a_deleted_backend(Path::Tc, "10.244.172.0/24");
+        tcp_to_a_deleted_backend(Path::Tc, "10.244.232.0/24");
     s.number("pod's error", format!("{kind:?}"))
         .number("ms to the pod's error", elapsed.as_millis())
         .number("ms to the node socket's abort", node_elapsed.as_millis());
@@ -527,7 +530,7 @@ fn a_tcp_connection_to_a_deleted_backend_is_aborted_socket_path() {
     require_root!();
     let mut s = Scenario::new("stale TCP socket (socket path): destroyed while it waits");
     let [(kind, elapsed), (_, node_elapsed)] =
-        tcp_to_a_deleted_backend(Path::Socket, "10.244.173.0/24");
+        tcp_to_a_deleted_backend(Path::Socket, "10.244.233.0/24");
     s.number("pod's error", format!("{kind:?}"))
         .number("ms to the pod's abort", elapsed.as_millis())
         .number("ms to the node socket's abort", node_elapsed.as_millis());
@@ -553,7 +556,7 @@ fn a_service_change_rewrites_only_what_changed() {
     let mut s = Scenario::new(
         "service apply: a change to one service writes only its changed frontends; other flows stay",
     );
-    let node = Node::with_args("10.244.174.0/24", &Path::Tc.init_args());
+    let node = Node::with_args("10.244.234.0/24", &Path::Tc.init_args());
     let (a, b) = (node.add_pod("a"), node.add_pod("b"));
     let client = node.add_pod("client");
     let _udp = serve_udp(&a.ns, &format!("{}:{UDP_TARGET}", a.ip));
@@ -603,4 +606,76 @@ fn a_service_change_rewrites_only_what_changed() {
     udp.finish();
     s.number("frontends written: endpoints change", 2)
         .number("frontends written: NodePort change", 1);
+}
+
+/// An EndpointSlice of the `echo` Service with one ready endpoint on `node`.
+fn echo_slice(name: &str, ip: &str, node: &str) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "echo"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "dns", "port": UDP_TARGET, "protocol": "UDP"}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}, "nodeName": node}]
+    })
+}
+
+#[test]
+fn the_agent_moves_a_udp_client_off_an_endpoint_that_goes() {
+    require_root!();
+    let mut s = Scenario::new(
+        "podnet agent: a UDP client (socket path) moves off an endpoint whose EndpointSlice goes",
+    );
+    let cluster = AgentCluster::new(1, 235);
+    let node = &cluster.nodes[0];
+    let (a, b) = (node.cli.add_pod("a"), node.cli.add_pod("b"));
+    let client = node.cli.add_pod("client");
+    let _servers = [&a, &b].map(|p| serve_udp(&p.ns, &format!("{}:{UDP_TARGET}", p.ip)));
+    cluster
+        .api
+        .create(
+            Resource::Service,
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "echo", "namespace": "default"},
+                "spec": {"type": "ClusterIP", "clusterIP": VIP.to_string(), "clusterIPs": [VIP.to_string()],
+                         "ports": [{"name": "dns", "protocol": "UDP", "port": UDP_PORT, "targetPort": UDP_TARGET}]}
+            }),
+        )
+        .expect("Service");
+    for (name, pod) in [("echo-a", &a), ("echo-b", &b)] {
+        cluster
+            .api
+            .create(
+                Resource::EndpointSlice,
+                echo_slice(name, &pod.ip, &node.name),
+            )
+            .expect("EndpointSlice");
+    }
+    // The agent saves its table at most once a second; the maps are ahead of it.
+    wait_until(Duration::from_secs(10), "both endpoints programmed", || {
+        let out = node.cli.podnet(&["service", "show", "default/echo"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        out.status.success() && text.contains(&a.ip) && text.contains(&b.ip)
+    });
+    let udp = UdpClient::start(&client);
+    let warm = udp.step(Instant::now());
+    let on = last_backend(&warm);
+    let (gone, other) = if on == ip(&a) {
+        ("echo-a", &b)
+    } else {
+        ("echo-b", &a)
+    };
+    let t = Instant::now();
+    cluster
+        .api
+        .delete(Resource::EndpointSlice, "default", gone)
+        .expect("delete slice");
+    let moved = udp.step(t);
+    assert_moved("endpoint gone (agent)", &moved, &[ip(other)]);
+    let reconnects = udp.finish();
+    assert!(reconnects >= 1, "the client's socket was destroyed");
+    s.number("lost requests", lost(&moved))
+        .number("client reconnects", reconnects);
+    println!("agent: lost {}, reconnects {reconnects}", lost(&moved));
 }
