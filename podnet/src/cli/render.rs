@@ -253,10 +253,14 @@ fn stale(s: &podnet::ops::stale::StaleReport) -> String {
     if s.backends_left == 0 {
         return String::new();
     }
-    format!(
+    let mut out = format!(
         "; {} backends left ({} flow entries, {} sockets removed)",
         s.backends_left, s.flow_entries_removed, s.sockets_destroyed
-    )
+    );
+    for e in &s.socket_errors {
+        out.push_str(&format!("\nsockets not cleaned in {e}"));
+    }
+    out
 }
 
 fn frontends(v: &ServiceView) -> String {

@@ -57,7 +57,7 @@ pub fn read_table(path: &Path) -> Result<ServiceTable> {
 }
 
 /// What an apply changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ApplyReport {
     pub added: usize,
     pub updated: usize,
@@ -335,12 +335,14 @@ impl Programmed {
         drop(maps);
         let after = new.iter().map(|e| (e.frontend, e)).collect();
         let listed = listed(&svc, node_ip)?.into_iter().collect();
-        stale::forget(ctx, &stale::left(&before, &after, &listed), node_ip)?;
+        let left = stale::left(&before, &after, &listed);
         if let Some(old) = self.services.remove(&svc.metadata) {
             self.unindex(&old, node_ip)?;
         }
         self.index(&svc, node_ip)?;
         self.services.insert(svc.metadata.clone(), svc);
+        // Last: the table is what the maps hold even if this fails.
+        stale::forget(ctx, &left, node_ip)?;
         Ok(true)
     }
 
@@ -356,9 +358,9 @@ impl Programmed {
             maps.delete(&e.frontend)?;
         }
         drop(maps);
+        self.unindex(&old, node_ip)?;
         let left = stale::left(&before, &HashMap::new(), &HashMap::new());
         stale::forget(ctx, &left, node_ip)?;
-        self.unindex(&old, node_ip)?;
         Ok(Some(old))
     }
 
@@ -396,7 +398,6 @@ impl Programmed {
         report.frontends_removed = synced.removed;
         let after = desired.iter().map(|e| (e.frontend, e)).collect();
         let left = stale::left(&synced.before, &after, &endpoints);
-        report.stale = stale::forget(ctx, &left, node_ip)?;
         self.services.clear();
         self.owners.clear();
         self.backends = 0;
@@ -404,6 +405,7 @@ impl Programmed {
             self.index(&svc, node_ip)?;
             self.services.insert(svc.metadata.clone(), svc);
         }
+        report.stale = stale::forget(ctx, &left, node_ip)?;
         report.elapsed_ms = started.elapsed().as_millis();
         Ok(report)
     }

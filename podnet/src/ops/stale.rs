@@ -50,7 +50,7 @@ pub struct Left {
 pub type Listed = HashMap<SocketAddrV4, bool>;
 
 /// What [`forget`] removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StaleReport {
     /// (frontend, backend) pairs that left.
     pub backends_left: usize,
@@ -58,6 +58,9 @@ pub struct StaleReport {
     pub flow_entries_removed: u64,
     /// Sockets destroyed.
     pub sockets_destroyed: usize,
+    /// Namespaces whose sockets could not be cleaned, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub socket_errors: Vec<String>,
 }
 
 /// The backends that left: every backend of `before`'s frontends that `after` no longer has in
@@ -177,7 +180,7 @@ fn forget_flows(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<u64> {
 /// The namespaces whose sockets the balancer serves, other than the node's own: those of the
 /// pods podnet made and of the CNI attachments it recorded, each opened and checked against
 /// the inode recorded at add (a path that now names another namespace is skipped), once each.
-fn pod_namespaces(ctx: &Ctx, node: &Netns) -> Result<Vec<Netns>> {
+fn pod_namespaces(ctx: &Ctx, node: &Netns, errors: &mut Vec<String>) -> Result<Vec<Netns>> {
     let state_dir = &ctx.settings.state_dir;
     let mut recorded: Vec<(PathBuf, Option<u64>)> = store::pods::list(state_dir)?
         .into_iter()
@@ -195,7 +198,10 @@ fn pod_namespaces(ctx: &Ctx, node: &Netns) -> Result<Vec<Netns>> {
             Ok(ns) => ns,
             // Gone since (the pod is being deleted): nothing of it to destroy.
             Err(NetnsError::NotFound { .. } | NetnsError::NotANetns { .. }) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
         };
         if ino.is_some_and(|i| i != ns.inode()) || !seen.insert(ns.inode()) {
             continue;
@@ -222,34 +228,44 @@ fn candidates(backends: &HashSet<(SocketAddrV4, u8)>) -> Result<Vec<InetSocket>>
     Ok(out)
 }
 
-fn destroy_all(sockets: &[InetSocket]) -> Result<usize> {
+/// Destroys `sockets`; those that were still there.
+fn destroy_all(sockets: Vec<InetSocket>) -> Result<Vec<InetSocket>> {
     let mut diag = SockDiag::open()?;
-    let mut destroyed = 0;
+    let mut out = Vec::new();
     for s in sockets {
-        if diag.destroy(s)? {
-            destroyed += 1;
+        if diag.destroy(&s)? {
+            out.push(s);
         }
     }
-    Ok(destroyed)
+    Ok(out)
+}
+
+/// The sockets destroyed in every namespace, and why a namespace could not be cleaned.
+#[derive(Default)]
+struct Sockets {
+    destroyed: usize,
+    errors: Vec<String>,
 }
 
 /// Destroys the sockets the balancer connected to a backend that left, through the frontend
-/// it left; returns how many.
-fn forget_sockets(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<usize> {
+/// it left, namespace by namespace: a namespace that fails (a kernel without
+/// `CONFIG_INET_DIAG_DESTROY`, a namespace gone meanwhile) is reported and the others still
+/// cleaned.
+fn forget_sockets(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<Sockets> {
     let backends: HashSet<(SocketAddrV4, u8)> =
         left.iter().map(|l| (l.backend, l.frontend.proto)).collect();
     let mut rev = SockRevNatMap::open(&ctx.settings.pin_dir)?;
+    let key_of = |s: &InetSocket| SockRevNatKey {
+        cookie: s.cookie,
+        addr: s.peer.ip().octets(),
+        port: s.peer.port(),
+        _pad: [0; 2],
+    };
     // Of a namespace's candidates, those the balancer sent through a frontend they left.
-    let mut balanced = |sockets: Vec<InetSocket>| -> Result<Vec<InetSocket>> {
+    let balanced = |rev: &SockRevNatMap, sockets: Vec<InetSocket>| -> Result<Vec<InetSocket>> {
         let mut out = Vec::new();
         for s in sockets {
-            let key = SockRevNatKey {
-                cookie: s.cookie,
-                addr: s.peer.ip().octets(),
-                port: s.peer.port(),
-                _pad: [0; 2],
-            };
-            let Some(front) = rev.get(&key)? else {
+            let Some(front) = rev.get(&key_of(&s))? else {
                 continue;
             };
             let through = left.iter().any(|l| {
@@ -258,34 +274,62 @@ fn forget_sockets(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<usize> 
                     && same_frontend(l, Ipv4Addr::from(front.addr), front.port, node_ip)
             });
             if through {
-                rev.remove(&key)?;
                 out.push(s);
             }
         }
         Ok(out)
     };
+    let mut done = Sockets::default();
+    // The node's own namespace is the caller's (every command and the agent run in it).
     let node = Netns::current()?;
-    let mut destroyed = destroy_all(&balanced(candidates(&backends)?)?)?;
-    for ns in pod_namespaces(ctx, &node)? {
-        let found = ns.run(|| candidates(&backends))??;
-        let doomed = balanced(found)?;
-        if !doomed.is_empty() {
-            destroyed += ns.run(|| destroy_all(&doomed))??;
+    let mut namespaces = vec![None];
+    namespaces.extend(
+        pod_namespaces(ctx, &node, &mut done.errors)?
+            .into_iter()
+            .map(Some),
+    );
+    for ns in &namespaces {
+        let in_ns = |f: &(dyn Fn() -> Result<Vec<InetSocket>> + Sync)| match ns {
+            None => f(),
+            Some(ns) => ns.run(f)?,
+        };
+        let cleaned = in_ns(&|| candidates(&backends)).and_then(|found| {
+            let doomed = balanced(&rev, found)?;
+            if doomed.is_empty() {
+                return Ok(Vec::new());
+            }
+            in_ns(&|| destroy_all(doomed.clone()))
+        });
+        match cleaned {
+            Ok(destroyed) => {
+                for s in &destroyed {
+                    rev.remove(&key_of(s))?;
+                }
+                done.destroyed += destroyed.len();
+            }
+            Err(e) => {
+                let name = ns.as_ref().map_or(node.path(), Netns::path);
+                done.errors.push(format!("{}: {e}", name.display()));
+            }
         }
     }
-    Ok(destroyed)
+    Ok(done)
 }
 
 /// Removes what points at the backends that `left`: their flows, and the sockets connected
-/// straight to them. Call it after the maps no longer offer them.
+/// straight to them. Call it after the maps no longer offer them. A failure to clean sockets
+/// is reported in [`StaleReport::socket_errors`], not returned: the maps are already right.
 pub fn forget(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<StaleReport> {
     if left.is_empty() {
         return Ok(StaleReport::default());
     }
+    let flow_entries_removed = forget_flows(ctx, left, node_ip)?;
+    let sockets = forget_sockets(ctx, left, node_ip)?;
     Ok(StaleReport {
         backends_left: left.len(),
-        flow_entries_removed: forget_flows(ctx, left, node_ip)?,
-        sockets_destroyed: forget_sockets(ctx, left, node_ip)?,
+        flow_entries_removed,
+        sockets_destroyed: sockets.destroyed,
+        socket_errors: sockets.errors,
     })
 }
 
