@@ -138,6 +138,9 @@ fn apply(ctx: &Ctx, table: &mut ops::service::Programmed, work: Work, metrics: &
             eprintln!("podnet agent: programming: {e}");
         }
     }
+    for e in table.take_stale_errors() {
+        eprintln!("podnet agent: sockets of a backend that left: {e}");
+    }
     table_changed
 }
 

@@ -240,6 +240,8 @@ pub struct Programmed {
     owners: HashMap<FrontendKey, Metadata>,
     /// Backend addresses over all services, kept as services come and go.
     backends: usize,
+    /// Why sockets of backends that left could not be cleaned, since last taken.
+    stale_errors: Vec<String>,
 }
 
 impl Programmed {
@@ -280,6 +282,11 @@ impl Programmed {
             services: self.services.values().cloned().collect(),
         };
         Ok(store::services::save(&ctx.settings.state_dir, &table)?)
+    }
+
+    /// Why sockets of backends that left could not be destroyed, since the last call.
+    pub fn take_stale_errors(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.stale_errors)
     }
 
     /// Services and backend addresses in the table.
@@ -342,7 +349,8 @@ impl Programmed {
         self.index(&svc, node_ip)?;
         self.services.insert(svc.metadata.clone(), svc);
         // Last: the table is what the maps hold even if this fails.
-        stale::forget(ctx, &left, node_ip)?;
+        let report = stale::forget(ctx, &left, node_ip)?;
+        self.stale_errors.extend(report.socket_errors);
         Ok(true)
     }
 
@@ -360,7 +368,8 @@ impl Programmed {
         drop(maps);
         self.unindex(&old, node_ip)?;
         let left = stale::left(&before, &HashMap::new(), &HashMap::new());
-        stale::forget(ctx, &left, node_ip)?;
+        let report = stale::forget(ctx, &left, node_ip)?;
+        self.stale_errors.extend(report.socket_errors);
         Ok(Some(old))
     }
 
@@ -406,6 +415,8 @@ impl Programmed {
             self.services.insert(svc.metadata.clone(), svc);
         }
         report.stale = stale::forget(ctx, &left, node_ip)?;
+        self.stale_errors
+            .extend(report.stale.socket_errors.iter().cloned());
         report.elapsed_ms = started.elapsed().as_millis();
         Ok(report)
     }
