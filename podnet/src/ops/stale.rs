@@ -24,7 +24,7 @@ use std::{
 };
 
 use podnet_ebpf::abi::{
-    CtEntry, CtKey, NODEPORT_ADDR, SockRevNatKey, ct_dir, ct_kind,
+    CtEntry, CtKey, NODEPORT_ADDR, SockRevNatKey, config_flag, ct_dir, ct_kind,
     proto::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use serde::Serialize;
@@ -283,11 +283,14 @@ fn forget_sockets(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<Sockets
     // The node's own namespace is the caller's (every command and the agent run in it).
     let node = Netns::current()?;
     let mut namespaces = vec![None];
-    namespaces.extend(
-        pod_namespaces(ctx, &node, &mut done.errors)?
-            .into_iter()
-            .map(Some),
-    );
+    // Pods' sockets are balanced only with socket balancing for pods on.
+    if ctx.maps()?.config()?.flags & config_flag::SOCKET_LB != 0 {
+        namespaces.extend(
+            pod_namespaces(ctx, &node, &mut done.errors)?
+                .into_iter()
+                .map(Some),
+        );
+    }
     for ns in &namespaces {
         let in_ns = |f: &(dyn Fn() -> Result<Vec<InetSocket>> + Sync)| match ns {
             None => f(),
