@@ -643,7 +643,10 @@ fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String> {
     let deadline = Instant::now() + timeout;
     let stream = connect(addr, timeout)?;
     let mut out = &stream;
-    write!(out, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // One write: a server that reads the request once (the agent's /metrics) must get all of
+    // it, or it answers and closes while the rest is still being sent (EPIPE here).
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    out.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 8192];
     let mut input = &stream;
