@@ -817,8 +817,12 @@ pub mod reason {
     /// been seen, on a path that must translate it (SNAT from a pod, a service frontend):
     /// dropped, since it could be neither translated nor let out untranslated.
     pub const DROP_FRAG_OUT_OF_ORDER: u32 = 35;
+    /// A TCP segment other than a SYN to a service frontend with no conntrack state (its flow
+    /// was removed when its backend left the service): answered with a RST, so the client
+    /// learns at once instead of retransmitting until it times out.
+    pub const REJECT_CT_NO_STATE: u32 = 36;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 36;
+    pub const COUNT: u32 = 37;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -858,6 +862,7 @@ pub mod reason {
         "drop_ttl_exceeded",
         "forward_routed_reply",
         "drop_frag_out_of_order",
+        "reject_ct_no_state",
     ];
 }
 

@@ -226,7 +226,15 @@ pub fn service(
         ));
     };
     if !conntrack::starts_flow(pkt.l4) {
-        return Some((TC_ACT_SHOT, reason::DROP_CT_NO_STATE));
+        // A flow whose backend left (its entries removed) or that was forgotten: a RST tells
+        // the client at once (a RST itself is not answered, only counted).
+        return Some(reject::refuse(
+            ctx,
+            cfg,
+            pkt,
+            reason::REJECT_CT_NO_STATE,
+            from_pod,
+        ));
     }
     Some(start_service_flow(
         ctx, cfg, pkt, now, &backend, from_pod, false,

@@ -784,3 +784,24 @@ fn a_routed_packet_whose_ttl_runs_out_is_answered_with_time_exceeded_from_the_no
         assert_eq!(h.counted(reason::DROP_TTL_EXCEEDED), 2);
     });
 }
+
+#[test]
+fn a_clusterip_segment_without_state_is_answered_with_a_rst() {
+    require_root!();
+    in_node_netns(|| {
+        let h = Harness::new();
+        let client = (POD_A, 40001);
+        // Mid-stream, the flow's entries gone (its backend left): a RST, not a silent drop.
+        let ack = tcp_frame(GW_MAC, MAC_A, client, (VIP, 80), ACK, b"data");
+        let (verdict, out) = h.pod_sends(&ack);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "back into the pod");
+        assert_eq!(out, rst_frame(MAC_A, GW_MAC, (VIP, 80), client, 0, None));
+        assert!(ipv4_header_ok(&out) && l4_ok(&out));
+        // A RST is never answered.
+        let rst = tcp_frame(GW_MAC, MAC_A, client, (VIP, 80), RST, b"");
+        let (verdict, _) = h.pod_sends(&rst);
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(h.counted(reason::REJECT_CT_NO_STATE), 2);
+        assert_eq!(h.counted(reason::DROP_CT_NO_STATE), 0);
+    });
+}

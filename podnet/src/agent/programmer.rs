@@ -172,6 +172,9 @@ fn apply(
             eprintln!("podnet agent: programming: {e}");
         }
     }
+    for e in table.take_stale_errors() {
+        eprintln!("podnet agent: sockets of a backend that left: {e}");
+    }
     table_changed
 }
 

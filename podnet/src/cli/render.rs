@@ -317,7 +317,22 @@ pub fn services_applied(r: &ServiceApply) -> String {
         r.frontends_written,
         r.frontends_removed,
         r.elapsed_ms
-    )
+    ) + &stale(&r.stale)
+}
+
+/// `; N backends left (F flow entries, S sockets removed)`, when any backend left.
+fn stale(s: &podnet::ops::stale::StaleReport) -> String {
+    if s.backends_left == 0 {
+        return String::new();
+    }
+    let mut out = format!(
+        "; {} backends left ({} flow entries, {} sockets removed)",
+        s.backends_left, s.flow_entries_removed, s.sockets_destroyed
+    );
+    for e in &s.socket_errors {
+        out.push_str(&format!("\nsockets not cleaned in {e}"));
+    }
+    out
 }
 
 fn frontends(v: &ServiceView) -> String {

@@ -12,7 +12,7 @@ use crate::{
     datapath::DatapathError,
     model::{names::NameError, nodeport::Proto},
     store::{file::StateError, ipam::IpamError},
-    sys::{link::LinkError, netns::NetnsError},
+    sys::{link::LinkError, netns::NetnsError, sockdiag::SockDiagError},
 };
 
 /// What kind of failure an [`Error`] is, for the front ends.
@@ -184,6 +184,8 @@ pub enum Error {
     Link(#[from] LinkError),
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error(transparent)]
+    SockDiag(#[from] SockDiagError),
 }
 
 impl Error {
@@ -240,6 +242,7 @@ impl Error {
             Self::State(_)
             | Self::Link(_)
             | Self::Netns(_)
+            | Self::SockDiag(_)
             | Self::PeerRoutes(_)
             | Self::NoHostEnd { .. } => Io,
             Self::Datapath(_) => Datapath,

@@ -7,6 +7,7 @@
 //! - [`pod`]: standalone pods; [`endpoint`]: plugging a host veth into the datapath, shared by
 //!   pods and chained CNI attachments; [`attachment`]: the CNI use cases;
 //! - [`service`]: the service table (ClusterIPs, NodePorts, LoadBalancer IPs, externalIPs);
+//!   [`stale`]: the flows and sockets of backends that left it;
 //! - [`nodeport`], [`peer`], [`conntrack`], [`collector`] (the collection loop), [`gc`]
 //!   (with [`dead_nodes`]: socket programs of nodes whose namespace is gone), [`stats`],
 //!   [`monitor`] (the live view of drops).
@@ -25,6 +26,7 @@ pub mod nodeport;
 pub mod peer;
 pub mod pod;
 pub mod service;
+pub mod stale;
 pub mod stats;
 
 pub use ctx::Ctx;

@@ -4,7 +4,9 @@
 //! changes, and then only frontends whose map entries differ are written, compared against the
 //! maps themselves (so a restart after a crash converges), removed ones first. The agent's
 //! single changes go through [`Programmed::upsert`] and [`Programmed::remove`], which touch that
-//! service's frontends only. Established connections keep their backend through conntrack.
+//! service's frontends only. Established connections keep their backend through conntrack,
+//! except those to a backend that left its frontend (see [`stale`]): their flows and
+//! balanced sockets are removed right after the maps stop offering it.
 //!
 //! What a Service says, in the datapath (per frontend: the backends in its slots):
 //! - endpoints: ready ones; when none is ready, the serving ones that are terminating
@@ -16,7 +18,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     path::Path,
     time::Instant,
 };
@@ -28,14 +30,15 @@ use serde::Serialize;
 use super::{
     Ctx,
     error::{Error, Result},
+    stale::{self, StaleReport},
 };
 use crate::{
     datapath::services_map::{self, ServicesMapError},
     model::{
         nodeport::Proto,
         service::{
-            Frontend, FrontendKind, Limits, LoadBalancing, Metadata, Service, ServiceTable,
-            TrafficPolicy,
+            Frontend, FrontendKind, Limits, LoadBalancing, Metadata, Service, ServicePort,
+            ServiceTable, TrafficPolicy,
         },
     },
     store,
@@ -54,7 +57,7 @@ pub fn read_table(path: &Path) -> Result<ServiceTable> {
 }
 
 /// What an apply changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ApplyReport {
     pub added: usize,
     pub updated: usize,
@@ -66,6 +69,8 @@ pub struct ApplyReport {
     /// Frontends and backend slots the table holds now.
     pub frontends: usize,
     pub backends: usize,
+    /// Backends that left their frontends, and the flows and sockets of theirs removed.
+    pub stale: StaleReport,
     pub elapsed_ms: u128,
 }
 
@@ -95,6 +100,40 @@ fn map_frontend(fe: &Frontend) -> services_map::Frontend {
     }
 }
 
+/// The service port a frontend of `svc` comes from.
+fn service_port<'a>(svc: &'a Service, fe: &Frontend) -> &'a ServicePort {
+    svc.spec
+        .ports
+        .iter()
+        .find(|p| {
+            p.protocol.eq_ignore_ascii_case(&fe.proto.to_string())
+                && match fe.kind {
+                    FrontendKind::NodePort => p.node_port == Some(fe.port),
+                    _ => p.port == fe.port,
+                }
+        })
+        .expect("every frontend comes from one of the service's ports")
+}
+
+/// Every endpoint of `svc` (whatever its conditions), per map frontend, as `address:targetPort`
+/// -> serving: what [`stale::left`] keeps.
+fn listed(
+    svc: &Service,
+    node_ip: Ipv4Addr,
+) -> Result<Vec<(services_map::Frontend, stale::Listed)>> {
+    let mut out = Vec::new();
+    for fe in svc.frontends(node_ip)? {
+        let target = service_port(svc, &fe).target();
+        let endpoints = svc
+            .backends()
+            .into_iter()
+            .map(|(addr, c, _)| (SocketAddrV4::new(addr, target), c.serving || c.ready))
+            .collect();
+        out.push((map_frontend(&fe), endpoints));
+    }
+    Ok(out)
+}
+
 /// The datapath entries of one service: one per frontend, with the backends that frontend
 /// may use, this node's first.
 fn entries(
@@ -115,18 +154,7 @@ fn entries(
     };
     let mut out = Vec::new();
     for fe in svc.frontends(node_ip)? {
-        let port = svc
-            .spec
-            .ports
-            .iter()
-            .find(|p| {
-                p.protocol.eq_ignore_ascii_case(&fe.proto.to_string())
-                    && match fe.kind {
-                        FrontendKind::NodePort => p.node_port == Some(fe.port),
-                        _ => p.port == fe.port,
-                    }
-            })
-            .expect("every frontend comes from one of the service's ports");
+        let port = service_port(svc, &fe);
         let (kind_flag, local_only) = match fe.kind {
             FrontendKind::ClusterIp => (
                 svc_flag::CLUSTER_IP,
@@ -213,6 +241,8 @@ pub struct Programmed {
     owners: HashMap<FrontendKey, Metadata>,
     /// Backend addresses over all services, kept as services come and go.
     backends: usize,
+    /// Why sockets of backends that left could not be cleaned, since last taken.
+    stale_errors: Vec<String>,
 }
 
 impl Programmed {
@@ -255,6 +285,11 @@ impl Programmed {
         Ok(store::services::save(&ctx.settings.state_dir, &table)?)
     }
 
+    /// Why sockets of backends that left could not be destroyed, since the last call.
+    pub fn take_stale_errors(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.stale_errors)
+    }
+
     /// Services and backend addresses in the table.
     pub fn size(&self) -> (usize, usize) {
         (self.services.len(), self.backends)
@@ -293,22 +328,30 @@ impl Programmed {
         }
         let pod_cidr = ctx.settings.pod_cidr;
         let new = entries(&svc, node_ip, pod_cidr, ctx.settings.load_balancing)?;
+        let before = match self.services.get(&svc.metadata) {
+            Some(old) => entries(old, node_ip, pod_cidr, ctx.settings.load_balancing)?,
+            None => Vec::new(),
+        };
         let mut maps = ctx.services()?;
-        if let Some(old) = self.services.get(&svc.metadata) {
-            let kept: HashSet<services_map::Frontend> = new.iter().map(|e| e.frontend).collect();
-            for e in entries(old, node_ip, pod_cidr, ctx.settings.load_balancing)? {
-                if !kept.contains(&e.frontend) {
-                    maps.delete(&e.frontend)?;
-                }
+        let kept: HashSet<services_map::Frontend> = new.iter().map(|e| e.frontend).collect();
+        for e in &before {
+            if !kept.contains(&e.frontend) {
+                maps.delete(&e.frontend)?;
             }
         }
         maps.write_many(&new).map_err(map_err)?;
         drop(maps);
+        let after = new.iter().map(|e| (e.frontend, e)).collect();
+        let listed = listed(&svc, node_ip)?.into_iter().collect();
+        let left = stale::left(&before, &after, &listed);
         if let Some(old) = self.services.remove(&svc.metadata) {
             self.unindex(&old, node_ip)?;
         }
         self.index(&svc, node_ip)?;
         self.services.insert(svc.metadata.clone(), svc);
+        // Last: the table is what the maps hold even if this fails.
+        let report = stale::forget(ctx, &left, node_ip)?;
+        self.stale_errors.extend(report.socket_errors);
         Ok(true)
     }
 
@@ -318,17 +361,21 @@ impl Programmed {
             return Ok(None);
         };
         let node_ip = node_ip(ctx)?;
-        let mut maps = ctx.services()?;
-        for e in entries(
+        let before = entries(
             &old,
             node_ip,
             ctx.settings.pod_cidr,
             ctx.settings.load_balancing,
-        )? {
+        )?;
+        let mut maps = ctx.services()?;
+        for e in &before {
             maps.delete(&e.frontend)?;
         }
         drop(maps);
         self.unindex(&old, node_ip)?;
+        let left = stale::left(&before, &HashMap::new(), &HashMap::new());
+        let report = stale::forget(ctx, &left, node_ip)?;
+        self.stale_errors.extend(report.socket_errors);
         Ok(Some(old))
     }
 
@@ -354,6 +401,7 @@ impl Programmed {
         report.removed = self.services.keys().filter(|k| !wanted.contains(k)).count();
         let pod_cidr = ctx.settings.pod_cidr;
         let mut desired = Vec::new();
+        let mut endpoints = HashMap::new();
         for svc in &table.services {
             desired.extend(entries(
                 svc,
@@ -361,12 +409,15 @@ impl Programmed {
                 pod_cidr,
                 ctx.settings.load_balancing,
             )?);
+            endpoints.extend(listed(svc, node_ip)?);
         }
         report.frontends = desired.len();
         report.backends = desired.iter().map(|e| e.backends.len()).sum();
-        let (written, removed) = sync_maps(ctx, &desired, &nodeports)?;
-        report.frontends_written = written;
-        report.frontends_removed = removed;
+        let synced = sync_maps(ctx, &desired, &nodeports)?;
+        report.frontends_written = synced.written;
+        report.frontends_removed = synced.removed;
+        let after = desired.iter().map(|e| (e.frontend, e)).collect();
+        let left = stale::left(&synced.before, &after, &endpoints);
         self.services.clear();
         self.owners.clear();
         self.backends = 0;
@@ -374,19 +425,29 @@ impl Programmed {
             self.index(&svc, node_ip)?;
             self.services.insert(svc.metadata.clone(), svc);
         }
+        report.stale = stale::forget(ctx, &left, node_ip)?;
+        self.stale_errors
+            .extend(report.stale.socket_errors.iter().cloned());
         report.elapsed_ms = started.elapsed().as_millis();
         Ok(report)
     }
 }
 
+/// What [`sync_maps`] did.
+struct Synced {
+    written: usize,
+    removed: usize,
+    /// The table's frontends as the maps held them before (not the NodePorts of other owners).
+    before: Vec<services_map::Service>,
+}
+
 /// Makes the service maps hold `desired` (and the NodePorts `nodeports`, which are not this
-/// table's): removes every other frontend first, then writes the ones that differ. Returns
-/// (written, removed).
+/// table's): removes every other frontend first, then writes the ones that differ.
 fn sync_maps(
     ctx: &Ctx,
     desired: &[services_map::Service],
     nodeports: &HashSet<FrontendKey>,
-) -> Result<(usize, usize)> {
+) -> Result<Synced> {
     let mut maps = ctx.services()?;
     let current: HashMap<services_map::Frontend, services_map::Service> =
         maps.list()?.into_iter().map(|s| (s.frontend, s)).collect();
@@ -407,7 +468,16 @@ fn sync_maps(
         .cloned()
         .collect();
     maps.write_many(&changed).map_err(map_err)?;
-    Ok((changed.len(), removed))
+    let before = current
+        .into_iter()
+        .filter(|(fe, _)| wanted.contains(fe) || !kept_nodeports.contains(fe))
+        .map(|(_, s)| s)
+        .collect();
+    Ok(Synced {
+        written: changed.len(),
+        removed,
+        before,
+    })
 }
 
 fn limits<'a>(ctx: &Ctx, node_ip: Ipv4Addr, taken: &'a HashSet<FrontendKey>) -> Limits<'a> {
@@ -509,8 +579,8 @@ pub fn show(ctx: &Ctx, name: &str) -> Result<ServiceView> {
     view(svc, node_ip(ctx)?)
 }
 
-/// `service del NAMESPACE/NAME`: the service's frontends go; its established connections
-/// finish on their backends.
+/// `service del NAMESPACE/NAME`: the service's frontends go; its established TCP connections
+/// finish on their backends, its UDP flows and balanced UDP sockets go (see [`stale`]).
 pub fn del(ctx: &Ctx, name: &str) -> Result<ServiceView> {
     let wanted = parse_name(name);
     let _lock = store::services::lock(&ctx.settings.state_dir)?;

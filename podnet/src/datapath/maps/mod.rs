@@ -8,10 +8,12 @@ mod conntrack;
 mod endpoints;
 pub mod non_masquerade;
 mod peers;
+mod sock_rev_nat;
 mod stats;
 
 pub use config::ConfigView;
 pub use endpoints::EndpointEntry;
+pub use sock_rev_nat::SockRevNatMap;
 pub use stats::ReasonCount;
 
 use std::path::Path;

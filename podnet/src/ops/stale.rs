@@ -1,0 +1,487 @@
+//! Stale flows: when a backend leaves a service frontend, what still points at it goes, so
+//! clients move to a live backend at once instead of waiting for a timeout.
+//!
+//! Which backends left ([`left`]): a backend in a frontend's slots before a change and not
+//! after, unless the service still lists it, as serving for UDP, at all for TCP (KEP-1669:
+//! established connections to a terminating backend carry on). When a whole frontend goes
+//! (its service deleted), its UDP backends leave and its TCP connections finish on their
+//! backends. A change that keeps a backend leaves its flows alone.
+//!
+//! What goes ([`forget`]), for each backend that left:
+//! - the per-packet path's flows through that frontend to it: both `CONNTRACK` entries of each
+//!   (the next UDP datagram starts a new flow and picks a live backend; the next TCP segment
+//!   finds no state and is answered with a RST by the datapath);
+//! - sockets that the socket-level balancer connected to it through that frontend: destroyed
+//!   with `SOCK_DESTROY` ([`crate::sys::sockdiag`]) in the node's namespace and in every pod
+//!   namespace podnet recorded (pods and CNI attachments). A socket counts as balanced when
+//!   `SOCK_REV_NAT` remembers it (socket cookie + backend -> the frontend); a socket that
+//!   connected to the backend's address itself is never touched.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
+
+use podnet_ebpf::abi::{
+    CtEntry, CtKey, NODEPORT_ADDR, SockRevNatKey, config_flag, ct_dir, ct_kind,
+    proto::{IPPROTO_TCP, IPPROTO_UDP},
+};
+use serde::Serialize;
+
+use super::{Ctx, error::Result};
+use crate::{
+    datapath::{maps::SockRevNatMap, services_map},
+    store,
+    sys::{
+        netns::{Netns, NetnsError},
+        sockdiag::{InetSocket, SockDiag},
+    },
+};
+
+/// A backend that left a frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Left {
+    pub frontend: services_map::Frontend,
+    pub backend: SocketAddrV4,
+}
+
+/// The endpoints a frontend's service lists after a change: `address:targetPort` -> serving.
+pub type Listed = HashMap<SocketAddrV4, bool>;
+
+/// What [`forget`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StaleReport {
+    /// (frontend, backend) pairs that left.
+    pub backends_left: usize,
+    /// Conntrack entries removed (two per flow).
+    pub flow_entries_removed: u64,
+    /// Sockets destroyed.
+    pub sockets_destroyed: usize,
+    /// Namespaces whose sockets could not be cleaned, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub socket_errors: Vec<String>,
+}
+
+/// The backends that left: every backend of `before`'s frontends that `after` no longer has in
+/// the same frontend's slots and that `listed` (the services' endpoints after the change, per
+/// frontend) does not keep; see the module's rules.
+pub fn left(
+    before: &[services_map::Service],
+    after: &HashMap<services_map::Frontend, &services_map::Service>,
+    listed: &HashMap<services_map::Frontend, Listed>,
+) -> Vec<Left> {
+    let mut out = Vec::new();
+    for old in before {
+        let fe = old.frontend;
+        let slots: HashSet<SocketAddrV4> = after.get(&fe).map_or_else(HashSet::new, |s| {
+            s.backends
+                .iter()
+                .map(|b| SocketAddrV4::new(b.addr, b.port))
+                .collect()
+        });
+        let endpoints = listed.get(&fe);
+        for b in &old.backends {
+            let backend = SocketAddrV4::new(b.addr, b.port);
+            if slots.contains(&backend) {
+                continue;
+            }
+            let listed_as = endpoints.and_then(|l| l.get(&backend).copied());
+            let stays = match fe.proto {
+                // A deleted service's connections finish; a listed backend keeps its own.
+                IPPROTO_TCP => endpoints.is_none() || listed_as.is_some(),
+                _ => listed_as == Some(true),
+            };
+            if !stays {
+                out.push(Left {
+                    frontend: fe,
+                    backend,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether `frontend`, as packets or sockets saw it (`addr:port`), is `left`'s frontend (a
+/// NodePort on the node IP).
+fn same_frontend(left: &Left, addr: Ipv4Addr, port: u16, node_ip: Ipv4Addr) -> bool {
+    let fe = left.frontend;
+    fe.port == port && (fe.addr == addr || (fe.addr.octets() == NODEPORT_ADDR && addr == node_ip))
+}
+
+/// The frontend and backend of a service flow's entry: an original entry goes from the
+/// frontend to (its translation) the backend; a reply entry comes from the backend and is
+/// translated back to the frontend. `None` for SNAT flows.
+fn flow_ends(key: &CtKey, entry: &CtEntry) -> Option<((Ipv4Addr, u16), SocketAddrV4)> {
+    if entry.kind == ct_kind::SNAT {
+        return None;
+    }
+    if entry.dir == ct_dir::ORIGINAL {
+        Some((
+            (Ipv4Addr::from(key.daddr), key.dport),
+            SocketAddrV4::new(Ipv4Addr::from(entry.nat.daddr), entry.nat.dport),
+        ))
+    } else {
+        Some((
+            (Ipv4Addr::from(entry.nat.saddr), entry.nat.sport),
+            SocketAddrV4::new(Ipv4Addr::from(key.saddr), key.sport),
+        ))
+    }
+}
+
+/// The other entry of the flow `entry` belongs to: the tuple of a packet in the other
+/// direction, after translation.
+fn twin(key: &CtKey, entry: &CtEntry) -> CtKey {
+    CtKey {
+        saddr: entry.nat.daddr,
+        daddr: entry.nat.saddr,
+        sport: entry.nat.dport,
+        dport: entry.nat.sport,
+        proto: key.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Removes both entries of every flow through a frontend to a backend that left; returns how
+/// many entries went.
+fn forget_flows(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<u64> {
+    let by_backend: HashMap<(SocketAddrV4, u8), Vec<&Left>> =
+        left.iter().fold(HashMap::new(), |mut m, l| {
+            m.entry((l.backend, l.frontend.proto)).or_default().push(l);
+            m
+        });
+    let _lock = store::conntrack::lock(&ctx.settings.state_dir)?;
+    let mut maps = ctx.maps()?;
+    let mut removed = 0;
+    for (key, entry) in maps.ct_entries()? {
+        let Some(((fe_addr, fe_port), backend)) = flow_ends(&key, &entry) else {
+            continue;
+        };
+        let stale = by_backend.get(&(backend, key.proto)).is_some_and(|ls| {
+            ls.iter()
+                .any(|l| same_frontend(l, fe_addr, fe_port, node_ip))
+        });
+        if !stale {
+            continue;
+        }
+        for k in [key, twin(&key, &entry)] {
+            if maps.ct_remove(&k)? {
+                removed += 1;
+            }
+        }
+    }
+    if removed > 0 {
+        maps.ct_collected(removed)?;
+    }
+    Ok(removed)
+}
+
+/// The namespaces whose sockets the balancer serves, other than the node's own: those of the
+/// pods podnet made and of the CNI attachments it recorded, each opened and checked against
+/// the inode recorded at add (a path that now names another namespace is skipped), once each.
+fn pod_namespaces(ctx: &Ctx, node: &Netns, errors: &mut Vec<String>) -> Result<Vec<Netns>> {
+    let state_dir = &ctx.settings.state_dir;
+    let mut recorded: Vec<(PathBuf, Option<u64>)> = store::pods::list(state_dir)?
+        .into_iter()
+        .map(|p| (p.netns, Some(p.netns_ino)))
+        .collect();
+    recorded.extend(
+        store::attachments::list(state_dir)?
+            .into_iter()
+            .filter_map(|a| Some((a.netns?, a.netns_ino))),
+    );
+    let mut seen = HashSet::from([node.inode()]);
+    let mut out = Vec::new();
+    for (path, ino) in recorded {
+        let ns = match Netns::open(&path) {
+            Ok(ns) => ns,
+            // Gone since (the pod is being deleted): nothing of it to destroy.
+            Err(NetnsError::NotFound { .. } | NetnsError::NotANetns { .. }) => continue,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        if ino.is_some_and(|i| i != ns.inode()) || !seen.insert(ns.inode()) {
+            continue;
+        }
+        out.push(ns);
+    }
+    Ok(out)
+}
+
+/// The sockets of the calling thread's namespace whose peer is one of `backends`.
+fn candidates(backends: &HashSet<(SocketAddrV4, u8)>) -> Result<Vec<InetSocket>> {
+    let mut diag = SockDiag::open()?;
+    let mut out = Vec::new();
+    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+        if !backends.iter().any(|(_, p)| *p == proto) {
+            continue;
+        }
+        out.extend(
+            diag.connected(proto)?
+                .into_iter()
+                .filter(|s| backends.contains(&(s.peer, proto))),
+        );
+    }
+    Ok(out)
+}
+
+/// Destroys `sockets`; those that were still there.
+fn destroy_all(sockets: Vec<InetSocket>) -> Result<Vec<InetSocket>> {
+    let mut diag = SockDiag::open()?;
+    let mut out = Vec::new();
+    for s in sockets {
+        if diag.destroy(&s)? {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// The sockets destroyed in every namespace, and why a namespace could not be cleaned.
+#[derive(Default)]
+struct Sockets {
+    destroyed: usize,
+    errors: Vec<String>,
+}
+
+/// Destroys the sockets the balancer connected to a backend that left, through the frontend
+/// it left, namespace by namespace: a namespace that fails (a kernel without
+/// `CONFIG_INET_DIAG_DESTROY`, a namespace gone meanwhile) is reported and the others still
+/// cleaned.
+fn forget_sockets(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<Sockets> {
+    let backends: HashSet<(SocketAddrV4, u8)> =
+        left.iter().map(|l| (l.backend, l.frontend.proto)).collect();
+    let mut rev = SockRevNatMap::open(&ctx.settings.pin_dir)?;
+    let key_of = |s: &InetSocket| SockRevNatKey {
+        cookie: s.cookie,
+        addr: s.peer.ip().octets(),
+        port: s.peer.port(),
+        _pad: [0; 2],
+    };
+    // Of a namespace's candidates, those the balancer sent through a frontend they left.
+    let balanced = |rev: &SockRevNatMap, sockets: Vec<InetSocket>| -> Result<Vec<InetSocket>> {
+        let mut out = Vec::new();
+        for s in sockets {
+            let Some(front) = rev.get(&key_of(&s))? else {
+                continue;
+            };
+            let through = left.iter().any(|l| {
+                l.backend == s.peer
+                    && l.frontend.proto == s.proto
+                    && same_frontend(l, Ipv4Addr::from(front.addr), front.port, node_ip)
+            });
+            if through {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    };
+    let mut done = Sockets::default();
+    // The node's own namespace is the caller's (every command and the agent run in it).
+    let node = Netns::current()?;
+    let mut namespaces = vec![None];
+    // Pods' sockets are balanced only with socket balancing for pods on.
+    if ctx.maps()?.config()?.flags & config_flag::SOCKET_LB != 0 {
+        namespaces.extend(
+            pod_namespaces(ctx, &node, &mut done.errors)?
+                .into_iter()
+                .map(Some),
+        );
+    }
+    for ns in &namespaces {
+        let in_ns = |f: &(dyn Fn() -> Result<Vec<InetSocket>> + Sync)| match ns {
+            None => f(),
+            Some(ns) => ns.run(f)?,
+        };
+        let cleaned = in_ns(&|| candidates(&backends)).and_then(|found| {
+            let doomed = balanced(&rev, found)?;
+            if doomed.is_empty() {
+                return Ok(Vec::new());
+            }
+            in_ns(&|| destroy_all(doomed.clone()))
+        });
+        match cleaned {
+            Ok(destroyed) => {
+                for s in &destroyed {
+                    rev.remove(&key_of(s))?;
+                }
+                done.destroyed += destroyed.len();
+            }
+            Err(e) => {
+                let name = ns.as_ref().map_or(node.path(), Netns::path);
+                done.errors.push(format!("{}: {e}", name.display()));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Removes what points at the backends that `left`: their flows, and the sockets connected
+/// straight to them. Call it after the maps no longer offer them. A failure to clean sockets
+/// is reported in [`StaleReport::socket_errors`], not returned: the maps are already right.
+pub fn forget(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<StaleReport> {
+    if left.is_empty() {
+        return Ok(StaleReport::default());
+    }
+    let flow_entries_removed = forget_flows(ctx, left, node_ip)?;
+    let sockets = forget_sockets(ctx, left, node_ip)?;
+    Ok(StaleReport {
+        backends_left: left.len(),
+        flow_entries_removed,
+        sockets_destroyed: sockets.destroyed,
+        socket_errors: sockets.errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fe(proto: u8) -> services_map::Frontend {
+        services_map::Frontend {
+            addr: Ipv4Addr::new(10, 96, 0, 10),
+            port: 53,
+            proto,
+        }
+    }
+
+    fn svc(proto: u8, backends: &[[u8; 4]]) -> services_map::Service {
+        services_map::Service {
+            frontend: fe(proto),
+            backends: backends
+                .iter()
+                .map(|a| services_map::Backend {
+                    addr: Ipv4Addr::from(*a),
+                    port: 5353,
+                    flags: 0,
+                })
+                .collect(),
+            flags: 0,
+            local_count: 0,
+            affinity_timeout: 0,
+        }
+    }
+
+    fn at(a: [u8; 4]) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(a), 5353)
+    }
+
+    const A: [u8; 4] = [10, 244, 0, 2];
+    const B: [u8; 4] = [10, 244, 0, 3];
+
+    #[test]
+    fn only_backends_that_left_are_stale() {
+        for proto in [IPPROTO_UDP, IPPROTO_TCP] {
+            let before = vec![svc(proto, &[A, B])];
+            let kept = svc(proto, &[A, B]);
+            let after = HashMap::from([(fe(proto), &kept)]);
+            let listed = HashMap::from([(fe(proto), Listed::from([(at(A), true), (at(B), true)]))]);
+            assert!(left(&before, &after, &listed).is_empty(), "nothing changed");
+
+            let one = svc(proto, &[B]);
+            let after = HashMap::from([(fe(proto), &one)]);
+            let listed = HashMap::from([(fe(proto), Listed::from([(at(B), true)]))]);
+            assert_eq!(
+                left(&before, &after, &listed),
+                vec![Left {
+                    frontend: fe(proto),
+                    backend: at(A)
+                }],
+                "A deleted"
+            );
+        }
+    }
+
+    #[test]
+    fn terminating_and_deleted_services_follow_the_protocol() {
+        // A terminating (still serving) backend out of the slots keeps its flows.
+        let before = vec![svc(IPPROTO_UDP, &[A, B])];
+        let one = svc(IPPROTO_UDP, &[B]);
+        let after = HashMap::from([(fe(IPPROTO_UDP), &one)]);
+        let serving = HashMap::from([(
+            fe(IPPROTO_UDP),
+            Listed::from([(at(A), true), (at(B), true)]),
+        )]);
+        assert!(left(&before, &after, &serving).is_empty());
+        // No longer serving: UDP flows leave, TCP ones (still listed) stay.
+        let not_serving = Listed::from([(at(A), false), (at(B), true)]);
+        let listed = HashMap::from([(fe(IPPROTO_UDP), not_serving.clone())]);
+        assert_eq!(left(&before, &after, &listed).len(), 1);
+        let before_tcp = vec![svc(IPPROTO_TCP, &[A, B])];
+        let one_tcp = svc(IPPROTO_TCP, &[B]);
+        let after_tcp = HashMap::from([(fe(IPPROTO_TCP), &one_tcp)]);
+        let listed_tcp = HashMap::from([(fe(IPPROTO_TCP), not_serving)]);
+        assert!(left(&before_tcp, &after_tcp, &listed_tcp).is_empty());
+        // The whole frontend gone: UDP backends leave, TCP connections finish.
+        let none = HashMap::new();
+        assert_eq!(left(&before, &none, &HashMap::new()).len(), 2);
+        assert!(left(&before_tcp, &none, &HashMap::new()).is_empty());
+    }
+
+    #[test]
+    fn nodeport_frontends_match_the_node_ip() {
+        let l = Left {
+            frontend: services_map::Frontend::nodeport(30053, IPPROTO_UDP),
+            backend: at(A),
+        };
+        let node_ip = Ipv4Addr::new(192, 0, 2, 1);
+        assert!(same_frontend(&l, node_ip, 30053, node_ip));
+        assert!(!same_frontend(
+            &l,
+            Ipv4Addr::new(10, 96, 0, 1),
+            30053,
+            node_ip
+        ));
+        assert!(!same_frontend(&l, node_ip, 30054, node_ip));
+    }
+
+    #[test]
+    fn both_entries_of_a_flow_name_the_same_ends() {
+        use podnet_ebpf::abi::CtNat;
+        let client = [10, 244, 0, 9];
+        let vip = [10, 96, 0, 10];
+        let key = CtKey {
+            saddr: client,
+            daddr: vip,
+            sport: 40000,
+            dport: 53,
+            proto: IPPROTO_UDP,
+            _pad: [0; 3],
+        };
+        let original = CtEntry {
+            nat: CtNat {
+                saddr: client,
+                daddr: A,
+                sport: 40000,
+                dport: 5353,
+            },
+            kind: ct_kind::DNAT,
+            dir: ct_dir::ORIGINAL,
+            ..CtEntry::default()
+        };
+        let reply_key = twin(&key, &original);
+        let reply = CtEntry {
+            nat: CtNat {
+                saddr: vip,
+                daddr: client,
+                sport: 53,
+                dport: 40000,
+            },
+            kind: ct_kind::DNAT,
+            dir: ct_dir::REPLY,
+            ..CtEntry::default()
+        };
+        let ends = flow_ends(&key, &original);
+        assert_eq!(ends, Some(((Ipv4Addr::from(vip), 53), at(A))));
+        assert_eq!(flow_ends(&reply_key, &reply), ends);
+        assert_eq!(twin(&reply_key, &reply), key);
+        let snat = CtEntry {
+            kind: ct_kind::SNAT,
+            ..original
+        };
+        assert_eq!(flow_ends(&key, &snat), None);
+    }
+}
