@@ -172,6 +172,11 @@ fn a_bad_service_table_changes_nothing() {
             "unknown variant",
         ),
         (
+            "an unknown backend selection",
+            spec(json!({"loadBalancing": "roundrobin"})),
+            "unknown variant",
+        ),
+        (
             "an affinity timeout of 0",
             spec(
                 json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}),

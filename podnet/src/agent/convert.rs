@@ -391,4 +391,58 @@ mod tests {
         }));
         assert!(service(&alias, &[]).is_err());
     }
+
+    #[test]
+    fn backend_selection_comes_from_the_annotation_and_unknown_names_are_skipped() {
+        let svc = |annotations: serde_json::Value, spec_extra: serde_json::Value| -> K8sService {
+            let mut spec = serde_json::json!({"clusterIP": "10.96.0.10",
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]});
+            for (k, v) in spec_extra.as_object().unwrap() {
+                spec[k] = v.clone();
+            }
+            from(serde_json::json!({
+                "metadata": {"name": "web", "namespace": "shop", "annotations": annotations},
+                "spec": spec
+            }))
+        };
+        let none = serde_json::json!({});
+        let maglev = serde_json::json!({LOAD_BALANCING_ANNOTATION: "maglev"});
+        assert_eq!(
+            service(&svc(none.clone(), none.clone()), &[])
+                .unwrap()
+                .spec
+                .load_balancing,
+            None
+        );
+        assert_eq!(
+            service(&svc(maglev, none.clone()), &[])
+                .unwrap()
+                .spec
+                .load_balancing,
+            Some(LoadBalancing::Maglev)
+        );
+        for (annotations, spec) in [
+            (
+                serde_json::json!({LOAD_BALANCING_ANNOTATION: "roundrobin"}),
+                none.clone(),
+            ),
+            (
+                none.clone(),
+                serde_json::json!({"externalTrafficPolicy": "Nearest"}),
+            ),
+            (
+                none.clone(),
+                serde_json::json!({"internalTrafficPolicy": "Zone"}),
+            ),
+            (
+                none.clone(),
+                serde_json::json!({"sessionAffinity": "Cookie"}),
+            ),
+        ] {
+            assert!(
+                service(&svc(annotations.clone(), spec.clone()), &[]).is_err(),
+                "{annotations} {spec}"
+            );
+        }
+    }
 }
