@@ -243,8 +243,8 @@ pub fn service(
 
 /// Records a connection from outside the cluster routed straight to the local pod at its
 /// destination (no NAT), so the pod's replies are not taken for new traffic of its own and
-/// SNATed, then delivers the packet (one hop). Packets that start no flow are delivered as
-/// they are.
+/// SNATed, then delivers the packet (one hop). Packets that start no flow, and those from a
+/// masquerade exclusion, are delivered as they are.
 #[inline(always)]
 pub fn routed_to_pod(
     ctx: &TcContext,
@@ -256,7 +256,12 @@ pub fn routed_to_pod(
     if let Some(expired) = ttl::hop(ctx, cfg, pkt, false) {
         return expired;
     }
-    if pkt.l4.has_tuple() && conntrack::starts_flow(pkt.l4) && conntrack::admit(cfg) {
+    // A masquerade exclusion needs no record: the pod's traffic to it is never SNATed.
+    if pkt.l4.has_tuple()
+        && conntrack::starts_flow(pkt.l4)
+        && !crate::masquerade::excluded(pkt.key.saddr)
+        && conntrack::admit(cfg)
+    {
         let nat = CtNat {
             saddr: pkt.key.saddr,
             daddr: pkt.key.daddr,
