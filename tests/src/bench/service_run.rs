@@ -17,10 +17,20 @@ pub const UDP_TIMEOUT_MS: &str = "500";
 
 /// netprobe servers on a backend: TCP on `ip:8080`, UDP on `ip:5353`, on CPU 1.
 pub fn serve_backend(ns: &dyn InNetns, ip: Ipv4Addr) -> [ChildGuard; 2] {
+    serve_backend_on(ns, ip, TCP_TARGET, UDP_TARGET)
+}
+
+/// netprobe servers on a backend: TCP on `ip:tcp_port`, UDP on `ip:udp_port`, on CPU 1.
+pub fn serve_backend_on(
+    ns: &dyn InNetns,
+    ip: Ipv4Addr,
+    tcp_port: u16,
+    udp_port: u16,
+) -> [ChildGuard; 2] {
     let bin = netprobe_bin();
     let bin = bin.to_str().expect("utf-8 path");
-    let tcp = format!("{ip}:{TCP_TARGET}");
-    let udp = format!("{ip}:{UDP_TARGET}");
+    let tcp = format!("{ip}:{tcp_port}");
+    let udp = format!("{ip}:{udp_port}");
     let spawn = |proto: &str, listen: &str| {
         let mut child = ns.spawn(&[
             "taskset", "-c", "1", bin, "serve", proto, "--listen", listen,

@@ -2,7 +2,7 @@
 //! the plain random choice, in one run. Two podnet nodes, each with a client pod and three
 //! backend pods, and three ClusterIP services over the same three backends (TCP 80 -> 8080, UDP
 //! 53 -> 5353): `random` (the default), `affinity` (`sessionAffinity: ClientIP`) and `maglev`
-//! (`loadBalancing: maglev`). One node balances pods' traffic per packet at their veth
+//! (`loadBalancing: maglev`), each to its own backend ports (see [`targets`]). One node balances pods' traffic per packet at their veth
 //! (`--no-socket-lb`), where both features act; the other at the socket, where affinity acts and
 //! Maglev falls back to random (a socket has no flow yet when it connects), so only random and
 //! affinity are measured there. Rounds interleave the services, rotating their order. Workloads
@@ -17,7 +17,7 @@ use podnet_tests::{
     bench::{
         RoundArgs,
         series::BenchOutput,
-        service_run::{Run, TCP_PORT, TCP_TARGET, UDP_PORT, UDP_TARGET, measure, serve_backend},
+        service_run::{Run, TCP_PORT, TCP_TARGET, UDP_PORT, UDP_TARGET, measure, serve_backend_on},
     },
     unique,
 };
@@ -32,12 +32,22 @@ const CHOICES: [(&str, Ipv4Addr); 3] = [
     ("maglev", Ipv4Addr::new(10, 96, 0, 12)),
 ];
 
-fn service(name: &str, vip: Ipv4Addr, backends: &[String]) -> Value {
+/// Service `i`'s backend ports: its own, so no two services' connections share a server-side
+/// tuple (a client port reused towards another ClusterIP with the same backend would meet the
+/// server's TIME_WAIT of the first connection, with the client's TCP timestamps of another
+/// destination, and be refused by PAWS: a cost of the workload, not of the selection).
+fn targets(i: usize) -> (u16, u16) {
+    let i = u16::try_from(i).expect("three services");
+    (TCP_TARGET + i, UDP_TARGET + i)
+}
+
+fn service(i: usize, name: &str, vip: Ipv4Addr, backends: &[String]) -> Value {
+    let (tcp, udp) = targets(i);
     let mut spec = json!({
         "clusterIPs": [vip.to_string()],
         "ports": [
-            {"name": "http", "protocol": "TCP", "port": TCP_PORT, "targetPort": TCP_TARGET},
-            {"name": "dns", "protocol": "UDP", "port": UDP_PORT, "targetPort": UDP_TARGET}
+            {"name": "http", "protocol": "TCP", "port": TCP_PORT, "targetPort": tcp},
+            {"name": "dns", "protocol": "UDP", "port": UDP_PORT, "targetPort": udp}
         ]
     });
     match name {
@@ -74,12 +84,18 @@ impl SelectionNode {
         let backends: Vec<PodInfo> = (0..3).map(|i| node.add_pod(&format!("b{i}"))).collect();
         let servers = backends
             .iter()
-            .flat_map(|b| serve_backend(&b.ns, b.ip.parse().expect("pod IPv4")))
+            .flat_map(|b| {
+                (0..CHOICES.len()).flat_map(|i| {
+                    let (tcp, udp) = targets(i);
+                    serve_backend_on(&b.ns, b.ip.parse().expect("pod IPv4"), tcp, udp)
+                })
+            })
             .collect();
         let ips: Vec<String> = backends.iter().map(|b| b.ip.clone()).collect();
         let table = json!({"services": CHOICES
             .iter()
-            .map(|(name, vip)| service(name, *vip, &ips))
+            .enumerate()
+            .map(|(i, (name, vip))| service(i, name, *vip, &ips))
             .collect::<Vec<_>>()});
         let file = std::env::temp_dir().join(format!("{}.json", unique("sel")));
         std::fs::write(&file, table.to_string()).expect("write the table");
@@ -131,7 +147,8 @@ fn main() {
     }
     let method = "One podnet node per balancing path (pods' traffic per packet at their veth, \
                   `--no-socket-lb`; or at the socket), a client pod and three backend pods, \
-                  three ClusterIP services over the same backends: random (default), \
+                  three ClusterIP services over the same backends (each service on its own \
+                  backend ports): random (default), \
                   sessionAffinity ClientIP (10,800 s), and loadBalancing maglev (per packet \
                   only: at the socket Maglev falls back to random), applied with `podnet \
                   service apply`. TCP: netprobe `crr` (each connection a new flow, so each \
