@@ -73,18 +73,19 @@ pub fn nodeport(port: u16, proto: u8) -> Option<ServiceValue> {
 }
 
 /// Who a new connection comes from, for session affinity and Maglev.
-pub struct Client {
+pub struct Client<'a> {
     /// The client's address: affinity holds per client address.
     pub addr: [u8; 4],
-    /// The flow's hash ([`flow_hash`]) for Maglev; `None` where the flow is not known yet (a
-    /// socket's `connect()` has no source port), which picks at random.
-    pub flow_hash: Option<u32>,
+    /// The flow, hashed for Maglev ([`flow_hash`]) only when the frontend uses Maglev; `None`
+    /// where the flow is not known yet (a socket's `connect()` has no source port), which
+    /// picks at random.
+    pub flow: Option<&'a CtKey>,
 }
 
 /// A hash of a flow's addresses, ports and protocol that is the same on every node (Maglev's
 /// key): each word is mixed in with murmur3's 32-bit finaliser.
 #[inline(always)]
-pub fn flow_hash(key: &CtKey) -> u32 {
+fn flow_hash(key: &CtKey) -> u32 {
     #[inline(always)]
     fn mix(h: u32, word: u32) -> u32 {
         let mut x = h ^ word;
@@ -111,7 +112,7 @@ pub fn pick(
     port: u16,
     proto: u8,
     svc: &ServiceValue,
-    client: &Client,
+    client: &Client<'_>,
     now: u64,
 ) -> Option<ServiceBackend> {
     if svc.count == 0 {
@@ -133,8 +134,8 @@ pub fn pick(
             }
         }
     }
-    let backend = match client.flow_hash {
-        Some(hash) if svc.flags & svc_flag::MAGLEV != 0 => maglev(svc.id, hash),
+    let backend = match client.flow {
+        Some(flow) if svc.flags & svc_flag::MAGLEV != 0 => maglev(svc.id, flow_hash(flow)),
         _ => None,
     };
     let backend = match backend {

@@ -158,7 +158,7 @@ fn forward(ctx: &SockAddrContext) -> i32 {
             Owner::Node => cfg.node_ip,
             Owner::Pod(addr) => addr,
         },
-        flow_hash: None,
+        flow: None,
     };
     let Some(backend) = services::pick(lookup_addr, port, proto, &svc, &client, conntrack::now())
     else {

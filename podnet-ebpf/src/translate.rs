@@ -159,7 +159,7 @@ pub fn nodeport(
     let svc = services::nodeport(pkt.key.dport, pkt.key.proto)?;
     let client = services::Client {
         addr: pkt.key.saddr,
-        flow_hash: Some(services::flow_hash(&pkt.key)),
+        flow: Some(&pkt.key),
     };
     let Some(backend) = services::pick(
         NODEPORT_ADDR,
@@ -214,7 +214,7 @@ pub fn service(
     }
     let client = services::Client {
         addr: key.saddr,
-        flow_hash: Some(services::flow_hash(key)),
+        flow: Some(key),
     };
     let Some(backend) = services::pick(key.daddr, key.dport, key.proto, &svc, &client, now) else {
         return Some(reject::refuse(

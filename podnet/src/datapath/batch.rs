@@ -3,9 +3,32 @@
 //! creation of a plain array map and a single update (the inner maps of a hash of maps, whose
 //! value is a map descriptor).
 
-use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
+
+use aya::maps::Map;
 
 use super::DatapathError;
+
+/// A descriptor of `map`'s own (a hash map, LRU hash map or hash of maps), for the commands
+/// here, which take raw descriptors.
+pub(super) fn own_fd(map: &Map, name: &'static str) -> Result<OwnedFd, DatapathError> {
+    let (Map::HashMap(data) | Map::LruHashMap(data) | Map::HashOfMaps(data)) = map else {
+        return Err(DatapathError::Map {
+            name: name.to_owned(),
+            source: aya::maps::MapError::InvalidName {
+                name: name.to_owned(),
+            },
+        });
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DatapathError::Io {
+            op: "duplicating a map descriptor",
+            path: name.into(),
+            source,
+        })
+}
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;

@@ -190,15 +190,6 @@ fn addr(bytes: &[u8], at: usize) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(b))
 }
 
-fn proto_name(proto: u8) -> String {
-    match proto {
-        IPPROTO_TCP => "tcp".to_owned(),
-        IPPROTO_UDP => "udp".to_owned(),
-        IPPROTO_ICMP => "icmp".to_owned(),
-        other => other.to_string(),
-    }
-}
-
 /// Decodes an Ethernet frame's first bytes.
 pub fn summarise(frame: &[u8]) -> PacketSummary {
     let Some(ethertype) = be16(frame, ETH_HLEN - 2) else {
@@ -226,7 +217,7 @@ fn ipv4(ip: &[u8]) -> PacketSummary {
     let Some(&proto) = ip.get(9) else {
         return s;
     };
-    s.proto = Some(proto_name(proto));
+    s.proto = Some(crate::model::names::proto_name(proto));
     s.fragment = be16(ip, 6).is_some_and(|f| f & IP_OFFSET != 0);
     let ihl = usize::from(version_ihl & 0x0f) * 4;
     if s.fragment || ihl < IPV4_MIN_HLEN {

@@ -17,29 +17,10 @@ use podnet_ebpf::abi::{AffinityKey, AffinityValue, MAGLEV_TABLE_SIZE, map_name};
 use super::{
     DatapathError,
     batch::{
-        create_u32_array, delete_batch, delete_elem, fd_u32, lookup_all, update_batch, update_elem,
+        create_u32_array, delete_batch, delete_elem, fd_u32, lookup_all, own_fd, update_batch,
+        update_elem,
     },
 };
-
-/// A descriptor of `map`'s own.
-fn own_fd(map: &Map, name: &'static str) -> Result<OwnedFd, DatapathError> {
-    let (Map::HashOfMaps(data) | Map::LruHashMap(data) | Map::HashMap(data)) = map else {
-        return Err(DatapathError::Map {
-            name: name.to_owned(),
-            source: aya::maps::MapError::InvalidName {
-                name: name.to_owned(),
-            },
-        });
-    };
-    data.fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|source| DatapathError::Io {
-            op: "duplicating a map descriptor",
-            path: name.into(),
-            source,
-        })
-}
 
 /// The Maglev tables and affinity entries of a node.
 pub struct Selection {

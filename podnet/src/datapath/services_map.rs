@@ -38,7 +38,7 @@ use podnet_ebpf::abi::{
 
 use super::{
     DatapathError,
-    batch::{delete_batch, lookup_all, update_batch},
+    batch::{delete_batch, lookup_all, own_fd, update_batch},
     maps::{PinnedMaps, is_not_found},
     selection::Selection,
 };
@@ -240,9 +240,9 @@ impl ServicesMap {
         selection: Selection,
     ) -> Result<Self, DatapathError> {
         let fds = BatchFds {
-            services: dup_fd(&services, map_name::SERVICES)?,
-            backends: dup_fd(&backends, map_name::BACKENDS)?,
-            rev_nat: dup_fd(&rev_nat, map_name::REV_NAT)?,
+            services: own_fd(&services, map_name::SERVICES)?,
+            backends: own_fd(&backends, map_name::BACKENDS)?,
+            rev_nat: own_fd(&rev_nat, map_name::REV_NAT)?,
         };
         let mut this = Self {
             services: services.try_into().map_err(map_err(map_name::SERVICES))?,
@@ -884,23 +884,6 @@ struct BatchFds {
     services: OwnedFd,
     backends: OwnedFd,
     rev_nat: OwnedFd,
-}
-
-/// A descriptor of `map`'s own (a hash map), for the batch commands.
-fn dup_fd(map: &Map, name: &'static str) -> Result<OwnedFd, DatapathError> {
-    let Map::HashMap(data) = map else {
-        return Err(map_err(name)(aya::maps::MapError::InvalidName {
-            name: name.to_owned(),
-        }));
-    };
-    data.fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|source| DatapathError::Io {
-            op: "duplicating a map descriptor",
-            path: name.into(),
-            source,
-        })
 }
 
 /// Backends written per round of [`ServicesMap::write_many`] (at most one frontend's

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use podnet_ebpf::abi::proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
 /// Longest interface name (`IFNAMSIZ` - 1).
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Longest pod name: it becomes a file name and part of a namespace name.
@@ -143,6 +145,16 @@ pub fn cni_pod_name(container_id: &str, ifname: &str) -> String {
 pub fn is_cni_pod_name(name: &str) -> bool {
     name.strip_prefix(CNI_POD_PREFIX)
         .is_some_and(|hash| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// An IP protocol number as people write it: `tcp`, `udp`, `icmp`, or the number.
+pub fn proto_name(proto: u8) -> String {
+    match proto {
+        IPPROTO_TCP => "tcp".to_owned(),
+        IPPROTO_UDP => "udp".to_owned(),
+        IPPROTO_ICMP => "icmp".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]

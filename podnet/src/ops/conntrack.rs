@@ -9,10 +9,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use podnet_ebpf::abi::{
-    CtEntry, CtKey, ct_dir, ct_kind, ct_live, ct_state,
-    proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-};
+use podnet_ebpf::abi::{CtEntry, CtKey, ct_dir, ct_kind, ct_live, ct_state};
 use serde::Serialize;
 
 use super::{Ctx, error::Result};
@@ -22,15 +19,6 @@ use crate::{
     store,
     sys::process::monotonic_ns,
 };
-
-fn proto_name(proto: u8) -> String {
-    match proto {
-        IPPROTO_TCP => "tcp".to_owned(),
-        IPPROTO_UDP => "udp".to_owned(),
-        IPPROTO_ICMP => "icmp".to_owned(),
-        other => other.to_string(),
-    }
-}
 
 fn endpoint(addr: [u8; 4], port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(addr), port)
@@ -59,7 +47,7 @@ impl Flow {
     fn new(key: &CtKey, entry: &CtEntry, now: u64) -> Self {
         let remaining = i128::from(entry.expires_ns) - i128::from(now);
         Self {
-            proto: proto_name(key.proto),
+            proto: crate::model::names::proto_name(key.proto),
             kind: ct_kind::NAMES
                 .get(usize::from(entry.kind))
                 .copied()
@@ -154,6 +142,19 @@ pub struct GcReport {
     pub usage: Usage,
 }
 
+/// The other entry of the flow `entry` belongs to: the tuple of a packet in the other
+/// direction, after translation.
+pub(super) fn twin(key: &CtKey, entry: &CtEntry) -> CtKey {
+    CtKey {
+        saddr: entry.nat.daddr,
+        daddr: entry.nat.saddr,
+        sport: entry.nat.dport,
+        dport: entry.nat.sport,
+        proto: key.proto,
+        _pad: [0; 3],
+    }
+}
+
 /// Removes every dead flow: both entries expired (or one expired and the other gone).
 pub fn gc(ctx: &Ctx) -> Result<GcReport> {
     let _lock = store::conntrack::lock(&ctx.settings.state_dir)?;
@@ -165,14 +166,7 @@ pub fn gc(ctx: &Ctx) -> Result<GcReport> {
         if entry.expires_ns >= now {
             continue;
         }
-        let twin = CtKey {
-            saddr: entry.nat.daddr,
-            daddr: entry.nat.saddr,
-            sport: entry.nat.dport,
-            dport: entry.nat.sport,
-            proto: key.proto,
-            _pad: [0; 3],
-        };
+        let twin = twin(key, entry);
         let twin_alive = entries.get(&twin).is_some_and(|t| t.expires_ns >= now);
         if twin_alive {
             continue;

@@ -130,19 +130,6 @@ fn flow_ends(key: &CtKey, entry: &CtEntry) -> Option<((Ipv4Addr, u16), SocketAdd
     }
 }
 
-/// The other entry of the flow `entry` belongs to: the tuple of a packet in the other
-/// direction, after translation.
-fn twin(key: &CtKey, entry: &CtEntry) -> CtKey {
-    CtKey {
-        saddr: entry.nat.daddr,
-        daddr: entry.nat.saddr,
-        sport: entry.nat.dport,
-        dport: entry.nat.sport,
-        proto: key.proto,
-        _pad: [0; 3],
-    }
-}
-
 /// Removes both entries of every flow through a frontend to a backend that left; returns how
 /// many entries went.
 fn forget_flows(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<u64> {
@@ -165,7 +152,7 @@ fn forget_flows(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<u64> {
         if !stale {
             continue;
         }
-        for k in [key, twin(&key, &entry)] {
+        for k in [key, crate::ops::conntrack::twin(&key, &entry)] {
             if maps.ct_remove(&k)? {
                 removed += 1;
             }
@@ -462,7 +449,7 @@ mod tests {
             dir: ct_dir::ORIGINAL,
             ..CtEntry::default()
         };
-        let reply_key = twin(&key, &original);
+        let reply_key = crate::ops::conntrack::twin(&key, &original);
         let reply = CtEntry {
             nat: CtNat {
                 saddr: vip,
@@ -477,7 +464,7 @@ mod tests {
         let ends = flow_ends(&key, &original);
         assert_eq!(ends, Some(((Ipv4Addr::from(vip), 53), at(A))));
         assert_eq!(flow_ends(&reply_key, &reply), ends);
-        assert_eq!(twin(&reply_key, &reply), key);
+        assert_eq!(crate::ops::conntrack::twin(&reply_key, &reply), key);
         let snat = CtEntry {
             kind: ct_kind::SNAT,
             ..original
