@@ -16,6 +16,29 @@ use serde_json::Value;
 
 use crate::{InNetns as _, Pod, Topology, describe, podnet_bin, run_bounded, unique};
 
+/// The service CIDR the service tests' nodes are initialised with (Kubernetes' default).
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+
+/// Which path carries pods' service traffic on a test node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServicePath {
+    /// Per packet at the pod's veth (`node init --no-socket-lb`).
+    Tc,
+    /// Socket-level balancing for the node and its pods (the default).
+    Socket,
+}
+
+impl ServicePath {
+    /// `node init` arguments for a node whose pods take this path, with [`SERVICE_CIDR`].
+    pub fn init_args(self) -> Vec<&'static str> {
+        let mut args = vec!["--service-cidr", SERVICE_CIDR];
+        if self == Self::Tc {
+            args.push("--no-socket-lb");
+        }
+        args
+    }
+}
+
 /// The cluster CIDR every test node's pod CIDR comes from.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 

@@ -8,11 +8,11 @@
 use std::{collections::BTreeMap, path::PathBuf, thread::sleep, time::Duration};
 
 use podnet_tests::{
-    Cluster, InNetns, Node, describe, netprobe, require_root, serve_tcp, serve_udp,
+    Cluster, InNetns, Node, SERVICE_CIDR, ServicePath, describe, netprobe, require_root, serve_tcp,
+    serve_udp,
 };
 use serde_json::{Value, json};
 
-const SERVICE_CIDR: &str = "10.96.0.0/12";
 const VIP: &str = "10.96.0.20";
 const LB_IP: &str = "198.51.100.20";
 
@@ -64,11 +64,12 @@ fn affinity_service(backends: &[String], affinity: bool) -> Value {
 }
 
 fn client_ip_affinity(socket_lb: bool, pod_cidr: &str) {
-    let mut args = vec!["--service-cidr", SERVICE_CIDR];
-    if !socket_lb {
-        args.push("--no-socket-lb");
-    }
-    let node = Node::with_args(pod_cidr, &args);
+    let path = if socket_lb {
+        ServicePath::Socket
+    } else {
+        ServicePath::Tc
+    };
+    let node = Node::with_args(pod_cidr, &path.init_args());
     let pods: Vec<_> = (0..4).map(|i| node.add_pod(&format!("web{i}"))).collect();
     let _servers: Vec<_> = pods
         .iter()

@@ -21,12 +21,12 @@ use podnet_ebpf::abi::{
     proto::{IPPROTO_TCP, IPPROTO_UDP},
     svc_flag,
 };
+use podnet_tests::ServicePath as Path;
 use podnet_tests::{
     Cluster, InNetns, NODE_IP, Node, OUTSIDE_IP, addr_field, churn_tcp, describe, netprobe,
     peer_ip_of, require_root, serve_tcp, serve_udp, testrun::service_spec,
 };
 
-const SERVICE_CIDR: &str = "10.96.0.0/12";
 /// A ClusterIP with backends.
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// A ClusterIP whose services have no backends.
@@ -36,24 +36,6 @@ const NOT_A_SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
 const EMPTY_LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Path {
-    /// Pods' service traffic per packet at their veth (`--no-socket-lb`).
-    Tc,
-    /// Socket-level balancing for pods and the node.
-    Socket,
-}
-
-impl Path {
-    fn init_args(self) -> Vec<&'static str> {
-        let mut args = vec!["--service-cidr", SERVICE_CIDR];
-        if self == Self::Tc {
-            args.push("--no-socket-lb");
-        }
-        args
-    }
-}
 
 fn frontend(addr: Ipv4Addr, port: u16, proto: u8) -> Frontend {
     Frontend { addr, port, proto }

@@ -28,13 +28,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use podnet_tests::ServicePath as Path;
 use podnet_tests::{
     InNetns, Node, PodInfo, Scenario, addr_field, agent_cluster::AgentCluster, apiserver::Resource,
     require_root, serve_tcp_echo, serve_udp, wait_until,
 };
 use serde_json::{Value, json};
 
-const SERVICE_CIDR: &str = "10.96.0.0/12";
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const UDP_PORT: u16 = 53;
 const UDP_TARGET: u16 = 5353;
@@ -46,24 +46,6 @@ const INTERVAL: Duration = Duration::from_millis(200);
 const STEP: Duration = Duration::from_millis(1000);
 /// The client stops by itself after this many requests (two minutes).
 const MAX_REQUESTS: u64 = 600;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Path {
-    /// Pods' service traffic per packet at their veth (`--no-socket-lb`).
-    Tc,
-    /// Socket-level balancing for pods.
-    Socket,
-}
-
-impl Path {
-    fn init_args(self) -> Vec<&'static str> {
-        let mut args = vec!["--service-cidr", SERVICE_CIDR];
-        if self == Self::Tc {
-            args.push("--no-socket-lb");
-        }
-        args
-    }
-}
 
 /// A service table with one ClusterIP service `echo` (UDP 53 -> 5353, TCP 80 -> 8080) whose
 /// ready endpoints are `backends`.
