@@ -9,7 +9,7 @@
 //! version must be re-initialised, not silently reused.
 
 /// Version of this ABI, recorded in [`NodeConfig::abi_version`].
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Map names, as pinned under the node's bpffs directory (`<pin_dir>/<name>`).
 pub mod map_name {
@@ -153,6 +153,7 @@ pub struct NodeConfig {
     pub ct_timeouts: CtTimeouts,
     /// ifindex of the node's VXLAN device in overlay mode; 0 in native routing mode.
     pub tunnel_ifindex: u32,
+    pub _pad3: u32,
     /// Cookie of the node's network namespace: the socket programs act on sockets there (and,
     /// with [`config_flag::SOCKET_LB`], in the pods' namespaces listed in `POD_NETNS`).
     pub netns_cookie: u64,
@@ -178,7 +179,7 @@ pub struct CtTimeouts {
     pub tcp_syn: u32,
     /// TCP once both directions have been seen.
     pub tcp_established: u32,
-    /// TCP after a FIN or RST (Cilium's close timeout).
+    /// TCP after an RST (Cilium's close timeout).
     pub tcp_closing: u32,
     /// UDP until the first reply (Linux `nf_conntrack_udp_timeout`).
     pub udp: u32,
@@ -186,6 +187,12 @@ pub struct CtTimeouts {
     pub udp_stream: u32,
     /// ICMP echo.
     pub icmp: u32,
+    /// TCP after a FIN. Linux conntrack's TIME_WAIT timeout: the translated tuple stays taken
+    /// while the server may still hold it in TIME_WAIT, so a new flow from another client
+    /// port is never mapped onto it (the server's PAWS check would drop its SYN: every
+    /// connection has its own TCP timestamp offset). The same client tuple reopens the flow.
+    /// Under table pressure the collector ends these flows first.
+    pub tcp_time_wait: u32,
 }
 
 impl CtTimeouts {
@@ -196,6 +203,7 @@ impl CtTimeouts {
         udp: 30,
         udp_stream: 120,
         icmp: 30,
+        tcp_time_wait: 120,
     };
 }
 
@@ -648,9 +656,13 @@ pub mod ct_state {
     pub const NEW: u8 = 0;
     /// Both directions seen.
     pub const ESTABLISHED: u8 = 1;
-    /// FIN or RST seen (TCP).
+    /// RST seen (TCP): nobody holds the tuple any more.
     pub const CLOSING: u8 = 2;
-    pub const NAMES: [&str; 3] = ["new", "established", "closing"];
+    /// FIN seen (TCP): whichever end closed first holds the tuple in TIME_WAIT for up to 60 s
+    /// (Linux; 2 MSL elsewhere), so the flow keeps its tuple that long (see
+    /// [`super::CtTimeouts::tcp_time_wait`]).
+    pub const TIME_WAIT: u8 = 3;
+    pub const NAMES: [&str; 4] = ["new", "established", "closing", "time_wait"];
 }
 
 /// Value of the `CT_USAGE` array: entries inserted and removed. Slot [`CT_USAGE_PROGRAMS`] is
@@ -1088,14 +1100,14 @@ mod tests {
 
     #[test]
     fn node_config_layout() {
-        assert_eq!(size_of::<NodeConfig>(), 96);
-        assert_eq!(offset_of!(NodeConfig, service_cidr), 88);
-        assert_eq!(offset_of!(NodeConfig, service_prefix_len), 92);
+        assert_eq!(size_of::<NodeConfig>(), 104);
+        assert_eq!(offset_of!(NodeConfig, service_cidr), 96);
+        assert_eq!(offset_of!(NodeConfig, service_prefix_len), 100);
         assert_eq!(offset_of!(NodeConfig, snat_port_min), 44);
         assert_eq!(offset_of!(NodeConfig, ct_limit), 48);
         assert_eq!(offset_of!(NodeConfig, ct_timeouts), 52);
-        assert_eq!(offset_of!(NodeConfig, tunnel_ifindex), 76);
-        assert_eq!(offset_of!(NodeConfig, netns_cookie), 80);
+        assert_eq!(offset_of!(NodeConfig, tunnel_ifindex), 80);
+        assert_eq!(offset_of!(NodeConfig, netns_cookie), 88);
         assert_eq!(offset_of!(NodeConfig, node_ip), 8);
         assert_eq!(offset_of!(NodeConfig, pod_cidr), 16);
         assert_eq!(offset_of!(NodeConfig, pod_prefix_len), 20);

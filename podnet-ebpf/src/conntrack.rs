@@ -8,7 +8,11 @@
 //! its configured limit, so a full table refuses new flows (counted as `drop_ct_full`) instead
 //! of letting the LRU evict live ones.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, generated::bpf_loop},
+};
 use podnet_ebpf::abi::{
     CT_REFRESH_NS, CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, CtEntry, CtKey, CtNat, NS_PER_SEC,
     NodeConfig, SNAT_RETRIES, ct_dir, ct_live, ct_state,
@@ -35,6 +39,7 @@ fn timeout_ns(cfg: &NodeConfig, proto: u8, state: u8) -> u64 {
     let secs = match (proto, state) {
         (IPPROTO_TCP, ct_state::ESTABLISHED) => t.tcp_established,
         (IPPROTO_TCP, ct_state::CLOSING) => t.tcp_closing,
+        (IPPROTO_TCP, ct_state::TIME_WAIT) => t.tcp_time_wait,
         (IPPROTO_TCP, _) => t.tcp_syn,
         (IPPROTO_UDP, ct_state::ESTABLISHED) => t.udp_stream,
         (IPPROTO_UDP, _) => t.udp,
@@ -130,7 +135,12 @@ pub fn lookup(key: &CtKey, now: u64) -> Option<*mut CtEntry> {
 #[inline(always)]
 fn next_state(entry: &CtEntry, l4: L4) -> u8 {
     match l4 {
-        L4::Tcp { flags } if flags & (TCP_FIN | TCP_RST) != 0 => ct_state::CLOSING,
+        L4::Tcp { flags } if flags & TCP_RST != 0 => ct_state::CLOSING,
+        // After a FIN one end holds the tuple in TIME_WAIT; an RST before it ended that.
+        L4::Tcp { flags } if flags & TCP_FIN != 0 && entry.state != ct_state::CLOSING => {
+            ct_state::TIME_WAIT
+        }
+        L4::Tcp { flags } if flags & TCP_FIN != 0 => ct_state::CLOSING,
         // A new connection reusing the tuple of one that is closing (TIME_WAIT reuse).
         L4::Tcp { flags }
             if flags & (TCP_SYN | TCP_ACK) == TCP_SYN && entry.dir == ct_dir::ORIGINAL =>
@@ -229,7 +239,9 @@ pub fn create(
     };
     let mut reply_new = true;
     match ports {
-        PortChoice::KeepElseAllocate { .. } if let Some(new) = claim_reply(&reply_key, &reply) => {
+        PortChoice::KeepElseAllocate { .. }
+            if let Claim::Taken(new) = claim_reply(&reply_key, &reply, now) =>
+        {
             reply_new = new;
         }
         PortChoice::Allocate { random } | PortChoice::KeepElseAllocate { random } => {
@@ -242,22 +254,53 @@ pub fn create(
             } else {
                 random % span
             };
-            let mut found = false;
-            for i in 0..SNAT_RETRIES {
-                let port = min + (start + i) % span;
-                // `min + span - 1 <= u16::MAX` by construction of the range.
-                let port = port as u16;
-                reply_key.dport = port;
-                if let Some(new) = claim_reply(&reply_key, &reply) {
-                    reply_new = new;
-                    nat.sport = port;
-                    found = true;
-                    break;
+            let mut search = PortSearch {
+                reply_key,
+                reply,
+                now,
+                victim_expires: u64::MAX,
+                min,
+                span,
+                start,
+                victim_port: 0,
+                taken: SEARCH_NONE,
+                port: 0,
+            };
+            // SAFETY: `probe_port` has the callback signature bpf_loop expects, and the context
+            // is a live `PortSearch` on this stack that outlives the call.
+            unsafe {
+                bpf_loop(
+                    SNAT_RETRIES,
+                    probe_port as *const () as *mut c_void,
+                    (&raw mut search).cast(),
+                    0,
+                );
+            }
+            let port = match search.taken {
+                SEARCH_NEW => {
+                    reply_new = true;
+                    search.port
                 }
-            }
-            if !found {
-                return Err(reason::DROP_NAT_NO_PORT);
-            }
+                SEARCH_LEFTOVER => {
+                    reply_new = false;
+                    search.port
+                }
+                // No free port among the probes: take over the evictable flow met on the way
+                // whose entry expires first (a TCP connection that closed longest ago, or a
+                // dead flow not yet collected), as Linux's NAT evicts TIME_WAIT entries.
+                _ if search.victim_expires != u64::MAX => {
+                    reply_key.dport = search.victim_port as u16;
+                    evict(&reply_key);
+                    if !matches!(claim_reply(&reply_key, &reply, now), Claim::Taken(true)) {
+                        return Err(reason::DROP_NAT_NO_PORT);
+                    }
+                    search.victim_port
+                }
+                _ => return Err(reason::DROP_NAT_NO_PORT),
+            };
+            // `min + span - 1 <= u16::MAX` by construction of the range.
+            nat.sport = port as u16;
+            reply_key.dport = port as u16;
         }
     }
     let original = CtEntry {
@@ -279,24 +322,115 @@ pub fn create(
     Ok(nat)
 }
 
-/// Takes `reply_key` for a new flow. `Some(true)`: inserted; `Some(false)`: the key held a
-/// leftover reply entry of this very tuple (its original entry was already collected, e.g. by a
-/// collector pass racing with the flow's last packet), which is overwritten; `None`: the key
-/// belongs to another flow.
+/// `PortSearch::taken`: no port free among the probes.
+const SEARCH_NONE: u32 = 0;
+/// `PortSearch::taken`: `port` taken with a new reply entry.
+const SEARCH_NEW: u32 = 1;
+/// `PortSearch::taken`: `port` taken over a leftover reply entry of the same tuple.
+const SEARCH_LEFTOVER: u32 = 2;
+
+/// A SNAT port search, on the stack of [`create`], probed one port per `bpf_loop` round by
+/// [`probe_port`]. The loop body is verified once instead of once per unrolled probe and per
+/// caller, which keeps `from_pod` well inside the verifier's budget.
+#[repr(C)]
+struct PortSearch {
+    reply_key: CtKey,
+    reply: CtEntry,
+    now: u64,
+    /// Expiry of the evictable flow met so far that expires first (`u64::MAX`: none).
+    victim_expires: u64,
+    min: u32,
+    span: u32,
+    start: u32,
+    /// The port that flow holds.
+    victim_port: u32,
+    /// `SEARCH_*`.
+    taken: u32,
+    /// The port taken, when `taken` says one was.
+    port: u32,
+}
+
+/// One round of a port search: tries port `min + (start + i) % span`. Returns 1 (stop) once
+/// a port is taken, 0 to go on.
+extern "C" fn probe_port(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the context `create` gave it: a live `PortSearch` on its
+    // stack, used by nothing else while the loop runs.
+    let search = unsafe { &mut *ctx.cast::<PortSearch>() };
+    if search.span == 0 {
+        // Never: the range holds at least one port (and no panic path may reach the verifier).
+        return 1;
+    }
+    // `i < SNAT_RETRIES`, so the cast keeps it.
+    let port = search.min + (search.start + i as u32) % search.span;
+    let mut key = search.reply_key;
+    // `min + span - 1 <= u16::MAX` by construction of the range.
+    key.dport = port as u16;
+    match claim_reply(&key, &search.reply, search.now) {
+        Claim::Taken(new) => {
+            search.taken = if new { SEARCH_NEW } else { SEARCH_LEFTOVER };
+            search.port = port;
+            1
+        }
+        Claim::Evictable { expires } if expires < search.victim_expires => {
+            search.victim_expires = expires;
+            search.victim_port = port;
+            0
+        }
+        Claim::Evictable { .. } | Claim::Held => 0,
+    }
+}
+
+/// What [`claim_reply`] found.
+enum Claim {
+    /// The key is the new flow's: `true` if inserted, `false` if it held a leftover reply
+    /// entry of this very tuple (its original entry was already collected, e.g. by a collector
+    /// pass racing with the flow's last packet), which was overwritten.
+    Taken(bool),
+    /// Another flow holds the key, but may give it up under pressure: a TCP connection that
+    /// closed (RST or FIN), or an entry already expired and not yet collected. Its entry
+    /// expires at `expires`.
+    Evictable { expires: u64 },
+    /// Another flow holds the key.
+    Held,
+}
+
+/// Takes `reply_key` for a new flow, unless another flow holds it.
 #[inline(always)]
-fn claim_reply(reply_key: &CtKey, reply: &CtEntry) -> Option<bool> {
+fn claim_reply(reply_key: &CtKey, reply: &CtEntry, now: u64) -> Claim {
     if CONNTRACK
         .insert(reply_key, reply, u64::from(BPF_NOEXIST))
         .is_ok()
     {
-        return Some(true);
+        return Claim::Taken(true);
     }
+    // SAFETY: the fields are copied out at once.
+    let Some((nat, state, expires)) =
+        (unsafe { CONNTRACK.get(reply_key) }).map(|e| (e.nat, e.state, e.expires_ns))
+    else {
+        return Claim::Held;
+    };
+    if nat == reply.nat {
+        return match CONNTRACK.insert(reply_key, reply, 0) {
+            Ok(()) => Claim::Taken(false),
+            Err(_) => Claim::Held,
+        };
+    }
+    if expires < now || state == ct_state::TIME_WAIT || state == ct_state::CLOSING {
+        Claim::Evictable { expires }
+    } else {
+        Claim::Held
+    }
+}
+
+/// Ends the closed flow holding `key` (both of its entries), so a new flow can take the key.
+#[inline(always)]
+fn evict(key: &CtKey) {
     // SAFETY: the value is copied out at once.
-    let existing = unsafe { CONNTRACK.get(reply_key) }.map(|e| e.nat)?;
-    if existing != reply.nat {
-        return None;
-    }
-    CONNTRACK.insert(reply_key, reply, 0).ok().map(|()| false)
+    let Some(twin) = (unsafe { CONNTRACK.get(key) }).map(|e| twin_key(e, key.proto)) else {
+        return;
+    };
+    remove(key);
+    remove(&twin);
 }
 
 /// Whether a packet may start a new flow: a TCP SYN (not SYN-ACK), any UDP datagram, an echo

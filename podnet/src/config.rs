@@ -275,6 +275,7 @@ impl NodeSettings {
             t.tcp_syn,
             t.tcp_established,
             t.tcp_closing,
+            t.tcp_time_wait,
             t.udp,
             t.udp_stream,
             t.icmp,

@@ -825,7 +825,14 @@ fn the_collector_reclaims_finished_flows_and_stops_with_the_node() {
     require_root!();
     let node = Node::with_args(
         "10.244.54.0/24",
-        &["--gc-interval", "1", "--ct-timeout", "tcp_closing=1"],
+        &[
+            "--gc-interval",
+            "1",
+            "--ct-timeout",
+            "tcp_closing=1",
+            "--ct-timeout",
+            "tcp_time_wait=1",
+        ],
     );
     let pod = node.add_pod("client");
     let _server = serve_tcp(&node.topo.outside, &format!("{OUTSIDE_IP}:8080"));

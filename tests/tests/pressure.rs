@@ -33,6 +33,8 @@ fn tiny_snat_node(pod_cidr: &str) -> Node {
             &ports,
             "--ct-timeout",
             "tcp_closing=1",
+            "--ct-timeout",
+            "tcp_time_wait=1",
             "--gc-interval",
             "0",
         ],
@@ -207,4 +209,125 @@ fn exhausted_snat_ports_refuse_new_hairpin_nodeport_flows_visibly() {
         &format!("{NODE_IP}:30800"),
         &mut s,
     );
+}
+
+/// SYN retransmissions `ns` has made so far (`/proc/net/netstat`, TcpExt TCPSynRetrans).
+fn syn_retransmits(ns: &(impl InNetns + ?Sized)) -> u64 {
+    let netstat = ns.ok("cat /proc/net/netstat");
+    let mut ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (ext.next(), ext.next()) else {
+        panic!("no TcpExt lines in /proc/net/netstat: {netstat}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "TCPSynRetrans")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("TCPSynRetrans")
+}
+
+/// Each pod source port's translated port, for the closed and open flows to `dest` now in the
+/// table.
+fn translations(node: &Node, dest: &str) -> Vec<(u16, u16)> {
+    let port_of = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.port())
+    };
+    node.json(&["conntrack", "list"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|f| f["dir"] == "original" && f["dst"] == dest)
+        .filter_map(|f| Some((port_of(&f["src"])?, port_of(&f["nat_src"])?)))
+        .collect()
+}
+
+/// A pod makes connections to one outside server, which closes first and so keeps each
+/// translated tuple in TIME_WAIT for 60 s; then more connections from other pod ports. None of
+/// the new flows may be mapped onto a tuple the server still holds: every connection has its own
+/// TCP timestamp offset, so the server's PAWS check would drop the SYN and the client would
+/// retransmit it a second later. Closed-by-RST flows expire after 1 s here, so only the FIN
+/// lifetime (`tcp_time_wait`) can keep the tuples.
+#[test]
+fn a_tuple_the_server_holds_in_time_wait_is_not_given_to_another_flow() {
+    require_root!();
+    let mut s = Scenario::new("SNAT tuples in the server's TIME_WAIT (100-port range)");
+    let node = Node::with_args(
+        "10.244.152.0/24",
+        &[
+            "--snat-ports",
+            "20000-20099",
+            "--ct-timeout",
+            "tcp_closing=1",
+            "--gc-interval",
+            "1",
+        ],
+    );
+    let pod = node.add_pod("client");
+    let target = format!("{OUTSIDE_IP}:8080");
+    let _server = serve_tcp(&node.topo.outside, &target);
+    let first = podnet_tests::churn_tcp(&pod.ns, &target, 20);
+    assert_eq!(first.as_deref(), Ok("ok=20 failed=0"));
+    let held = translations(&node, &target);
+    assert_eq!(held.len(), 20, "{held:?}");
+    let states: BTreeSet<String> = node
+        .json(&["conntrack", "list"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|f| f["dst"] == target.as_str())
+        .filter_map(|f| f["state"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        states,
+        BTreeSet::from(["time_wait".to_owned()]),
+        "closed by FIN"
+    );
+    // Past the RST lifetime and two collector passes.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = syn_retransmits(&pod.ns);
+    let second = podnet_tests::churn_tcp(&pod.ns, &target, 20);
+    assert_eq!(second.as_deref(), Ok("ok=20 failed=0"));
+    let retransmitted = syn_retransmits(&pod.ns) - before;
+    s.number("syn_retransmits", retransmitted);
+    assert_eq!(retransmitted, 0, "SYNs retransmitted");
+    let now = translations(&node, &target);
+    for (pod_port, node_port) in &now {
+        let clash = held.iter().find(|(p, n)| n == node_port && p != pod_port);
+        assert!(
+            clash.is_none(),
+            "pod port {pod_port} was mapped onto node port {node_port}, still in the server's \
+             TIME_WAIT for pod port {:?}",
+            clash.map(|c| c.0)
+        );
+    }
+}
+
+/// Closed flows held for TIME_WAIT must never fill the table: above 3/4 of the limit the
+/// collector ends them, oldest first, and new flows are admitted.
+#[test]
+fn closed_flows_give_way_under_table_pressure() {
+    require_root!();
+    let node = Node::with_args(
+        "10.244.153.0/24",
+        &["--conntrack-max", "64", "--gc-interval", "0"],
+    );
+    let pod = node.add_pod("client");
+    let target = format!("{OUTSIDE_IP}:8080");
+    let _server = serve_tcp(&node.topo.outside, &target);
+    // 30 closed flows: 60 entries of 64.
+    let first = podnet_tests::churn_tcp(&pod.ns, &target, 30);
+    assert_eq!(first.as_deref(), Ok("ok=30 failed=0"));
+    let gc = node.json(&["conntrack", "gc"]);
+    assert_eq!(gc["removed"], 0, "nothing is dead yet: {gc}");
+    assert!(gc["evicted"].as_u64().is_some_and(|e| e >= 12), "{gc}");
+    assert!(
+        gc["usage"]["live"].as_u64().is_some_and(|l| l <= 48),
+        "{gc}"
+    );
+    let before = node.stats();
+    let again = podnet_tests::churn_tcp(&pod.ns, &target, 5);
+    assert_eq!(again.as_deref(), Ok("ok=5 failed=0"));
+    assert_eq!(node.stats()["drop_ct_full"], before["drop_ct_full"]);
 }

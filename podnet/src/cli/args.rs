@@ -176,8 +176,8 @@ pub struct InitArgs {
     /// address (default 524288: 30,000 services with 300,000 backends).
     #[arg(long)]
     pub services_max: Option<u32>,
-    /// A conntrack timeout, NAME=SECONDS; NAME is tcp_syn, tcp_established, tcp_closing, udp,
-    /// udp_stream or icmp. Repeat for more.
+    /// A conntrack timeout, NAME=SECONDS; NAME is tcp_syn, tcp_established, tcp_closing (after
+    /// an RST), tcp_time_wait (after a FIN), udp, udp_stream or icmp. Repeat for more.
     #[arg(long = "ct-timeout", value_parser = parse_timeout)]
     pub ct_timeouts: Vec<(String, u32)>,
     /// Let pods send from addresses other than their own (anti-spoofing is on by default).

@@ -236,8 +236,8 @@ pub fn flows(flows: &[Flow]) -> String {
 
 pub fn ct_gc(r: &CtGcReport) -> String {
     format!(
-        "conntrack gc: scanned {} entries, removed {} dead; {} of {} in use",
-        r.scanned, r.removed, r.usage.live, r.usage.limit
+        "conntrack gc: scanned {} entries, removed {} dead, ended {} closed early (table above 3/4); {} of {} in use",
+        r.scanned, r.removed, r.evicted, r.usage.live, r.usage.limit
     )
 }
 

@@ -9,7 +9,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use podnet_ebpf::abi::{CtEntry, CtKey, ct_dir, ct_kind, ct_live, ct_state};
+use podnet_ebpf::abi::{CtEntry, CtKey, ct_dir, ct_kind, ct_live, ct_state, proto};
 use serde::Serialize;
 
 use super::{Ctx, error::Result};
@@ -138,7 +138,10 @@ pub fn list(ctx: &Ctx) -> Result<Vec<Flow>> {
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct GcReport {
     pub scanned: usize,
+    /// Entries of dead flows removed.
     pub removed: u64,
+    /// Entries of closed TCP flows ended early because the table was under pressure.
+    pub evicted: u64,
     pub usage: Usage,
 }
 
@@ -155,7 +158,16 @@ pub(super) fn twin(key: &CtKey, entry: &CtEntry) -> CtKey {
     }
 }
 
-/// Removes every dead flow: both entries expired (or one expired and the other gone).
+/// Occupancy above which `gc` also ends closed TCP flows (their tuples held for the peers'
+/// TIME_WAIT), oldest first, until the table is back at it: 3/4 of the limit leaves room for
+/// about 30 s of new flows at 1,000 per second between passes of the default 10 s collector
+/// before admission refuses any.
+const PRESSURE_NUM: u64 = 3;
+const PRESSURE_DEN: u64 = 4;
+
+/// Removes every dead flow: both entries expired (or one expired and the other gone). Under
+/// pressure (above 3/4 of the limit) it then ends closed TCP flows, oldest first, as Linux's
+/// conntrack evicts TIME_WAIT entries when full, so kept-back tuples never refuse new flows.
 pub fn gc(ctx: &Ctx) -> Result<GcReport> {
     let _lock = store::conntrack::lock(&ctx.settings.state_dir)?;
     let mut maps = ctx.maps()?;
@@ -183,11 +195,63 @@ pub fn gc(ctx: &Ctx) -> Result<GcReport> {
     if removed > 0 {
         maps.ct_collected(removed)?;
     }
+    let evicted = relieve_pressure(&mut maps, &entries, now)?;
     Ok(GcReport {
         scanned: entries.len(),
         removed,
+        evicted,
         usage: usage(&maps)?,
     })
+}
+
+/// Ends closed TCP flows, the one released longest ago first, while the table is above
+/// [`PRESSURE_NUM`]/[`PRESSURE_DEN`] of its limit. Returns the entries removed.
+fn relieve_pressure(
+    maps: &mut PinnedMaps,
+    entries: &HashMap<CtKey, CtEntry>,
+    now: u64,
+) -> Result<u64> {
+    let usage = usage(maps)?;
+    let high = u64::from(usage.limit) * PRESSURE_NUM / PRESSURE_DEN;
+    if usage.live <= high {
+        return Ok(0);
+    }
+    let mut closed: Vec<(&CtKey, &CtEntry)> = entries
+        .iter()
+        .filter(|(k, e)| {
+            k.proto == proto::IPPROTO_TCP
+                && e.dir == ct_dir::ORIGINAL
+                && e.expires_ns >= now
+                && matches!(e.state, ct_state::CLOSING | ct_state::TIME_WAIT)
+        })
+        .collect();
+    closed.sort_by_key(|(_, e)| e.expires_ns);
+    let mut excess = usage.live - high;
+    let mut evicted = 0;
+    for (key, entry) in closed {
+        if excess == 0 {
+            break;
+        }
+        // Re-read: a SYN may have reopened the flow meanwhile.
+        let reopened = maps
+            .conntrack
+            .get(key, 0)
+            .ok()
+            .is_none_or(|e| !matches!(e.state, ct_state::CLOSING | ct_state::TIME_WAIT));
+        if reopened {
+            continue;
+        }
+        for k in [*key, twin(key, entry)] {
+            if maps.ct_remove(&k)? {
+                evicted += 1;
+                excess = excess.saturating_sub(1);
+            }
+        }
+    }
+    if evicted > 0 {
+        maps.ct_collected(evicted)?;
+    }
+    Ok(evicted)
 }
 
 /// Removes every entry of every flow that involves `addr` (a pod being deleted), so a later pod

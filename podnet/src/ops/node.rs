@@ -274,6 +274,7 @@ fn node_config(
         ct_limit: settings.conntrack_max,
         ct_timeouts: settings.ct_timeouts,
         tunnel_ifindex: tunnel.map_or(0, |t| t.index),
+        _pad3: 0,
         netns_cookie: datapath::cgroup::current_netns_cookie()?,
         service_cidr: settings.service_cidr.network().octets(),
         service_prefix_len: settings.service_cidr.prefix(),

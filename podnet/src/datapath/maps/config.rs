@@ -63,6 +63,7 @@ impl From<NodeConfig> for ConfigView {
             ct_limit,
             ct_timeouts,
             tunnel_ifindex: _,
+            _pad3: _,
             netns_cookie,
             service_cidr,
             service_prefix_len,
