@@ -95,6 +95,10 @@ impl Harness {
     /// Loads both classifiers from one object (shared, private maps) and configures a node
     /// with pods A and B.
     fn with_ct_limit(ct_limit: u32) -> Self {
+        Self::with(ct_limit, PORT_MIN..=PORT_MAX)
+    }
+
+    fn with(ct_limit: u32, snat_ports: std::ops::RangeInclusive<u16>) -> Self {
         let mut ebpf = load_classifiers();
         let mut config: Array<_, NodeConfig> =
             Array::try_from(ebpf.map_mut(map_name::CONFIG).expect("CONFIG")).expect("array");
@@ -110,8 +114,8 @@ impl Harness {
                     cluster_prefix_len: 16,
                     cluster_cidr: [10, 244, 0, 0],
                     gateway_mac: GW_MAC,
-                    snat_port_min: PORT_MIN,
-                    snat_port_max: PORT_MAX,
+                    snat_port_min: *snat_ports.start(),
+                    snat_port_max: *snat_ports.end(),
                     ct_limit,
                     ct_timeouts: CtTimeouts::DEFAULT,
                     ..NodeConfig::default()
@@ -678,6 +682,71 @@ fn two_pods_with_the_same_source_port_get_different_ports() {
         }
         h.assert_counted(&[(reason::SNAT, 4), (reason::SNAT_REPLY, 4)]);
         assert_eq!(h.conntrack().len(), 8);
+    });
+}
+
+/// A TCP flow closed by a FIN keeps its translated tuple (the server may hold it in
+/// TIME_WAIT), reopens for the same client tuple, and with no free port is taken over only
+/// after flows closed by RST, and only then; open flows never are.
+#[test]
+fn closed_flows_keep_their_ports_and_give_them_up_only_under_pressure() {
+    require_root!();
+    const FIN_ACK: u8 = 0x11;
+    const RST: u8 = 0x04;
+    in_node_netns(|| {
+        let h = Harness::with(1024, 62000..=62001);
+        let send = |sport: u16, flags: u8| -> (u32, Option<u16>) {
+            let frame = tcp_frame(GW_MAC, MAC_A, (POD_A, sport), (OUTSIDE, 80), flags, b"");
+            let (verdict, out) = h.pod_sends(&frame);
+            (
+                verdict,
+                (verdict == TC_ACT_REDIRECT).then(|| src_of(&out).1),
+            )
+        };
+        let state = |sport: u16| {
+            h.conntrack()
+                .get(&ct_key((POD_A, sport), (OUTSIDE, 80), TCP))
+                .map(|e| e.state)
+        };
+        let (_, first) = send(40000, SYN);
+        let first = first.expect("first flow translated");
+        send(40000, FIN_ACK);
+        assert_eq!(state(40000), Some(ct_state::TIME_WAIT));
+        // The same client tuple reopens its flow, with its translation.
+        assert_eq!(send(40000, SYN).1, Some(first), "reopened on the same port");
+        assert_eq!(state(40000), Some(ct_state::NEW));
+        send(40000, FIN_ACK);
+        // Another client port gets the other port: the closed flow's is still held.
+        let (_, second) = send(40001, SYN);
+        let second = second.expect("second flow translated");
+        assert_ne!(second, first);
+        send(40001, RST);
+        assert_eq!(state(40001), Some(ct_state::CLOSING));
+        // No port free: the flow whose entry expires first (closed by RST, 10 s, before the
+        // FIN-closed one's 120 s) gives its port up.
+        assert_eq!(
+            send(40002, SYN).1,
+            Some(second),
+            "took over the RST-closed flow"
+        );
+        assert_eq!(state(40001), None, "the RST-closed flow is gone");
+        assert_eq!(state(40000), Some(ct_state::TIME_WAIT));
+        // Then the FIN-closed one, once it is the only closed flow left.
+        assert_eq!(
+            send(40003, SYN).1,
+            Some(first),
+            "took over the FIN-closed flow"
+        );
+        assert_eq!(state(40000), None);
+        // Both ports held by open flows: refused, nothing taken over.
+        assert_eq!(send(40004, SYN).0, TC_ACT_SHOT);
+        assert_eq!(state(40002), Some(ct_state::NEW));
+        assert_eq!(state(40003), Some(ct_state::NEW));
+        let counted: StdHashMap<_, _> = h.counted().into_iter().collect();
+        assert_eq!(counted.get("drop_nat_no_port"), Some(&1), "{counted:?}");
+        assert_eq!(h.conntrack().len(), 4, "two open flows, two entries each");
+        let usage = h.ct_usage();
+        assert_eq!(usage.inserted - usage.removed, 4, "evictions counted: {usage:?}");
     });
 }
 
