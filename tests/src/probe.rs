@@ -305,3 +305,18 @@ pub fn peer_ip_of(reply: &str) -> Option<IpAddr> {
 pub fn local_ip_of(reply: &str) -> Option<IpAddr> {
     addr_field(reply, "local").map(|a| a.ip())
 }
+
+/// SYN retransmissions `ns` has made so far (`/proc/net/netstat`, TcpExt TCPSynRetrans).
+pub fn syn_retransmits(ns: &(impl InNetns + ?Sized)) -> u64 {
+    let netstat = ns.ok("cat /proc/net/netstat");
+    let mut ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (ext.next(), ext.next()) else {
+        panic!("no TcpExt lines in /proc/net/netstat: {netstat}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "TCPSynRetrans")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("TCPSynRetrans")
+}

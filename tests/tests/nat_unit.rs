@@ -746,7 +746,11 @@ fn closed_flows_keep_their_ports_and_give_them_up_only_under_pressure() {
         assert_eq!(counted.get("drop_nat_no_port"), Some(&1), "{counted:?}");
         assert_eq!(h.conntrack().len(), 4, "two open flows, two entries each");
         let usage = h.ct_usage();
-        assert_eq!(usage.inserted - usage.removed, 4, "evictions counted: {usage:?}");
+        assert_eq!(
+            usage.inserted - usage.removed,
+            4,
+            "evictions counted: {usage:?}"
+        );
     });
 }
 

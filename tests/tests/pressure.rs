@@ -211,21 +211,6 @@ fn exhausted_snat_ports_refuse_new_hairpin_nodeport_flows_visibly() {
     );
 }
 
-/// SYN retransmissions `ns` has made so far (`/proc/net/netstat`, TcpExt TCPSynRetrans).
-fn syn_retransmits(ns: &(impl InNetns + ?Sized)) -> u64 {
-    let netstat = ns.ok("cat /proc/net/netstat");
-    let mut ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (Some(names), Some(values)) = (ext.next(), ext.next()) else {
-        panic!("no TcpExt lines in /proc/net/netstat: {netstat}");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "TCPSynRetrans")
-        .and_then(|(_, v)| v.parse().ok())
-        .expect("TCPSynRetrans")
-}
-
 /// Each pod source port's translated port, for the closed and open flows to `dest` now in the
 /// table.
 fn translations(node: &Node, dest: &str) -> Vec<(u16, u16)> {
@@ -286,10 +271,10 @@ fn a_tuple_the_server_holds_in_time_wait_is_not_given_to_another_flow() {
     );
     // Past the RST lifetime and two collector passes.
     std::thread::sleep(Duration::from_secs(3));
-    let before = syn_retransmits(&pod.ns);
+    let before = podnet_tests::syn_retransmits(&pod.ns);
     let second = podnet_tests::churn_tcp(&pod.ns, &target, 20);
     assert_eq!(second.as_deref(), Ok("ok=20 failed=0"));
-    let retransmitted = syn_retransmits(&pod.ns) - before;
+    let retransmitted = podnet_tests::syn_retransmits(&pod.ns) - before;
     s.number("syn_retransmits", retransmitted);
     assert_eq!(retransmitted, 0, "SYNs retransmitted");
     let now = translations(&node, &target);

@@ -58,6 +58,13 @@ fn nodeport_of(w: Workload) -> u16 {
 /// timestamp offset, so the server's PAWS check refuses a SYN that a NAT maps onto a tuple in
 /// TIME_WAIT from a different client port; each refusal costs the client a SYN retransmission.)
 const OUTSIDE_CRR_PORT: u16 = 8000;
+/// The churn-to-one-destination runs (SYN retransmits with the server's TIME_WAIT): one
+/// server port per mode, so neither meets the other's TIME_WAIT.
+const OUTSIDE_CHURN_PORT: [u16; 2] = [7800, 7801];
+/// Length of each churn-to-one-destination run: long enough for the pod's ephemeral ports
+/// (28,232) to come round at ~3,000 connections per second, well inside the server's 60 s
+/// TIME_WAIT.
+const CHURN_SECONDS: u32 = 30;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -349,6 +356,29 @@ impl Bench {
         m
     }
 
+    /// One pod connecting to one outside server as fast as it can for `seconds` (the server
+    /// closes first and keeps every tuple in TIME_WAIT): the connection rate and the SYNs the
+    /// pod had to retransmit, i.e. SYNs the server dropped (PAWS) because the NAT mapped a new
+    /// connection onto a tuple it still held.
+    fn churn_one_destination(&mut self, seconds: u32) -> (Measurement, u64) {
+        let at = format!("{OUTSIDE_IP}:{}", OUTSIDE_CHURN_PORT[self.mode.index()]);
+        let ep = Endpoints {
+            client: &self.cli.ns,
+            server: &self.node.topo.outside,
+            listen: at.clone(),
+            connect: at,
+        };
+        let before = podnet_tests::syn_retransmits(&self.cli.ns);
+        let m = measure(Workload::ConnectionRate, &ep, seconds);
+        let retransmits = podnet_tests::syn_retransmits(&self.cli.ns) - before;
+        eprintln!(
+            "  {:<8} churn to one destination: {:.0} conn/s, {retransmits} SYN retransmits",
+            self.mode.name(),
+            m.value
+        );
+        (m, retransmits)
+    }
+
     /// Checks that the iptables rules this node's runs relied on counted packets.
     fn check_iptables_counted(&self, tokens: &[(&str, String)]) {
         for (chain, token) in tokens {
@@ -477,6 +507,10 @@ fn main() {
         );
         std::fs::write(file, md).expect("write the perf profile");
     }
+    let churn = [Mode::Iptables, Mode::Podnet].map(|mode| {
+        paths.set_mode(mode);
+        paths.churn_one_destination(CHURN_SECONDS)
+    });
     for bench in std::iter::once(&mut paths).chain(scaling.iter_mut()) {
         bench.set_mode(Mode::Podnet);
     }
@@ -498,6 +532,16 @@ fn main() {
     nodeport.into_output(&mut out, Scenario::NodePort.name());
     snat.into_output(&mut out, Scenario::Snat.name());
     out.notes.push(paths.drop_note());
+    let [(ipt, ipt_retransmits), (pn, pn_retransmits)] = &churn;
+    out.notes.push(format!(
+        "Reused tuples and the server's TIME_WAIT: one pod connecting to one outside server \
+         port for {CHURN_SECONDS} s (the server closes first): iptables {:.0} conn/s with \
+         {ipt_retransmits} SYN retransmits, podnet {:.0} conn/s ({:.3}x) with {pn_retransmits} \
+         SYN retransmits.",
+        ipt.value,
+        pn.value,
+        pn.value / ipt.value
+    ));
     if let Some(dir) = &args.out {
         out.write(Path::new(dir));
     }
