@@ -23,6 +23,7 @@ use podnet_ebpf::abi::{
 use crate::{
     maps::{CONNTRACK, CT_USAGE},
     parse::L4,
+    services,
 };
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock entry lifetimes are kept in.
@@ -195,12 +196,29 @@ pub fn admit(cfg: &NodeConfig) -> bool {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum PortChoice {
     /// Allocate from the SNAT range: the original port if it is in range and free, otherwise
-    /// the first free port probing linearly from a random start.
-    Allocate { random: u32 },
+    /// the first free port probing linearly from [`probe_start`].
+    Allocate,
     /// Keep `nat.sport` if the reply tuple is free, otherwise allocate as [`Self::Allocate`]
     /// (for DNAT: a client port reused towards another frontend whose flow went to the same
     /// backend and is still closing; the kernel's NAT resolves that clash the same way).
-    KeepElseAllocate { random: u32 },
+    KeepElseAllocate,
+}
+
+/// Where the search for a translated port starts, for a client port outside the SNAT range:
+/// the client port shifted by a hash of (client address, destination, protocol, node secret).
+/// For one client and one destination that is a one-to-one map of client ports onto the range
+/// (as Linux's NAT keeps the client's port where it can): a client's ports never collide with
+/// each other, so probing rarely goes past the first port, even when a client's whole
+/// ephemeral range is held for the server's TIME_WAIT, and a reused client port finds its old
+/// tuple. The node secret (the namespace cookie, random per boot) keeps the mapping
+/// unpredictable from outside.
+#[inline(always)]
+fn probe_start(cfg: &NodeConfig, key: &CtKey, nat: &CtNat, original: u32, span: u32) -> u32 {
+    // The low word of the cookie, by design.
+    let mut h = services::mix(cfg.netns_cookie as u32, u32::from_be_bytes(key.saddr));
+    h = services::mix(h, u32::from_be_bytes(nat.daddr));
+    h = services::mix(h, (u32::from(nat.dport) << 8) | u32::from(key.proto));
+    (original % span + h % span) % span
 }
 
 /// Creates both entries of a new flow whose first packet has tuple `key` and is rewritten to
@@ -239,12 +257,12 @@ pub fn create(
     };
     let mut reply_new = true;
     match ports {
-        PortChoice::KeepElseAllocate { .. }
+        PortChoice::KeepElseAllocate
             if let Claim::Taken(new) = claim_reply(&reply_key, &reply, now) =>
         {
             reply_new = new;
         }
-        PortChoice::Allocate { random } | PortChoice::KeepElseAllocate { random } => {
+        PortChoice::Allocate | PortChoice::KeepElseAllocate => {
             let min = u32::from(cfg.snat_port_min);
             let span = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
             let original = u32::from(nat.sport);
@@ -252,7 +270,7 @@ pub fn create(
             let start = if keep_first {
                 original - min
             } else {
-                random % span
+                probe_start(cfg, key, &nat, original, span)
             };
             let mut search = PortSearch {
                 reply_key,

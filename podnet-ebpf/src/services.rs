@@ -41,7 +41,7 @@ fn key(addr: [u8; 4], port: u16, proto: u8, slot: u16) -> ServiceKey {
     }
 }
 
-/// A uniformly random number, for backend choice and SNAT port probing.
+/// A uniformly random number, for backend choice.
 #[inline(always)]
 pub fn random() -> u32 {
     // SAFETY: the helper takes no arguments and is available to every program type.
@@ -82,19 +82,21 @@ pub struct Client<'a> {
     pub flow: Option<&'a CtKey>,
 }
 
+/// Mixes `word` into the hash `h` with murmur3's 32-bit finaliser.
+#[inline(always)]
+pub fn mix(h: u32, word: u32) -> u32 {
+    let mut x = h ^ word;
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x85eb_ca6b);
+    x ^= x >> 13;
+    x = x.wrapping_mul(0xc2b2_ae35);
+    x ^ (x >> 16)
+}
+
 /// A hash of a flow's addresses, ports and protocol that is the same on every node (Maglev's
 /// key): each word is mixed in with murmur3's 32-bit finaliser.
 #[inline(always)]
 fn flow_hash(key: &CtKey) -> u32 {
-    #[inline(always)]
-    fn mix(h: u32, word: u32) -> u32 {
-        let mut x = h ^ word;
-        x ^= x >> 16;
-        x = x.wrapping_mul(0x85eb_ca6b);
-        x ^= x >> 13;
-        x = x.wrapping_mul(0xc2b2_ae35);
-        x ^ (x >> 16)
-    }
     let ports = (u32::from(key.sport) << 16) | u32::from(key.dport);
     let mut h = mix(0x9e37_79b9, u32::from_be_bytes(key.saddr));
     h = mix(h, u32::from_be_bytes(key.daddr));

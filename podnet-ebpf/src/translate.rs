@@ -113,17 +113,13 @@ fn start_service_flow(
     let hairpin = from_pod && backend.addr == pkt.key.saddr;
     let remote = !hairpin && forward::endpoint(backend.addr).is_none();
     let snat_remote = remote && (nodeport || !from_pod);
-    let allocate = PortChoice::Allocate {
-        random: services::random(),
-    };
+    let allocate = PortChoice::Allocate;
     let (kind, ports, saddr) = if hairpin {
         (ct_kind::HAIRPIN, allocate, cfg.node_ip)
     } else if snat_remote {
         (ct_kind::REMOTE_BACKEND, allocate, cfg.node_ip)
     } else {
-        let ports = PortChoice::KeepElseAllocate {
-            random: services::random(),
-        };
+        let ports = PortChoice::KeepElseAllocate;
         (ct_kind::DNAT, ports, pkt.key.saddr)
     };
     let nat = CtNat {
@@ -268,9 +264,7 @@ pub fn routed_to_pod(
             sport: pkt.key.sport,
             dport: pkt.key.dport,
         };
-        let ports = PortChoice::KeepElseAllocate {
-            random: services::random(),
-        };
+        let ports = PortChoice::KeepElseAllocate;
         match conntrack::create(cfg, &pkt.key, nat, ct_kind::ROUTED, ports, now) {
             // A clash with another flow's reply tuple moved the source port: rewrite it.
             Ok(done) if done.sport != nat.sport => {
@@ -339,9 +333,7 @@ pub fn snat(ctx: &TcContext, cfg: &NodeConfig, pkt: &Ipv4Packet, now: u64) -> (i
         sport: pkt.key.sport,
         dport: pkt.key.dport,
     };
-    let ports = PortChoice::Allocate {
-        random: services::random(),
-    };
+    let ports = PortChoice::Allocate;
     match conntrack::create(cfg, &pkt.key, nat, ct_kind::SNAT, ports, now) {
         Ok(nat) => {
             if nat::rewrite(ctx, pkt, &nat).is_err() {
