@@ -16,6 +16,13 @@
 //!   namespace podnet recorded (pods and CNI attachments). A socket counts as balanced when
 //!   `SOCK_REV_NAT` remembers it (socket cookie + backend -> the frontend); a socket that
 //!   connected to the backend's address itself is never touched.
+//!
+//! Cost, paid after every change that removes a backend (on the agent's programming thread,
+//! before its next change): one batched read of `CONNTRACK` and one of `SOCK_REV_NAT`; the
+//! conntrack collection lock only when there are flows to remove; and the socket search (a
+//! `sock_diag` dump per namespace, each pod namespace entered on a thread of its own) only
+//! when `SOCK_REV_NAT` remembers a socket sent through the frontend to a backend that left,
+//! and only until every such socket is found.
 
 use std::{
     collections::{HashMap, HashSet},
