@@ -1,9 +1,10 @@
 //! The agent's programming thread: it owns the node's operation context (maps, netlink) and
 //! applies the changes the watches produce, one at a time and in order, recording the time
-//! from each API event to its map write. It also runs `node init` first, and the conntrack
-//! collector beside it, and keeps the health-check node ports ([`super::health`]) in step with
-//! the service table. (Operations block on their own netlink runtime, so they run here and
-//! not on the agent's async workers.)
+//! from each API event to its map write (the cleanup of flows and sockets of backends a change
+//! removed follows the write, outside that time, before the next change). It also runs
+//! `node init` first, and the conntrack collector beside it, and keeps the health-check node
+//! ports ([`super::health`]) in step with the service table. (Operations block on their own
+//! netlink runtime, so they run here and not on the agent's async workers.)
 
 use std::{
     collections::BTreeMap,
@@ -171,6 +172,11 @@ fn apply(
             metrics.errors.fetch_add(1, Ordering::Relaxed);
             eprintln!("podnet agent: programming: {e}");
         }
+    }
+    // The change is in the maps (and its latency recorded): now what still points at
+    // backends it removed goes, before the next change is taken.
+    if let Err(e) = table.forget_stale(ctx) {
+        eprintln!("podnet agent: flows and sockets of a backend that left: {e}");
     }
     for e in table.take_stale_errors() {
         eprintln!("podnet agent: sockets of a backend that left: {e}");

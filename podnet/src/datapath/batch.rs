@@ -128,6 +128,17 @@ pub(super) fn delete_batch<K: aya::Pod>(
     Ok(())
 }
 
+/// Whether a batch command failed because the kernel (or this map type) has none: the caller
+/// then falls back to the one-element commands.
+pub(super) fn unsupported(e: &std::io::Error) -> bool {
+    /// `ENOTSUPP` (kernel-internal, returned by `bpf(2)` for map types without batch support).
+    const ENOTSUPP: i32 = 524;
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+    )
+}
+
 /// Every entry of the hash map `fd`.
 pub(super) fn lookup_all<K: aya::Pod, V: aya::Pod>(
     fd: BorrowedFd<'_>,

@@ -247,6 +247,7 @@ pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadRepor
         .map_max_entries(map_name::BACKENDS, backends_map_entries(opts.services_max))
         .override_global("DEBUG", &debug, true);
     let mut ebpf = loader.load(object.bytes())?;
+    verify_all(&mut ebpf)?;
 
     let mut links_updated = 0;
     for name in program_name::CLASSIFIERS {
@@ -259,7 +260,6 @@ pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadRepor
             .expect("the object defines every program in program_name::ALL")
             .try_into()
             .map_err(prog_err)?;
-        prog.load().map_err(prog_err)?;
         let pin = pins::program_pin(&opts.pin_dir, name);
         match fs::remove_file(&pin) {
             Ok(()) => {}
@@ -299,7 +299,49 @@ pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadRepor
     })
 }
 
-/// Loads the socket program `name`, attaches it to the node's cgroup in place of the node's
+/// Loads (the kernel verifies) every program of `program_name::ALL`, each on its own thread:
+/// verification is nearly all of a load's time, one program's is independent of another's, so
+/// the programs' verifications overlap instead of adding up (the two classifiers, the big ones,
+/// take about as long as each other).
+fn verify_all(ebpf: &mut aya::Ebpf) -> Result<(), DatapathError> {
+    let programs: Vec<(&str, &mut aya::programs::Program)> = ebpf
+        .programs_mut()
+        .filter(|(name, _)| program_name::ALL.contains(name))
+        .collect();
+    std::thread::scope(|s| {
+        let loads: Vec<_> = programs
+            .into_iter()
+            .map(|(name, prog)| {
+                let load = std::thread::Builder::new()
+                    .name("podnet-verify".to_owned())
+                    .spawn_scoped(s, move || match prog {
+                        aya::programs::Program::SchedClassifier(p) => p.load(),
+                        aya::programs::Program::CgroupSockAddr(p) => p.load(),
+                        _ => Err(aya::programs::ProgramError::UnexpectedProgramType),
+                    });
+                (name, load)
+            })
+            .collect();
+        for (name, load) in loads {
+            let prog_err = |source| DatapathError::Program {
+                name: name.to_owned(),
+                source,
+            };
+            let loaded = load
+                .map_err(|source| DatapathError::Io {
+                    op: "spawning a verification thread",
+                    path: PathBuf::from(name),
+                    source,
+                })?
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            loaded.map_err(prog_err)?;
+        }
+        Ok(())
+    })
+}
+
+/// Attaches the (loaded) socket program `name` to the node's cgroup in place of the node's
 /// previous version, and pins it.
 fn load_sock_program(
     ebpf: &mut aya::Ebpf,
@@ -315,7 +357,6 @@ fn load_sock_program(
         .expect("the object defines every program in program_name::ALL")
         .try_into()
         .map_err(prog_err)?;
-    prog.load().map_err(prog_err)?;
     let pin = pins::program_pin(&opts.pin_dir, name);
     let old = if pin.exists() {
         Some(cgroup::pinned_program(&pin)?)

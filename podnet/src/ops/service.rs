@@ -6,7 +6,9 @@
 //! single changes go through [`Programmed::upsert`] and [`Programmed::remove`], which touch that
 //! service's frontends only. Established connections keep their backend through conntrack,
 //! except those to a backend that left its frontend (see [`stale`]): their flows and
-//! balanced sockets are removed right after the maps stop offering it.
+//! balanced sockets are removed right after the maps stop offering it, by
+//! [`Programmed::forget_stale`], which every change's caller runs once the change is written
+//! (the agent after recording the change's programming latency, before the next change).
 //!
 //! What a Service says, in the datapath (per frontend: the backends in its slots):
 //! - endpoints: ready ones; when none is ready, the serving ones that are terminating
@@ -243,6 +245,9 @@ pub struct Programmed {
     backends: usize,
     /// Why sockets of backends that left could not be cleaned, since last taken.
     stale_errors: Vec<String>,
+    /// Backends that left their frontends in changes written since the last
+    /// [`Self::forget_stale`], whose flows and sockets are still to go.
+    stale_pending: Vec<stale::Left>,
 }
 
 impl Programmed {
@@ -283,6 +288,18 @@ impl Programmed {
             services: self.services.values().cloned().collect(),
         };
         Ok(store::services::save(&ctx.settings.state_dir, &table)?)
+    }
+
+    /// Removes the flows and balanced sockets of the backends that left in the changes written
+    /// since the last call (see [`stale`]); call it after each change. A failure to clean
+    /// sockets is kept for [`Self::take_stale_errors`], not returned: the maps are already
+    /// right.
+    pub fn forget_stale(&mut self, ctx: &Ctx) -> Result<StaleReport> {
+        let left = std::mem::take(&mut self.stale_pending);
+        let report = stale::forget(ctx, &left, node_ip(ctx)?)?;
+        self.stale_errors
+            .extend(report.socket_errors.iter().cloned());
+        Ok(report)
     }
 
     /// Why sockets of backends that left could not be destroyed, since the last call.
@@ -349,9 +366,7 @@ impl Programmed {
         }
         self.index(&svc, node_ip)?;
         self.services.insert(svc.metadata.clone(), svc);
-        // Last: the table is what the maps hold even if this fails.
-        let report = stale::forget(ctx, &left, node_ip)?;
-        self.stale_errors.extend(report.socket_errors);
+        self.stale_pending.extend(left);
         Ok(true)
     }
 
@@ -373,9 +388,8 @@ impl Programmed {
         }
         drop(maps);
         self.unindex(&old, node_ip)?;
-        let left = stale::left(&before, &HashMap::new(), &HashMap::new());
-        let report = stale::forget(ctx, &left, node_ip)?;
-        self.stale_errors.extend(report.socket_errors);
+        self.stale_pending
+            .extend(stale::left(&before, &HashMap::new(), &HashMap::new()));
         Ok(Some(old))
     }
 
@@ -425,9 +439,7 @@ impl Programmed {
             self.index(&svc, node_ip)?;
             self.services.insert(svc.metadata.clone(), svc);
         }
-        report.stale = stale::forget(ctx, &left, node_ip)?;
-        self.stale_errors
-            .extend(report.stale.socket_errors.iter().cloned());
+        self.stale_pending.extend(left);
         report.elapsed_ms = started.elapsed().as_millis();
         Ok(report)
     }
@@ -495,7 +507,10 @@ pub fn apply(ctx: &Ctx, table: ServiceTable) -> Result<ApplyReport> {
     table.check_cidrs(ctx.settings.service_cidr)?;
     let _lock = store::services::lock(&ctx.settings.state_dir)?;
     let mut programmed = Programmed::load(ctx)?;
-    let report = programmed.replace_all(ctx, table.services)?;
+    let mut report = programmed.replace_all(ctx, table.services)?;
+    let cleaning = Instant::now();
+    report.stale = programmed.forget_stale(ctx)?;
+    report.elapsed_ms += cleaning.elapsed().as_millis();
     programmed.save(ctx)?;
     Ok(report)
 }
@@ -590,6 +605,7 @@ pub fn del(ctx: &Ctx, name: &str) -> Result<ServiceView> {
         .ok_or_else(|| Error::ServiceNotFound {
             name: wanted.to_string(),
         })?;
+    programmed.forget_stale(ctx)?;
     programmed.save(ctx)?;
     view(&gone, node_ip(ctx)?)
 }

@@ -16,6 +16,13 @@
 //!   namespace podnet recorded (pods and CNI attachments). A socket counts as balanced when
 //!   `SOCK_REV_NAT` remembers it (socket cookie + backend -> the frontend); a socket that
 //!   connected to the backend's address itself is never touched.
+//!
+//! Cost, paid after every change that removes a backend (on the agent's programming thread,
+//! before its next change): one batched read of `CONNTRACK` and one of `SOCK_REV_NAT`; the
+//! conntrack collection lock only when there are flows to remove; and the socket search (a
+//! `sock_diag` dump per namespace, each pod namespace entered on a thread of its own) only
+//! when `SOCK_REV_NAT` remembers a socket sent through the frontend to a backend that left,
+//! and only until every such socket is found.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -131,31 +138,37 @@ fn flow_ends(key: &CtKey, entry: &CtEntry) -> Option<((Ipv4Addr, u16), SocketAdd
 }
 
 /// Removes both entries of every flow through a frontend to a backend that left; returns how
-/// many entries went.
+/// many entries went. The table is read (in batches) without the collection lock, which only
+/// the removals and the collector's count need: an entry the collector removes meanwhile is
+/// not counted twice (a removal says whether the entry was still there).
 fn forget_flows(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<u64> {
     let by_backend: HashMap<(SocketAddrV4, u8), Vec<&Left>> =
         left.iter().fold(HashMap::new(), |mut m, l| {
             m.entry((l.backend, l.frontend.proto)).or_default().push(l);
             m
         });
-    let _lock = store::conntrack::lock(&ctx.settings.state_dir)?;
-    let mut maps = ctx.maps()?;
-    let mut removed = 0;
-    for (key, entry) in maps.ct_entries()? {
+    let mut stale = HashSet::new();
+    for (key, entry) in ctx.maps()?.ct_entries()? {
         let Some(((fe_addr, fe_port), backend)) = flow_ends(&key, &entry) else {
             continue;
         };
-        let stale = by_backend.get(&(backend, key.proto)).is_some_and(|ls| {
+        let through_left = by_backend.get(&(backend, key.proto)).is_some_and(|ls| {
             ls.iter()
                 .any(|l| same_frontend(l, fe_addr, fe_port, node_ip))
         });
-        if !stale {
-            continue;
+        if through_left {
+            stale.extend([key, crate::ops::conntrack::twin(&key, &entry)]);
         }
-        for k in [key, crate::ops::conntrack::twin(&key, &entry)] {
-            if maps.ct_remove(&k)? {
-                removed += 1;
-            }
+    }
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    let _lock = store::conntrack::lock(&ctx.settings.state_dir)?;
+    let mut maps = ctx.maps()?;
+    let mut removed = 0;
+    for k in &stale {
+        if maps.ct_remove(k)? {
+            removed += 1;
         }
     }
     if removed > 0 {
@@ -239,9 +252,31 @@ struct Sockets {
 /// `CONFIG_INET_DIAG_DESTROY`, a namespace gone meanwhile) is reported and the others still
 /// cleaned.
 fn forget_sockets(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<Sockets> {
-    let backends: HashSet<(SocketAddrV4, u8)> =
-        left.iter().map(|l| (l.backend, l.frontend.proto)).collect();
     let mut rev = SockRevNatMap::open(&ctx.settings.pin_dir)?;
+    // What the balancer remembers sending through a frontend to a backend that left (socket
+    // cookie, backend). Nothing: no socket to look for, in any namespace.
+    let mut doomed: HashSet<(u64, SocketAddrV4)> = rev
+        .entries()?
+        .into_iter()
+        .filter_map(|(key, front)| {
+            let backend = SocketAddrV4::new(Ipv4Addr::from(key.addr), key.port);
+            left.iter()
+                .any(|l| {
+                    l.backend == backend
+                        && same_frontend(l, Ipv4Addr::from(front.addr), front.port, node_ip)
+                })
+                .then_some((key.cookie, backend))
+        })
+        .collect();
+    let mut done = Sockets::default();
+    if doomed.is_empty() {
+        return Ok(done);
+    }
+    let backends: HashSet<(SocketAddrV4, u8)> = left
+        .iter()
+        .filter(|l| doomed.iter().any(|(_, b)| *b == l.backend))
+        .map(|l| (l.backend, l.frontend.proto))
+        .collect();
     let key_of = |s: &InetSocket| SockRevNatKey {
         cookie: s.cookie,
         addr: s.peer.ip().octets(),
@@ -266,7 +301,6 @@ fn forget_sockets(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<Sockets
         }
         Ok(out)
     };
-    let mut done = Sockets::default();
     // The node's own namespace is the caller's (every command and the agent run in it).
     let node = Netns::current()?;
     let mut namespaces = vec![None];
@@ -279,6 +313,11 @@ fn forget_sockets(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<Sockets
         );
     }
     for ns in &namespaces {
+        // A cookie names one socket of one namespace: once every remembered socket is found,
+        // the other namespaces have none.
+        if doomed.is_empty() {
+            break;
+        }
         let in_ns = |f: &(dyn Fn() -> Result<Vec<InetSocket>> + Sync)| match ns {
             None => f(),
             Some(ns) => ns.run(f)?,
@@ -294,6 +333,7 @@ fn forget_sockets(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<Sockets
             Ok(destroyed) => {
                 for s in &destroyed {
                     rev.remove(&key_of(s))?;
+                    doomed.remove(&(s.cookie, s.peer));
                 }
                 done.destroyed += destroyed.len();
             }

@@ -3,7 +3,7 @@
 use podnet_ebpf::abi::{CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, CtEntry, CtKey, CtUsage, map_name};
 
 use super::{PinnedMaps, is_not_found};
-use crate::datapath::DatapathError;
+use crate::datapath::{DatapathError, batch};
 
 impl PinnedMaps {
     /// Usage as the programs and the collector recorded it: `(programs, collector)`.
@@ -25,8 +25,23 @@ impl PinnedMaps {
             .map_err(Self::map_err(map_name::CT_USAGE))
     }
 
-    /// Every conntrack entry. Entries that vanish during the walk are skipped.
+    /// Every conntrack entry, read in batches (`BPF_MAP_LOOKUP_BATCH`, thousands of entries a
+    /// system call) where the kernel offers them, else one entry at a time. Entries that vanish
+    /// during the walk are skipped.
     pub fn ct_entries(&self) -> Result<Vec<(CtKey, CtEntry)>, DatapathError> {
+        use std::os::fd::AsFd as _;
+
+        use aya::maps::IterableMap as _;
+        match batch::lookup_all(self.conntrack.map().fd().as_fd(), map_name::CONNTRACK) {
+            Err(DatapathError::Io { source, .. }) if batch::unsupported(&source) => {
+                self.ct_entries_one_by_one()
+            }
+            read => read,
+        }
+    }
+
+    /// [`Self::ct_entries`] on a kernel without batch lookups (before 5.6).
+    fn ct_entries_one_by_one(&self) -> Result<Vec<(CtKey, CtEntry)>, DatapathError> {
         let mut out = Vec::new();
         for item in self.conntrack.iter() {
             match item {

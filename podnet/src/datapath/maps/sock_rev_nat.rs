@@ -8,7 +8,7 @@ use aya::maps::{HashMap, MapData};
 use podnet_ebpf::abi::{SockRevNat, SockRevNatKey, map_name};
 
 use super::{PinnedMaps, is_not_found, open};
-use crate::datapath::DatapathError;
+use crate::datapath::{DatapathError, batch};
 
 /// The node's `SOCK_REV_NAT` LRU, opened from its pin.
 pub struct SockRevNatMap {
@@ -29,6 +29,22 @@ impl SockRevNatMap {
             Ok(v) => Ok(Some(v)),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(PinnedMaps::map_err(map_name::SOCK_REV_NAT)(e)),
+        }
+    }
+
+    /// Every entry, read in batches (one entry at a time on a kernel without batch lookups).
+    pub fn entries(&self) -> Result<Vec<(SockRevNatKey, SockRevNat)>, DatapathError> {
+        use std::os::fd::AsFd as _;
+
+        use aya::maps::IterableMap as _;
+        match batch::lookup_all(self.map.map().fd().as_fd(), map_name::SOCK_REV_NAT) {
+            Err(DatapathError::Io { source, .. }) if batch::unsupported(&source) => self
+                .map
+                .iter()
+                .filter(|item| !matches!(item, Err(aya::maps::MapError::KeyNotFound)))
+                .collect::<Result<_, _>>()
+                .map_err(PinnedMaps::map_err(map_name::SOCK_REV_NAT)),
+            read => read,
         }
     }
 
