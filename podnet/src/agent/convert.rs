@@ -68,6 +68,8 @@ pub fn peer(node: &Node) -> Result<PeerNode, Skipped> {
             name,
             node_ip,
             pod_cidr,
+            pod_cidr6: None,
+            node_ip6: None,
         }),
         _ => Err(Skipped::NodeIncomplete(name)),
     }

@@ -2,13 +2,13 @@
 //! builds from a config file and flags.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use podnet::{
     config::{NodeSettings, PortRange},
     model::nodeport::{BackendSpec, Policy, Proto},
@@ -111,6 +111,13 @@ pub enum PeerCommand {
         node_ip: Ipv4Addr,
         #[arg(long)]
         pod_cidr: Ipv4Network,
+        /// The node's IPv6 pod CIDR (dual-stack clusters; needs --node-ip6): routed through the
+        /// kernel to --node-ip6.
+        #[arg(long, requires = "node_ip6")]
+        pod_cidr6: Option<Ipv6Network>,
+        /// The node's IPv6 address.
+        #[arg(long)]
+        node_ip6: Option<Ipv6Addr>,
     },
     /// Remove a node.
     Del {
@@ -126,18 +133,25 @@ pub struct InitArgs {
     /// Read settings from a JSON file (fields as in node.json); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// This node's pod CIDR, e.g. 10.244.0.0/24.
+    /// This node's pod CIDR, e.g. 10.244.0.0/24. Repeat with an IPv6 CIDR for a dual-stack
+    /// node (e.g. --pod-cidr 10.244.1.0/24 --pod-cidr fd00:10:244:1::/64): at most one per
+    /// family.
     #[arg(long)]
-    pub pod_cidr: Option<Ipv4Network>,
-    /// The cluster CIDR, e.g. 10.244.0.0/16.
+    pub pod_cidr: Vec<IpNetwork>,
+    /// The cluster CIDR, e.g. 10.244.0.0/16; repeat with the IPv6 one (default: the IPv6 pod
+    /// CIDR).
     #[arg(long)]
-    pub cluster_cidr: Option<Ipv4Network>,
+    pub cluster_cidr: Vec<IpNetwork>,
     /// The uplink interface.
     #[arg(long)]
     pub uplink: Option<String>,
     /// The node's IP (default: the uplink's first IPv4 address).
     #[arg(long)]
     pub node_ip: Option<Ipv4Addr>,
+    /// The node's IPv6 address, which peers route IPv6 pod CIDRs to (default: the uplink's first
+    /// global IPv6 address on a dual-stack node).
+    #[arg(long)]
+    pub node_ip6: Option<Ipv6Addr>,
     /// Bridge name.
     #[arg(long)]
     pub bridge: Option<String>,
@@ -474,6 +488,7 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         cluster_cidr,
         uplink,
         node_ip,
+        node_ip6,
         bridge,
         pin_dir,
         ipam_dir,
@@ -512,10 +527,15 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         }
     };
     let s = |v: &dyn ToString| serde_json::Value::String(v.to_string());
-    set("pod_cidr", pod_cidr.map(|v| s(&v)));
-    set("cluster_cidr", cluster_cidr.map(|v| s(&v)));
+    let pod_cidr = podnet::config::split_by_family("--pod-cidr", &pod_cidr)?;
+    let cluster_cidr = podnet::config::split_by_family("--cluster-cidr", &cluster_cidr)?;
+    set("pod_cidr", pod_cidr.v4.map(|v| s(&v)));
+    set("pod_cidr6", pod_cidr.v6.map(|v| s(&v)));
+    set("cluster_cidr", cluster_cidr.v4.map(|v| s(&v)));
+    set("cluster_cidr6", cluster_cidr.v6.map(|v| s(&v)));
     set("uplink", uplink.map(|v| s(&v)));
     set("node_ip", node_ip.map(|v| s(&v)));
+    set("node_ip6", node_ip6.map(|v| s(&v)));
     set("bridge", bridge.map(|v| s(&v)));
     set("pin_dir", pin_dir.map(|v| s(&v.display())));
     set("ipam_dir", ipam_dir.map(|v| s(&v.display())));
@@ -552,6 +572,11 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
 
     set("state_dir", Some(s(&state_dir.display())));
     merge_timeouts(&mut settings, ct_timeouts);
+    if !settings.contains_key("pod_cidr") && settings.contains_key("pod_cidr6") {
+        bail!(
+            "node init needs an IPv4 --pod-cidr too: IPv6-only nodes are not supported yet (a dual-stack node takes --pod-cidr twice, once per family)"
+        );
+    }
     for required in ["pod_cidr", "cluster_cidr", "uplink"] {
         if !settings.contains_key(required) {
             bail!(

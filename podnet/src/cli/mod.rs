@@ -223,6 +223,8 @@ fn run_peer(ctx: &Ctx, json: bool, cmd: PeerCommand) -> Result<()> {
             name,
             node_ip,
             pod_cidr,
+            pod_cidr6,
+            node_ip6,
         } => {
             let peer = ops::peer::add(
                 ctx,
@@ -230,6 +232,8 @@ fn run_peer(ctx: &Ctx, json: bool, cmd: PeerCommand) -> Result<()> {
                     name,
                     node_ip,
                     pod_cidr,
+                    pod_cidr6,
+                    node_ip6,
                 },
             )?;
             print(json, &peer, |p| format!("peer added: {}", render::peer(p)));

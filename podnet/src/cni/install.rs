@@ -52,7 +52,28 @@ fn node_object(settings: &NodeSettings, bridge: &str) -> Value {
     if let Some(ip) = settings.node_ip {
         node["node_ip"] = json!(ip.to_string());
     }
+    if let Some(cidr) = settings.pod_cidr6 {
+        node["pod_cidr6"] = json!(cidr.to_string());
+    }
+    if let Some(cidr) = settings.cluster_cidr6 {
+        node["cluster_cidr6"] = json!(cidr.to_string());
+    }
+    if let Some(ip) = settings.node_ip6 {
+        node["node_ip6"] = json!(ip.to_string());
+    }
     node
+}
+
+/// `host-local`'s ranges and routes: the pod CIDR, and on a dual-stack node the IPv6 one as a
+/// second range (so each container gets an address of each family and a default route each).
+fn host_local_ipam(settings: &NodeSettings) -> (Value, Value) {
+    let mut ranges = vec![json!([{"subnet": settings.pod_cidr.to_string()}])];
+    let mut routes = vec![json!({"dst": "0.0.0.0/0"})];
+    if let Some(cidr) = settings.pod_cidr6 {
+        ranges.push(json!([{"subnet": cidr.to_string()}]));
+        routes.push(json!({"dst": "::/0"}));
+    }
+    (Value::Array(ranges), Value::Array(routes))
 }
 
 /// The network configuration list for `mode`.
@@ -77,24 +98,27 @@ pub fn conflist(settings: &NodeSettings, mode: Mode) -> Value {
             "plugins": [podnet("standalone", &settings.bridge)],
         }),
         // The reference plugins packaged in Debian speak CNI up to 1.0.0.
-        Mode::Chained => json!({
-            "cniVersion": "1.0.0",
-            "name": "podnet",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": "cni0",
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": settings.pod_cidr.to_string()}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
+        Mode::Chained => {
+            let (ranges, routes) = host_local_ipam(settings);
+            json!({
+                "cniVersion": "1.0.0",
+                "name": "podnet",
+                "plugins": [
+                    {
+                        "type": "bridge",
+                        "bridge": "cni0",
+                        "isGateway": true,
+                        "ipMasq": false,
+                        "ipam": {
+                            "type": "host-local",
+                            "ranges": ranges,
+                            "routes": routes,
+                        },
                     },
-                },
-                podnet("chained", "cni0"),
-            ],
-        }),
+                    podnet("chained", "cni0"),
+                ],
+            })
+        }
     }
 }
 

@@ -307,8 +307,12 @@ impl Service {
         }
         ips.iter()
             .map(|ip| {
-                ip.parse()
-                    .map_err(|_| self.invalid(format!("clusterIP {ip:?} is not an IPv4 address")))
+                ip.parse().map_err(|_| match ip.parse::<std::net::Ipv6Addr>() {
+                    Ok(v6) => self.invalid(format!(
+                        "clusterIP {v6} is IPv6: IPv6 ClusterIPs are not supported by podnet's datapath yet (services are IPv4 only); list only the IPv4 ClusterIP"
+                    )),
+                    Err(_) => self.invalid(format!("clusterIP {ip:?} is not an IPv4 address")),
+                })
             })
             .collect()
     }
@@ -633,6 +637,25 @@ mod tests {
             "endpoints": [{"addresses": ["10.244.1.2"]}, {"addresses": ["10.244.1.2"]}]
         }]});
         assert!(table(twice).check(&limits(&taken)).is_err());
+    }
+
+    #[test]
+    fn ipv6_cluster_ips_are_refused_with_a_reason() {
+        let taken = HashSet::new();
+        for ips in [
+            serde_json::json!(["fd00:96::10"]),
+            serde_json::json!(["10.96.0.10", "fd00:96::10"]),
+        ] {
+            let t = table(web(
+                &serde_json::json!({"clusterIPs": ips, "ports": [{"port": 80}]}),
+            ));
+            let msg = t.check(&limits(&taken)).unwrap_err().to_string();
+            assert!(
+                msg.contains("fd00:96::10 is IPv6") && msg.contains("not supported"),
+                "{msg}"
+            );
+            assert!(!t.services[0].is_headless());
+        }
     }
 
     #[test]
