@@ -133,10 +133,12 @@ pub fn held(
     Ok(held)
 }
 
-/// Forgets the node's neighbour entries for `addrs` on the bridge (a deleted pod's), so a later
-/// pod given the same address is resolved afresh. Tolerates a missing bridge or entry.
-pub fn forget_neighbours(ctx: &Ctx, addrs: Vec<Ipv6Addr>) -> Result<()> {
-    if addrs.is_empty() {
+/// Forgets what the node learnt of a deleted pod on the bridge: the neighbour entries of its
+/// IPv6 addresses `addrs`, and every entry (ARP and ND, link-local ones too) with its MAC
+/// `mac`, so a later pod given the same address is resolved afresh and nothing of the pod is
+/// left. Tolerates a missing bridge or entry.
+pub fn forget_neighbours(ctx: &Ctx, addrs: Vec<Ipv6Addr>, mac: Option<[u8; 6]>) -> Result<()> {
+    if addrs.is_empty() && mac.is_none() {
         return Ok(());
     }
     let bridge = ctx.settings.bridge.clone();
@@ -144,6 +146,9 @@ pub fn forget_neighbours(ctx: &Ctx, addrs: Vec<Ipv6Addr>) -> Result<()> {
         if let Some(br) = nl.get(&bridge).await? {
             for ip in addrs {
                 nl.delete_neighbour6(br.index, ip).await?;
+            }
+            if let Some(mac) = mac {
+                nl.delete_neighbours_of(br.index, mac).await?;
             }
         }
         Ok(())

@@ -268,10 +268,20 @@ fn teardown(ctx: &Ctx, name: &str, record: Option<&PodRecord>) -> Result<DelRepo
             &names::default_netns_name(&settings.state_dir, name),
         )?;
     }
-    dual_stack::forget_neighbours(ctx, held6)?;
+    let mac = record.and_then(|r| parse_mac(&r.mac));
+    dual_stack::forget_neighbours(ctx, held6, mac)?;
     report.released6 = dual_stack::release(settings, name)?;
     report.released = ipam.release_owner(&owner)?;
     Ok(report)
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes (a record's MAC).
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).ok())
+        .collect::<Option<_>>()?;
+    bytes.try_into().ok()
 }
 
 /// Pods that a killed `pod add` (or `pod del`) left half-made: an address reserved for

@@ -177,6 +177,35 @@ impl Netlink {
             format!("delete neighbour {ip} of link {index}")
         })
     }
+
+    /// Forgets every neighbour entry (ARP and ND, link-local ones too) of link `index` whose
+    /// link-layer address is `mac`: what the node learnt of a deleted pod. Returns how many.
+    pub async fn delete_neighbours_of(&self, index: u32, mac: [u8; 6]) -> Result<usize, LinkError> {
+        let mut stream = pin!(self.handle.neighbours().get().execute());
+        let mut theirs = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(nl_err(format!("list neighbours of link {index}")))?
+        {
+            let has_mac = msg.attributes.iter().any(
+                |a| matches!(a, NeighbourAttribute::LinkLayerAddress(l) if l.as_slice() == mac),
+            );
+            if msg.header.ifindex == index && has_mac {
+                theirs.push(msg);
+            }
+        }
+        let mut removed = 0;
+        for msg in theirs {
+            let result = self.handle.neighbours().del(msg).execute().await;
+            if tolerate(result, libc::ENOENT, || {
+                format!("delete a neighbour of link {index}")
+            })? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 }
 
 /// fe80::/10.
