@@ -480,6 +480,33 @@ fn merge_timeouts(
     );
 }
 
+/// `--pod-cidr` and `--cluster-cidr` (each repeatable, at most one CIDR per family) as the
+/// settings' per-family fields.
+fn cidrs_by_family(
+    pod_cidr: &[IpNetwork],
+    cluster_cidr: &[IpNetwork],
+) -> Result<[(&'static str, Option<IpNetwork>); 4]> {
+    let pod = podnet::config::split_by_family("--pod-cidr", pod_cidr)?;
+    let cluster = podnet::config::split_by_family("--cluster-cidr", cluster_cidr)?;
+    Ok([
+        ("pod_cidr", pod.v4.map(IpNetwork::V4)),
+        ("pod_cidr6", pod.v6.map(IpNetwork::V6)),
+        ("cluster_cidr", cluster.v4.map(IpNetwork::V4)),
+        ("cluster_cidr6", cluster.v6.map(IpNetwork::V6)),
+    ])
+}
+
+/// An IPv6 pod CIDR alone is an IPv6-only node, which the datapath cannot run yet (its
+/// configuration, SNAT and services are IPv4).
+fn refuse_ipv6_only(settings: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    if !settings.contains_key("pod_cidr") && settings.contains_key("pod_cidr6") {
+        bail!(
+            "node init needs an IPv4 --pod-cidr too: IPv6-only nodes are not supported yet (a dual-stack node takes --pod-cidr twice, once per family)"
+        );
+    }
+    Ok(())
+}
+
 /// Settings for `node init`: the config file (if any), then flags on top, then defaults.
 pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     let InitArgs {
@@ -527,12 +554,9 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         }
     };
     let s = |v: &dyn ToString| serde_json::Value::String(v.to_string());
-    let pod_cidr = podnet::config::split_by_family("--pod-cidr", &pod_cidr)?;
-    let cluster_cidr = podnet::config::split_by_family("--cluster-cidr", &cluster_cidr)?;
-    set("pod_cidr", pod_cidr.v4.map(|v| s(&v)));
-    set("pod_cidr6", pod_cidr.v6.map(|v| s(&v)));
-    set("cluster_cidr", cluster_cidr.v4.map(|v| s(&v)));
-    set("cluster_cidr6", cluster_cidr.v6.map(|v| s(&v)));
+    for (key, cidr) in cidrs_by_family(&pod_cidr, &cluster_cidr)? {
+        set(key, cidr.map(|v| s(&v)));
+    }
     set("uplink", uplink.map(|v| s(&v)));
     set("node_ip", node_ip.map(|v| s(&v)));
     set("node_ip6", node_ip6.map(|v| s(&v)));
@@ -572,11 +596,7 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
 
     set("state_dir", Some(s(&state_dir.display())));
     merge_timeouts(&mut settings, ct_timeouts);
-    if !settings.contains_key("pod_cidr") && settings.contains_key("pod_cidr6") {
-        bail!(
-            "node init needs an IPv4 --pod-cidr too: IPv6-only nodes are not supported yet (a dual-stack node takes --pod-cidr twice, once per family)"
-        );
-    }
+    refuse_ipv6_only(&settings)?;
     for required in ["pod_cidr", "cluster_cidr", "uplink"] {
         if !settings.contains_key(required) {
             bail!(

@@ -45,7 +45,7 @@ pub fn node_ip6(ctx: &Ctx, uplink_index: u32) -> Result<Option<Ipv6Addr>> {
             .addresses6(uplink_index)
             .await?
             .first()
-            .map(|net| net.ip()))
+            .map(ipnetwork::Ipv6Network::ip))
     })
 }
 
