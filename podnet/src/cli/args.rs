@@ -136,11 +136,11 @@ pub struct InitArgs {
     /// This node's pod CIDR, e.g. 10.244.0.0/24. Repeat with an IPv6 CIDR for a dual-stack
     /// node (e.g. --pod-cidr 10.244.1.0/24 --pod-cidr fd00:10:244:1::/64): at most one per
     /// family.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_cidr)]
     pub pod_cidr: Vec<IpNetwork>,
     /// The cluster CIDR, e.g. 10.244.0.0/16; repeat with the IPv6 one (default: the IPv6 pod
     /// CIDR).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_cidr)]
     pub cluster_cidr: Vec<IpNetwork>,
     /// The uplink interface.
     #[arg(long)]
@@ -478,6 +478,20 @@ fn merge_timeouts(
         "ct_timeouts".to_owned(),
         serde_json::Value::Object(timeouts),
     );
+}
+
+/// A CIDR of either family, parsed as the family its text is (a ':' makes it IPv6), so the
+/// error names what is wrong with it (`invalid prefix`) rather than that it is neither family.
+fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
+    if text.contains(':') {
+        text.parse::<Ipv6Network>()
+            .map(IpNetwork::V6)
+            .map_err(|e| e.to_string())
+    } else {
+        text.parse::<Ipv4Network>()
+            .map(IpNetwork::V4)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// `--pod-cidr` and `--cluster-cidr` (each repeatable, at most one CIDR per family) as the
