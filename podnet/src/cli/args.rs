@@ -254,9 +254,10 @@ pub struct InstallCniArgs {
     /// The mode written as 10-podnet.conflist (the other one as an .example).
     #[arg(long, default_value = "standalone")]
     pub mode: String,
-    /// The node's pod CIDR, e.g. 10.244.1.0/24 (or --node-name: read from the Node).
-    #[arg(long, required_unless_present = "node_name")]
-    pub pod_cidr: Option<Ipv4Network>,
+    /// The node's pod CIDR, e.g. 10.244.1.0/24 (or --node-name: read from the Node); repeat
+    /// with an IPv6 CIDR for a dual-stack node.
+    #[arg(long, required_unless_present = "node_name", value_parser = parse_cidr)]
+    pub pod_cidr: Vec<IpNetwork>,
     /// Read the pod CIDR from this Node object (`spec.podCIDRs`) in the API server: the
     /// in-cluster service account, or --kubeconfig.
     #[arg(long, env = "NODE_NAME", conflicts_with = "pod_cidr")]
@@ -264,9 +265,9 @@ pub struct InstallCniArgs {
     /// A kubeconfig for --node-name (default: the in-cluster service account).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// The cluster CIDR, e.g. 10.244.0.0/16.
-    #[arg(long)]
-    pub cluster_cidr: Ipv4Network,
+    /// The cluster CIDR, e.g. 10.244.0.0/16; repeat with the IPv6 one on a dual-stack node.
+    #[arg(long, required = true, value_parser = parse_cidr)]
+    pub cluster_cidr: Vec<IpNetwork>,
     /// The uplink interface.
     #[arg(long)]
     pub uplink: String,
@@ -482,7 +483,7 @@ fn merge_timeouts(
 
 /// A CIDR of either family, parsed as the family its text is (a ':' makes it IPv6), so the
 /// error names what is wrong with it (`invalid prefix`) rather than that it is neither family.
-fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
+pub fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
     if text.contains(':') {
         text.parse::<Ipv6Network>()
             .map(IpNetwork::V6)

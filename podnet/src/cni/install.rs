@@ -187,3 +187,47 @@ pub fn install(
         example,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pod_cidr6: Option<&str>) -> NodeSettings {
+        let mut s: NodeSettings = serde_json::from_value(json!({
+            "pod_cidr": "10.244.1.0/24",
+            "cluster_cidr": "10.244.0.0/16",
+            "uplink": "eth0",
+        }))
+        .expect("valid settings");
+        s.pod_cidr6 = pod_cidr6.map(|c| c.parse().expect("IPv6 CIDR"));
+        s
+    }
+
+    #[test]
+    fn chained_conflists_have_a_range_per_family() {
+        let single = conflist(&settings(None), Mode::Chained);
+        assert_eq!(
+            single["plugins"][0]["ipam"]["ranges"],
+            json!([[{"subnet": "10.244.1.0/24"}]])
+        );
+        assert!(single["plugins"][1]["node"].get("pod_cidr6").is_none());
+        let dual = conflist(&settings(Some("fd00:10:244:1::/64")), Mode::Chained);
+        assert_eq!(
+            dual["plugins"][0]["ipam"]["ranges"],
+            json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]])
+        );
+        assert_eq!(
+            dual["plugins"][0]["ipam"]["routes"],
+            json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+        );
+        assert_eq!(
+            dual["plugins"][1]["node"]["pod_cidr6"],
+            "fd00:10:244:1::/64"
+        );
+        let standalone = conflist(&settings(Some("fd00:10:244:1::/64")), Mode::Standalone);
+        assert_eq!(
+            standalone["plugins"][0]["node"]["pod_cidr6"],
+            "fd00:10:244:1::/64"
+        );
+    }
+}
