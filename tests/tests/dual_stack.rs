@@ -16,9 +16,9 @@ use std::{
 };
 
 use podnet_tests::{
-    AddResult, CniNode, InNetns, NETNS_RUN_DIR, NODE_IP, Netns, Node, OUTSIDE_IP, PodnetCli,
-    RuntimeConf, Snapshot, Topology, UPLINK, Watch, connect_tcp, describe, mac, peer_ip_of, ping,
-    require_root, serve_tcp, unique, wait_until,
+    AddResult, Cluster, CniNode, InNetns, NETNS_RUN_DIR, NODE_IP, Netns, Node, OUTSIDE_IP,
+    PodnetCli, RuntimeConf, Snapshot, Topology, UPLINK, Watch, connect_tcp, describe, mac,
+    peer_ip_of, ping, require_root, serve_tcp, unique, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -363,6 +363,87 @@ fn peers_ipv6_pod_cidrs_are_routed_via_their_ipv6_node_address() {
         route.trim().is_empty(),
         "the IPv6 peer route must go: {route}"
     );
+}
+
+#[test]
+fn pods_on_two_dual_stack_nodes_reach_each_other_over_ipv6_by_native_routing() {
+    require_root!();
+    // Two podnet nodes on one fabric (IPv4 first, as `Cluster` makes them), then made dual-stack:
+    // IPv6 on the fabric, each node's IPv6 pod CIDR and IPv6 node address in the cluster file,
+    // and `node init` again (no pods yet, so the pod CIDRs may change).
+    let cluster = Cluster::new(2, &["--gc-interval", "0"]);
+    let pod_cidr6 = |i: usize| format!("fd00:10:244:{}::/64", 110 + i);
+    let node_ip6 = |i: usize| format!("fd00:198:18::{}", 11 + i);
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        addr6(&node.ns, "uplink0", &format!("{}/64", node_ip6(i)));
+    }
+    let settings: Value = serde_json::from_str(
+        &std::fs::read_to_string(cluster.nodes[0].state_dir.join("node.json")).expect("node.json"),
+    )
+    .expect("JSON");
+    let cluster_file = PathBuf::from(settings["cluster"].as_str().expect("cluster file"));
+    let nodes: Vec<Value> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            json!({"name": n.name, "node_ip": n.ip.to_string(), "pod_cidr": n.pod_cidr,
+                   "pod_cidr6": pod_cidr6(i), "node_ip6": node_ip6(i)})
+        })
+        .collect();
+    std::fs::write(&cluster_file, json!({ "nodes": nodes }).to_string()).expect("cluster file");
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let config = node.state_dir.join("node.json");
+        let (cidr6, ip6) = (pod_cidr6(i), node_ip6(i));
+        node.ok(&[
+            "node",
+            "init",
+            "--config",
+            config.to_str().expect("UTF-8"),
+            "--pod-cidr",
+            &cidr6,
+            "--cluster-cidr",
+            CLUSTER_CIDR6,
+            "--node-ip6",
+            &ip6,
+        ]);
+        let other = 1 - i;
+        let route = node
+            .ns
+            .ok(&format!("ip -6 route show {}", pod_cidr6(other)));
+        assert!(
+            route.contains(&format!("via {}", node_ip6(other))),
+            "node-{i}'s route to node-{other}'s IPv6 pods: {route}"
+        );
+    }
+    let a = cluster.nodes[0].add_pod("a");
+    let b = cluster.nodes[1].add_pod("b");
+    let address6 = |node: &podnet_tests::ClusterNode, name: &str| -> Ipv6Addr {
+        let pods = node.json(&["pod", "list"]);
+        pods.as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == name))
+            .and_then(|p| p["address6"].as_str())
+            .and_then(|c| c.split('/').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no IPv6 address for {name}: {pods}"))
+    };
+    let (a6, b6) = (
+        address6(&cluster.nodes[0], "a"),
+        address6(&cluster.nodes[1], "b"),
+    );
+    assert!(a6.to_string().starts_with("fd00:10:244:110::"), "{a6}");
+    assert!(b6.to_string().starts_with("fd00:10:244:111::"), "{b6}");
+    let out = ping6(&a.ns, &b6.to_string());
+    assert!(
+        out.status.success(),
+        "ping -6 a -> b across nodes: {}",
+        describe(&out)
+    );
+    tcp_sees(&a.ns, IpAddr::V6(a6), &b.ns, IpAddr::V6(b6), 8090);
+    tcp_sees(&b.ns, IpAddr::V6(b6), &a.ns, IpAddr::V6(a6), 8091);
+    // IPv4 between the nodes still takes podnet's path, with the source preserved.
+    let a4: Ipv4Addr = a.ip.parse().expect("IPv4");
+    let b4: Ipv4Addr = b.ip.parse().expect("IPv4");
+    tcp_sees(&a.ns, IpAddr::V4(a4), &b.ns, IpAddr::V4(b4), 8092);
 }
 
 /// Settings, IPAM, pins, links, IPv4 addresses and routes (the [`Snapshot`]), plus the node
