@@ -224,6 +224,43 @@ fn dual_stack_pods_reach_each_other_and_the_outside_from_their_own_addresses() {
 }
 
 #[test]
+fn ipv6_reservations_left_by_killed_adds_are_collected() {
+    require_root!();
+    let node = dual_stack_node("10.244.38.0/24", "fd00:10:244:38::/64");
+    let kept = node.add_pod("kept");
+    let kept6 = address6_of(&node, "kept");
+    // What a `pod add` killed after reserving its IPv6 address leaves (a record, no pod), and
+    // what a write killed half-way leaves (an empty record, a temporary file).
+    let ipam = node.state_dir.join("ipam");
+    std::fs::write(ipam.join("fd00:10:244:38::99"), "pod:ghost\n").expect("record");
+    std::fs::write(ipam.join("fd00:10:244:38::98"), "").expect("torn record");
+    std::fs::write(ipam.join(".tmp.fd00:10:244:38::97.4242"), "pod:half\n").expect("temp file");
+    let report = node.json(&["gc"]);
+    assert_eq!(report["pods"], json!(["ghost"]), "{report}");
+    assert_eq!(
+        report["addresses6"],
+        json!(["fd00:10:244:38::99"]),
+        "{report}"
+    );
+    assert!(report["temp_files"].as_u64() >= Some(2), "{report}");
+    assert_eq!(
+        ipv6_records(&ipam),
+        [kept6.to_string()],
+        "only the live pod's address stays"
+    );
+    assert!(
+        std::fs::read_dir(&ipam)
+            .expect("IPAM dir")
+            .filter_map(Result::ok)
+            .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp")),
+        "temporary files left"
+    );
+    // The live pod kept both its addresses and works.
+    let out = ping6(&kept.ns, &OUTSIDE_IP6.to_string());
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+#[test]
 fn ipv4_only_nodes_are_unchanged() {
     require_root!();
     let node = Node::new("10.244.34.0/24");
