@@ -761,6 +761,21 @@ fn cni_standalone_lists_both_families_and_del_and_gc_free_both() {
     node.cni
         .check(&conf, &rt_a, &result_a)
         .unwrap_or_else(|e| panic!("CHECK: {e}"));
+    // CHECK notices a container that lost its IPv6 address, and passes again once it is back.
+    c.ok(&format!("ip -6 addr del {}/64 dev eth0", v6_of[2]));
+    let err = node
+        .cni
+        .check(&conf04, &rt_c, &result_c)
+        .expect_err("CHECK must report the missing IPv6 address");
+    assert!(
+        err.to_string()
+            .contains(&format!("IPv6 address {} is missing from eth0", v6_of[2])),
+        "{err}"
+    );
+    addr6(&c, "eth0", &format!("{}/64", v6_of[2]));
+    node.cni
+        .check(&conf04, &rt_c, &result_c)
+        .unwrap_or_else(|e| panic!("CHECK after the address is back: {e}"));
     let out = ping6(&a, &v6_of[1]);
     assert!(out.status.success(), "ping -6 a -> b: {}", describe(&out));
     let out = ping(

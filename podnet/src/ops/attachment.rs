@@ -209,6 +209,9 @@ pub fn check(ctx: &Ctx, a: &Attachment, wanted: &[(u16, Proto)]) -> Result<Optio
         Some(ep) if ep.ifindex == host.index => {}
         _ => return Ok(Some(format!("endpoint {} is missing from the map", a.ip))),
     }
+    if let Some(what) = missing_ipv6(a)? {
+        return Ok(Some(what));
+    }
     let missing = nodeport::missing_host_ports(ctx, &a.owner())?;
     if let Some(np) = missing.first() {
         return Ok(Some(format!(
@@ -227,6 +230,23 @@ pub fn check(ctx: &Ctx, a: &Attachment, wanted: &[(u16, Proto)]) -> Result<Optio
         )));
     }
     Ok(None)
+}
+
+/// A dual-stack attachment's IPv6 address, if the container's interface lost it (the kernel
+/// routes IPv6, so the address on the interface is all there is to check).
+fn missing_ipv6(a: &Attachment) -> Result<Option<String>> {
+    let (Some(ip6), Some(path)) = (a.ip6, &a.netns) else {
+        return Ok(None);
+    };
+    let ifname = a.ifname.clone();
+    let have = Netns::open(path)?.run_netlink(move |nl| async move {
+        let Some(link) = nl.get(&ifname).await? else {
+            return Ok::<_, crate::sys::link::LinkError>(Vec::new());
+        };
+        nl.addresses6(link.index).await
+    })??;
+    Ok((!have.iter().any(|net| net.ip() == ip6))
+        .then(|| format!("IPv6 address {ip6} is missing from {}", a.ifname)))
 }
 
 /// Whether the attachment's container still exists: its namespace path opens and is the same
