@@ -4,9 +4,12 @@
 //! layer may use it. The settings are recorded in `<state_dir>/node.json` by `node init`
 //! ([`crate::store::node`] owns that file).
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use podnet_ebpf::abi::{
     CtTimeouts, DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX, DEFAULT_NODEPORT_MAX,
     DEFAULT_NODEPORT_MIN, DEFAULT_SERVICES_MAX, DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN,
@@ -16,6 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::names::{self, NameError};
 pub use crate::model::port_range::PortRange;
+
+mod dual_stack;
+pub use dual_stack::{MAX_POD_PREFIX_V6, PodCidrs, split_by_family};
 
 /// Settings that cannot work, found without touching the system.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +41,17 @@ pub struct NodeSettings {
     pub pod_cidr: Ipv4Network,
     /// The cluster CIDR, which every node's pod CIDR is carved from.
     pub cluster_cidr: Ipv4Network,
+    /// This node's IPv6 pod CIDR on a dual-stack node: pods get an address of it too. IPv6 is
+    /// routed by the kernel (the programs pass it unchanged); see [`dual_stack`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Network>,
+    /// The IPv6 cluster CIDR; the IPv6 pod CIDR itself when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr6: Option<Ipv6Network>,
+    /// The node's IPv6 address (peers route IPv6 pod CIDRs to it); the uplink's first global
+    /// IPv6 address when not given, none if it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_ip6: Option<Ipv6Addr>,
     /// The uplink interface, in the node's namespace.
     pub uplink: String,
     /// The node's IP; the uplink's first IPv4 address when not given.
@@ -289,7 +306,8 @@ impl NodeSettings {
         {
             return invalid(format!("MTU {mtu} is outside 576..=65535"));
         }
-        self.validate_non_masquerade()
+        self.validate_non_masquerade()?;
+        self.validate_ipv6()
     }
 
     /// Masquerade exclusions: networks (no host bits), at most `NON_MASQUERADE_MAX`.

@@ -68,6 +68,8 @@ pub fn peer(node: &Node) -> Result<PeerNode, Skipped> {
             name,
             node_ip,
             pod_cidr,
+            pod_cidr6: None,
+            node_ip6: None,
         }),
         _ => Err(Skipped::NodeIncomplete(name)),
     }
@@ -252,6 +254,8 @@ pub fn service(svc: &K8sService, slices: &[&EndpointSlice]) -> Result<Service, S
                 .health_check_node_port
                 .and_then(|p| u16::try_from(p).ok()),
             load_balancing: semantics.load_balancing,
+            ip_families: Vec::new(),
+            ip_family_policy: None,
         },
         status: ServiceStatus {
             load_balancer: LoadBalancerStatus { ingress },

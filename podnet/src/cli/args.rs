@@ -2,13 +2,13 @@
 //! builds from a config file and flags.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use podnet::{
     config::{NodeSettings, PortRange},
     model::nodeport::{BackendSpec, Policy, Proto},
@@ -111,6 +111,13 @@ pub enum PeerCommand {
         node_ip: Ipv4Addr,
         #[arg(long)]
         pod_cidr: Ipv4Network,
+        /// The node's IPv6 pod CIDR (dual-stack clusters; needs --node-ip6): routed through the
+        /// kernel to --node-ip6.
+        #[arg(long, requires = "node_ip6")]
+        pod_cidr6: Option<Ipv6Network>,
+        /// The node's IPv6 address.
+        #[arg(long)]
+        node_ip6: Option<Ipv6Addr>,
     },
     /// Remove a node.
     Del {
@@ -126,18 +133,25 @@ pub struct InitArgs {
     /// Read settings from a JSON file (fields as in node.json); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// This node's pod CIDR, e.g. 10.244.0.0/24.
-    #[arg(long)]
-    pub pod_cidr: Option<Ipv4Network>,
-    /// The cluster CIDR, e.g. 10.244.0.0/16.
-    #[arg(long)]
-    pub cluster_cidr: Option<Ipv4Network>,
+    /// This node's pod CIDR, e.g. 10.244.0.0/24. Repeat with an IPv6 CIDR for a dual-stack
+    /// node (e.g. --pod-cidr 10.244.1.0/24 --pod-cidr fd00:10:244:1::/64): at most one per
+    /// family.
+    #[arg(long, value_parser = parse_cidr)]
+    pub pod_cidr: Vec<IpNetwork>,
+    /// The cluster CIDR, e.g. 10.244.0.0/16; repeat with the IPv6 one (default: the IPv6 pod
+    /// CIDR).
+    #[arg(long, value_parser = parse_cidr)]
+    pub cluster_cidr: Vec<IpNetwork>,
     /// The uplink interface.
     #[arg(long)]
     pub uplink: Option<String>,
     /// The node's IP (default: the uplink's first IPv4 address).
     #[arg(long)]
     pub node_ip: Option<Ipv4Addr>,
+    /// The node's IPv6 address, which peers route IPv6 pod CIDRs to (default: the uplink's first
+    /// global IPv6 address on a dual-stack node).
+    #[arg(long)]
+    pub node_ip6: Option<Ipv6Addr>,
     /// Bridge name.
     #[arg(long)]
     pub bridge: Option<String>,
@@ -240,9 +254,10 @@ pub struct InstallCniArgs {
     /// The mode written as 10-podnet.conflist (the other one as an .example).
     #[arg(long, default_value = "standalone")]
     pub mode: String,
-    /// The node's pod CIDR, e.g. 10.244.1.0/24 (or --node-name: read from the Node).
-    #[arg(long, required_unless_present = "node_name")]
-    pub pod_cidr: Option<Ipv4Network>,
+    /// The node's pod CIDR, e.g. 10.244.1.0/24 (or --node-name: read from the Node); repeat
+    /// with an IPv6 CIDR for a dual-stack node.
+    #[arg(long, required_unless_present = "node_name", value_parser = parse_cidr)]
+    pub pod_cidr: Vec<IpNetwork>,
     /// Read the pod CIDR from this Node object (`spec.podCIDRs`) in the API server: the
     /// in-cluster service account, or --kubeconfig.
     #[arg(long, env = "NODE_NAME", conflicts_with = "pod_cidr")]
@@ -250,9 +265,9 @@ pub struct InstallCniArgs {
     /// A kubeconfig for --node-name (default: the in-cluster service account).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// The cluster CIDR, e.g. 10.244.0.0/16.
-    #[arg(long)]
-    pub cluster_cidr: Ipv4Network,
+    /// The cluster CIDR, e.g. 10.244.0.0/16; repeat with the IPv6 one on a dual-stack node.
+    #[arg(long, required = true, value_parser = parse_cidr)]
+    pub cluster_cidr: Vec<IpNetwork>,
     /// The uplink interface.
     #[arg(long)]
     pub uplink: String,
@@ -466,6 +481,47 @@ fn merge_timeouts(
     );
 }
 
+/// A CIDR of either family, parsed as the family its text is (a ':' makes it IPv6), so the
+/// error names what is wrong with it (`invalid prefix`) rather than that it is neither family.
+pub fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
+    if text.contains(':') {
+        text.parse::<Ipv6Network>()
+            .map(IpNetwork::V6)
+            .map_err(|e| e.to_string())
+    } else {
+        text.parse::<Ipv4Network>()
+            .map(IpNetwork::V4)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// `--pod-cidr` and `--cluster-cidr` (each repeatable, at most one CIDR per family) as the
+/// settings' per-family fields.
+fn cidrs_by_family(
+    pod_cidr: &[IpNetwork],
+    cluster_cidr: &[IpNetwork],
+) -> Result<[(&'static str, Option<IpNetwork>); 4]> {
+    let pod = podnet::config::split_by_family("--pod-cidr", pod_cidr)?;
+    let cluster = podnet::config::split_by_family("--cluster-cidr", cluster_cidr)?;
+    Ok([
+        ("pod_cidr", pod.v4.map(IpNetwork::V4)),
+        ("pod_cidr6", pod.v6.map(IpNetwork::V6)),
+        ("cluster_cidr", cluster.v4.map(IpNetwork::V4)),
+        ("cluster_cidr6", cluster.v6.map(IpNetwork::V6)),
+    ])
+}
+
+/// An IPv6 pod CIDR alone is an IPv6-only node, which the datapath cannot run yet (its
+/// configuration, SNAT and services are IPv4).
+fn refuse_ipv6_only(settings: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    if !settings.contains_key("pod_cidr") && settings.contains_key("pod_cidr6") {
+        bail!(
+            "node init needs an IPv4 --pod-cidr too: IPv6-only nodes are not supported yet (a dual-stack node takes --pod-cidr twice, once per family)"
+        );
+    }
+    Ok(())
+}
+
 /// Settings for `node init`: the config file (if any), then flags on top, then defaults.
 pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     let InitArgs {
@@ -474,6 +530,7 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         cluster_cidr,
         uplink,
         node_ip,
+        node_ip6,
         bridge,
         pin_dir,
         ipam_dir,
@@ -512,10 +569,12 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         }
     };
     let s = |v: &dyn ToString| serde_json::Value::String(v.to_string());
-    set("pod_cidr", pod_cidr.map(|v| s(&v)));
-    set("cluster_cidr", cluster_cidr.map(|v| s(&v)));
+    for (key, cidr) in cidrs_by_family(&pod_cidr, &cluster_cidr)? {
+        set(key, cidr.map(|v| s(&v)));
+    }
     set("uplink", uplink.map(|v| s(&v)));
     set("node_ip", node_ip.map(|v| s(&v)));
+    set("node_ip6", node_ip6.map(|v| s(&v)));
     set("bridge", bridge.map(|v| s(&v)));
     set("pin_dir", pin_dir.map(|v| s(&v.display())));
     set("ipam_dir", ipam_dir.map(|v| s(&v.display())));
@@ -552,6 +611,7 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
 
     set("state_dir", Some(s(&state_dir.display())));
     merge_timeouts(&mut settings, ct_timeouts);
+    refuse_ipv6_only(&settings)?;
     for required in ["pod_cidr", "cluster_cidr", "uplink"] {
         if !settings.contains_key(required) {
             bail!(

@@ -187,17 +187,28 @@ fn install_cni(state_dir: &Path, json: bool, args: InstallCniArgs) -> Result<()>
         uplink,
         pin_dir,
     } = args;
-    let pod_cidr = match (pod_cidr, node_name) {
+    let pod_cidr = podnet::config::split_by_family("--pod-cidr", &pod_cidr)?;
+    let cluster_cidr = podnet::config::split_by_family("--cluster-cidr", &cluster_cidr)?;
+    let (pod_cidr6, cluster_cidr6) = (pod_cidr.v6, cluster_cidr.v6);
+    let pod_cidr = match (pod_cidr.v4, node_name) {
         (Some(cidr), _) => cidr,
         (None, Some(node)) => podnet::agent::node_pod_cidr(&node, kubeconfig.as_ref())?,
+        (None, None) if pod_cidr6.is_some() => {
+            bail!("install-cni needs an IPv4 --pod-cidr too: IPv6-only nodes are not supported yet")
+        }
         (None, None) => bail!("install-cni needs --pod-cidr or --node-name"),
     };
+    let cluster_cidr = cluster_cidr
+        .v4
+        .ok_or_else(|| anyhow::anyhow!("install-cni needs an IPv4 --cluster-cidr"))?;
     let mode: podnet::cni::spec::Mode =
         serde_json::from_value(serde_json::Value::String(mode.clone()))
             .map_err(|_| anyhow::anyhow!("--mode {mode:?} is not chained or standalone"))?;
     let settings: NodeSettings = serde_json::from_value(serde_json::json!({
         "pod_cidr": pod_cidr.to_string(),
         "cluster_cidr": cluster_cidr.to_string(),
+        "pod_cidr6": pod_cidr6,
+        "cluster_cidr6": cluster_cidr6,
         "uplink": uplink,
         "pin_dir": pin_dir,
         "state_dir": state_dir,
@@ -223,6 +234,8 @@ fn run_peer(ctx: &Ctx, json: bool, cmd: PeerCommand) -> Result<()> {
             name,
             node_ip,
             pod_cidr,
+            pod_cidr6,
+            node_ip6,
         } => {
             let peer = ops::peer::add(
                 ctx,
@@ -230,6 +243,8 @@ fn run_peer(ctx: &Ctx, json: bool, cmd: PeerCommand) -> Result<()> {
                     name,
                     node_ip,
                     pod_cidr,
+                    pod_cidr6,
+                    node_ip6,
                 },
             )?;
             print(json, &peer, |p| format!("peer added: {}", render::peer(p)));

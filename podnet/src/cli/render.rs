@@ -110,7 +110,7 @@ pub struct InitView {
 pub fn init(v: &InitView) -> String {
     let r = &v.report;
     format!(
-        "node ready: node IP {}, pod CIDR {} (gateway {} on {}), uplink {}\n{}\n{}",
+        "node ready: node IP {}, pod CIDR {} (gateway {} on {}), uplink {}{}\n{}\n{}",
         r.settings
             .node_ip
             .map_or_else(String::new, |ip| ip.to_string()),
@@ -118,9 +118,24 @@ pub fn init(v: &InitView) -> String {
         r.settings.gateway(),
         r.settings.bridge,
         r.settings.uplink,
+        ipv6_line(&r.settings),
         loader::describe(&r.load),
         v.collector
     )
+}
+
+/// The IPv6 half of a dual-stack node, as a line of its own (empty on an IPv4-only node).
+fn ipv6_line(s: &podnet::config::NodeSettings) -> String {
+    match (s.pod_cidr6, s.gateway6()) {
+        (Some(cidr), Some(gateway)) => format!(
+            "\nIPv6: pod CIDR {cidr} (gateway {gateway} on {}), cluster CIDR {}, node IPv6 {} (routed by the kernel)",
+            s.bridge,
+            s.effective_cluster_cidr6().unwrap_or(cidr),
+            s.node_ip6
+                .map_or_else(|| "none".to_owned(), |ip| ip.to_string()),
+        ),
+        _ => String::new(),
+    }
 }
 
 pub fn status(s: &NodeStatus) -> String {
@@ -140,7 +155,12 @@ pub fn status(s: &NodeStatus) -> String {
         s.endpoints,
         s.ipam_allocated,
         s.ready,
-    )
+    ) + &ipv6_line(&s.settings)
+        + &if s.settings.pod_cidr6.is_some() {
+            format!("  IPv6 IPs allocated: {}", s.ipam_allocated6)
+        } else {
+            String::new()
+        }
 }
 
 pub fn reset(r: &ResetReport) -> String {
@@ -157,10 +177,15 @@ pub fn reset(r: &ResetReport) -> String {
 }
 
 pub fn pod_added(r: &PodRecord) -> String {
+    let v6 = match (r.address6, r.gateway6) {
+        (Some(address), Some(gateway)) => format!(" and {address} (gateway {gateway})"),
+        _ => String::new(),
+    };
     format!(
-        "pod {} added: {} on eth0 (mac {}), gateway {}, netns {}, host veth {}",
+        "pod {} added: {} on {} (mac {}), gateway {}{v6}, netns {}, host veth {}",
         r.name,
         r.address,
+        r.ifname,
         r.mac,
         r.gateway,
         r.netns.display(),
@@ -190,6 +215,9 @@ pub fn pods(pods: &[PodRecord]) -> String {
             p.host_if,
             p.netns.display()
         ));
+        if let Some(address6) = p.address6 {
+            out.push_str(&format!("\n{:<20} {address6}", ""));
+        }
     }
     out
 }
@@ -256,7 +284,11 @@ pub fn gc(r: &GcReport) -> String {
 }
 
 pub fn peer(p: &PeerNode) -> String {
-    format!("{} {} via {}", p.name, p.pod_cidr, p.node_ip)
+    let mut out = format!("{} {} via {}", p.name, p.pod_cidr, p.node_ip);
+    if let (Some(cidr6), Some(ip6)) = (p.pod_cidr6, p.node_ip6) {
+        out.push_str(&format!(", {cidr6} via {ip6}"));
+    }
+    out
 }
 
 pub fn peers(peers: &[PeerNode]) -> String {
@@ -268,6 +300,9 @@ pub fn peers(peers: &[PeerNode]) -> String {
             p.pod_cidr.to_string(),
             p.node_ip
         ));
+        if let (Some(cidr6), Some(ip6)) = (p.pod_cidr6, p.node_ip6) {
+            out.push_str(&format!("\n{:<20} {:<18} {ip6}", "", cidr6.to_string()));
+        }
     }
     out
 }

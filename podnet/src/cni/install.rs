@@ -52,7 +52,28 @@ fn node_object(settings: &NodeSettings, bridge: &str) -> Value {
     if let Some(ip) = settings.node_ip {
         node["node_ip"] = json!(ip.to_string());
     }
+    if let Some(cidr) = settings.pod_cidr6 {
+        node["pod_cidr6"] = json!(cidr.to_string());
+    }
+    if let Some(cidr) = settings.cluster_cidr6 {
+        node["cluster_cidr6"] = json!(cidr.to_string());
+    }
+    if let Some(ip) = settings.node_ip6 {
+        node["node_ip6"] = json!(ip.to_string());
+    }
     node
+}
+
+/// `host-local`'s ranges and routes: the pod CIDR, and on a dual-stack node the IPv6 one as a
+/// second range (so each container gets an address of each family and a default route each).
+fn host_local_ipam(settings: &NodeSettings) -> (Value, Value) {
+    let mut ranges = vec![json!([{"subnet": settings.pod_cidr.to_string()}])];
+    let mut routes = vec![json!({"dst": "0.0.0.0/0"})];
+    if let Some(cidr) = settings.pod_cidr6 {
+        ranges.push(json!([{"subnet": cidr.to_string()}]));
+        routes.push(json!({"dst": "::/0"}));
+    }
+    (Value::Array(ranges), Value::Array(routes))
 }
 
 /// The network configuration list for `mode`.
@@ -77,24 +98,27 @@ pub fn conflist(settings: &NodeSettings, mode: Mode) -> Value {
             "plugins": [podnet("standalone", &settings.bridge)],
         }),
         // The reference plugins packaged in Debian speak CNI up to 1.0.0.
-        Mode::Chained => json!({
-            "cniVersion": "1.0.0",
-            "name": "podnet",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": "cni0",
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": settings.pod_cidr.to_string()}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
+        Mode::Chained => {
+            let (ranges, routes) = host_local_ipam(settings);
+            json!({
+                "cniVersion": "1.0.0",
+                "name": "podnet",
+                "plugins": [
+                    {
+                        "type": "bridge",
+                        "bridge": "cni0",
+                        "isGateway": true,
+                        "ipMasq": false,
+                        "ipam": {
+                            "type": "host-local",
+                            "ranges": ranges,
+                            "routes": routes,
+                        },
                     },
-                },
-                podnet("chained", "cni0"),
-            ],
-        }),
+                    podnet("chained", "cni0"),
+                ],
+            })
+        }
     }
 }
 
@@ -162,4 +186,48 @@ pub fn install(
         network,
         example,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pod_cidr6: Option<&str>) -> NodeSettings {
+        let mut s: NodeSettings = serde_json::from_value(json!({
+            "pod_cidr": "10.244.1.0/24",
+            "cluster_cidr": "10.244.0.0/16",
+            "uplink": "eth0",
+        }))
+        .expect("valid settings");
+        s.pod_cidr6 = pod_cidr6.map(|c| c.parse().expect("IPv6 CIDR"));
+        s
+    }
+
+    #[test]
+    fn chained_conflists_have_a_range_per_family() {
+        let single = conflist(&settings(None), Mode::Chained);
+        assert_eq!(
+            single["plugins"][0]["ipam"]["ranges"],
+            json!([[{"subnet": "10.244.1.0/24"}]])
+        );
+        assert!(single["plugins"][1]["node"].get("pod_cidr6").is_none());
+        let dual = conflist(&settings(Some("fd00:10:244:1::/64")), Mode::Chained);
+        assert_eq!(
+            dual["plugins"][0]["ipam"]["ranges"],
+            json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]])
+        );
+        assert_eq!(
+            dual["plugins"][0]["ipam"]["routes"],
+            json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+        );
+        assert_eq!(
+            dual["plugins"][1]["node"]["pod_cidr6"],
+            "fd00:10:244:1::/64"
+        );
+        let standalone = conflist(&settings(Some("fd00:10:244:1::/64")), Mode::Standalone);
+        assert_eq!(
+            standalone["plugins"][0]["node"]["pod_cidr6"],
+            "fd00:10:244:1::/64"
+        );
+    }
 }

@@ -21,7 +21,7 @@ pub mod spec;
 
 use std::{io::Read as _, net::Ipv4Addr, path::PathBuf, process::ExitCode};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde_json::{Value, json};
 use spec::{CniEnv, CniError, Command, Mode, NetConf, code};
 
@@ -258,7 +258,15 @@ fn add(env: &CniEnv, node: &Node<'_>) -> Result<Value, CniError> {
                 )
             })?;
             let (address, _) = from_prev_result(prev, &ifname)?;
-            attachment::add_chained(&ctx, &container_id, &ifname, &netns, address.ip())?
+            let address6 = ipv6_from_prev_result(prev, &ifname);
+            attachment::add_chained(
+                &ctx,
+                &container_id,
+                &ifname,
+                &netns,
+                address.ip(),
+                address6.map(|a| a.ip()),
+            )?
         }
         Mode::Standalone => {
             let (mut a, record) =
@@ -289,7 +297,7 @@ fn add(env: &CniEnv, node: &Node<'_>) -> Result<Value, CniError> {
 }
 
 /// The result of a standalone ADD: the host veth and the container interface, the address
-/// with its gateway, the default route.
+/// with its gateway and the default route, per family (IPv6 too on a dual-stack node).
 fn standalone_result(
     conf: &NetConf,
     settings: &NodeSettings,
@@ -297,23 +305,34 @@ fn standalone_result(
     netns: &Netns,
     record: &PodRecord,
 ) -> Value {
+    let old_format = conf.cni_version.starts_with("0.");
+    let ip = |address: String, gateway: String, version: &str| {
+        let mut ip = json!({"address": address, "gateway": gateway, "interface": 1});
+        if old_format {
+            ip["version"] = json!(version);
+        }
+        ip
+    };
+    let mut ips = vec![ip(
+        record.address.to_string(),
+        record.gateway.to_string(),
+        "4",
+    )];
+    let mut routes = vec![json!({"dst": "0.0.0.0/0", "gw": record.gateway.to_string()})];
+    if let (Some(address6), Some(gateway6)) = (record.address6, record.gateway6) {
+        ips.push(ip(address6.to_string(), gateway6.to_string(), "6"));
+        routes.push(json!({"dst": "::/0", "gw": gateway6.to_string()}));
+    }
     let mut result = json!({
         "cniVersion": conf.cni_version,
         "interfaces": [
             {"name": record.host_if, "mac": record.host_mac},
             {"name": ifname, "mac": record.mac, "sandbox": netns.path()},
         ],
-        "ips": [{
-            "address": record.address.to_string(),
-            "gateway": record.gateway.to_string(),
-            "interface": 1,
-        }],
-        "routes": [{"dst": "0.0.0.0/0", "gw": record.gateway.to_string()}],
+        "ips": ips,
+        "routes": routes,
         "dns": {},
     });
-    if conf.cni_version.starts_with("0.") {
-        result["ips"][0]["version"] = json!("4");
-    }
     if let Some(mtu) = settings.mtu {
         result["interfaces"][1]["mtu"] = json!(mtu);
     }
@@ -340,6 +359,23 @@ fn from_prev_result(prev: &Value, ifname: &str) -> Result<(Ipv4Network, Option<S
         .ok_or_else(|| bad(&format!("no IPv4 address for interface {ifname}")))?;
     let mac = index.and_then(|i| interfaces[i]["mac"].as_str().map(str::to_owned));
     Ok((ip, mac))
+}
+
+/// The container interface's IPv6 address in a `prevResult` (`host-local` with an IPv6
+/// range), if any: a dual-stack container.
+fn ipv6_from_prev_result(prev: &Value, ifname: &str) -> Option<Ipv6Network> {
+    let interfaces = prev["interfaces"].as_array().cloned().unwrap_or_default();
+    let index = interfaces.iter().position(|i| {
+        i["name"].as_str() == Some(ifname) && i["sandbox"].as_str().is_some_and(|s| !s.is_empty())
+    });
+    prev["ips"]
+        .as_array()?
+        .iter()
+        .filter(|ip| match (index, ip["interface"].as_u64()) {
+            (Some(i), Some(j)) => usize::try_from(j).is_ok_and(|j| j == i),
+            _ => true,
+        })
+        .find_map(|ip| ip["address"].as_str()?.parse::<Ipv6Network>().ok())
 }
 
 fn del(env: &CniEnv, node: &Node<'_>) -> Result<(), CniError> {
@@ -431,5 +467,33 @@ mod tests {
         assert_eq!(ip.to_string(), "10.244.1.5/24");
         assert_eq!(mac.as_deref(), Some("cc:cc:cc:cc:cc:cc"));
         assert!(from_prev_result(&json!({"interfaces": []}), "eth0").is_err());
+        assert_eq!(ipv6_from_prev_result(&prev, "eth0"), None);
+    }
+
+    #[test]
+    fn dual_stack_prev_result() {
+        // bridge + host-local with two ranges: both addresses on the container interface, in
+        // either order; another interface's IPv6 address is not the container's.
+        let prev = json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [
+                {"name": "cni0", "mac": "aa:aa:aa:aa:aa:aa"},
+                {"name": "veth1234", "mac": "bb:bb:bb:bb:bb:bb"},
+                {"name": "eth0", "mac": "cc:cc:cc:cc:cc:cc", "sandbox": "/run/netns/x"}
+            ],
+            "ips": [
+                {"address": "fd00:10:244:1::9/64", "gateway": "fd00:10:244:1::1", "interface": 0},
+                {"address": "fd00:10:244:1::5/64", "gateway": "fd00:10:244:1::1", "interface": 2},
+                {"address": "10.244.1.5/24", "gateway": "10.244.1.1", "interface": 2}
+            ]
+        });
+        let (ip, _) = from_prev_result(&prev, "eth0").unwrap();
+        assert_eq!(ip.to_string(), "10.244.1.5/24");
+        assert_eq!(
+            ipv6_from_prev_result(&prev, "eth0")
+                .map(|a| a.to_string())
+                .as_deref(),
+            Some("fd00:10:244:1::5/64")
+        );
     }
 }

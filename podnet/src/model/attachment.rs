@@ -1,7 +1,10 @@
 //! The record of one CNI attachment (`containerID` + `ifname`), kept by
 //! [`crate::store::attachments`].
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -22,6 +25,9 @@ pub struct Attachment {
     pub netns_ino: Option<u64>,
     pub host_if: String,
     pub ip: Ipv4Addr,
+    /// The container's IPv6 address on a dual-stack node (routed by the kernel; no endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// Standalone: the pod podnet made (its records, IPAM owner and veth names derive from it).
     pub pod: Option<String>,
     /// Standalone: the ADD result, for DEL and GC without `prevResult`.

@@ -1,9 +1,12 @@
 //! The record of a pod podnet made (`<state_dir>/pods/<name>.json`, kept by
 //! [`crate::store::pods`]).
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 use super::names::POD_IFNAME;
@@ -26,6 +29,12 @@ pub struct PodRecord {
     pub host_mac: String,
     pub address: Ipv4Network,
     pub gateway: Ipv4Addr,
+    /// The pod's IPv6 address on a dual-stack node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<Ipv6Network>,
+    /// The pod's IPv6 gateway (the bridge's address) on a dual-stack node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
     pub mac: String,
     /// The pod's interface inside its namespace.
     #[serde(default = "default_ifname")]

@@ -95,6 +95,23 @@ pub enum SessionAffinity {
     ClientIP,
 }
 
+/// `spec.ipFamilies`: the address families a service has ClusterIPs of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IpFamily {
+    IPv4,
+    IPv6,
+}
+
+/// `spec.ipFamilyPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IpFamilyPolicy {
+    SingleStack,
+    /// Both families if the cluster has them; an IPv4-only service here.
+    PreferDualStack,
+    /// Both families or nothing: refused while services are IPv4 only.
+    RequireDualStack,
+}
+
 /// How a new connection's backend is chosen (podnet's own field).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -128,6 +145,12 @@ pub struct ServiceSpec {
     /// podnet's own: `random` or `maglev`; unset, the node's setting (`random` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancing: Option<LoadBalancing>,
+    /// The families of the ClusterIPs (Kubernetes' `ipFamilies`): accepted with IPv4 only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_families: Vec<IpFamily>,
+    /// Kubernetes' `ipFamilyPolicy`: `RequireDualStack` is refused (no IPv6 services yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family_policy: Option<IpFamilyPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,8 +330,12 @@ impl Service {
         }
         ips.iter()
             .map(|ip| {
-                ip.parse()
-                    .map_err(|_| self.invalid(format!("clusterIP {ip:?} is not an IPv4 address")))
+                ip.parse().map_err(|_| match ip.parse::<std::net::Ipv6Addr>() {
+                    Ok(v6) => self.invalid(format!(
+                        "clusterIP {v6} is IPv6: IPv6 ClusterIPs are not supported by podnet's datapath yet (services are IPv4 only); list only the IPv4 ClusterIP"
+                    )),
+                    Err(_) => self.invalid(format!("clusterIP {ip:?} is not an IPv4 address")),
+                })
             })
             .collect()
     }
@@ -400,6 +427,13 @@ impl Service {
         }
         if self.spec.service_type == ServiceType::ExternalName {
             return Err(self.invalid("ExternalName services are DNS aliases, not proxied"));
+        }
+        if self.spec.ip_families.contains(&IpFamily::IPv6)
+            || self.spec.ip_family_policy == Some(IpFamilyPolicy::RequireDualStack)
+        {
+            return Err(self.invalid(
+                "IPv6 services are not supported by podnet's datapath yet (ipFamilies IPv6, ipFamilyPolicy RequireDualStack): services are IPv4 only",
+            ));
         }
         for ip in self.cluster_ips()? {
             if !limits.service_cidr.contains(ip) {
@@ -633,6 +667,49 @@ mod tests {
             "endpoints": [{"addresses": ["10.244.1.2"]}, {"addresses": ["10.244.1.2"]}]
         }]});
         assert!(table(twice).check(&limits(&taken)).is_err());
+    }
+
+    #[test]
+    fn ipv6_cluster_ips_are_refused_with_a_reason() {
+        let taken = HashSet::new();
+        for ips in [
+            serde_json::json!(["fd00:96::10"]),
+            serde_json::json!(["10.96.0.10", "fd00:96::10"]),
+        ] {
+            let t = table(web(
+                &serde_json::json!({"clusterIPs": ips, "ports": [{"port": 80}]}),
+            ));
+            let msg = t.check(&limits(&taken)).unwrap_err().to_string();
+            assert!(
+                msg.contains("fd00:96::10 is IPv6") && msg.contains("not supported"),
+                "{msg}"
+            );
+            assert!(!t.services[0].is_headless());
+        }
+        // The families fields: IPv4 is accepted (PreferDualStack gives an IPv4 service here);
+        // IPv6 or RequireDualStack is refused, saying why.
+        let ok = table(web(
+            &serde_json::json!({"clusterIPs": ["10.96.0.10"], "ports": [{"port": 80}],
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "PreferDualStack"}),
+        ));
+        ok.check(&limits(&taken)).unwrap();
+        for spec in [
+            serde_json::json!({"clusterIPs": ["10.96.0.10"], "ports": [{"port": 80}], "ipFamilies": ["IPv4", "IPv6"]}),
+            serde_json::json!({"clusterIPs": ["10.96.0.10"], "ports": [{"port": 80}], "ipFamilyPolicy": "RequireDualStack"}),
+        ] {
+            let msg = table(web(&spec))
+                .check(&limits(&taken))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("IPv6 services are not supported"), "{msg}");
+        }
+        assert!(
+            serde_json::from_value::<ServiceTable>(web(
+                &serde_json::json!({"clusterIPs": ["10.96.0.10"],
+                "ports": [{"port": 80}], "ipFamilies": ["IPv5"]})
+            ))
+            .is_err()
+        );
     }
 
     #[test]

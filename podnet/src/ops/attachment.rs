@@ -4,7 +4,7 @@
 //! attachment is recorded ([`crate::store::attachments`]) after everything it made, and removed
 //! before what it made goes, so DEL removes exactly what ADD made.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{
     Ctx, endpoint,
@@ -38,18 +38,26 @@ pub fn list(ctx: &Ctx) -> Result<Vec<Attachment>> {
 }
 
 /// Chained ADD: plugs the runtime's veth (the host end of `ifname` in `netns`) for address `ip`.
+/// An IPv6 address `ip6` (dual-stack, from the same `prevResult`) is only checked against the
+/// node's IPv6 pod CIDR and recorded: the kernel routes IPv6, nothing is plugged for it.
 pub fn add_chained(
     ctx: &Ctx,
     container_id: &str,
     ifname: &str,
     netns: &Netns,
     ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
 ) -> Result<Attachment> {
     if !ctx.settings.pod_cidr.contains(ip) {
         return Err(Error::OutsidePodCidr {
             ip,
             pod_cidr: ctx.settings.pod_cidr,
         });
+    }
+    if let (Some(ip6), Some(pod_cidr)) = (ip6, ctx.settings.pod_cidr6)
+        && !pod_cidr.contains(ip6)
+    {
+        return Err(Error::OutsidePodCidr6 { ip: ip6, pod_cidr });
     }
     let name = ifname.to_owned();
     let container_if = netns
@@ -83,6 +91,7 @@ pub fn add_chained(
         netns_ino: Some(netns.inode()),
         host_if: host.name,
         ip,
+        ip6,
         pod: None,
         result: None,
     })
@@ -112,6 +121,7 @@ pub fn add_standalone(
         netns_ino: Some(netns.inode()),
         host_if: record.host_if.clone(),
         ip: record.address.ip(),
+        ip6: record.address6.map(|a| a.ip()),
         pod: Some(name),
         result: None,
     };
@@ -199,6 +209,9 @@ pub fn check(ctx: &Ctx, a: &Attachment, wanted: &[(u16, Proto)]) -> Result<Optio
         Some(ep) if ep.ifindex == host.index => {}
         _ => return Ok(Some(format!("endpoint {} is missing from the map", a.ip))),
     }
+    if let Some(what) = missing_ipv6(a)? {
+        return Ok(Some(what));
+    }
     let missing = nodeport::missing_host_ports(ctx, &a.owner())?;
     if let Some(np) = missing.first() {
         return Ok(Some(format!(
@@ -217,6 +230,23 @@ pub fn check(ctx: &Ctx, a: &Attachment, wanted: &[(u16, Proto)]) -> Result<Optio
         )));
     }
     Ok(None)
+}
+
+/// A dual-stack attachment's IPv6 address, if the container's interface lost it (the kernel
+/// routes IPv6, so the address on the interface is all there is to check).
+fn missing_ipv6(a: &Attachment) -> Result<Option<String>> {
+    let (Some(ip6), Some(path)) = (a.ip6, &a.netns) else {
+        return Ok(None);
+    };
+    let ifname = a.ifname.clone();
+    let have = Netns::open(path)?.run_netlink(move |nl| async move {
+        let Some(link) = nl.get(&ifname).await? else {
+            return Ok::<_, crate::sys::link::LinkError>(Vec::new());
+        };
+        nl.addresses6(link.index).await
+    })??;
+    Ok((!have.iter().any(|net| net.ip() == ip6))
+        .then(|| format!("IPv6 address {ip6} is missing from {}", a.ifname)))
 }
 
 /// Whether the attachment's container still exists: its namespace path opens and is the same

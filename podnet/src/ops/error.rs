@@ -165,6 +165,25 @@ pub enum Error {
     #[error("updating the node's routes to other nodes' pods: {0}")]
     PeerRoutes(#[source] LinkError),
 
+    // --- IPv6 on dual-stack nodes (see ops::peer6, ops::pod)
+    #[error("peer {name}: {reason}")]
+    Peer6 { name: String, reason: String },
+    #[error(
+        "container address {ip} is outside the node's IPv6 pod CIDR {pod_cidr}: node.pod_cidr6 must be host-local's IPv6 subnet"
+    )]
+    OutsidePodCidr6 {
+        ip: std::net::Ipv6Addr,
+        pod_cidr: ipnetwork::Ipv6Network,
+    },
+    #[error(
+        "the node already runs with IPv6 pod CIDR {current} and has {pods} pod(s); delete them (or `podnet node reset`) before changing it to {requested}"
+    )]
+    PodCidr6InUse {
+        current: String,
+        requested: String,
+        pods: usize,
+    },
+
     // --- monitor
     #[error("unknown drop reason {name:?}; valid reasons: {valid}")]
     UnknownReason { name: String, valid: String },
@@ -219,6 +238,8 @@ impl Error {
             | Self::PeerOverlap { .. }
             | Self::PeerDuplicateIp { .. }
             | Self::PeerName { .. }
+            | Self::Peer6 { .. }
+            | Self::OutsidePodCidr6 { .. }
             | Self::ClusterFile { .. }
             | Self::Service(_)
             | Self::UnknownReason { .. } => InvalidInput,
@@ -232,6 +253,7 @@ impl Error {
             | Self::PeerNotFound { .. }
             | Self::ServiceNotFound { .. } => NotFound,
             Self::PodCidrInUse { .. }
+            | Self::PodCidr6InUse { .. }
             | Self::PodExists { .. }
             | Self::PortInUse { .. }
             | Self::SocketInUse { .. }

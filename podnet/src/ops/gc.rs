@@ -3,11 +3,11 @@
 //! keep) and `podnet gc` (keeps the attachments whose container namespace is alive). Runs under
 //! the node lock held exclusively, so no ADD, DEL or `pod add|del` is in progress.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
-use super::{Ctx, attachment, conntrack, error::Result, nodeport, pod};
+use super::{Ctx, attachment, conntrack, dual_stack, error::Result, nodeport, pod};
 use crate::{
     datapath::services_map,
     model::{attachment::Attachment, names},
@@ -24,6 +24,9 @@ pub struct GcReport {
     pub pods: Vec<String>,
     pub veths: Vec<String>,
     pub addresses: Vec<Ipv4Addr>,
+    /// IPv6 addresses freed with those pods (dual-stack nodes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses6: Vec<Ipv6Addr>,
     /// Endpoints of addresses no pod or attachment holds.
     pub endpoints: Vec<Ipv4Addr>,
     /// Temporary files of killed writes (pod and attachment records, IPAM).
@@ -42,6 +45,7 @@ impl GcReport {
             pods,
             veths,
             addresses,
+            addresses6,
             endpoints,
             temp_files,
             sock_programs,
@@ -51,6 +55,7 @@ impl GcReport {
             && pods.is_empty()
             && veths.is_empty()
             && addresses.is_empty()
+            && addresses6.is_empty()
             && endpoints.is_empty()
             && *temp_files == 0
             && sock_programs.is_empty()
@@ -84,7 +89,8 @@ pub fn collect(ctx: &Ctx, valid: &[(String, String)], lock: &FileLock) -> Result
     let settings = &ctx.settings;
     report.temp_files = store::pods::remove_temp_files(&settings.state_dir)?
         + store::attachments::remove_temp_files(&settings.state_dir)?
-        + pod::ipam(settings)?.remove_leftovers()?;
+        + pod::ipam(settings)?.remove_leftovers()?
+        + dual_stack::remove_leftovers(settings)?;
     Ok(report)
 }
 
@@ -106,6 +112,7 @@ fn remove_orphan_pods(
     for name in orphans {
         let del = pod::del_held(ctx, &name, lock)?;
         report.addresses.extend(del.released);
+        report.addresses6.extend(del.released6);
         report.pods.push(name);
     }
     Ok(())

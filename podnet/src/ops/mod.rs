@@ -4,11 +4,11 @@
 //! [`Error`] type.
 //!
 //! - [`node`]: init (checked first), status, reset (asks every owner to clear);
-//! - [`pod`]: standalone pods; [`endpoint`]: plugging a host veth into the datapath, shared by
+//! - [`pod`]: standalone pods ([`dual_stack`]: their IPv6 half, and the node's); [`endpoint`]: plugging a host veth into the datapath, shared by
 //!   pods and chained CNI attachments; [`attachment`]: the CNI use cases;
 //! - [`service`]: the service table (ClusterIPs, NodePorts, LoadBalancer IPs, externalIPs);
 //!   [`stale`]: the flows and sockets of backends that left it;
-//! - [`nodeport`], [`peer`], [`conntrack`], [`collector`] (the collection loop), [`gc`]
+//! - [`nodeport`], [`peer`] ([`peer6`]: IPv6 pod CIDRs of peers), [`conntrack`], [`collector`] (the collection loop), [`gc`]
 //!   (with [`dead_nodes`]: socket programs of nodes whose namespace is gone), [`stats`],
 //!   [`monitor`] (the live view of drops).
 
@@ -17,6 +17,7 @@ pub mod collector;
 pub mod conntrack;
 mod ctx;
 pub mod dead_nodes;
+pub mod dual_stack;
 pub mod endpoint;
 pub mod error;
 pub mod gc;
@@ -24,6 +25,7 @@ pub mod monitor;
 pub mod node;
 pub mod nodeport;
 pub mod peer;
+pub mod peer6;
 pub mod pod;
 pub mod service;
 pub mod stale;

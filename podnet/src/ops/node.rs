@@ -12,7 +12,7 @@ use podnet_ebpf::abi::{ABI_VERSION, NodeConfig, config_flag, program_name};
 use serde::Serialize;
 
 use super::{
-    Ctx,
+    Ctx, dual_stack,
     error::{Error, Result},
     peer, pod,
 };
@@ -52,6 +52,8 @@ pub struct InitReport {
 struct Preflight {
     uplink: LinkInfo,
     node_ip: Ipv4Addr,
+    /// The node's IPv6 address (dual-stack nodes), if it has one.
+    node_ip6: Option<std::net::Ipv6Addr>,
     mtu: u32,
     /// The peers of `--cluster`, checked.
     peers: Option<Vec<PeerNode>>,
@@ -123,8 +125,10 @@ fn preflight(ctx: &Ctx) -> Result<Preflight> {
     let mtu = settings
         .mtu
         .unwrap_or_else(|| uplink.mtu.saturating_sub(overhead));
+    let node_ip6 = dual_stack::node_ip6(ctx, uplink.index)?;
     let mut derived = settings.clone();
     derived.node_ip = Some(node_ip);
+    derived.node_ip6 = node_ip6;
     derived.mtu = Some(mtu);
     derived.validate()?;
     let cgroup = cgroup_dir(settings)?;
@@ -138,6 +142,7 @@ fn preflight(ctx: &Ctx) -> Result<Preflight> {
     Ok(Preflight {
         uplink,
         node_ip,
+        node_ip6,
         mtu,
         peers,
     })
@@ -156,15 +161,19 @@ fn build(mut ctx: Ctx, preflight: Preflight, object: &EbpfObject) -> Result<Init
     let Preflight {
         uplink,
         node_ip,
+        node_ip6,
         mtu,
         peers,
     } = preflight;
     ctx.settings.node_ip = Some(node_ip);
+    ctx.settings.node_ip6 = node_ip6;
     ctx.settings.mtu = Some(mtu);
     let _lock = store::node::lock_exclusive(&ctx.settings.state_dir)?;
     refuse_pod_cidr_change(&ctx.settings)?;
+    dual_stack::refuse_pod_cidr6_change(&ctx.settings)?;
     let (bridge, tunnel) = plumb(&ctx)?;
     link::enable_ip_forwarding()?;
+    dual_stack::plumb(&ctx, bridge.index)?;
     let settings = &ctx.settings;
     let load = loader::load_and_pin(
         &loader::LoadOptions {
@@ -293,6 +302,8 @@ pub struct NodeStatus {
     pub endpoints: usize,
     pub pods: usize,
     pub ipam_allocated: usize,
+    /// IPv6 addresses allocated (dual-stack nodes).
+    pub ipam_allocated6: usize,
 }
 
 pub fn status(ctx: &Ctx) -> Result<NodeStatus> {
@@ -316,6 +327,7 @@ pub fn status(ctx: &Ctx) -> Result<NodeStatus> {
         endpoints,
         pods: pods.len(),
         ipam_allocated: pod::ipam(settings)?.list()?.len(),
+        ipam_allocated6: dual_stack::allocated(settings)?,
     })
 }
 

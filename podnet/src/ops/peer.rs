@@ -54,6 +54,8 @@ fn check(settings: &NodeSettings, peer: &PeerNode, others: &[PeerNode]) -> Resul
         name: "this node".to_owned(),
         node_ip: settings.node_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
         pod_cidr: settings.pod_cidr,
+        pod_cidr6: settings.pod_cidr6,
+        node_ip6: settings.node_ip6,
     };
     for other in others.iter().chain([&this]) {
         let overlap = other.pod_cidr.contains(peer.pod_cidr.network())
@@ -74,7 +76,9 @@ fn check(settings: &NodeSettings, peer: &PeerNode, others: &[PeerNode]) -> Resul
             });
         }
     }
-    Ok(())
+    let mut known = others.to_vec();
+    known.push(this);
+    super::peer6::check(settings, peer, &known)
 }
 
 /// Makes the `PEERS` map hold exactly `peers` (each pod CIDR, and each node IP as a /32
@@ -82,7 +86,8 @@ fn check(settings: &NodeSettings, peer: &PeerNode, others: &[PeerNode]) -> Resul
 /// traffic to other nodes' pods (kubelet's probes, host-network pods): `via nodeIP` in native
 /// mode; in overlay mode through the VXLAN device, encapsulated to the node IP by the route
 /// itself, from this node's IP.
-fn sync(ctx: &Ctx, peers: &[PeerNode]) -> Result<()> {
+fn sync(ctx: &Ctx, peers: &[PeerNode], before: &[PeerNode]) -> Result<()> {
+    super::peer6::sync(ctx, peers, before)?;
     let mut maps = ctx.maps()?;
     let mut wanted = Vec::new();
     for p in peers {
@@ -150,9 +155,10 @@ pub fn add(ctx: &Ctx, peer: PeerNode) -> Result<PeerNode> {
         return Err(Error::PeerExists { name: peer.name });
     }
     check(&ctx.settings, &peer, &peers)?;
+    let before = peers.clone();
     peers.push(peer.clone());
     peers.sort_by(|a, b| a.name.cmp(&b.name));
-    sync(ctx, &peers)?;
+    sync(ctx, &peers, &before)?;
     store::peers::save(&ctx.settings.state_dir, &peers)?;
     Ok(peer)
 }
@@ -167,8 +173,9 @@ pub fn del(ctx: &Ctx, name: &str) -> Result<PeerNode> {
         .ok_or_else(|| Error::PeerNotFound {
             name: name.to_owned(),
         })?;
+    let before = peers.clone();
     let gone = peers.remove(index);
-    sync(ctx, &peers)?;
+    sync(ctx, &peers, &before)?;
     store::peers::save(&ctx.settings.state_dir, &peers)?;
     Ok(gone)
 }
@@ -191,6 +198,16 @@ pub fn read_cluster(settings: &NodeSettings, path: &Path) -> Result<Vec<PeerNode
                     node.node_ip, node.pod_cidr, settings.pod_cidr
                 )));
             }
+            if node.pod_cidr6.is_some() && node.pod_cidr6 != settings.pod_cidr6 {
+                return Err(err(format!(
+                    "this node ({}) is listed with IPv6 pod CIDR {}, but runs with {}",
+                    node.node_ip,
+                    node.pod_cidr6.map_or_else(String::new, |c| c.to_string()),
+                    settings
+                        .pod_cidr6
+                        .map_or_else(|| "none".to_owned(), |c| c.to_string())
+                )));
+            }
             continue;
         }
         if peers.iter().any(|p| p.name == node.name) {
@@ -206,8 +223,9 @@ pub fn read_cluster(settings: &NodeSettings, path: &Path) -> Result<Vec<PeerNode
 /// Replaces the peers with `peers` (from a cluster file at `node init`).
 pub fn replace(ctx: &Ctx, mut peers: Vec<PeerNode>) -> Result<()> {
     let _lock = store::peers::lock(&ctx.settings.state_dir)?;
+    let before = list(ctx)?;
     peers.sort_by(|a, b| a.name.cmp(&b.name));
-    sync(ctx, &peers)?;
+    sync(ctx, &peers, &before)?;
     store::peers::save(&ctx.settings.state_dir, &peers)?;
     Ok(())
 }
@@ -216,7 +234,7 @@ pub fn replace(ctx: &Ctx, mut peers: Vec<PeerNode>) -> Result<()> {
 pub fn restore(ctx: &Ctx) -> Result<()> {
     let _lock = store::peers::lock(&ctx.settings.state_dir)?;
     let peers = list(ctx)?;
-    sync(ctx, &peers)
+    sync(ctx, &peers, &peers)
 }
 
 /// Forgets every peer (`node reset`): their routes go from the node's routing table (the map
@@ -224,6 +242,7 @@ pub fn restore(ctx: &Ctx) -> Result<()> {
 pub fn clear(ctx: &Ctx) -> Result<usize> {
     let peers = list(ctx)?;
     let routes: Vec<Ipv4Network> = peers.iter().map(|p| p.pod_cidr).collect();
+    let removed6 = super::peer6::clear(ctx, &peers)?;
     let removed = ctx.netlink(|nl| async move {
         let mut removed = 0;
         for dst in routes {
@@ -234,5 +253,5 @@ pub fn clear(ctx: &Ctx) -> Result<usize> {
         Ok(removed)
     })?;
     store::peers::clear(&ctx.settings.state_dir)?;
-    Ok(removed)
+    Ok(removed + removed6)
 }

@@ -1,5 +1,6 @@
 //! Pods on a node: `pod add` gives a namespace its network (veth pair with `eth0` inside, an
-//! address from IPAM, default route, the host side plugged into the datapath); `pod del`
+//! address from IPAM, default route, the host side plugged into the datapath; on a dual-stack
+//! node also an IPv6 address and default route, see [`super::dual_stack`]); `pod del`
 //! removes exactly that, and is idempotent; `pod list` reads the records.
 //!
 //! Crash safety (a `pod add` or `pod del` killed at any point): the pod's address is reserved
@@ -12,13 +13,18 @@
 //! Every add and delete holds the node lock shared (so they run in parallel with each other);
 //! `node init` and `podnet gc` hold it exclusively, so they never see an operation half-done.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
 
 use super::{
-    Ctx, endpoint,
+    Ctx,
+    dual_stack::{self, PodV6},
+    endpoint,
     error::{Error, Result},
     nodeport,
 };
@@ -94,6 +100,7 @@ pub fn is_node_netns(ns: &Netns) -> Result<bool> {
 fn build(ctx: &Ctx, name: &str, given: Option<Netns>, ifname: &str) -> Result<PodRecord> {
     let settings = &ctx.settings;
     let ip = ipam(settings)?.allocate(&names::pod_owner(name))?;
+    let v6 = dual_stack::allocate(settings, name)?;
     let owns_netns = given.is_none();
     let ns = match given {
         Some(ns) => ns,
@@ -107,7 +114,7 @@ fn build(ctx: &Ctx, name: &str, given: Option<Netns>, ifname: &str) -> Result<Po
     let address = Ipv4Network::new(ip, settings.pod_cidr.prefix()).expect("prefix is valid");
     let gateway = settings.gateway();
     let host = make_veth(ctx, &host_if, &tmp_if, &ns)?;
-    let mac = configure_pod_side(&ns, tmp_if, ifname.to_owned(), address, gateway)?;
+    let mac = configure_pod_side(&ns, tmp_if, ifname.to_owned(), address, gateway, v6)?;
     endpoint::plug(
         ctx,
         &endpoint::Plug {
@@ -128,6 +135,8 @@ fn build(ctx: &Ctx, name: &str, given: Option<Netns>, ifname: &str) -> Result<Po
         host_mac: format_mac(&host.mac),
         address,
         gateway,
+        address6: v6.map(|v6| v6.address),
+        gateway6: v6.map(|v6| v6.gateway),
         mac: format_mac(&mac),
         ifname: ifname.to_owned(),
     };
@@ -161,14 +170,15 @@ fn make_veth(
     })
 }
 
-/// Inside the pod: the interface renamed, addressed and up, `lo` up, the default route.
-/// Returns the interface's MAC.
+/// Inside the pod: the interface renamed, addressed and up, `lo` up, the default route (per
+/// family on a dual-stack node). Returns the interface's MAC.
 fn configure_pod_side(
     ns: &Netns,
     tmp_if: String,
     ifname: String,
     address: Ipv4Network,
     gateway: Ipv4Addr,
+    v6: Option<PodV6>,
 ) -> Result<[u8; 6]> {
     Ok(ns.run_netlink(move |nl| async move {
         let pod_if = nl.get(&tmp_if).await?.ok_or_else(|| LinkError::NotFound {
@@ -176,11 +186,17 @@ fn configure_pod_side(
         })?;
         nl.rename(pod_if.index, &ifname).await?;
         nl.ensure_address(pod_if.index, address).await?;
+        if let Some(v6) = v6 {
+            dual_stack::add_address(&nl, pod_if.index, v6).await?;
+        }
         nl.set_up(pod_if.index).await?;
         if let Some(lo) = nl.get("lo").await? {
             nl.set_up(lo.index).await?;
         }
         nl.ensure_default_route(gateway).await?;
+        if let Some(v6) = v6 {
+            dual_stack::add_default_route(&nl, v6).await?;
+        }
         Ok::<_, LinkError>(pod_if.mac)
     })??)
 }
@@ -191,6 +207,9 @@ pub struct DelReport {
     pub name: String,
     pub existed: bool,
     pub released: Vec<Ipv4Addr>,
+    /// IPv6 addresses released (dual-stack nodes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub released6: Vec<Ipv6Addr>,
     pub endpoint_removed: bool,
     /// Backends of NodePorts that were this pod.
     pub nodeport_backends_removed: usize,
@@ -237,6 +256,7 @@ fn teardown(ctx: &Ctx, name: &str, record: Option<&PodRecord>) -> Result<DelRepo
         .map(|a| a.ip)
         .chain(record.map(|r| r.address.ip()))
         .collect();
+    let held6 = dual_stack::held(settings, name, record.and_then(|r| r.address6))?;
     let unplugged = endpoint::unplug(ctx, &host_if, &held)?;
     report.link_removed = unplugged.filter_removed;
     report.endpoint_removed = unplugged.endpoints_removed > 0;
@@ -248,8 +268,20 @@ fn teardown(ctx: &Ctx, name: &str, record: Option<&PodRecord>) -> Result<DelRepo
             &names::default_netns_name(&settings.state_dir, name),
         )?;
     }
+    let mac = record.and_then(|r| parse_mac(&r.mac));
+    dual_stack::forget_neighbours(ctx, held6, mac)?;
+    report.released6 = dual_stack::release(settings, name)?;
     report.released = ipam.release_owner(&owner)?;
     Ok(report)
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes (a record's MAC).
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).ok())
+        .collect::<Option<_>>()?;
+    bytes.try_into().ok()
 }
 
 /// Pods that a killed `pod add` (or `pod del`) left half-made: an address reserved for
@@ -260,7 +292,9 @@ pub fn leftovers(ctx: &Ctx, _node_lock: &FileLock) -> Result<Vec<String>> {
     let mut found: Vec<String> = ipam(&ctx.settings)?
         .list()?
         .into_iter()
-        .filter_map(|a| names::pod_of_owner(&a.owner).map(str::to_owned))
+        .map(|a| a.owner)
+        .chain(dual_stack::owners(&ctx.settings)?)
+        .filter_map(|owner| names::pod_of_owner(&owner).map(str::to_owned))
         .filter(|name| names::validate_pod_name(name).is_ok() && !recorded.contains(name))
         .collect();
     found.sort();

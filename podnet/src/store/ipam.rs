@@ -1,13 +1,23 @@
-//! Host-local IP address management for pods: this module owns the per-node pool of pod
-//! addresses (one IPv4 subnet with a gateway) and its on-disk state.
+//! Host-local IP address management for pods: this module owns the per-node pools of pod
+//! addresses (one subnet with a gateway per address family: IPv4, and IPv6 on a dual-stack
+//! node) and their on-disk state.
 //!
-//! The layout follows the CNI `host-local` plugin, so it is easy to inspect by hand:
+//! The layout follows the CNI `host-local` plugin, so it is easy to inspect by hand. Both
+//! families share one directory and one lock; each has its own round-robin position:
 //!
 //! ```text
-//! <dir>/lock               empty; every operation holds an exclusive flock(2) on it
-//! <dir>/last_reserved_ip   the address handed out last, so allocation round-robins
-//! <dir>/10.244.0.5         one record per allocated address: the owner, then "\n"
+//! <dir>/lock                empty; every operation holds an exclusive flock(2) on it
+//! <dir>/last_reserved_ip    the IPv4 address handed out last, so allocation round-robins
+//! <dir>/last_reserved_ip6   the same for IPv6
+//! <dir>/10.244.0.5          one record per allocated address: the owner, then "\n"
+//! <dir>/fd00:10:244::5      (IPv6 records are named by the address's canonical text)
 //! ```
+//!
+//! A pool only reads the records of its own family (an IPv4 pool never parses an IPv6 name as
+//! one of its addresses), so the two pools of a node never see each other's records. The
+//! network address and the last address of a subnet are never handed out in either family
+//! (IPv4's network and broadcast; IPv6's subnet-router anycast address and, like `host-local`,
+//! the last one), nor is the gateway.
 //!
 //! The directory is created with mode 0700 and every file with mode 0600 (root only).
 //!
@@ -28,14 +38,16 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    fmt::{Debug, Display},
     fs::{self, DirBuilder, Permissions},
     io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
+    str::FromStr,
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::file::{self, FileLock, StateError, TMP_PREFIX};
 
@@ -44,7 +56,73 @@ pub const MAX_OWNER_LEN: usize = 255;
 
 const LOCK_FILE: &str = "lock";
 const LAST_RESERVED_FILE: &str = "last_reserved_ip";
+const LAST_RESERVED_FILE6: &str = "last_reserved_ip6";
 const DIR_MODE: u32 = 0o700;
+/// Longest IPv6 prefix a pool takes: /126 leaves the network, the gateway, the last address
+/// and one pod (the IPv4 rule, /30, for 128-bit addresses).
+pub const MAX_PREFIX_V6: u8 = crate::config::MAX_POD_PREFIX_V6;
+/// Longest IPv4 prefix a pool takes: network, gateway, broadcast and one pod.
+pub const MAX_PREFIX_V4: u8 = 30;
+
+/// An address family a pool can hand out: IPv4 or IPv6 addresses, as integers for the
+/// round-robin arithmetic.
+pub trait PoolAddr:
+    Copy + Ord + Display + Debug + FromStr + Into<IpAddr> + Send + Sync + 'static
+{
+    /// The family's networks (`Ipv4Network`, `Ipv6Network`).
+    type Net: Copy + Display + Debug + Into<IpNetwork>;
+    /// Address width in bits.
+    const BITS: u8;
+    /// Longest prefix a pool of this family takes.
+    const MAX_PREFIX: u8;
+    /// The file holding the address handed out last.
+    const LAST_RESERVED: &'static str;
+    fn to_bits(self) -> u128;
+    /// `bits` always fits the family (callers stay inside one subnet).
+    fn from_bits(bits: u128) -> Self;
+    /// `(network address, prefix)` of `net`, host bits dropped.
+    fn split(net: Self::Net) -> (Self, u8);
+    /// The network `addr/prefix`; `prefix` is at most `BITS`.
+    fn join(addr: Self, prefix: u8) -> Self::Net;
+}
+
+impl PoolAddr for Ipv4Addr {
+    type Net = Ipv4Network;
+    const BITS: u8 = 32;
+    const MAX_PREFIX: u8 = MAX_PREFIX_V4;
+    const LAST_RESERVED: &'static str = LAST_RESERVED_FILE;
+    fn to_bits(self) -> u128 {
+        u128::from(u32::from(self))
+    }
+    fn from_bits(bits: u128) -> Self {
+        Ipv4Addr::from(u32::try_from(bits).expect("an IPv4 address fits 32 bits"))
+    }
+    fn split(net: Ipv4Network) -> (Self, u8) {
+        (net.network(), net.prefix())
+    }
+    fn join(addr: Self, prefix: u8) -> Ipv4Network {
+        Ipv4Network::new(addr, prefix).expect("the prefix of a valid network stays valid")
+    }
+}
+
+impl PoolAddr for Ipv6Addr {
+    type Net = Ipv6Network;
+    const BITS: u8 = 128;
+    const MAX_PREFIX: u8 = MAX_PREFIX_V6;
+    const LAST_RESERVED: &'static str = LAST_RESERVED_FILE6;
+    fn to_bits(self) -> u128 {
+        u128::from(self)
+    }
+    fn from_bits(bits: u128) -> Self {
+        Ipv6Addr::from(bits)
+    }
+    fn split(net: Ipv6Network) -> (Self, u8) {
+        (net.network(), net.prefix())
+    }
+    fn join(addr: Self, prefix: u8) -> Ipv6Network {
+        Ipv6Network::new(addr, prefix).expect("the prefix of a valid network stays valid")
+    }
+}
 
 /// Errors of the IPAM store.
 #[derive(Debug, thiserror::Error)]
@@ -66,34 +144,36 @@ pub enum IpamError {
     #[error("no free address left in {subnet} (all {usable} usable addresses are allocated)")]
     Exhausted {
         /// The (normalised) pod subnet.
-        subnet: Ipv4Network,
+        subnet: IpNetwork,
         /// How many addresses of it can be handed out at all.
-        usable: u32,
+        usable: u128,
     },
-    /// The subnet has no address left once network, gateway and broadcast are excluded.
+    /// The subnet has no address left once network, gateway and last address are excluded.
     #[error(
-        "pod subnet {subnet} is too small: a /31 or /32 has no usable address once the network, \
-         gateway and broadcast addresses are excluded"
+        "pod subnet {subnet} is too small: a prefix longer than /{max_prefix} has no usable \
+         address once the network, gateway and last (broadcast) addresses are excluded"
     )]
     SubnetTooSmall {
         /// The rejected subnet.
-        subnet: Ipv4Network,
+        subnet: IpNetwork,
+        /// The longest prefix of its family that works.
+        max_prefix: u8,
     },
     /// The gateway is not an address of the subnet.
     #[error("gateway {gateway} is not inside the pod subnet {subnet}")]
     GatewayOutsideSubnet {
         /// The rejected gateway.
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
         /// The pod subnet.
-        subnet: Ipv4Network,
+        subnet: IpNetwork,
     },
-    /// The gateway is the network or broadcast address of the subnet.
+    /// The gateway is the network or last (broadcast) address of the subnet.
     #[error("gateway {gateway} is the network or broadcast address of the pod subnet {subnet}")]
     GatewayNotHost {
         /// The rejected gateway.
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
         /// The pod subnet.
-        subnet: Ipv4Network,
+        subnet: IpNetwork,
     },
     /// The owner string cannot be stored in a record.
     #[error("invalid IPAM owner {owner:?}: {reason}")]
@@ -107,9 +187,9 @@ pub enum IpamError {
 
 /// One allocated address and who holds it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Allocation {
+pub struct Allocation<A: PoolAddr = Ipv4Addr> {
     /// The allocated pod address.
-    pub ip: Ipv4Addr,
+    pub ip: A,
     /// Opaque owner id, e.g. `pod:web` or a CNI `containerID/ifname`.
     pub owner: String,
 }
@@ -118,11 +198,16 @@ pub struct Allocation {
 /// between operations, so any number of instances (in any number of processes) may share a
 /// directory.
 #[derive(Debug, Clone)]
-pub struct Ipam {
+pub struct Ipam<A: PoolAddr = Ipv4Addr> {
     dir: PathBuf,
-    subnet: Ipv4Network,
-    gateway: Ipv4Addr,
+    /// The subnet's network address.
+    network: A,
+    prefix: u8,
+    gateway: A,
 }
+
+/// The node's IPv6 pool (dual-stack nodes).
+pub type Ipam6 = Ipam<Ipv6Addr>;
 
 /// Checks that `owner` can be stored as a record: non-empty, at most [`MAX_OWNER_LEN`] bytes, no
 /// newline and no NUL. `/` is allowed (CNI owners look like `containerID/ifname`): the owner is
@@ -169,39 +254,61 @@ fn parse_record(content: &[u8]) -> Record {
 }
 
 /// The directory's contents, read under the lock.
-#[derive(Default)]
-struct Snapshot {
-    records: BTreeMap<Ipv4Addr, String>,
+struct Snapshot<A> {
+    records: BTreeMap<A, String>,
     torn: Vec<PathBuf>,
     leftover_tmp: Vec<PathBuf>,
     /// Addresses whose name is taken by something other than a regular file (not ours to
     /// clobber, so never handed out).
-    blocked: BTreeSet<Ipv4Addr>,
+    blocked: BTreeSet<A>,
 }
 
-impl Ipam {
+impl<A> Default for Snapshot<A> {
+    fn default() -> Self {
+        Self {
+            records: BTreeMap::new(),
+            torn: Vec::new(),
+            leftover_tmp: Vec::new(),
+            blocked: BTreeSet::new(),
+        }
+    }
+}
+
+impl<A: PoolAddr> Ipam<A> {
     /// Opens (creating it with mode 0700 if missing) the pool in `dir`, which is per node (e.g.
     /// `/var/lib/podnet/<node>/ipam`). `subnet` may carry host bits (`10.244.0.7/24` means
     /// `10.244.0.0/24`). Fails if the subnet has no usable address or the gateway is not a host
     /// address of it. A directory that already exists is tightened to 0700.
-    pub fn new(
-        dir: impl Into<PathBuf>,
-        subnet: Ipv4Network,
-        gateway: Ipv4Addr,
-    ) -> Result<Self, IpamError> {
+    pub fn new(dir: impl Into<PathBuf>, subnet: A::Net, gateway: A) -> Result<Self, IpamError> {
         let dir = dir.into();
-        let prefix = subnet.prefix();
-        let subnet = Ipv4Network::new(subnet.network(), prefix)
-            .expect("the prefix of a valid network stays valid");
-        if prefix > 30 {
-            return Err(IpamError::SubnetTooSmall { subnet });
+        let (network, prefix) = A::split(subnet);
+        let normalised: IpNetwork = A::join(network, prefix).into();
+        // An IPv6 /0 would have 2^128 addresses, one more than the arithmetic holds.
+        if prefix > A::MAX_PREFIX || (prefix == 0 && A::BITS == 128) {
+            return Err(IpamError::SubnetTooSmall {
+                subnet: normalised,
+                max_prefix: A::MAX_PREFIX,
+            });
         }
-        if !subnet.contains(gateway) {
-            return Err(IpamError::GatewayOutsideSubnet { gateway, subnet });
+        let pool = Self {
+            dir,
+            network,
+            prefix,
+            gateway,
+        };
+        if !pool.contains(gateway) {
+            return Err(IpamError::GatewayOutsideSubnet {
+                gateway: gateway.into(),
+                subnet: normalised,
+            });
         }
-        if gateway == subnet.network() || gateway == subnet.broadcast() {
-            return Err(IpamError::GatewayNotHost { gateway, subnet });
+        if gateway == network || gateway == pool.last() {
+            return Err(IpamError::GatewayNotHost {
+                gateway: gateway.into(),
+                subnet: normalised,
+            });
         }
+        let dir = pool.dir.clone();
 
         DirBuilder::new()
             .recursive(true)
@@ -214,11 +321,7 @@ impl Ipam {
             fs::set_permissions(&dir, Permissions::from_mode(DIR_MODE))
                 .map_err(io_err("set permissions of", &dir))?;
         }
-        Ok(Self {
-            dir,
-            subnet,
-            gateway,
-        })
+        Ok(pool)
     }
 
     /// The state directory.
@@ -227,25 +330,26 @@ impl Ipam {
     }
 
     /// The pod subnet, normalised to its network address.
-    pub fn subnet(&self) -> Ipv4Network {
-        self.subnet
+    pub fn subnet(&self) -> A::Net {
+        A::join(self.network, self.prefix)
     }
 
     /// The gateway, which is never handed out.
-    pub fn gateway(&self) -> Ipv4Addr {
+    pub fn gateway(&self) -> A {
         self.gateway
     }
 
-    /// How many addresses can be handed out: the subnet minus network, gateway and broadcast.
-    pub fn usable(&self) -> u32 {
-        // `new` guarantees prefix <= 30, so this is 1..=2^32-3.
-        u32::try_from(self.host_count() - 1).expect("at most 2^32 - 3 usable addresses")
+    /// How many addresses can be handed out: the subnet minus network, gateway and last
+    /// (broadcast) address.
+    pub fn usable(&self) -> u128 {
+        // `new` guarantees at least one host besides the gateway.
+        self.host_count() - 1
     }
 
     /// Allocates the next free address for `owner`, round-robin after the address handed out
     /// last. If `owner` already holds an address, returns that same address (a retried CNI ADD
     /// gets the same IP); if it somehow holds several, the lowest.
-    pub fn allocate(&self, owner: &str) -> Result<Ipv4Addr, IpamError> {
+    pub fn allocate(&self, owner: &str) -> Result<A, IpamError> {
         validate_owner(owner)?;
         let lock = FileLock::exclusive(&self.dir.join(LOCK_FILE))?;
         let snapshot = self.scan(&lock)?;
@@ -257,7 +361,8 @@ impl Ipam {
 
         let hosts = self.host_count();
         // Index i in 0..hosts is the address network + 1 + i. Without a (valid) last reserved
-        // address, start at the first host.
+        // address, start at the first host. The loop ends at the first address that is free:
+        // after at most (records + blocked + gateway + 1) steps, however large the subnet.
         let last = self
             .read_last_reserved(&lock)?
             .map_or(hosts - 1, |ip| self.host_index(ip));
@@ -271,12 +376,12 @@ impl Ipam {
             }
             let name = ip.to_string();
             self.write_atomic(&name, format!("{owner}\n").as_bytes())?;
-            self.write_atomic(LAST_RESERVED_FILE, format!("{ip}\n").as_bytes())?;
+            self.write_atomic(A::LAST_RESERVED, format!("{ip}\n").as_bytes())?;
             log::debug!("IPAM: allocated {ip} to {owner}");
             return Ok(ip);
         }
         Err(IpamError::Exhausted {
-            subnet: self.subnet,
+            subnet: self.subnet().into(),
             usable: self.usable(),
         })
     }
@@ -292,7 +397,7 @@ impl Ipam {
 
     /// Under the lock no write is in progress: temp files are crash leftovers, and torn records
     /// are allocations that never completed.
-    fn remove_leftovers_of(snapshot: &Snapshot) -> Result<usize, IpamError> {
+    fn remove_leftovers_of(snapshot: &Snapshot<A>) -> Result<usize, IpamError> {
         let mut removed = 0;
         for path in snapshot.leftover_tmp.iter().chain(&snapshot.torn) {
             log::warn!("IPAM: removing leftover {}", path.display());
@@ -304,11 +409,11 @@ impl Ipam {
 
     /// Releases every address `owner` holds and returns them, sorted (empty if none: releasing
     /// twice is fine).
-    pub fn release_owner(&self, owner: &str) -> Result<Vec<Ipv4Addr>, IpamError> {
+    pub fn release_owner(&self, owner: &str) -> Result<Vec<A>, IpamError> {
         validate_owner(owner)?;
         let lock = FileLock::exclusive(&self.dir.join(LOCK_FILE))?;
         let snapshot = self.scan(&lock)?;
-        let released: Vec<Ipv4Addr> = snapshot
+        let released: Vec<A> = snapshot
             .records
             .iter()
             .filter(|(_, o)| o.as_str() == owner)
@@ -325,7 +430,7 @@ impl Ipam {
     }
 
     /// Releases `ip` if, and only if, `owner` holds it. Returns whether it was released.
-    pub fn release(&self, ip: Ipv4Addr, owner: &str) -> Result<bool, IpamError> {
+    pub fn release(&self, ip: A, owner: &str) -> Result<bool, IpamError> {
         validate_owner(owner)?;
         if !self.is_usable(ip) {
             return Ok(false);
@@ -342,7 +447,7 @@ impl Ipam {
     }
 
     /// Every allocation, sorted by address.
-    pub fn list(&self) -> Result<Vec<Allocation>, IpamError> {
+    pub fn list(&self) -> Result<Vec<Allocation<A>>, IpamError> {
         let lock = FileLock::exclusive(&self.dir.join(LOCK_FILE))?;
         let snapshot = self.scan(&lock)?;
         Ok(snapshot
@@ -353,7 +458,7 @@ impl Ipam {
     }
 
     /// Who holds `ip`, if anyone.
-    pub fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<String>, IpamError> {
+    pub fn owner_of(&self, ip: A) -> Result<Option<String>, IpamError> {
         if !self.is_usable(ip) {
             return Ok(None);
         }
@@ -364,31 +469,43 @@ impl Ipam {
         })
     }
 
-    /// Number of host addresses (network and broadcast excluded, gateway included).
-    fn host_count(&self) -> u64 {
-        (1u64 << (32 - u32::from(self.subnet.prefix()))) - 2
+    /// Number of addresses in the subnet minus one: `new` keeps the prefix at least 1 for IPv6,
+    /// so this fits.
+    fn size_minus_one(&self) -> u128 {
+        u128::MAX >> (128 - u32::from(A::BITS) + u32::from(self.prefix))
     }
 
-    fn host_at(&self, index: u64) -> Ipv4Addr {
-        let offset = u32::try_from(index + 1).expect("host index is within the subnet");
-        Ipv4Addr::from(u32::from(self.subnet.network()) + offset)
+    /// Number of host addresses (network and last excluded, gateway included).
+    fn host_count(&self) -> u128 {
+        self.size_minus_one() - 1
+    }
+
+    /// The last address of the subnet (IPv4's broadcast).
+    fn last(&self) -> A {
+        A::from_bits(self.network.to_bits() + self.size_minus_one())
+    }
+
+    fn contains(&self, ip: A) -> bool {
+        let (net, ip) = (self.network.to_bits(), ip.to_bits());
+        ip >= net && ip - net <= self.size_minus_one()
+    }
+
+    fn host_at(&self, index: u128) -> A {
+        A::from_bits(self.network.to_bits() + index + 1)
     }
 
     /// Index of a host address of the subnet (see `host_at`).
-    fn host_index(&self, ip: Ipv4Addr) -> u64 {
-        u64::from(u32::from(ip) - u32::from(self.subnet.network())) - 1
+    fn host_index(&self, ip: A) -> u128 {
+        ip.to_bits() - self.network.to_bits() - 1
     }
 
     /// Whether `ip` may be handed out at all.
-    fn is_usable(&self, ip: Ipv4Addr) -> bool {
-        self.subnet.contains(ip)
-            && ip != self.subnet.network()
-            && ip != self.subnet.broadcast()
-            && ip != self.gateway
+    fn is_usable(&self, ip: A) -> bool {
+        self.contains(ip) && ip != self.network && ip != self.last() && ip != self.gateway
     }
 
     /// Reads the directory. `_lock` proves the caller holds the lock.
-    fn scan(&self, _lock: &FileLock) -> Result<Snapshot, IpamError> {
+    fn scan(&self, _lock: &FileLock) -> Result<Snapshot<A>, IpamError> {
         let mut snapshot = Snapshot::default();
         let entries = fs::read_dir(&self.dir).map_err(io_err("read directory", &self.dir))?;
         for entry in entries {
@@ -402,7 +519,7 @@ impl Ipam {
                 continue;
             }
             // Only canonical dotted names of usable addresses are records.
-            let Ok(ip) = name.parse::<Ipv4Addr>() else {
+            let Ok(ip) = name.parse::<A>() else {
                 continue;
             };
             if !self.is_usable(ip) || ip.to_string() != name {
@@ -430,7 +547,7 @@ impl Ipam {
     }
 
     /// Reads the record of one usable address; `None` if there is none.
-    fn read_record(&self, _lock: &FileLock, ip: Ipv4Addr) -> Result<Option<Record>, IpamError> {
+    fn read_record(&self, _lock: &FileLock, ip: A) -> Result<Option<Record>, IpamError> {
         let path = self.dir.join(ip.to_string());
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_file() => {}
@@ -442,19 +559,15 @@ impl Ipam {
     }
 
     /// The last handed-out host address, if the file exists and names one of this subnet.
-    fn read_last_reserved(&self, _lock: &FileLock) -> Result<Option<Ipv4Addr>, IpamError> {
-        let path = self.dir.join(LAST_RESERVED_FILE);
+    fn read_last_reserved(&self, _lock: &FileLock) -> Result<Option<A>, IpamError> {
+        let path = self.dir.join(A::LAST_RESERVED);
         let Some(content) = read_optional(&path)? else {
             return Ok(None);
         };
         let ip = std::str::from_utf8(&content)
             .ok()
-            .and_then(|s| s.trim().parse::<Ipv4Addr>().ok());
-        Ok(ip.filter(|ip| {
-            self.subnet.contains(*ip)
-                && *ip != self.subnet.network()
-                && *ip != self.subnet.broadcast()
-        }))
+            .and_then(|s| s.trim().parse::<A>().ok());
+        Ok(ip.filter(|ip| self.contains(*ip) && *ip != self.network && *ip != self.last()))
     }
 
     /// Replaces `<dir>/<name>` atomically (see [`file::write_atomic`]). The caller holds the
@@ -483,7 +596,7 @@ fn remove_if_exists(path: &Path) -> Result<(), IpamError> {
 /// Removes the pool's own files (the round-robin position and the lock) and the directory if
 /// no address is held any more (`node reset`, after every pod went). Held addresses stay.
 pub fn clear(dir: &Path) -> Result<(), IpamError> {
-    for name in [LAST_RESERVED_FILE, LOCK_FILE] {
+    for name in [LAST_RESERVED_FILE, LAST_RESERVED_FILE6, LOCK_FILE] {
         file::remove_file(&dir.join(name))?;
     }
     super::remove_dir_if_empty(dir);
@@ -568,7 +681,7 @@ mod tests {
         let subnet: Ipv4Network = "10.244.0.0/24".parse().unwrap();
         let ipam = Ipam::new(tmp.ipam_dir(), subnet, ip("10.244.0.1")).unwrap();
         let err = IpamError::Exhausted {
-            subnet: ipam.subnet(),
+            subnet: ipam.subnet().into(),
             usable: ipam.usable(),
         };
         assert_eq!(
@@ -833,6 +946,143 @@ mod tests {
         for (addr, owner) in got {
             assert_eq!(ipam.owner_of(addr).unwrap(), Some(owner));
         }
+    }
+
+    fn ip6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    /// fd00::/125 with gateway ::1: usable ::2 to ::6 (::7, the last, is not handed out).
+    fn small6(tmp: &TempDir) -> Ipam6 {
+        Ipam6::new(
+            tmp.ipam_dir(),
+            "fd00::/125".parse().unwrap(),
+            ip6("fd00::1"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn ipv6_sequential_round_robin_then_exhausted() {
+        let tmp = TempDir::new("v6seq");
+        let ipam = small6(&tmp);
+        assert_eq!(ipam.usable(), 5);
+        let got: Vec<Ipv6Addr> = (0..5)
+            .map(|i| ipam.allocate(&format!("pod:{i}")).unwrap())
+            .collect();
+        let want: Vec<Ipv6Addr> = (2..=6).map(|d| ip6(&format!("fd00::{d}"))).collect();
+        assert_eq!(got, want);
+        let err = ipam.allocate("pod:late").unwrap_err();
+        assert!(
+            matches!(err, IpamError::Exhausted { usable: 5, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("fd00::/125"), "{err}");
+        // Round robin after a release, as for IPv4; the record is named canonically.
+        assert!(ipam.release(ip6("fd00::3"), "pod:1").unwrap());
+        assert_eq!(ipam.allocate("pod:again").unwrap(), ip6("fd00::3"));
+        let record = fs::read_to_string(tmp.ipam_dir().join("fd00::3")).unwrap();
+        assert_eq!(record, "pod:again\n");
+        assert_eq!(
+            fs::read_to_string(tmp.ipam_dir().join(LAST_RESERVED_FILE6)).unwrap(),
+            "fd00::3\n"
+        );
+    }
+
+    #[test]
+    fn ipv6_rejects_bad_configuration() {
+        let tmp = TempDir::new("v6cfg");
+        for net in ["fd00::/127", "fd00::/128", "::/0"] {
+            let err = Ipam6::new(tmp.ipam_dir(), net.parse().unwrap(), ip6("fd00::1")).unwrap_err();
+            assert!(
+                matches!(err, IpamError::SubnetTooSmall { .. }),
+                "{net}: {err:?}"
+            );
+        }
+        let msg = Ipam6::new(
+            tmp.ipam_dir(),
+            "fd00::/127".parse().unwrap(),
+            ip6("fd00::1"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("/126"), "{msg}");
+        let net: Ipv6Network = "fd00:1::/64".parse().unwrap();
+        let err = Ipam6::new(tmp.ipam_dir(), net, ip6("fd00:2::1")).unwrap_err();
+        assert!(
+            matches!(err, IpamError::GatewayOutsideSubnet { .. }),
+            "{err:?}"
+        );
+        for gw in ["fd00:1::", "fd00:1::ffff:ffff:ffff:ffff"] {
+            let err = Ipam6::new(tmp.ipam_dir(), net, ip6(gw)).unwrap_err();
+            assert!(
+                matches!(err, IpamError::GatewayNotHost { .. }),
+                "{gw}: {err:?}"
+            );
+        }
+        // A /64 is the usual node prefix: 2^64 - 3 addresses to hand out.
+        let ipam = Ipam6::new(tmp.ipam_dir(), net, ip6("fd00:1::1")).unwrap();
+        assert_eq!(ipam.usable(), (1u128 << 64) - 3);
+        assert_eq!(ipam.allocate("pod:a").unwrap(), ip6("fd00:1::2"));
+    }
+
+    #[test]
+    fn families_share_the_directory_but_not_records() {
+        let tmp = TempDir::new("dual");
+        let v4 = small(&tmp);
+        let v6 = small6(&tmp);
+        let a4 = v4.allocate("pod:web").unwrap();
+        let a6 = v6.allocate("pod:web").unwrap();
+        assert_eq!((a4, a6), (ip("10.0.0.2"), ip6("fd00::2")));
+        // Each pool lists only its own family; a repeated allocation is idempotent per family.
+        assert_eq!(v4.list().unwrap().len(), 1);
+        assert_eq!(v6.list().unwrap().len(), 1);
+        assert_eq!(v6.allocate("pod:web").unwrap(), a6);
+        // Leftovers of a crashed write are cleaned by either pool, under the one lock.
+        fs::write(tmp.ipam_dir().join(".tmp.fd00::4.99999"), "pod:half\n").unwrap();
+        fs::write(tmp.ipam_dir().join("fd00::5"), "").unwrap(); // torn
+        assert_eq!(v6.remove_leftovers().unwrap(), 2);
+        // Releasing one family leaves the other.
+        assert_eq!(v6.release_owner("pod:web").unwrap(), vec![a6]);
+        assert_eq!(v4.owner_of(a4).unwrap().as_deref(), Some("pod:web"));
+        assert_eq!(v4.release_owner("pod:web").unwrap(), vec![a4]);
+        // Nothing of either family is left; clear removes the pool's own files and the directory.
+        clear(&tmp.ipam_dir()).unwrap();
+        assert!(!tmp.ipam_dir().exists());
+    }
+
+    #[test]
+    fn ipv6_concurrent_threads_get_unique_addresses() {
+        let tmp = TempDir::new("v6threads");
+        let subnet: Ipv6Network = "fd00:10:244:1::/64".parse().unwrap();
+        let gateway = ip6("fd00:10:244:1::1");
+        let dir = tmp.ipam_dir();
+        Ipam6::new(&dir, subnet, gateway).unwrap();
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let ipam = Ipam6::new(dir, subnet, gateway).unwrap();
+                    (0..10)
+                        .map(|i| ipam.allocate(&format!("pod:{t}-{i}")).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let got: Vec<Ipv6Addr> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let unique: HashSet<Ipv6Addr> = got.iter().copied().collect();
+        assert_eq!(unique.len(), 40);
+        assert_eq!(
+            Ipam6::new(&dir, subnet, gateway)
+                .unwrap()
+                .list()
+                .unwrap()
+                .len(),
+            40
+        );
     }
 
     const CHILD_DIR_ENV: &str = "PODNET_IPAM_TEST_CHILD_DIR";

@@ -23,6 +23,9 @@ use crate::{
     sys::netns::{Netns, NetnsError},
 };
 
+mod v6;
+pub use v6::enable_ipv6_forwarding;
+
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -63,6 +66,12 @@ pub enum LinkError {
     DefaultRouteConflict {
         existing: Ipv4Addr,
         wanted: Ipv4Addr,
+    },
+    /// An IPv6 default route exists with another gateway.
+    #[error("an IPv6 default route via {existing} exists (wanted via {wanted})")]
+    DefaultRouteConflict6 {
+        existing: std::net::Ipv6Addr,
+        wanted: std::net::Ipv6Addr,
     },
     /// An address dumped by the kernel cannot be an IPv4 network.
     #[error("address {addr}/{prefix} on link {index}: {source}")]
