@@ -833,8 +833,15 @@ pub mod reason {
     /// was removed when its backend left the service): answered with a RST, so the client
     /// learns at once instead of retransmitting until it times out.
     pub const REJECT_CT_NO_STATE: u32 = 36;
+    /// A packet from the uplink too big for the pod it is for (the pod's MTU is smaller, e.g.
+    /// 50 bytes less in overlay mode), with "don't fragment" set: answered with ICMP
+    /// fragmentation needed carrying the pod's MTU, from the node IP, as a router would.
+    pub const REJECT_FRAG_NEEDED: u32 = 37;
+    /// The same without "don't fragment": translated and handed to the kernel, which forwards
+    /// it to the pod in fragments.
+    pub const PASS_TOO_BIG: u32 = 38;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 37;
+    pub const COUNT: u32 = 39;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -875,6 +882,8 @@ pub mod reason {
         "forward_routed_reply",
         "drop_frag_out_of_order",
         "reject_ct_no_state",
+        "reject_frag_needed",
+        "pass_too_big",
     ];
 }
 
@@ -1028,6 +1037,8 @@ pub mod proto {
     pub const TCP_ACK: u8 = 0x10;
     /// ICMP destination unreachable code "port unreachable".
     pub const ICMP_PORT_UNREACH: u8 = 3;
+    /// ICMP destination unreachable code "fragmentation needed and DF set".
+    pub const ICMP_FRAG_NEEDED: u8 = 4;
     /// ICMP time exceeded code "TTL exceeded in transit".
     pub const ICMP_EXC_TTL: u8 = 0;
     /// IPv4 `frag_off` bit "don't fragment".

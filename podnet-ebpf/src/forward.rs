@@ -77,9 +77,16 @@ pub fn peer_of(addr: [u8; 4]) -> Option<[u8; 4]> {
 pub fn deliver(ctx: &TcContext, cfg: &NodeConfig, key: &CtKey, why: u32) -> (i32, u32) {
     match endpoint(key.daddr) {
         Some(ep) => to_endpoint(ctx, cfg, &ep, Some(why)),
-        None => match peer(key.daddr) {
-            Some((p, _)) => fib::to_node(ctx, cfg, key, p.node_ip, why),
-            None => fib::route_and_send(ctx, key, why),
-        },
+        None => deliver_off_node(ctx, cfg, key, why),
+    }
+}
+
+/// Delivers a translated packet whose tuple is now `key`, addressed to no local pod: to the
+/// node whose pod CIDR holds it, or out of the node by the FIB.
+#[inline(always)]
+pub fn deliver_off_node(ctx: &TcContext, cfg: &NodeConfig, key: &CtKey, why: u32) -> (i32, u32) {
+    match peer(key.daddr) {
+        Some((p, _)) => fib::to_node(ctx, cfg, key, p.node_ip, why),
+        None => fib::route_and_send(ctx, key, why),
     }
 }

@@ -14,7 +14,9 @@ use podnet_ebpf::abi::{
 
 use crate::{
     conntrack::{self, PortChoice},
-    forward, nat,
+    forward,
+    mtu::{self, Fit},
+    nat,
     parse::{Ipv4Packet, L4},
     reject,
     services::{self, Frontend},
@@ -57,14 +59,32 @@ fn rewrite_and_deliver(
     why: u32,
     from_pod: bool,
 ) -> (i32, u32) {
-    // Every translated packet crosses the node: one hop.
-    if let Some(expired) = ttl::hop(ctx, cfg, pkt, from_pod) {
+    let dest = translated(&pkt.key, nat);
+    let ep = forward::endpoint(dest.daddr);
+    // From the uplink to a pod: the pod's MTU may be smaller (see `mtu`).
+    let (fit, mtu) = match &ep {
+        Some(ep) if !from_pod => mtu::check(ctx, ep.ifindex),
+        _ => (Fit::Fits, 0),
+    };
+    // Every translated packet crosses the node: one hop (the kernel counts it for a packet it
+    // forwards in fragments).
+    if fit != Fit::Fragment
+        && let Some(expired) = ttl::hop(ctx, cfg, pkt, from_pod)
+    {
         return expired;
+    }
+    if fit == Fit::FragNeeded {
+        // Answered before the rewrite: the error quotes the packet as its sender sent it.
+        return reject::frag_needed(ctx, cfg, pkt, mtu);
     }
     if nat::rewrite(ctx, pkt, nat).is_err() {
         return (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
     }
-    forward::deliver(ctx, cfg, &translated(&pkt.key, nat), why)
+    match (fit, ep) {
+        (Fit::Fragment, _) => (TC_ACT_OK, reason::PASS_TOO_BIG),
+        (_, Some(ep)) => forward::to_endpoint(ctx, cfg, &ep, Some(why)),
+        (_, None) => forward::deliver_off_node(ctx, cfg, &dest, why),
+    }
 }
 
 /// Translates and delivers a packet that belongs to a tracked flow; `None` when it does not.
@@ -249,8 +269,10 @@ pub fn routed_to_pod(
     now: u64,
     ep: &podnet_ebpf::abi::Endpoint,
 ) -> (i32, u32) {
-    if let Some(expired) = ttl::hop(ctx, cfg, pkt, false) {
-        return expired;
+    let fit = mtu::check(ctx, ep.ifindex);
+    if fit.0 == Fit::FragNeeded {
+        // Answered, not delivered: no record.
+        return mtu::to_pod_checked(ctx, cfg, pkt, ep, reason::FORWARD_UPLINK_TO_POD, fit);
     }
     // A masquerade exclusion needs no record: the pod's traffic to it is never SNATed.
     if pkt.l4.has_tuple()
@@ -276,7 +298,7 @@ pub fn routed_to_pod(
             Err(why) => return (TC_ACT_SHOT, why),
         }
     }
-    forward::to_endpoint(ctx, cfg, ep, Some(reason::FORWARD_UPLINK_TO_POD))
+    mtu::to_pod_checked(ctx, cfg, pkt, ep, reason::FORWARD_UPLINK_TO_POD, fit)
 }
 
 /// A later fragment to a service frontend that no conntrack entry took (its first fragment was
