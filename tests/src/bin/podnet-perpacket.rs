@@ -1,0 +1,156 @@
+//! What podnet's programs cost per packet on the same-node pod-to-pod paths, from the kernel's
+//! BPF statistics: two pods on a podnet node, each workload of the same-node benchmark run once
+//! (`--seconds S`, default 3) with `kernel.bpf_stats_enabled` on (its old value restored after,
+//! also on panic), then the table "program | path | runs | ns per packet" on stdout.
+//!
+//! With `--test-run N`, also runs `from_pod` N times in the kernel (`BPF_PROG_TEST_RUN`
+//! through `bpftool prog run`, as if on pod a's veth) on one TCP segment from pod a to pod b,
+//! and prints the kernel's mean time per run: the program alone, with no traffic around it.
+//!
+//! `cargo xtask build-ebpf && cargo build -p podnet-tests --bins && \
+//!  target/debug/podnet-perpacket --seconds 3 --test-run 1000000` (as root). Not a test:
+//! figures, not verdicts.
+
+use std::net::Ipv4Addr;
+
+use podnet_tests::{
+    InNetns, Node, PodInfo,
+    bench::measure::{Endpoints, Workload, measure},
+    bpf_stats::Costs,
+    describe, mac, unique,
+};
+
+/// Offset of `ifindex` in `struct __sk_buff` (after ten u32 fields).
+const SKB_IFINDEX_OFF: usize = 40;
+/// `struct __sk_buff` as far as `BPF_PROG_TEST_RUN` reads it (through `ifindex`).
+const SKB_CTX_LEN: usize = SKB_IFINDEX_OFF + 4;
+
+/// An Ethernet + IPv4 + TCP (ACK) frame from `src` to `dst`, with a valid IPv4 checksum.
+fn tcp_ack(src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let csum = !((folded & 0xffff) + (folded >> 16));
+    ip[10..12].copy_from_slice(&u16::try_from(csum & 0xffff).expect("16 bits").to_be_bytes());
+    f.extend_from_slice(&ip);
+    // TCP: ports 40000 -> 7100, seq, ack, data offset 5, flags ACK, window, checksum, urg.
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&40000u16.to_be_bytes());
+    tcp.extend_from_slice(&7100u16.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+    f.extend_from_slice(&tcp);
+    f
+}
+
+/// Mean ns per run of `from_pod` on a segment from `a` to `b`, `repeat` runs in the kernel.
+fn test_run(node: &Node, a: &PodInfo, b: &PodInfo, repeat: u32) -> String {
+    let prog = podnet_tests::bpf_stats::prog_id(&node.pin_dir.join("progs/from_pod"));
+    let src_mac: Vec<u8> = mac(&a.ns, "eth0")
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).expect("hex"))
+        .collect();
+    let frame = tcp_ack(
+        src_mac.try_into().expect("6 bytes"),
+        a.ip.parse().expect("IPv4"),
+        b.ip.parse().expect("IPv4"),
+    );
+    let ifindex: u32 = node
+        .topo
+        .node
+        .ok(&format!("cat /sys/class/net/{}/ifindex", a.host_if))
+        .trim()
+        .parse()
+        .expect("ifindex");
+    let mut ctx = vec![0u8; SKB_CTX_LEN];
+    ctx[SKB_IFINDEX_OFF..].copy_from_slice(&ifindex.to_ne_bytes());
+    let dir = std::env::temp_dir();
+    let data_path = dir.join(unique("pp-data"));
+    let ctx_path = dir.join(unique("pp-ctx"));
+    std::fs::write(&data_path, frame).expect("frame file");
+    std::fs::write(&ctx_path, ctx).expect("ctx file");
+    // In the node's namespace, so the context's ifindex is pod a's host-side veth.
+    let out = node.topo.node.sh(&format!(
+        "bpftool prog run id {prog} data_in {} ctx_in {} repeat {repeat}",
+        data_path.display(),
+        ctx_path.display()
+    ));
+    let _ = std::fs::remove_file(&data_path);
+    let _ = std::fs::remove_file(&ctx_path);
+    assert!(out.status.success(), "bpftool prog run: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn main() {
+    assert!(podnet_tests::require_root(), "needs root");
+    let mut seconds = 3;
+    let mut repeat = None;
+    let mut extra: Vec<String> = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seconds" => {
+                seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds S");
+            }
+            "--test-run" => {
+                repeat = Some(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--test-run N"),
+                );
+            }
+            "--ebpf-object" => {
+                extra = vec![
+                    "--ebpf-object".to_owned(),
+                    it.next().expect("--ebpf-object PATH"),
+                ];
+            }
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let extra_refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let node = Node::with_args("10.244.98.0/24", &extra_refs);
+    let init = |more: &[&str]| {
+        let mut args = node.init_args();
+        args.extend(extra.iter().cloned());
+        args.extend(more.iter().map(|s| (*s).to_owned()));
+        node.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    let a = node.add_pod("pp-a");
+    let b = node.add_pod("pp-b");
+    if let Some(repeat) = repeat {
+        // The program rewrites the frame's MACs, and every run of a test run sees the frame
+        // the previous run left: with anti-spoofing on, all runs but the first would be drops.
+        init(&["--no-anti-spoof"]);
+        let before = node.stats();
+        let out = test_run(&node, &a, &b, repeat);
+        let after = node.stats();
+        let counted: Vec<String> = after
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k} +{}", v - before.get(k).copied().unwrap_or(0)))
+            .collect();
+        eprintln!("counted under: {}", counted.join(", "));
+        init(&[]);
+        println!(
+            "from_pod under BPF_PROG_TEST_RUN, {repeat} runs: {}",
+            out.trim()
+        );
+    }
+    let mut costs = Costs::new();
+    for w in Workload::ALL.into_iter().filter(|_| seconds > 0) {
+        let m = costs.measure(&node.pin_dir, w.metric(), || {
+            measure(w, &Endpoints::direct(&a.ns, &b.ns, &b.ip, w), seconds)
+        });
+        eprintln!("{}: {:.1} {}", w.metric(), m.value, w.unit());
+    }
+    print!("{}", costs.markdown());
+}
