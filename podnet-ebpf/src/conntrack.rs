@@ -107,7 +107,21 @@ fn remove(key: &CtKey) {
 /// absent; an entry that expired while its twin lives on (one-way traffic) counts as live.
 #[inline(always)]
 pub fn lookup(key: &CtKey, now: u64) -> Option<*mut CtEntry> {
+    live(key, CONNTRACK.get_ptr_mut(key)?, now)
+}
+
+/// [`lookup`] for a caller that has not read the clock yet: reads it only when `key` has an
+/// entry (most packets of a pod have none), and returns it with the entry.
+#[inline(always)]
+pub fn lookup_timed(key: &CtKey) -> Option<(*mut CtEntry, u64)> {
     let entry = CONNTRACK.get_ptr_mut(key)?;
+    let now = now();
+    live(key, entry, now).map(|e| (e, now))
+}
+
+/// `entry` (found under `key`) if its flow is live at `now`; a dead flow is removed.
+#[inline(always)]
+fn live(key: &CtKey, entry: *mut CtEntry, now: u64) -> Option<*mut CtEntry> {
     // SAFETY: the pointer comes from a successful lookup; entries are plain integers, and a
     // concurrent update on another CPU can at worst make this read slightly stale.
     let (expires, twin) = unsafe { ((*entry).expires_ns, twin_key(&*entry, key.proto)) };
