@@ -24,7 +24,7 @@ const IDLE: [&str; 6] = [
 ];
 
 /// How the profiles were taken, for the report.
-pub const INTRO: &str = "One extra iperf3 run per path, with `perf record -a -e cpu-clock` \
+pub const INTRO: &str = "One extra run of the workload per path, with `perf record -a -e cpu-clock` \
     (software sampling; this VM has no hardware counters) over both CPUs; `perf report --sort \
     sym`, as shares of the samples taken while the CPUs worked. Samples cover the client, the \
     server and the softirq work of the path. A `cpu-clock` sample can only land while \
@@ -48,6 +48,8 @@ pub fn available() -> bool {
 pub struct Profile {
     pub label: String,
     pub value: f64,
+    /// The unit of `value` (the workload's).
+    pub unit: &'static str,
     pub idle_percent: f64,
     pub symbols: Vec<(f64, String)>,
     pub bpf_percent: f64,
@@ -132,6 +134,7 @@ pub fn profile(label: &str, w: Workload, ep: &Endpoints<'_>, seconds: u32) -> Op
     Some(Profile {
         label: label.to_owned(),
         value: m.value,
+        unit: w.unit(),
         idle_percent,
         symbols: busy,
         bpf_percent,
@@ -147,9 +150,9 @@ pub fn markdown(title: &str, intro: &str, base: &Profile, other: &Profile) -> St
     for p in [base, other] {
         let _ = writeln!(
             md,
-            "- **{}**: {:.2} Gbit/s in this run; CPUs idle in {:.1} % of samples; BPF programs \
+            "- **{}**: {:.2} {} in this run; CPUs idle in {:.1} % of samples; BPF programs \
              {:.2} % of the working samples.",
-            p.label, p.value, p.idle_percent, p.bpf_percent
+            p.label, p.value, p.unit, p.idle_percent, p.bpf_percent
         );
     }
     let mut rows: Vec<&str> = Vec::new();
