@@ -46,25 +46,34 @@ pub struct Counters {
 
 /// `run_cnt` and `run_time_ns` of the program pinned at `path`.
 pub fn counters(path: &Path) -> Counters {
-    let mut cmd = Command::new("bpftool");
-    cmd.args(["-j", "prog", "show", "pinned"]).arg(path);
-    let out = run_bounded(cmd, Duration::from_secs(20));
-    assert!(out.status.success(), "bpftool: {}", describe(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let v = show(path);
     Counters {
         run_cnt: v["run_cnt"].as_u64().unwrap_or(0),
         run_time_ns: v["run_time_ns"].as_u64().unwrap_or(0),
     }
 }
 
-/// The kernel id of the program pinned at `path`.
-pub fn prog_id(path: &Path) -> u64 {
+/// `bpftool prog show` of the program pinned at `path`, as JSON.
+fn show(path: &Path) -> serde_json::Value {
     let mut cmd = Command::new("bpftool");
     cmd.args(["-j", "prog", "show", "pinned"]).arg(path);
     let out = run_bounded(cmd, Duration::from_secs(20));
     assert!(out.status.success(), "bpftool: {}", describe(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    v["id"].as_u64().expect("a program id")
+    serde_json::from_slice(&out.stdout).expect("bpftool JSON")
+}
+
+/// The kernel id of the program pinned at `path`.
+pub fn prog_id(path: &Path) -> u64 {
+    show(path)["id"].as_u64().expect("a program id")
+}
+
+/// The program's size after the verifier (bytes of BPF instructions, 8 each) and after the JIT.
+pub fn sizes(path: &Path) -> (u64, u64) {
+    let v = show(path);
+    (
+        v["bytes_xlated"].as_u64().unwrap_or(0),
+        v["bytes_jited"].as_u64().unwrap_or(0),
+    )
 }
 
 /// Every program pinned under `<pin_dir>/progs`, by pin name.

@@ -126,6 +126,8 @@ fn main() {
     };
     let a = node.add_pod("pp-a");
     let b = node.add_pod("pp-b");
+    let (xlated, jited) = podnet_tests::bpf_stats::sizes(&node.pin_dir.join("progs/from_pod"));
+    println!("from_pod: {xlated} bytes after the verifier, {jited} bytes JITed");
     if let Some(repeat) = repeat {
         // The program rewrites the frame's MACs, and every run of a test run sees the frame
         // the previous run left: with anti-spoofing on, all runs but the first would be drops.
