@@ -12,6 +12,11 @@
 //! the node's own addresses, other nodes' pods, anything malformed) goes to the kernel
 //! unchanged, as it would without podnet. With anti-spoofing on, IPv4 and ARP that claim an
 //! address or MAC other than the pod's own are dropped.
+//!
+//! The common case is kept cheap: a packet to another local pod from a pod that serves no
+//! translated flow (`endpoint_flag::NAT_REPLIES` unset, known from the anti-spoofing lookup)
+//! cannot be a reply to translate, so it skips conntrack and the clock; the destination pod is
+//! looked up once.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -42,6 +47,7 @@ fn owner(ctx: &TcContext, addr: [u8; 4], mac: [u8; 6]) -> Option<Endpoint> {
     forward::endpoint(addr).filter(|ep| ep.ifindex == ifindex && ep.mac == mac)
 }
 
+/// Whether `addr` and `mac` are those of the pod whose veth the packet came in on.
 #[inline(always)]
 fn is_owner(ctx: &TcContext, addr: [u8; 4], mac: [u8; 6]) -> bool {
     owner(ctx, addr, mac).is_some()
