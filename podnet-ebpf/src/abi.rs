@@ -729,6 +729,11 @@ pub mod endpoint_flag {
     /// The host-side interface is not a veth (or is in the same namespace as the pod): deliver
     /// with `bpf_redirect` to its egress instead of `bpf_redirect_peer`.
     pub const NO_PEER_REDIRECT: u32 = 1 << 0;
+    /// Set by the datapath (never cleared while the pod lives; `podnet` keeps it when it
+    /// rewrites the entry) once the pod is the backend of a translated service flow: its
+    /// packets to other local pods may be replies that must be translated back, so they are
+    /// looked up in conntrack. A pod without it that sends to a local pod needs no lookup.
+    pub const NAT_REPLIES: u32 = 1 << 1;
 }
 
 /// Value of the per-CPU `STATS` array, indexed by `reason::*`.

@@ -97,17 +97,35 @@ pub fn tracked(
     from_pod: bool,
 ) -> Option<(i32, u32)> {
     let entry = conntrack::lookup(&pkt.key, now)?;
+    Some(translate_tracked(ctx, cfg, pkt, entry, now, from_pod))
+}
+
+/// [`tracked`] for a caller that has not read the clock: it is read only for a tracked flow.
+#[inline(always)]
+pub fn tracked_timed(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    pkt: &Ipv4Packet,
+    from_pod: bool,
+) -> Option<(i32, u32)> {
+    let (entry, now) = conntrack::lookup_timed(&pkt.key)?;
+    Some(translate_tracked(ctx, cfg, pkt, entry, now, from_pod))
+}
+
+/// Translates and delivers a packet that matched the live `entry`.
+#[inline(always)]
+fn translate_tracked(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    pkt: &Ipv4Packet,
+    entry: *mut podnet_ebpf::abi::CtEntry,
+    now: u64,
+    from_pod: bool,
+) -> (i32, u32) {
     conntrack::on_packet(cfg, &pkt.key, entry, pkt.l4, now);
     // SAFETY: `entry` points at a live map value; it is copied out at once.
     let (nat, kind, dir) = unsafe { ((*entry).nat, (*entry).kind, (*entry).dir) };
-    Some(rewrite_and_deliver(
-        ctx,
-        cfg,
-        pkt,
-        &nat,
-        reason_for(kind, dir),
-        from_pod,
-    ))
+    rewrite_and_deliver(ctx, cfg, pkt, &nat, reason_for(kind, dir), from_pod)
 }
 
 /// Starts a flow to `backend` of a service frontend (the packet's destination): records the
@@ -132,6 +150,10 @@ fn start_service_flow(
     }
     let hairpin = from_pod && backend.addr == pkt.key.saddr;
     let remote = !hairpin && forward::endpoint(backend.addr).is_none();
+    if !remote {
+        // The backend is a local pod: its replies to local clients must be looked up.
+        forward::mark_nat_replies(backend.addr);
+    }
     let snat_remote = remote && (nodeport || !from_pod);
     let allocate = PortChoice::Allocate;
     let (kind, ports, saddr) = if hairpin {

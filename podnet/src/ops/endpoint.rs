@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use podnet_ebpf::abi::{Endpoint, program_name};
+use podnet_ebpf::abi::{Endpoint, endpoint_flag, program_name};
 
 use super::{Ctx, conntrack, error::Result};
 use crate::{
@@ -25,19 +25,31 @@ pub struct Plug<'a> {
     pub netns: &'a Netns,
 }
 
-/// Attaches the pinned `from_pod` to the host interface and registers the endpoint.
+/// Attaches the pinned `from_pod` to the host interface and registers the endpoint. Plugging
+/// the same pod again keeps what the datapath recorded about it (`endpoint_flag::NAT_REPLIES`:
+/// it serves translated flows whose replies must be looked up).
 pub fn plug(ctx: &Ctx, p: &Plug<'_>) -> Result<()> {
     attach::attach_ingress(&ctx.settings.pin_dir, program_name::FROM_POD, p.host_if)?;
-    ctx.maps()?.upsert_endpoint(
+    let mut maps = ctx.maps()?;
+    let netns_ino = p.netns.inode();
+    let kept = maps.endpoint(p.ip)?.map_or(0, |ep| {
+        if ep.ifindex == p.host_ifindex && ep.netns_ino == netns_ino {
+            ep.flags & endpoint_flag::NAT_REPLIES
+        } else {
+            0
+        }
+    });
+    maps.upsert_endpoint(
         p.ip,
         &Endpoint {
             ifindex: p.host_ifindex,
-            flags: 0,
+            flags: kept,
             mac: p.mac,
             _pad0: [0; 2],
-            netns_ino: p.netns.inode(),
+            netns_ino,
         },
     )?;
+    drop(maps);
     services_map::register_pod_netns(&ctx.settings.pin_dir, p.netns, p.ip)?;
     Ok(())
 }
