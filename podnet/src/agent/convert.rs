@@ -597,7 +597,7 @@ mod tests {
         assert!(peer(&bare).is_err());
     }
 
-    fn node(spec: serde_json::Value, addresses: &[&str]) -> Node {
+    fn node(spec: &serde_json::Value, addresses: &[&str]) -> Node {
         let addresses: Vec<serde_json::Value> = addresses
             .iter()
             .map(|a| serde_json::json!({"type": "InternalIP", "address": a}))
@@ -610,7 +610,7 @@ mod tests {
     #[test]
     fn dual_stack_nodes_give_both_families_and_bad_values_say_why() {
         let dual = node(
-            serde_json::json!({"podCIDR": "10.244.2.0/24",
+            &serde_json::json!({"podCIDR": "10.244.2.0/24",
                                "podCIDRs": ["10.244.2.0/24", "fd00:10:244:2::/64"]}),
             &["fd00:198:18::12", "198.18.0.12", "198.18.0.99"],
         );
@@ -654,7 +654,7 @@ mod tests {
                 "is not an IP address",
             ),
         ] {
-            let err = peer(&node(spec.clone(), &addresses)).unwrap_err();
+            let err = peer(&node(&spec, &addresses)).unwrap_err();
             assert!(
                 matches!(err, Skipped::Node(..)) && err.to_string().contains(wanted),
                 "{spec}: {err}"
@@ -662,13 +662,13 @@ mod tests {
         }
         // IPv6 only: not a podnet peer (IPv4 is required), said as such.
         let v6 = node(
-            serde_json::json!({"podCIDRs": ["fd00:10:244:2::/64"]}),
+            &serde_json::json!({"podCIDRs": ["fd00:10:244:2::/64"]}),
             &["fd00:198:18::12"],
         );
         assert_eq!(peer(&v6), Err(Skipped::NodeIncomplete("n2".to_owned())));
     }
 
-    fn web(spec: serde_json::Value) -> K8sService {
+    fn web(spec: &serde_json::Value) -> K8sService {
         let mut full = serde_json::json!({"type": "ClusterIP",
             "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]});
         for (k, v) in spec.as_object().unwrap() {
@@ -679,7 +679,7 @@ mod tests {
 
     #[test]
     fn a_dual_stack_service_keeps_its_ipv4_half_and_notes_the_rest() {
-        let dual = web(serde_json::json!({
+        let dual = web(&serde_json::json!({
             "clusterIP": "fd00:96::10", "clusterIPs": ["fd00:96::10", "10.96.0.10"],
             "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "PreferDualStack",
             "externalIPs": ["198.51.100.7", "2001:db8::7"]
@@ -702,7 +702,7 @@ mod tests {
             "{notes:?}"
         );
         // An IPv4 single-stack Service says so and has nothing to note.
-        let single = web(serde_json::json!({
+        let single = web(&serde_json::json!({
             "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
             "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack"
         }));
@@ -749,7 +749,7 @@ mod tests {
                 "unknown ipFamilyPolicy",
             ),
         ] {
-            let err = service(&web(spec.clone()), &[]).unwrap_err();
+            let err = service(&web(&spec), &[]).unwrap_err();
             assert!(
                 err.worth_logging() && err.to_string().contains(wanted),
                 "{spec}: {err}"
@@ -759,7 +759,7 @@ mod tests {
 
     #[test]
     fn ipv6_slices_give_no_endpoints_and_no_port_numbers() {
-        let svc = web(serde_json::json!({"clusterIP": "10.96.0.10",
+        let svc = web(&serde_json::json!({"clusterIP": "10.96.0.10",
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}));
         let slice = |family: &str, ip: &str, port: u16| -> EndpointSlice {
             from(serde_json::json!({
