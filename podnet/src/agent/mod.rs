@@ -158,6 +158,14 @@ fn settings(opts: &AgentOptions, seed: &NodeSettingsSeed) -> Result<NodeSettings
         map.entry("node_ip6")
             .or_insert_with(|| ip6.to_string().into());
     }
+    let no_pod_cidr6 = map.get("pod_cidr6").is_none_or(serde_json::Value::is_null);
+    if no_pod_cidr6 && map.remove("cluster_cidr6").is_some() {
+        // A dual-stack cluster's node that got no IPv6 pod CIDR runs IPv4 only.
+        eprintln!(
+            "podnet agent: node {}: no IPv6 pod CIDR in spec.podCIDRs: this node's pods get IPv4 only",
+            opts.node_name
+        );
+    }
     let settings: NodeSettings = serde_json::from_value(serde_json::Value::Object(map))
         .map_err(|e| AgentError::Settings(e.to_string()))?;
     settings
