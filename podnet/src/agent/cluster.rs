@@ -109,7 +109,11 @@ impl Cluster {
                 ..candidate.clone()
             };
             if let Err(e) = ops::peer::check_addresses(settings, &ipv4, &out.peers) {
-                let e = Skipped::Node(name.clone(), e.to_string());
+                let text = e.to_string();
+                let why = text
+                    .strip_prefix(&format!("peer {name}: "))
+                    .unwrap_or(&text);
+                let e = Skipped::Node(name.clone(), why.to_owned());
                 out.notes.insert(name.clone(), e.to_string());
                 out.skipped.push(e);
                 continue;
