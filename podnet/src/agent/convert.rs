@@ -2,8 +2,10 @@
 //! Service and its EndpointSlices to a [`Service`]. kube-proxy's rules on what to skip are
 //! kept: ExternalName and headless services, services carrying the
 //! `service.kubernetes.io/service-proxy-name` label (another proxy's), slices of another address
-//! family, and endpoints without addresses. Addresses are IPv4 (the IPv6 family comes with
-//! dual-stack support).
+//! family, and endpoints without addresses. A Node gives both families (its IPv6 pod CIDR is
+//! routed by the kernel); the datapath serves IPv4 services only, so a dual-stack Service keeps
+//! its IPv4 ClusterIP and notes the IPv6 one, and an IPv6-only or `RequireDualStack` Service
+//! is skipped with the reason.
 
 use std::{
     collections::BTreeMap,
