@@ -15,7 +15,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use podnet_tests::{
-    InNetns, Scenario, addr_field,
+    CLUSTER_CIDR, InNetns, Scenario, addr_field,
     agent_cluster::{AgentCluster, AgentNode, metric, node_object},
     apiserver::Resource,
     describe, netprobe, require_root, run_bounded, serve_tcp, wait_until,
@@ -169,6 +169,28 @@ fn dual_stack_nodes_peer_over_both_families_and_a_dual_stack_service_serves_its_
             node.name
         );
     }
+    // install-cni --node-name reads both pod CIDRs from the Node, as the DaemonSet's init
+    // container does: the network it writes has the IPv6 range too.
+    let dir = std::env::temp_dir().join(podnet_tests::unique("pn-install6"));
+    let written = cluster.nodes[1].ns.sh(&format!(
+        "{} --state-dir {state} install-cni --bin-dir {dir}/bin --conf-dir {dir}/net.d --mode chained --node-name node-1 --kubeconfig {kc} --cluster-cidr {CLUSTER_CIDR} --cluster-cidr {CLUSTER_CIDR6} --uplink uplink0 && cat {dir}/net.d/10-podnet.conflist",
+        podnet_tests::podnet_bin().display(),
+        state = cluster.nodes[1].cli.state_dir.display(),
+        dir = dir.display(),
+        kc = cluster.kubeconfig.display(),
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        written.status.success(),
+        "install-cni: {}",
+        describe(&written)
+    );
+    let network = String::from_utf8_lossy(&written.stdout);
+    assert!(
+        network.contains(&pod_cidr6(1)) && network.contains(&cluster.nodes[1].pod_cidr),
+        "both of node-1's pod CIDRs in {network}"
+    );
+
     let a = cluster.nodes[0].cli.add_pod("a");
     let b = cluster.nodes[1].cli.add_pod("b");
     let (a6, b6) = (

@@ -122,17 +122,19 @@ async fn own_node(client: &Client, name: &str) -> Result<NodeSettingsSeed, Agent
     }
 }
 
-/// The pod CIDR of Node `name` (waiting until it has one), for `install-cni --node-name`.
-pub fn node_pod_cidr(
+/// The pod CIDRs of Node `name`: its IPv4 one (waiting until it has one) and its IPv6 one if
+/// it is dual-stack, for `install-cni --node-name`.
+pub fn node_pod_cidrs(
     name: &str,
     kubeconfig: Option<&PathBuf>,
-) -> Result<ipnetwork::Ipv4Network, AgentError> {
+) -> Result<(ipnetwork::Ipv4Network, Option<ipnetwork::Ipv6Network>), AgentError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let client = client(kubeconfig).await?;
-        Ok(own_node(&client, name).await?.pod_cidr)
+        let seed = own_node(&client, name).await?;
+        Ok((seed.pod_cidr, seed.pod_cidr6))
     })
 }
 
