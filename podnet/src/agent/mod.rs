@@ -204,7 +204,7 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     runtime.spawn(metrics::serve(listener, metrics.clone(), datapath));
     runtime.block_on(watch(
         &client,
-        &settings,
+        &programmer.settings,
         &opts.node_name,
         &programmer,
         &metrics,
