@@ -1397,7 +1397,7 @@ fn fuzzed_frames_keep_the_datapath_invariants_in_overlay_mode() {
 fn fuzz_node(overlay: bool) {
     let (seed, iterations) = run_config();
     let mode = if overlay { "overlay" } else { "native routing" };
-    let mut s = Scenario::new(&format!(
+    let mut s = Scenario::new(format!(
         "fuzzed frames (truncated, options, fragments, bad IHL, VLAN, IPv6, flags, ICMP quotes, \
          random mutations) through from_pod and from_uplink keep the datapath's invariants \
          ({mode})"
