@@ -277,7 +277,7 @@ pub fn gc(r: &GcReport) -> String {
         r.pods.len(),
         r.veths.len(),
         r.addresses.len(),
-        r.endpoints.len(),
+        r.endpoints.len() + r.endpoints6.len(),
         r.temp_files,
         r.sock_programs.len()
     )

@@ -1,9 +1,10 @@
 //! Plugging a host veth into the datapath and unplugging it: the one place that attaches
-//! `from_pod` to a pod's host-side interface and registers (or removes) its endpoint. Used by
+//! `from_pod` to a pod's host-side interface and registers (or removes) its endpoints (IPv4,
+//! and IPv6 on a dual-stack node). Used by
 //! `pod add|del` and by the chained CNI path alike. Plugging also registers the pod's network
 //! namespace for socket-level service balancing.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use podnet_ebpf::abi::{Endpoint, program_name};
 
@@ -20,24 +21,29 @@ pub struct Plug<'a> {
     pub host_ifindex: u32,
     /// The pod's address and the MAC of its interface.
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address, on a dual-stack node.
+    pub ip6: Option<Ipv6Addr>,
     pub mac: [u8; 6],
     /// The pod's network namespace (its sockets are balanced at the socket too).
     pub netns: &'a Netns,
 }
 
-/// Attaches the pinned `from_pod` to the host interface and registers the endpoint.
+/// Attaches the pinned `from_pod` to the host interface and registers the endpoints.
 pub fn plug(ctx: &Ctx, p: &Plug<'_>) -> Result<()> {
     attach::attach_ingress(&ctx.settings.pin_dir, program_name::FROM_POD, p.host_if)?;
-    ctx.maps()?.upsert_endpoint(
-        p.ip,
-        &Endpoint {
-            ifindex: p.host_ifindex,
-            flags: 0,
-            mac: p.mac,
-            _pad0: [0; 2],
-            netns_ino: p.netns.inode(),
-        },
-    )?;
+    let ep = Endpoint {
+        ifindex: p.host_ifindex,
+        flags: 0,
+        mac: p.mac,
+        _pad0: [0; 2],
+        netns_ino: p.netns.inode(),
+    };
+    let mut maps = ctx.maps()?;
+    maps.upsert_endpoint(p.ip, &ep)?;
+    if let Some(ip6) = p.ip6 {
+        maps.upsert_endpoint6(ip6, &ep)?;
+    }
+    drop(maps);
     services_map::register_pod_netns(&ctx.settings.pin_dir, p.netns, p.ip)?;
     Ok(())
 }
@@ -51,9 +57,9 @@ pub struct Unplugged {
 }
 
 /// Detaches the program from `host_if` (if it still exists) and removes the endpoints of
-/// `ips` that still point at it (an address may already belong to a newer pod), with every
-/// conntrack entry of their flows. Tolerates anything already gone.
-pub fn unplug(ctx: &Ctx, host_if: &str, ips: &[Ipv4Addr]) -> Result<Unplugged> {
+/// `ips` and `ips6` that still point at it (an address may already belong to a newer pod), with
+/// every conntrack entry of their (IPv4) flows. Tolerates anything already gone.
+pub fn unplug(ctx: &Ctx, host_if: &str, ips: &[Ipv4Addr], ips6: &[Ipv6Addr]) -> Result<Unplugged> {
     let mut done = Unplugged {
         filter_removed: attach::detach_ingress(host_if)?,
         ..Unplugged::default()
@@ -64,6 +70,14 @@ pub fn unplug(ctx: &Ctx, host_if: &str, ips: &[Ipv4Addr]) -> Result<Unplugged> {
             let current = maps.endpoint(*ip)?;
             if current.is_some_and(|ep| ours.is_none_or(|i| i == ep.ifindex))
                 && maps.remove_endpoint(*ip)?
+            {
+                done.endpoints_removed += 1;
+            }
+        }
+        for ip in ips6 {
+            let current = maps.endpoint6(*ip)?;
+            if current.is_some_and(|ep| ours.is_none_or(|i| i == ep.ifindex))
+                && maps.remove_endpoint6(*ip)?
             {
                 done.endpoints_removed += 1;
             }
