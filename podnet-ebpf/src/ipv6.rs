@@ -18,8 +18,8 @@
 //! - to another local pod's IPv6 address (unicast MAC): delivered straight into that pod with
 //!   the MACs rewritten as for IPv4 (`forward_local6`). A frame the pod addressed to its
 //!   neighbour's MAC is switched, as by the bridge podnet skips, so its hop limit stays (pods of
-//!   one node share the IPv6 pod CIDR on one link); a frame the pod sent to the gateway's MAC
-//!   (routed by the node) loses one hop, and with a hop limit of 1 or less, or a hop-by-hop
+//!   one node share the IPv6 pod CIDR on one link); a frame the pod sent to any other MAC (the
+//!   gateway's: routed by the node) loses one hop, and with a hop limit of 1 or less, or a hop-by-hop
 //!   options header (which a router must process), goes to the kernel, which answers ICMPv6
 //!   time exceeded from the gateway address as a router does;
 //! - everything else (Neighbor Discovery itself, multicast, the node, other nodes' pods, the
@@ -229,8 +229,9 @@ pub fn from_pod(ctx: &TcContext) -> (i32, u32) {
     let Some(ep) = endpoint(daddr) else {
         return PASS;
     };
-    if dmac == cfg.gateway_mac {
-        // Routed by the node: a router's hop. The kernel handles what a router must answer.
+    if dmac != ep.mac {
+        // Not addressed to the pod itself (to the gateway's MAC): routed by the node, a
+        // router's hop. The kernel handles what a router must answer.
         if hop_limit <= 1 || nexthdr == IPV6_NEXTHDR_HOP {
             return PASS;
         }
