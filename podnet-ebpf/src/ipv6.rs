@@ -3,7 +3,7 @@
 //!
 //! In order:
 //! - a frame too short for the fixed IPv6 header, or whose header is not well formed, goes to
-//!   the kernel unchanged (which drops what is broken);
+//!   the kernel unchanged (which drops what is broken), counted `pass_not_ipv4` as before;
 //! - with anti-spoofing on, the source must be the pod's own IPv6 address (in `ENDPOINTS6`,
 //!   registered on this veth, sent from the pod's MAC), a link-local address (`fe80::/10`:
 //!   what a pod's kernel uses for Router Solicitations, MLD and ND about link-local
@@ -182,7 +182,7 @@ pub fn from_pod(ctx: &TcContext) -> (i32, u32) {
         return (TC_ACT_OK, reason::PASS_NOT_READY);
     };
     let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)) else {
-        return (TC_ACT_OK, reason::PASS_MALFORMED);
+        return PASS;
     };
     // SAFETY: `ptr_at` checked that both headers lie inside the packet; nothing has changed it.
     let (dmac, smac, version, payload_len, nexthdr, hop_limit, saddr, daddr) = unsafe {
@@ -199,7 +199,7 @@ pub fn from_pod(ctx: &TcContext) -> (i32, u32) {
     };
     let l3_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     if version != 6 || IPV6_HLEN + payload_len > l3_len {
-        return (TC_ACT_OK, reason::PASS_MALFORMED);
+        return PASS;
     }
     let icmp = icmp6(ctx, nexthdr);
     if cfg.flags & config_flag::ANTI_SPOOF != 0 {

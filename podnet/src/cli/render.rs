@@ -230,6 +230,15 @@ pub fn maps(v: &MapsView) -> String {
             e.ip, e.ifindex, e.mac, e.netns_ino
         ));
     }
+    if !v.endpoints6.is_empty() {
+        out.push_str(&format!("\nENDPOINTS6 ({}):", v.endpoints6.len()));
+        for e in &v.endpoints6 {
+            out.push_str(&format!(
+                "\n  {:<24} -> ifindex {:<5} mac {} netns {}",
+                e.ip, e.ifindex, e.mac, e.netns_ino
+            ));
+        }
+    }
     out
 }
 
