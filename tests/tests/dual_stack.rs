@@ -1192,6 +1192,42 @@ fn ipv6_between_pods_of_one_node_is_delivered_by_podnet_and_pods_cannot_spoof_or
         "the node resolved a: {neigh}"
     );
 
+    // A node whose pods were made before IPv6 endpoints existed (a's entry gone): a's IPv6 is
+    // dropped as spoofed until `node init` registers it again from a's IPv4 endpoint.
+    let key: Vec<String> = a6.octets().iter().map(|b| format!("0x{b:02x}")).collect();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "delete", "pinned"])
+        .arg(node.pin_dir.join("ENDPOINTS6"))
+        .arg("key")
+        .args(&key)
+        .output()
+        .expect("bpftool runs");
+    assert!(out.status.success(), "bpftool: {}", describe(&out));
+    let out = a.ns.sh(&format!("ping -6 -c 1 -W 1 {c6}"));
+    assert!(
+        !out.status.success(),
+        "without its endpoint: {}",
+        describe(&out)
+    );
+    let mut init = node.init_args();
+    let node6 = NODE_IP6.to_string();
+    init.extend(
+        [
+            "--pod-cidr",
+            "fd00:10:244:41::/64",
+            "--cluster-cidr",
+            CLUSTER_CIDR6,
+            "--node-ip6",
+            &node6,
+            "--gc-interval",
+            "0",
+        ]
+        .map(str::to_owned),
+    );
+    node.ok(&init.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = ping6(&a.ns, &c6.to_string());
+    assert!(out.status.success(), "after node init: {}", describe(&out));
+
     // pod del removes the pod's IPv6 endpoint, and only its own.
     assert_eq!(endpoints6(&node), [a6, b6, c6].map(|a| a.to_string()));
     node.ok(&["pod", "del", "b"]);

@@ -48,6 +48,27 @@ pub fn plug(ctx: &Ctx, p: &Plug<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Registers the IPv6 endpoint of each `(IPv4, IPv6)` address pair of a pod whose IPv4
+/// endpoint exists and whose IPv6 one does not (pods made before `ENDPOINTS6` existed, kept
+/// across `node init`), with the IPv4 endpoint's value (the same veth, MAC and namespace):
+/// with anti-spoofing on, a dual-stack pod without its IPv6 endpoint could not send IPv6.
+/// Returns how many were added.
+pub fn backfill6(ctx: &Ctx, pairs: &[(Ipv4Addr, Ipv6Addr)]) -> Result<usize> {
+    let Some(mut maps) = ctx.maps_if_pinned() else {
+        return Ok(0);
+    };
+    let mut added = 0;
+    for (ip, ip6) in pairs {
+        if maps.endpoint6(*ip6)?.is_none()
+            && let Some(ep) = maps.endpoint(*ip)?
+        {
+            maps.upsert_endpoint6(*ip6, &ep)?;
+            added += 1;
+        }
+    }
+    Ok(added)
+}
+
 /// What [`unplug`] removed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unplugged {
