@@ -886,11 +886,16 @@ fn cni_chained_takes_both_families_from_prev_result_and_passes_them_through() {
             "{ip6} in {recorded:?}"
         );
     }
-    // IPv6 between the containers goes through cni0 and the kernel (once their addresses left
-    // duplicate address detection), IPv4 through podnet's fast path as before.
+    // podnet registered both IPv6 endpoints; IPv6 between the containers goes by podnet's
+    // fast path (once their addresses left duplicate address detection), as IPv4 does.
+    let mut want = v6_of.clone();
+    want.sort();
+    assert_eq!(endpoints6(&node.pin_dir), want);
+    let before = node.stats()["forward_local6"];
     wait_until(Duration::from_secs(10), "IPv6 a -> b", || {
         ping6(&a, &v6_of[1]).status.success()
     });
+    assert!(node.stats()["forward_local6"] >= before + 6);
     let ip_b = result_ips(added_b.result())
         .into_iter()
         .find(|ip| !ip.0.contains(':'))
@@ -915,6 +920,11 @@ fn cni_chained_takes_both_families_from_prev_result_and_passes_them_through() {
         "host-local's IPv6 records left"
     );
     assert_eq!(node.pod_links(), Vec::<String>::new(), "no veth left");
+    assert_eq!(
+        endpoints6(&node.pin_dir),
+        Vec::<String>::new(),
+        "IPv6 endpoints left"
+    );
 
     // A container address outside the node's IPv6 pod CIDR is refused (host-local and the
     // node disagree), with the spec's invalid-configuration code.
@@ -1228,23 +1238,43 @@ fn ipv6_between_pods_of_one_node_is_delivered_by_podnet_and_pods_cannot_spoof_or
     let out = ping6(&a.ns, &c6.to_string());
     assert!(out.status.success(), "after node init: {}", describe(&out));
 
+    // `podnet gc` removes an IPv6 endpoint no pod holds (a removal cut short), and only it.
+    let stale: Ipv6Addr = "fd00:10:244:41::99".parse().expect("IPv6");
+    let hex =
+        |bytes: &[u8]| -> Vec<String> { bytes.iter().map(|b| format!("0x{b:02x}")).collect() };
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(node.pin_dir.join("ENDPOINTS6"))
+        .arg("key")
+        .args(hex(&stale.octets()))
+        .arg("value")
+        .args(hex(&[0u8; 24]))
+        .output()
+        .expect("bpftool runs");
+    assert!(out.status.success(), "bpftool: {}", describe(&out));
+    let report = node.json(&["gc"]);
+    assert_eq!(report["endpoints6"], json!([stale.to_string()]), "{report}");
+
     // pod del removes the pod's IPv6 endpoint, and only its own.
-    assert_eq!(endpoints6(&node), [a6, b6, c6].map(|a| a.to_string()));
+    assert_eq!(
+        endpoints6(&node.pin_dir),
+        [a6, b6, c6].map(|a| a.to_string())
+    );
     node.ok(&["pod", "del", "b"]);
-    assert_eq!(endpoints6(&node), [a6, c6].map(|a| a.to_string()));
+    assert_eq!(endpoints6(&node.pin_dir), [a6, c6].map(|a| a.to_string()));
     let out = a.ns.sh(&format!("ping -6 -c 1 -W 1 {b6}"));
     assert!(!out.status.success(), "b is gone: {}", describe(&out));
     node.ok(&["pod", "del", "a"]);
     node.ok(&["pod", "del", "c"]);
-    assert_eq!(endpoints6(&node), Vec::<String>::new());
+    assert_eq!(endpoints6(&node.pin_dir), Vec::<String>::new());
 }
 
 /// The addresses in the node's `ENDPOINTS6` map, sorted (`bpftool` prints the BTF key).
-fn endpoints6(node: &Node) -> Vec<String> {
+fn endpoints6(pin_dir: &Path) -> Vec<String> {
     // From the host's mount namespace: `ip netns exec` would show an empty bpffs.
     let out = std::process::Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
-        .arg(node.pin_dir.join("ENDPOINTS6"))
+        .arg(pin_dir.join("ENDPOINTS6"))
         .output()
         .expect("bpftool runs");
     assert!(out.status.success(), "bpftool: {}", describe(&out));
