@@ -45,8 +45,8 @@ pub fn print_line<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> 
 pub fn drop_event(v: &DropView) -> String {
     let r = &v.record;
     let p = &r.packet;
-    let end = |addr: Option<std::net::Ipv4Addr>, port: Option<u16>| match (addr, port) {
-        (Some(a), Some(port)) => format!("{a}:{port}"),
+    let end = |addr: Option<std::net::IpAddr>, port: Option<u16>| match (addr, port) {
+        (Some(a), Some(port)) => std::net::SocketAddr::new(a, port).to_string(),
         (Some(a), None) => a.to_string(),
         (None, _) => "?".to_owned(),
     };
@@ -68,7 +68,7 @@ pub fn drop_event(v: &DropView) -> String {
         r.reason, r.hook, r.ifindex
     ));
     match p.l3.as_deref() {
-        Some("ipv4") => {
+        Some("ipv4" | "ipv6") => {
             line.push_str(&format!(
                 "{} -> {}",
                 end(p.src, p.sport),
