@@ -749,6 +749,11 @@ pub mod endpoint_flag {
     /// The host-side interface is not a veth (or is in the same namespace as the pod): deliver
     /// with `bpf_redirect` to its egress instead of `bpf_redirect_peer`.
     pub const NO_PEER_REDIRECT: u32 = 1 << 0;
+    /// Set by the datapath (never cleared while the pod lives; `podnet` keeps it when it
+    /// rewrites the entry) once the pod is the backend of a translated service flow: its
+    /// packets to other local pods may be replies that must be translated back, so they are
+    /// looked up in conntrack. A pod without it that sends to a local pod needs no lookup.
+    pub const NAT_REPLIES: u32 = 1 << 1;
 }
 
 /// Value of the per-CPU `STATS` array, indexed by `reason::*`.
@@ -853,18 +858,25 @@ pub mod reason {
     /// was removed when its backend left the service): answered with a RST, so the client
     /// learns at once instead of retransmitting until it times out.
     pub const REJECT_CT_NO_STATE: u32 = 36;
+    /// A packet from the uplink too big for the pod it is for (the pod's MTU is smaller, e.g.
+    /// 50 bytes less in overlay mode), with "don't fragment" set: answered with ICMP
+    /// fragmentation needed carrying the pod's MTU, from the node IP, as a router would.
+    pub const REJECT_FRAG_NEEDED: u32 = 37;
+    /// The same without "don't fragment": translated and handed to the kernel, which forwards
+    /// it to the pod in fragments.
+    pub const PASS_TOO_BIG: u32 = 38;
     /// IPv6 to a local pod, delivered straight to it (`bpf_redirect_peer`, or `bpf_redirect`
     /// where a peer redirect is impossible).
-    pub const FORWARD_LOCAL6: u32 = 37;
+    pub const FORWARD_LOCAL6: u32 = 39;
     /// With anti-spoofing on: a Neighbor Advertisement from a pod for an address that is not
     /// its own (or naming another MAC than the pod's), or ICMPv6 hidden behind more extension
     /// headers than the program looks through. Dropped, so no neighbour table learns it.
-    pub const DROP_ND_SPOOFED: u32 = 38;
+    pub const DROP_ND_SPOOFED: u32 = 40;
     /// With anti-spoofing on: a Router Advertisement or Redirect from a pod (messages only a
     /// router sends): dropped, so a pod never becomes the node's or other pods' router.
-    pub const DROP_ROUTER_ADVERT: u32 = 39;
+    pub const DROP_ROUTER_ADVERT: u32 = 41;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 40;
+    pub const COUNT: u32 = 42;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -905,6 +917,8 @@ pub mod reason {
         "forward_routed_reply",
         "drop_frag_out_of_order",
         "reject_ct_no_state",
+        "reject_frag_needed",
+        "pass_too_big",
         "forward_local6",
         "drop_nd_spoofed",
         "drop_router_advert",
@@ -1061,6 +1075,8 @@ pub mod proto {
     pub const TCP_ACK: u8 = 0x10;
     /// ICMP destination unreachable code "port unreachable".
     pub const ICMP_PORT_UNREACH: u8 = 3;
+    /// ICMP destination unreachable code "fragmentation needed and DF set".
+    pub const ICMP_FRAG_NEEDED: u8 = 4;
     /// ICMP time exceeded code "TTL exceeded in transit".
     pub const ICMP_EXC_TTL: u8 = 0;
     /// IPv4 `frag_off` bit "don't fragment".

@@ -113,7 +113,21 @@ fn remove(key: &CtKey) {
 /// absent; an entry that expired while its twin lives on (one-way traffic) counts as live.
 #[inline(always)]
 pub fn lookup(key: &CtKey, now: u64) -> Option<*mut CtEntry> {
+    live(key, CONNTRACK.get_ptr_mut(key)?, now)
+}
+
+/// [`lookup`] for a caller that has not read the clock yet: reads it only when `key` has an
+/// entry (most packets of a pod have none), and returns it with the entry.
+#[inline(always)]
+pub fn lookup_timed(key: &CtKey) -> Option<(*mut CtEntry, u64)> {
     let entry = CONNTRACK.get_ptr_mut(key)?;
+    let now = now();
+    live(key, entry, now).map(|e| (e, now))
+}
+
+/// `entry` (found under `key`) if its flow is live at `now`; a dead flow is removed.
+#[inline(always)]
+fn live(key: &CtKey, entry: *mut CtEntry, now: u64) -> Option<*mut CtEntry> {
     // SAFETY: the pointer comes from a successful lookup; entries are plain integers, and a
     // concurrent update on another CPU can at worst make this read slightly stale.
     let (expires, twin) = unsafe { ((*entry).expires_ns, twin_key(&*entry, key.proto)) };
@@ -234,31 +248,43 @@ pub fn create(
     now: u64,
 ) -> Result<CtNat, u32> {
     let expires = now + timeout_ns(cfg, key.proto, ct_state::NEW);
-    let reply = CtEntry {
-        expires_ns: expires,
-        nat: CtNat {
-            saddr: key.daddr,
-            daddr: key.saddr,
-            sport: key.dport,
-            dport: key.sport,
+    // The reply entry and its key live in the search (one copy on the stack: the programs'
+    // stack is small, and the port search adds a frame).
+    let mut search = PortSearch {
+        reply_key: CtKey {
+            saddr: nat.daddr,
+            daddr: nat.saddr,
+            sport: nat.dport,
+            dport: nat.sport,
+            proto: key.proto,
+            _pad: [0; 3],
         },
-        kind,
-        dir: ct_dir::REPLY,
-        state: ct_state::NEW,
-        _pad: 0,
-    };
-    let mut reply_key = CtKey {
-        saddr: nat.daddr,
-        daddr: nat.saddr,
-        sport: nat.dport,
-        dport: nat.sport,
-        proto: key.proto,
-        _pad: [0; 3],
+        reply: CtEntry {
+            expires_ns: expires,
+            nat: CtNat {
+                saddr: key.daddr,
+                daddr: key.saddr,
+                sport: key.dport,
+                dport: key.sport,
+            },
+            kind,
+            dir: ct_dir::REPLY,
+            state: ct_state::NEW,
+            _pad: 0,
+        },
+        now,
+        victim_expires: u64::MAX,
+        min: 0,
+        span: 0,
+        start: 0,
+        victim_port: 0,
+        taken: SEARCH_NONE,
+        port: 0,
     };
     let mut reply_new = true;
     match ports {
         PortChoice::KeepElseAllocate
-            if let Claim::Taken(new) = claim_reply(&reply_key, &reply, now) =>
+            if let Claim::Taken(new) = claim_reply(&search.reply_key, &search.reply, now) =>
         {
             reply_new = new;
         }
@@ -267,23 +293,13 @@ pub fn create(
             let span = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
             let original = u32::from(nat.sport);
             let keep_first = original >= min && original - min < span;
-            let start = if keep_first {
+            search.start = if keep_first {
                 original - min
             } else {
                 probe_start(cfg, key, &nat, original, span)
             };
-            let mut search = PortSearch {
-                reply_key,
-                reply,
-                now,
-                victim_expires: u64::MAX,
-                min,
-                span,
-                start,
-                victim_port: 0,
-                taken: SEARCH_NONE,
-                port: 0,
-            };
+            search.min = min;
+            search.span = span;
             // SAFETY: `probe_port` has the callback signature bpf_loop expects, and the context
             // is a live `PortSearch` on this stack that outlives the call.
             unsafe {
@@ -307,9 +323,12 @@ pub fn create(
                 // whose entry expires first (a TCP connection that closed longest ago, or a
                 // dead flow not yet collected), as Linux's NAT evicts TIME_WAIT entries.
                 _ if search.victim_expires != u64::MAX => {
-                    reply_key.dport = search.victim_port as u16;
-                    evict(&reply_key);
-                    if !matches!(claim_reply(&reply_key, &reply, now), Claim::Taken(true)) {
+                    search.reply_key.dport = search.victim_port as u16;
+                    evict(&search.reply_key);
+                    if !matches!(
+                        claim_reply(&search.reply_key, &search.reply, now),
+                        Claim::Taken(true)
+                    ) {
                         return Err(reason::DROP_NAT_NO_PORT);
                     }
                     search.victim_port
@@ -318,7 +337,7 @@ pub fn create(
             };
             // `min + span - 1 <= u16::MAX` by construction of the range.
             nat.sport = port as u16;
-            reply_key.dport = port as u16;
+            search.reply_key.dport = port as u16;
         }
     }
     let original = CtEntry {
@@ -332,7 +351,7 @@ pub fn create(
     if CONNTRACK.insert(key, original, 0).is_err() {
         if reply_new {
             // Not yet counted as inserted, so not counted as removed either.
-            let _ = CONNTRACK.remove(&reply_key);
+            let _ = CONNTRACK.remove(&search.reply_key);
         }
         return Err(reason::DROP_CT_FULL);
     }

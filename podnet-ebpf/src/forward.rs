@@ -15,6 +15,7 @@ use podnet_ebpf::abi::{
 use crate::{
     fib,
     maps::{ENDPOINTS, PEERS},
+    parse::EthHdr,
 };
 
 /// The local pod with address `addr`, if there is one.
@@ -22,6 +23,23 @@ use crate::{
 pub fn endpoint(addr: [u8; 4]) -> Option<Endpoint> {
     // SAFETY: hash map values are read once, immediately, and copied out.
     unsafe { ENDPOINTS.get(EndpointKey { addr }) }.copied()
+}
+
+/// Records that the local pod at `addr`, if there is one, is the backend of a translated flow
+/// (`endpoint_flag::NAT_REPLIES`): its packets to local pods are then looked up in conntrack.
+/// Writes only when the flag is not yet set.
+#[inline(always)]
+pub fn mark_nat_replies(addr: [u8; 4]) {
+    if let Some(ep) = ENDPOINTS.get_ptr_mut(EndpointKey { addr }) {
+        // SAFETY: the pointer comes from a successful lookup and map values stay valid while
+        // the program runs; the flags word is written whole (a racing userspace update
+        // replaces the value and keeps the flag).
+        unsafe {
+            if (*ep).flags & endpoint_flag::NAT_REPLIES == 0 {
+                (*ep).flags |= endpoint_flag::NAT_REPLIES;
+            }
+        }
+    }
 }
 
 /// Hands the frame to `ep`. Returns the verdict and the reason it is counted under: `why`, or
@@ -33,8 +51,17 @@ pub fn to_endpoint(
     ep: &Endpoint,
     why: Option<u32>,
 ) -> (i32, u32) {
-    if ctx.store(0, &ep.mac, 0).is_err() || ctx.store(6, &cfg.gateway_mac, 0).is_err() {
+    // Written in place rather than with `bpf_skb_store_bytes`: two helper calls less. (A
+    // program that writes the packet makes the kernel unclone a cloned skb's headers first,
+    // as the helper would.)
+    let Some(eth) = crate::parse::ptr_at::<EthHdr>(ctx, 0) else {
         return (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
+    };
+    // SAFETY: `ptr_at` checked that the Ethernet header lies inside the packet, and no helper
+    // has changed the packet since.
+    unsafe {
+        (*eth).dst = ep.mac;
+        (*eth).src = cfg.gateway_mac;
     }
     let peer = ep.flags & endpoint_flag::NO_PEER_REDIRECT == 0;
     // SAFETY: both helpers take plain integers and are valid in TC programs.
@@ -77,9 +104,16 @@ pub fn peer_of(addr: [u8; 4]) -> Option<[u8; 4]> {
 pub fn deliver(ctx: &TcContext, cfg: &NodeConfig, key: &CtKey, why: u32) -> (i32, u32) {
     match endpoint(key.daddr) {
         Some(ep) => to_endpoint(ctx, cfg, &ep, Some(why)),
-        None => match peer(key.daddr) {
-            Some((p, _)) => fib::to_node(ctx, cfg, key, p.node_ip, why),
-            None => fib::route_and_send(ctx, key, why),
-        },
+        None => deliver_off_node(ctx, cfg, key, why),
+    }
+}
+
+/// Delivers a translated packet whose tuple is now `key`, addressed to no local pod: to the
+/// node whose pod CIDR holds it, or out of the node by the FIB.
+#[inline(always)]
+pub fn deliver_off_node(ctx: &TcContext, cfg: &NodeConfig, key: &CtKey, why: u32) -> (i32, u32) {
+    match peer(key.daddr) {
+        Some((p, _)) => fib::to_node(ctx, cfg, key, p.node_ip, why),
+        None => fib::route_and_send(ctx, key, why),
     }
 }

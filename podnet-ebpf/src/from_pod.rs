@@ -13,6 +13,11 @@
 //! the node's own addresses, other nodes' pods, anything malformed) goes to the kernel
 //! unchanged, as it would without podnet. With anti-spoofing on, IPv4 and ARP that claim an
 //! address or MAC other than the pod's own are dropped.
+//!
+//! The common case is kept cheap: a packet to another local pod from a pod that serves no
+//! translated flow (`endpoint_flag::NAT_REPLIES` unset, known from the anti-spoofing lookup)
+//! cannot be a reply to translate, so it skips conntrack and the clock; the destination pod is
+//! looked up once.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -20,7 +25,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use podnet_ebpf::abi::{config_flag, reason};
+use podnet_ebpf::abi::{Endpoint, config_flag, endpoint_flag, reason};
 
 use crate::{
     conntrack, fib, forward, ipv6,
@@ -35,20 +40,36 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     stats::counted(&ctx, podnet_ebpf::abi::monitor::hook::FROM_POD, decide)
 }
 
+/// The endpoint of the pod whose veth the packet came in on, if `addr` and `mac` are its own.
+#[inline(always)]
+fn owner(ctx: &TcContext, addr: [u8; 4], mac: [u8; 6]) -> Option<Endpoint> {
+    // SAFETY: `ctx.skb.skb` is the program's own, valid __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    forward::endpoint(addr).filter(|ep| ep.ifindex == ifindex && ep.mac == mac)
+}
+
 /// Whether `addr` and `mac` are those of the pod whose veth the packet came in on.
 #[inline(always)]
 fn is_owner(ctx: &TcContext, addr: [u8; 4], mac: [u8; 6]) -> bool {
-    // SAFETY: `ctx.skb.skb` is the program's own, valid __sk_buff.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    forward::endpoint(addr).is_some_and(|ep| ep.ifindex == ifindex && ep.mac == mac)
+    owner(ctx, addr, mac).is_some()
 }
 
-/// Whether the packet carries the source address and MAC of the pod whose veth it came in on.
+/// The sending pod's endpoint, if the packet carries the source address and MAC of the pod
+/// whose veth it came in on.
 #[inline(always)]
-fn sent_by_owner(ctx: &TcContext, frame: &parse::Ipv4Frame) -> bool {
+fn sender(ctx: &TcContext, frame: &parse::Ipv4Frame) -> Option<Endpoint> {
     // SAFETY: the parser bounds-checked both headers and nothing has changed the packet since.
     let (saddr, smac) = unsafe { ((*frame.ip).saddr, (*frame.eth).src) };
-    is_owner(ctx, saddr, smac)
+    owner(ctx, saddr, smac)
+}
+
+/// Whether a packet from `sender` (known when anti-spoofing checked it) to a local pod can
+/// skip conntrack: only a pod that is the backend of a translated flow
+/// (`endpoint_flag::NAT_REPLIES`) sends local pods replies that must be translated back.
+/// Without anti-spoofing the sender is not looked up, and every packet is.
+#[inline(always)]
+fn needs_no_conntrack(sender: Option<&Endpoint>, to_local_pod: bool) -> bool {
+    to_local_pod && sender.is_some_and(|ep| ep.flags & endpoint_flag::NAT_REPLIES == 0)
 }
 
 /// Whether an ARP frame that is not IPv4's business passes: ARP for IPv4 must announce the
@@ -85,25 +106,44 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
     if parse::is_group_mac(&unsafe { (*frame.eth).dst }) {
         return (TC_ACT_OK, reason::PASS_BROADCAST);
     }
-    if cfg.flags & config_flag::ANTI_SPOOF != 0 && !sent_by_owner(ctx, &frame) {
-        return (TC_ACT_SHOT, reason::DROP_SPOOFED);
-    }
+    let sender = if cfg.flags & config_flag::ANTI_SPOOF != 0 {
+        match sender(ctx, &frame) {
+            Some(ep) => Some(ep),
+            None => return (TC_ACT_SHOT, reason::DROP_SPOOFED),
+        }
+    } else {
+        None
+    };
     let pkt = parse::ipv4_packet(ctx, &frame);
-    let now = conntrack::now();
+    let key = &pkt.key;
+    // This node's pods are looked up once, before conntrack, so that pod-to-pod traffic that
+    // cannot belong to a translated flow skips conntrack (and the clock) altogether.
+    let to_pod_cidr = in_prefix(key.daddr, cfg.pod_cidr, cfg.pod_prefix_len);
+    let local = if to_pod_cidr {
+        forward::endpoint(key.daddr)
+    } else {
+        None
+    };
     if pkt.l4.has_tuple()
-        && let Some(done) = translate::tracked(ctx, cfg, &pkt, now, true)
+        && !needs_no_conntrack(sender.as_ref(), local.is_some())
+        && let Some(done) = translate::tracked_timed(ctx, cfg, &pkt, true)
     {
         return done;
     }
     // An ICMP error about a translated flow (a backend's port unreachable to a NodePort
     // client, a pod's frag-needed to an outside sender): translated like the flow's replies.
     if matches!(pkt.l4, parse::L4::IcmpError)
-        && let Some(done) = translate::icmp_error(ctx, cfg, &pkt, now, true)
+        && let Some(done) = translate::icmp_error(ctx, cfg, &pkt, conntrack::now(), true)
     {
         return done;
     }
-    let key = &pkt.key;
-    if let Some(ep) = forward::endpoint(key.daddr) {
+    // An endpoint outside the pod CIDR (a chained IPAM's range, say) is looked up only now,
+    // as before conntrack it would cost every translated packet a lookup.
+    if let Some(ep) = local.or_else(|| {
+        (!to_pod_cidr)
+            .then(|| forward::endpoint(key.daddr))
+            .flatten()
+    }) {
         if debug_enabled() {
             debug!(
                 ctx,
@@ -114,6 +154,7 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
         }
         return forward::to_endpoint(ctx, cfg, &ep, None);
     }
+    let now = conntrack::now();
     if !in_prefix(key.saddr, cfg.pod_cidr, cfg.pod_prefix_len) {
         // Not one of this node's pod addresses: not ours to translate.
         return (TC_ACT_OK, reason::PASS_NOT_LOCAL);

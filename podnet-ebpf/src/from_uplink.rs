@@ -13,8 +13,9 @@ use podnet_ebpf::abi::reason;
 use crate::{
     conntrack, forward,
     maps::debug_enabled,
+    mtu,
     parse::{self, L4, in_prefix},
-    stats, translate, ttl,
+    stats, translate,
 };
 
 #[classifier]
@@ -49,9 +50,7 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
             if !in_prefix(pkt.key.saddr, cfg.cluster_cidr, cfg.cluster_prefix_len) {
                 return translate::routed_to_pod(ctx, cfg, &pkt, now, &ep);
             }
-            return ttl::hop(ctx, cfg, &pkt, false).unwrap_or_else(|| {
-                forward::to_endpoint(ctx, cfg, &ep, Some(reason::FORWARD_UPLINK_TO_POD))
-            });
+            return mtu::to_pod(ctx, cfg, &pkt, &ep, reason::FORWARD_UPLINK_TO_POD);
         }
         // A new connection to a LoadBalancer IP or externalIP.
         return translate::service(ctx, cfg, &pkt, now, false)

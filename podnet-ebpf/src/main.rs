@@ -52,6 +52,8 @@ mod masquerade;
 #[cfg(target_arch = "bpf")]
 mod monitor;
 #[cfg(target_arch = "bpf")]
+mod mtu;
+#[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
 mod parse;

@@ -182,8 +182,9 @@ pub struct Ipv4Packet {
     pub l4: L4,
 }
 
-/// Reads the L4 part of a parsed IPv4 frame. Every read goes through `bpf_skb_load_bytes`, so
-/// IP options (a variable L4 offset) and paged (GSO) packets need no special casing. A first
+/// Reads the L4 part of a parsed IPv4 frame: straight from the packet when the ports (and TCP
+/// flags) are in its linear part, otherwise through `bpf_skb_load_bytes`, so paged (GSO)
+/// packets need no special casing. A first
 /// fragment's ports are remembered for the later ones, which get them back ([`crate::frag`]);
 /// the fragment map is touched only by fragments.
 #[inline(always)]
@@ -229,20 +230,33 @@ pub fn ipv4_packet(ctx: &TcContext, frame: &Ipv4Frame) -> Ipv4Packet {
         L4::Opaque
     } else {
         match protocol {
-            IPPROTO_TCP | IPPROTO_UDP => match ports(ctx, l4_off) {
-                Some((sport, dport)) => {
+            IPPROTO_TCP | IPPROTO_UDP => match transport(ctx, l4_off, protocol) {
+                Some((sport, dport, Some(flags))) => {
                     key.sport = sport;
                     key.dport = dport;
-                    if protocol == IPPROTO_UDP {
-                        L4::Udp
-                    } else {
-                        match ctx.load::<u8>(l4_off + TCP_FLAGS_OFF) {
-                            Ok(flags) => L4::Tcp { flags },
-                            Err(_) => L4::Opaque,
+                    L4::Tcp { flags }
+                }
+                Some((sport, dport, None)) if protocol == IPPROTO_UDP => {
+                    key.sport = sport;
+                    key.dport = dport;
+                    L4::Udp
+                }
+                // Not in the linear part (or TCP cut short there): read through the helper.
+                _ => match ports(ctx, l4_off) {
+                    Some((sport, dport)) => {
+                        key.sport = sport;
+                        key.dport = dport;
+                        if protocol == IPPROTO_UDP {
+                            L4::Udp
+                        } else {
+                            match ctx.load::<u8>(l4_off + TCP_FLAGS_OFF) {
+                                Ok(flags) => L4::Tcp { flags },
+                                Err(_) => L4::Opaque,
+                            }
                         }
                     }
-                }
-                None => L4::Opaque,
+                    None => L4::Opaque,
+                },
             },
             IPPROTO_ICMP => icmp(ctx, l4_off, &mut key),
             _ => L4::Opaque,
@@ -282,6 +296,35 @@ pub const ICMP_ID_OFF: usize = 4;
 pub const ICMP_CSUM_OFF: usize = 2;
 /// Length of the ICMP header before an error's quoted packet.
 pub const ICMP_HLEN: usize = 8;
+
+/// The TCP header as far as the flags byte.
+const TCP_THROUGH_FLAGS: usize = TCP_FLAGS_OFF + 1;
+
+/// Source and destination port (host order) and, for TCP, the flags byte, read straight from
+/// the packet's linear part (no helper call: the common case, as a local sender always puts the
+/// headers there); `None` when they are not all in it.
+#[inline(always)]
+fn transport(ctx: &TcContext, off: usize, protocol: u8) -> Option<(u16, u16, Option<u8>)> {
+    if protocol == IPPROTO_TCP {
+        let tcp = ptr_at::<[u8; TCP_THROUGH_FLAGS]>(ctx, off)?;
+        // SAFETY: `ptr_at` checked that these bytes lie inside the packet.
+        let tcp = unsafe { &*tcp };
+        Some((
+            u16::from_be_bytes([tcp[0], tcp[1]]),
+            u16::from_be_bytes([tcp[2], tcp[3]]),
+            Some(tcp[TCP_FLAGS_OFF]),
+        ))
+    } else {
+        let udp = ptr_at::<[u8; 4]>(ctx, off)?;
+        // SAFETY: as above.
+        let udp = unsafe { &*udp };
+        Some((
+            u16::from_be_bytes([udp[0], udp[1]]),
+            u16::from_be_bytes([udp[2], udp[3]]),
+            None,
+        ))
+    }
+}
 
 /// Source and destination port (host order) at `off`.
 #[inline(always)]

@@ -3,7 +3,8 @@
 //! for UDP), from the address the client used, and sent straight back: into the pod it came
 //! from, or out of the uplink it arrived on. The client's `connect()` then fails with
 //! ECONNREFUSED instead of timing out. A packet whose TTL runs out where podnet routes it is
-//! answered the same way, with ICMP time exceeded from the node.
+//! answered the same way, with ICMP time exceeded from the node, and one too big for the pod
+//! it is for with ICMP fragmentation needed.
 //!
 //! The headers are built whole on the stack with their checksums computed here (they are
 //! small and fixed), then the packet is cut to size (`bpf_skb_change_tail`) and written.
@@ -16,9 +17,9 @@ use aya_ebpf::{
 use podnet_ebpf::abi::{
     NodeConfig,
     proto::{
-        DEFAULT_TTL, ETH_HLEN, ICMP_DEST_UNREACH, ICMP_EXC_TTL, ICMP_PORT_UNREACH,
-        ICMP_TIME_EXCEEDED, IP_DF, IPPROTO_ICMP, IPPROTO_TCP, IPV4_MIN_HLEN, TCP_ACK, TCP_FIN,
-        TCP_RST, TCP_SYN,
+        DEFAULT_TTL, ETH_HLEN, ICMP_DEST_UNREACH, ICMP_EXC_TTL, ICMP_FRAG_NEEDED,
+        ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED, IP_DF, IPPROTO_ICMP, IPPROTO_TCP, IPV4_MIN_HLEN,
+        TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
     reason,
 };
@@ -144,13 +145,15 @@ fn tcp_reset(ctx: &TcContext, pkt: &Ipv4Packet, flags: u8) -> Result<(), Unbuild
 }
 
 /// Turns `pkt` into an ICMP error of `kind` (type, code) from `from` back to its sender,
-/// quoting its IPv4 header and first 8 bytes. Packets with IPv4 options are not answered (the
-/// quote would not have a fixed size).
+/// quoting its IPv4 header and first 8 bytes; `rest` is the second word of the ICMP header
+/// (the next-hop MTU of "fragmentation needed", zero otherwise). Packets with IPv4 options are
+/// not answered (the quote would not have a fixed size).
 #[inline(always)]
 fn icmp_error(
     ctx: &TcContext,
     pkt: &Ipv4Packet,
     kind: (u8, u8),
+    rest: [u8; 4],
     from: [u8; 4],
 ) -> Result<(), Unbuildable> {
     if pkt.l4_off != ETH_HLEN + IPV4_MIN_HLEN {
@@ -163,6 +166,7 @@ fn icmp_error(
     let icmp = &mut buf[IPV4_MIN_HLEN..];
     icmp[0] = kind.0;
     icmp[1] = kind.1;
+    icmp[4..ICMP_HLEN].copy_from_slice(&rest);
     icmp[ICMP_HLEN..].copy_from_slice(&quoted);
     let check = fold(add_words(0, icmp));
     icmp[2..4].copy_from_slice(&check);
@@ -188,6 +192,7 @@ pub fn refuse(
             ctx,
             pkt,
             (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH),
+            [0; 4],
             pkt.key.daddr,
         ),
         _ => Err(Unbuildable),
@@ -216,11 +221,35 @@ pub fn time_exceeded(
         cfg.node_ip
     };
     if matches!(pkt.l4, L4::IcmpError)
-        || icmp_error(ctx, pkt, (ICMP_TIME_EXCEEDED, ICMP_EXC_TTL), from).is_err()
+        || icmp_error(ctx, pkt, (ICMP_TIME_EXCEEDED, ICMP_EXC_TTL), [0; 4], from).is_err()
     {
         return (TC_ACT_SHOT, why);
     }
     send_back(ctx, cfg, pkt, why, from_pod)
+}
+
+/// Answers `pkt`, which came in on the uplink with "don't fragment" set and is too big for
+/// the pod it is for, with ICMP fragmentation needed carrying `mtu` (RFC 1191), from the node
+/// IP, so the sender lowers its path MTU. An ICMP error is never answered, only dropped.
+/// Counted as `REJECT_FRAG_NEEDED` either way.
+#[inline(always)]
+pub fn frag_needed(ctx: &TcContext, cfg: &NodeConfig, pkt: &Ipv4Packet, mtu: u32) -> (i32, u32) {
+    let why = reason::REJECT_FRAG_NEEDED;
+    // An MTU beyond 16 bits cannot be smaller than the packet; clamp rather than wrap.
+    let mtu = u16::try_from(mtu).unwrap_or(u16::MAX).to_be_bytes();
+    if matches!(pkt.l4, L4::IcmpError)
+        || icmp_error(
+            ctx,
+            pkt,
+            (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED),
+            [0, 0, mtu[0], mtu[1]],
+            cfg.node_ip,
+        )
+        .is_err()
+    {
+        return (TC_ACT_SHOT, why);
+    }
+    send_back(ctx, cfg, pkt, why, false)
 }
 
 /// Sends the answer built in place of `pkt` back to its sender: into the pod it came from

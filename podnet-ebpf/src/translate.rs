@@ -14,7 +14,9 @@ use podnet_ebpf::abi::{
 
 use crate::{
     conntrack::{self, PortChoice},
-    forward, nat,
+    forward,
+    mtu::{self, Fit},
+    nat,
     parse::{Ipv4Packet, L4},
     reject,
     services::{self, Frontend},
@@ -57,14 +59,32 @@ fn rewrite_and_deliver(
     why: u32,
     from_pod: bool,
 ) -> (i32, u32) {
-    // Every translated packet crosses the node: one hop.
-    if let Some(expired) = ttl::hop(ctx, cfg, pkt, from_pod) {
+    let dest = translated(&pkt.key, nat);
+    let ep = forward::endpoint(dest.daddr);
+    // From the uplink to a pod: the pod's MTU may be smaller (see `mtu`).
+    let (fit, mtu) = match &ep {
+        Some(ep) if !from_pod => mtu::check(ctx, ep.ifindex),
+        _ => (Fit::Fits, 0),
+    };
+    // Every translated packet crosses the node: one hop (the kernel counts it for a packet it
+    // forwards in fragments).
+    if fit != Fit::Fragment
+        && let Some(expired) = ttl::hop(ctx, cfg, pkt, from_pod)
+    {
         return expired;
+    }
+    if fit == Fit::FragNeeded {
+        // Answered before the rewrite: the error quotes the packet as its sender sent it.
+        return reject::frag_needed(ctx, cfg, pkt, mtu);
     }
     if nat::rewrite(ctx, pkt, nat).is_err() {
         return (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
     }
-    forward::deliver(ctx, cfg, &translated(&pkt.key, nat), why)
+    match (fit, ep) {
+        (Fit::Fragment, _) => (TC_ACT_OK, reason::PASS_TOO_BIG),
+        (_, Some(ep)) => forward::to_endpoint(ctx, cfg, &ep, Some(why)),
+        (_, None) => forward::deliver_off_node(ctx, cfg, &dest, why),
+    }
 }
 
 /// Translates and delivers a packet that belongs to a tracked flow; `None` when it does not.
@@ -77,17 +97,35 @@ pub fn tracked(
     from_pod: bool,
 ) -> Option<(i32, u32)> {
     let entry = conntrack::lookup(&pkt.key, now)?;
+    Some(translate_tracked(ctx, cfg, pkt, entry, now, from_pod))
+}
+
+/// [`tracked`] for a caller that has not read the clock: it is read only for a tracked flow.
+#[inline(always)]
+pub fn tracked_timed(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    pkt: &Ipv4Packet,
+    from_pod: bool,
+) -> Option<(i32, u32)> {
+    let (entry, now) = conntrack::lookup_timed(&pkt.key)?;
+    Some(translate_tracked(ctx, cfg, pkt, entry, now, from_pod))
+}
+
+/// Translates and delivers a packet that matched the live `entry`.
+#[inline(always)]
+fn translate_tracked(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    pkt: &Ipv4Packet,
+    entry: *mut podnet_ebpf::abi::CtEntry,
+    now: u64,
+    from_pod: bool,
+) -> (i32, u32) {
     conntrack::on_packet(cfg, &pkt.key, entry, pkt.l4, now);
     // SAFETY: `entry` points at a live map value; it is copied out at once.
     let (nat, kind, dir) = unsafe { ((*entry).nat, (*entry).kind, (*entry).dir) };
-    Some(rewrite_and_deliver(
-        ctx,
-        cfg,
-        pkt,
-        &nat,
-        reason_for(kind, dir),
-        from_pod,
-    ))
+    rewrite_and_deliver(ctx, cfg, pkt, &nat, reason_for(kind, dir), from_pod)
 }
 
 /// Starts a flow to `backend` of a service frontend (the packet's destination): records the
@@ -112,6 +150,10 @@ fn start_service_flow(
     }
     let hairpin = from_pod && backend.addr == pkt.key.saddr;
     let remote = !hairpin && forward::endpoint(backend.addr).is_none();
+    if !remote {
+        // The backend is a local pod: its replies to local clients must be looked up.
+        forward::mark_nat_replies(backend.addr);
+    }
     let snat_remote = remote && (nodeport || !from_pod);
     let allocate = PortChoice::Allocate;
     let (kind, ports, saddr) = if hairpin {
@@ -249,8 +291,10 @@ pub fn routed_to_pod(
     now: u64,
     ep: &podnet_ebpf::abi::Endpoint,
 ) -> (i32, u32) {
-    if let Some(expired) = ttl::hop(ctx, cfg, pkt, false) {
-        return expired;
+    let fit = mtu::check(ctx, ep.ifindex);
+    if fit.0 == Fit::FragNeeded {
+        // Answered, not delivered: no record.
+        return mtu::to_pod_checked(ctx, cfg, pkt, ep, reason::FORWARD_UPLINK_TO_POD, fit);
     }
     // A masquerade exclusion needs no record: the pod's traffic to it is never SNATed.
     if pkt.l4.has_tuple()
@@ -276,7 +320,7 @@ pub fn routed_to_pod(
             Err(why) => return (TC_ACT_SHOT, why),
         }
     }
-    forward::to_endpoint(ctx, cfg, ep, Some(reason::FORWARD_UPLINK_TO_POD))
+    mtu::to_pod_checked(ctx, cfg, pkt, ep, reason::FORWARD_UPLINK_TO_POD, fit)
 }
 
 /// A later fragment to a service frontend that no conntrack entry took (its first fragment was

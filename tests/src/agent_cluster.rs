@@ -33,6 +33,8 @@ pub struct AgentCluster {
     pub fabric: Netns,
     pub api: ApiServer,
     pub kubeconfig: PathBuf,
+    /// Flags every agent gets besides the common ones (e.g. an IPv6 `--cluster-cidr`).
+    pub agent_args: Vec<String>,
 }
 
 pub fn node_object(name: &str, ip: Ipv4Addr, pod_cidr: &str) -> Value {
@@ -55,6 +57,17 @@ impl AgentCluster {
     /// [`AgentCluster::new`], calling `before_agents` with the API server before any agent
     /// starts (to fill it, for an initial sync).
     pub fn with(n: u8, first_octet: u16, before_agents: impl FnOnce(&ApiServer)) -> Self {
+        Self::with_agent_args(n, first_octet, &[], |cluster| before_agents(&cluster.api))
+    }
+
+    /// [`AgentCluster::new`] with `agent_args` added to every agent's flags, calling
+    /// `before_agents` with the cluster (API server, nodes' namespaces) before any agent starts.
+    pub fn with_agent_args(
+        n: u8,
+        first_octet: u16,
+        agent_args: &[&str],
+        before_agents: impl FnOnce(&Self),
+    ) -> Self {
         let (fabric, outside) = crate::cluster::fabric();
         let api = ApiServer::start(Options {
             listen: (FABRIC_GATEWAY, 0).into(),
@@ -91,8 +104,9 @@ impl AgentCluster {
             fabric,
             api,
             kubeconfig,
+            agent_args: agent_args.iter().map(|a| (*a).to_owned()).collect(),
         };
-        before_agents(&cluster.api);
+        before_agents(&cluster);
         for i in 0..cluster.nodes.len() {
             cluster.start_agent(i);
         }
@@ -114,7 +128,8 @@ impl AgentCluster {
             .arg(node.ns.path())
             .arg("--pin-dir")
             .arg(&node.pin_dir)
-            .args(["--metrics-addr", METRICS, "--gc-interval", "1"]);
+            .args(["--metrics-addr", METRICS, "--gc-interval", "1"])
+            .args(&self.agent_args);
         self.nodes[i].agent = Some(ChildGuard::spawn(cmd));
     }
 

@@ -11,6 +11,7 @@
 //! - [`podnet_bin`], [`netprobe_bin`] and the `netprobe` helpers ([`serve_tcp`],
 //!   [`connect_tcp`], [`peer_ip_of`], ...), and for thousands of concurrent connections
 //!   [`serve_many`] and [`hold_tcp`].
+//! - [`bpf_stats`]: per-program run counts and run time (`kernel.bpf_stats_enabled`).
 //! - [`fuzz`]: a seeded PRNG, frame mutations and independent frame checks for fuzzing.
 //! - [`Cni`] / [`CniNode`]: a libcni-like driver running podnet's CNI plugin and the reference
 //!   plugins inside a node namespace.
@@ -22,6 +23,7 @@
 pub mod agent_cluster;
 pub mod apiserver;
 pub mod bench;
+pub mod bpf_stats;
 pub mod cluster;
 pub mod cni;
 pub mod cri;

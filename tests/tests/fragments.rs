@@ -191,3 +191,89 @@ fn udp_fragments_through_a_nodeport_to_a_backend_on_another_node() {
     assert!(delta(&before, &after, "dnat_reply") >= packets, "{after:?}");
     assert_no_fragment_lost(&before, &after);
 }
+
+/// The pods' MTU (1400) is below the uplink's (1500), as in overlay mode. A packet from outside
+/// too big for the pod it is for is never dropped without a word: with "don't fragment" the
+/// sender gets ICMP fragmentation needed with the pod's MTU from the node IP (and its kernel
+/// learns the path MTU, so the datagram goes through on the next try, in fragments); without it
+/// the kernel forwards it in fragments. Through a NodePort (translated) and to a pod IP routed
+/// to the node (untranslated).
+#[test]
+fn packets_too_big_for_a_pod_get_frag_needed_or_go_in_fragments() {
+    require_root!();
+    let node = Node::with_args("10.244.174.0/24", &["--mtu", "1400"]);
+    let echo = node.add_pod("echo");
+    let pod_mtu = echo.ns.ok("cat /sys/class/net/eth0/mtu");
+    assert_eq!(pod_mtu.trim(), "1400");
+    let _echo = serve_udp_echo(&echo.ns, &format!("{}:{ECHO_PORT}", echo.ip));
+    node.ok(&[
+        "nodeport",
+        "add",
+        "--port",
+        "30074",
+        "--proto",
+        "udp",
+        "--backend",
+        &format!("echo:{ECHO_PORT}"),
+    ]);
+    let outside = &node.topo.outside;
+    let target = format!("{NODE_IP}:30074");
+    let echo_1472 = || {
+        netprobe(
+            outside,
+            &[
+                "connect",
+                "udp",
+                &target,
+                "--payload-bytes",
+                "1472",
+                "--timeout-ms",
+                "1000",
+            ],
+        )
+    };
+    let before = node.stats();
+    // 1,500 bytes with DF (Linux's default for UDP): refused with the pod's MTU...
+    let first = echo_1472();
+    let after = node.stats();
+    assert_eq!(delta(&before, &after, "reject_frag_needed"), 1, "{after:?}");
+    let cached = outside.ok(&format!("ip route get {NODE_IP}"));
+    assert!(
+        cached.contains("mtu 1400"),
+        "the sender learnt the MTU: {cached}"
+    );
+    // ... and the next try goes in fragments and comes back whole.
+    let out = if first.status.success() {
+        first
+    } else {
+        echo_1472()
+    };
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "echoed=1472");
+
+    // Routed straight to the pod IP: DF set -> frag needed from the node IP; DF clear -> the
+    // kernel forwards it in fragments.
+    outside.ok(&format!("ip route add 10.244.174.0/24 via {NODE_IP}"));
+    outside.ok("ip route flush cache");
+    let before = node.stats();
+    let df = outside.sh(&format!("ping -n -c 1 -W 1 -M do -s 1472 {}", echo.ip));
+    let text = String::from_utf8_lossy(&df.stdout);
+    assert!(
+        text.contains(&format!("From {NODE_IP}")) && text.contains("mtu = 1400"),
+        "{}",
+        describe(&df)
+    );
+    let after = node.stats();
+    assert!(
+        delta(&before, &after, "reject_frag_needed") >= 1,
+        "{after:?}"
+    );
+    // Forget the learnt MTU, or the sender fragments to fit by itself.
+    outside.ok("ip route flush cache");
+    let before = node.stats();
+    let no_df = outside.sh(&format!("ping -n -c 1 -W 2 -M dont -s 1472 {}", echo.ip));
+    assert!(no_df.status.success(), "{}", describe(&no_df));
+    let after = node.stats();
+    assert_eq!(delta(&before, &after, "reject_frag_needed"), 0, "{after:?}");
+    assert!(delta(&before, &after, "pass_too_big") >= 1, "{after:?}");
+}

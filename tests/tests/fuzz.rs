@@ -222,7 +222,9 @@ enum Ran {
 }
 
 impl Harness {
-    fn new() -> Self {
+    /// A node in native routing mode, or (`overlay`) one whose other nodes are reached through
+    /// a tunnel device (the loopback stands in for it: a test run redirects nowhere).
+    fn new(overlay: bool) -> Self {
         let mut ebpf = load_classifiers();
         // The skb of a test run comes in on the namespace's loopback: the pods "live" there,
         // so anti-spoofing accepts their own packets and drops forged ones.
@@ -247,6 +249,7 @@ impl Harness {
                     ct_timeouts: CtTimeouts::DEFAULT,
                     // Refusals from the uplink go back out of the device the skb came in on.
                     uplink_ifindex: lo,
+                    tunnel_ifindex: if overlay { lo } else { 0 },
                     service_cidr: [10, 96, 0, 0],
                     service_prefix_len: 12,
                     ..NodeConfig::default()
@@ -1355,7 +1358,7 @@ fn replay(spec: &str) {
     let prog = Prog::parse(name).unwrap_or_else(|| panic!("unknown program {name}"));
     let frame = fuzz::unhex(hex).expect("hex frame");
     in_node_netns(|| {
-        let mut h = Harness::new();
+        let mut h = Harness::new(std::env::var_os(OVERLAY_ENV).is_some());
         h.reseed();
         let ran = h.run(prog, &frame);
         if let Ran::Verdict(verdict, out) = &ran {
@@ -1395,6 +1398,9 @@ const MUST_REACH: [u32; 24] = [
     reason::PASS_SERVICE_CIDR,
 ];
 
+/// Set (to anything) to replay an input on an overlay-mode node.
+const OVERLAY_ENV: &str = "PODNET_FUZZ_OVERLAY";
+
 #[test]
 fn fuzzed_frames_keep_the_datapath_invariants() {
     require_root!();
@@ -1402,15 +1408,32 @@ fn fuzzed_frames_keep_the_datapath_invariants() {
         replay(&spec);
         return;
     }
+    fuzz_node(false);
+}
+
+/// The same corpus on a node in overlay mode: packets for other nodes' pods (and the node's
+/// own tunnel traffic) take the tunnel path.
+#[test]
+fn fuzzed_frames_keep_the_datapath_invariants_in_overlay_mode() {
+    require_root!();
+    if std::env::var_os(fuzz::REPLAY_ENV).is_some() {
+        return;
+    }
+    fuzz_node(true);
+}
+
+fn fuzz_node(overlay: bool) {
     let (seed, iterations) = run_config();
-    let mut s = Scenario::new(
+    let mode = if overlay { "overlay" } else { "native routing" };
+    let mut s = Scenario::new(format!(
         "fuzzed frames (truncated, options, fragments, bad IHL, VLAN, IPv6, flags, ICMP quotes, \
-         random mutations) through from_pod and from_uplink keep the datapath's invariants",
-    );
+         random mutations) through from_pod and from_uplink keep the datapath's invariants \
+         ({mode})"
+    ));
     s.number("seed", format!("{seed:#x}"));
     in_node_netns(|| {
         let started = Instant::now();
-        let mut h = Harness::new();
+        let mut h = Harness::new(overlay);
         let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
         let mut per_prog: BTreeMap<(Prog, u32), u64> = BTreeMap::new();
         let mut reasons = vec![0u64; reason::COUNT as usize];
@@ -1500,7 +1523,7 @@ fn fuzzed_frames_keep_the_datapath_invariants() {
         s.number("reasons", by_reason.join(" "));
         s.number("seconds", format!("{:.1}", elapsed.as_secs_f64()));
         eprintln!(
-            "fuzz: {iterations} inputs, seed {seed:#x}, {:.1} s\n  {outcomes:?}\n  {per_prog:?}\n  {}",
+            "fuzz ({mode}): {iterations} inputs, seed {seed:#x}, {:.1} s\n  {outcomes:?}\n  {per_prog:?}\n  {}",
             elapsed.as_secs_f64(),
             by_reason.join(" ")
         );

@@ -15,7 +15,7 @@ use podnet_ebpf::abi::{
     svc_flag,
 };
 use podnet_tests::{
-    ChildGuard, InNetns as _, Node, PodInfo, describe, netprobe, require_root,
+    ChildGuard, InNetns as _, Node, PodInfo, bpf_stats, describe, netprobe, require_root,
     testrun::service_spec, wait_until,
 };
 use serde_json::Value;
@@ -235,16 +235,8 @@ const FLOOD_SECONDS: &str = "3";
 
 /// `run_cnt` and `run_time_ns` of the node's pinned `from_pod`.
 fn from_pod_stats(node: &Node) -> (u64, u64) {
-    let mut cmd = Command::new("bpftool");
-    cmd.args(["-j", "prog", "show", "pinned"])
-        .arg(node.pin_dir.join("progs/from_pod"));
-    let out = podnet_tests::run_bounded(cmd, Duration::from_secs(20));
-    assert!(out.status.success(), "bpftool: {}", describe(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    (
-        v["run_cnt"].as_u64().unwrap_or(0),
-        v["run_time_ns"].as_u64().unwrap_or(0),
-    )
+    let c = bpf_stats::counters(&node.pin_dir.join("progs/from_pod"));
+    (c.run_cnt, c.run_time_ns)
 }
 
 fn flood(node: &Node, a: &PodInfo, to: &str) -> FloodCost {
@@ -278,24 +270,6 @@ fn flood(node: &Node, a: &PodInfo, to: &str) -> FloodCost {
     }
 }
 
-/// `kernel.bpf_stats_enabled` on while it lives, back to its old value after (also on panic).
-struct BpfStats(String);
-
-impl BpfStats {
-    fn enable() -> Self {
-        let path = "/proc/sys/kernel/bpf_stats_enabled";
-        let old = std::fs::read_to_string(path).expect("bpf_stats_enabled");
-        std::fs::write(path, "1").expect("enabling bpf_stats");
-        Self(old.trim().to_owned())
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
-    }
-}
-
 /// The cost of reporting drops (run by hand, see the README): `from_pod`'s nanoseconds per
 /// packet under a flood of spoofed UDP (every packet dropped) and under a flood to another pod
 /// (every packet forwarded), with the programs built without reporting
@@ -308,7 +282,7 @@ fn monitor_cost_under_a_drop_flood() {
     require_root!();
     let baseline = std::env::var("PODNET_MONITOR_BASELINE_OBJECT")
         .expect("PODNET_MONITOR_BASELINE_OBJECT: an object built with PODNET_EBPF_NO_MONITOR=1");
-    let _stats = BpfStats::enable();
+    let _stats = bpf_stats::Enabled::new();
     let cases = [
         "no reporting",
         "reporting, nobody listening",

@@ -18,6 +18,7 @@ use std::{
 
 use podnet::datapath::services_map::{Frontend, ServicesMap};
 use podnet_ebpf::abi::{
+    endpoint_flag,
     proto::{IPPROTO_TCP, IPPROTO_UDP},
     svc_flag,
 };
@@ -171,6 +172,46 @@ fn pod_to_clusterip_with_a_local_backend(path: Path, pod_cidr: &str) {
     let after = node.stats();
     assert_path(path, &before, &after, 3);
     assert_eq!(delta(&before, &after, "snat"), 0, "never SNATed: {after:?}");
+
+    if path == Path::Tc {
+        // The backend's packets to local pods are looked up in conntrack (its replies are
+        // translated back); the client's skip it. Re-plugging the pods keeps that.
+        let nat_replies = |ip: &str| endpoint_flags(&node, ip) & endpoint_flag::NAT_REPLIES != 0;
+        assert!(nat_replies(&web.ip), "the backend is marked");
+        assert!(!nat_replies(&client.ip), "the client is not");
+        let mut init = node.init_args();
+        init.extend(path.init_args().iter().map(|a| (*a).to_owned()));
+        node.ok(&init.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(nat_replies(&web.ip), "node init keeps the mark");
+        let reply = probe(&client.ns, "tcp", &vip(80), &[]).expect("again, after node init");
+        assert_eq!(
+            sockpeer(&reply),
+            Some(vip(80).parse().expect("addr")),
+            "{reply}"
+        );
+    }
+}
+
+/// The `flags` of the `ENDPOINTS` entry of `ip`.
+fn endpoint_flags(node: &Node, ip: &str) -> u32 {
+    let dump: serde_json::Value =
+        serde_json::from_str(&bpftool_dump(node, "ENDPOINTS")).expect("bpftool JSON");
+    let octets: Vec<serde_json::Value> = ip
+        .parse::<Ipv4Addr>()
+        .expect("IPv4")
+        .octets()
+        .iter()
+        .map(|o| serde_json::Value::from(*o))
+        .collect();
+    dump.as_array()
+        .expect("entries")
+        .iter()
+        // `bpftool --json` shows a BTF map's fields under "formatted".
+        .map(|e| e.get("formatted").unwrap_or(e))
+        .find(|e| e["key"]["addr"].as_array() == Some(&octets))
+        .and_then(|e| e["value"]["flags"].as_u64())
+        .and_then(|f| u32::try_from(f).ok())
+        .unwrap_or_else(|| panic!("no endpoint {ip} in {dump}"))
 }
 
 #[test]

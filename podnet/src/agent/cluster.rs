@@ -1,6 +1,11 @@
 //! What the agent knows of the cluster: the Nodes, Services and EndpointSlices the watches
 //! delivered, and from them the desired state (peers, services). Pure: events go in, the keys
 //! whose desired state changed come out, so one Service changing rewrites that Service only.
+//!
+//! Nodes become peers checked as `node peer add` checks them, against this node and the peers
+//! admitted before (those programmed already come first, so a newcomer that conflicts with one
+//! is the one left out). A Node whose IPv6 half cannot be routed (no IPv6 InternalIP, the VXLAN
+//! overlay, outside the IPv6 cluster CIDR, overlapping) stays an IPv4 peer, with a note.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,7 +15,29 @@ use k8s_openapi::api::{
 };
 
 use super::convert::{self, Skipped};
-use crate::model::{peer::PeerNode, service::Metadata, service::Service};
+use crate::{
+    config::NodeSettings,
+    model::{peer::PeerNode, service::Metadata, service::Service},
+    ops,
+};
+
+/// The peers the Nodes make, what was skipped, and notes on what was left out of the peers
+/// (their IPv6 half), by node name.
+#[derive(Debug, Default)]
+pub struct Peers {
+    pub peers: Vec<PeerNode>,
+    pub skipped: Vec<Skipped>,
+    pub notes: BTreeMap<String, String>,
+}
+
+/// Every Service's desired state, what was skipped, and the notes worth logging by service
+/// (why one was skipped, or what of it is left out).
+#[derive(Debug, Default)]
+pub struct Desired {
+    pub services: Vec<Service>,
+    pub skipped: Vec<Skipped>,
+    pub notes: BTreeMap<String, String>,
+}
 
 /// The watched objects, by key.
 #[derive(Debug, Default)]
@@ -55,19 +82,66 @@ impl Cluster {
             .collect();
     }
 
-    /// The peers: every Node but this one that has an IPv4 pod CIDR and InternalIP, by name.
-    pub fn peers(&self) -> (Vec<PeerNode>, Vec<Skipped>) {
-        let (mut peers, mut skipped) = (Vec::new(), Vec::new());
-        for (name, node) in &self.nodes {
-            if *name == self.own_node {
+    /// The peers: every Node but this one that has an IPv4 pod CIDR and InternalIP, valid and
+    /// not conflicting with `settings` (this node) or with a peer admitted before it; those
+    /// named in `programmed` are admitted first, the rest by name.
+    pub fn peers(&self, settings: &NodeSettings, programmed: &[PeerNode]) -> Peers {
+        let was = |name: &str| programmed.iter().any(|p| p.name == name);
+        let mut order: Vec<(&String, &Node)> = self
+            .nodes
+            .iter()
+            .filter(|(name, _)| **name != self.own_node)
+            .collect();
+        order.sort_by_key(|(name, _)| !was(name));
+        let mut out = Peers::default();
+        for (name, node) in order {
+            let candidate = match convert::peer(node) {
+                Ok(p) => p,
+                Err(e) => {
+                    out.notes.insert(name.clone(), e.to_string());
+                    out.skipped.push(e);
+                    continue;
+                }
+            };
+            let ipv4 = PeerNode {
+                pod_cidr6: None,
+                node_ip6: None,
+                ..candidate.clone()
+            };
+            if let Err(e) = ops::peer::check_addresses(settings, &ipv4, &out.peers) {
+                let text = e.to_string();
+                let why = text
+                    .strip_prefix(&format!("peer {name}: "))
+                    .unwrap_or(&text);
+                let e = Skipped::Node(name.clone(), why.to_owned());
+                out.notes.insert(name.clone(), e.to_string());
+                out.skipped.push(e);
                 continue;
             }
-            match convert::peer(node) {
-                Ok(p) => peers.push(p),
-                Err(e) => skipped.push(e),
+            let Some(cidr6) = candidate.pod_cidr6 else {
+                out.peers.push(candidate);
+                continue;
+            };
+            let ipv6_fault = if candidate.node_ip6.is_none() {
+                Some("it has no IPv6 InternalIP to route it to".to_owned())
+            } else {
+                ops::peer::check_addresses(settings, &candidate, &out.peers)
+                    .err()
+                    .map(|e| e.to_string())
+            };
+            match ipv6_fault {
+                None => out.peers.push(candidate),
+                Some(why) => {
+                    out.notes.insert(
+                        name.clone(),
+                        format!("node {name}: IPv6 pod CIDR {cidr6} not routed ({why}); peer over IPv4 only"),
+                    );
+                    out.peers.push(ipv4);
+                }
             }
         }
-        (peers, skipped)
+        out.peers.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// A Service was added or changed; returns its key.
@@ -86,9 +160,13 @@ impl Cluster {
 
     /// An EndpointSlice was added or changed; returns the services whose endpoints changed
     /// (its owner, and its former owner if the label moved).
+    /// Slices of another family than IPv4 are not kept: they touch nothing.
     pub fn slice(&mut self, slice: EndpointSlice) -> Vec<Metadata> {
         let key = slice_key(&slice);
         let mut touched = self.forget_slice(&key);
+        if !convert::is_ipv4(&slice) {
+            return touched;
+        }
         if let Some(owner) = convert::slice_owner(&slice) {
             self.slices_of
                 .entry(owner.clone())
@@ -141,6 +219,11 @@ impl Cluster {
     /// The desired state of service `key`: `Ok(None)` when there is no such Service (or it is
     /// skipped: then the error says why).
     pub fn desired(&self, key: &Metadata) -> Result<Option<Service>, Skipped> {
+        Ok(self.desired_noted(key)?.map(|(svc, _)| svc))
+    }
+
+    /// [`Cluster::desired`], with the notes on what of the Service is left out.
+    pub fn desired_noted(&self, key: &Metadata) -> Result<Option<(Service, Vec<String>)>, Skipped> {
         let Some(svc) = self.services.get(key) else {
             return Ok(None);
         };
@@ -151,19 +234,184 @@ impl Cluster {
             .flatten()
             .filter_map(|k| self.slices.get(k))
             .collect();
-        convert::service(svc, &slices).map(Some)
+        convert::service_noted(svc, &slices).map(Some)
     }
 
-    /// Every Service's desired state, and what was skipped.
-    pub fn all_desired(&self) -> (Vec<Service>, Vec<Skipped>) {
-        let (mut out, mut skipped) = (Vec::new(), Vec::new());
+    /// Every Service's desired state, what was skipped, and the notes.
+    pub fn all_desired(&self) -> Desired {
+        let mut out = Desired::default();
         for key in self.services.keys() {
-            match self.desired(key) {
-                Ok(Some(s)) => out.push(s),
+            match self.desired_noted(key) {
+                Ok(Some((s, notes))) => {
+                    if !notes.is_empty() {
+                        out.notes.insert(
+                            key.to_string(),
+                            format!("service {key}: {}", notes.join("; ")),
+                        );
+                    }
+                    out.services.push(s);
+                }
                 Ok(None) => {}
-                Err(e) => skipped.push(e),
+                Err(e) => {
+                    if e.worth_logging() {
+                        out.notes.insert(key.to_string(), e.to_string());
+                    }
+                    out.skipped.push(e);
+                }
             }
         }
-        (out, skipped)
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(mode: &str) -> NodeSettings {
+        serde_json::from_value(serde_json::json!({
+            "pod_cidr": "10.244.1.0/24", "cluster_cidr": "10.244.0.0/16", "node_ip": "198.18.0.11",
+            "pod_cidr6": "fd00:10:244:1::/64", "cluster_cidr6": "fd00:10:244::/48",
+            "node_ip6": "fd00:198:18::11", "uplink": "eth0", "mode": mode,
+        }))
+        .unwrap()
+    }
+
+    fn node(name: &str, ip: &str, cidr: &str, ip6: Option<&str>, cidr6: Option<&str>) -> Node {
+        let mut cidrs = vec![cidr];
+        cidrs.extend(cidr6);
+        let mut addresses = vec![serde_json::json!({"type": "InternalIP", "address": ip})];
+        addresses.extend(ip6.map(|a| serde_json::json!({"type": "InternalIP", "address": a})));
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"podCIDR": cidr, "podCIDRs": cidrs},
+            "status": {"addresses": addresses}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn peers_are_checked_and_a_conflicting_newcomer_is_the_one_left_out() {
+        let s = settings("native");
+        let mut c = Cluster::new("n1");
+        c.replace_nodes(vec![
+            node("n1", "198.18.0.11", "10.244.1.0/24", None, None),
+            node(
+                "n3",
+                "198.18.0.13",
+                "10.244.3.0/24",
+                Some("fd00:198:18::13"),
+                Some("fd00:10:244:3::/64"),
+            ),
+        ]);
+        let first = c.peers(&s, &[]);
+        assert_eq!(first.peers.len(), 1);
+        assert_eq!(
+            first.peers[0].pod_cidr6.map(|c| c.to_string()).as_deref(),
+            Some("fd00:10:244:3::/64")
+        );
+        assert!(first.notes.is_empty(), "{:?}", first.notes);
+        // "n2" sorts first but takes n3's pod CIDR: n3 stays, n2 is skipped, saying why.
+        c.node(
+            "n2".to_owned(),
+            Some(node("n2", "198.18.0.12", "10.244.3.0/24", None, None)),
+        );
+        // A node overlapping this node's own pod CIDR, one outside the cluster CIDR.
+        c.node(
+            "n4".to_owned(),
+            Some(node("n4", "198.18.0.14", "10.244.1.0/25", None, None)),
+        );
+        c.node(
+            "n5".to_owned(),
+            Some(node("n5", "198.18.0.15", "10.99.5.0/24", None, None)),
+        );
+        let next = c.peers(&s, &first.peers);
+        assert_eq!(next.peers, first.peers);
+        assert!(
+            next.notes["n2"].contains("overlaps n3's"),
+            "{:?}",
+            next.notes
+        );
+        assert!(
+            next.notes["n4"].contains("overlaps this node's"),
+            "{:?}",
+            next.notes
+        );
+        assert!(
+            next.notes["n5"].contains("not inside the cluster CIDR"),
+            "{:?}",
+            next.notes
+        );
+        assert_eq!(next.skipped.len(), 3);
+    }
+
+    #[test]
+    fn an_ipv6_half_that_cannot_be_routed_leaves_an_ipv4_peer() {
+        let mut c = Cluster::new("n1");
+        c.replace_nodes(vec![
+            // No IPv6 InternalIP.
+            node(
+                "a",
+                "198.18.0.12",
+                "10.244.2.0/24",
+                None,
+                Some("fd00:10:244:2::/64"),
+            ),
+            // Outside the IPv6 cluster CIDR.
+            node(
+                "b",
+                "198.18.0.13",
+                "10.244.3.0/24",
+                Some("fd00:198:18::13"),
+                Some("fd00:99::/64"),
+            ),
+            // Overlapping this node's IPv6 pod CIDR.
+            node(
+                "c",
+                "198.18.0.14",
+                "10.244.4.0/24",
+                Some("fd00:198:18::14"),
+                Some("fd00:10:244:1::/64"),
+            ),
+        ]);
+        let out = c.peers(&settings("native"), &[]);
+        assert_eq!(out.peers.len(), 3, "{:?}", out.notes);
+        assert!(out.peers.iter().all(|p| p.pod_cidr6.is_none()));
+        assert!(out.skipped.is_empty());
+        for (name, wanted) in [
+            ("a", "no IPv6 InternalIP"),
+            ("b", "not inside the IPv6 cluster CIDR"),
+            ("c", "overlaps this node's"),
+        ] {
+            assert!(
+                out.notes[name].contains(wanted) && out.notes[name].contains("IPv4 only"),
+                "{name}: {:?}",
+                out.notes
+            );
+        }
+        // The overlay carries IPv4 only: a good IPv6 half is left out there too.
+        c.replace_nodes(vec![node(
+            "d",
+            "198.18.0.15",
+            "10.244.5.0/24",
+            Some("fd00:198:18::15"),
+            Some("fd00:10:244:5::/64"),
+        )]);
+        let out = c.peers(&settings("vxlan"), &[]);
+        assert!(out.peers[0].pod_cidr6.is_none() && out.notes["d"].contains("VXLAN"));
+    }
+
+    #[test]
+    fn ipv6_slices_touch_nothing() {
+        let mut c = Cluster::new("n1");
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-v6", "namespace": "shop",
+                         "labels": {convert::SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv6",
+            "endpoints": [{"addresses": ["fd00:10:244:1::5"]}]
+        }))
+        .unwrap();
+        assert!(c.slice(slice.clone()).is_empty());
+        assert!(c.slice_deleted(&slice).is_empty());
     }
 }

@@ -2,12 +2,17 @@
 //! Service and its EndpointSlices to a [`Service`]. kube-proxy's rules on what to skip are
 //! kept: ExternalName and headless services, services carrying the
 //! `service.kubernetes.io/service-proxy-name` label (another proxy's), slices of another address
-//! family, and endpoints without addresses. Addresses are IPv4 (the IPv6 family comes with
-//! dual-stack support).
+//! family, and endpoints without addresses. A Node gives both families (its IPv6 pod CIDR is
+//! routed by the kernel); the datapath serves IPv4 services only, so a dual-stack Service keeps
+//! its IPv4 ClusterIP and notes the IPv6 one, and an IPv6-only or `RequireDualStack` Service
+//! is skipped with the reason.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use k8s_openapi::{
     api::{
         core::v1::{Node, Service as K8sService, ServiceSpec as K8sServiceSpec},
@@ -16,12 +21,15 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use crate::model::{
-    peer::PeerNode,
-    service::{
-        ClientIpConfig, Conditions, Endpoint, LoadBalancerIngress, LoadBalancerStatus,
-        LoadBalancing, Metadata, Service, ServicePort, ServiceSpec, ServiceStatus, ServiceType,
-        SessionAffinity, SessionAffinityConfig, TrafficPolicy,
+use crate::{
+    config::split_by_family,
+    model::{
+        peer::PeerNode,
+        service::{
+            ClientIpConfig, Conditions, Endpoint, IpFamily, IpFamilyPolicy, LoadBalancerIngress,
+            LoadBalancerStatus, LoadBalancing, Metadata, Service, ServicePort, ServiceSpec,
+            ServiceStatus, ServiceType, SessionAffinity, SessionAffinityConfig, TrafficPolicy,
+        },
     },
 };
 
@@ -33,43 +41,109 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Why an object was left out (counted in the agent's metrics).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Skipped {
-    #[error("{0}: not a podnet node (no IPv4 pod CIDR or InternalIP)")]
+    #[error("node {0}: not a podnet node (no IPv4 pod CIDR or InternalIP)")]
     NodeIncomplete(String),
-    #[error("{0}: {1}")]
-    Service(String, &'static str),
+    /// A Node whose addresses are malformed or conflict with this node or another peer.
+    #[error("node {0}: {1}")]
+    Node(String, String),
+    /// A Service kube-proxy leaves out too (headless, ExternalName, another proxy's): expected,
+    /// so not logged.
+    #[error("service {0}: {1}")]
+    NotProxied(String, &'static str),
+    /// A Service podnet cannot serve: a value it does not know, or IPv6 only.
+    #[error("service {0}: {1}")]
+    Service(String, String),
 }
 
-/// A node's pod CIDR (the first IPv4 of `spec.podCIDRs`, else `spec.podCIDR`).
-pub fn pod_cidr(node: &Node) -> Option<Ipv4Network> {
-    let spec = node.spec.as_ref()?;
-    spec.pod_cidrs
-        .iter()
+impl Skipped {
+    /// Whether this skip deserves a line in the log (kube-proxy's expected skips do not).
+    pub fn worth_logging(&self) -> bool {
+        !matches!(self, Self::NotProxied(..))
+    }
+}
+
+/// The addresses a Node gives, at most one of each family: `spec.podCIDRs` (else
+/// `spec.podCIDR`) and the first InternalIP of each family in `status.addresses`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeAddresses {
+    pub pod_cidr: Option<Ipv4Network>,
+    pub pod_cidr6: Option<Ipv6Network>,
+    pub node_ip: Option<Ipv4Addr>,
+    pub node_ip6: Option<Ipv6Addr>,
+}
+
+/// A Node's [`NodeAddresses`], or why they cannot be used: a pod CIDR or InternalIP that does
+/// not parse, two pod CIDRs of one family, host bits set, or `podCIDR` disagreeing with
+/// `podCIDRs` (the same rules as `node init --pod-cidr`).
+pub fn node_addresses(node: &Node) -> Result<NodeAddresses, String> {
+    let mut out = NodeAddresses::default();
+    if let Some(spec) = &node.spec {
+        let listed: Vec<&String> = spec.pod_cidrs.iter().flatten().collect();
+        if let (Some(single), Some(first)) = (&spec.pod_cidr, listed.first())
+            && single != *first
+        {
+            return Err(format!(
+                "spec.podCIDR {single} is not spec.podCIDRs' first entry {first}"
+            ));
+        }
+        let texts: Vec<&String> = if listed.is_empty() {
+            spec.pod_cidr.iter().collect()
+        } else {
+            listed
+        };
+        let mut nets = Vec::new();
+        for text in texts {
+            let net: IpNetwork = text
+                .parse()
+                .map_err(|_| format!("pod CIDR {text:?} is not a CIDR"))?;
+            if net.network() != net.ip() {
+                return Err(format!("pod CIDR {net} has host bits set"));
+            }
+            nets.push(net);
+        }
+        let split = split_by_family("spec.podCIDRs", &nets).map_err(|e| match e {
+            crate::config::ConfigError::Invalid(msg) => msg,
+            other => other.to_string(),
+        })?;
+        (out.pod_cidr, out.pod_cidr6) = (split.v4, split.v6);
+    }
+    let internal = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
         .flatten()
-        .chain(spec.pod_cidr.iter())
-        .find_map(|c| c.parse::<Ipv4Network>().ok())
+        .filter(|a| a.type_ == "InternalIP");
+    for a in internal {
+        let ip: IpAddr = a
+            .address
+            .parse()
+            .map_err(|_| format!("InternalIP {:?} is not an IP address", a.address))?;
+        match ip {
+            IpAddr::V4(v4) => _ = out.node_ip.get_or_insert(v4),
+            IpAddr::V6(v6) => _ = out.node_ip6.get_or_insert(v6),
+        }
+    }
+    Ok(out)
 }
 
-/// A node's InternalIP (the first IPv4 one).
-pub fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
-    node.status
-        .as_ref()?
-        .addresses
-        .iter()
-        .flatten()
-        .filter(|a| a.type_ == "InternalIP")
-        .find_map(|a| a.address.parse().ok())
-}
-
-/// The peer a Node is.
+/// The peer a Node is, with both families as the Node gives them (whether the IPv6 half can be
+/// routed is decided against this node and the other peers: [`super::cluster`]).
 pub fn peer(node: &Node) -> Result<PeerNode, Skipped> {
     let name = node.metadata.name.clone().unwrap_or_default();
-    match (pod_cidr(node), internal_ip(node)) {
-        (Some(pod_cidr), Some(node_ip)) => Ok(PeerNode {
+    let addresses = node_addresses(node).map_err(|why| Skipped::Node(name.clone(), why))?;
+    match addresses {
+        NodeAddresses {
+            pod_cidr: Some(pod_cidr),
+            node_ip: Some(node_ip),
+            pod_cidr6,
+            node_ip6,
+        } => Ok(PeerNode {
             name,
             node_ip,
             pod_cidr,
-            pod_cidr6: None,
-            node_ip6: None,
+            pod_cidr6,
+            node_ip6,
         }),
         _ => Err(Skipped::NodeIncomplete(name)),
     }
@@ -173,10 +247,152 @@ fn semantics(svc: &K8sService, spec: &K8sServiceSpec) -> Result<Semantics, &'sta
     })
 }
 
+/// What a Service's address fields (`clusterIP`, `clusterIPs`, `ipFamilies`,
+/// `ipFamilyPolicy`) come to on a datapath that serves IPv4 only: the IPv4 ClusterIP, the
+/// families and policy as podnet's record keeps them, and the IPv6 ClusterIP left out.
+struct Families {
+    cluster_ip: Ipv4Addr,
+    ip_families: Vec<IpFamily>,
+    ip_family_policy: Option<IpFamilyPolicy>,
+    left_out: Vec<Ipv6Addr>,
+}
+
+/// Why a Service's address fields are refused: kube-proxy's skip (headless) or podnet's.
+enum Refusal {
+    NotProxied(&'static str),
+    Invalid(String),
+}
+
+/// The API's names of the address families.
+fn family(name: &str) -> Option<IpFamily> {
+    match name {
+        "IPv4" => Some(IpFamily::IPv4),
+        "IPv6" => Some(IpFamily::IPv6),
+        _ => None,
+    }
+}
+
+fn family_of(ip: IpAddr) -> IpFamily {
+    if ip.is_ipv4() {
+        IpFamily::IPv4
+    } else {
+        IpFamily::IPv6
+    }
+}
+
+/// Reads and checks the address fields (the API server's own rules: at most one ClusterIP per
+/// family, in the order of `ipFamilies`, one only with `SingleStack`, `clusterIP` the first of
+/// `clusterIPs`); an IPv6-only or `RequireDualStack` Service is refused, a dual-stack one keeps
+/// its IPv4 half.
+fn families(spec: &K8sServiceSpec) -> Result<Families, Refusal> {
+    let invalid = |msg: String| Err(Refusal::Invalid(msg));
+    let ip_family_policy = match spec.ip_family_policy.as_deref() {
+        None => None,
+        Some("SingleStack") => Some(IpFamilyPolicy::SingleStack),
+        Some("PreferDualStack") => Some(IpFamilyPolicy::PreferDualStack),
+        Some("RequireDualStack") => Some(IpFamilyPolicy::RequireDualStack),
+        Some(other) => return invalid(format!("unknown ipFamilyPolicy {other:?}")),
+    };
+    let mut listed_families = Vec::new();
+    for name in spec.ip_families.iter().flatten() {
+        let Some(f) = family(name) else {
+            return invalid(format!("unknown ipFamilies entry {name:?}"));
+        };
+        if listed_families.contains(&f) {
+            return invalid(format!("ipFamilies lists {name} twice"));
+        }
+        listed_families.push(f);
+    }
+    let listed: Vec<&String> = spec.cluster_ips.iter().flatten().collect();
+    if let (Some(single), Some(first)) = (&spec.cluster_ip, listed.first())
+        && single != *first
+    {
+        return invalid(format!(
+            "clusterIP {single} is not clusterIPs' first entry {first}"
+        ));
+    }
+    let texts: Vec<&String> = if listed.is_empty() {
+        spec.cluster_ip.iter().collect()
+    } else {
+        listed
+    };
+    if texts
+        .first()
+        .is_none_or(|ip| ip.is_empty() || *ip == "None")
+    {
+        return Err(Refusal::NotProxied("headless (no ClusterIP)"));
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for text in texts {
+        let Ok(ip) = text.parse::<IpAddr>() else {
+            return invalid(format!("clusterIP {text:?} is not an IP address"));
+        };
+        if ips.iter().any(|seen| family_of(*seen) == family_of(ip)) {
+            return invalid(format!(
+                "clusterIPs holds two addresses of one family ({ip} is the second)"
+            ));
+        }
+        ips.push(ip);
+    }
+    for (ip, f) in ips.iter().zip(&listed_families) {
+        if family_of(*ip) != *f {
+            return invalid(format!(
+                "clusterIP {ip} does not match its ipFamilies entry {f:?}"
+            ));
+        }
+    }
+    if ip_family_policy == Some(IpFamilyPolicy::SingleStack) && ips.len() > 1 {
+        return invalid("ipFamilyPolicy SingleStack with two clusterIPs".to_owned());
+    }
+    if ip_family_policy == Some(IpFamilyPolicy::RequireDualStack) {
+        return invalid(
+            "ipFamilyPolicy RequireDualStack: podnet's datapath has no IPv6 services yet, so it cannot serve both families"
+                .to_owned(),
+        );
+    }
+    let left_out: Vec<Ipv6Addr> = ips
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
+    let Some(cluster_ip) = ips.iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    }) else {
+        let shown: Vec<String> = left_out.iter().map(ToString::to_string).collect();
+        return invalid(format!(
+            "IPv6-only (clusterIPs {}): podnet's datapath has no IPv6 services yet",
+            shown.join(", ")
+        ));
+    };
+    Ok(Families {
+        cluster_ip,
+        // The record lists the family it serves; the IPv6 half is reported, not kept.
+        ip_families: if listed_families.is_empty() {
+            Vec::new()
+        } else {
+            vec![IpFamily::IPv4]
+        },
+        ip_family_policy,
+        left_out,
+    })
+}
+
 /// The Service with the endpoints of all its slices merged, or why it is skipped.
 pub fn service(svc: &K8sService, slices: &[&EndpointSlice]) -> Result<Service, Skipped> {
+    service_noted(svc, slices).map(|(service, _)| service)
+}
+
+/// [`service`], with notes on what of a served Service is left out: its IPv6 ClusterIP,
+/// externalIPs and load-balancer IPs (no IPv6 services in the datapath yet).
+pub fn service_noted(
+    svc: &K8sService,
+    slices: &[&EndpointSlice],
+) -> Result<(Service, Vec<String>), Skipped> {
     let metadata = key(&svc.metadata);
-    let skip = |why| Err(Skipped::Service(metadata.to_string(), why));
+    let skip = |why| Err(Skipped::NotProxied(metadata.to_string(), why));
     if svc
         .metadata
         .labels
@@ -188,25 +404,30 @@ pub fn service(svc: &K8sService, slices: &[&EndpointSlice]) -> Result<Service, S
     let Some(spec) = &svc.spec else {
         return skip("no spec");
     };
+    let refuse = |why: &str| Err(Skipped::Service(metadata.to_string(), why.to_owned()));
     let service_type = match spec.type_.as_deref() {
         None | Some("ClusterIP") => ServiceType::ClusterIP,
         Some("NodePort") => ServiceType::NodePort,
         Some("LoadBalancer") => ServiceType::LoadBalancer,
         Some("ExternalName") => return skip("ExternalName (a DNS alias)"),
-        Some(_) => return skip("unknown type"),
+        Some(_) => return refuse("unknown type"),
     };
-    let cluster_ips: Vec<String> = spec
-        .cluster_ips
+    let families = match families(spec) {
+        Ok(f) => f,
+        Err(Refusal::NotProxied(why)) => return skip(why),
+        Err(Refusal::Invalid(why)) => return refuse(&why),
+    };
+    let mut notes: Vec<String> = families
+        .left_out
         .iter()
-        .flatten()
-        .chain(spec.cluster_ip.iter())
-        .filter(|ip| ip.parse::<Ipv4Addr>().is_ok())
-        .take(1)
-        .cloned()
+        .map(|ip| {
+            format!(
+                "IPv6 ClusterIP {ip} not programmed (podnet's datapath has no IPv6 services yet); IPv4 ClusterIP {} is",
+                families.cluster_ip
+            )
+        })
         .collect();
-    if cluster_ips.is_empty() {
-        return skip("headless or without an IPv4 ClusterIP");
-    }
+    let cluster_ips = vec![families.cluster_ip.to_string()];
     let slice_ports = slice_ports(slices);
     let ports = spec
         .ports
@@ -222,29 +443,15 @@ pub fn service(svc: &K8sService, slices: &[&EndpointSlice]) -> Result<Service, S
         .collect();
     let semantics = match semantics(svc, spec) {
         Ok(s) => s,
-        Err(why) => return skip(why),
+        Err(why) => return refuse(why),
     };
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_ref()?.parse().ok())
-        .map(|ip| LoadBalancerIngress { ip })
-        .collect();
-    Ok(Service {
+    let (external_ips, ingress) = external_addresses(svc, spec, &mut notes);
+    let service = Service {
         metadata,
         spec: ServiceSpec {
             service_type,
             cluster_ips,
-            external_ips: spec
-                .external_ips
-                .iter()
-                .flatten()
-                .filter_map(|ip| ip.parse().ok())
-                .collect(),
+            external_ips,
             ports,
             session_affinity: semantics.session_affinity,
             session_affinity_config: semantics.session_affinity_config,
@@ -254,21 +461,65 @@ pub fn service(svc: &K8sService, slices: &[&EndpointSlice]) -> Result<Service, S
                 .health_check_node_port
                 .and_then(|p| u16::try_from(p).ok()),
             load_balancing: semantics.load_balancing,
-            ip_families: Vec::new(),
-            ip_family_policy: None,
+            ip_families: families.ip_families,
+            ip_family_policy: families.ip_family_policy,
         },
         status: ServiceStatus {
             load_balancer: LoadBalancerStatus { ingress },
         },
         endpoints: endpoints(slices),
-    })
+    };
+    Ok((service, notes))
+}
+
+/// The IPv4 externalIPs and load-balancer ingress IPs of a Service; an IPv6 one gets a note.
+fn external_addresses(
+    svc: &K8sService,
+    spec: &K8sServiceSpec,
+    notes: &mut Vec<String>,
+) -> (Vec<Ipv4Addr>, Vec<LoadBalancerIngress>) {
+    let mut ipv4_only = |what: &str, text: &str| -> Option<Ipv4Addr> {
+        match text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => Some(v4),
+            Ok(IpAddr::V6(v6)) => {
+                notes.push(format!(
+                    "IPv6 {what} {v6} not programmed (podnet's datapath has no IPv6 services yet)"
+                ));
+                None
+            }
+            Err(_) => None,
+        }
+    };
+    let external_ips = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ipv4_only("externalIP", ip))
+        .collect();
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| ipv4_only("load-balancer IP", i.ip.as_ref()?))
+        .map(|ip| LoadBalancerIngress { ip })
+        .collect();
+    (external_ips, ingress)
+}
+
+/// Whether an EndpointSlice holds IPv4 endpoints: the only ones the datapath serves (IPv6 and
+/// FQDN slices are left out, as kube-proxy leaves out slices of another family).
+pub fn is_ipv4(slice: &EndpointSlice) -> bool {
+    slice.address_type == "IPv4"
 }
 
 /// The port numbers the slices give each named port (the controller resolves named target
 /// ports per pod; podnet takes the first number a name has).
 fn slice_ports(slices: &[&EndpointSlice]) -> BTreeMap<String, u16> {
     let mut out = BTreeMap::new();
-    for slice in slices {
+    for slice in slices.iter().filter(|s| is_ipv4(s)) {
         for p in slice.ports.iter().flatten() {
             if let (Some(port), name) = (p.port, p.name.clone().unwrap_or_default()) {
                 out.entry(name)
@@ -296,7 +547,7 @@ fn target_port(
 fn endpoints(slices: &[&EndpointSlice]) -> Vec<Endpoint> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+    for slice in slices.iter().filter(|s| is_ipv4(s)) {
         for ep in slice.endpoints.iter().flatten() {
             let addresses: Vec<Ipv4Addr> = ep
                 .addresses
@@ -346,6 +597,190 @@ mod tests {
         assert_eq!(p.node_ip, Ipv4Addr::new(198, 18, 0, 20));
         let bare: Node = from(serde_json::json!({"metadata": {"name": "n3"}}));
         assert!(peer(&bare).is_err());
+    }
+
+    fn node(spec: &serde_json::Value, addresses: &[&str]) -> Node {
+        let addresses: Vec<serde_json::Value> = addresses
+            .iter()
+            .map(|a| serde_json::json!({"type": "InternalIP", "address": a}))
+            .collect();
+        from(serde_json::json!({
+            "metadata": {"name": "n2"}, "spec": spec, "status": {"addresses": addresses}
+        }))
+    }
+
+    #[test]
+    fn dual_stack_nodes_give_both_families_and_bad_values_say_why() {
+        let dual = node(
+            &serde_json::json!({"podCIDR": "10.244.2.0/24",
+                               "podCIDRs": ["10.244.2.0/24", "fd00:10:244:2::/64"]}),
+            &["fd00:198:18::12", "198.18.0.12", "198.18.0.99"],
+        );
+        let p = peer(&dual).unwrap();
+        assert_eq!(p.pod_cidr6.unwrap().to_string(), "fd00:10:244:2::/64");
+        assert_eq!(p.node_ip6.unwrap().to_string(), "fd00:198:18::12");
+        assert_eq!(
+            p.node_ip.to_string(),
+            "198.18.0.12",
+            "the first IPv4 InternalIP"
+        );
+        for (spec, addresses, wanted) in [
+            (
+                serde_json::json!({"podCIDRs": ["10.244.2.0/24", "10.244.3.0/24"]}),
+                vec!["198.18.0.12"],
+                "two IPv4 CIDRs",
+            ),
+            (
+                serde_json::json!({"podCIDRs": ["10.244.2.0/24", "fd00:10:244:2::/64", "fd00:10:244:3::/64"]}),
+                vec!["198.18.0.12"],
+                "two IPv6 CIDRs",
+            ),
+            (
+                serde_json::json!({"podCIDRs": ["10.244.2.0/24", "fd00:10:244:2::1/64"]}),
+                vec!["198.18.0.12"],
+                "host bits",
+            ),
+            (
+                serde_json::json!({"podCIDRs": ["10.244.2.0/24", "fd00::zz/64"]}),
+                vec!["198.18.0.12"],
+                "is not a CIDR",
+            ),
+            (
+                serde_json::json!({"podCIDR": "10.244.9.0/24", "podCIDRs": ["10.244.2.0/24"]}),
+                vec!["198.18.0.12"],
+                "is not spec.podCIDRs' first entry",
+            ),
+            (
+                serde_json::json!({"podCIDRs": ["10.244.2.0/24"]}),
+                vec!["198.18.0.12", "fd00::xyz"],
+                "is not an IP address",
+            ),
+        ] {
+            let err = peer(&node(&spec, &addresses)).unwrap_err();
+            assert!(
+                matches!(err, Skipped::Node(..)) && err.to_string().contains(wanted),
+                "{spec}: {err}"
+            );
+        }
+        // IPv6 only: not a podnet peer (IPv4 is required), said as such.
+        let v6 = node(
+            &serde_json::json!({"podCIDRs": ["fd00:10:244:2::/64"]}),
+            &["fd00:198:18::12"],
+        );
+        assert_eq!(peer(&v6), Err(Skipped::NodeIncomplete("n2".to_owned())));
+    }
+
+    fn web(spec: &serde_json::Value) -> K8sService {
+        let mut full = serde_json::json!({"type": "ClusterIP",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]});
+        for (k, v) in spec.as_object().unwrap() {
+            full[k] = v.clone();
+        }
+        from(serde_json::json!({"metadata": {"name": "web", "namespace": "shop"}, "spec": full}))
+    }
+
+    #[test]
+    fn a_dual_stack_service_keeps_its_ipv4_half_and_notes_the_rest() {
+        let dual = web(&serde_json::json!({
+            "clusterIP": "fd00:96::10", "clusterIPs": ["fd00:96::10", "10.96.0.10"],
+            "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "PreferDualStack",
+            "externalIPs": ["198.51.100.7", "2001:db8::7"]
+        }));
+        let (s, notes) = service_noted(&dual, &[]).unwrap();
+        assert_eq!(s.spec.cluster_ips, vec!["10.96.0.10".to_owned()]);
+        assert_eq!(s.spec.ip_families, vec![IpFamily::IPv4]);
+        assert_eq!(
+            s.spec.ip_family_policy,
+            Some(IpFamilyPolicy::PreferDualStack)
+        );
+        assert_eq!(s.spec.external_ips, vec![Ipv4Addr::new(198, 51, 100, 7)]);
+        assert!(
+            notes[0].contains("IPv6 ClusterIP fd00:96::10 not programmed")
+                && notes[0].contains("10.96.0.10 is"),
+            "{notes:?}"
+        );
+        assert!(
+            notes[1].contains("IPv6 externalIP 2001:db8::7"),
+            "{notes:?}"
+        );
+        // An IPv4 single-stack Service says so and has nothing to note.
+        let single = web(&serde_json::json!({
+            "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack"
+        }));
+        let (s, notes) = service_noted(&single, &[]).unwrap();
+        assert_eq!(s.spec.ip_family_policy, Some(IpFamilyPolicy::SingleStack));
+        assert!(notes.is_empty(), "{notes:?}");
+
+        for (spec, wanted) in [
+            (
+                serde_json::json!({"clusterIP": "fd00:96::10", "clusterIPs": ["fd00:96::10"], "ipFamilies": ["IPv6"]}),
+                "IPv6-only (clusterIPs fd00:96::10)",
+            ),
+            (
+                serde_json::json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                                   "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack"}),
+                "RequireDualStack",
+            ),
+            (
+                serde_json::json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ipFamilies": ["IPv6"]}),
+                "does not match its ipFamilies entry",
+            ),
+            (
+                serde_json::json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "10.96.0.11"]}),
+                "two addresses of one family",
+            ),
+            (
+                serde_json::json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"], "ipFamilyPolicy": "SingleStack"}),
+                "SingleStack with two clusterIPs",
+            ),
+            (
+                serde_json::json!({"clusterIP": "10.96.0.11", "clusterIPs": ["10.96.0.10"]}),
+                "is not clusterIPs' first entry",
+            ),
+            (
+                serde_json::json!({"clusterIP": "10.96.0.300"}),
+                "is not an IP address",
+            ),
+            (
+                serde_json::json!({"clusterIP": "10.96.0.10", "ipFamilies": ["IPv5"]}),
+                "unknown ipFamilies entry",
+            ),
+            (
+                serde_json::json!({"clusterIP": "10.96.0.10", "ipFamilyPolicy": "Both"}),
+                "unknown ipFamilyPolicy",
+            ),
+        ] {
+            let err = service(&web(&spec), &[]).unwrap_err();
+            assert!(
+                err.worth_logging() && err.to_string().contains(wanted),
+                "{spec}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_slices_give_no_endpoints_and_no_port_numbers() {
+        let svc = web(&serde_json::json!({"clusterIP": "10.96.0.10",
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}));
+        let slice = |family: &str, ip: &str, port: u16| -> EndpointSlice {
+            from(serde_json::json!({
+                "metadata": {"name": format!("web-{family}"), "namespace": "shop",
+                             "labels": {SERVICE_NAME_LABEL: "web"}},
+                "addressType": family,
+                "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]
+            }))
+        };
+        let (v6, v4) = (
+            slice("IPv6", "fd00:10:244:1::5", 9090),
+            slice("IPv4", "10.244.1.5", 8080),
+        );
+        let s = service(&svc, &[&v6, &v4]).unwrap();
+        assert_eq!(s.spec.ports[0].target(), 8080);
+        assert_eq!(s.backends().len(), 1);
+        let s = service(&svc, &[&v6]).unwrap();
+        assert!(s.endpoints.is_empty() && s.spec.ports[0].target_port.is_none());
     }
 
     #[test]

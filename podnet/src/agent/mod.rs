@@ -1,7 +1,7 @@
 //! `podnet agent`: Kubernetes as the control plane. One long-running process per node:
 //!
-//! 1. reads its own Node (pod CIDR from `spec.podCIDRs`, address from its InternalIP) and
-//!    runs `node init` from it;
+//! 1. reads its own Node (pod CIDRs from `spec.podCIDRs`, addresses from its InternalIPs, one
+//!    of each family) and runs `node init` from it;
 //! 2. watches Nodes (every other node is a peer), Services and EndpointSlices (the service
 //!    table), relisting whenever a watch expires (410 Gone) or the server comes back, with
 //!    backoff, and leaving the datapath as it is while the API server is away;
@@ -10,7 +10,9 @@
 //!    maps (so a restart after kill -9 converges without touching established flows);
 //! 4. runs the conntrack collector, and serves `/metrics`, `/healthz` and `/readyz`;
 //! 5. serves the health-check node ports of `externalTrafficPolicy: Local` services, as
-//!    kube-proxy does ([`health`]).
+//!    kube-proxy does ([`health`]);
+//! 6. logs why an object is skipped or what of it is left out (an IPv6 ClusterIP, a Node's
+//!    IPv6 half), once per object and change of reason ([`notes`]).
 //!
 //! A front end like the CLI and the CNI plugin: it maps the API to operations.
 
@@ -18,6 +20,7 @@ pub mod cluster;
 pub mod convert;
 pub mod health;
 pub mod metrics;
+pub mod notes;
 pub mod programmer;
 
 use std::{
@@ -92,14 +95,25 @@ async fn own_node(client: &Client, name: &str) -> Result<NodeSettingsSeed, Agent
     let mut delay = Duration::from_millis(100);
     loop {
         match nodes.get_opt(name).await {
-            Ok(Some(node)) => {
-                if let (Some(pod_cidr), Some(node_ip)) =
-                    (convert::pod_cidr(&node), convert::internal_ip(&node))
-                {
-                    return Ok(NodeSettingsSeed { pod_cidr, node_ip });
+            Ok(Some(node)) => match convert::node_addresses(&node) {
+                Ok(convert::NodeAddresses {
+                    pod_cidr: Some(pod_cidr),
+                    node_ip: Some(node_ip),
+                    pod_cidr6,
+                    node_ip6,
+                }) => {
+                    return Ok(NodeSettingsSeed {
+                        pod_cidr,
+                        node_ip,
+                        pod_cidr6,
+                        node_ip6,
+                    });
                 }
-                eprintln!("podnet agent: node {name} has no IPv4 pod CIDR or InternalIP yet");
-            }
+                Ok(_) => {
+                    eprintln!("podnet agent: node {name} has no IPv4 pod CIDR or InternalIP yet");
+                }
+                Err(why) => eprintln!("podnet agent: node {name}: {why}"),
+            },
             Ok(None) => eprintln!("podnet agent: node {name} is not registered yet"),
             Err(e) => eprintln!("podnet agent: reading node {name}: {e}"),
         }
@@ -108,17 +122,19 @@ async fn own_node(client: &Client, name: &str) -> Result<NodeSettingsSeed, Agent
     }
 }
 
-/// The pod CIDR of Node `name` (waiting until it has one), for `install-cni --node-name`.
-pub fn node_pod_cidr(
+/// The pod CIDRs of Node `name`: its IPv4 one (waiting until it has one) and its IPv6 one if
+/// it is dual-stack, for `install-cni --node-name`.
+pub fn node_pod_cidrs(
     name: &str,
     kubeconfig: Option<&PathBuf>,
-) -> Result<ipnetwork::Ipv4Network, AgentError> {
+) -> Result<(ipnetwork::Ipv4Network, Option<ipnetwork::Ipv6Network>), AgentError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let client = client(kubeconfig).await?;
-        Ok(own_node(&client, name).await?.pod_cidr)
+        let seed = own_node(&client, name).await?;
+        Ok((seed.pod_cidr, seed.pod_cidr6))
     })
 }
 
@@ -126,12 +142,32 @@ pub fn node_pod_cidr(
 struct NodeSettingsSeed {
     pod_cidr: ipnetwork::Ipv4Network,
     node_ip: std::net::Ipv4Addr,
+    pod_cidr6: Option<ipnetwork::Ipv6Network>,
+    node_ip6: Option<std::net::Ipv6Addr>,
 }
 
+/// The node's settings: the Node's pod CIDR and InternalIP of each family, the rest from the
+/// options (which may set the IPv6 ones themselves: then they win).
 fn settings(opts: &AgentOptions, seed: &NodeSettingsSeed) -> Result<NodeSettings, AgentError> {
     let mut map = opts.settings.clone();
     map.insert("pod_cidr".to_owned(), seed.pod_cidr.to_string().into());
     map.insert("node_ip".to_owned(), seed.node_ip.to_string().into());
+    if let Some(cidr6) = seed.pod_cidr6 {
+        map.entry("pod_cidr6")
+            .or_insert_with(|| cidr6.to_string().into());
+    }
+    if let Some(ip6) = seed.node_ip6 {
+        map.entry("node_ip6")
+            .or_insert_with(|| ip6.to_string().into());
+    }
+    let no_pod_cidr6 = map.get("pod_cidr6").is_none_or(serde_json::Value::is_null);
+    if no_pod_cidr6 && map.remove("cluster_cidr6").is_some() {
+        // A dual-stack cluster's node that got no IPv6 pod CIDR runs IPv4 only.
+        eprintln!(
+            "podnet agent: node {}: no IPv6 pod CIDR in spec.podCIDRs: this node's pods get IPv4 only",
+            opts.node_name
+        );
+    }
     let settings: NodeSettings = serde_json::from_value(serde_json::Value::Object(map))
         .map_err(|e| AgentError::Settings(e.to_string()))?;
     settings
@@ -168,6 +204,7 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     runtime.spawn(metrics::serve(listener, metrics.clone(), datapath));
     runtime.block_on(watch(
         &client,
+        &programmer.settings,
         &opts.node_name,
         &programmer,
         &metrics,
@@ -180,6 +217,7 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
 /// (they retry forever with backoff, so: until the process is stopped).
 async fn watch(
     client: &Client,
+    settings: &NodeSettings,
     own: &str,
     programmer: &programmer::Handle,
     metrics: &Metrics,
@@ -196,7 +234,7 @@ async fn watch(
         .default_backoff()
         .map(|e| e.map(|e| Change::Slice(Box::new(e))));
     let mut changes = stream::select_all([nodes.boxed(), services.boxed(), slices.boxed()]);
-    let mut state = Follower::new(own);
+    let mut state = Follower::new(own, settings.clone());
     while let Some(change) = changes.next().await {
         match change {
             Ok(change) => state.apply(change, programmer, metrics, started),
@@ -216,12 +254,20 @@ struct Follower {
     listed: [bool; 3],
     synced: bool,
     last_peers: Option<Vec<crate::model::peer::PeerNode>>,
+    /// This node's settings: peers are checked against them.
+    settings: NodeSettings,
+    /// What was logged of Nodes and of Services.
+    node_notes: notes::Notes,
+    service_notes: notes::Notes,
 }
 
 impl Follower {
-    fn new(own: &str) -> Self {
+    fn new(own: &str, settings: NodeSettings) -> Self {
         Self {
             cluster: cluster::Cluster::new(own),
+            settings,
+            node_notes: notes::Notes::default(),
+            service_notes: notes::Notes::default(),
             init_nodes: None,
             init_services: None,
             init_slices: None,
@@ -260,7 +306,12 @@ impl Follower {
         }
         if relisted || !self.synced {
             metrics.relists.fetch_add(1, Ordering::Relaxed);
-            let (services, skipped) = self.cluster.all_desired();
+            let cluster::Desired {
+                services,
+                skipped,
+                notes,
+            } = self.cluster.all_desired();
+            self.service_notes.replace_all(notes);
             metrics
                 .skipped
                 .fetch_add(skipped.len() as u64, Ordering::Relaxed);
@@ -274,10 +325,21 @@ impl Follower {
             return;
         }
         for key in touched {
-            match self.cluster.desired(&key) {
-                Ok(Some(svc)) => programmer.send(Work::Upsert(svc, now)),
-                Ok(None) => programmer.send(Work::Remove(key, now)),
-                Err(_) => {
+            let name = key.to_string();
+            match self.cluster.desired_noted(&key) {
+                Ok(Some((svc, notes))) => {
+                    let note = (!notes.is_empty())
+                        .then(|| format!("service {name}: {}", notes.join("; ")));
+                    self.service_notes.set(name, note);
+                    programmer.send(Work::Upsert(svc, now));
+                }
+                Ok(None) => {
+                    self.service_notes.set(name, None);
+                    programmer.send(Work::Remove(key, now));
+                }
+                Err(e) => {
+                    self.service_notes
+                        .set(name, e.worth_logging().then(|| e.to_string()));
                     metrics.skipped.fetch_add(1, Ordering::Relaxed);
                     programmer.send(Work::Remove(key, now));
                 }
@@ -343,7 +405,15 @@ impl Follower {
         if !self.listed[0] {
             return;
         }
-        let (peers, skipped) = self.cluster.peers();
+        let cluster::Peers {
+            peers,
+            skipped,
+            notes,
+        } = self.cluster.peers(
+            &self.settings,
+            self.last_peers.as_deref().unwrap_or_default(),
+        );
+        self.node_notes.replace_all(notes);
         metrics
             .skipped
             .fetch_add(skipped.len() as u64, Ordering::Relaxed);

@@ -36,6 +36,9 @@ pub enum Work {
 /// The sending side.
 pub struct Handle {
     tx: mpsc::Sender<Work>,
+    /// The node's settings as `node init` completed them (e.g. the node's IPv6 address found
+    /// on the uplink): what peers are checked against.
+    pub settings: NodeSettings,
 }
 
 impl Handle {
@@ -69,13 +72,13 @@ pub fn start(
                 }
             })?;
     }
-    let ctx = Ctx::new(settings);
+    let ctx = Ctx::new(settings.clone());
     let mut table = ops::service::Programmed::load(&ctx)?;
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("podnet-programmer".to_owned())
         .spawn(move || program(&ctx, &mut table, &rx, &metrics, &mut health))?;
-    Ok(Handle { tx })
+    Ok(Handle { tx, settings })
 }
 
 fn program(

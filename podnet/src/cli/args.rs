@@ -292,9 +292,10 @@ pub struct AgentArgs {
     /// below override them.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The cluster CIDR, e.g. 10.244.0.0/16.
-    #[arg(long)]
-    pub cluster_cidr: Option<Ipv4Network>,
+    /// The cluster CIDR, e.g. 10.244.0.0/16; repeat with the IPv6 one on a dual-stack
+    /// cluster (the Nodes' IPv6 pod CIDRs are checked against it).
+    #[arg(long, value_parser = parse_cidr)]
+    pub cluster_cidr: Vec<IpNetwork>,
     /// The uplink interface.
     #[arg(long)]
     pub uplink: Option<String>,
@@ -336,7 +337,9 @@ impl AgentArgs {
                 map.insert(key.to_owned(), v);
             }
         };
-        set("cluster_cidr", self.cluster_cidr.map(|v| s(&v)));
+        let cluster_cidr = podnet::config::split_by_family("--cluster-cidr", &self.cluster_cidr)?;
+        set("cluster_cidr", cluster_cidr.v4.map(|v| s(&v)));
+        set("cluster_cidr6", cluster_cidr.v6.map(|v| s(&v)));
         set("uplink", self.uplink.as_ref().map(|v| s(v)));
         set(
             "netns",

@@ -189,10 +189,16 @@ fn install_cni(state_dir: &Path, json: bool, args: InstallCniArgs) -> Result<()>
     } = args;
     let pod_cidr = podnet::config::split_by_family("--pod-cidr", &pod_cidr)?;
     let cluster_cidr = podnet::config::split_by_family("--cluster-cidr", &cluster_cidr)?;
-    let (pod_cidr6, cluster_cidr6) = (pod_cidr.v6, cluster_cidr.v6);
+    let (mut pod_cidr6, mut cluster_cidr6) = (pod_cidr.v6, cluster_cidr.v6);
     let pod_cidr = match (pod_cidr.v4, node_name) {
         (Some(cidr), _) => cidr,
-        (None, Some(node)) => podnet::agent::node_pod_cidr(&node, kubeconfig.as_ref())?,
+        (None, Some(node)) => {
+            // A dual-stack Node gives both; an IPv4-only one on a dual-stack cluster runs IPv4.
+            let (v4, v6) = podnet::agent::node_pod_cidrs(&node, kubeconfig.as_ref())?;
+            pod_cidr6 = v6;
+            cluster_cidr6 = cluster_cidr6.filter(|_| v6.is_some());
+            v4
+        }
         (None, None) if pod_cidr6.is_some() => {
             bail!("install-cni needs an IPv4 --pod-cidr too: IPv6-only nodes are not supported yet")
         }

@@ -6,7 +6,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use podnet_ebpf::abi::{Endpoint, program_name};
+use podnet_ebpf::abi::{Endpoint, endpoint_flag, program_name};
 
 use super::{Ctx, conntrack, error::Result};
 use crate::{
@@ -28,20 +28,31 @@ pub struct Plug<'a> {
     pub netns: &'a Netns,
 }
 
-/// Attaches the pinned `from_pod` to the host interface and registers the endpoints.
+/// Attaches the pinned `from_pod` to the host interface and registers the endpoints (IPv4, and
+/// IPv6 on a dual-stack node). Plugging the same pod again keeps what the datapath recorded
+/// about it (`endpoint_flag::NAT_REPLIES`: it serves translated flows whose replies must be
+/// looked up; an IPv4 matter, so the IPv6 endpoint has no such flag).
 pub fn plug(ctx: &Ctx, p: &Plug<'_>) -> Result<()> {
     attach::attach_ingress(&ctx.settings.pin_dir, program_name::FROM_POD, p.host_if)?;
+    let mut maps = ctx.maps()?;
+    let netns_ino = p.netns.inode();
+    let kept = maps.endpoint(p.ip)?.map_or(0, |ep| {
+        if ep.ifindex == p.host_ifindex && ep.netns_ino == netns_ino {
+            ep.flags & endpoint_flag::NAT_REPLIES
+        } else {
+            0
+        }
+    });
     let ep = Endpoint {
         ifindex: p.host_ifindex,
-        flags: 0,
+        flags: kept,
         mac: p.mac,
         _pad0: [0; 2],
-        netns_ino: p.netns.inode(),
+        netns_ino,
     };
-    let mut maps = ctx.maps()?;
     maps.upsert_endpoint(p.ip, &ep)?;
     if let Some(ip6) = p.ip6 {
-        maps.upsert_endpoint6(ip6, &ep)?;
+        maps.upsert_endpoint6(ip6, &Endpoint { flags: 0, ..ep })?;
     }
     drop(maps);
     services_map::register_pod_netns(&ctx.settings.pin_dir, p.netns, p.ip)?;
@@ -62,7 +73,8 @@ pub fn backfill6(ctx: &Ctx, pairs: &[(Ipv4Addr, Ipv6Addr)]) -> Result<usize> {
         if maps.endpoint6(*ip6)?.is_none()
             && let Some(ep) = maps.endpoint(*ip)?
         {
-            maps.upsert_endpoint6(*ip6, &ep)?;
+            let flags = ep.flags & endpoint_flag::NO_PEER_REDIRECT;
+            maps.upsert_endpoint6(*ip6, &Endpoint { flags, ..ep })?;
             added += 1;
         }
     }

@@ -36,6 +36,18 @@ fn check(settings: &NodeSettings, peer: &PeerNode, others: &[PeerNode]) -> Resul
     if !valid_name {
         return Err(Error::PeerName { name });
     }
+    check_addresses(settings, peer, others)
+}
+
+/// Checks `peer`'s addresses (both families) against the node itself and the other peers, as
+/// `node peer add` and a cluster file do (the agent checks Nodes with it; their names are
+/// Kubernetes'). Changes nothing.
+pub fn check_addresses(
+    settings: &NodeSettings,
+    peer: &PeerNode,
+    others: &[PeerNode],
+) -> Result<()> {
+    let name = peer.name.clone();
     if peer.pod_cidr.network() != peer.pod_cidr.ip() {
         return Err(Error::PeerHostBits {
             name,

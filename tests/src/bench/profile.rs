@@ -23,11 +23,18 @@ const IDLE: [&str; 6] = [
     "acpi_safe_halt",
 ];
 
+/// The processes whose samples count: the load generators, the kernel's softirq threads and
+/// the idle task (softirq work that lands on an idle CPU runs there). Whatever else runs on the
+/// machine (builds, other tests) is left out.
+const COMMS: &str = "iperf3,netprobe,ksoftirqd/0,ksoftirqd/1,swapper/0,swapper/1";
+
 /// How the profiles were taken, for the report.
-pub const INTRO: &str = "One extra iperf3 run per path, with `perf record -a -e cpu-clock` \
+pub const INTRO: &str = "One extra run of the workload per path, with `perf record -a -e cpu-clock` \
     (software sampling; this VM has no hardware counters) over both CPUs; `perf report --sort \
-    sym`, as shares of the samples taken while the CPUs worked. Samples cover the client, the \
-    server and the softirq work of the path. A `cpu-clock` sample can only land while \
+    sym --comms iperf3,netprobe,ksoftirqd/N,swapper/N --percentage relative`, as shares of the \
+    samples taken while the CPUs worked. Samples cover the client, the server and the softirq \
+    work of the path; samples of other processes (builds and tests sharing the machine) are \
+    left out. A `cpu-clock` sample can only land while \
     interrupts are on, so time spent with them off (waking the other CPU, queueing to a \
     backlog) shows up where they are turned back on (`_raw_spin_unlock_irqrestore`, \
     `handle_softirqs`).";
@@ -48,6 +55,8 @@ pub fn available() -> bool {
 pub struct Profile {
     pub label: String,
     pub value: f64,
+    /// The unit of `value` (the workload's).
+    pub unit: &'static str,
     pub idle_percent: f64,
     pub symbols: Vec<(f64, String)>,
     pub bpf_percent: f64,
@@ -93,6 +102,10 @@ pub fn profile(label: &str, w: Workload, ep: &Endpoints<'_>, seconds: u32) -> Op
             "--no-children",
             "--sort",
             "sym",
+            "--comms",
+            COMMS,
+            "--percentage",
+            "relative",
             "-q",
             "-i",
             &data_arg,
@@ -132,10 +145,22 @@ pub fn profile(label: &str, w: Workload, ep: &Endpoints<'_>, seconds: u32) -> Op
     Some(Profile {
         label: label.to_owned(),
         value: m.value,
+        unit: w.unit(),
         idle_percent,
         symbols: busy,
         bpf_percent,
     })
+}
+
+/// Longest symbol shown whole: a BPF program's subprogram carries its mangled Rust name.
+const SYMBOL_CHARS: usize = 60;
+
+/// `sym`, cut to [`SYMBOL_CHARS`] characters.
+fn short(sym: &str) -> String {
+    match sym.char_indices().nth(SYMBOL_CHARS) {
+        Some((cut, _)) => format!("{}...", &sym[..cut]),
+        None => sym.to_owned(),
+    }
 }
 
 /// Two profiles side by side as Markdown: the top symbols of each with their share in both,
@@ -147,9 +172,9 @@ pub fn markdown(title: &str, intro: &str, base: &Profile, other: &Profile) -> St
     for p in [base, other] {
         let _ = writeln!(
             md,
-            "- **{}**: {:.2} Gbit/s in this run; CPUs idle in {:.1} % of samples; BPF programs \
+            "- **{}**: {:.2} {} in this run; CPUs idle in {:.1} % of samples; BPF programs \
              {:.2} % of the working samples.",
-            p.label, p.value, p.idle_percent, p.bpf_percent
+            p.label, p.value, p.unit, p.idle_percent, p.bpf_percent
         );
     }
     let mut rows: Vec<&str> = Vec::new();
@@ -167,7 +192,7 @@ pub fn markdown(title: &str, intro: &str, base: &Profile, other: &Profile) -> St
     );
     for sym in rows.iter().take(TOP) {
         let (a, b) = (base.share(sym), other.share(sym));
-        let _ = writeln!(md, "| `{sym}` | {a:.2} | {b:.2} | {:+.2} |", b - a);
+        let _ = writeln!(md, "| `{}` | {a:.2} | {b:.2} | {:+.2} |", short(sym), b - a);
     }
     let mut all: Vec<&str> = base
         .symbols
@@ -190,7 +215,7 @@ pub fn markdown(title: &str, intro: &str, base: &Profile, other: &Profile) -> St
         diffs
             .iter()
             .take(8)
-            .map(|(d, s)| format!("`{s}` {d:+.2}"))
+            .map(|(d, s)| format!("`{}` {d:+.2}", short(s)))
             .collect::<Vec<_>>()
             .join(", ")
     );

@@ -34,6 +34,9 @@ pub struct BenchOutput {
     pub method: String,
     /// Facts found along the way (Markdown lines): drop counters, setup times, ...
     pub notes: Vec<String>,
+    /// Markdown blocks shown after the notes (tables such as the programs' ns per packet).
+    #[serde(default)]
+    pub blocks: Vec<String>,
     pub series: Vec<Series>,
 }
 

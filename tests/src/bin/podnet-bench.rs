@@ -7,7 +7,9 @@
 //!   (which is also what the reference `bridge` CNI plugin builds).
 //!
 //! Client on CPU 0, server on CPU 1. Every podnet run must move `forward_local_peer`; every
-//! bridge run must leave it alone. Writes `DIR/same-node.json` for the report with `--out DIR`.
+//! bridge run must leave it alone. Writes `DIR/same-node.json` for the report with `--out DIR`,
+//! with what each podnet program cost per packet (`kernel.bpf_stats_enabled`, on during the
+//! podnet runs only); `--perf FILE` writes perf profiles of throughput and request/response.
 
 use podnet_tests::bench::{
     RoundArgs,
@@ -15,7 +17,7 @@ use podnet_tests::bench::{
     profile,
     series::{BenchOutput, PathRuns},
 };
-use podnet_tests::{InNetns, Netns, Node, addr, veth};
+use podnet_tests::{InNetns, Netns, Node, addr, bpf_stats::Costs, veth};
 
 fn main() {
     let args = RoundArgs::from_env();
@@ -36,6 +38,8 @@ fn main() {
     let init_refs: Vec<&str> = init_args.iter().map(String::as_str).collect();
 
     let mut runs = PathRuns::new(&["veth", "podnet", "bridge"]);
+    // What podnet's programs cost per packet, over the podnet runs (statistics on only then).
+    let mut costs = Costs::new();
     for round in 0..args.rounds {
         eprintln!("same-node round {}/{}", round + 1, args.rounds);
         for w in Workload::ALL {
@@ -50,11 +54,10 @@ fn main() {
             );
 
             let before = node.stats()["forward_local_peer"];
-            runs.push(
-                1,
-                w,
-                measure(w, &Endpoints::direct(&a.ns, &b.ns, &b.ip, w), args.seconds),
-            );
+            let m = costs.measure(&node.pin_dir, w.metric(), || {
+                measure(w, &Endpoints::direct(&a.ns, &b.ns, &b.ip, w), args.seconds)
+            });
+            runs.push(1, w, m);
             assert!(
                 node.stats()["forward_local_peer"] > before + 100,
                 "podnet run used the fast path"
@@ -81,35 +84,37 @@ fn main() {
     }
 
     if let Some(file) = &args.perf {
-        let w = Workload::Throughput;
-        let profiles = profile::available()
-            .then(|| {
-                let veth = profile::profile(
-                    "veth",
-                    w,
-                    &Endpoints::direct(&va, &vb, "10.99.0.2", w),
-                    args.seconds,
-                )?;
-                let podnet = profile::profile(
-                    "podnet",
-                    w,
-                    &Endpoints::direct(&a.ns, &b.ns, &b.ip, w),
-                    args.seconds,
-                )?;
-                Some((veth, podnet))
-            })
-            .flatten();
-        let md = profiles.map_or_else(
-            || "## Where the time goes\n\n`perf record` is not available here.\n".to_owned(),
-            |(veth, podnet)| {
-                profile::markdown(
-                    "Where the time goes: same-node TCP throughput under perf",
-                    profile::INTRO,
-                    &veth,
-                    &podnet,
-                )
-            },
-        );
+        // Throughput, and request/response: where the extra CPU per transaction goes.
+        let mut md = String::new();
+        for w in [Workload::Throughput, Workload::RequestResponse] {
+            let profiles = profile::available()
+                .then(|| {
+                    let veth = profile::profile(
+                        "veth",
+                        w,
+                        &Endpoints::direct(&va, &vb, "10.99.0.2", w),
+                        args.seconds,
+                    )?;
+                    let podnet = profile::profile(
+                        "podnet",
+                        w,
+                        &Endpoints::direct(&a.ns, &b.ns, &b.ip, w),
+                        args.seconds,
+                    )?;
+                    Some((veth, podnet))
+                })
+                .flatten();
+            let Some((veth, podnet)) = profiles else {
+                md = "## Where the time goes\n\n`perf record` is not available here.\n".to_owned();
+                break;
+            };
+            md.push_str(&profile::markdown(
+                &format!("Where the time goes: same-node {} under perf", w.metric()),
+                profile::INTRO,
+                &veth,
+                &podnet,
+            ));
+        }
         std::fs::write(file, md).expect("write the perf profile");
     }
 
@@ -123,6 +128,14 @@ fn main() {
          `forward_local_peer`; every bridge run must not.",
     );
     runs.into_output(&mut out, "same-node pod-to-pod");
+    out.blocks.push(format!(
+        "### What podnet's programs cost per packet\n\n`kernel.bpf_stats_enabled` on during \
+         the podnet runs only (the statistics add two clock reads to every program run): \
+         `run_time_ns / run_cnt` of each of the node's programs over all rounds of a workload; \
+         every packet of a same-node flow runs `from_pod` once, on the sender's veth.\n\n{}",
+        costs.markdown()
+    ));
+    eprint!("{}", costs.markdown());
     if let Some(dir) = &args.out {
         out.write(std::path::Path::new(dir));
     }

@@ -36,7 +36,11 @@ use podnet_tests::bench::{
     median, profile,
     series::{BenchOutput, PathRuns},
 };
-use podnet_tests::{InNetns, NODE_IP, Node, OUTSIDE_IP, PodInfo, UPLINK, unique};
+use podnet_tests::{
+    InNetns, NODE_IP, Node, OUTSIDE_IP, PodInfo, UPLINK,
+    bpf_stats::{self, Costs},
+    unique,
+};
 
 /// NodePorts must hold 10,000 ports.
 const NODEPORT_RANGE: &str = "30000-40999";
@@ -196,6 +200,8 @@ struct Bench {
     apply_secs: f64,
     /// podnet's drop counters over this node's podnet runs.
     drops: BTreeMap<String, u64>,
+    /// What podnet's programs cost per packet over this node's podnet runs.
+    costs: Costs,
 }
 
 impl Bench {
@@ -247,6 +253,7 @@ impl Bench {
             restore_secs: Vec::new(),
             apply_secs,
             drops: BTreeMap::new(),
+            costs: Costs::new(),
         }
     }
 
@@ -309,7 +316,18 @@ impl Bench {
             }
         };
         let before = self.node.stats();
-        let m = measure(w, &ep, seconds);
+        let podnet = self.mode == Mode::Podnet;
+        // `bpf_stats` on during podnet's runs only.
+        let progs_before = podnet.then(|| bpf_stats::snapshot(&self.node.pin_dir));
+        let m = {
+            let _stats = podnet.then(bpf_stats::Enabled::new);
+            measure(w, &ep, seconds)
+        };
+        if let Some(progs_before) = progs_before {
+            let label = format!("{} {}", scenario.name(), w.metric());
+            let progs_after = bpf_stats::snapshot(&self.node.pin_dir);
+            self.costs.add(&label, &progs_before, &progs_after);
+        }
         let after = self.node.stats();
         match self.mode {
             Mode::Podnet => {
@@ -541,6 +559,14 @@ fn main() {
         ipt.value,
         pn.value,
         pn.value / ipt.value
+    ));
+    out.blocks.push(format!(
+        "### What podnet's programs cost per packet\n\n`kernel.bpf_stats_enabled` on during \
+         the podnet runs only: `run_time_ns / run_cnt` of each of the node's programs over all \
+         rounds of a scenario and workload (NodePort: `from_uplink` on the client's packets, \
+         `from_pod` on the backend's replies; SNAT: `from_pod` on the client's packets, \
+         `from_uplink` on the replies).\n\n{}",
+        paths.costs.markdown()
     ));
     if let Some(dir) = &args.out {
         out.write(Path::new(dir));

@@ -621,6 +621,10 @@ fn run() -> Result<PathBuf, String> {
         if !o.notes.is_empty() {
             md.push('\n');
         }
+        for block in &o.blocks {
+            md.push_str(block);
+            md.push('\n');
+        }
     }
     for perf in &args.perf {
         let text = std::fs::read_to_string(perf).map_err(|e| format!("{}: {e}", perf.display()))?;
