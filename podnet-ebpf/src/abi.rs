@@ -9,7 +9,7 @@
 //! version must be re-initialised, not silently reused.
 
 /// Version of this ABI, recorded in [`NodeConfig::abi_version`].
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Map names, as pinned under the node's bpffs directory (`<pin_dir>/<name>`).
 pub mod map_name {
@@ -52,8 +52,10 @@ pub mod map_name {
     /// IPv4 fragments: (addresses, protocol, IP id) of a fragmented datagram -> the ports its
     /// first fragment carried, so the later fragments follow the same flow.
     pub const FRAGMENTS: &str = "FRAGMENTS";
+    /// Local pods by IPv6 address (the IPv6 twin of [`ENDPOINTS`]).
+    pub const ENDPOINTS6: &str = "ENDPOINTS6";
     /// Every map, for pinning, listing and cleanup.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         CONFIG,
         ENDPOINTS,
         STATS,
@@ -71,6 +73,7 @@ pub mod map_name {
         MONITOR_EVENTS,
         MONITOR_BUDGET,
         FRAGMENTS,
+        ENDPOINTS6,
     ];
 }
 
@@ -112,6 +115,15 @@ pub mod program_name {
 /// CIDR holds 65 534 addresses, and Kubernetes' own default is 110 pods per node, so this never
 /// limits a real node while costing only ~2.5 MiB (key 4 B + value 24 B + hash overhead).
 pub const DEFAULT_ENDPOINTS_MAX: u32 = 65_536;
+
+/// The `ENDPOINTS6` hash has as many entries as `ENDPOINTS` (the node setting `endpoints_max`
+/// sizes both): a dual-stack pod has one address of each family. It is allocated as pods are
+/// added (`BPF_F_NO_PREALLOC`), so an IPv4-only node pays only its bucket array (8 B per
+/// entry, 0.5 MiB at the default); a full one takes ~6 MiB (key 16 B + value 24 B + ~48 B of
+/// element header each).
+pub const fn endpoints6_map_entries(endpoints_max: u32) -> u32 {
+    endpoints_max
+}
 
 /// Slots in the per-CPU stats map. Fixed and larger than [`reason::COUNT`], so new reasons can be
 /// added without changing the map's size (and so without re-creating the pinned map).
@@ -709,6 +721,14 @@ pub struct EndpointKey {
     pub addr: [u8; 4],
 }
 
+/// Key of the `ENDPOINTS6` hash: a local pod's IPv6 address, network order. The value is the
+/// same [`Endpoint`] as the pod's IPv4 entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey6 {
+    pub addr: [u8; 16],
+}
+
 /// Value of the `ENDPOINTS` hash: where a local pod lives.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -845,8 +865,18 @@ pub mod reason {
     /// The same without "don't fragment": translated and handed to the kernel, which forwards
     /// it to the pod in fragments.
     pub const PASS_TOO_BIG: u32 = 38;
+    /// IPv6 to a local pod, delivered straight to it (`bpf_redirect_peer`, or `bpf_redirect`
+    /// where a peer redirect is impossible).
+    pub const FORWARD_LOCAL6: u32 = 39;
+    /// With anti-spoofing on: a Neighbor Advertisement from a pod for an address that is not
+    /// its own (or naming another MAC than the pod's), or ICMPv6 hidden behind more extension
+    /// headers than the program looks through. Dropped, so no neighbour table learns it.
+    pub const DROP_ND_SPOOFED: u32 = 40;
+    /// With anti-spoofing on: a Router Advertisement or Redirect from a pod (messages only a
+    /// router sends): dropped, so a pod never becomes the node's or other pods' router.
+    pub const DROP_ROUTER_ADVERT: u32 = 41;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 39;
+    pub const COUNT: u32 = 42;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -889,6 +919,9 @@ pub mod reason {
         "reject_ct_no_state",
         "reject_frag_needed",
         "pass_too_big",
+        "forward_local6",
+        "drop_nd_spoofed",
+        "drop_router_advert",
     ];
 }
 
@@ -1053,14 +1086,40 @@ pub mod proto {
     /// IPv4 `frag_off` bits: more fragments, and the offset mask.
     pub const IP_MF: u16 = 0x2000;
     pub const IP_OFFSET: u16 = 0x1fff;
+    pub const ETH_P_IPV6: u16 = 0x86dd;
+    /// The fixed IPv6 header.
+    pub const IPV6_HLEN: usize = 40;
+    /// IPv6 extension headers the programs step over (next header, length in 8-octet units
+    /// after the first 8): hop-by-hop options, routing, destination options.
+    pub const IPV6_NEXTHDR_HOP: u8 = 0;
+    pub const IPV6_NEXTHDR_ROUTING: u8 = 43;
+    pub const IPV6_NEXTHDR_DEST: u8 = 60;
+    /// Extension headers looked through before giving up on finding the upper layer: real
+    /// traffic carries one or two; a chain longer than this cannot be checked for Neighbor
+    /// Discovery, so with anti-spoofing on it is dropped.
+    pub const IPV6_EXT_HEADERS_MAX: usize = 4;
+    pub const IPPROTO_ICMPV6: u8 = 58;
+    /// Neighbor Discovery (RFC 4861) message types.
+    pub const ND_ROUTER_SOLICIT: u8 = 133;
+    pub const ND_ROUTER_ADVERT: u8 = 134;
+    pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
+    pub const ND_NEIGHBOR_ADVERT: u8 = 136;
+    pub const ND_REDIRECT: u8 = 137;
+    /// Offset of a Neighbor Advertisement's target address in its ICMPv6 message, and of its
+    /// first option.
+    pub const ND_TARGET_OFF: usize = 8;
+    pub const ND_NA_OPTIONS_OFF: usize = 24;
+    /// ND option "target link-layer address", and its length (in 8-octet units) for Ethernet.
+    pub const ND_OPT_TARGET_LL_ADDR: u8 = 2;
+    pub const ND_OPT_LL_ADDR_LEN_ETHER: u8 = 1;
 }
 
 #[cfg(feature = "user")]
 mod pod_impls {
     use super::{
         AffinityKey, AffinityValue, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey,
-        FragKey, FragPorts, NodeConfig, Peer, PodNetns, RevNat, ServiceBackend, ServiceKey,
-        ServiceValue, SockRevNat, SockRevNatKey,
+        EndpointKey6, FragKey, FragPorts, NodeConfig, Peer, PodNetns, RevNat, ServiceBackend,
+        ServiceKey, ServiceValue, SockRevNat, SockRevNatKey,
     };
 
     // SAFETY: each type is #[repr(C)], made only of integers and byte arrays, with every padding
@@ -1068,6 +1127,8 @@ mod pod_impls {
     unsafe impl aya::Pod for NodeConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for EndpointKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for EndpointKey6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Endpoint {}
     // SAFETY: as above.
@@ -1136,6 +1197,7 @@ mod tests {
     #[test]
     fn endpoint_layout() {
         assert_eq!(size_of::<EndpointKey>(), 4);
+        assert_eq!(size_of::<EndpointKey6>(), 16);
         assert_eq!(size_of::<Endpoint>(), 24);
         assert_eq!(offset_of!(Endpoint, mac), 8);
         assert_eq!(offset_of!(Endpoint, netns_ino), 16);

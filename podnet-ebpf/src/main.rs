@@ -13,6 +13,8 @@
 //! - [`reject`]: refusing a connection to a service with no backend (TCP RST, ICMP port
 //!   unreachable), and ICMP time exceeded;
 //! - [`ttl`]: the TTL of packets podnet routes;
+//! - [`ipv6`]: IPv6 from a pod (anti-spoofing, the Neighbor Discovery guard, delivery to a
+//!   local pod);
 //! - [`forward`] and [`fib`]: delivery to a local pod, or out by the routing table;
 //! - [`tunnel`]: the VXLAN overlay (tunnel key and redirect to the node's VXLAN device);
 //! - [`parse`]: bounds-checked header access;
@@ -41,6 +43,8 @@ mod frag;
 mod from_pod;
 #[cfg(target_arch = "bpf")]
 mod from_uplink;
+#[cfg(target_arch = "bpf")]
+mod ipv6;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

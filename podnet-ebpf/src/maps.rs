@@ -11,10 +11,10 @@ use aya_ebpf::{
 use podnet_ebpf::abi::{
     AFFINITY_MAX, AffinityKey, AffinityValue, CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage,
     DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX, DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint,
-    EndpointKey, FRAGMENTS_MAX, FragKey, FragPorts, MAGLEV_MAX, MAGLEV_TABLE_SIZE,
+    EndpointKey, EndpointKey6, FRAGMENTS_MAX, FragKey, FragPorts, MAGLEV_MAX, MAGLEV_TABLE_SIZE,
     NON_MASQUERADE_MAX, NodeConfig, POD_NETNS_MAX, Peer, PodNetns, REV_NAT_MAX, RevNat,
     SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey, ServiceValue, SockRevNat,
-    SockRevNatKey, backends_map_entries,
+    SockRevNatKey, backends_map_entries, endpoints6_map_entries,
     monitor::{DropEvent, MonitorBudget, RING_BYTES},
 };
 
@@ -26,6 +26,16 @@ pub static CONFIG: Array<NodeConfig, 1> = Array::new();
 #[btf_map]
 pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, { DEFAULT_ENDPOINTS_MAX as usize }> =
     HashMap::new();
+
+/// Local pods by IPv6 address (sized like `ENDPOINTS`, allocated as pods are added; see
+/// `podnet_ebpf::abi::endpoints6_map_entries`).
+#[btf_map]
+pub static ENDPOINTS6: HashMap<
+    EndpointKey6,
+    Endpoint,
+    { endpoints6_map_entries(DEFAULT_ENDPOINTS_MAX) as usize },
+    NO_PREALLOC,
+> = HashMap::new();
 
 /// Per-CPU packet and byte counters, indexed by `abi::reason`.
 #[btf_map]

@@ -886,11 +886,16 @@ fn cni_chained_takes_both_families_from_prev_result_and_passes_them_through() {
             "{ip6} in {recorded:?}"
         );
     }
-    // IPv6 between the containers goes through cni0 and the kernel (once their addresses left
-    // duplicate address detection), IPv4 through podnet's fast path as before.
+    // podnet registered both IPv6 endpoints; IPv6 between the containers goes by podnet's
+    // fast path (once their addresses left duplicate address detection), as IPv4 does.
+    let mut want = v6_of.clone();
+    want.sort();
+    assert_eq!(endpoints6(&node.pin_dir), want);
+    let before = node.stats()["forward_local6"];
     wait_until(Duration::from_secs(10), "IPv6 a -> b", || {
         ping6(&a, &v6_of[1]).status.success()
     });
+    assert!(node.stats()["forward_local6"] >= before + 6);
     let ip_b = result_ips(added_b.result())
         .into_iter()
         .find(|ip| !ip.0.contains(':'))
@@ -915,6 +920,11 @@ fn cni_chained_takes_both_families_from_prev_result_and_passes_them_through() {
         "host-local's IPv6 records left"
     );
     assert_eq!(node.pod_links(), Vec::<String>::new(), "no veth left");
+    assert_eq!(
+        endpoints6(&node.pin_dir),
+        Vec::<String>::new(),
+        "IPv6 endpoints left"
+    );
 
     // A container address outside the node's IPv6 pod CIDR is refused (host-local and the
     // node disagree), with the spec's invalid-configuration code.
@@ -931,4 +941,364 @@ fn cni_chained_takes_both_families_from_prev_result_and_passes_them_through() {
         text.contains("outside the node's IPv6 pod CIDR fd00:10:244:69::/64"),
         "{text}"
     );
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(text: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
+        .collect();
+    bytes.try_into().expect("six MAC bytes")
+}
+
+/// An Ethernet frame carrying IPv6 (hop limit 255, as Neighbor Discovery requires) with the
+/// ICMPv6 message `icmp`, whose checksum (bytes 2..4) is filled in here.
+fn icmp6_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    mut icmp: Vec<u8>,
+) -> Vec<u8> {
+    const IPPROTO_ICMPV6: u8 = 58;
+    const ND_HOP_LIMIT: u8 = 255;
+    let len = u32::try_from(icmp.len()).expect("small message");
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
+    pseudo.extend_from_slice(&icmp);
+    let sum = podnet_tests::packet::csum(&pseudo, 0);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&u16::try_from(icmp.len()).expect("small").to_be_bytes());
+    ip.extend_from_slice(&[IPPROTO_ICMPV6, ND_HOP_LIMIT]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(&icmp);
+    podnet_tests::packet::eth(dst_mac, src_mac, podnet_tests::packet::ETH_P_IPV6, &ip)
+}
+
+/// An unsolicited Neighbor Advertisement (override flag set) for `target` at `mac`.
+fn neighbor_advert(target: Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
+    const ND_NEIGHBOR_ADVERT: u8 = 136;
+    const OVERRIDE: u8 = 0x20;
+    let mut icmp = vec![ND_NEIGHBOR_ADVERT, 0, 0, 0, OVERRIDE, 0, 0, 0];
+    icmp.extend_from_slice(&target.octets());
+    icmp.extend_from_slice(&[2, 1]);
+    icmp.extend_from_slice(&mac);
+    icmp
+}
+
+/// A Router Advertisement: a default router for 30 minutes, at `mac`.
+fn router_advert(mac: [u8; 6]) -> Vec<u8> {
+    const ND_ROUTER_ADVERT: u8 = 134;
+    let mut icmp = vec![ND_ROUTER_ADVERT, 0, 0, 0, 64, 0, 0x07, 0x08];
+    icmp.extend_from_slice(&[0; 8]);
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&mac);
+    icmp
+}
+
+/// Sends `frame` out of eth0 of `ns` twice, as it is (a raw packet socket).
+fn send_raw(ns: &(impl InNetns + ?Sized), frame: &[u8]) {
+    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+    ns.ok(&format!(
+        "python3 -c 'import socket,sys; s=socket.socket(socket.AF_PACKET, socket.SOCK_RAW); \
+         s.bind((\"eth0\", 0)); [s.send(bytes.fromhex(sys.argv[1])) for _ in range(2)]' {hex}"
+    ));
+}
+
+/// The MAC pod namespace `ns` holds for `ip` on eth0, if any.
+fn pod_neighbour(ns: &(impl InNetns + ?Sized), ip: Ipv6Addr) -> Option<String> {
+    let out = ns.ok(&format!("ip -j -6 neigh show {ip} dev eth0"));
+    let v: Value = serde_json::from_str(&out).expect("ip -j neigh");
+    v.as_array()?
+        .iter()
+        .find_map(|n| n["lladdr"].as_str().map(str::to_owned))
+}
+
+/// The link-local address of eth0 in `ns`.
+fn link_local(ns: &(impl InNetns + ?Sized)) -> Ipv6Addr {
+    let out = ns.ok("ip -6 -o addr show dev eth0 scope link");
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no link-local address: {out}"))
+}
+
+#[test]
+fn ipv6_between_pods_of_one_node_is_delivered_by_podnet_and_pods_cannot_spoof_or_advertise() {
+    require_root!();
+    let node = dual_stack_node("10.244.41.0/24", "fd00:10:244:41::/64");
+    let gateway6: Ipv6Addr = "fd00:10:244:41::1".parse().expect("IPv6");
+    let (a, b, c) = (node.add_pod("a"), node.add_pod("b"), node.add_pod("c"));
+    let (a6, b6, c6) = (
+        address6_of(&node, "a"),
+        address6_of(&node, "b"),
+        address6_of(&node, "c"),
+    );
+    // The pods' own link-local addresses must be usable before anything is sent from them.
+    for pod in [&a, &b, &c] {
+        wait_until(Duration::from_secs(5), "eth0 leaves tentative", || {
+            !pod.ns
+                .ok("ip -6 -o addr show dev eth0 tentative")
+                .contains("inet6")
+        });
+    }
+
+    // Pod to pod: podnet delivers it (both directions), from the pod's own address.
+    let before = node.stats();
+    let out = ping6(&a.ns, &b6.to_string());
+    assert!(out.status.success(), "ping -6 a -> b: {}", describe(&out));
+    tcp_sees(&a.ns, IpAddr::V6(a6), &b.ns, IpAddr::V6(b6), 8080);
+    let after = node.stats();
+    assert!(
+        after["forward_local6"] >= before["forward_local6"] + 6,
+        "IPv6 pod to pod goes by podnet: {before:?} -> {after:?}"
+    );
+
+    // Hop limit: a pod sending straight to its neighbour (on-link, one link as with the
+    // bridge) keeps its hop limit, so 1 arrives; sent through the gateway (routed), a hop
+    // limit of 1 goes to the node's kernel, which answers time exceeded as a router does,
+    // and 2 is forwarded by podnet.
+    let out = a.ns.sh(&format!("ping -6 -c 2 -i 0.1 -W 1 -t 1 {b6}"));
+    assert!(
+        out.status.success(),
+        "on-link, hop limit 1: {}",
+        describe(&out)
+    );
+    a.ns.ok(&format!("ip -6 route add {c6}/128 via {gateway6}"));
+    let out = a.ns.sh(&format!("ping -6 -c 1 -W 1 -t 1 {c6}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success()
+            && text.contains("Time exceeded")
+            && text.contains(&gateway6.to_string()),
+        "routed, hop limit 1: time exceeded from the gateway: {}",
+        describe(&out)
+    );
+    let before = node.stats()["forward_local6"];
+    let out = a.ns.sh(&format!("ping -6 -c 2 -i 0.1 -W 1 -t 2 {c6}"));
+    assert!(
+        out.status.success(),
+        "routed, hop limit 2: {}",
+        describe(&out)
+    );
+    assert!(node.stats()["forward_local6"] >= before + 2);
+    a.ns.ok(&format!("ip -6 route del {c6}/128 via {gateway6}"));
+
+    // A pod sending from another pod's address is dropped and counted.
+    a.ns.ok(&format!("ip -6 addr add {b6}/128 dev eth0 nodad"));
+    let before = node.stats()["drop_spoofed"];
+    let out = a.ns.sh(&format!("ping -6 -c 2 -i 0.1 -W 1 -I {b6} {c6}"));
+    assert!(!out.status.success(), "a spoofed b: {}", describe(&out));
+    let after = node.stats()["drop_spoofed"];
+    assert!(
+        after >= before + 2,
+        "spoofed IPv6 counted: {before} -> {after}"
+    );
+    a.ns.ok(&format!("ip -6 addr del {b6}/128 dev eth0"));
+
+    // Neighbor Discovery spoofing: c knows b; a advertises b's address as its own MAC (from
+    // its own address, and from its link-local one). c's entry must still be b's MAC.
+    let out = ping6(&c.ns, &b6.to_string());
+    assert!(out.status.success(), "{}", describe(&out));
+    let (mac_a, mac_b) = (parse_mac(&mac(&a.ns, "eth0")), mac(&b.ns, "eth0"));
+    assert_eq!(pod_neighbour(&c.ns, b6).as_deref(), Some(mac_b.as_str()));
+    let all_nodes: Ipv6Addr = "ff02::1".parse().expect("IPv6");
+    let all_nodes_mac = [0x33, 0x33, 0, 0, 0, 1];
+    let before = node.stats()["drop_nd_spoofed"];
+    for src in [a6, link_local(&a.ns)] {
+        send_raw(
+            &a.ns,
+            &icmp6_frame(
+                all_nodes_mac,
+                mac_a,
+                src,
+                all_nodes,
+                neighbor_advert(b6, mac_a),
+            ),
+        );
+    }
+    let after = node.stats()["drop_nd_spoofed"];
+    assert!(
+        after >= before + 4,
+        "spoofed NAs counted: {before} -> {after}"
+    );
+    assert_eq!(
+        pod_neighbour(&c.ns, b6).as_deref(),
+        Some(mac_b.as_str()),
+        "c's neighbour entry for b was poisoned"
+    );
+    let out = ping6(&c.ns, &b6.to_string());
+    assert!(
+        out.status.success(),
+        "c still reaches b: {}",
+        describe(&out)
+    );
+    // An advertisement of its own address passes (the node and c learn it as usual).
+    send_raw(
+        &a.ns,
+        &icmp6_frame(
+            all_nodes_mac,
+            mac_a,
+            a6,
+            all_nodes,
+            neighbor_advert(a6, mac_a),
+        ),
+    );
+    assert_eq!(node.stats()["drop_nd_spoofed"], after);
+
+    // A Router Advertisement from a pod is dropped: c gets no default route through a.
+    let before = node.stats()["drop_router_advert"];
+    send_raw(
+        &a.ns,
+        &icmp6_frame(
+            all_nodes_mac,
+            mac_a,
+            link_local(&a.ns),
+            all_nodes,
+            router_advert(mac_a),
+        ),
+    );
+    let after = node.stats()["drop_router_advert"];
+    assert!(after >= before + 2, "RAs counted: {before} -> {after}");
+    std::thread::sleep(Duration::from_millis(200));
+    let routes = c.ns.ok("ip -6 route show default");
+    assert!(
+        routes.contains(&format!("via {gateway6}")) && !routes.contains("fe80"),
+        "c's default routes: {routes}"
+    );
+
+    // The node's and the pods' own IPv6 still work: ND with the gateway, link-local between
+    // pods, the node reaching a pod, a pod reaching the outside (through the kernel).
+    let out = ping6(&a.ns, &gateway6.to_string());
+    assert!(out.status.success(), "a -> gateway: {}", describe(&out));
+    let out = ping6(&a.ns, &format!("{}%eth0", link_local(&b.ns)));
+    assert!(
+        out.status.success(),
+        "a -> b link-local: {}",
+        describe(&out)
+    );
+    let out = ping6(&node.topo.node, &a6.to_string());
+    assert!(out.status.success(), "node -> a: {}", describe(&out));
+    let out = ping6(&b.ns, &OUTSIDE_IP6.to_string());
+    assert!(out.status.success(), "b -> outside: {}", describe(&out));
+    tcp_sees(
+        &b.ns,
+        IpAddr::V6(b6),
+        &node.topo.outside,
+        IpAddr::V6(OUTSIDE_IP6),
+        7000,
+    );
+    let neigh = node.topo.node.ok(&format!("ip -6 neigh show {a6}"));
+    assert!(
+        neigh.contains(&mac(&a.ns, "eth0")),
+        "the node resolved a: {neigh}"
+    );
+
+    // A node whose pods were made before IPv6 endpoints existed (a's entry gone): a's IPv6 is
+    // dropped as spoofed until `node init` registers it again from a's IPv4 endpoint.
+    let key: Vec<String> = a6.octets().iter().map(|b| format!("0x{b:02x}")).collect();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "delete", "pinned"])
+        .arg(node.pin_dir.join("ENDPOINTS6"))
+        .arg("key")
+        .args(&key)
+        .output()
+        .expect("bpftool runs");
+    assert!(out.status.success(), "bpftool: {}", describe(&out));
+    let out = a.ns.sh(&format!("ping -6 -c 1 -W 1 {c6}"));
+    assert!(
+        !out.status.success(),
+        "without its endpoint: {}",
+        describe(&out)
+    );
+    let mut init = node.init_args();
+    let node6 = NODE_IP6.to_string();
+    init.extend(
+        [
+            "--pod-cidr",
+            "fd00:10:244:41::/64",
+            "--cluster-cidr",
+            CLUSTER_CIDR6,
+            "--node-ip6",
+            &node6,
+            "--gc-interval",
+            "0",
+        ]
+        .map(str::to_owned),
+    );
+    node.ok(&init.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = ping6(&a.ns, &c6.to_string());
+    assert!(out.status.success(), "after node init: {}", describe(&out));
+
+    // `podnet gc` removes an IPv6 endpoint no pod holds (a removal cut short), and only it.
+    let stale: Ipv6Addr = "fd00:10:244:41::99".parse().expect("IPv6");
+    let hex =
+        |bytes: &[u8]| -> Vec<String> { bytes.iter().map(|b| format!("0x{b:02x}")).collect() };
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(node.pin_dir.join("ENDPOINTS6"))
+        .arg("key")
+        .args(hex(&stale.octets()))
+        .arg("value")
+        .args(hex(&[0u8; 24]))
+        .output()
+        .expect("bpftool runs");
+    assert!(out.status.success(), "bpftool: {}", describe(&out));
+    let report = node.json(&["gc"]);
+    assert_eq!(report["endpoints6"], json!([stale.to_string()]), "{report}");
+
+    // pod del removes the pod's IPv6 endpoint, and only its own.
+    assert_eq!(
+        endpoints6(&node.pin_dir),
+        [a6, b6, c6].map(|a| a.to_string())
+    );
+    node.ok(&["pod", "del", "b"]);
+    assert_eq!(endpoints6(&node.pin_dir), [a6, c6].map(|a| a.to_string()));
+    let out = a.ns.sh(&format!("ping -6 -c 1 -W 1 {b6}"));
+    assert!(!out.status.success(), "b is gone: {}", describe(&out));
+    node.ok(&["pod", "del", "a"]);
+    node.ok(&["pod", "del", "c"]);
+    assert_eq!(endpoints6(&node.pin_dir), Vec::<String>::new());
+}
+
+/// The addresses in the node's `ENDPOINTS6` map, sorted (`bpftool` prints the BTF key).
+fn endpoints6(pin_dir: &Path) -> Vec<String> {
+    // From the host's mount namespace: `ip netns exec` would show an empty bpffs.
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin_dir.join("ENDPOINTS6"))
+        .output()
+        .expect("bpftool runs");
+    assert!(out.status.success(), "bpftool: {}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let mut addrs: Vec<String> = v
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            let key = if e["formatted"].is_null() {
+                &e["key"]
+            } else {
+                &e["formatted"]["key"]
+            };
+            let bytes: Vec<u8> = key["addr"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no addr in {e}"))
+                .iter()
+                .map(|b| u8::try_from(b.as_u64().expect("byte")).expect("byte"))
+                .collect();
+            let octets: [u8; 16] = bytes.try_into().expect("16 bytes");
+            Ipv6Addr::from(octets).to_string()
+        })
+        .collect();
+    addrs.sort();
+    addrs
 }

@@ -65,8 +65,8 @@ use aya::{
 use podnet::datapath::services_map::{Frontend, ServicesMap};
 use podnet_ebpf::abi::{
     CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtTimeouts, CtUsage, Endpoint, EndpointKey,
-    NodeConfig, Peer, config_flag, endpoint_flag, map_name, peer_flag, program_name, proto::IP_MF,
-    reason, svc_flag,
+    EndpointKey6, NodeConfig, Peer, config_flag, endpoint_flag, map_name, peer_flag, program_name,
+    proto::IP_MF, reason, svc_flag,
 };
 use podnet_tests::{
     Scenario,
@@ -277,6 +277,26 @@ impl Harness {
                     0,
                 )
                 .expect("endpoint");
+        }
+        let mut endpoints6: HashMap<_, EndpointKey6, Endpoint> =
+            HashMap::try_from(ebpf.map_mut(map_name::ENDPOINTS6).expect("ENDPOINTS6"))
+                .expect("hash");
+        for (addr, mac, flags) in [
+            (POD_A6, MAC_A, 0),
+            (POD_B6, MAC_B, endpoint_flag::NO_PEER_REDIRECT),
+        ] {
+            endpoints6
+                .insert(
+                    EndpointKey6 { addr },
+                    Endpoint {
+                        ifindex: lo,
+                        flags,
+                        mac,
+                        ..Endpoint::default()
+                    },
+                    0,
+                )
+                .expect("endpoint6");
         }
         let mut peers: LpmTrie<_, [u8; 4], Peer> =
             LpmTrie::try_from(ebpf.map_mut(map_name::PEERS).expect("PEERS")).expect("lpm");
@@ -682,7 +702,9 @@ fn template(rng: &mut Rng, f: &Flows) -> (Prog, Vec<u8>) {
     let zero_udp = rng.chance(30);
     let quote_len = *rng.pick(&[28, 28, 28, 24, 20, 12, 48, 200]);
     let error = *rng.pick(&[(3, 3), (3, 4), (11, 0), (12, 0), (3, 1)]);
-    match rng.below(36) {
+    match rng.below(38) {
+        // from_pod: IPv6 (pod to pod, Neighbor Discovery, spoofing, extension headers).
+        36 | 37 => ipv6_template(rng, &data),
         // from_pod: new SNAT flows, the seeded ones going on.
         0 => {
             let any_port = rng.u16();
@@ -1167,6 +1189,9 @@ fn check(input: &[u8], ran: Ran) -> Result<Outcome, String> {
             fuzz::hex(&out)
         )),
         TC_ACT_SHOT => Ok(Outcome::Dropped),
+        TC_ACT_REDIRECT if input.len() > ETH_HLEN && u16_at(input, 12) == ETH_P_IPV6 => {
+            check_redirected6(input, &out)
+        }
         TC_ACT_REDIRECT => check_redirected(input, &out),
         other => Err(format!("unexpected verdict {other}")),
     }
@@ -1346,7 +1371,10 @@ fn replay(spec: &str) {
 }
 
 /// Every reason the corpus must reach, or the fuzzer is not testing what it claims to.
-const MUST_REACH: [u32; 21] = [
+const MUST_REACH: [u32; 24] = [
+    reason::FORWARD_LOCAL6,
+    reason::DROP_ND_SPOOFED,
+    reason::DROP_ROUTER_ADVERT,
     reason::FORWARD_LOCAL_PEER,
     reason::FORWARD_LOCAL_REDIRECT,
     reason::PASS_NOT_IPV4,
@@ -1561,4 +1589,189 @@ fn the_fuzz_checks_catch_broken_outputs() {
     assert_ne!(input(7, 3, &flows), input(7, 4, &flows));
     let view: Option<Ipv4View> = fuzz::ipv4_view(&frame);
     assert!(view.is_some_and(|v| fuzz::l4_ok(&frame, &v) == Some(true)));
+}
+
+/// IPv6 local pods (the same veth and MACs as [`POD_A`], [`POD_B`]); one without endpoint.
+const POD_A6: [u8; 16] = [
+    0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 2,
+];
+const POD_B6: [u8; 16] = [
+    0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 3,
+];
+const POD_GONE6: [u8; 16] = [
+    0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 9,
+];
+const LINK_LOCAL_A: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
+const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const OUTSIDE6: [u8; 16] = [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+const ICMPV6: u8 = 58;
+/// IPv6 extension headers: hop-by-hop, routing, fragment, destination options.
+const EXT_HEADERS: [u8; 4] = [0, 43, 44, 60];
+
+/// The local pod MAC of an IPv6 address, if it is one.
+fn pod_mac6(addr: &[u8]) -> Option<[u8; 6]> {
+    if addr == POD_A6 {
+        Some(MAC_A)
+    } else if addr == POD_B6 {
+        Some(MAC_B)
+    } else {
+        None
+    }
+}
+
+/// An IPv6 frame from a pod: to a local pod (on-link or through the gateway's MAC), to one
+/// gone, to all nodes, to the outside; from its own address, a link-local one, `::` or another
+/// pod's; UDP, TCP, ICMPv6 echo, and Neighbor Discovery (NS, NA for its own or another
+/// address with a matching or foreign link-layer address option, RS, RA, Redirect); behind
+/// up to six extension headers; with a wrong payload length or cut short.
+fn ipv6_template(rng: &mut Rng, data: &[u8]) -> (Prog, Vec<u8>) {
+    let (src, smac) = *rng.pick(&[
+        (POD_A6, MAC_A),
+        (POD_A6, MAC_A),
+        (POD_B6, MAC_B),
+        (LINK_LOCAL_A, MAC_A),
+        ([0; 16], MAC_A),
+        (POD_B6, MAC_A),
+        (POD_GONE6, MAC_A),
+    ]);
+    let dst = *rng.pick(&[POD_B6, POD_B6, POD_A6, POD_GONE6, ALL_NODES, OUTSIDE6]);
+    let dmac = match rng.below(4) {
+        0 => GW_MAC,
+        1 => ALL_NODES_MAC,
+        _ => pod_mac6(&dst).unwrap_or(GW_MAC),
+    };
+    let hop_limit = *rng.pick(&[0, 1, 2, 64, 255]);
+    let (mut next, mut body) = match rng.below(7) {
+        0 => (UDP, data.to_vec()),
+        1 => (TCP, data.to_vec()),
+        2 => (ICMPV6, [&[128, 0, 0, 0, 0, 1, 0, 1][..], data].concat()),
+        3 | 4 => {
+            let target = *rng.pick(&[src, POD_A6, POD_B6, LINK_LOCAL_A, POD_GONE6]);
+            let ll = *rng.pick(&[smac, MAC_B, MAC_A]);
+            let mut m = vec![136, 0, 0, 0, *rng.pick(&[0x20, 0x60, 0]), 0, 0, 0];
+            m.extend_from_slice(&target);
+            if rng.chance(80) {
+                m.extend_from_slice(&[2, 1]);
+                m.extend_from_slice(&ll);
+            }
+            (ICMPV6, m)
+        }
+        5 => {
+            let mut m = vec![135, 0, 0, 0, 0, 0, 0, 0];
+            m.extend_from_slice(&dst);
+            (ICMPV6, m)
+        }
+        _ => {
+            let ty = *rng.pick(&[133, 134, 137]);
+            let mut m = vec![ty, 0, 0, 0, 64, 0, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0];
+            m.extend_from_slice(&[1, 1]);
+            m.extend_from_slice(&smac);
+            (ICMPV6, m)
+        }
+    };
+    if rng.chance(40) {
+        for _ in 0..=rng.below(6) {
+            let ext = *rng.pick(&EXT_HEADERS);
+            let mut h = vec![next, 0, 0, 0, 0, 0, 0, 0];
+            if ext == 44 && rng.chance(50) {
+                h[3] = 1;
+            }
+            if ext != 44 && rng.chance(20) {
+                h[1] = 1;
+                h.extend_from_slice(&[1, 6, 0, 0, 0, 0, 0, 0]);
+            }
+            h.extend_from_slice(&body);
+            body = h;
+            next = ext;
+        }
+    }
+    let mut ip = vec![0x60, 0, 0, 0];
+    let mut payload_len = u16::try_from(body.len()).expect("fits");
+    if rng.chance(10) {
+        payload_len = payload_len.wrapping_add(rng.u16() % 64).wrapping_sub(32);
+    }
+    ip.extend_from_slice(&payload_len.to_be_bytes());
+    ip.extend_from_slice(&[next, hop_limit]);
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    ip.extend_from_slice(&body);
+    let mut frame = eth(dmac, smac, ETH_P_IPV6, &ip);
+    if rng.chance(10) {
+        let len = rng.below(frame.len());
+        frame.truncate(len);
+    }
+    (Prog::FromPod, frame)
+}
+
+/// The ICMPv6 type of an IPv6 frame, following hop-by-hop, routing and destination options
+/// headers (independently of the datapath); `None` when the upper layer is not ICMPv6 or not
+/// inside the frame.
+fn icmp6_type(frame: &[u8]) -> Option<u8> {
+    let mut next = frame[ETH_HLEN + 6];
+    let mut off = ETH_HLEN + 40;
+    loop {
+        match next {
+            0 | 43 | 60 => {
+                next = *frame.get(off)?;
+                off += (usize::from(*frame.get(off + 1)?) + 1) * 8;
+            }
+            ICMPV6 => return frame.get(off).copied(),
+            _ => return None,
+        }
+    }
+}
+
+/// A redirected IPv6 frame: well-formed, to a local pod, from its own source (anti-spoofing
+/// is on) or a link-local or unspecified one, never Neighbor Discovery nor multicast, the same
+/// bytes but for the MACs (the pod's, the gateway's) and, when it was routed (not sent to the
+/// pod's MAC), a hop limit one lower, which was above 1.
+fn check_redirected6(input: &[u8], out: &[u8]) -> Result<Outcome, String> {
+    let fail = |what: &str| Err(format!("IPv6 redirected, {what}: {}", fuzz::hex(out)));
+    if out.len() != input.len() {
+        return fail(&format!("length {} became {}", input.len(), out.len()));
+    }
+    if input.len() < ETH_HLEN + 40 || input[ETH_HLEN] >> 4 != 6 {
+        return fail("but the input is not IPv6");
+    }
+    if usize::from(u16_at(input, ETH_HLEN + 4)) + 40 > input.len() - ETH_HLEN {
+        return fail("but its payload length runs past the frame");
+    }
+    if input[0] & 1 != 0 {
+        return fail("but it was sent to a group MAC");
+    }
+    let (src, dst) = (
+        &input[ETH_HLEN + 8..ETH_HLEN + 24],
+        &input[ETH_HLEN + 24..ETH_HLEN + 40],
+    );
+    let Some(mac) = pod_mac6(dst) else {
+        return fail("to no local pod");
+    };
+    let own = pod_mac6(src) == Some(input[6..12].try_into().expect("6 bytes"));
+    if !own && src[0..2] != [0xfe, 0x80] && src != [0; 16] {
+        return fail("from a source that is not the pod's own");
+    }
+    if icmp6_type(input).is_some_and(|t| (133..=137).contains(&t)) {
+        return fail("but it is Neighbor Discovery, the kernel's");
+    }
+    if out[0..6] != mac || out[6..12] != GW_MAC {
+        return fail("with the wrong MACs");
+    }
+    let hop = ETH_HLEN + 7;
+    let routed = input[0..6] != mac;
+    let expected_hop = if routed {
+        if input[hop] <= 1 || input[ETH_HLEN + 6] == 0 {
+            return fail("routed with a hop limit of 1 or less, or a hop-by-hop header");
+        }
+        input[hop] - 1
+    } else {
+        input[hop]
+    };
+    if out[hop] != expected_hop {
+        return fail(&format!("hop limit {} became {}", input[hop], out[hop]));
+    }
+    if let Some(at) = (12..out.len()).find(|&i| i != hop && out[i] != input[i]) {
+        return fail(&format!("byte {at} changed"));
+    }
+    Ok(Outcome::Forwarded)
 }

@@ -45,8 +45,8 @@ pub fn print_line<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> 
 pub fn drop_event(v: &DropView) -> String {
     let r = &v.record;
     let p = &r.packet;
-    let end = |addr: Option<std::net::Ipv4Addr>, port: Option<u16>| match (addr, port) {
-        (Some(a), Some(port)) => format!("{a}:{port}"),
+    let end = |addr: Option<std::net::IpAddr>, port: Option<u16>| match (addr, port) {
+        (Some(a), Some(port)) => std::net::SocketAddr::new(a, port).to_string(),
         (Some(a), None) => a.to_string(),
         (None, _) => "?".to_owned(),
     };
@@ -68,7 +68,7 @@ pub fn drop_event(v: &DropView) -> String {
         r.reason, r.hook, r.ifindex
     ));
     match p.l3.as_deref() {
-        Some("ipv4") => {
+        Some("ipv4" | "ipv6") => {
             line.push_str(&format!(
                 "{} -> {}",
                 end(p.src, p.sport),
@@ -230,6 +230,15 @@ pub fn maps(v: &MapsView) -> String {
             e.ip, e.ifindex, e.mac, e.netns_ino
         ));
     }
+    if !v.endpoints6.is_empty() {
+        out.push_str(&format!("\nENDPOINTS6 ({}):", v.endpoints6.len()));
+        for e in &v.endpoints6 {
+            out.push_str(&format!(
+                "\n  {:<24} -> ifindex {:<5} mac {} netns {}",
+                e.ip, e.ifindex, e.mac, e.netns_ino
+            ));
+        }
+    }
     out
 }
 
@@ -277,7 +286,7 @@ pub fn gc(r: &GcReport) -> String {
         r.pods.len(),
         r.veths.len(),
         r.addresses.len(),
-        r.endpoints.len(),
+        r.endpoints.len() + r.endpoints6.len(),
         r.temp_files,
         r.sock_programs.len()
     )

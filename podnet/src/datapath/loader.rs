@@ -17,8 +17,8 @@ use aya::{
 };
 use podnet_ebpf::abi::{
     AFFINITY_MAX, CT_USAGE_SLOTS, DEFAULT_PEERS_MAX, FRAGMENTS_MAX, MAGLEV_MAX, NON_MASQUERADE_MAX,
-    POD_NETNS_MAX, REV_NAT_MAX, SOCK_REV_NAT_MAX, STATS_SLOTS, backends_map_entries, map_name,
-    program_name,
+    POD_NETNS_MAX, REV_NAT_MAX, SOCK_REV_NAT_MAX, STATS_SLOTS, backends_map_entries,
+    endpoints6_map_entries, map_name, program_name,
 };
 
 use super::{DatapathError, attach, cgroup, object::EbpfObject, pins};
@@ -242,6 +242,10 @@ pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadRepor
     }
     loader
         .map_max_entries(map_name::ENDPOINTS, opts.endpoints_max)
+        .map_max_entries(
+            map_name::ENDPOINTS6,
+            endpoints6_map_entries(opts.endpoints_max),
+        )
         .map_max_entries(map_name::CONNTRACK, opts.conntrack_entries)
         .map_max_entries(map_name::SERVICES, opts.services_max)
         .map_max_entries(map_name::BACKENDS, backends_map_entries(opts.services_max))

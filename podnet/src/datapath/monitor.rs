@@ -3,15 +3,21 @@
 //! (addresses, ports, protocol; for a refused connection that was answered, the client's
 //! packet the answer stands for), and the rate limit's totals (`MONITOR_BUDGET`).
 
-use std::{net::Ipv4Addr, os::fd::AsRawFd as _, path::Path, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+    path::Path,
+    time::Duration,
+};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use podnet_ebpf::abi::{
     map_name,
     monitor::{DropEvent, EVENT_LEN, MonitorBudget, hook},
     proto::{
-        ETH_HLEN, ETH_P_IP, ICMP_DEST_UNREACH, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
-        IP_OFFSET, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HLEN,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ICMP_DEST_UNREACH, ICMP_PARAMETER_PROBLEM,
+        ICMP_TIME_EXCEEDED, IP_OFFSET, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+        IPV4_MIN_HLEN, IPV6_HLEN,
     },
     reason,
 };
@@ -112,14 +118,16 @@ pub struct DropRecord {
 /// it answers). Fields the bytes do not reach are absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PacketSummary {
-    /// `ipv4`, or the EtherType of anything else (`0x86dd`), or absent if not even that.
+    /// `ipv4`, `ipv6`, or the EtherType of anything else (`0x0806`), or absent if not even
+    /// that.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub l3: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub src: Option<Ipv4Addr>,
+    pub src: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dst: Option<Ipv4Addr>,
-    /// `tcp`, `udp`, `icmp`, or the protocol number.
+    pub dst: Option<IpAddr>,
+    /// `tcp`, `udp`, `icmp`, `ipv6-icmp`, or the protocol number (IPv6: the header after the
+    /// fixed one, an extension header's number included).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proto: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -185,9 +193,14 @@ fn be16(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
 }
 
-fn addr(bytes: &[u8], at: usize) -> Option<Ipv4Addr> {
+fn addr(bytes: &[u8], at: usize) -> Option<IpAddr> {
     let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
-    Some(Ipv4Addr::from(b))
+    Some(IpAddr::V4(Ipv4Addr::from(b)))
+}
+
+fn addr6(bytes: &[u8], at: usize) -> Option<IpAddr> {
+    let b: [u8; 16] = bytes.get(at..at + 16)?.try_into().ok()?;
+    Some(IpAddr::V6(Ipv6Addr::from(b)))
 }
 
 /// Decodes an Ethernet frame's first bytes.
@@ -195,6 +208,11 @@ pub fn summarise(frame: &[u8]) -> PacketSummary {
     let Some(ethertype) = be16(frame, ETH_HLEN - 2) else {
         return PacketSummary::default();
     };
+    if ethertype == ETH_P_IPV6 {
+        let mut summary = ipv6(frame.get(ETH_HLEN..).unwrap_or_default());
+        summary.l3 = Some("ipv6".to_owned());
+        return summary;
+    }
     if ethertype != ETH_P_IP {
         return PacketSummary {
             l3: Some(format!("{ethertype:#06x}")),
@@ -204,6 +222,32 @@ pub fn summarise(frame: &[u8]) -> PacketSummary {
     let mut summary = ipv4(frame.get(ETH_HLEN..).unwrap_or_default());
     summary.l3 = Some("ipv4".to_owned());
     summary
+}
+
+/// Decodes an IPv6 packet's first bytes: addresses, the next header, and ports or the ICMPv6
+/// type when it follows the fixed header directly.
+fn ipv6(ip: &[u8]) -> PacketSummary {
+    let mut s = PacketSummary {
+        src: addr6(ip, 8),
+        dst: addr6(ip, 24),
+        ..PacketSummary::default()
+    };
+    let Some(&next) = ip.get(6) else {
+        return s;
+    };
+    s.proto = Some(crate::model::names::proto_name(next));
+    let l4 = ip.get(IPV6_HLEN..).unwrap_or_default();
+    match next {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            s.sport = be16(l4, 0);
+            s.dport = be16(l4, 2);
+        }
+        IPPROTO_ICMPV6 => {
+            s.icmp = l4.first().zip(l4.get(1)).map(|(t, c)| (*t, *c));
+        }
+        _ => {}
+    }
+    s
 }
 
 /// Decodes an IPv4 packet's first bytes (as much as they reach).
@@ -275,6 +319,33 @@ fn answered_original(frame: &[u8]) -> PacketSummary {
 mod tests {
     use super::*;
 
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    #[test]
+    fn a_dropped_neighbor_advertisement_shows_its_ipv6_ends_and_icmpv6_type() {
+        let (src, dst): (Ipv6Addr, Ipv6Addr) = (
+            "fd00::2".parse().expect("IPv6"),
+            "ff02::1".parse().expect("IPv6"),
+        );
+        let mut f = vec![0u8; ETH_HLEN];
+        f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        f.extend_from_slice(&[0x60, 0, 0, 0, 0, 32, IPPROTO_ICMPV6, 255]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(&[136, 0, 0, 0]);
+        let r = DropRecord::decode(&event(reason::DROP_ND_SPOOFED, 1, &f));
+        assert_eq!(r.reason, "drop_nd_spoofed");
+        assert_eq!(r.packet.l3.as_deref(), Some("ipv6"));
+        assert_eq!(
+            (r.packet.src, r.packet.dst),
+            (Some(IpAddr::V6(src)), Some(IpAddr::V6(dst)))
+        );
+        assert_eq!(r.packet.proto.as_deref(), Some("ipv6-icmp"));
+        assert_eq!(r.packet.icmp, Some((136, 0)));
+    }
+
     /// An Ethernet + IPv4 (no options) frame carrying `l4`.
     fn frame(proto: u8, src: [u8; 4], dst: [u8; 4], l4: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8; ETH_HLEN];
@@ -312,8 +383,8 @@ mod tests {
         let r = DropRecord::decode(&event(reason::DROP_SPOOFED, 1, &f));
         assert_eq!(r.reason, "drop_spoofed");
         assert_eq!(r.action, "dropped");
-        assert_eq!(r.packet.src, Some(Ipv4Addr::new(10, 0, 0, 5)));
-        assert_eq!(r.packet.dst, Some(Ipv4Addr::new(10, 0, 0, 9)));
+        assert_eq!(r.packet.src, Some(v4(10, 0, 0, 5)));
+        assert_eq!(r.packet.dst, Some(v4(10, 0, 0, 9)));
         assert_eq!((r.packet.sport, r.packet.dport), (Some(1234), Some(80)));
         assert_eq!(r.packet.proto.as_deref(), Some("udp"));
     }
@@ -323,8 +394,8 @@ mod tests {
         let rst = frame(IPPROTO_TCP, [10, 96, 0, 1], [10, 0, 0, 5], &[0, 80, 4, 210]);
         let r = DropRecord::decode(&event(reason::REJECT_NO_BACKEND, 0, &rst));
         assert_eq!(r.action, "answered");
-        assert_eq!(r.packet.src, Some(Ipv4Addr::new(10, 0, 0, 5)));
-        assert_eq!(r.packet.dst, Some(Ipv4Addr::new(10, 96, 0, 1)));
+        assert_eq!(r.packet.src, Some(v4(10, 0, 0, 5)));
+        assert_eq!(r.packet.dst, Some(v4(10, 96, 0, 1)));
         assert_eq!((r.packet.sport, r.packet.dport), (Some(1234), Some(80)));
     }
 
@@ -336,8 +407,8 @@ mod tests {
         icmp.extend_from_slice(quoted);
         let answer = frame(IPPROTO_ICMP, [10, 96, 0, 1], [10, 0, 0, 5], &icmp);
         let r = DropRecord::decode(&event(reason::REJECT_NO_BACKEND, 0, &answer));
-        assert_eq!(r.packet.src, Some(Ipv4Addr::new(10, 0, 0, 5)));
-        assert_eq!(r.packet.dst, Some(Ipv4Addr::new(10, 96, 0, 1)));
+        assert_eq!(r.packet.src, Some(v4(10, 0, 0, 5)));
+        assert_eq!(r.packet.dst, Some(v4(10, 96, 0, 1)));
         assert_eq!(r.packet.proto.as_deref(), Some("udp"));
         assert_eq!(r.packet.dport, Some(53));
     }
@@ -347,7 +418,7 @@ mod tests {
         assert_eq!(summarise(&[]), PacketSummary::default());
         let f = frame(IPPROTO_UDP, [10, 0, 0, 5], [10, 0, 0, 9], &[]);
         let s = summarise(&f[..ETH_HLEN + 16]);
-        assert_eq!(s.src, Some(Ipv4Addr::new(10, 0, 0, 5)));
+        assert_eq!(s.src, Some(v4(10, 0, 0, 5)));
         assert_eq!((s.dst, s.sport), (None, None));
         let mut arp = vec![0u8; ETH_HLEN];
         arp[12..14].copy_from_slice(&[0x08, 0x06]);

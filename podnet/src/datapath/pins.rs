@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use podnet_ebpf::abi::{
-    AffinityKey, AffinityValue, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, FragKey,
-    FragPorts, NodeConfig, Peer, PodNetns, RevNat, ServiceBackend, ServiceKey, ServiceValue,
-    SockRevNat, SockRevNatKey, map_name, monitor::MonitorBudget,
+    AffinityKey, AffinityValue, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey,
+    EndpointKey6, FragKey, FragPorts, NodeConfig, Peer, PodNetns, RevNat, ServiceBackend,
+    ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, map_name, monitor::MonitorBudget,
 };
 
 /// Path of a program's pin.
@@ -68,6 +68,7 @@ pub fn key_value_sizes(name: &str) -> (u32, u32) {
         map_name::MONITOR_EVENTS => (0, 0),
         map_name::MONITOR_BUDGET => (4, size(size_of::<MonitorBudget>())),
         map_name::FRAGMENTS => (size(size_of::<FragKey>()), size(size_of::<FragPorts>())),
+        map_name::ENDPOINTS6 => (size(size_of::<EndpointKey6>()), size(size_of::<Endpoint>())),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
 }

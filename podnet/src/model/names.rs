@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use podnet_ebpf::abi::proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use podnet_ebpf::abi::proto::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Longest interface name (`IFNAMSIZ` - 1).
 pub const MAX_IFNAME_LEN: usize = 15;
@@ -153,6 +153,7 @@ pub fn proto_name(proto: u8) -> String {
         IPPROTO_TCP => "tcp".to_owned(),
         IPPROTO_UDP => "udp".to_owned(),
         IPPROTO_ICMP => "icmp".to_owned(),
+        IPPROTO_ICMPV6 => "ipv6-icmp".to_owned(),
         other => other.to_string(),
     }
 }

@@ -38,8 +38,10 @@ pub fn list(ctx: &Ctx) -> Result<Vec<Attachment>> {
 }
 
 /// Chained ADD: plugs the runtime's veth (the host end of `ifname` in `netns`) for address `ip`.
-/// An IPv6 address `ip6` (dual-stack, from the same `prevResult`) is only checked against the
-/// node's IPv6 pod CIDR and recorded: the kernel routes IPv6, nothing is plugged for it.
+/// An IPv6 address `ip6` (dual-stack, from the same `prevResult`) is checked against the
+/// node's IPv6 pod CIDR, recorded and plugged too (other local pods reach it by the IPv6 fast
+/// path; with anti-spoofing it is the only IPv6 source the container may use besides
+/// link-local ones).
 pub fn add_chained(
     ctx: &Ctx,
     container_id: &str,
@@ -79,6 +81,7 @@ pub fn add_chained(
             host_if: &host.name,
             host_ifindex: host.index,
             ip,
+            ip6: ip6.filter(|_| ctx.settings.pod_cidr6.is_some()),
             mac: container_if.mac,
             netns,
         },
@@ -154,7 +157,8 @@ pub fn undo(ctx: &Ctx, a: &Attachment, lock: &FileLock) -> Result<()> {
             pod::del_held(ctx, pod, lock)?;
         }
         None => {
-            endpoint::unplug(ctx, &a.host_if, &[a.ip])?;
+            let ips6: Vec<_> = a.ip6.into_iter().collect();
+            endpoint::unplug(ctx, &a.host_if, &[a.ip], &ips6)?;
         }
     }
     Ok(())

@@ -29,6 +29,9 @@ pub struct GcReport {
     pub addresses6: Vec<Ipv6Addr>,
     /// Endpoints of addresses no pod or attachment holds.
     pub endpoints: Vec<Ipv4Addr>,
+    /// IPv6 endpoints of addresses no pod or attachment holds (dual-stack nodes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints6: Vec<Ipv6Addr>,
     /// Temporary files of killed writes (pod and attachment records, IPAM).
     pub temp_files: usize,
     /// Socket programs that nodes whose network namespace is gone left attached to the cgroup
@@ -47,6 +50,7 @@ impl GcReport {
             addresses,
             addresses6,
             endpoints,
+            endpoints6,
             temp_files,
             sock_programs,
         } = self;
@@ -57,6 +61,7 @@ impl GcReport {
             && addresses.is_empty()
             && addresses6.is_empty()
             && endpoints.is_empty()
+            && endpoints6.is_empty()
             && *temp_files == 0
             && sock_programs.is_empty()
     }
@@ -163,6 +168,18 @@ fn remove_stale_endpoints(ctx: &Ctx, kept: &[Attachment], report: &mut GcReport)
     for ip in stale {
         conntrack::forget_addr(ctx, ip)?;
         report.endpoints.push(ip);
+    }
+    let live6: Vec<Ipv6Addr> = pod::list(ctx)?
+        .iter()
+        .filter_map(|p| p.address6.map(|a| a.ip()))
+        .chain(kept.iter().filter_map(|a| a.ip6))
+        .collect();
+    if let Some(mut maps) = ctx.maps_if_pinned() {
+        for ep in maps.endpoints6()? {
+            if !live6.contains(&ep.ip) && maps.remove_endpoint6(ep.ip)? {
+                report.endpoints6.push(ep.ip);
+            }
+        }
     }
     // Namespaces registered for socket balancing by pods that are gone (a removal cut short).
     if ctx.maps_if_pinned().is_some() {

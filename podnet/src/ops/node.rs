@@ -12,7 +12,7 @@ use podnet_ebpf::abi::{ABI_VERSION, NodeConfig, config_flag, program_name};
 use serde::Serialize;
 
 use super::{
-    Ctx, dual_stack,
+    Ctx, attachment, dual_stack, endpoint,
     error::{Error, Result},
     peer, pod,
 };
@@ -195,6 +195,18 @@ fn build(mut ctx: Ctx, preflight: Preflight, object: &EbpfObject) -> Result<Init
     // The exclusions first: from the moment the configuration is ready, traffic to them keeps
     // the pod's address.
     datapath::maps::non_masquerade::replace(&settings.pin_dir, &settings.non_masquerade_cidrs)?;
+    // Pods kept from before the IPv6 endpoints existed get theirs before the configuration
+    // (anti-spoofing) is in force.
+    let pairs: Vec<_> = pod::list(&ctx)?
+        .iter()
+        .filter_map(|p| Some((p.address.ip(), p.address6?.ip())))
+        .chain(
+            attachment::list(&ctx)?
+                .iter()
+                .filter_map(|a| Some((a.ip, a.ip6?))),
+        )
+        .collect();
+    endpoint::backfill6(&ctx, &pairs)?;
     let config = node_config(settings, node_ip, &uplink, &bridge, tunnel.as_ref())?;
     ctx.maps()?.set_config(&config)?;
     match peers {

@@ -121,6 +121,7 @@ fn build(ctx: &Ctx, name: &str, given: Option<Netns>, ifname: &str) -> Result<Po
             host_if: &host_if,
             host_ifindex: host.index,
             ip,
+            ip6: v6.map(|v6| v6.address.ip()),
             mac,
             netns: &ns,
         },
@@ -257,7 +258,7 @@ fn teardown(ctx: &Ctx, name: &str, record: Option<&PodRecord>) -> Result<DelRepo
         .chain(record.map(|r| r.address.ip()))
         .collect();
     let held6 = dual_stack::held(settings, name, record.and_then(|r| r.address6))?;
-    let unplugged = endpoint::unplug(ctx, &host_if, &held)?;
+    let unplugged = endpoint::unplug(ctx, &host_if, &held, &held6)?;
     report.link_removed = unplugged.filter_removed;
     report.endpoint_removed = unplugged.endpoints_removed > 0;
     report.conntrack_entries_removed = unplugged.conntrack_entries_removed;

@@ -10,7 +10,7 @@ use super::{
     conntrack::{self, Usage},
     error::Result,
 };
-use crate::datapath::maps::{ConfigView, EndpointEntry, ReasonCount};
+use crate::datapath::maps::{ConfigView, Endpoint6Entry, EndpointEntry, ReasonCount};
 
 /// `podnet stats`.
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +63,9 @@ fn warnings(reasons: &[ReasonCount], config: &NodeConfig) -> Vec<String> {
 pub struct MapsView {
     pub config: ConfigView,
     pub endpoints: Vec<EndpointEntry>,
+    /// IPv6 endpoints (dual-stack nodes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints6: Vec<Endpoint6Entry>,
 }
 
 pub fn maps(ctx: &Ctx) -> Result<MapsView> {
@@ -70,5 +73,6 @@ pub fn maps(ctx: &Ctx) -> Result<MapsView> {
     Ok(MapsView {
         config: maps.config()?.into(),
         endpoints: maps.endpoints()?,
+        endpoints6: maps.endpoints6()?,
     })
 }

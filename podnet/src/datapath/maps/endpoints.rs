@@ -1,8 +1,9 @@
-//! `ENDPOINTS`: local pod addresses -> host veth, MAC and namespace.
+//! `ENDPOINTS` and `ENDPOINTS6`: local pod addresses (IPv4, IPv6) -> host veth, MAC and
+//! namespace.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use podnet_ebpf::abi::{Endpoint, EndpointKey, map_name};
+use podnet_ebpf::abi::{Endpoint, EndpointKey, EndpointKey6, map_name};
 
 use super::{PinnedMaps, format_mac, is_not_found};
 use crate::datapath::DatapathError;
@@ -57,6 +58,68 @@ impl PinnedMaps {
             } = ep;
             out.push(EndpointEntry {
                 ip: Ipv4Addr::from(key.addr),
+                ifindex,
+                mac: format_mac(&mac),
+                flags,
+                netns_ino,
+            });
+        }
+        out.sort_by_key(|e| e.ip);
+        Ok(out)
+    }
+}
+
+/// One IPv6 endpoint as userspace reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Endpoint6Entry {
+    pub ip: Ipv6Addr,
+    pub ifindex: u32,
+    pub mac: String,
+    pub flags: u32,
+    pub netns_ino: u64,
+}
+
+/// `ENDPOINTS6`: the same, by IPv6 address.
+impl PinnedMaps {
+    pub fn upsert_endpoint6(&mut self, ip: Ipv6Addr, ep: &Endpoint) -> Result<(), DatapathError> {
+        let key = EndpointKey6 { addr: ip.octets() };
+        self.endpoints6
+            .insert(key, ep, 0)
+            .map_err(Self::map_err(map_name::ENDPOINTS6))
+    }
+
+    /// Removes the IPv6 endpoint; `Ok(false)` if there was none.
+    pub fn remove_endpoint6(&mut self, ip: Ipv6Addr) -> Result<bool, DatapathError> {
+        let key = EndpointKey6 { addr: ip.octets() };
+        match self.endpoints6.remove(&key) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(source) => Err(Self::map_err(map_name::ENDPOINTS6)(source)),
+        }
+    }
+
+    pub fn endpoint6(&self, ip: Ipv6Addr) -> Result<Option<Endpoint>, DatapathError> {
+        let key = EndpointKey6 { addr: ip.octets() };
+        match self.endpoints6.get(&key, 0) {
+            Ok(ep) => Ok(Some(ep)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(Self::map_err(map_name::ENDPOINTS6)(source)),
+        }
+    }
+
+    pub fn endpoints6(&self) -> Result<Vec<Endpoint6Entry>, DatapathError> {
+        let mut out = Vec::new();
+        for item in self.endpoints6.iter() {
+            let (key, ep) = item.map_err(Self::map_err(map_name::ENDPOINTS6))?;
+            let Endpoint {
+                ifindex,
+                flags,
+                mac,
+                _pad0: _,
+                netns_ino,
+            } = ep;
+            out.push(Endpoint6Entry {
+                ip: Ipv6Addr::from(key.addr),
                 ifindex,
                 mac: format_mac(&mac),
                 flags,

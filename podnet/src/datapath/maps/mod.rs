@@ -12,7 +12,7 @@ mod sock_rev_nat;
 mod stats;
 
 pub use config::ConfigView;
-pub use endpoints::EndpointEntry;
+pub use endpoints::{Endpoint6Entry, EndpointEntry};
 pub use sock_rev_nat::SockRevNatMap;
 pub use stats::ReasonCount;
 
@@ -20,7 +20,8 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use podnet_ebpf::abi::{
-    Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, NodeConfig, Peer, map_name,
+    Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, EndpointKey6, NodeConfig, Peer,
+    map_name,
 };
 
 use super::DatapathError;
@@ -29,6 +30,7 @@ use super::DatapathError;
 pub struct PinnedMaps {
     pub config: Array<MapData, NodeConfig>,
     pub endpoints: HashMap<MapData, EndpointKey, Endpoint>,
+    pub endpoints6: HashMap<MapData, EndpointKey6, Endpoint>,
     pub stats: PerCpuArray<MapData, Counter>,
     pub conntrack: HashMap<MapData, CtKey, CtEntry>,
     pub ct_usage: Array<MapData, CtUsage>,
@@ -71,6 +73,7 @@ impl PinnedMaps {
         Ok(Self {
             config: typed!(pin_dir, map_name::CONFIG),
             endpoints: typed!(pin_dir, map_name::ENDPOINTS),
+            endpoints6: typed!(pin_dir, map_name::ENDPOINTS6),
             stats: typed!(pin_dir, map_name::STATS),
             conntrack: typed!(pin_dir, map_name::CONNTRACK),
             ct_usage: typed!(pin_dir, map_name::CT_USAGE),
