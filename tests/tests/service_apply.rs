@@ -37,9 +37,9 @@ fn connect(ns: &(impl InNetns + ?Sized), addr: &str) -> Result<String, String> {
     }
 }
 
-/// Writes `table` to a file of the test's and returns its path.
+/// Writes `table` into the node's state directory (removed with the node); its path.
 fn table_file(node: &Node, name: &str, table: &Value) -> PathBuf {
-    let path = node.state_dir.with_extension(format!("{name}.json"));
+    let path = node.state_dir.join(format!("{name}.json"));
     std::fs::write(&path, table.to_string()).expect("write table");
     path
 }

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 const VIP: &str = "10.96.0.20";
 const LB_IP: &str = "198.51.100.20";
 
-/// Writes `table` next to the node's state and applies it.
+/// Writes `table` into the node's state directory (removed with the node) and applies it.
 fn apply(cli: &podnet_tests::PodnetCli, table: &Value) -> Value {
-    let path: PathBuf = cli.state_dir.with_extension("selection.json");
+    let path: PathBuf = cli.state_dir.join("selection.json");
     std::fs::write(&path, table.to_string()).expect("write table");
     cli.json(&["service", "apply", "-f", path.to_str().expect("utf-8")])
 }

@@ -67,7 +67,7 @@ fn table(backends: &[&PodInfo]) -> Value {
 
 /// `podnet service apply` of [`table`]`(backends)`; its report.
 fn apply(node: &Node, backends: &[&PodInfo]) -> Value {
-    let path = node.state_dir.with_extension("stale-table.json");
+    let path = node.state_dir.join("stale-table.json");
     std::fs::write(&path, table(backends).to_string()).expect("write table");
     node.json(&["service", "apply", "-f", path.to_str().expect("utf-8")])
 }
@@ -552,7 +552,7 @@ fn a_service_change_rewrites_only_what_changed() {
     let apply_both = |web: Value| {
         let mut t = table(&[&a]);
         t["services"].as_array_mut().expect("list").push(web);
-        let path = node.state_dir.with_extension("two-services.json");
+        let path = node.state_dir.join("two-services.json");
         std::fs::write(&path, t.to_string()).expect("write table");
         node.json(&["service", "apply", "-f", path.to_str().expect("utf-8")])
     };
