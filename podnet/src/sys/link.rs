@@ -15,7 +15,9 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteType};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use crate::{
@@ -25,6 +27,24 @@ use crate::{
 
 mod v6;
 pub use v6::enable_ipv6_forwarding;
+
+/// The gateway of `route` if it is a unicast default route of the main table (either family).
+fn main_default_gateway(route: &RouteMessage) -> Option<&RouteAddress> {
+    let header = &route.header;
+    let mut table = u32::from(header.table);
+    let mut gateway = None;
+    for attr in &route.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Gateway(gw) => gateway = Some(gw),
+            _ => {}
+        }
+    }
+    let default = header.destination_prefix_length == 0
+        && header.kind == RouteType::Unicast
+        && table == u32::from(RouteHeader::RT_TABLE_MAIN);
+    gateway.filter(|_| default)
+}
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -575,23 +595,8 @@ impl Netlink {
             .await
             .map_err(nl_err("list IPv4 routes"))?
         {
-            let header = &route.header;
-            let mut table = u32::from(header.table);
-            let mut gateway = None;
-            for attr in &route.attributes {
-                match attr {
-                    RouteAttribute::Table(t) => table = *t,
-                    RouteAttribute::Gateway(RouteAddress::Inet(gw)) => gateway = Some(*gw),
-                    _ => {}
-                }
-            }
-            if header.address_family == AddressFamily::Inet
-                && header.destination_prefix_length == 0
-                && header.kind == RouteType::Unicast
-                && table == u32::from(RouteHeader::RT_TABLE_MAIN)
-                && let Some(gw) = gateway
-            {
-                gateways.push(gw);
+            if let Some(RouteAddress::Inet(gw)) = main_default_gateway(&route) {
+                gateways.push(*gw);
             }
         }
         Ok(gateways)

@@ -8,14 +8,36 @@ use podnet_ebpf::abi::{Endpoint, EndpointKey, EndpointKey6, map_name};
 use super::{PinnedMaps, format_mac, is_not_found};
 use crate::datapath::DatapathError;
 
-/// One endpoint as userspace reports it.
+/// One endpoint as userspace reports it, by IPv4 (or, as [`Endpoint6Entry`], IPv6) address.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct EndpointEntry {
-    pub ip: Ipv4Addr,
+pub struct EndpointEntry<A = Ipv4Addr> {
+    pub ip: A,
     pub ifindex: u32,
     pub mac: String,
     pub flags: u32,
     pub netns_ino: u64,
+}
+
+/// One IPv6 endpoint as userspace reports it.
+pub type Endpoint6Entry = EndpointEntry<Ipv6Addr>;
+
+impl<A> EndpointEntry<A> {
+    fn new(ip: A, ep: Endpoint) -> Self {
+        let Endpoint {
+            ifindex,
+            flags,
+            mac,
+            _pad0: _,
+            netns_ino,
+        } = ep;
+        Self {
+            ip,
+            ifindex,
+            mac: format_mac(&mac),
+            flags,
+            netns_ino,
+        }
+    }
 }
 
 impl PinnedMaps {
@@ -49,34 +71,11 @@ impl PinnedMaps {
         let mut out = Vec::new();
         for item in self.endpoints.iter() {
             let (key, ep) = item.map_err(Self::map_err(map_name::ENDPOINTS))?;
-            let Endpoint {
-                ifindex,
-                flags,
-                mac,
-                _pad0: _,
-                netns_ino,
-            } = ep;
-            out.push(EndpointEntry {
-                ip: Ipv4Addr::from(key.addr),
-                ifindex,
-                mac: format_mac(&mac),
-                flags,
-                netns_ino,
-            });
+            out.push(EndpointEntry::new(Ipv4Addr::from(key.addr), ep));
         }
         out.sort_by_key(|e| e.ip);
         Ok(out)
     }
-}
-
-/// One IPv6 endpoint as userspace reports it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Endpoint6Entry {
-    pub ip: Ipv6Addr,
-    pub ifindex: u32,
-    pub mac: String,
-    pub flags: u32,
-    pub netns_ino: u64,
 }
 
 /// `ENDPOINTS6`: the same, by IPv6 address.
@@ -111,20 +110,7 @@ impl PinnedMaps {
         let mut out = Vec::new();
         for item in self.endpoints6.iter() {
             let (key, ep) = item.map_err(Self::map_err(map_name::ENDPOINTS6))?;
-            let Endpoint {
-                ifindex,
-                flags,
-                mac,
-                _pad0: _,
-                netns_ino,
-            } = ep;
-            out.push(Endpoint6Entry {
-                ip: Ipv6Addr::from(key.addr),
-                ifindex,
-                mac: format_mac(&mac),
-                flags,
-                netns_ino,
-            });
+            out.push(EndpointEntry::new(Ipv6Addr::from(key.addr), ep));
         }
         out.sort_by_key(|e| e.ip);
         Ok(out)

@@ -17,11 +17,11 @@ use rtnetlink::{
         AddressFamily,
         address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
-        route::{RouteAddress, RouteAttribute, RouteHeader, RouteScope, RouteType},
+        route::{RouteAddress, RouteScope},
     },
 };
 
-use super::{LinkError, Netlink, nl_err, tolerate};
+use super::{LinkError, Netlink, main_default_gateway, nl_err, tolerate};
 
 /// The sysctl that turns IPv6 forwarding on for every interface of a namespace.
 const FORWARDING_SYSCTL_V6: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
@@ -111,23 +111,8 @@ impl Netlink {
             .await
             .map_err(nl_err("list IPv6 routes"))?
         {
-            let header = &route.header;
-            let mut table = u32::from(header.table);
-            let mut gateway = None;
-            for attr in &route.attributes {
-                match attr {
-                    RouteAttribute::Table(t) => table = *t,
-                    RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => gateway = Some(*gw),
-                    _ => {}
-                }
-            }
-            if header.address_family == AddressFamily::Inet6
-                && header.destination_prefix_length == 0
-                && header.kind == RouteType::Unicast
-                && table == u32::from(RouteHeader::RT_TABLE_MAIN)
-                && let Some(gw) = gateway
-            {
-                gateways.push(gw);
+            if let Some(RouteAddress::Inet6(gw)) = main_default_gateway(&route) {
+                gateways.push(*gw);
             }
         }
         Ok(gateways)
