@@ -362,6 +362,11 @@ pub fn veth(
             "ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b_path,
         ],
     );
+    // Links that stand for ones long up: their IPv6 link-local addresses are usable at once
+    // (while one is tentative the kernel sends no Neighbor Solicitation from it).
+    let no_dad = |ifname: &str| format!("net.ipv6.conf.{ifname}.accept_dad=0");
+    must(a, &["sysctl", "-q", "-w", &no_dad(a_if)]);
+    must(b, &["sysctl", "-q", "-w", &no_dad(b_if)]);
     must(a, &["ip", "link", "set", a_if, "up"]);
     must(b, &["ip", "link", "set", b_if, "up"]);
     VethPair {

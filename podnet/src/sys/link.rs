@@ -268,7 +268,8 @@ impl Netlink {
     }
 
     /// Creates bridge `name` if it does not exist (a concurrent creator winning is fine) and
-    /// sets it up. Fails if `name` exists and is not a bridge.
+    /// sets it up, without duplicate address detection for its IPv6 link-local address (see
+    /// [`v6::disable_dad`]). Fails if `name` exists and is not a bridge.
     pub async fn ensure_bridge(&self, name: &str) -> Result<LinkInfo, LinkError> {
         validate_ifname(name)?;
         let info = match self.get(name).await? {
@@ -296,6 +297,7 @@ impl Netlink {
         if info.up {
             return Ok(info);
         }
+        v6::disable_dad(name)?;
         self.set_up(info.index).await?;
         self.get_by_index(info.index)
             .await?

@@ -26,6 +26,26 @@ use super::{LinkError, Netlink, main_default_gateway, nl_err, tolerate};
 /// The sysctl that turns IPv6 forwarding on for every interface of a namespace.
 const FORWARDING_SYSCTL_V6: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
+/// Turns duplicate address detection off for link `name` (`net.ipv6.conf.NAME.accept_dad` =
+/// 0) in the calling thread's namespace; a kernel without IPv6 (no such file) is fine. For
+/// links podnet makes itself before it sets them up: the bridge's link-local address comes
+/// from its random MAC, and while it is tentative (a second after the first pod joins) the
+/// kernel sends no Neighbor Solicitation from it, so the first packets towards a new pod
+/// wait a full retransmission timer.
+pub(super) fn disable_dad(name: &str) -> Result<(), LinkError> {
+    let path = Path::new("/proc/sys/net/ipv6/conf")
+        .join(name)
+        .join("accept_dad");
+    if !path.exists() {
+        return Ok(());
+    }
+    std::fs::write(&path, b"0\n").map_err(|source| LinkError::Io {
+        op: "write",
+        path,
+        source,
+    })
+}
+
 impl Netlink {
     /// Adds the IPv6 address `addr` to link `index` without duplicate address detection; an
     /// address that is already there is fine.
