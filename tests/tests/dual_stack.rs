@@ -1022,7 +1022,12 @@ fn pod_neighbour(ns: &(impl InNetns + ?Sized), ip: Ipv6Addr) -> Option<String> {
 
 /// The link-local address of eth0 in `ns`.
 fn link_local(ns: &(impl InNetns + ?Sized)) -> Ipv6Addr {
-    let out = ns.ok("ip -6 -o addr show dev eth0 scope link");
+    link_local_of(ns, "eth0")
+}
+
+/// The link-local address of `ifname` in `ns`.
+fn link_local_of(ns: &(impl InNetns + ?Sized), ifname: &str) -> Ipv6Addr {
+    let out = ns.ok(&format!("ip -6 -o addr show dev {ifname} scope link"));
     out.split_whitespace()
         .skip_while(|w| *w != "inet6")
         .nth(1)
@@ -1301,4 +1306,106 @@ fn endpoints6(pin_dir: &Path) -> Vec<String> {
         .collect();
     addrs.sort();
     addrs
+}
+
+/// A Router Advertisement (router lifetime 30 minutes) with one Prefix Information option:
+/// `prefix`/64, on-link and for autoconfiguration (SLAAC).
+fn router_advert_with_prefix(mac: [u8; 6], prefix: Ipv6Addr) -> Vec<u8> {
+    const OPT_PREFIX_INFO: u8 = 3;
+    const PREFIX_INFO_UNITS: u8 = 4;
+    const PREFIX_LEN: u8 = 64;
+    const ON_LINK_AUTONOMOUS: u8 = 0xc0;
+    const LIFETIME: [u8; 4] = 3600u32.to_be_bytes();
+    let mut icmp = router_advert(mac);
+    icmp.extend_from_slice(&[
+        OPT_PREFIX_INFO,
+        PREFIX_INFO_UNITS,
+        PREFIX_LEN,
+        ON_LINK_AUTONOMOUS,
+    ]);
+    icmp.extend_from_slice(&LIFETIME); // valid
+    icmp.extend_from_slice(&LIFETIME); // preferred
+    icmp.extend_from_slice(&[0; 4]);
+    icmp.extend_from_slice(&prefix.octets());
+    icmp
+}
+
+/// podnet's drop counters (every reason named `drop_*`), summed.
+fn drops(node: &Node) -> u64 {
+    node.stats()
+        .iter()
+        .filter(|(reason, _)| reason.starts_with("drop_"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+#[test]
+fn the_nodes_own_ipv6_on_the_uplink_keeps_working_with_the_programs_attached() {
+    require_root!();
+    let node = dual_stack_node("10.244.43.0/24", "fd00:10:244:43::/64");
+    let _pod = node.add_pod("a");
+    let (host, outside) = (&node.topo.node, &node.topo.outside);
+    let attached = host.ok(&format!("tc filter show dev {UPLINK} ingress"));
+    assert!(attached.contains("from_uplink"), "{attached}");
+    let drops_before = drops(&node);
+
+    // Link-local addresses both ways, and Neighbor Discovery for the global ones.
+    let node_ll = link_local_of(host, UPLINK);
+    let outside_ll = link_local_of(outside, &node.topo.outside_if);
+    let out = ping6(host, &format!("{outside_ll}%{UPLINK}"));
+    assert!(
+        out.status.success(),
+        "node -> outside link-local: {}",
+        describe(&out)
+    );
+    let out = ping6(outside, &format!("{node_ll}%{}", node.topo.outside_if));
+    assert!(
+        out.status.success(),
+        "outside -> node link-local: {}",
+        describe(&out)
+    );
+    let out = ping6(host, &OUTSIDE_IP6.to_string());
+    assert!(out.status.success(), "node -> outside: {}", describe(&out));
+    let out = ping6(outside, &NODE_IP6.to_string());
+    assert!(out.status.success(), "outside -> node: {}", describe(&out));
+    let outside_mac = mac(outside, &node.topo.outside_if);
+    let neigh = host.ok(&format!("ip -6 neigh show {OUTSIDE_IP6} dev {UPLINK}"));
+    assert!(
+        neigh.contains(&outside_mac),
+        "the node resolved the outside: {neigh}"
+    );
+
+    // A Router Advertisement from the fabric's router reaches the node's kernel: it takes the
+    // default route and an address of the advertised prefix (SLAAC; a forwarding node
+    // accepts RAs with accept_ra=2).
+    host.ok(&format!("sysctl -q -w net.ipv6.conf.{UPLINK}.accept_ra=2"));
+    let prefix: Ipv6Addr = "fd00:198:99::".parse().expect("prefix");
+    let all_nodes: Ipv6Addr = "ff02::1".parse().expect("all-nodes");
+    let all_nodes_mac = [0x33, 0x33, 0, 0, 0, 1];
+    let frame = icmp6_frame(
+        all_nodes_mac,
+        parse_mac(&outside_mac),
+        outside_ll,
+        all_nodes,
+        router_advert_with_prefix(parse_mac(&outside_mac), prefix),
+    );
+    send_raw(outside, &frame);
+    wait_until(
+        Duration::from_secs(5),
+        "an address from the RA's prefix",
+        || {
+            host.ok(&format!("ip -6 -o addr show dev {UPLINK}"))
+                .contains("fd00:198:99:")
+        },
+    );
+    let default = host.ok("ip -6 route show default");
+    assert!(
+        default.contains(&format!("via {outside_ll}")) && default.contains("proto ra"),
+        "the node's IPv6 default route: {default}"
+    );
+    assert_eq!(
+        drops(&node),
+        drops_before,
+        "podnet dropped the node's own IPv6"
+    );
 }
