@@ -10,6 +10,8 @@
 //! - [`translate`]: the NAT decisions both classifiers share;
 //! - [`conntrack`]: flow state, lifetimes and admission, for both families ([`family`]);
 //! - [`nat`]: packet rewriting and checksums;
+//! - [`nat6`]: IPv6 masquerade (SNAT to the node's IPv6 address) and its reverse, ICMPv6
+//!   errors and fragments included; [`fib6`]: IPv6 out by the routing table;
 //! - [`frag`]: IPv4 fragments (later fragments follow their first fragment's flow);
 //! - [`masquerade`]: masquerade exclusions (destinations that keep the pod's address);
 //! - [`services`]: service frontends and backend choice;
@@ -40,6 +42,8 @@ mod conntrack;
 mod family;
 #[cfg(target_arch = "bpf")]
 mod fib;
+#[cfg(target_arch = "bpf")]
+mod fib6;
 #[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]

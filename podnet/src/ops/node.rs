@@ -195,6 +195,7 @@ fn build(mut ctx: Ctx, preflight: Preflight, object: &EbpfObject) -> Result<Init
     // The exclusions first: from the moment the configuration is ready, traffic to them keeps
     // the pod's address.
     datapath::maps::non_masquerade::replace(&settings.pin_dir, &settings.non_masquerade_cidrs)?;
+    datapath::maps::non_masquerade::replace6(&settings.pin_dir, &settings.non_masquerade_cidrs6)?;
     // Pods kept from before the IPv6 endpoints existed get theirs before the configuration
     // (anti-spoofing) is in force.
     let pairs: Vec<_> = pod::list(&ctx)?
