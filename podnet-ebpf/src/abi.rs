@@ -100,8 +100,24 @@ pub mod ipv6_prog {
     pub const FROM_POD6: u32 = 0;
     /// [`super::program_name::FROM_UPLINK6`].
     pub const FROM_UPLINK6: u32 = 1;
+    /// [`super::program_name::FROM_POD6_NAT`].
+    pub const FROM_POD6_NAT: u32 = 2;
+    /// [`super::program_name::FROM_POD6_SNAT`].
+    pub const FROM_POD6_SNAT: u32 = 3;
+    /// [`super::program_name::NAT6_ICMP`].
+    pub const NAT6_ICMP: u32 = 4;
+    /// [`super::program_name::NAT6_ICMP_OUT`].
+    pub const NAT6_ICMP_OUT: u32 = 5;
     /// Entries of the array: one per IPv6 program.
-    pub const SLOTS: u32 = 2;
+    pub const SLOTS: u32 = 6;
+    /// A program's decision "go on in the program of slot `s`" is the reason `HANDOFF | s`
+    /// (never counted: the next program counts the packet).
+    pub const HANDOFF: u32 = 1 << 31;
+
+    /// The decision "go on in the program of `slot`".
+    pub const fn handoff(slot: u32) -> u32 {
+        HANDOFF | slot
+    }
 }
 
 /// Program names (the Rust function names of the classifiers).
@@ -123,12 +139,27 @@ pub mod program_name {
     pub const FROM_POD6: &str = "from_pod6";
     /// IPv6 on the uplink: tail-called by `from_uplink` for IPv6 frames (never attached).
     pub const FROM_UPLINK6: &str = "from_uplink6";
+    /// The IPv6 NAT of pods' traffic that is not for a local pod (tail-called by `from_pod6`):
+    /// packets of masqueraded flows, ICMPv6 errors about them, and the masquerade decision.
+    pub const FROM_POD6_NAT: &str = "from_pod6_nat";
+    /// A new masqueraded IPv6 flow: conntrack entries and the port (tail-called by
+    /// `from_pod6_nat`).
+    pub const FROM_POD6_SNAT: &str = "from_pod6_snat";
+    /// ICMPv6 errors about masqueraded flows, from the uplink or from a pod (tail-called by
+    /// `from_uplink6` and `from_pod6_nat`).
+    pub const NAT6_ICMP: &str = "nat6_icmp";
+    /// Delivers an ICMPv6 error `nat6_icmp` translated (tail-called by it).
+    pub const NAT6_ICMP_OUT: &str = "nat6_icmp_out";
     /// The TC classifiers attached to interfaces.
     pub const CLASSIFIERS: [&str; 2] = [FROM_POD, FROM_UPLINK];
     /// The TC classifiers reached by tail call (`IPV6_PROGS`), each with its slot.
-    pub const TAIL_CALLED: [(&str, u32); 2] = [
+    pub const TAIL_CALLED: [(&str, u32); 6] = [
         (FROM_POD6, super::ipv6_prog::FROM_POD6),
         (FROM_UPLINK6, super::ipv6_prog::FROM_UPLINK6),
+        (FROM_POD6_NAT, super::ipv6_prog::FROM_POD6_NAT),
+        (FROM_POD6_SNAT, super::ipv6_prog::FROM_POD6_SNAT),
+        (NAT6_ICMP, super::ipv6_prog::NAT6_ICMP),
+        (NAT6_ICMP_OUT, super::ipv6_prog::NAT6_ICMP_OUT),
     ];
     /// The cgroup socket-address programs.
     pub const SOCK: [&str; 4] = [
@@ -137,11 +168,15 @@ pub mod program_name {
         SOCK_RECVMSG4,
         SOCK_GETPEERNAME4,
     ];
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 12] = [
         FROM_POD,
         FROM_UPLINK,
         FROM_POD6,
         FROM_UPLINK6,
+        FROM_POD6_NAT,
+        FROM_POD6_SNAT,
+        NAT6_ICMP,
+        NAT6_ICMP_OUT,
         SOCK_CONNECT4,
         SOCK_SENDMSG4,
         SOCK_RECVMSG4,
@@ -214,12 +249,13 @@ pub struct NodeConfig {
     pub service_prefix_len: u8,
     pub _pad2: [u8; 3],
     /// The node's IPv6 address on its uplink: the source of masqueraded IPv6. All zero on a
-    /// node without one (IPv6 is then never masqueraded).
-    pub node_ip6: [u8; 16],
-    /// This node's IPv6 pod CIDR (dual-stack nodes).
-    pub pod_cidr6: [u8; 16],
-    /// The cluster's IPv6 CIDR: IPv6 to it is never masqueraded.
-    pub cluster_cidr6: [u8; 16],
+    /// node without one (IPv6 is then never masqueraded). An [`Addr6`], as in the conntrack
+    /// entries it is compared with.
+    pub node_ip6: Addr6,
+    /// This node's IPv6 pod CIDR (dual-stack nodes), an [`Addr6`].
+    pub pod_cidr6: Addr6,
+    /// The cluster's IPv6 CIDR: IPv6 to it is never masqueraded. An [`Addr6`].
+    pub cluster_cidr6: Addr6,
     pub pod_prefix_len6: u8,
     /// 0 on a node without IPv6 pods.
     pub cluster_prefix_len6: u8,
@@ -609,8 +645,8 @@ pub struct FragPorts {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey6 {
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
+    pub saddr: Addr6,
+    pub daddr: Addr6,
     /// The fragment header's identification, host order.
     pub id: u32,
     pub proto: u8,
@@ -680,12 +716,30 @@ pub struct CtKey<A = [u8; 4]> {
     pub _pad: [u8; 3],
 }
 
+/// An IPv6 address as the IPv6 NAT maps hold it: its 16 network-order bytes as four
+/// native-endian words (each `u32::from_ne_bytes` of 4 bytes, so the same 16 bytes in
+/// memory). Words, not bytes, so the programs copy and compare addresses four bytes at a time:
+/// byte arrays were split into single bytes, each spilled to its own 8-byte stack slot.
+pub type Addr6 = [u32; 4];
+
+/// The [`Addr6`] of an address's 16 network-order bytes (the same memory).
+pub const fn addr6_from_bytes(b: [u8; 16]) -> Addr6 {
+    // SAFETY: both are 16 bytes of plain integers; every bit pattern is valid for either.
+    unsafe { core::mem::transmute::<[u8; 16], Addr6>(b) }
+}
+
+/// The 16 network-order bytes of an [`Addr6`] (the same memory).
+pub const fn addr6_to_bytes(a: Addr6) -> [u8; 16] {
+    // SAFETY: as above.
+    unsafe { core::mem::transmute::<Addr6, [u8; 16]>(a) }
+}
+
 /// Key of the `CONNTRACK6` map.
-pub type CtKey6 = CtKey<[u8; 16]>;
+pub type CtKey6 = CtKey<Addr6>;
 /// Value of the `CONNTRACK6` map.
-pub type CtEntry6 = CtEntry<[u8; 16]>;
+pub type CtEntry6 = CtEntry<Addr6>;
 /// An IPv6 translated tuple.
-pub type CtNat6 = CtNat<[u8; 16]>;
+pub type CtNat6 = CtNat<Addr6>;
 
 impl<A: Copy> CtKey<A> {
     /// The key a reply to a packet with this tuple carries.

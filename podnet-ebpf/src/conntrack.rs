@@ -9,7 +9,7 @@
 //! of letting the LRU evict live ones.
 //!
 //! Everything here is generic over the address family ([`Family`]: `[u8; 4]` for
-//! `CONNTRACK`, `[u8; 16]` for `CONNTRACK6`) and monomorphised per family: IPv4 and IPv6 share
+//! `CONNTRACK`, `Addr6` for `CONNTRACK6`) and monomorphised per family: IPv4 and IPv6 share
 //! the entry layout, the state machine, the timeouts, admission, the port search and eviction.
 
 use aya_ebpf::{
@@ -417,10 +417,11 @@ extern "C" fn probe_port<A: Family>(i: u64, ctx: *mut c_void) -> i64 {
     }
     // `i < SNAT_RETRIES`, so the cast keeps it.
     let port = search.min + (search.start + i as u32) % search.span;
-    let mut key = search.reply_key;
+    // In place, not in a copy: the callback's frame adds to the caller's stack (an IPv6 key is
+    // 40 bytes). `create` sets the port it finally takes.
     // `min + span - 1 <= u16::MAX` by construction of the range.
-    key.dport = port as u16;
-    match claim_reply(&key, &search.reply, search.now) {
+    search.reply_key.dport = port as u16;
+    match claim_reply(&search.reply_key, &search.reply, search.now) {
         Claim::Taken(new) => {
             search.taken = if new { SEARCH_NEW } else { SEARCH_LEFTOVER };
             search.port = port;

@@ -1,12 +1,12 @@
 //! The address families conntrack serves, by their address type: `[u8; 4]` (IPv4,
-//! `CONNTRACK`) and `[u8; 16]` (IPv6, `CONNTRACK6`). Conntrack's entries, state machine,
+//! `CONNTRACK`) and `Addr6` (IPv6, `CONNTRACK6`). Conntrack's entries, state machine,
 //! timeouts, admission, port search and eviction are written once over [`Family`] and
 //! monomorphised per family; this module holds what differs: the map, the occupancy slots,
 //! the admission limit, and how an address enters the port search's hash.
 
 use podnet_ebpf::abi::{
-    CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, CT6_USAGE_COLLECTOR, CT6_USAGE_PROGRAMS, CtEntry, CtKey,
-    NodeConfig,
+    Addr6, CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, CT6_USAGE_COLLECTOR, CT6_USAGE_PROGRAMS, CtEntry,
+    CtKey, NodeConfig,
 };
 
 use crate::maps::{CONNTRACK, CONNTRACK6};
@@ -64,7 +64,7 @@ impl Family for [u8; 4] {
     }
 }
 
-impl Family for [u8; 16] {
+impl Family for Addr6 {
     const USAGE_PROGRAMS: u32 = CT6_USAGE_PROGRAMS;
     const USAGE_COLLECTOR: u32 = CT6_USAGE_COLLECTOR;
 
@@ -91,7 +91,6 @@ impl Family for [u8; 16] {
     #[inline(always)]
     fn digest(addr: &Self) -> u32 {
         // The four words folded: the interface identifier and the prefix both count.
-        let word = |i: usize| u32::from_be_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
-        word(0) ^ word(4) ^ word(8) ^ word(12)
+        addr[0] ^ addr[1] ^ addr[2] ^ addr[3]
     }
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use podnet_ebpf::abi::{CtKey6, reason};
+use podnet_ebpf::abi::{Addr6, CtKey6, reason};
 
 /// `AF_INET6`.
 const AF_INET6: u8 = 10;
@@ -27,34 +27,14 @@ pub enum Route {
         dmac: [u8; 6],
     },
     /// Out of `ifindex` to next hop `nh`, whose MAC the kernel resolves.
-    NoNeigh { ifindex: u32, nh: [u8; 16] },
+    NoNeigh { ifindex: u32, nh: Addr6 },
     /// Not forwarded (local, unreachable, prohibited, or no route).
     NotForwarded,
 }
 
-#[inline(always)]
-fn words(addr: [u8; 16]) -> [u32; 4] {
-    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
-    [w(0), w(4), w(8), w(12)]
-}
-
-#[inline(always)]
-fn bytes(words: [u32; 4]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    let mut i = 0;
-    for w in words {
-        let b = w.to_ne_bytes();
-        out[i] = b[0];
-        out[i + 1] = b[1];
-        out[i + 2] = b[2];
-        out[i + 3] = b[3];
-        i += 4;
-    }
-    out
-}
-
-/// Looks up the route of a packet with tuple `key` (as it will leave, i.e. translated).
-#[inline(always)]
+/// Looks up the route of a packet with tuple `key` (as it will leave, i.e. translated). Its
+/// own BPF function: the 64-byte parameter block takes stack in a leaf frame only.
+#[inline(never)]
 pub fn lookup(ctx: &TcContext, key: &CtKey6) -> Route {
     // SAFETY: the parameter struct is plain old data; zero is a valid start for every field.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
@@ -64,8 +44,8 @@ pub fn lookup(ctx: &TcContext, key: &CtKey6) -> Route {
     params.dport = key.dport.to_be();
     // SAFETY: `ctx.skb.skb` is the program's own, valid __sk_buff.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    params.__bindgen_anon_3.ipv6_src = words(key.saddr);
-    params.__bindgen_anon_4.ipv6_dst = words(key.daddr);
+    params.__bindgen_anon_3.ipv6_src = key.saddr;
+    params.__bindgen_anon_4.ipv6_dst = key.daddr;
     // SAFETY: `params` is a valid, writable bpf_fib_lookup on this stack, of the size given.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -84,7 +64,7 @@ pub fn lookup(ctx: &TcContext, key: &CtKey6) -> Route {
         Ok(BPF_FIB_LKUP_RET_NO_NEIGH) => Route::NoNeigh {
             ifindex: params.ifindex,
             // SAFETY: the kernel wrote the next hop's IPv6 address into this union.
-            nh: bytes(unsafe { params.__bindgen_anon_4.ipv6_dst }),
+            nh: unsafe { params.__bindgen_anon_4.ipv6_dst },
         },
         _ => Route::NotForwarded,
     }
@@ -108,7 +88,7 @@ pub fn send(ctx: &TcContext, route: &Route, why: u32) -> (i32, u32) {
         Route::NoNeigh { ifindex, nh } => {
             let mut neigh = bpf_redir_neigh {
                 nh_family: u32::from(AF_INET6),
-                __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: words(nh) },
+                __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: nh },
             };
             // SAFETY: `neigh` is a valid bpf_redir_neigh on this stack, of the size given.
             unsafe {

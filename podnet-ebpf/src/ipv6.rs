@@ -230,7 +230,7 @@ pub fn from_pod(ctx: &TcContext) -> (i32, u32) {
     let Some(ep) = endpoint(daddr) else {
         // Not a local pod: masqueraded when it leaves the cluster (or a packet of a
         // masqueraded flow, or an ICMPv6 error about one), else to the kernel.
-        return crate::nat6::from_pod(ctx, cfg, hop_limit).unwrap_or(PASS);
+        return crate::nat6::from_pod(cfg).unwrap_or(PASS);
     };
     if dmac != ep.mac {
         // Not addressed to the pod itself (to the gateway's MAC): routed by the node, a

@@ -11,13 +11,13 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use podnet_ebpf::abi::{
-    AFFINITY_MAX, AffinityKey, AffinityValue, CT_USAGE_SLOTS, Counter, CtEntry, CtEntry6, CtKey,
-    CtKey6, CtUsage, DEFAULT_CT_LIMIT, DEFAULT_CT6_LIMIT, DEFAULT_ENDPOINTS_MAX, DEFAULT_PEERS_MAX,
-    DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, EndpointKey6, FRAGMENTS_MAX, FRAGMENTS6_MAX,
-    FragKey, FragKey6, FragPorts, MAGLEV_MAX, MAGLEV_TABLE_SIZE, NON_MASQUERADE_MAX,
-    NON_MASQUERADE6_MAX, NodeConfig, POD_NETNS_MAX, Peer, PodNetns, REV_NAT_MAX, RevNat,
-    SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey, ServiceValue, SockRevNat,
-    SockRevNatKey, backends_map_entries, endpoints6_map_entries, ipv6_prog,
+    AFFINITY_MAX, Addr6, AffinityKey, AffinityValue, CT_USAGE_SLOTS, Counter, CtEntry, CtEntry6,
+    CtKey, CtKey6, CtUsage, DEFAULT_CT_LIMIT, DEFAULT_CT6_LIMIT, DEFAULT_ENDPOINTS_MAX,
+    DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, EndpointKey6, FRAGMENTS_MAX,
+    FRAGMENTS6_MAX, FragKey, FragKey6, FragPorts, MAGLEV_MAX, MAGLEV_TABLE_SIZE,
+    NON_MASQUERADE_MAX, NON_MASQUERADE6_MAX, NodeConfig, POD_NETNS_MAX, Peer, PodNetns,
+    REV_NAT_MAX, RevNat, SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey, ServiceValue,
+    SockRevNat, SockRevNatKey, backends_map_entries, endpoints6_map_entries, ipv6_prog,
     monitor::{DropEvent, MonitorBudget, RING_BYTES},
 };
 
@@ -125,14 +125,19 @@ pub static NON_MASQUERADE: LpmTrie<[u8; 4], u32, { NON_MASQUERADE_MAX as usize }
 
 /// IPv6 masquerade exclusions (longest prefix match on 16-byte addresses).
 #[btf_map]
-pub static NON_MASQUERADE6: LpmTrie<[u8; 16], u32, { NON_MASQUERADE6_MAX as usize }> =
-    LpmTrie::new();
+pub static NON_MASQUERADE6: LpmTrie<Addr6, u32, { NON_MASQUERADE6_MAX as usize }> = LpmTrie::new();
 
 /// IPv6 fragments: the ports of each fragmented datagram's first fragment, for its later
 /// fragments (as `FRAGMENTS` for IPv4).
 #[btf_map]
 pub static FRAGMENTS6: LruHashMap<FragKey6, FragPorts, { FRAGMENTS6_MAX as usize }> =
     LruHashMap::new();
+
+/// Per-CPU working memory of the IPv6 NAT programs (`crate::nat6`): the tuple of a packet
+/// starting a masqueraded flow, handed from `from_pod6_nat` to `from_pod6_snat`, and the tuple
+/// its route is looked up with. Two entries per CPU; not pinned (nothing outlives a packet).
+#[btf_map]
+pub static NAT6_SCRATCH: PerCpuArray<CtKey6, 2> = PerCpuArray::new();
 
 /// Drop and refusal events for `podnet monitor` (see `podnet_ebpf::abi::monitor` for the size).
 #[btf_map]

@@ -34,7 +34,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use podnet_ebpf::abi::{
-    CtEntry6, CtKey6, CtNat6, FragKey6, FragPorts, NodeConfig, ct_dir, ct_kind,
+    Addr6, CtEntry6, CtKey6, CtNat6, FragKey6, FragPorts, NodeConfig, addr6_to_bytes, ct_dir,
+    ct_kind, ipv6_prog,
     proto::{
         ETH_HLEN, ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
         ICMPV6_PACKET_TOO_BIG, ICMPV6_PARAM_PROBLEM, ICMPV6_TIME_EXCEEDED, IPPROTO_ICMPV6,
@@ -48,7 +49,7 @@ use crate::{
     conntrack::{self, PortChoice},
     fib6, forward,
     ipv6::{self, HOP_LIMIT_OFF, Ipv6Hdr, Upper},
-    maps::{FRAGMENTS6, NON_MASQUERADE6},
+    maps::{FRAGMENTS6, NAT6_SCRATCH, NON_MASQUERADE6},
     parse::{L4, ports, ptr_at},
 };
 
@@ -83,6 +84,11 @@ const MTU_FRAG_NEEDED: i64 =
 const CSUM_DIFF: u64 = 0;
 const CSUM_16BIT: u64 = 2;
 
+/// Slots of `NAT6_SCRATCH`: the tuple of the packet that starts a flow, and the tuple its
+/// route is looked up with.
+const SCRATCH_TUPLE: u32 = 0;
+const SCRATCH_PROBE: u32 = 1;
+
 /// An IPv6 packet's conntrack view.
 pub struct Ipv6Packet {
     /// Ports are 0 unless [`L4::has_tuple`].
@@ -104,29 +110,32 @@ fn ok<E>(rc: Result<(), E>) -> Rewrite {
 }
 
 /// Whether `addr` lies in `net/prefix_len`; a prefix length of 0 matches nothing here (an
-/// unset CIDR).
+/// unset CIDR). Word by word, each in host order.
 #[inline(always)]
-fn in_prefix6(addr: &[u8; 16], net: &[u8; 16], prefix_len: u8) -> bool {
+fn in_prefix6(addr: &Addr6, net: &Addr6, prefix_len: u8) -> bool {
     if prefix_len == 0 {
         return false;
     }
-    let full = usize::from(prefix_len.min(128) / 8);
-    let rest = prefix_len % 8;
     let mut i = 0;
-    while i < 16 {
-        if i < full {
-            if addr[i] != net[i] {
-                return false;
-            }
-        } else if i == full && rest != 0 {
-            let mask = 0xffu8 << (8 - rest);
-            return addr[i] & mask == net[i] & mask;
-        } else {
-            return true;
+    while i < 4 {
+        let bits = u32::from(prefix_len).saturating_sub(32 * i as u32).min(32);
+        let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+        if u32::from_be(addr[i]) & mask != u32::from_be(net[i]) & mask {
+            return false;
         }
         i += 1;
     }
     true
+}
+
+/// `fe80::/10`, and its mask, on the first word of an address in host order.
+const LINK_LOCAL_NET: u32 = 0xfe80_0000;
+const LINK_LOCAL_MASK: u32 = 0xffc0_0000;
+
+/// Whether `addr` is link-local unicast (`fe80::/10`).
+#[inline(always)]
+fn is_link_local(addr: &Addr6) -> bool {
+    u32::from_be(addr[0]) & LINK_LOCAL_MASK == LINK_LOCAL_NET
 }
 
 /// The ports (and TCP flags, ICMPv6 kind) of the L4 header `proto` at `l4_off`.
@@ -205,14 +214,11 @@ fn frag_key(key: &CtKey6, id: u32) -> FragKey6 {
 pub fn packet(ctx: &TcContext) -> Option<Ipv6Packet> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)?;
     // SAFETY: `ptr_at` checked that the header lies inside the packet.
-    let (nexthdr, payload_len, saddr, daddr) = unsafe {
-        (
-            (*ip).nexthdr,
-            usize::from(u16::from_be((*ip).payload_len)),
-            (*ip).saddr,
-            (*ip).daddr,
-        )
-    };
+    let (nexthdr, payload_len) =
+        unsafe { ((*ip).nexthdr, usize::from(u16::from_be((*ip).payload_len))) };
+    // Loaded as words (an `Addr6` holds the same 16 bytes).
+    let saddr: Addr6 = ctx.load(SADDR_OFF).ok()?;
+    let daddr: Addr6 = ctx.load(DADDR_OFF).ok()?;
     let end = ETH_HLEN + IPV6_HLEN + payload_len;
     let Upper::Proto { proto, off } = ipv6::upper(ctx, nexthdr) else {
         return None;
@@ -290,11 +296,12 @@ fn l4_csum(l4_off: usize, proto: u8) -> Option<(usize, u64)> {
     }
 }
 
-/// The one's complement difference between two 16-byte addresses.
-#[inline(always)]
-fn addr_diff(from: [u8; 16], to: [u8; 16]) -> Result<u64, RewriteFailed> {
-    let mut f = from;
-    let mut t = to;
+/// The one's complement difference between two 16-byte addresses. Its own BPF function, so
+/// the helper's two buffers take stack once, in a leaf frame, however many rewrites call it.
+#[inline(never)]
+fn addr_diff(from: &Addr6, to: &Addr6) -> Result<u64, RewriteFailed> {
+    let mut f = *from;
+    let mut t = *to;
     // SAFETY: both buffers are 16 bytes on this stack, a multiple of 4 as the helper needs.
     let diff = unsafe { bpf_csum_diff((&raw mut f).cast(), 16, (&raw mut t).cast(), 16, 0) };
     u64::try_from(diff).map_err(|_| RewriteFailed)
@@ -306,13 +313,13 @@ fn addr_diff(from: [u8; 16], to: [u8; 16]) -> Result<u64, RewriteFailed> {
 fn set_addr(
     ctx: &TcContext,
     off: usize,
-    from: [u8; 16],
-    to: [u8; 16],
+    from: Addr6,
+    to: Addr6,
     csum: Option<(usize, u64)>,
     pseudo: bool,
 ) -> Rewrite {
     if let Some((csum_off, flags)) = csum {
-        let diff = addr_diff(from, to)?;
+        let diff = addr_diff(&from, &to)?;
         let pseudo = if pseudo {
             u64::from(BPF_F_PSEUDO_HDR)
         } else {
@@ -425,7 +432,7 @@ fn too_big_for(ctx: &TcContext, ifindex: u32) -> bool {
 /// routing table.
 #[inline(always)]
 fn deliver(ctx: &TcContext, cfg: &NodeConfig, dest: &CtKey6, why: u32) -> (i32, u32) {
-    match ipv6::endpoint(dest.daddr) {
+    match ipv6::endpoint(addr6_to_bytes(dest.daddr)) {
         Some(ep) => {
             if too_big_for(ctx, ep.ifindex) {
                 // The kernel answers Packet Too Big (or drops) as a router does.
@@ -438,9 +445,7 @@ fn deliver(ctx: &TcContext, cfg: &NodeConfig, dest: &CtKey6, why: u32) -> (i32, 
 }
 
 /// Translates and delivers a packet of the live flow `entry`.
-// Its own BPF function (frame): inlined, the IPv6 tuples and the port search would not fit
-// the 512-byte stack together with from_pod6's.
-#[inline(never)]
+#[inline(always)]
 fn translate_tracked(
     ctx: &TcContext,
     pkt: &Ipv6Packet,
@@ -474,51 +479,40 @@ fn translate_tracked(
     deliver(ctx, cfg, &translated(&pkt.key, &nat), reason_for(dir))
 }
 
-/// Starts a masqueraded flow for a pod's packet leaving the cluster, and sends it.
-// Its own BPF function (frame): inlined, the IPv6 tuples and the port search would not fit
-// the 512-byte stack together with from_pod6's.
-#[inline(never)]
-fn snat(ctx: &TcContext, cfg: &NodeConfig, pkt: &Ipv6Packet, hop_limit: u8) -> (i32, u32) {
-    if !pkt.l4.has_tuple() || pkt.l4 == L4::Fragment {
-        // No ports (another protocol, an ICMPv6 error about nothing tracked, a later
-        // fragment of a datagram that started no flow).
-        return (TC_ACT_SHOT, reason::DROP_NAT6_UNSUPPORTED);
-    }
-    if !conntrack::starts_flow(pkt.l4) {
-        return (TC_ACT_SHOT, reason::DROP_CT_NO_STATE);
-    }
-    if hop_limit <= 1 {
-        // The kernel answers time exceeded (from the gateway), as a router does.
-        return (TC_ACT_OK, reason::PASS_NOT_IPV4);
-    }
-    let probe = CtKey6 {
-        saddr: cfg.node_ip6,
-        ..pkt.key
+/// Starts the masqueraded flow of the packet whose tuple `from_pod6_nat` left in
+/// `NAT6_SCRATCH` (it checked that the packet may start one). The packet itself is translated
+/// and sent by `from_pod6_nat` again, as the flow's first packet: the flow's creation (the
+/// port search) and the rewrite would not fit one program's stack.
+#[inline(always)]
+fn snat(cfg: &NodeConfig) -> (i32, u32) {
+    let Some(key) = NAT6_SCRATCH.get_ptr_mut(SCRATCH_TUPLE) else {
+        return PASS;
     };
-    let route = fib6::lookup(ctx, &probe);
-    if matches!(route, fib6::Route::NotForwarded) {
-        // Not forwarded by the node (its own address, unreachable): the kernel's.
-        return (TC_ACT_OK, reason::PASS_NOT_IPV4);
-    }
-    if !conntrack::admit_family::<[u8; 16]>(cfg) {
+    // SAFETY: this CPU's entry of the per-CPU scratch array, which only this packet's programs
+    // use while they run (one after the other, on this CPU).
+    let key = unsafe { &*key };
+    if !conntrack::admit_family::<Addr6>(cfg) {
         return (TC_ACT_SHOT, reason::DROP_CT_FULL);
     }
     let nat = CtNat6 {
         saddr: cfg.node_ip6,
-        daddr: pkt.key.daddr,
-        sport: pkt.key.sport,
-        dport: pkt.key.dport,
+        daddr: key.daddr,
+        sport: key.sport,
+        dport: key.dport,
     };
-    let now = conntrack::now();
-    match conntrack::create(cfg, &pkt.key, nat, ct_kind::SNAT, PortChoice::Allocate, now) {
-        Ok(nat) => {
-            if !matches!(hop(ctx), Ok(true)) || rewrite(ctx, pkt, &nat).is_err() {
-                return (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
-            }
-            fib6::send(ctx, &route, reason::SNAT6)
-        }
+    match create_snat(cfg, key, &nat) {
+        Ok(()) => (TC_ACT_OK, ipv6_prog::handoff(ipv6_prog::FROM_POD6_NAT)),
         Err(why) => (TC_ACT_SHOT, why),
     }
+}
+
+/// `conntrack::create` for a masqueraded IPv6 flow, in its own BPF function: the port search
+/// and the entries take stack there, not in `from_pod6_snat`'s frame (the two together would
+/// not fit the 512 bytes with the search's callback).
+#[inline(never)]
+fn create_snat(cfg: &NodeConfig, key: &CtKey6, nat: &CtNat6) -> Result<(), u32> {
+    let now = conntrack::now();
+    conntrack::create(cfg, key, *nat, ct_kind::SNAT, PortChoice::Allocate, now).map(|_| ())
 }
 
 /// The packet an ICMPv6 error quotes.
@@ -542,8 +536,9 @@ fn quoted(ctx: &TcContext, pkt: &Ipv6Packet) -> Option<Quoted> {
         return None;
     }
     let proto: u8 = ctx.load(ip_off + HDR_NEXTHDR).ok()?;
-    let saddr: [u8; 16] = ctx.load(ip_off + HDR_SADDR).ok()?;
-    let daddr: [u8; 16] = ctx.load(ip_off + HDR_DADDR).ok()?;
+    // Loaded as words: the same 16 bytes, as an `Addr6` holds them.
+    let saddr: Addr6 = ctx.load(ip_off + HDR_SADDR).ok()?;
+    let daddr: Addr6 = ctx.load(ip_off + HDR_DADDR).ok()?;
     let l4_off = ip_off + IPV6_HLEN;
     let mut key = CtKey6 {
         saddr,
@@ -580,7 +575,7 @@ fn quoted(ctx: &TcContext, pkt: &Ipv6Packet) -> Option<Quoted> {
 
 /// Translates an ICMPv6 error about a masqueraded flow back towards the endpoint that sent the
 /// quoted packet (see [`crate::translate::icmp_error`] for IPv4): the quoted packet becomes
-/// `original` (addresses and ports), the outer source `from` and destination `to`, with the
+/// `original` (addresses and ports), the outer source and destination `outer`, with the
 /// ICMPv6 checksum updated for every change (the quote is data to it, the outer addresses its
 /// pseudo-header). The quoted packet's own L4 checksum is left alone, as for IPv4.
 #[inline(always)]
@@ -589,9 +584,9 @@ fn rewrite_icmp_error(
     pkt: &Ipv6Packet,
     q: &Quoted,
     original: &CtNat6,
-    from: [u8; 16],
-    to: [u8; 16],
+    outer: &[Addr6; 2],
 ) -> Rewrite {
+    let [from, to] = *outer;
     let csum = Some((pkt.l4_off + ICMP6_CSUM_OFF, 0));
     if q.key.saddr != original.saddr {
         set_addr(
@@ -642,15 +637,8 @@ fn rewrite_icmp_error(
 
 /// Translates an ICMPv6 error about a masqueraded flow; `None` when it is about no flow podnet
 /// tracks.
-// Its own BPF function (frame): inlined, the IPv6 tuples and the port search would not fit
-// the 512-byte stack together with from_pod6's.
-#[inline(never)]
-fn icmp_error(
-    ctx: &TcContext,
-    cfg: &NodeConfig,
-    pkt: &Ipv6Packet,
-    from_pod: bool,
-) -> Option<(i32, u32)> {
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, pkt: &Ipv6Packet, from_pod: bool) -> Option<(i32, u32)> {
     let quoted = quoted(ctx, pkt)?;
     // A reply to the quoted packet carries the reversed tuple: its entry says how the quoted
     // (outgoing) packet was translated.
@@ -679,67 +667,173 @@ fn icmp_error(
     } else {
         pkt.key.saddr
     };
-    if rewrite_icmp_error(ctx, pkt, &quoted, &original, from, nat.daddr).is_err() {
+    if rewrite_icmp_error(ctx, pkt, &quoted, &original, &[from, nat.daddr]).is_err() {
         return Some((TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED));
     }
-    let dest = CtKey6 {
-        saddr: from,
-        daddr: nat.daddr,
-        ..pkt.key
-    };
-    Some(deliver(ctx, cfg, &dest, reason::ICMP6_ERROR_TRANSLATED))
+    // Delivered by `nat6_icmp_out`, in its own program (the rewrite and the delivery would not
+    // fit one stack).
+    Some((TC_ACT_OK, ipv6_prog::handoff(ipv6_prog::NAT6_ICMP_OUT)))
 }
 
 /// Whether IPv6 masquerading is configured (a node IPv6 address and an IPv6 pod CIDR).
 #[inline(always)]
 fn enabled(cfg: &NodeConfig) -> bool {
-    cfg.node_ip6 != [0; 16] && cfg.pod_prefix_len6 != 0
+    cfg.node_ip6 != [0; 4] && cfg.pod_prefix_len6 != 0
 }
 
 /// IPv6 from a pod to something that is not a local pod (the caller, `ipv6::from_pod`, has
-/// done anti-spoofing and Neighbor Discovery): translated when it belongs to a masqueraded
-/// flow or starts one; `None` for the kernel (counted `pass_not_ipv4` there).
+/// done anti-spoofing and Neighbor Discovery): on to `from_pod6_nat` when IPv6 masquerade is
+/// configured; `None` for the kernel (counted `pass_not_ipv4` there).
 #[inline(always)]
-pub fn from_pod(ctx: &TcContext, cfg: &NodeConfig, hop_limit: u8) -> Option<(i32, u32)> {
-    if !enabled(cfg) {
-        return None;
-    }
-    let pkt = packet(ctx)?;
+pub fn from_pod(cfg: &NodeConfig) -> Option<(i32, u32)> {
+    enabled(cfg).then_some((TC_ACT_OK, ipv6_prog::handoff(ipv6_prog::FROM_POD6_NAT)))
+}
+
+const PASS: (i32, u32) = (TC_ACT_OK, reason::PASS_NOT_IPV4);
+
+/// The body of `from_pod6_nat`: a packet of a masqueraded flow is translated; one for the
+/// cluster, the link or a masquerade exclusion goes to the kernel; an ICMPv6 error goes on to
+/// `nat6_icmp`, a new flow leaving the cluster to `from_pod6_snat`.
+#[inline(always)]
+pub fn pod_nat(ctx: &TcContext) -> (i32, u32) {
+    let Some(cfg) = crate::maps::ready_config() else {
+        return (TC_ACT_OK, reason::PASS_NOT_READY);
+    };
+    let Some(pkt) = packet(ctx) else {
+        return PASS;
+    };
     if pkt.l4.has_tuple()
         && let Some((entry, _)) = conntrack::lookup_timed(&pkt.key)
     {
-        return Some(translate_tracked(ctx, &pkt, entry, true));
-    }
-    if pkt.l4 == L4::IcmpError
-        && let Some(done) = icmp_error(ctx, cfg, &pkt, true)
-    {
-        return Some(done);
+        return translate_tracked(ctx, &pkt, entry, true);
     }
     let key = &pkt.key;
     if !in_prefix6(&key.saddr, &cfg.pod_cidr6, cfg.pod_prefix_len6)
         || in_prefix6(&key.daddr, &cfg.pod_cidr6, cfg.pod_prefix_len6)
         || in_prefix6(&key.daddr, &cfg.cluster_cidr6, cfg.cluster_prefix_len6)
-        || ipv6::is_link_local(&key.daddr)
+        || is_link_local(&key.daddr)
         || key.daddr == cfg.node_ip6
     {
         // Not a pod's own address, or a destination inside the cluster (other nodes' pods:
         // never masqueraded) or on the link: the kernel's.
-        return None;
+        return PASS;
     }
     if NON_MASQUERADE6
         .get(&aya_ebpf::btf_maps::lpm_trie::Key::new(128, key.daddr))
         .is_some()
     {
-        return Some((TC_ACT_OK, reason::PASS_NON_MASQUERADE6));
+        return (TC_ACT_OK, reason::PASS_NON_MASQUERADE6);
     }
-    Some(snat(ctx, cfg, &pkt, hop_limit))
+    match pkt.l4 {
+        L4::IcmpError => return (TC_ACT_OK, ipv6_prog::handoff(ipv6_prog::NAT6_ICMP)),
+        // No ports (another protocol, a later fragment of a datagram that started no flow).
+        L4::Fragment | L4::OrphanFragment | L4::Opaque => {
+            return (TC_ACT_SHOT, reason::DROP_NAT6_UNSUPPORTED);
+        }
+        l4 if !conntrack::starts_flow(l4) => return (TC_ACT_SHOT, reason::DROP_CT_NO_STATE),
+        _ => {}
+    }
+    if ctx
+        .load::<u8>(HOP_LIMIT_OFF)
+        .is_ok_and(|hop_limit| hop_limit <= 1)
+    {
+        // The kernel answers time exceeded (from the gateway), as a router does.
+        return PASS;
+    }
+    let (Some(scratch), Some(probe)) = (
+        NAT6_SCRATCH.get_ptr_mut(SCRATCH_TUPLE),
+        NAT6_SCRATCH.get_ptr_mut(SCRATCH_PROBE),
+    ) else {
+        return PASS;
+    };
+    // SAFETY: this CPU's scratch entries (see `snat`).
+    let probe = unsafe {
+        *scratch = pkt.key;
+        *probe = pkt.key;
+        &mut *probe
+    };
+    probe.saddr = cfg.node_ip6;
+    if matches!(fib6::lookup(ctx, probe), fib6::Route::NotForwarded) {
+        // Not forwarded by the node (its own address, unreachable): the kernel's.
+        return PASS;
+    }
+    (TC_ACT_OK, ipv6_prog::handoff(ipv6_prog::FROM_POD6_SNAT))
 }
 
-/// The body of `from_uplink6`: replies to masqueraded flows and ICMPv6 errors about them,
-/// translated back to the pod; everything else to the kernel.
+/// The body of `from_pod6_snat`: starts the masqueraded flow `from_pod6_nat` decided on.
+#[inline(always)]
+pub fn pod_snat(_ctx: &TcContext) -> (i32, u32) {
+    let Some(cfg) = crate::maps::ready_config() else {
+        return (TC_ACT_OK, reason::PASS_NOT_READY);
+    };
+    snat(cfg)
+}
+
+/// The `monitor::hook` of the packet `nat6_icmp` runs on: from the uplink (or the tunnel), or
+/// from a pod.
+#[inline(always)]
+pub fn icmp_hook(ctx: &TcContext) -> u8 {
+    if from_a_pod(ctx) {
+        podnet_ebpf::abi::monitor::hook::FROM_POD
+    } else {
+        podnet_ebpf::abi::monitor::hook::FROM_UPLINK
+    }
+}
+
+/// Whether the packet came in on a pod's veth (not the uplink or the tunnel).
+#[inline(always)]
+fn from_a_pod(ctx: &TcContext) -> bool {
+    // SAFETY: `ctx.skb.skb` is the program's own, valid __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    crate::maps::ready_config()
+        .is_some_and(|cfg| ifindex != cfg.uplink_ifindex && ifindex != cfg.tunnel_ifindex)
+}
+
+/// The body of `nat6_icmp`: an ICMPv6 error about a masqueraded flow, translated back. One
+/// about no such flow goes to the kernel from the uplink (the node's own), and is dropped from
+/// a pod (it would leave with the pod's address, as IPv4's is).
+#[inline(always)]
+pub fn icmp(ctx: &TcContext) -> (i32, u32) {
+    if crate::maps::ready_config().is_none() {
+        return (TC_ACT_OK, reason::PASS_NOT_READY);
+    }
+    let Some(pkt) = packet(ctx) else {
+        return PASS;
+    };
+    let from_pod = from_a_pod(ctx);
+    icmp_error(ctx, &pkt, from_pod).unwrap_or(if from_pod {
+        (TC_ACT_SHOT, reason::DROP_NAT6_UNSUPPORTED)
+    } else {
+        PASS
+    })
+}
+
+/// The body of `nat6_icmp_out`: delivers an ICMPv6 error `nat6_icmp` translated, to the pod
+/// (or out by the routing table) its destination now names.
+#[inline(always)]
+pub fn icmp_out(ctx: &TcContext) -> (i32, u32) {
+    let Some(cfg) = crate::maps::ready_config() else {
+        return (TC_ACT_OK, reason::PASS_NOT_READY);
+    };
+    let (Ok(saddr), Ok(daddr)) = (ctx.load::<Addr6>(SADDR_OFF), ctx.load::<Addr6>(DADDR_OFF))
+    else {
+        return PASS;
+    };
+    let dest = CtKey6 {
+        saddr,
+        daddr,
+        sport: 0,
+        dport: 0,
+        proto: IPPROTO_ICMPV6,
+        _pad: [0; 3],
+    };
+    deliver(ctx, cfg, &dest, reason::ICMP6_ERROR_TRANSLATED)
+}
+
+/// The body of `from_uplink6`: replies to masqueraded flows, translated back to the pod; an
+/// ICMPv6 error for the node goes on to `nat6_icmp`; everything else to the kernel.
 #[inline(always)]
 pub fn from_uplink(ctx: &TcContext) -> (i32, u32) {
-    const PASS: (i32, u32) = (TC_ACT_OK, reason::PASS_NOT_IPV4);
     let Some(cfg) = crate::maps::ready_config() else {
         return (TC_ACT_OK, reason::PASS_NOT_READY);
     };
@@ -750,15 +844,17 @@ pub fn from_uplink(ctx: &TcContext) -> (i32, u32) {
         return PASS;
     };
     // SAFETY: `ptr_at` checked that the header lies inside the packet.
-    let (version, payload_len, daddr) = unsafe {
+    let (version, payload_len) = unsafe {
         (
             (*ip).vtc_flow[0] >> 4,
             usize::from(u16::from_be((*ip).payload_len)),
-            (*ip).daddr,
         )
     };
     let l3_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
-    if version != 6 || IPV6_HLEN + payload_len > l3_len || daddr != cfg.node_ip6 {
+    if version != 6
+        || IPV6_HLEN + payload_len > l3_len
+        || ctx.load::<Addr6>(DADDR_OFF).ok() != Some(cfg.node_ip6)
+    {
         return PASS;
     }
     let Some(pkt) = packet(ctx) else {
@@ -768,7 +864,7 @@ pub fn from_uplink(ctx: &TcContext) -> (i32, u32) {
         // Perhaps the node's own.
         L4::OrphanFragment => Some((TC_ACT_OK, reason::PASS_FRAGMENT)),
         L4::Opaque => None,
-        L4::IcmpError => icmp_error(ctx, cfg, &pkt, false),
+        L4::IcmpError => Some((TC_ACT_OK, ipv6_prog::handoff(ipv6_prog::NAT6_ICMP))),
         L4::Tcp { .. } | L4::Udp | L4::IcmpEcho { .. } | L4::Fragment => {
             conntrack::lookup_timed(&pkt.key)
                 .map(|(entry, _)| translate_tracked(ctx, &pkt, entry, false))

@@ -5,7 +5,7 @@
 use aya_ebpf::{
     EbpfContext as _, bindings::TC_ACT_OK, helpers::generated::bpf_tail_call, programs::TcContext,
 };
-use podnet_ebpf::abi::reason;
+use podnet_ebpf::abi::{ipv6_prog, reason};
 
 use crate::maps::IPV6_PROGS;
 
@@ -25,4 +25,25 @@ pub fn enter(ctx: &TcContext, hook: u8, slot: u32) -> i32 {
     // program array's map (the loader relocates the static's address to it).
     unsafe { bpf_tail_call(ctx.as_ptr(), array, slot) };
     crate::stats::counted(ctx, hook, |_| (TC_ACT_OK, reason::PASS_IPV6_NO_PROG))
+}
+
+/// Runs one IPv6 program's decision `body`: counts the packet under its reason (as
+/// [`crate::stats::counted`]), or, when `body` hands the packet on (`ipv6_prog::handoff`),
+/// tail-calls that program, which counts it. The IPv6 datapath is split over several programs
+/// this way because each program has its own 512-byte stack: the IPv6 tuples, the conntrack
+/// entries and the port search do not fit one. Must be called from the classifier's own
+/// function.
+#[inline(always)]
+pub fn stage(ctx: &TcContext, hook: u8, body: impl FnOnce(&TcContext) -> (i32, u32)) -> i32 {
+    crate::build_stamp::mark();
+    let len = ctx.len();
+    let (verdict, why) = body(ctx);
+    if why & ipv6_prog::HANDOFF != 0 {
+        return enter(ctx, hook, why & !ipv6_prog::HANDOFF);
+    }
+    crate::stats::count(why, len);
+    if crate::monitor::wanted(verdict, why) {
+        crate::monitor::report(ctx, hook, verdict, why, ctx.len());
+    }
+    verdict
 }

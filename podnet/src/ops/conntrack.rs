@@ -138,7 +138,7 @@ pub fn list(ctx: &Ctx) -> Result<Vec<Flow>> {
         .iter()
         .map(|(k, e)| Flow::new(k, e, now))
         .chain(
-            <[u8; 16]>::entries(&maps)?
+            <podnet_ebpf::abi::Addr6>::entries(&maps)?
                 .iter()
                 .map(|(k, e)| Flow::new(k, e, now)),
         )
@@ -191,7 +191,7 @@ pub fn gc(ctx: &Ctx) -> Result<GcReport> {
     let _lock = store::conntrack::lock(&ctx.settings.state_dir)?;
     let mut maps = ctx.maps()?;
     let v4 = gc_table::<[u8; 4]>(&mut maps)?;
-    let v6 = gc_table::<[u8; 16]>(&mut maps)?;
+    let v6 = gc_table::<podnet_ebpf::abi::Addr6>(&mut maps)?;
     Ok(GcReport {
         scanned: v4.scanned + v6.scanned,
         removed: v4.removed + v6.removed,
@@ -300,7 +300,7 @@ pub fn forget_addr(ctx: &Ctx, addr: Ipv4Addr) -> Result<u64> {
 
 /// [`forget_addr`] for a pod's IPv6 address (`CONNTRACK6`).
 pub fn forget_addr6(ctx: &Ctx, addr: std::net::Ipv6Addr) -> Result<u64> {
-    forget::<[u8; 16]>(ctx, addr.octets())
+    forget::<podnet_ebpf::abi::Addr6>(ctx, podnet_ebpf::abi::addr6_from_bytes(addr.octets()))
 }
 
 fn forget<A: CtFamily>(ctx: &Ctx, addr: A) -> Result<u64> {

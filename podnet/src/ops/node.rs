@@ -8,7 +8,7 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use ipnetwork::Ipv4Network;
-use podnet_ebpf::abi::{ABI_VERSION, NodeConfig, config_flag, program_name};
+use podnet_ebpf::abi::{ABI_VERSION, NodeConfig, addr6_from_bytes, config_flag, program_name};
 use serde::Serialize;
 
 use super::{
@@ -301,11 +301,15 @@ fn node_config(
         service_cidr: settings.service_cidr.network().octets(),
         service_prefix_len: settings.service_cidr.prefix(),
         _pad2: [0; 3],
-        node_ip6: settings.node_ip6.map_or([0; 16], |ip| ip.octets()),
-        pod_cidr6: settings.pod_cidr6.map_or([0; 16], |c| c.network().octets()),
+        node_ip6: settings
+            .node_ip6
+            .map_or([0; 4], |ip| addr6_from_bytes(ip.octets())),
+        pod_cidr6: settings
+            .pod_cidr6
+            .map_or([0; 4], |c| addr6_from_bytes(c.network().octets())),
         cluster_cidr6: settings
             .effective_cluster_cidr6()
-            .map_or([0; 16], |c| c.network().octets()),
+            .map_or([0; 4], |c| addr6_from_bytes(c.network().octets())),
         pod_prefix_len6: settings.pod_cidr6.map_or(0, |c| c.prefix()),
         cluster_prefix_len6: settings.effective_cluster_cidr6().map_or(0, |c| c.prefix()),
         _pad4: [0; 2],

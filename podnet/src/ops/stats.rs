@@ -30,7 +30,7 @@ pub fn stats(ctx: &Ctx) -> Result<Stats> {
     Ok(Stats {
         warnings: warnings(&reasons, &config),
         conntrack: conntrack::usage(&maps)?,
-        conntrack6: conntrack::usage_of::<[u8; 16]>(&maps)?,
+        conntrack6: conntrack::usage_of::<podnet_ebpf::abi::Addr6>(&maps)?,
         reasons,
     })
 }

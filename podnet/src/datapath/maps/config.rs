@@ -98,11 +98,12 @@ impl From<NodeConfig> for ConfigView {
             service_cidr: (service_prefix_len != 0)
                 .then(|| format!("{}/{service_prefix_len}", Ipv4Addr::from(service_cidr))),
             socket_lb: flags & podnet_ebpf::abi::config_flag::SOCKET_LB != 0,
-            node_ip6: (node_ip6 != [0; 16]).then(|| node_ip6.into()),
+            node_ip6: (node_ip6 != [0; 4])
+                .then(|| podnet_ebpf::abi::addr6_to_bytes(node_ip6).into()),
             cluster_cidr6: (cluster_prefix_len6 != 0).then(|| {
                 format!(
                     "{}/{cluster_prefix_len6}",
-                    std::net::Ipv6Addr::from(cluster_cidr6)
+                    std::net::Ipv6Addr::from(podnet_ebpf::abi::addr6_to_bytes(cluster_cidr6))
                 )
             }),
             ct6_limit,

@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use podnet_ebpf::abi::{
-    CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, CT6_USAGE_COLLECTOR, CT6_USAGE_PROGRAMS, CtEntry, CtKey,
-    CtUsage, NodeConfig, map_name,
+    Addr6, CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, CT6_USAGE_COLLECTOR, CT6_USAGE_PROGRAMS, CtEntry,
+    CtKey, CtUsage, NodeConfig, map_name,
 };
 
 use super::{PinnedMaps, is_not_found};
@@ -138,7 +138,7 @@ impl CtFamily for [u8; 4] {
     }
 }
 
-impl CtFamily for [u8; 16] {
+impl CtFamily for Addr6 {
     const MAP: &'static str = map_name::CONNTRACK6;
     const USAGE_PROGRAMS: u32 = CT6_USAGE_PROGRAMS;
     const USAGE_COLLECTOR: u32 = CT6_USAGE_COLLECTOR;
@@ -182,6 +182,6 @@ impl CtFamily for [u8; 16] {
     }
 
     fn ip(addr: Self) -> IpAddr {
-        IpAddr::from(addr)
+        IpAddr::from(podnet_ebpf::abi::addr6_to_bytes(addr))
     }
 }
