@@ -38,16 +38,12 @@ fn ipv6_flows(node: &podnet_tests::Node) -> Vec<Value> {
         .collect()
 }
 
-/// `verified_insns` of the pinned program `name` (bpftool), for the record.
-fn verified_insns(node: &podnet_tests::Node, name: &str) -> Option<u64> {
-    let out = std::process::Command::new("bpftool")
-        .args(["prog", "show", "pinned"])
-        .arg(node.pin_dir.join("progs").join(name))
-        .arg("--json")
-        .output()
-        .ok()?;
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    v["verified_insns"].as_u64()
+/// Instructions the verifier processed for the pinned program `name`, for the record.
+fn verified_insns(node: &podnet_tests::Node, name: &str) -> Option<u32> {
+    let pin = node.pin_dir.join("progs").join(name);
+    aya::programs::ProgramInfo::from_pin(pin)
+        .ok()?
+        .verified_instruction_count()
 }
 
 #[test]
@@ -66,7 +62,7 @@ fn pods_reach_the_outside_over_ipv6_as_the_node_ipv6_address_and_conntrack_shows
             "icmp=1",
         ],
     );
-    for prog in ["from_pod", "from_pod6", "from_uplink", "from_uplink6"] {
+    for prog in podnet_ebpf::abi::program_name::ALL {
         eprintln!(
             "verified instructions of {prog}: {:?}",
             verified_insns(&node, prog)
