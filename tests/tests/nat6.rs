@@ -133,6 +133,7 @@ fn pods_reach_the_outside_over_ipv6_as_the_node_ipv6_address_and_conntrack_shows
             "{flow}"
         );
     }
+    eprintln!("{}", node.ok(&["conntrack", "list"]));
     let stats = node.json(&["stats"]);
     assert!(
         stats["conntrack6"]["live"].as_u64().unwrap_or(0) >= 2,
@@ -140,6 +141,7 @@ fn pods_reach_the_outside_over_ipv6_as_the_node_ipv6_address_and_conntrack_shows
     );
     let text = node.ok(&["stats"]);
     assert!(text.contains("conntrack6: "), "{text}");
+    eprintln!("{text}");
 
     // After their timeouts the UDP and ICMP flows are dead, and gc removes them.
     std::thread::sleep(Duration::from_millis(2_200));
