@@ -528,6 +528,20 @@ fn refuse_ipv6_only(settings: &serde_json::Map<String, serde_json::Value>) -> Re
 }
 
 /// Settings for `node init`: the config file (if any), then flags on top, then defaults.
+/// `--non-masquerade-cidr` values as the settings' two lists (IPv4, IPv6), in JSON.
+fn exclusions_by_family(cidrs: &[IpNetwork]) -> [serde_json::Value; 2] {
+    let list = |v6: bool| {
+        serde_json::Value::Array(
+            cidrs
+                .iter()
+                .filter(|c| matches!(c, IpNetwork::V6(_)) == v6)
+                .map(|c| serde_json::Value::String(c.to_string()))
+                .collect(),
+        )
+    };
+    [list(false), list(true)]
+}
+
 pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     let InitArgs {
         config,
@@ -604,19 +618,9 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         set("socket_lb", Some(serde_json::Value::Bool(false)));
     }
     if !non_masquerade_cidrs.is_empty() {
-        let (v4, v6): (Vec<&IpNetwork>, Vec<&IpNetwork>) = non_masquerade_cidrs
-            .iter()
-            .partition(|c| matches!(c, IpNetwork::V4(_)));
-        let cidrs = v4.iter().map(|c| s(c)).collect();
-        set(
-            "non_masquerade_cidrs",
-            Some(serde_json::Value::Array(cidrs)),
-        );
-        let cidrs6 = v6.iter().map(|c| s(c)).collect();
-        set(
-            "non_masquerade_cidrs6",
-            Some(serde_json::Value::Array(cidrs6)),
-        );
+        let [v4, v6] = exclusions_by_family(&non_masquerade_cidrs);
+        set("non_masquerade_cidrs", Some(v4));
+        set("non_masquerade_cidrs6", Some(v6));
     }
     if no_anti_spoof {
         set("anti_spoof", Some(serde_json::Value::Bool(false)));

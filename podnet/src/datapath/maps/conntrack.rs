@@ -70,6 +70,9 @@ impl PinnedMaps {
     }
 }
 
+/// Every entry of a conntrack table of address `A`.
+pub type CtEntries<A> = Vec<(CtKey<A>, CtEntry<A>)>;
+
 /// A conntrack table, by its address type: what differs between `CONNTRACK` and
 /// `CONNTRACK6`.
 pub trait CtFamily: Copy + Eq + std::hash::Hash + 'static {
@@ -80,7 +83,7 @@ pub trait CtFamily: Copy + Eq + std::hash::Hash + 'static {
     const USAGE_COLLECTOR: u32;
 
     /// Every entry (see [`PinnedMaps::ct_entries`]).
-    fn entries(maps: &PinnedMaps) -> Result<Vec<(CtKey<Self>, CtEntry<Self>)>, DatapathError>;
+    fn entries(maps: &PinnedMaps) -> Result<CtEntries<Self>, DatapathError>;
     /// The entry for `key`, if any.
     fn get(maps: &PinnedMaps, key: &CtKey<Self>) -> Option<CtEntry<Self>>;
     /// Removes an entry; `Ok(false)` if it was already gone.
@@ -117,7 +120,7 @@ impl CtFamily for [u8; 4] {
     const USAGE_PROGRAMS: u32 = CT_USAGE_PROGRAMS;
     const USAGE_COLLECTOR: u32 = CT_USAGE_COLLECTOR;
 
-    fn entries(maps: &PinnedMaps) -> Result<Vec<(CtKey<Self>, CtEntry<Self>)>, DatapathError> {
+    fn entries(maps: &PinnedMaps) -> Result<CtEntries<Self>, DatapathError> {
         maps.ct_entries()
     }
 
@@ -143,7 +146,7 @@ impl CtFamily for Addr6 {
     const USAGE_PROGRAMS: u32 = CT6_USAGE_PROGRAMS;
     const USAGE_COLLECTOR: u32 = CT6_USAGE_COLLECTOR;
 
-    fn entries(maps: &PinnedMaps) -> Result<Vec<(CtKey<Self>, CtEntry<Self>)>, DatapathError> {
+    fn entries(maps: &PinnedMaps) -> Result<CtEntries<Self>, DatapathError> {
         use std::os::fd::AsFd as _;
 
         use aya::maps::IterableMap as _;

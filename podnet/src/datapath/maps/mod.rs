@@ -12,7 +12,7 @@ mod sock_rev_nat;
 mod stats;
 
 pub use config::ConfigView;
-pub use conntrack::CtFamily;
+pub use conntrack::{CtEntries, CtFamily};
 pub use endpoints::{Endpoint6Entry, EndpointEntry};
 pub use sock_rev_nat::SockRevNatMap;
 pub use stats::ReasonCount;
