@@ -22,6 +22,7 @@ use podnet_tests::{
 };
 
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
 const TCP: u8 = 6;
@@ -338,5 +339,97 @@ fn ipv6_to_the_cluster_and_to_masquerade_exclusions_keeps_the_pods_address() {
         }
         assert_eq!(h.count(reason::PASS_NON_MASQUERADE6), 1);
         assert_eq!(h.count(reason::SNAT6), 0);
+    });
+}
+
+/// An IPv6 UDP datagram from pod A to the outside in two fragments: the first (fragment header,
+/// UDP header, the first 8 bytes of data), and the rest. The UDP checksum covers the whole
+/// datagram.
+fn fragmented_udp(id: u32) -> (Vec<u8>, Vec<u8>) {
+    const FRAGMENT: u8 = 44;
+    let data: Vec<u8> = (0u8..24).collect();
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&40_004u16.to_be_bytes());
+    udp.extend_from_slice(&53u16.to_be_bytes());
+    udp.extend_from_slice(&u16::try_from(8 + data.len()).expect("small").to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&data);
+    let c = csum(&udp, pseudo6(POD_A, OUTSIDE6, UDP, udp.len()));
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    let (first, rest) = udp.split_at(16);
+    let frag = |offset: usize, more: bool, body: &[u8]| {
+        let off_flags = u16::try_from(offset).expect("small") | u16::from(more);
+        let mut p = vec![UDP, 0];
+        p.extend_from_slice(&off_flags.to_be_bytes());
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(body);
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&u16::try_from(p.len()).expect("small").to_be_bytes());
+        ip.extend_from_slice(&[FRAGMENT, 64]);
+        ip.extend_from_slice(&POD_A.octets());
+        ip.extend_from_slice(&OUTSIDE6.octets());
+        ip.extend_from_slice(&p);
+        eth(GW_MAC, MAC_A, ETH_P_IPV6, &ip)
+    };
+    (frag(0, true, first), frag(16, false, rest))
+}
+
+#[test]
+fn fragments_follow_their_first_fragment_and_orphans_are_dropped() {
+    require_root!();
+    in_node_netns(|| {
+        let h = Harness::new();
+        let (first, later) = fragmented_udp(0x1234);
+        let (verdict, f1) = h.pod_sends(&first);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "first fragment");
+        let (verdict, f2) = h.pod_sends(&later);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "later fragment");
+        for f in [&f1, &f2] {
+            assert_eq!(src6(f), NODE6, "masqueraded");
+            assert_eq!(f[ETH_HLEN + 7], 63, "one hop less");
+        }
+        // Reassembled, the datagram's checksum verifies with the translated addresses.
+        let frag_l4 = L4 + 8;
+        let mut udp = f1[frag_l4..].to_vec();
+        udp.extend_from_slice(&f2[frag_l4..]);
+        let sport = u16::from_be_bytes([udp[0], udp[1]]);
+        assert!((PORT_MIN..=PORT_MAX).contains(&sport), "SNAT port {sport}");
+        assert_eq!(csum(&udp, pseudo6(NODE6, OUTSIDE6, UDP, udp.len())), 0);
+        // Only the addresses, hop limit and MACs of the later fragment changed.
+        assert_eq!(f2[L4..], later[L4..]);
+        assert_eq!(h.count(reason::SNAT6), 2);
+        // A later fragment of a datagram whose first fragment was never seen is dropped.
+        let (_, orphan) = fragmented_udp(0x9999);
+        let (verdict, _) = h.pod_sends(&orphan);
+        assert_eq!(verdict, TC_ACT_SHOT, "dropped");
+        assert_eq!(h.count(reason::DROP_NAT6_UNSUPPORTED), 1);
+    });
+}
+
+#[test]
+fn hop_limit_1_goes_to_the_kernel_untranslated_and_an_empty_program_slot_passes() {
+    require_root!();
+    in_node_netns(|| {
+        let mut h = Harness::new();
+        let mut frame = udp6(POD_A, OUTSIDE6, 40_005, 53, OUT);
+        frame[ETH_HLEN + 7] = 1;
+        let (verdict, f) = h.pod_sends(&frame);
+        assert_eq!(
+            (verdict, &f),
+            (TC_ACT_OK, &frame),
+            "to the kernel unchanged"
+        );
+        assert_eq!(h.count(reason::SNAT6), 0);
+        // With its IPv6 program gone from IPV6_PROGS, from_pod passes IPv6 unchanged.
+        let mut progs: aya::maps::ProgramArray<_> =
+            aya::maps::ProgramArray::try_from(h.ebpf.map_mut(map_name::IPV6_PROGS).expect("map"))
+                .expect("program array");
+        progs
+            .clear_index(&podnet_ebpf::abi::ipv6_prog::FROM_POD6)
+            .expect("clear");
+        let frame = udp6(POD_A, OUTSIDE6, 40_006, 53, OUT);
+        let (verdict, f) = h.pod_sends(&frame);
+        assert_eq!((verdict, f), (TC_ACT_OK, frame), "passed unchanged");
+        assert_eq!(h.count(reason::PASS_IPV6_NO_PROG), 1);
     });
 }
