@@ -27,6 +27,7 @@ pub mod bpf_stats;
 pub mod cluster;
 pub mod cni;
 pub mod cri;
+pub mod dual_stack;
 pub mod fuzz;
 pub mod netns;
 pub mod node;

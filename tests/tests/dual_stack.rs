@@ -1,108 +1,28 @@
 //! Dual-stack addressing: a node with an IPv4 and an IPv6 pod CIDR gives each pod an address
 //! and a default route of each family (CLI and CNI, standalone and chained after the reference
-//! `bridge` + `host-local`); IPv6 goes through the kernel (the programs pass it unchanged);
+//! `bridge` + `host-local`); IPv6 leaving the cluster is masqueraded to the node's IPv6
+//! address (the rest of IPv6 NAT is tested in `nat6`);
 //! peers carry IPv6 pod CIDRs routed via their IPv6 node address; deletion and GC leave nothing
 //! of either family; bad IPv6 input is refused with a clear message and changes nothing.
 //!
-//! The fabric's IPv6 addresses come from fd00:198:18::/64 (unique-local, like the IPv4
-//! fabric's benchmarking range: nothing here can be a real network), the pods' from
-//! fd00:10:244::/48.
+//! The test nodes and addresses are `podnet_tests::dual_stack`'s.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Output,
     time::Duration,
 };
 
+use podnet_tests::dual_stack::{
+    CLUSTER_CIDR6, NODE_IP6, OUTSIDE_IP6, addr6, address6_of, dual_stack_node, ping6, tcp_sees,
+};
 use podnet_tests::{
     AddResult, Cluster, CniNode, InNetns, NETNS_RUN_DIR, NODE_IP, Netns, Node, OUTSIDE_IP,
-    PodnetCli, RuntimeConf, Snapshot, Topology, UPLINK, Watch, connect_tcp, describe, mac,
-    peer_ip_of, ping, require_root, serve_tcp, unique, wait_until,
+    PodnetCli, RuntimeConf, Snapshot, Topology, UPLINK, Watch, describe, mac, ping, require_root,
+    unique, wait_until,
 };
 use serde_json::{Value, json};
-
-/// The node's IPv6 address on the fabric (uplink0).
-const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 0x10);
-/// The outside namespace's IPv6 address on the fabric.
-const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 0x1);
-/// The IPv6 cluster CIDR every test node's IPv6 pod CIDR comes from.
-const CLUSTER_CIDR6: &str = "fd00:10:244::/48";
-
-/// `ip -6 addr add CIDR dev IF nodad` inside `ns` (usable at once: no duplicate address
-/// detection on links the test made).
-fn addr6(ns: &(impl InNetns + ?Sized), ifname: &str, cidr: &str) {
-    ns.ok(&format!("ip -6 addr add {cidr} dev {ifname} nodad"));
-}
-
-/// A dual-stack node: `node init` with both pod CIDRs (and the IPv6 cluster CIDR), and IPv6 on
-/// the fabric; the outside routes the node's IPv6 pod CIDR back to the node, as a router of the
-/// fabric would (IPv6 is not masqueraded).
-fn dual_stack_node(pod_cidr: &str, pod_cidr6: &str) -> Node {
-    let node6 = NODE_IP6.to_string();
-    let node = Node::with_args(
-        pod_cidr,
-        &[
-            "--pod-cidr",
-            pod_cidr6,
-            "--cluster-cidr",
-            CLUSTER_CIDR6,
-            "--node-ip6",
-            &node6,
-            "--gc-interval",
-            "0",
-        ],
-    );
-    addr6(&node.topo.node, UPLINK, &format!("{NODE_IP6}/64"));
-    addr6(
-        &node.topo.outside,
-        &node.topo.outside_if,
-        &format!("{OUTSIDE_IP6}/64"),
-    );
-    node.topo
-        .outside
-        .ok(&format!("ip -6 route add {pod_cidr6} via {NODE_IP6}"));
-    node
-}
-
-/// The IPv6 address (without prefix) of pod `name`, from `pod list --json`.
-fn address6_of(node: &Node, name: &str) -> Ipv6Addr {
-    let pods = node.json(&["pod", "list"]);
-    let pod = pods
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == name))
-        .unwrap_or_else(|| panic!("no pod {name} in {pods}"));
-    let cidr = pod["address6"]
-        .as_str()
-        .unwrap_or_else(|| panic!("pod {name} has no IPv6 address: {pod}"));
-    cidr.split('/')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("bad address6 {cidr}"))
-}
-
-/// TCP from `from` to a server in `to_ns` on `to:port`: the server must see `from_ip`.
-fn tcp_sees(
-    from: &(impl InNetns + ?Sized),
-    from_ip: IpAddr,
-    to_ns: &(impl InNetns + ?Sized),
-    to: IpAddr,
-    port: u16,
-) {
-    let addr = SocketAddr::new(to, port).to_string();
-    let _server = serve_tcp(to_ns, &addr);
-    let reply = connect_tcp(from, &addr).unwrap_or_else(|e| panic!("TCP -> {addr}: {e}"));
-    assert_eq!(
-        peer_ip_of(&reply),
-        Some(from_ip),
-        "the server at {addr} must see {from_ip} as the source: {reply}"
-    );
-}
-
-/// Pings `ip` (IPv6) from `ns`: 3 echoes 50 ms apart, 1 s per reply at most.
-fn ping6(ns: &(impl InNetns + ?Sized), ip: &str) -> Output {
-    ns.sh(&format!("ping -6 -c 3 -i 0.05 -W 1 {ip}"))
-}
 
 /// The IPv6 records (file names with a ':') in an IPAM directory.
 fn ipv6_records(dir: &Path) -> Vec<String> {
@@ -178,8 +98,7 @@ fn dual_stack_pods_reach_each_other_and_the_outside_from_their_own_addresses() {
     let a4: Ipv4Addr = a.ip.parse().expect("IPv4");
     let b4: Ipv4Addr = b.ip.parse().expect("IPv4");
     tcp_sees(&a.ns, IpAddr::V4(a4), &b.ns, IpAddr::V4(b4), 8081);
-    // To the outside: IPv6 is routed by the node's kernel with the pod's own address (no NAT
-    // for IPv6); IPv4 is masqueraded to the node IP as before.
+    // To the outside: both families are masqueraded, IPv6 to the node's IPv6 address.
     let out = ping6(&b.ns, &OUTSIDE_IP6.to_string());
     assert!(
         out.status.success(),
@@ -188,7 +107,7 @@ fn dual_stack_pods_reach_each_other_and_the_outside_from_their_own_addresses() {
     );
     tcp_sees(
         &b.ns,
-        IpAddr::V6(b6),
+        IpAddr::V6(NODE_IP6),
         &node.topo.outside,
         IpAddr::V6(OUTSIDE_IP6),
         7000,
@@ -1181,7 +1100,7 @@ fn ipv6_between_pods_of_one_node_is_delivered_by_podnet_and_pods_cannot_spoof_or
     );
 
     // The node's and the pods' own IPv6 still work: ND with the gateway, link-local between
-    // pods, the node reaching a pod, a pod reaching the outside (through the kernel).
+    // pods, the node reaching a pod, a pod reaching the outside (masqueraded).
     let out = ping6(&a.ns, &gateway6.to_string());
     assert!(out.status.success(), "a -> gateway: {}", describe(&out));
     let out = ping6(&a.ns, &format!("{}%eth0", link_local(&b.ns)));
@@ -1196,7 +1115,7 @@ fn ipv6_between_pods_of_one_node_is_delivered_by_podnet_and_pods_cannot_spoof_or
     assert!(out.status.success(), "b -> outside: {}", describe(&out));
     tcp_sees(
         &b.ns,
-        IpAddr::V6(b6),
+        IpAddr::V6(NODE_IP6),
         &node.topo.outside,
         IpAddr::V6(OUTSIDE_IP6),
         7000,
