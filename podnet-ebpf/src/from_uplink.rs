@@ -3,8 +3,9 @@
 //! or externalIP routed to this node, are DNATed to a backend (or refused at once when there
 //! is none); replies to pods' service flows from backends on other nodes are translated back;
 //! ICMP errors about translated flows are translated back; packets from other nodes' pods for
-//! a local pod go straight to it. Everything else, above all the node's own traffic, goes to
-//! the kernel unchanged (out of the tunnel, marked as addressed to this host).
+//! a local pod go straight to it; IPv6 takes its own path ([`crate::forward6`]). Everything
+//! else, above all the node's own traffic, goes to the kernel unchanged (out of the tunnel,
+//! marked as addressed to this host).
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
@@ -27,6 +28,9 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 fn decide(ctx: &TcContext) -> (i32, u32) {
     let (cfg, frame) = match parse::ready_ipv4(ctx) {
         Ok(ready) => ready,
+        Err(pass) if pass.1 == reason::PASS_NOT_IPV4 && crate::ipv6::is_ipv6(ctx) => {
+            return crate::forward6::from_uplink(ctx);
+        }
         Err(pass) => return pass,
     };
     // SAFETY: the parser bounds-checked the IPv4 header and nothing has changed the packet.

@@ -22,8 +22,9 @@
 //!   gateway's: routed by the node) loses one hop, and with a hop limit of 1 or less, or a hop-by-hop
 //!   options header (which a router must process), goes to the kernel, which answers ICMPv6
 //!   time exceeded from the gateway address as a router does;
-//! - everything else (Neighbor Discovery itself, multicast, the node, other nodes' pods, the
-//!   outside, link-local destinations) goes to the kernel unchanged, counted as `pass_not_ipv4`
+//! - to another node's pod (or node): to that node ([`crate::forward6`]);
+//! - everything else (Neighbor Discovery itself, multicast, the node, the outside, link-local
+//!   destinations) goes to the kernel unchanged, counted as `pass_not_ipv4`
 //!   as before IPv6 had a fast path.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
@@ -70,7 +71,7 @@ pub fn is_ipv6(ctx: &TcContext) -> bool {
 
 /// The local pod with IPv6 address `addr`, if there is one.
 #[inline(always)]
-fn endpoint(addr: [u8; 16]) -> Option<Endpoint> {
+pub fn endpoint(addr: [u8; 16]) -> Option<Endpoint> {
     // SAFETY: hash map values are read once, immediately, and copied out.
     unsafe { ENDPOINTS6.get(EndpointKey6 { addr }) }.copied()
 }
@@ -227,7 +228,7 @@ pub fn from_pod(ctx: &TcContext) -> (i32, u32) {
         return PASS;
     }
     let Some(ep) = endpoint(daddr) else {
-        return PASS;
+        return crate::forward6::to_peer(ctx, cfg, daddr, hop_limit, nexthdr).unwrap_or(PASS);
     };
     if dmac != ep.mac {
         // Not addressed to the pod itself (to the gateway's MAC): routed by the node, a
