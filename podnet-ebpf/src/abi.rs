@@ -502,6 +502,9 @@ pub const VXLAN_PORT: u16 = 8472;
 /// Bytes VXLAN adds (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14): pods get the uplink
 /// MTU minus this in overlay mode, so nothing needs fragmenting.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// Bytes VXLAN adds over the IPv6 underlay (outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet
+/// 14): the pods' allowance with the node setting `ipv6_underlay`.
+pub const VXLAN6_OVERHEAD: u32 = 70;
 
 /// Default entries in the peers map: one per other node. Kubernetes supports clusters of up to
 /// 5,000 nodes; 8,192 leaves room and costs ~0.5 MiB (LPM trie nodes are allocated on use).

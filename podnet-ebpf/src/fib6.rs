@@ -10,7 +10,7 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, TC_ACT_SHOT,
-        bpf_fib_lookup as FibParams, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
+        bpf_fib_lookup as FibParams, bpf_redir_neigh,
     },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -44,65 +44,55 @@ pub fn words(addr: [u8; 16]) -> [u32; 4] {
 /// (no route, forwarding off, a packet too big for the way out): the kernel's, unchanged.
 #[inline(always)]
 pub fn to_node(ctx: &TcContext, peer: &Peer6, hop_limit: u8, why: u32) -> Option<(i32, u32)> {
+    const FAILED: (i32, u32) = (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
     let saddr = ctx.load::<[u8; 16]>(SADDR_OFF).ok()?;
-    // SAFETY: an all-zero bpf_fib_lookup is the documented starting point for the helper.
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET6;
-    // SAFETY: `ctx.skb.skb` is the program's own, valid __sk_buff.
-    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    params.__bindgen_anon_3.ipv6_src = words(saddr);
-    params.__bindgen_anon_4.ipv6_dst = words(peer.node_ip6);
-    // tot_len 0: the helper checks the skb itself against the egress MTU.
-    // SAFETY: `params` is a valid, writable bpf_fib_lookup of the size passed; the context
+    let Some(scratch) = crate::maps::scratch6() else {
+        return Some(FAILED);
+    };
+    // SAFETY: `scratch` is this CPU's zeroed scratch entry (see `maps::SCRATCH6`); the fields
+    // are plain data; the helpers get pointers to memory of the sizes passed; the context
     // pointer is the program's own.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &raw mut params,
-            size_of::<FibParams>() as i32,
-            0,
-        )
-    };
-    let ok = |rc: i64| {
-        if rc == i64::from(TC_ACT_REDIRECT) {
-            (TC_ACT_REDIRECT, why)
-        } else {
-            (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED)
-        }
-    };
-    match u32::try_from(rc) {
-        Ok(BPF_FIB_LKUP_RET_SUCCESS) => {
-            if let Err(failed) = crate::forward6::hop(ctx, hop_limit) {
-                return Some(failed);
+    unsafe {
+        let params = &raw mut (*scratch).fib;
+        (*params).family = AF_INET6;
+        (*params).ifindex = (*ctx.skb.skb).ifindex;
+        (*params).__bindgen_anon_3.ipv6_src = words(saddr);
+        (*params).__bindgen_anon_4.ipv6_dst = words(peer.node_ip6);
+        // tot_len 0: the helper checks the skb itself against the egress MTU.
+        let rc = bpf_fib_lookup(ctx.as_ptr(), params, size_of::<FibParams>() as i32, 0);
+        let redirected = match u32::try_from(rc) {
+            Ok(BPF_FIB_LKUP_RET_SUCCESS) => {
+                if let Err(failed) = crate::forward6::hop(ctx, hop_limit) {
+                    return Some(failed);
+                }
+                let (dmac, smac) = ((*params).dmac, (*params).smac);
+                if ctx.store(0, &dmac, 0).is_err() || ctx.store(6, &smac, 0).is_err() {
+                    return Some(FAILED);
+                }
+                bpf_redirect((*params).ifindex, 0)
             }
-            if ctx.store(0, &params.dmac, 0).is_err() || ctx.store(6, &params.smac, 0).is_err() {
-                return Some((TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED));
-            }
-            // SAFETY: plain integer arguments.
-            Some(ok(unsafe { bpf_redirect(params.ifindex, 0) }))
-        }
-        Ok(BPF_FIB_LKUP_RET_NO_NEIGH) => {
-            if let Err(failed) = crate::forward6::hop(ctx, hop_limit) {
-                return Some(failed);
-            }
-            let mut neigh = bpf_redir_neigh {
-                nh_family: u32::from(AF_INET6),
-                __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
-                    // SAFETY: for AF_INET6 the helper leaves the next hop in `ipv6_dst`.
-                    ipv6_nh: unsafe { params.__bindgen_anon_4.ipv6_dst },
-                },
-            };
-            // SAFETY: `neigh` is a valid bpf_redir_neigh of the size passed; the kernel
-            // resolves the neighbour on `ifindex` and transmits once it is known.
-            Some(ok(unsafe {
+            Ok(BPF_FIB_LKUP_RET_NO_NEIGH) => {
+                if let Err(failed) = crate::forward6::hop(ctx, hop_limit) {
+                    return Some(failed);
+                }
+                // For AF_INET6 the helper leaves the next hop in `ipv6_dst`; the kernel
+                // resolves it on `ifindex` and transmits once it is known.
+                let neigh = &raw mut (*scratch).neigh;
+                (*neigh).nh_family = u32::from(AF_INET6);
+                (*neigh).__bindgen_anon_1.ipv6_nh = (*params).__bindgen_anon_4.ipv6_dst;
                 bpf_redirect_neigh(
-                    params.ifindex,
-                    &raw mut neigh,
+                    (*params).ifindex,
+                    neigh,
                     size_of::<bpf_redir_neigh>() as i32,
                     0,
                 )
-            }))
+            }
+            _ => return None,
+        };
+        if redirected == i64::from(TC_ACT_REDIRECT) {
+            Some((TC_ACT_REDIRECT, why))
+        } else {
+            Some(FAILED)
         }
-        _ => None,
     }
 }

@@ -21,16 +21,23 @@ use crate::{
 
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
+    if crate::ipv6::is_ipv6(&ctx) {
+        return stats::counted(&ctx, podnet_ebpf::abi::monitor::hook::FROM_UPLINK, decide6);
+    }
     stats::counted(&ctx, podnet_ebpf::abi::monitor::hook::FROM_UPLINK, decide)
+}
+
+/// IPv6 ([`crate::forward6`]) in a function of its own: its stack frame is then beside the
+/// IPv4 path's, not added to it.
+#[inline(never)]
+fn decide6(ctx: &TcContext) -> (i32, u32) {
+    crate::forward6::from_uplink(ctx)
 }
 
 #[inline(always)]
 fn decide(ctx: &TcContext) -> (i32, u32) {
     let (cfg, frame) = match parse::ready_ipv4(ctx) {
         Ok(ready) => ready,
-        Err(pass) if pass.1 == reason::PASS_NOT_IPV4 && crate::ipv6::is_ipv6(ctx) => {
-            return crate::forward6::from_uplink(ctx);
-        }
         Err(pass) => return pass,
     };
     // SAFETY: the parser bounds-checked the IPv4 header and nothing has changed the packet.

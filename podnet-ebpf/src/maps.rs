@@ -113,6 +113,31 @@ pub static PEERS: LpmTrie<[u8; 4], Peer, { DEFAULT_PEERS_MAX as usize }> = LpmTr
 #[btf_map]
 pub static PEERS6: LpmTrie<[u8; 16], Peer6, { DEFAULT_PEERS_MAX as usize }> = LpmTrie::new();
 
+/// Room for the helper arguments of the IPv6 cross-node path ([`crate::fib6`],
+/// [`crate::tunnel6`]), which do not fit on the classifiers' stack next to the IPv4 path's:
+/// the helpers take them as memory, and a map value is memory. One entry per CPU: a program
+/// runs to its end on one CPU without preemption by another classifier on it, and fills the
+/// entry before each use. Not pinned: nothing outlives the packet.
+#[repr(C)]
+pub struct Scratch6 {
+    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+    pub neigh: aya_ebpf::bindings::bpf_redir_neigh,
+    pub tunnel_key: aya_ebpf::bindings::bpf_tunnel_key,
+}
+
+#[btf_map]
+pub static SCRATCH6: PerCpuArray<Scratch6, 1> = PerCpuArray::new();
+
+/// The CPU's [`SCRATCH6`] entry, zeroed.
+#[inline(always)]
+pub fn scratch6() -> Option<*mut Scratch6> {
+    let entry = SCRATCH6.get_ptr_mut(0)?;
+    // SAFETY: the pointer comes from a successful lookup of this CPU's entry, valid while the
+    // program runs; all-zero is a valid value of every field.
+    unsafe { core::ptr::write_bytes(entry, 0, 1) };
+    Some(entry)
+}
+
 /// Masquerade exclusions: destinations pods reach with their own address (longest prefix
 /// match; the value is `NON_MASQUERADE_PRESENT`).
 #[btf_map]

@@ -20,36 +20,34 @@ const TUNNEL_TTL: u8 = 64;
 /// Encapsulates towards `peer` through the VXLAN device `tunnel_ifindex`.
 #[inline(always)]
 pub fn to_node(ctx: &TcContext, tunnel_ifindex: u32, peer: &Peer6, why: u32) -> (i32, u32) {
-    // SAFETY: an all-zero bpf_tunnel_key is a valid starting point.
-    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-    key.tunnel_id = VXLAN_VNI;
-    key.tunnel_ttl = TUNNEL_TTL;
-    let flags = if peer.flags & peer_flag::UNDERLAY6 != 0 {
-        // The helper copies the IPv6 remote as it lies in memory (network order).
-        key.__bindgen_anon_1.remote_ipv6 = crate::fib6::words(peer.node_ip6);
-        u64::from(BPF_F_TUNINFO_IPV6)
-    } else {
-        // The helper takes the IPv4 remote in host order.
-        key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(peer.node_ip);
-        0
+    const FAILED: (i32, u32) = (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
+    let Some(scratch) = crate::maps::scratch6() else {
+        return FAILED;
     };
-    // SAFETY: `key` is a valid bpf_tunnel_key of the size passed; the context is the program's
-    // own __sk_buff.
+    // SAFETY: `scratch` is this CPU's zeroed scratch entry (see `maps::SCRATCH6`), a valid
+    // bpf_tunnel_key of the size passed; the context is the program's own __sk_buff.
     let rc = unsafe {
-        bpf_skb_set_tunnel_key(
-            ctx.skb.skb,
-            &raw mut key,
-            size_of::<bpf_tunnel_key>() as u32,
-            flags,
-        )
+        let key = &raw mut (*scratch).tunnel_key;
+        (*key).tunnel_id = VXLAN_VNI;
+        (*key).tunnel_ttl = TUNNEL_TTL;
+        let flags = if peer.flags & peer_flag::UNDERLAY6 != 0 {
+            // The helper copies the IPv6 remote as it lies in memory (network order).
+            (*key).__bindgen_anon_1.remote_ipv6 = crate::fib6::words(peer.node_ip6);
+            u64::from(BPF_F_TUNINFO_IPV6)
+        } else {
+            // The helper takes the IPv4 remote in host order.
+            (*key).__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(peer.node_ip);
+            0
+        };
+        bpf_skb_set_tunnel_key(ctx.skb.skb, key, size_of::<bpf_tunnel_key>() as u32, flags)
     };
     if rc != 0 {
-        return (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
+        return FAILED;
     }
     // SAFETY: plain integer arguments.
     if unsafe { bpf_redirect(tunnel_ifindex, 0) } == i64::from(TC_ACT_REDIRECT) {
         (TC_ACT_REDIRECT, why)
     } else {
-        (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED)
+        FAILED
     }
 }

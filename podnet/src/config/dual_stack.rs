@@ -2,9 +2,8 @@
 //! address, their checks, the IPv6 gateway, and the split of mixed-family flags
 //! (`--pod-cidr 10.244.1.0/24 --pod-cidr fd00:10:244:1::/64`) into one CIDR per family.
 //!
-//! The programs pass IPv6 to the kernel unchanged, so an IPv6 pod address works through the
-//! node's routing (the bridge carries the IPv6 gateway, forwarding is on); nothing of IPv6
-//! reaches the maps.
+//! The programs deliver IPv6 between pods (on the node and across nodes) and pass the rest to
+//! the kernel, whose routing serves it (the bridge carries the IPv6 gateway, forwarding is on).
 
 use std::net::Ipv6Addr;
 
@@ -80,6 +79,14 @@ impl NodeSettings {
     /// Checks the IPv6 settings (called by [`NodeSettings::validate`]).
     pub(super) fn validate_ipv6(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.ipv6_underlay
+            && (self.mode != super::RoutingMode::Vxlan || self.pod_cidr6.is_none())
+        {
+            return invalid(
+                "ipv6_underlay (--ipv6-underlay) needs overlay mode (--mode vxlan) and an IPv6 pod CIDR"
+                    .to_owned(),
+            );
+        }
         if let Some(cluster) = self.cluster_cidr6 {
             if self.pod_cidr6.is_none() {
                 return invalid(format!(

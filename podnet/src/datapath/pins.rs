@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use podnet_ebpf::abi::{
     AffinityKey, AffinityValue, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey,
-    EndpointKey6, FragKey, FragPorts, NodeConfig, Peer, PodNetns, RevNat, ServiceBackend,
+    EndpointKey6, FragKey, FragPorts, NodeConfig, Peer, Peer6, PodNetns, RevNat, ServiceBackend,
     ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, map_name, monitor::MonitorBudget,
 };
 
@@ -69,6 +69,8 @@ pub fn key_value_sizes(name: &str) -> (u32, u32) {
         map_name::MONITOR_BUDGET => (4, size(size_of::<MonitorBudget>())),
         map_name::FRAGMENTS => (size(size_of::<FragKey>()), size(size_of::<FragPorts>())),
         map_name::ENDPOINTS6 => (size(size_of::<EndpointKey6>()), size(size_of::<Endpoint>())),
+        // LPM key: a u32 prefix length, then the IPv6 address.
+        map_name::PEERS6 => (20, size(size_of::<Peer6>())),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
 }

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use podnet_ebpf::abi::{
-    Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, EndpointKey6, NodeConfig, Peer,
+    Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, EndpointKey6, NodeConfig, Peer, Peer6,
     map_name,
 };
 
@@ -35,6 +35,7 @@ pub struct PinnedMaps {
     pub conntrack: HashMap<MapData, CtKey, CtEntry>,
     pub ct_usage: Array<MapData, CtUsage>,
     pub peers: LpmTrie<MapData, [u8; 4], Peer>,
+    pub peers6: LpmTrie<MapData, [u8; 16], Peer6>,
 }
 
 pub(in crate::datapath) fn open(pin_dir: &Path, name: &str) -> Result<Map, DatapathError> {
@@ -78,6 +79,7 @@ impl PinnedMaps {
             conntrack: typed!(pin_dir, map_name::CONNTRACK),
             ct_usage: typed!(pin_dir, map_name::CT_USAGE),
             peers: typed!(pin_dir, map_name::PEERS),
+            peers6: typed!(pin_dir, map_name::PEERS6),
         })
     }
 
