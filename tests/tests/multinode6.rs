@@ -1,9 +1,10 @@
 //! IPv6 between pods of different nodes, carried by the datapath: two dual-stack nodes on one
 //! fabric (a plain bridge that knows no pod CIDR), natively routed, over VXLAN inside the IPv4
 //! underlay, and over VXLAN on the IPv6 underlay (`--ipv6-underlay`). One test body per mode:
-//! pods reach each other over TCP, UDP and ping6, the receiver sees the sending pod's own
-//! address, the datapath's reasons count (`forward_remote_node6` on the sending node,
-//! `forward_uplink_to_pod6` on the receiving one: the kernel did not route them), each node
+//! pods reach each other over TCP, UDP and ping6 (the underlay the mode must not use is cut
+//! meanwhile), the receiver sees the sending pod's own address, the datapath's reasons count
+//! (`forward_remote_node6` on the sending node, `forward_uplink_to_pod6` on the receiving one:
+//! the kernel did not route them), each node
 //! takes one hop (a hop limit of 1 gets time exceeded from the first node, 2 from the second),
 //! the nodes' own IPv6 reaches the other node's pods and back, IPv4 still works, and `node
 //! reset` leaves no IPv6 route, pin or tunnel device behind.
@@ -99,6 +100,20 @@ fn pods_on_two_nodes_reach_each_other_over_ipv6(mode: Mode) {
             "pod MTU on the IPv6 underlay: {mtu}"
         );
     }
+    // The underlay IPv6 pods must not use is cut between the nodes, so only the right one can
+    // carry them: IPv4 for native routing (by IPv6 node address) and the IPv6 underlay, IPv6
+    // node addresses for the IPv4 underlay.
+    let cut = |on: &ClusterNode, other: &ClusterNode, add: bool| {
+        let verb = if add { "add" } else { "del" };
+        let (family, dst) = match mode {
+            Mode::Native | Mode::Vxlan6 => ("-4", format!("{}/32", other.ip)),
+            Mode::Vxlan4 => ("-6", format!("{}/128", other.ip6.expect("dual-stack"))),
+        };
+        on.ns
+            .ok(&format!("ip {family} route {verb} blackhole {dst}"));
+    };
+    cut(na, nb, true);
+    cut(nb, na, true);
     let _servers = [
         serve_tcp(&a.ns, &sock(a6, 8080)),
         serve_tcp(&b.ns, &sock(b6, 8080)),
@@ -183,6 +198,8 @@ fn pods_on_two_nodes_reach_each_other_over_ipv6(mode: Mode) {
         let tx = parsed[0]["stats64"]["tx"]["packets"].as_u64().unwrap_or(0);
         assert!(tx >= 8, "{mode:?}: {tx} packets encapsulated");
     }
+    cut(na, nb, false);
+    cut(nb, na, false);
     // IPv4 between the nodes still takes the datapath, the source preserved.
     let _server4 = serve_tcp(&b.ns, &format!("{}:8082", b.ip));
     let reply = connect_tcp(&a.ns, &format!("{}:8082", b.ip)).expect("IPv4 a -> b");
