@@ -1,8 +1,6 @@
-//! Routing IPv6 out of the node by the FIB, the IPv6 twin of [`crate::fib`]: `bpf_fib_lookup`
-//! (`AF_INET6`) towards another node's IPv6 address, then a redirect out of the interface it
-//! names, to the next hop's MAC (or `bpf_redirect_neigh` while the neighbour is unresolved).
-//! The packet keeps its addresses (a pod's own, untranslated), so what the FIB cannot forward
-//! here may go to the kernel, which answers as a router.
+//! IPv6 out by the routing table: `bpf_fib_lookup` (AF_INET6) for a translated packet's
+//! tuple, and the redirect to the interface and next hop it names (the IPv6 twin of
+//! [`crate::fib`]).
 
 use core::mem::size_of;
 
@@ -10,89 +8,123 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, TC_ACT_SHOT,
-        bpf_fib_lookup as FibParams, bpf_redir_neigh,
+        bpf_fib_lookup as FibParams, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
     },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use podnet_ebpf::abi::{Peer6, proto::ETH_HLEN, reason};
+use podnet_ebpf::abi::{CtKey6, reason};
 
 /// `AF_INET6`.
 const AF_INET6: u8 = 10;
-/// Offset of the IPv6 source address in the frame.
-const SADDR_OFF: usize = ETH_HLEN + 8;
 
-/// An IPv6 address as the four 32-bit words the helpers take (network order, as in memory).
+/// Where the routing table sends an IPv6 packet.
+pub enum Route {
+    /// Out of `ifindex`, with these MACs (the neighbour is known).
+    Out {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    },
+    /// Out of `ifindex` to next hop `nh`, whose MAC the kernel resolves.
+    NoNeigh { ifindex: u32, nh: [u8; 16] },
+    /// Not forwarded (local, unreachable, prohibited, or no route).
+    NotForwarded,
+}
+
 #[inline(always)]
-pub fn words(addr: [u8; 16]) -> [u32; 4] {
-    let mut out = [0u32; 4];
+fn words(addr: [u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+#[inline(always)]
+fn bytes(words: [u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
     let mut i = 0;
-    while i < 4 {
-        out[i] = u32::from_ne_bytes([
-            addr[i * 4],
-            addr[i * 4 + 1],
-            addr[i * 4 + 2],
-            addr[i * 4 + 3],
-        ]);
-        i += 1;
+    for w in words {
+        let b = w.to_ne_bytes();
+        out[i] = b[0];
+        out[i + 1] = b[1];
+        out[i + 2] = b[2];
+        out[i + 3] = b[3];
+        i += 4;
     }
     out
 }
 
-/// Sends a pod's IPv6 packet with hop limit `hop_limit` (above 1) to `peer`'s IPv6 node
-/// address, one hop less, counted under `why`. `None` when the FIB does not forward it there
-/// (no route, forwarding off, a packet too big for the way out): the kernel's, unchanged.
+/// Looks up the route of a packet with tuple `key` (as it will leave, i.e. translated).
 #[inline(always)]
-pub fn to_node(ctx: &TcContext, peer: &Peer6, hop_limit: u8, why: u32) -> Option<(i32, u32)> {
-    const FAILED: (i32, u32) = (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
-    let saddr = ctx.load::<[u8; 16]>(SADDR_OFF).ok()?;
-    let Some(scratch) = crate::maps::scratch6() else {
-        return Some(FAILED);
+pub fn lookup(ctx: &TcContext, key: &CtKey6) -> Route {
+    // SAFETY: the parameter struct is plain old data; zero is a valid start for every field.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET6;
+    params.l4_protocol = key.proto;
+    params.sport = key.sport.to_be();
+    params.dport = key.dport.to_be();
+    // SAFETY: `ctx.skb.skb` is the program's own, valid __sk_buff.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.__bindgen_anon_3.ipv6_src = words(key.saddr);
+    params.__bindgen_anon_4.ipv6_dst = words(key.daddr);
+    // SAFETY: `params` is a valid, writable bpf_fib_lookup on this stack, of the size given.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &raw mut params,
+            size_of::<FibParams>() as i32,
+            0,
+        )
     };
-    // SAFETY: `scratch` is this CPU's zeroed scratch entry (see `maps::SCRATCH6`); the fields
-    // are plain data; the helpers get pointers to memory of the sizes passed; the context
-    // pointer is the program's own.
-    unsafe {
-        let params = &raw mut (*scratch).fib;
-        (*params).family = AF_INET6;
-        (*params).ifindex = (*ctx.skb.skb).ifindex;
-        (*params).__bindgen_anon_3.ipv6_src = words(saddr);
-        (*params).__bindgen_anon_4.ipv6_dst = words(peer.node_ip6);
-        // tot_len 0: the helper checks the skb itself against the egress MTU.
-        let rc = bpf_fib_lookup(ctx.as_ptr(), params, size_of::<FibParams>() as i32, 0);
-        let redirected = match u32::try_from(rc) {
-            Ok(BPF_FIB_LKUP_RET_SUCCESS) => {
-                if let Err(failed) = crate::forward6::hop(ctx, hop_limit) {
-                    return Some(failed);
-                }
-                let (dmac, smac) = ((*params).dmac, (*params).smac);
-                if ctx.store(0, &dmac, 0).is_err() || ctx.store(6, &smac, 0).is_err() {
-                    return Some(FAILED);
-                }
-                bpf_redirect((*params).ifindex, 0)
+    match u32::try_from(rc) {
+        Ok(BPF_FIB_LKUP_RET_SUCCESS) => Route::Out {
+            ifindex: params.ifindex,
+            smac: params.smac,
+            dmac: params.dmac,
+        },
+        Ok(BPF_FIB_LKUP_RET_NO_NEIGH) => Route::NoNeigh {
+            ifindex: params.ifindex,
+            // SAFETY: the kernel wrote the next hop's IPv6 address into this union.
+            nh: bytes(unsafe { params.__bindgen_anon_4.ipv6_dst }),
+        },
+        _ => Route::NotForwarded,
+    }
+}
+
+/// Sends the packet along `route`, counted as `why`.
+#[inline(always)]
+pub fn send(ctx: &TcContext, route: &Route, why: u32) -> (i32, u32) {
+    let rc = match *route {
+        Route::Out {
+            ifindex,
+            smac,
+            dmac,
+        } => {
+            if ctx.store(0, &dmac, 0).is_err() || ctx.store(6, &smac, 0).is_err() {
+                return (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
             }
-            Ok(BPF_FIB_LKUP_RET_NO_NEIGH) => {
-                if let Err(failed) = crate::forward6::hop(ctx, hop_limit) {
-                    return Some(failed);
-                }
-                // For AF_INET6 the helper leaves the next hop in `ipv6_dst`; the kernel
-                // resolves it on `ifindex` and transmits once it is known.
-                let neigh = &raw mut (*scratch).neigh;
-                (*neigh).nh_family = u32::from(AF_INET6);
-                (*neigh).__bindgen_anon_1.ipv6_nh = (*params).__bindgen_anon_4.ipv6_dst;
+            // SAFETY: plain helper call with an ifindex the FIB returned.
+            unsafe { bpf_redirect(ifindex, 0) }
+        }
+        Route::NoNeigh { ifindex, nh } => {
+            let mut neigh = bpf_redir_neigh {
+                nh_family: u32::from(AF_INET6),
+                __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: words(nh) },
+            };
+            // SAFETY: `neigh` is a valid bpf_redir_neigh on this stack, of the size given.
+            unsafe {
                 bpf_redirect_neigh(
-                    (*params).ifindex,
-                    neigh,
+                    ifindex,
+                    &raw mut neigh,
                     size_of::<bpf_redir_neigh>() as i32,
                     0,
                 )
             }
-            _ => return None,
-        };
-        if redirected == i64::from(TC_ACT_REDIRECT) {
-            Some((TC_ACT_REDIRECT, why))
-        } else {
-            Some(FAILED)
         }
+        Route::NotForwarded => return (TC_ACT_SHOT, reason::DROP_NO_ROUTE),
+    };
+    if rc == i64::from(TC_ACT_REDIRECT) {
+        (TC_ACT_REDIRECT, why)
+    } else {
+        (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED)
     }
 }

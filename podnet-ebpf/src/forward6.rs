@@ -23,20 +23,21 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use podnet_ebpf::abi::{
-    NodeConfig, Peer6,
+    CtKey6, NodeConfig, Peer6,
     proto::{ETH_HLEN, IPV6_HLEN, IPV6_NEXTHDR_HOP},
     reason,
 };
 
 use crate::{
-    forward,
+    fib6, forward,
     ipv6::{Ipv6Hdr, endpoint},
     maps::PEERS6,
     parse::{EthHdr, is_group_mac, ptr_at},
 };
 
-/// Offset of the hop limit in the frame.
-pub const HOP_LIMIT_OFF: usize = ETH_HLEN + 7;
+/// Offset of the hop limit in the frame, and of the source address.
+const HOP_LIMIT_OFF: usize = ETH_HLEN + 7;
+const SADDR_OFF: usize = ETH_HLEN + 8;
 
 /// What IPv6 that goes to the kernel unchanged is counted as (as before IPv6 had a fast path).
 const PASS: (i32, u32) = (TC_ACT_OK, reason::PASS_NOT_IPV4);
@@ -59,7 +60,7 @@ fn routable(hop_limit: u8, nexthdr: u8) -> bool {
 /// Takes one hop off the packet's hop limit (known to be `hop_limit`, above 1). IPv6 has no
 /// header checksum.
 #[inline(always)]
-pub fn hop(ctx: &TcContext, hop_limit: u8) -> Result<(), (i32, u32)> {
+fn hop(ctx: &TcContext, hop_limit: u8) -> Result<(), (i32, u32)> {
     ctx.store(HOP_LIMIT_OFF, &(hop_limit - 1), 0)
         .map_err(|_| (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED))
 }
@@ -90,7 +91,35 @@ pub fn to_peer(
             reason::FORWARD_REMOTE_NODE6,
         ));
     }
-    crate::fib6::to_node(ctx, &peer, hop_limit, reason::FORWARD_REMOTE_NODE6)
+    to_node_natively(ctx, &peer, hop_limit, nexthdr)
+}
+
+/// Routes a pod's IPv6 packet (hop limit `hop_limit`, above 1) by the FIB towards `peer`'s
+/// IPv6 node address, as IPv4 goes towards the node IP: the fabric need not know pod CIDRs.
+/// `None` when the FIB does not forward it there (no route, forwarding off, too big for the way
+/// out): the kernel's, unchanged, which answers as a router.
+#[inline(always)]
+fn to_node_natively(
+    ctx: &TcContext,
+    peer: &Peer6,
+    hop_limit: u8,
+    nexthdr: u8,
+) -> Option<(i32, u32)> {
+    let saddr = ctx.load::<[u8; 16]>(SADDR_OFF).ok()?;
+    let via = CtKey6 {
+        saddr,
+        daddr: peer.node_ip6,
+        proto: nexthdr,
+        ..CtKey6::default()
+    };
+    let route = fib6::lookup(ctx, &via);
+    if matches!(route, fib6::Route::NotForwarded) {
+        return None;
+    }
+    if let Err(failed) = hop(ctx, hop_limit) {
+        return Some(failed);
+    }
+    Some(fib6::send(ctx, &route, reason::FORWARD_REMOTE_NODE6))
 }
 
 /// The IPv6 path of `from_uplink` (see the module doc). The caller has checked that the

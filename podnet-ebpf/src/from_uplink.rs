@@ -3,9 +3,9 @@
 //! or externalIP routed to this node, are DNATed to a backend (or refused at once when there
 //! is none); replies to pods' service flows from backends on other nodes are translated back;
 //! ICMP errors about translated flows are translated back; packets from other nodes' pods for
-//! a local pod go straight to it; IPv6 takes its own path ([`crate::forward6`]). Everything
-//! else, above all the node's own traffic, goes to the kernel unchanged (out of the tunnel,
-//! marked as addressed to this host).
+//! a local pod go straight to it. Everything else, above all the node's own traffic, goes to
+//! the kernel unchanged (out of the tunnel, marked as addressed to this host). IPv6 goes to
+//! its own program, `from_uplink6`, by tail call.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
@@ -21,17 +21,12 @@ use crate::{
 
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
+    let hook = podnet_ebpf::abi::monitor::hook::FROM_UPLINK;
     if crate::ipv6::is_ipv6(&ctx) {
-        return stats::counted(&ctx, podnet_ebpf::abi::monitor::hook::FROM_UPLINK, decide6);
+        // In the program's own function, as the verifier requires of a tail call.
+        return crate::tail6::enter(&ctx, hook, podnet_ebpf::abi::ipv6_prog::FROM_UPLINK6);
     }
-    stats::counted(&ctx, podnet_ebpf::abi::monitor::hook::FROM_UPLINK, decide)
-}
-
-/// IPv6 ([`crate::forward6`]) in a function of its own: its stack frame is then beside the
-/// IPv4 path's, not added to it.
-#[inline(never)]
-fn decide6(ctx: &TcContext) -> (i32, u32) {
-    crate::forward6::from_uplink(ctx)
+    stats::counted(&ctx, hook, decide)
 }
 
 #[inline(always)]

@@ -5,16 +5,19 @@
 use aya_ebpf::{
     Global,
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{
+        Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+    },
     macros::btf_map,
 };
 use podnet_ebpf::abi::{
-    AFFINITY_MAX, AffinityKey, AffinityValue, CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage,
-    DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX, DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint,
-    EndpointKey, EndpointKey6, FRAGMENTS_MAX, FragKey, FragPorts, MAGLEV_MAX, MAGLEV_TABLE_SIZE,
-    NON_MASQUERADE_MAX, NodeConfig, POD_NETNS_MAX, Peer, Peer6, PodNetns, REV_NAT_MAX, RevNat,
+    AFFINITY_MAX, AffinityKey, AffinityValue, CT_USAGE_SLOTS, Counter, CtEntry, CtEntry6, CtKey,
+    CtKey6, CtUsage, DEFAULT_CT_LIMIT, DEFAULT_CT6_LIMIT, DEFAULT_ENDPOINTS_MAX, DEFAULT_PEERS_MAX,
+    DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, EndpointKey6, FRAGMENTS_MAX, FRAGMENTS6_MAX,
+    FragKey, FragKey6, FragPorts, MAGLEV_MAX, MAGLEV_TABLE_SIZE, NON_MASQUERADE_MAX,
+    NON_MASQUERADE6_MAX, NodeConfig, POD_NETNS_MAX, Peer, Peer6, PodNetns, REV_NAT_MAX, RevNat,
     SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey, ServiceValue, SockRevNat,
-    SockRevNatKey, backends_map_entries, endpoints6_map_entries,
+    SockRevNatKey, backends_map_entries, endpoints6_map_entries, ipv6_prog,
     monitor::{DropEvent, MonitorBudget, RING_BYTES},
 };
 
@@ -47,7 +50,14 @@ pub static STATS: PerCpuArray<Counter, { STATS_SLOTS as usize }> = PerCpuArray::
 #[btf_map]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { DEFAULT_CT_LIMIT as usize }> = LruHashMap::new();
 
-/// Conntrack occupancy counters: one slot the programs write, one the collector writes.
+/// IPv6 conntrack and NAT state: `CONNTRACK`'s twin with 16-byte addresses (same entries,
+/// same code, see `crate::family`). Sized on its own (`podnet_ebpf::abi::DEFAULT_CT6_LIMIT`).
+#[btf_map]
+pub static CONNTRACK6: LruHashMap<CtKey6, CtEntry6, { DEFAULT_CT6_LIMIT as usize }> =
+    LruHashMap::new();
+
+/// Conntrack occupancy counters: for each family one slot the programs write, one the
+/// collector writes.
 #[btf_map]
 pub static CT_USAGE: Array<CtUsage, { CT_USAGE_SLOTS as usize }> = Array::new();
 
@@ -113,35 +123,21 @@ pub static PEERS: LpmTrie<[u8; 4], Peer, { DEFAULT_PEERS_MAX as usize }> = LpmTr
 #[btf_map]
 pub static PEERS6: LpmTrie<[u8; 16], Peer6, { DEFAULT_PEERS_MAX as usize }> = LpmTrie::new();
 
-/// Room for the helper arguments of the IPv6 cross-node path ([`crate::fib6`],
-/// [`crate::tunnel6`]), which do not fit on the classifiers' stack next to the IPv4 path's:
-/// the helpers take them as memory, and a map value is memory. One entry per CPU: a program
-/// runs to its end on one CPU without preemption by another classifier on it, and fills the
-/// entry before each use. Not pinned: nothing outlives the packet.
-#[repr(C)]
-pub struct Scratch6 {
-    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
-    pub neigh: aya_ebpf::bindings::bpf_redir_neigh,
-    pub tunnel_key: aya_ebpf::bindings::bpf_tunnel_key,
-}
-
-#[btf_map]
-pub static SCRATCH6: PerCpuArray<Scratch6, 1> = PerCpuArray::new();
-
-/// The CPU's [`SCRATCH6`] entry, zeroed.
-#[inline(always)]
-pub fn scratch6() -> Option<*mut Scratch6> {
-    let entry = SCRATCH6.get_ptr_mut(0)?;
-    // SAFETY: the pointer comes from a successful lookup of this CPU's entry, valid while the
-    // program runs; all-zero is a valid value of every field.
-    unsafe { core::ptr::write_bytes(entry, 0, 1) };
-    Some(entry)
-}
-
 /// Masquerade exclusions: destinations pods reach with their own address (longest prefix
 /// match; the value is `NON_MASQUERADE_PRESENT`).
 #[btf_map]
 pub static NON_MASQUERADE: LpmTrie<[u8; 4], u32, { NON_MASQUERADE_MAX as usize }> = LpmTrie::new();
+
+/// IPv6 masquerade exclusions (longest prefix match on 16-byte addresses).
+#[btf_map]
+pub static NON_MASQUERADE6: LpmTrie<[u8; 16], u32, { NON_MASQUERADE6_MAX as usize }> =
+    LpmTrie::new();
+
+/// IPv6 fragments: the ports of each fragmented datagram's first fragment, for its later
+/// fragments (as `FRAGMENTS` for IPv4).
+#[btf_map]
+pub static FRAGMENTS6: LruHashMap<FragKey6, FragPorts, { FRAGMENTS6_MAX as usize }> =
+    LruHashMap::new();
 
 /// Drop and refusal events for `podnet monitor` (see `podnet_ebpf::abi::monitor` for the size).
 #[btf_map]
@@ -157,6 +153,12 @@ pub static MONITOR_BUDGET: PerCpuArray<MonitorBudget, 1> = PerCpuArray::new();
 #[btf_map]
 pub static FRAGMENTS: LruHashMap<FragKey, FragPorts, { FRAGMENTS_MAX as usize }> =
     LruHashMap::new();
+
+/// The IPv6 programs (`from_pod6`, `from_uplink6`), by `ipv6_prog` slot, which `from_pod` and
+/// `from_uplink` tail-call for IPv6 frames. One slot per program; pinned, so its entries live
+/// as long as the node (the kernel empties a program array whose last user reference goes).
+#[btf_map]
+pub static IPV6_PROGS: ProgramArray<{ ipv6_prog::SLOTS as usize }> = ProgramArray::new();
 
 /// Non-zero turns on per-packet debug logging. Set at load time (`podnet node init --debug`);
 /// it lives in read-only data, so with 0 the verifier removes the logging code entirely.

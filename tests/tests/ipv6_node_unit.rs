@@ -10,9 +10,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::SchedClassifier,
 };
 use podnet_ebpf::abi::{
     Counter, Endpoint, EndpointKey6, NodeConfig, Peer6, config_flag, map_name, peer_flag,
@@ -66,17 +65,8 @@ impl Harness {
     /// fd00:198:18::12: natively routed (`tunnel` 0), or over the tunnel device `tunnel`
     /// (`peer_flags`: `UNDERLAY6` for the IPv6 underlay).
     fn new(tunnel: u32, peer_flags: u32) -> Self {
-        let mut ebpf = EbpfLoader::new()
-            .load(podnet::datapath::OBJECT)
-            .expect("object loads");
-        for name in [program_name::FROM_POD, program_name::FROM_UPLINK] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .expect("program")
-                .try_into()
-                .expect("classifier");
-            prog.load().expect("verifier accepts the program");
-        }
+        // The classifiers tail-call the IPv6 programs: all loaded, the program array filled.
+        let mut ebpf = podnet_tests::testrun::load_classifiers();
         let mut config: Array<_, NodeConfig> =
             Array::try_from(ebpf.map_mut(map_name::CONFIG).expect("CONFIG")).expect("array");
         config

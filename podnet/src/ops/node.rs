@@ -301,6 +301,15 @@ fn node_config(
         service_cidr: settings.service_cidr.network().octets(),
         service_prefix_len: settings.service_cidr.prefix(),
         _pad2: [0; 3],
+        node_ip6: settings.node_ip6.map_or([0; 16], |ip| ip.octets()),
+        pod_cidr6: settings.pod_cidr6.map_or([0; 16], |c| c.network().octets()),
+        cluster_cidr6: settings
+            .effective_cluster_cidr6()
+            .map_or([0; 16], |c| c.network().octets()),
+        pod_prefix_len6: settings.pod_cidr6.map_or(0, |c| c.prefix()),
+        cluster_prefix_len6: settings.effective_cluster_cidr6().map_or(0, |c| c.prefix()),
+        _pad4: [0; 2],
+        ct6_limit: podnet_ebpf::abi::DEFAULT_CT6_LIMIT,
     })
 }
 

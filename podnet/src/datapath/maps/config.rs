@@ -40,6 +40,10 @@ pub struct ConfigView {
     pub netns_cookie: u64,
     pub service_cidr: Option<String>,
     pub socket_lb: bool,
+    /// The source of masqueraded IPv6 (dual-stack nodes with an IPv6 uplink address).
+    pub node_ip6: Option<std::net::Ipv6Addr>,
+    pub cluster_cidr6: Option<String>,
+    pub ct6_limit: u32,
 }
 
 impl From<NodeConfig> for ConfigView {
@@ -68,6 +72,13 @@ impl From<NodeConfig> for ConfigView {
             service_cidr,
             service_prefix_len,
             _pad2: _,
+            node_ip6,
+            pod_cidr6: _,
+            cluster_cidr6,
+            pod_prefix_len6: _,
+            cluster_prefix_len6,
+            _pad4: _,
+            ct6_limit,
         } = config;
         Self {
             abi_version,
@@ -87,6 +98,14 @@ impl From<NodeConfig> for ConfigView {
             service_cidr: (service_prefix_len != 0)
                 .then(|| format!("{}/{service_prefix_len}", Ipv4Addr::from(service_cidr))),
             socket_lb: flags & podnet_ebpf::abi::config_flag::SOCKET_LB != 0,
+            node_ip6: (node_ip6 != [0; 16]).then(|| node_ip6.into()),
+            cluster_cidr6: (cluster_prefix_len6 != 0).then(|| {
+                format!(
+                    "{}/{cluster_prefix_len6}",
+                    std::net::Ipv6Addr::from(cluster_cidr6)
+                )
+            }),
+            ct6_limit,
         }
     }
 }
