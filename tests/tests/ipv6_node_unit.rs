@@ -120,11 +120,11 @@ impl Harness {
         Self { ebpf }
     }
 
-    fn from_pod(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+    fn run_from_pod(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         podnet_tests::testrun::run_classifier(&self.ebpf, program_name::FROM_POD, frame)
     }
 
-    fn from_uplink(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+    fn run_from_uplink(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         podnet_tests::testrun::run_classifier(&self.ebpf, program_name::FROM_UPLINK, frame)
     }
 
@@ -185,7 +185,7 @@ fn assert_kernel_keeps_what_is_not_routable(h: &Harness) {
         udp_with_hop_by_hop(a6(), remote6()),
         udp((GW_MAC, MAC_A), a6(), v6("2001:db8::1"), 64),
     ] {
-        assert_eq!(h.from_pod(&f), (TC_ACT_OK, f.clone()), "{f:02x?}");
+        assert_eq!(h.run_from_pod(&f), (TC_ACT_OK, f.clone()), "{f:02x?}");
     }
 }
 
@@ -196,7 +196,7 @@ fn a_pods_ipv6_to_another_nodes_pod_enters_the_overlay_one_hop_less_over_either_
         let h = Harness::new(TEST_RUN_IFINDEX, flags);
         for dst in [remote6(), peer_ip6()] {
             let f = udp((GW_MAC, MAC_A), a6(), dst, 64);
-            let (verdict, out) = h.from_pod(&f);
+            let (verdict, out) = h.run_from_pod(&f);
             assert_eq!(verdict, TC_ACT_REDIRECT, "underlay flags {flags}, to {dst}");
             assert_eq!(changed(&f, &out), [HOP_LIMIT_OFF]);
             assert_eq!(out[HOP_LIMIT_OFF], 63);
@@ -222,7 +222,7 @@ fn a_pods_ipv6_to_another_nodes_pod_is_routed_by_the_fib_towards_the_nodes_ipv6_
     in_uplink_netns("v6fib", UPLINK_MAC, NODE_IP, &[], &setup, || {
         let h = Harness::new(0, 0);
         let f = udp((GW_MAC, MAC_A), a6(), remote6(), 64);
-        let (verdict, out) = h.from_pod(&f);
+        let (verdict, out) = h.run_from_pod(&f);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!((&out[..6], &out[6..12]), (&PEER_MAC[..], &UPLINK_MAC[..]));
         assert_eq!(changed(&f[12..], &out[12..]), [HOP_LIMIT_OFF - 12]);
@@ -235,7 +235,7 @@ fn a_pods_ipv6_to_another_nodes_pod_is_routed_by_the_fib_towards_the_nodes_ipv6_
     in_uplink_netns("v6fib", UPLINK_MAC, NODE_IP, &[], "true", || {
         let h = Harness::new(0, 0);
         let f = udp((GW_MAC, MAC_A), a6(), remote6(), 64);
-        assert_eq!(h.from_pod(&f), (TC_ACT_OK, f.clone()));
+        assert_eq!(h.run_from_pod(&f), (TC_ACT_OK, f.clone()));
         assert_eq!(h.count(reason::FORWARD_REMOTE_NODE6), 0);
     });
 }
@@ -248,7 +248,7 @@ fn ipv6_from_another_node_to_a_local_pod_is_delivered_one_hop_less() {
         // From the peer's pod and from the peer itself.
         for src in [remote6(), peer_ip6()] {
             let f = udp((UPLINK_MAC, PEER_MAC), src, a6(), 64);
-            let (verdict, out) = h.from_uplink(&f);
+            let (verdict, out) = h.run_from_uplink(&f);
             assert_eq!(verdict, TC_ACT_REDIRECT, "from {src}, tunnel {tunnel}");
             assert_eq!((&out[..6], &out[6..12]), (&MAC_A[..], &GW_MAC[..]));
             assert_eq!(changed(&f[12..], &out[12..]), [HOP_LIMIT_OFF - 12]);
@@ -270,7 +270,7 @@ fn ipv6_from_another_node_to_a_local_pod_is_delivered_one_hop_less() {
                 64,
             ),
         ] {
-            assert_eq!(h.from_uplink(&f), (TC_ACT_OK, f.clone()), "{f:02x?}");
+            assert_eq!(h.run_from_uplink(&f), (TC_ACT_OK, f.clone()), "{f:02x?}");
         }
         assert_eq!(h.count(reason::FORWARD_UPLINK_TO_POD6), 2);
     }
