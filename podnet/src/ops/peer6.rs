@@ -32,7 +32,7 @@ fn refuse(peer: &PeerNode, reason: String) -> Result<()> {
 
 /// Whether a peer's IPv6 pod CIDR is reached through its IPv6 node address (native routing,
 /// or the IPv6 underlay), which it must then have.
-fn needs_node_ip6(settings: &NodeSettings) -> bool {
+pub fn needs_node_ip6(settings: &NodeSettings) -> bool {
     settings.mode == RoutingMode::Native || settings.ipv6_underlay
 }
 
