@@ -1,7 +1,7 @@
 //! Dual-stack addressing: a node with an IPv4 and an IPv6 pod CIDR gives each pod an address
 //! and a default route of each family (CLI and CNI, standalone and chained after the reference
-//! `bridge` + `host-local`); IPv6 goes through the kernel (the programs pass it unchanged);
-//! peers carry IPv6 pod CIDRs routed via their IPv6 node address; deletion and GC leave nothing
+//! `bridge` + `host-local`); peers carry IPv6 pod CIDRs routed via their IPv6 node address (the
+//! datapath's cross-node IPv6 is tested in multinode6.rs); deletion and GC leave nothing
 //! of either family; bad IPv6 input is refused with a clear message and changes nothing.
 //!
 //! The fabric's IPv6 addresses come from fd00:198:18::/64 (unique-local, like the IPv4
