@@ -7,6 +7,7 @@
 //!   lookup towards the node's IPv6 address ([`crate::fib6`]), or into the VXLAN overlay
 //!   ([`crate::tunnel6`]). A hop limit of 1 or less, or a hop-by-hop options header (which a
 //!   router must process), goes to the kernel, which answers time exceeded as a router does;
+//!   so does a source a router never forwards (`::`, link-local);
 //!   so does what the FIB cannot forward (no route, a packet too big for the way out).
 //! - From the uplink or out of the tunnel ([`from_uplink`]): IPv6 from another node (a source
 //!   in `PEERS6`) to a local pod is delivered straight into the pod, one hop less. A hop limit
@@ -77,7 +78,10 @@ pub fn to_peer(
     nexthdr: u8,
 ) -> Option<(i32, u32)> {
     let peer = peer(daddr)?;
-    if !routable(hop_limit, nexthdr) {
+    let saddr = ctx.load::<[u8; 16]>(SADDR_OFF).ok()?;
+    // A router never forwards the unspecified or a link-local source beyond the link
+    // (RFC 4291 2.5.2, 2.5.6): the kernel's, which drops it.
+    if !routable(hop_limit, nexthdr) || saddr == [0; 16] || crate::ipv6::is_link_local(&saddr) {
         return None;
     }
     if cfg.tunnel_ifindex != 0 {
@@ -91,7 +95,7 @@ pub fn to_peer(
             reason::FORWARD_REMOTE_NODE6,
         ));
     }
-    to_node_natively(ctx, &peer, hop_limit, nexthdr)
+    to_node_natively(ctx, &peer, saddr, hop_limit, nexthdr)
 }
 
 /// Routes a pod's IPv6 packet (hop limit `hop_limit`, above 1) by the FIB towards `peer`'s
@@ -102,10 +106,10 @@ pub fn to_peer(
 fn to_node_natively(
     ctx: &TcContext,
     peer: &Peer6,
+    saddr: [u8; 16],
     hop_limit: u8,
     nexthdr: u8,
 ) -> Option<(i32, u32)> {
-    let saddr = ctx.load::<[u8; 16]>(SADDR_OFF).ok()?;
     let via = CtKey6 {
         saddr,
         daddr: peer.node_ip6,

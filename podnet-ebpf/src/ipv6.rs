@@ -78,7 +78,7 @@ pub fn endpoint(addr: [u8; 16]) -> Option<Endpoint> {
 
 /// Whether `addr` is link-local unicast (`fe80::/10`).
 #[inline(always)]
-fn is_link_local(addr: &[u8; 16]) -> bool {
+pub fn is_link_local(addr: &[u8; 16]) -> bool {
     addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
 }
 

@@ -4,7 +4,8 @@
 //! one hop less) and into the overlay (one hop less, nothing else changed, over either
 //! underlay); from another node to a local pod (MACs rewritten, one hop less); and what goes to
 //! the kernel unchanged (a hop limit of 1, a hop-by-hop options header, an address of no
-//! peer, a source outside the cluster, a way the FIB does not know). The object is loaded with
+//! peer, a link-local or unspecified source, a source outside the cluster, a way the FIB does
+//! not know). The object is loaded with
 //! private maps.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -184,6 +185,9 @@ fn assert_kernel_keeps_what_is_not_routable(h: &Harness) {
         udp((GW_MAC, MAC_A), a6(), remote6(), 0),
         udp_with_hop_by_hop(a6(), remote6()),
         udp((GW_MAC, MAC_A), a6(), v6("2001:db8::1"), 64),
+        // Sources a router never forwards: link-local, unspecified.
+        udp((GW_MAC, MAC_A), v6("fe80::a"), remote6(), 64),
+        udp((GW_MAC, MAC_A), Ipv6Addr::UNSPECIFIED, remote6(), 64),
     ] {
         assert_eq!(h.run_from_pod(&f), (TC_ACT_OK, f.clone()), "{f:02x?}");
     }
