@@ -197,6 +197,29 @@ mod tests {
     }
 
     #[test]
+    fn the_ipv6_underlay_needs_the_overlay_and_an_ipv6_pod_cidr() {
+        let mut s = settings(Some("fd00:10:244:1::/64"), None);
+        s.ipv6_underlay = true;
+        assert!(error(&s).contains("--ipv6-underlay"));
+        s.mode = crate::config::RoutingMode::Vxlan;
+        s.validate().unwrap();
+        assert!(
+            serde_json::to_string(&s)
+                .unwrap()
+                .contains("\"ipv6_underlay\":true")
+        );
+        s.pod_cidr6 = None;
+        assert!(error(&s).contains("IPv6 pod CIDR"));
+        // Off, it is not written at all.
+        let off = settings(None, None);
+        assert!(
+            !serde_json::to_string(&off)
+                .unwrap()
+                .contains("ipv6_underlay")
+        );
+    }
+
+    #[test]
     fn flags_split_by_family() {
         let parse =
             |v: &[&str]| -> Vec<IpNetwork> { v.iter().map(|c| c.parse().unwrap()).collect() };
