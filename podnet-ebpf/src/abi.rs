@@ -67,8 +67,11 @@ pub mod map_name {
     /// IPv6 fragments (the IPv6 twin of [`FRAGMENTS`], keyed by the fragment header's 32-bit
     /// identification).
     pub const FRAGMENTS6: &str = "FRAGMENTS6";
+    /// Other nodes' IPv6 pod CIDRs and IPv6 node addresses (longest prefix match) and the node
+    /// each belongs to (the IPv6 twin of [`PEERS`]).
+    pub const PEERS6: &str = "PEERS6";
     /// Every map, for pinning, listing and cleanup.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         CONFIG,
         ENDPOINTS,
         STATS,
@@ -91,6 +94,7 @@ pub mod map_name {
         CONNTRACK6,
         NON_MASQUERADE6,
         FRAGMENTS6,
+        PEERS6,
     ];
 }
 
@@ -595,6 +599,9 @@ pub const VXLAN_PORT: u16 = 8472;
 /// Bytes VXLAN adds (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14): pods get the uplink
 /// MTU minus this in overlay mode, so nothing needs fragmenting.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// Bytes VXLAN adds over the IPv6 underlay (outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet
+/// 14): the pods' allowance with the node setting `ipv6_underlay`.
+pub const VXLAN6_OVERHEAD: u32 = 70;
 
 /// Default entries in the peers map: one per other node. Kubernetes supports clusters of up to
 /// 5,000 nodes; 8,192 leaves room and costs ~0.5 MiB (LPM trie nodes are allocated on use).
@@ -682,6 +689,27 @@ pub mod peer_flag {
     /// the node untranslated (node IPs are inside the cluster), so replies of NodePort flows
     /// forwarded to a backend on another node return to the node that translated them.
     pub const NODE_IP: u32 = 1 << 0;
+    /// (`PEERS6` only.) The overlay carries IPv6 to this node over the IPv6 underlay: the
+    /// tunnel's remote is [`super::Peer6::node_ip6`], not [`super::Peer6::node_ip`] (the node
+    /// setting `ipv6_underlay`).
+    pub const UNDERLAY6: u32 = 1 << 1;
+}
+
+/// Value of the `PEERS6` LPM trie (key: `prefix_len` + an IPv6 pod CIDR's network address, or
+/// a node's IPv6 address as a /128 marked [`peer_flag::NODE_IP`]): the node it belongs to. 24
+/// bytes; the trie is sized like `PEERS` ([`DEFAULT_PEERS_MAX`]: one pod CIDR and one node
+/// address per other node) and allocates its nodes on use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer6 {
+    /// The node's IPv6 address on the fabric: the next hop in native routing, the tunnel's
+    /// remote with [`peer_flag::UNDERLAY6`]. All zero when the node has none (overlay over
+    /// the IPv4 underlay only).
+    pub node_ip6: [u8; 16],
+    /// The node's IPv4 address: the tunnel's remote over the IPv4 underlay.
+    pub node_ip: [u8; 4],
+    /// Bit set of `peer_flag::*`.
+    pub flags: u32,
 }
 
 /// Most backends one frontend may have (slots 1..=MAX_BACKENDS in the services map).
@@ -1015,7 +1043,8 @@ pub mod reason {
     /// fragmentation needed carrying the pod's MTU, from the node IP, as a router would.
     pub const REJECT_FRAG_NEEDED: u32 = 37;
     /// The same without "don't fragment": translated and handed to the kernel, which forwards
-    /// it to the pod in fragments.
+    /// it to the pod in fragments. IPv6 too big for its pod (routers never fragment IPv6)
+    /// goes to the kernel too, which answers ICMPv6 packet too big.
     pub const PASS_TOO_BIG: u32 = 38;
     /// IPv6 to a local pod, delivered straight to it (`bpf_redirect_peer`, or `bpf_redirect`
     /// where a peer redirect is impossible).
@@ -1043,8 +1072,16 @@ pub mod reason {
     /// podnet does not follow, a later fragment whose first fragment was not seen, or a
     /// protocol without ports. Dropped when it would have to be translated.
     pub const DROP_NAT6_UNSUPPORTED: u32 = 47;
+    /// IPv6 from a pod to another node's pod (or to another node itself, both in `PEERS6`),
+    /// sent by the program, addresses untouched and one hop less: natively routed (FIB lookup
+    /// towards the node's IPv6 address, redirect out of the interface it names) or
+    /// encapsulated in VXLAN to the node (over the IPv4 or the IPv6 underlay).
+    pub const FORWARD_REMOTE_NODE6: u32 = 48;
+    /// IPv6 from another node (its pods or itself, in `PEERS6`), off the uplink or out of the
+    /// tunnel, delivered straight into a local pod, one hop less.
+    pub const FORWARD_UPLINK_TO_POD6: u32 = 49;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 48;
+    pub const COUNT: u32 = 50;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -1096,6 +1133,8 @@ pub mod reason {
         "icmp6_error_translated",
         "pass_non_masquerade6",
         "drop_nat6_unsupported",
+        "forward_remote_node6",
+        "forward_uplink_to_pod6",
     ];
 }
 
@@ -1304,8 +1343,8 @@ pub mod proto {
 mod pod_impls {
     use super::{
         AffinityKey, AffinityValue, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey,
-        EndpointKey6, FragKey, FragPorts, NodeConfig, Peer, PodNetns, RevNat, ServiceBackend,
-        ServiceKey, ServiceValue, SockRevNat, SockRevNatKey,
+        EndpointKey6, FragKey, FragPorts, NodeConfig, Peer, Peer6, PodNetns, RevNat,
+        ServiceBackend, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey,
     };
 
     // SAFETY: each type is #[repr(C)], made only of integers and byte arrays, with every padding
@@ -1337,6 +1376,8 @@ mod pod_impls {
     unsafe impl aya::Pod for ServiceValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Peer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Peer6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ServiceBackend {}
     // SAFETY: as above.
@@ -1387,6 +1428,13 @@ mod tests {
         assert_eq!(offset_of!(NodeConfig, gateway_mac), 28);
         assert_eq!(offset_of!(NodeConfig, uplink_ifindex), 36);
         assert_eq!(offset_of!(NodeConfig, bridge_ifindex), 40);
+    }
+
+    #[test]
+    fn peer6_layout() {
+        assert_eq!(size_of::<Peer6>(), 24);
+        assert_eq!(offset_of!(Peer6, node_ip), 16);
+        assert_eq!(offset_of!(Peer6, flags), 20);
     }
 
     #[test]

@@ -22,9 +22,10 @@
 //!   gateway's: routed by the node) loses one hop, and with a hop limit of 1 or less, or a hop-by-hop
 //!   options header (which a router must process), goes to the kernel, which answers ICMPv6
 //!   time exceeded from the gateway address as a router does;
+//! - to another node's pod (or node): to that node ([`crate::forward6`]);
 //! - IPv6 leaving the cluster is masqueraded to the node's IPv6 address ([`crate::nat6`]);
-//! - everything else (Neighbor Discovery itself, multicast, the node, other nodes' pods,
-//!   masquerade exclusions, link-local destinations) goes to the kernel unchanged, counted as `pass_not_ipv4`
+//! - everything else (Neighbor Discovery itself, multicast, the node, masquerade exclusions,
+//!   link-local destinations) goes to the kernel unchanged, counted as `pass_not_ipv4`
 //!   as before IPv6 had a fast path.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
@@ -124,18 +125,43 @@ pub fn upper(ctx: &TcContext, first: u8) -> Upper {
     }
 }
 
-/// The ICMPv6 type of the frame, if its upper layer is ICMPv6 (`Err` when the extension
-/// header chain cannot be followed).
+/// The frame's ICMPv6 message, as far as the extension headers let it be found. A plain struct
+/// whose fields are set on every path (not an enum whose payload some paths leave undefined:
+/// the verifier rejects the compiler's spill of such a register).
+#[derive(Clone, Copy)]
+struct Icmp6 {
+    /// The extension header chain cannot be followed.
+    unknown: bool,
+    /// The upper layer is ICMPv6, of type `icmp_type`, at offset `off`.
+    found: bool,
+    icmp_type: u8,
+    off: usize,
+}
+
+/// The ICMPv6 type of the frame, if its upper layer is ICMPv6.
 #[inline(always)]
-fn icmp6(ctx: &TcContext, nexthdr: u8) -> Result<Option<(u8, usize)>, ()> {
+fn icmp6(ctx: &TcContext, nexthdr: u8) -> Icmp6 {
+    let mut icmp = Icmp6 {
+        unknown: false,
+        found: false,
+        icmp_type: 0,
+        off: 0,
+    };
     match upper(ctx, nexthdr) {
         Upper::Proto {
             proto: IPPROTO_ICMPV6,
             off,
-        } => Ok(ctx.load::<u8>(off).ok().map(|t| (t, off))),
-        Upper::Proto { .. } => Ok(None),
-        Upper::Unknown => Err(()),
+        } => {
+            if let Ok(icmp_type) = ctx.load::<u8>(off) {
+                icmp.found = true;
+                icmp.icmp_type = icmp_type;
+                icmp.off = off;
+            }
+        }
+        Upper::Proto { .. } => {}
+        Upper::Unknown => icmp.unknown = true,
     }
+    icmp
 }
 
 /// The Neighbor Discovery guard (anti-spoofing on): `None` when the message may go on.
@@ -207,29 +233,28 @@ pub fn from_pod(ctx: &TcContext) -> (i32, u32) {
         if saddr != [0; 16] && !is_link_local(&saddr) && !is_owner(ctx, saddr, smac) {
             return (aya_ebpf::bindings::TC_ACT_SHOT, reason::DROP_SPOOFED);
         }
-        match icmp {
-            Err(()) => {
-                return (aya_ebpf::bindings::TC_ACT_SHOT, reason::DROP_ND_SPOOFED);
-            }
-            Ok(Some((icmp_type, off))) => {
-                if let Some(done) = nd_guard(ctx, icmp_type, off, smac) {
-                    return done;
-                }
-            }
-            Ok(None) => {}
+        if icmp.unknown {
+            return (aya_ebpf::bindings::TC_ACT_SHOT, reason::DROP_ND_SPOOFED);
+        }
+        if icmp.found
+            && let Some(done) = nd_guard(ctx, icmp.icmp_type, icmp.off, smac)
+        {
+            return done;
         }
     }
-    match icmp {
-        Ok(Some((icmp_type, _))) if is_nd(icmp_type) => return PASS,
-        Err(()) => return PASS,
-        _ => {}
+    if icmp.unknown || (icmp.found && is_nd(icmp.icmp_type)) {
+        return PASS;
     }
     if is_group_mac(&dmac) {
         return PASS;
     }
     let Some(ep) = endpoint(daddr) else {
-        // Not a local pod: masqueraded when it leaves the cluster (or a packet of a
-        // masqueraded flow, or an ICMPv6 error about one), else to the kernel.
+        // Not a local pod: to another node's pod, or masqueraded when it leaves the cluster
+        // (or a packet of a masqueraded flow, or an ICMPv6 error about one), else to the
+        // kernel.
+        if let Some(done) = crate::forward6::to_peer(ctx, cfg, daddr, hop_limit, nexthdr) {
+            return done;
+        }
         return crate::nat6::from_pod(cfg).unwrap_or(PASS);
     };
     if dmac != ep.mac {

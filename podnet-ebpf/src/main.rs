@@ -22,6 +22,9 @@
 //!   local pod);
 //! - [`forward`] and [`fib`]: delivery to a local pod, or out by the routing table;
 //! - [`tunnel`]: the VXLAN overlay (tunnel key and redirect to the node's VXLAN device);
+//! - [`forward6`], [`fib6`] and [`tunnel6`]: IPv6 between nodes (from a pod to another
+//!   node's pod, natively routed or over VXLAN with an IPv4 or IPv6 underlay; from another
+//!   node to a local pod);
 //! - [`parse`]: bounds-checked header access;
 //! - [`stats`]: per-reason counters;
 //! - [`monitor`]: drop and refusal events for `podnet monitor` (rate-limited);
@@ -46,6 +49,8 @@ mod fib;
 mod fib6;
 #[cfg(target_arch = "bpf")]
 mod forward;
+#[cfg(target_arch = "bpf")]
+mod forward6;
 #[cfg(target_arch = "bpf")]
 mod frag;
 #[cfg(target_arch = "bpf")]
@@ -88,6 +93,8 @@ mod translate;
 mod ttl;
 #[cfg(target_arch = "bpf")]
 mod tunnel;
+#[cfg(target_arch = "bpf")]
+mod tunnel6;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

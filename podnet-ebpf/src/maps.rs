@@ -15,7 +15,7 @@ use podnet_ebpf::abi::{
     CtKey, CtKey6, CtUsage, DEFAULT_CT_LIMIT, DEFAULT_CT6_LIMIT, DEFAULT_ENDPOINTS_MAX,
     DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, EndpointKey6, FRAGMENTS_MAX,
     FRAGMENTS6_MAX, FragKey, FragKey6, FragPorts, MAGLEV_MAX, MAGLEV_TABLE_SIZE,
-    NON_MASQUERADE_MAX, NON_MASQUERADE6_MAX, NodeConfig, POD_NETNS_MAX, Peer, PodNetns,
+    NON_MASQUERADE_MAX, NON_MASQUERADE6_MAX, NodeConfig, POD_NETNS_MAX, Peer, Peer6, PodNetns,
     REV_NAT_MAX, RevNat, SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey, ServiceValue,
     SockRevNat, SockRevNatKey, backends_map_entries, endpoints6_map_entries, ipv6_prog,
     monitor::{DropEvent, MonitorBudget, RING_BYTES},
@@ -117,6 +117,11 @@ pub static POD_NETNS: HashMap<u64, PodNetns, { POD_NETNS_MAX as usize }, NO_PREA
 /// Other nodes' pod CIDRs: longest prefix match on a destination address gives the node.
 #[btf_map]
 pub static PEERS: LpmTrie<[u8; 4], Peer, { DEFAULT_PEERS_MAX as usize }> = LpmTrie::new();
+
+/// Other nodes' IPv6 pod CIDRs and IPv6 node addresses: longest prefix match on an IPv6
+/// address gives the node (sized like `PEERS`, see `podnet_ebpf::abi::Peer6`).
+#[btf_map]
+pub static PEERS6: LpmTrie<[u8; 16], Peer6, { DEFAULT_PEERS_MAX as usize }> = LpmTrie::new();
 
 /// Masquerade exclusions: destinations pods reach with their own address (longest prefix
 /// match; the value is `NON_MASQUERADE_PRESENT`).

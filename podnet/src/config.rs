@@ -42,7 +42,8 @@ pub struct NodeSettings {
     /// The cluster CIDR, which every node's pod CIDR is carved from.
     pub cluster_cidr: Ipv4Network,
     /// This node's IPv6 pod CIDR on a dual-stack node: pods get an address of it too. IPv6 is
-    /// routed by the kernel (the programs pass it unchanged); see [`dual_stack`].
+    /// delivered by the programs between pods and routed by the kernel otherwise; see
+    /// [`dual_stack`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr6: Option<Ipv6Network>,
     /// The IPv6 cluster CIDR; the IPv6 pod CIDR itself when not given.
@@ -106,6 +107,12 @@ pub struct NodeSettings {
     /// overlay for fabrics that know nothing about pod CIDRs.
     #[serde(default)]
     pub mode: RoutingMode,
+    /// Overlay mode on a dual-stack node: pods' IPv6 crosses between the nodes' IPv6 addresses
+    /// (an IPv6 underlay; peers with an IPv6 pod CIDR need `node_ip6`, and pods leave room for
+    /// the larger outer header) instead of their IPv4 node IPs. Pods' IPv4 always crosses
+    /// between IPv4 node IPs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6_underlay: bool,
     /// The overlay's VXLAN device (overlay mode).
     #[serde(default = "default_vxlan_device")]
     pub vxlan_device: String,

@@ -6,7 +6,10 @@
 //!
 //! Dropping the cluster resets every node and removes its directories, then the namespaces go.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use serde_json::json;
 
@@ -38,12 +41,19 @@ pub fn fabric_node(fabric: &Netns, i: u8, ip: Ipv4Addr) -> Netns {
     ns
 }
 
+/// The IPv6 cluster CIDR of a dual-stack [`Cluster`] (unique-local: nothing here can be a real
+/// network).
+pub const CLUSTER_CIDR6: &str = "fd00:10:244::/48";
+
 /// One node of a [`Cluster`]; its `podnet` CLI through `Deref` ([`PodnetCli`]).
 pub struct ClusterNode {
     pub name: String,
     pub ns: Netns,
     pub ip: Ipv4Addr,
     pub pod_cidr: String,
+    /// The node's IPv6 address on the fabric and its IPv6 pod CIDR (dual-stack clusters).
+    pub ip6: Option<Ipv6Addr>,
+    pub pod_cidr6: Option<String>,
     pub cli: PodnetCli,
     pub pin_dir: PathBuf,
 }
@@ -68,17 +78,35 @@ impl Cluster {
     /// Builds the fabric and `n` nodes (node `i` has IP 198.18.0.(11+i) and pod CIDR
     /// 10.244.(110+i).0/24), writes the cluster file and runs `node init` on every node.
     pub fn new(n: u8, extra_init: &[&str]) -> Self {
+        Self::build(n, extra_init, false)
+    }
+
+    /// [`Cluster::new`] with dual-stack nodes: node `i` also has fd00:198:18::(11+i)/64 on the
+    /// fabric (its IPv6 node address) and IPv6 pod CIDR fd00:10:244:(110+i)::/64 from
+    /// [`CLUSTER_CIDR6`], in the cluster file and in its `node init`.
+    pub fn dual_stack(n: u8, extra_init: &[&str]) -> Self {
+        Self::build(n, extra_init, true)
+    }
+
+    fn build(n: u8, extra_init: &[&str], dual_stack: bool) -> Self {
         let (fabric, outside) = fabric();
         let id = unique("cl");
         let mut nodes = Vec::new();
         for i in 0..n {
             let ip = Ipv4Addr::new(198, 18, 0, 11 + i);
             let ns = fabric_node(&fabric, i, ip);
+            let ip6 = dual_stack.then(|| {
+                let ip6 = Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 0x11 + u16::from(i));
+                ns.ok(&format!("ip -6 addr add {ip6}/64 dev uplink0 nodad"));
+                ip6
+            });
             nodes.push(ClusterNode {
                 name: format!("node-{i}"),
                 ns,
                 ip,
                 pod_cidr: format!("10.244.{}.0/24", 110 + u16::from(i)),
+                ip6,
+                pod_cidr6: dual_stack.then(|| format!("fd00:10:244:{}::/64", 110 + u16::from(i))),
                 cli: PodnetCli {
                     state_dir: std::env::temp_dir().join(format!("podnet-test-{id}-{i}")),
                 },
@@ -87,9 +115,16 @@ impl Cluster {
         }
         let cluster_file = std::env::temp_dir().join(format!("podnet-test-{id}-cluster.json"));
         let description = json!({
-            "nodes": nodes.iter().map(|n| json!({
-                "name": n.name, "node_ip": n.ip.to_string(), "pod_cidr": n.pod_cidr,
-            })).collect::<Vec<_>>(),
+            "nodes": nodes.iter().map(|n| {
+                let mut node = json!({
+                    "name": n.name, "node_ip": n.ip.to_string(), "pod_cidr": n.pod_cidr,
+                });
+                if let (Some(ip6), Some(cidr6)) = (n.ip6, &n.pod_cidr6) {
+                    node["node_ip6"] = json!(ip6.to_string());
+                    node["pod_cidr6"] = json!(cidr6);
+                }
+                node
+            }).collect::<Vec<_>>(),
         });
         std::fs::write(&cluster_file, description.to_string()).expect("cluster file");
         let cluster = Self {
@@ -115,6 +150,16 @@ impl Cluster {
                 "--cluster".to_owned(),
                 cluster.cluster_file.display().to_string(),
             ];
+            if let (Some(ip6), Some(cidr6)) = (node.ip6, &node.pod_cidr6) {
+                args.extend([
+                    "--pod-cidr".to_owned(),
+                    cidr6.clone(),
+                    "--cluster-cidr".to_owned(),
+                    CLUSTER_CIDR6.to_owned(),
+                    "--node-ip6".to_owned(),
+                    ip6.to_string(),
+                ]);
+            }
             args.extend(extra_init.iter().map(|s| (*s).to_owned()));
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
             node.ok(&refs);

@@ -43,7 +43,7 @@ pub mod topology;
 
 use std::time::{Duration, Instant};
 
-pub use cluster::{Cluster, ClusterNode, FABRIC_GATEWAY};
+pub use cluster::{CLUSTER_CIDR6, Cluster, ClusterNode, FABRIC_GATEWAY};
 pub use cni::{
     AddResult, CHAINED_BRIDGE, CHAINED_CNI_VERSION, Cni, CniBinDir, CniError, CniNode, CniOutput,
     Invocation, PODNET_CNI_VERSIONS, RuntimeConf, STANDALONE_BRIDGE, STANDALONE_CNI_VERSION,

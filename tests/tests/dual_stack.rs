@@ -1,8 +1,9 @@
 //! Dual-stack addressing: a node with an IPv4 and an IPv6 pod CIDR gives each pod an address
 //! and a default route of each family (CLI and CNI, standalone and chained after the reference
 //! `bridge` + `host-local`); IPv6 leaving the cluster is masqueraded to the node's IPv6
-//! address (the rest of IPv6 NAT is tested in `nat6`);
-//! peers carry IPv6 pod CIDRs routed via their IPv6 node address; deletion and GC leave nothing
+//! address (the rest of IPv6 NAT is tested in `nat6`); peers carry IPv6 pod CIDRs routed via
+//! their IPv6 node address (the datapath's cross-node IPv6 is tested in multinode6.rs);
+//! deletion and GC leave nothing
 //! of either family; bad IPv6 input is refused with a clear message and changes nothing.
 //!
 //! The test nodes and addresses are `podnet_tests::dual_stack`'s.

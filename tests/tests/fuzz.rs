@@ -65,8 +65,8 @@ use aya::{
 use podnet::datapath::services_map::{Frontend, ServicesMap};
 use podnet_ebpf::abi::{
     CT_USAGE_PROGRAMS, Counter, CtEntry, CtKey, CtTimeouts, CtUsage, Endpoint, EndpointKey,
-    EndpointKey6, NodeConfig, Peer, config_flag, endpoint_flag, map_name, peer_flag, program_name,
-    proto::IP_MF, reason, svc_flag,
+    EndpointKey6, NodeConfig, Peer, Peer6, config_flag, endpoint_flag, map_name, peer_flag,
+    program_name, proto::IP_MF, reason, svc_flag,
 };
 use podnet_tests::{
     Scenario,
@@ -204,7 +204,15 @@ fn in_node_netns(test: impl FnOnce() + Send) {
         UPLINK_MAC,
         NODE_IP,
         &[(OUTSIDE, NEXT_HOP_MAC), (OTHER_NODE, OTHER_NODE_MAC)],
-        &format!("ip route add default via {OUTSIDE} dev up0"),
+        &format!(
+            "ip route add default via {OUTSIDE} dev up0 \
+             && sysctl -qw net.ipv6.conf.all.forwarding=1 \
+             && ip -6 addr add {}/64 dev up0 nodad \
+             && ip -6 neigh replace {} lladdr {} dev up0 nud permanent",
+            std::net::Ipv6Addr::from(NODE_IP6),
+            std::net::Ipv6Addr::from(OTHER_NODE6),
+            podnet_tests::testrun::mac_str(OTHER_NODE_MAC)
+        ),
         test,
     );
 }
@@ -314,6 +322,26 @@ impl Harness {
                     0,
                 )
                 .expect("peer");
+        }
+        // The other node's IPv6 pod CIDR and address; in overlay mode over the IPv6 underlay.
+        let mut peers6: LpmTrie<_, [u8; 16], Peer6> =
+            LpmTrie::try_from(ebpf.map_mut(map_name::PEERS6).expect("PEERS6")).expect("lpm");
+        let underlay = if overlay { peer_flag::UNDERLAY6 } else { 0 };
+        for (prefix, addr, flags) in [
+            (64, REMOTE6_CIDR, underlay),
+            (128, OTHER_NODE6, underlay | peer_flag::NODE_IP),
+        ] {
+            peers6
+                .insert(
+                    &Key::new(prefix, addr),
+                    Peer6 {
+                        node_ip6: OTHER_NODE6,
+                        node_ip: OTHER_NODE.octets(),
+                        flags,
+                    },
+                    0,
+                )
+                .expect("peer6");
         }
         let services = podnet_tests::testrun::services_map(&mut ebpf);
         let mut h = Self { ebpf, services };
@@ -1371,7 +1399,9 @@ fn replay(spec: &str) {
 }
 
 /// Every reason the corpus must reach, or the fuzzer is not testing what it claims to.
-const MUST_REACH: [u32; 24] = [
+const MUST_REACH: [u32; 26] = [
+    reason::FORWARD_REMOTE_NODE6,
+    reason::FORWARD_UPLINK_TO_POD6,
     reason::FORWARD_LOCAL6,
     reason::DROP_ND_SPOOFED,
     reason::DROP_ROUTER_ADVERT,
@@ -1583,6 +1613,58 @@ fn the_fuzz_checks_catch_broken_outputs() {
     // A redirected frame that is not IPv4.
     let arp = eth(BROADCAST, MAC_A, ETH_P_ARP, &arp_body());
     assert!(check(&arp, Ran::Verdict(TC_ACT_REDIRECT, arp.clone())).is_err());
+    // IPv6 from pod A to the other node's pod: into the tunnel one hop less passes; with the
+    // hop limit kept, from a link-local source, or with the uplink's MACs swapped, it fails.
+    let v6 = |src: [u8; 16], dst: [u8; 16], macs: ([u8; 6], [u8; 6])| {
+        let mut ip = vec![0x60, 0, 0, 0, 0, 8, UDP, 64];
+        ip.extend_from_slice(&src);
+        ip.extend_from_slice(&dst);
+        ip.extend_from_slice(&[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+        eth(macs.0, macs.1, ETH_P_IPV6, &ip)
+    };
+    let hop_less = |f: &[u8]| {
+        let mut out = f.to_vec();
+        out[ETH_HLEN + 7] -= 1;
+        out
+    };
+    let to_remote = v6(POD_A6, REMOTE6, (GW_MAC, MAC_A));
+    assert!(
+        check(
+            &to_remote,
+            Ran::Verdict(TC_ACT_REDIRECT, hop_less(&to_remote))
+        )
+        .is_ok()
+    );
+    assert!(check(&to_remote, Ran::Verdict(TC_ACT_REDIRECT, to_remote.clone())).is_err());
+    let link_local = v6(LINK_LOCAL_A, REMOTE6, (GW_MAC, MAC_A));
+    assert!(
+        check(
+            &link_local,
+            Ran::Verdict(TC_ACT_REDIRECT, hop_less(&link_local))
+        )
+        .is_err()
+    );
+    let mut swapped = hop_less(&to_remote);
+    swapped[0..6].copy_from_slice(&UPLINK_MAC);
+    swapped[6..12].copy_from_slice(&OTHER_NODE_MAC);
+    assert!(check(&to_remote, Ran::Verdict(TC_ACT_REDIRECT, swapped)).is_err());
+    // IPv6 from the other node's pod to pod A: delivered one hop less; from the outside, not.
+    let from_remote = v6(REMOTE6, POD_A6, (UPLINK_MAC, OTHER_NODE_MAC));
+    let mut delivered = hop_less(&from_remote);
+    delivered[0..6].copy_from_slice(&MAC_A);
+    delivered[6..12].copy_from_slice(&GW_MAC);
+    assert!(
+        check(
+            &from_remote,
+            Ran::Verdict(TC_ACT_REDIRECT, delivered.clone())
+        )
+        .is_ok()
+    );
+    let mut from_outside = from_remote.clone();
+    from_outside[ETH_HLEN + 8..ETH_HLEN + 24].copy_from_slice(&OUTSIDE6);
+    let mut outside_out = delivered;
+    outside_out[ETH_HLEN + 8..ETH_HLEN + 24].copy_from_slice(&OUTSIDE6);
+    assert!(check(&from_outside, Ran::Verdict(TC_ACT_REDIRECT, outside_out)).is_err());
     // The generator is deterministic per seed and index.
     let flows = Flows::default();
     assert_eq!(input(7, 3, &flows), input(7, 3, &flows));
@@ -1605,9 +1687,24 @@ const LINK_LOCAL_A: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 
 const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const OUTSIDE6: [u8; 16] = [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+/// The node's and the other node's IPv6 addresses, the other node's IPv6 pod CIDR (a /64)
+/// and one of its pods.
+const NODE_IP6: [u8; 16] = [0xfd, 0, 1, 0x98, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+const OTHER_NODE6: [u8; 16] = [0xfd, 0, 1, 0x98, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20];
+const REMOTE6_CIDR: [u8; 16] = [
+    0xfd, 0, 0, 0x10, 0x02, 0x44, 0x01, 0x07, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+const REMOTE6: [u8; 16] = [
+    0xfd, 0, 0, 0x10, 0x02, 0x44, 0x01, 0x07, 0, 0, 0, 0, 0, 0, 0, 9,
+];
 const ICMPV6: u8 = 58;
 /// IPv6 extension headers: hop-by-hop, routing, fragment, destination options.
 const EXT_HEADERS: [u8; 4] = [0, 43, 44, 60];
+
+/// Whether an IPv6 address belongs to the other node (its pod CIDR or its own address).
+fn is_peer6(addr: &[u8]) -> bool {
+    addr == OTHER_NODE6 || addr[..8] == REMOTE6_CIDR[..8]
+}
 
 /// The local pod MAC of an IPv6 address, if it is one.
 fn pod_mac6(addr: &[u8]) -> Option<[u8; 6]> {
@@ -1624,21 +1721,50 @@ fn pod_mac6(addr: &[u8]) -> Option<[u8; 6]> {
 /// gone, to all nodes, to the outside; from its own address, a link-local one, `::` or another
 /// pod's; UDP, TCP, ICMPv6 echo, and Neighbor Discovery (NS, NA for its own or another
 /// address with a matching or foreign link-layer address option, RS, RA, Redirect); behind
-/// up to six extension headers; with a wrong payload length or cut short.
+/// up to six extension headers; with a wrong payload length or cut short. Also IPv6 between
+/// nodes: from a pod to the other node's pod or the other node itself, and from the uplink
+/// (the other node's pod or the node itself, or the outside) to a local pod or the node.
 fn ipv6_template(rng: &mut Rng, data: &[u8]) -> (Prog, Vec<u8>) {
-    let (src, smac) = *rng.pick(&[
-        (POD_A6, MAC_A),
-        (POD_A6, MAC_A),
-        (POD_B6, MAC_B),
-        (LINK_LOCAL_A, MAC_A),
-        ([0; 16], MAC_A),
-        (POD_B6, MAC_A),
-        (POD_GONE6, MAC_A),
-    ]);
-    let dst = *rng.pick(&[POD_B6, POD_B6, POD_A6, POD_GONE6, ALL_NODES, OUTSIDE6]);
+    let from_uplink = rng.chance(25);
+    let (src, smac) = if from_uplink {
+        *rng.pick(&[
+            (REMOTE6, OTHER_NODE_MAC),
+            (REMOTE6, OTHER_NODE_MAC),
+            (OTHER_NODE6, OTHER_NODE_MAC),
+            (OUTSIDE6, NEXT_HOP_MAC),
+            (POD_A6, OTHER_NODE_MAC),
+        ])
+    } else {
+        *rng.pick(&[
+            (POD_A6, MAC_A),
+            (POD_A6, MAC_A),
+            (POD_B6, MAC_B),
+            (LINK_LOCAL_A, MAC_A),
+            ([0; 16], MAC_A),
+            (POD_B6, MAC_A),
+            (POD_GONE6, MAC_A),
+        ])
+    };
+    let dst = if from_uplink {
+        *rng.pick(&[POD_A6, POD_B6, POD_GONE6, NODE_IP6, REMOTE6, ALL_NODES])
+    } else {
+        *rng.pick(&[
+            POD_B6,
+            POD_B6,
+            POD_A6,
+            POD_GONE6,
+            ALL_NODES,
+            OUTSIDE6,
+            REMOTE6,
+            REMOTE6,
+            OTHER_NODE6,
+        ])
+    };
     let dmac = match rng.below(4) {
+        0 if from_uplink => UPLINK_MAC,
         0 => GW_MAC,
         1 => ALL_NODES_MAC,
+        _ if from_uplink => UPLINK_MAC,
         _ => pod_mac6(&dst).unwrap_or(GW_MAC),
     };
     let hop_limit = *rng.pick(&[0, 1, 2, 64, 255]);
@@ -1701,7 +1827,12 @@ fn ipv6_template(rng: &mut Rng, data: &[u8]) -> (Prog, Vec<u8>) {
         let len = rng.below(frame.len());
         frame.truncate(len);
     }
-    (Prog::FromPod, frame)
+    let prog = if from_uplink {
+        Prog::FromUplink
+    } else {
+        Prog::FromPod
+    };
+    (prog, frame)
 }
 
 /// The ICMPv6 type of an IPv6 frame, following hop-by-hop, routing and destination options
@@ -1744,28 +1875,57 @@ fn check_redirected6(input: &[u8], out: &[u8]) -> Result<Outcome, String> {
         &input[ETH_HLEN + 8..ETH_HLEN + 24],
         &input[ETH_HLEN + 24..ETH_HLEN + 40],
     );
-    let Some(mac) = pod_mac6(dst) else {
-        return fail("to no local pod");
-    };
-    let own = pod_mac6(src) == Some(input[6..12].try_into().expect("6 bytes"));
-    if !own && src[0..2] != [0xfe, 0x80] && src != [0; 16] {
-        return fail("from a source that is not the pod's own");
-    }
-    if icmp6_type(input).is_some_and(|t| (133..=137).contains(&t)) {
-        return fail("but it is Neighbor Discovery, the kernel's");
-    }
-    if out[0..6] != mac || out[6..12] != GW_MAC {
-        return fail("with the wrong MACs");
-    }
     let hop = ETH_HLEN + 7;
-    let routed = input[0..6] != mac;
-    let expected_hop = if routed {
-        if input[hop] <= 1 || input[ETH_HLEN + 6] == 0 {
-            return fail("routed with a hop limit of 1 or less, or a hop-by-hop header");
+    let routable = input[hop] > 1 && input[ETH_HLEN + 6] != 0;
+    let own = pod_mac6(src) == Some(input[6..12].try_into().expect("6 bytes"));
+    let expected_hop = if is_peer6(dst) {
+        // From a pod to the other node: the pod's own address, one hop less, into the tunnel
+        // (MACs as they were) or out of the uplink to the other node's MAC.
+        if !own {
+            return fail(
+                "to another node from a source that is not the pod's own (or is :: or link-local)",
+            );
+        }
+        if !routable {
+            return fail("to another node with a hop limit of 1 or less, or a hop-by-hop header");
+        }
+        let tunnel = out[0..12] == input[0..12];
+        let native = out[0..6] == OTHER_NODE_MAC && out[6..12] == UPLINK_MAC;
+        if !tunnel && !native {
+            return fail("to another node with MACs of neither the tunnel nor the way out");
         }
         input[hop] - 1
     } else {
-        input[hop]
+        let Some(mac) = pod_mac6(dst) else {
+            return fail("to no local pod");
+        };
+        if out[0..6] != mac || out[6..12] != GW_MAC {
+            return fail("with the wrong MACs");
+        }
+        if is_peer6(src) {
+            // From the other node: routed, one hop less.
+            if !routable {
+                return fail(
+                    "from another node with a hop limit of 1 or less, or a hop-by-hop header",
+                );
+            }
+            input[hop] - 1
+        } else {
+            if !own && src[0..2] != [0xfe, 0x80] && src != [0; 16] {
+                return fail("from a source that is not the pod's own");
+            }
+            if icmp6_type(input).is_some_and(|t| (133..=137).contains(&t)) {
+                return fail("but it is Neighbor Discovery, the kernel's");
+            }
+            if input[0..6] != mac {
+                if !routable {
+                    return fail("routed with a hop limit of 1 or less, or a hop-by-hop header");
+                }
+                input[hop] - 1
+            } else {
+                input[hop]
+            }
+        }
     };
     if out[hop] != expected_hop {
         return fail(&format!("hop limit {} became {}", input[hop], out[hop]));

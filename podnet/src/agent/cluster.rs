@@ -4,8 +4,8 @@
 //!
 //! Nodes become peers checked as `node peer add` checks them, against this node and the peers
 //! admitted before (those programmed already come first, so a newcomer that conflicts with one
-//! is the one left out). A Node whose IPv6 half cannot be routed (no IPv6 InternalIP, the VXLAN
-//! overlay, outside the IPv6 cluster CIDR, overlapping) stays an IPv4 peer, with a note.
+//! is the one left out). A Node whose IPv6 half cannot be routed (no IPv6 InternalIP where one
+//! is needed, outside the IPv6 cluster CIDR, overlapping) stays an IPv4 peer, with a note.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -122,7 +122,8 @@ impl Cluster {
                 out.peers.push(candidate);
                 continue;
             };
-            let ipv6_fault = if candidate.node_ip6.is_none() {
+            let ipv6_fault = if candidate.node_ip6.is_none() && ops::peer6::needs_node_ip6(settings)
+            {
                 Some("it has no IPv6 InternalIP to route it to".to_owned())
             } else {
                 ops::peer::check_addresses(settings, &candidate, &out.peers)
@@ -389,16 +390,30 @@ mod tests {
                 out.notes
             );
         }
-        // The overlay carries IPv4 only: a good IPv6 half is left out there too.
-        c.replace_nodes(vec![node(
-            "d",
-            "198.18.0.15",
-            "10.244.5.0/24",
-            Some("fd00:198:18::15"),
-            Some("fd00:10:244:5::/64"),
-        )]);
+        // The overlay carries IPv6 too (to the IPv4 node IP): a good IPv6 half is kept there,
+        // even without an IPv6 InternalIP.
+        c.replace_nodes(vec![
+            node(
+                "d",
+                "198.18.0.15",
+                "10.244.5.0/24",
+                Some("fd00:198:18::15"),
+                Some("fd00:10:244:5::/64"),
+            ),
+            node(
+                "e",
+                "198.18.0.16",
+                "10.244.6.0/24",
+                None,
+                Some("fd00:10:244:6::/64"),
+            ),
+        ]);
         let out = c.peers(&settings("vxlan"), &[]);
-        assert!(out.peers[0].pod_cidr6.is_none() && out.notes["d"].contains("VXLAN"));
+        assert!(
+            out.peers.iter().all(|p| p.pod_cidr6.is_some()),
+            "{:?}",
+            out.notes
+        );
     }
 
     #[test]

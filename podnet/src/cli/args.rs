@@ -228,6 +228,11 @@ pub struct InitArgs {
     /// file's lists.
     #[arg(long = "non-masquerade-cidr")]
     pub non_masquerade_cidrs: Vec<IpNetwork>,
+    /// Overlay mode on a dual-stack node: carry pods' IPv6 between the nodes' IPv6 addresses
+    /// (an IPv6 underlay; every peer with an IPv6 pod CIDR needs its --node-ip6) instead of
+    /// their IPv4 node IPs. Pods' IPv4 still crosses between IPv4 node IPs.
+    #[arg(long)]
+    pub ipv6_underlay: bool,
     /// Load the eBPF programs from this object file instead of the one built into podnet (a
     /// rebuilt program version; the node's maps and flows are kept). Not recorded: a later
     /// `node init` without it loads the built-in programs again.
@@ -572,6 +577,7 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         no_socket_lb,
         load_balancing,
         non_masquerade_cidrs,
+        ipv6_underlay,
         ebpf_object: _,
     } = args;
     let mut settings: serde_json::Map<String, serde_json::Value> = match &config {
@@ -624,6 +630,9 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     }
     if no_anti_spoof {
         set("anti_spoof", Some(serde_json::Value::Bool(false)));
+    }
+    if ipv6_underlay {
+        set("ipv6_underlay", Some(serde_json::Value::Bool(true)));
     }
 
     set("state_dir", Some(s(&state_dir.display())));

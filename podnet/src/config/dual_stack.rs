@@ -2,9 +2,8 @@
 //! address, their checks, the IPv6 gateway, and the split of mixed-family flags
 //! (`--pod-cidr 10.244.1.0/24 --pod-cidr fd00:10:244:1::/64`) into one CIDR per family.
 //!
-//! The programs pass IPv6 to the kernel unchanged, so an IPv6 pod address works through the
-//! node's routing (the bridge carries the IPv6 gateway, forwarding is on); nothing of IPv6
-//! reaches the maps.
+//! The programs deliver IPv6 between pods (on the node and across nodes) and pass the rest to
+//! the kernel, whose routing serves it (the bridge carries the IPv6 gateway, forwarding is on).
 
 use std::net::Ipv6Addr;
 
@@ -80,6 +79,14 @@ impl NodeSettings {
     /// Checks the IPv6 settings (called by [`NodeSettings::validate`]).
     pub(super) fn validate_ipv6(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.ipv6_underlay
+            && (self.mode != super::RoutingMode::Vxlan || self.pod_cidr6.is_none())
+        {
+            return invalid(
+                "ipv6_underlay (--ipv6-underlay) needs overlay mode (--mode vxlan) and an IPv6 pod CIDR"
+                    .to_owned(),
+            );
+        }
         if let Some(cluster) = self.cluster_cidr6 {
             if self.pod_cidr6.is_none() {
                 return invalid(format!(
@@ -187,6 +194,29 @@ mod tests {
         let mut inside = settings(Some("fd00:1::/64"), Some("fd00::/16"));
         inside.node_ip6 = Some("fd00:1::9".parse().unwrap());
         assert!(error(&inside).contains("node IPv6 address"));
+    }
+
+    #[test]
+    fn the_ipv6_underlay_needs_the_overlay_and_an_ipv6_pod_cidr() {
+        let mut s = settings(Some("fd00:10:244:1::/64"), None);
+        s.ipv6_underlay = true;
+        assert!(error(&s).contains("--ipv6-underlay"));
+        s.mode = crate::config::RoutingMode::Vxlan;
+        s.validate().unwrap();
+        assert!(
+            serde_json::to_string(&s)
+                .unwrap()
+                .contains("\"ipv6_underlay\":true")
+        );
+        s.pod_cidr6 = None;
+        assert!(error(&s).contains("IPv6 pod CIDR"));
+        // Off, it is not written at all.
+        let off = settings(None, None);
+        assert!(
+            !serde_json::to_string(&off)
+                .unwrap()
+                .contains("ipv6_underlay")
+        );
     }
 
     #[test]

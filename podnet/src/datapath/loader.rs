@@ -123,7 +123,7 @@ fn expected_layout(name: &str, conntrack_entries: u32) -> (u32, u32, Option<u32>
         map_name::STATS => Some(STATS_SLOTS),
         map_name::CONNTRACK => Some(conntrack_entries),
         map_name::CT_USAGE => Some(CT_USAGE_SLOTS),
-        map_name::PEERS => Some(DEFAULT_PEERS_MAX),
+        map_name::PEERS | map_name::PEERS6 => Some(DEFAULT_PEERS_MAX),
         map_name::NON_MASQUERADE => Some(NON_MASQUERADE_MAX),
         map_name::FRAGMENTS => Some(FRAGMENTS_MAX),
         map_name::REV_NAT => Some(REV_NAT_MAX),

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use podnet_ebpf::abi::{
     AffinityKey, AffinityValue, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtUsage, Endpoint,
-    EndpointKey, EndpointKey6, FragKey, FragKey6, FragPorts, NodeConfig, Peer, PodNetns, RevNat,
-    ServiceBackend, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, map_name,
+    EndpointKey, EndpointKey6, FragKey, FragKey6, FragPorts, NodeConfig, Peer, Peer6, PodNetns,
+    RevNat, ServiceBackend, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, map_name,
     monitor::MonitorBudget,
 };
 
@@ -76,6 +76,8 @@ pub fn key_value_sizes(name: &str) -> (u32, u32) {
         // LPM key: a u32 prefix length, then the 16-byte address.
         map_name::NON_MASQUERADE6 => (20, 4),
         map_name::FRAGMENTS6 => (size(size_of::<FragKey6>()), size(size_of::<FragPorts>())),
+        // LPM key: a u32 prefix length, then the IPv6 address.
+        map_name::PEERS6 => (20, size(size_of::<Peer6>())),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
 }

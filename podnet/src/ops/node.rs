@@ -120,6 +120,7 @@ fn preflight(ctx: &Ctx) -> Result<Preflight> {
     // In overlay mode pods leave room for the encapsulation, so nothing is fragmented.
     let overhead = match settings.mode {
         RoutingMode::Native => 0,
+        RoutingMode::Vxlan if settings.ipv6_underlay => podnet_ebpf::abi::VXLAN6_OVERHEAD,
         RoutingMode::Vxlan => podnet_ebpf::abi::VXLAN_OVERHEAD,
     };
     let mtu = settings

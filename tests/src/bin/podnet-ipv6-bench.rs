@@ -101,7 +101,8 @@ impl Scenario {
         match (self, family) {
             (Self::SameNode, Family::V4) => "forward_local_peer",
             (Self::SameNode, Family::V6) => "forward_local6",
-            (Self::Snat, _) => "snat",
+            (Self::Snat, Family::V4) => "snat",
+            (Self::Snat, Family::V6) => "snat6",
             (Self::NodePort, _) => "dnat",
         }
     }

@@ -22,7 +22,7 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use podnet_ebpf::abi::{
     Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtUsage, Endpoint, EndpointKey, EndpointKey6,
-    NodeConfig, Peer, map_name,
+    NodeConfig, Peer, Peer6, map_name,
 };
 
 use super::DatapathError;
@@ -37,6 +37,7 @@ pub struct PinnedMaps {
     pub conntrack6: HashMap<MapData, CtKey6, CtEntry6>,
     pub ct_usage: Array<MapData, CtUsage>,
     pub peers: LpmTrie<MapData, [u8; 4], Peer>,
+    pub peers6: LpmTrie<MapData, [u8; 16], Peer6>,
 }
 
 pub(in crate::datapath) fn open(pin_dir: &Path, name: &str) -> Result<Map, DatapathError> {
@@ -81,6 +82,7 @@ impl PinnedMaps {
             conntrack6: typed!(pin_dir, map_name::CONNTRACK6),
             ct_usage: typed!(pin_dir, map_name::CT_USAGE),
             peers: typed!(pin_dir, map_name::PEERS),
+            peers6: typed!(pin_dir, map_name::PEERS6),
         })
     }
 

@@ -1,13 +1,16 @@
 //! IPv6 addresses, routes and neighbours over the same [`Netlink`] connection, and the IPv6
-//! forwarding sysctl: what a dual-stack node and its pods need from the kernel. IPv6 pod
-//! traffic is routed by the kernel (the programs pass it unchanged), so these are the whole of
-//! podnet's IPv6 plumbing.
+//! forwarding sysctl: what a dual-stack node and its pods need from the kernel (the IPv6 the
+//! programs do not deliver themselves is routed by it).
 //!
 //! Addresses are added with `IFA_F_NODAD`: podnet hands them out from its own IPAM, so nobody
 //! else on the link can hold them, and duplicate address detection would only keep them
 //! unusable (tentative) for a second after every pod add.
 
-use std::{net::Ipv6Addr, path::Path, pin::pin};
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    path::Path,
+    pin::pin,
+};
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv6Network;
@@ -156,6 +159,59 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl_err(format!("replace route {dst} via {gateway}")))
+    }
+
+    /// `ip -6 route replace DST dev DEV encap ip id VNI dst REMOTE` (an IPv4 remote: IPv6 inside
+    /// the IPv4 underlay) or `... encap ip6 id VNI dst REMOTE csum` (an IPv6 remote: the IPv6
+    /// underlay, whose UDP must carry a checksum), from `src` when given: the node's own IPv6
+    /// to another node's IPv6 pods through the collect_md tunnel device `dev`.
+    pub async fn replace_encap_route6(
+        &self,
+        dst: Ipv6Network,
+        dev: u32,
+        vni: u32,
+        remote: IpAddr,
+        src: Option<Ipv6Addr>,
+    ) -> Result<(), LinkError> {
+        use rtnetlink::packet_route::route::{
+            RouteAttribute, RouteIp6Tunnel, RouteIp6TunnelFlags, RouteIpTunnel, RouteLwEnCapType,
+            RouteLwTunnelEncap,
+        };
+        let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .output_interface(dev);
+        if let Some(src) = src {
+            builder = builder.pref_source(src);
+        }
+        let mut message = builder.build();
+        let (kind, encap) = match remote {
+            IpAddr::V4(remote) => (
+                RouteLwEnCapType::Ip,
+                vec![
+                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(u64::from(vni))),
+                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(remote)),
+                ],
+            ),
+            IpAddr::V6(remote) => (
+                RouteLwEnCapType::Ip6,
+                vec![
+                    RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Id(u64::from(vni))),
+                    RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Destination(remote)),
+                    RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Flags(RouteIp6TunnelFlags::Checksum)),
+                ],
+            ),
+        };
+        message.attributes.push(RouteAttribute::EncapType(kind));
+        message.attributes.push(RouteAttribute::Encap(encap));
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(format!(
+                "replace route {dst} dev {dev} encap id {vni} dst {remote}"
+            )))
     }
 
     /// `ip -6 route del DST`; `Ok(false)` if there was no such route.
