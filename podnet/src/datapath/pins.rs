@@ -13,6 +13,10 @@ use podnet_ebpf::abi::{
     EndpointKey6, FragKey, FragPorts, NodeConfig, Peer, PodNetns, RevNat, ServiceBackend,
     ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, map_name, monitor::MonitorBudget,
 };
+use podnet_ebpf::abi::{
+    AffinityKey6, AffinityValue6, RevNat6, ServiceBackend6, ServiceKey6, SockRevNat6,
+    SockRevNatKey6,
+};
 
 /// Path of a program's pin.
 pub fn program_pin(pin_dir: &Path, program: &str) -> PathBuf {
@@ -69,6 +73,20 @@ pub fn key_value_sizes(name: &str) -> (u32, u32) {
         map_name::MONITOR_BUDGET => (4, size(size_of::<MonitorBudget>())),
         map_name::FRAGMENTS => (size(size_of::<FragKey>()), size(size_of::<FragPorts>())),
         map_name::ENDPOINTS6 => (size(size_of::<EndpointKey6>()), size(size_of::<Endpoint>())),
+        map_name::SERVICES6 => (
+            size(size_of::<ServiceKey6>()),
+            size(size_of::<ServiceValue>()),
+        ),
+        map_name::BACKENDS6 => (4, size(size_of::<ServiceBackend6>())),
+        map_name::REV_NAT6 => (4, size(size_of::<RevNat6>())),
+        map_name::SOCK_REV_NAT6 => (
+            size(size_of::<SockRevNatKey6>()),
+            size(size_of::<SockRevNat6>()),
+        ),
+        map_name::AFFINITY6 => (
+            size(size_of::<AffinityKey6>()),
+            size(size_of::<AffinityValue6>()),
+        ),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
 }

@@ -890,7 +890,8 @@ struct BatchFds {
 /// `MAX_BACKENDS` more): the room a replace needs in the backends map beyond the table.
 const ROUND_BACKENDS: usize = 16_384;
 
-/// Registers the network namespace `netns` of the pod with address `pod_ip` (its cookie) in
+/// Registers the network namespace `netns` of the pod with address `pod_ip` (and `pod_ip6` on
+/// a dual-stack node: its IPv6 sockets' client address) (its cookie) in
 /// `POD_NETNS`, so the socket programs balance its sockets (with `config_flag::SOCKET_LB`). One
 /// insert: entries of pods that are gone are removed when they are unplugged, or by
 /// [`prune_pod_netns`] (gc) for a pod whose removal was cut short.
@@ -898,6 +899,7 @@ pub fn register_pod_netns(
     pin_dir: &Path,
     netns: &crate::sys::netns::Netns,
     pod_ip: Ipv4Addr,
+    pod_ip6: Option<std::net::Ipv6Addr>,
 ) -> Result<(), DatapathError> {
     let cookie = netns
         .run(super::cgroup::current_netns_cookie)
@@ -910,6 +912,7 @@ pub fn register_pod_netns(
     let value = PodNetns {
         addr: pod_ip.octets(),
         _pad: [0; 4],
+        addr6: pod_ip6.map_or([0; 16], |ip| ip.octets()),
     };
     pods.insert(cookie, value, 0)
         .map_err(map_err(map_name::POD_NETNS))

@@ -300,6 +300,12 @@ fn node_config(
         service_cidr: settings.service_cidr.network().octets(),
         service_prefix_len: settings.service_cidr.prefix(),
         _pad2: [0; 3],
+        node_ip6: settings.node_ip6.map_or([0; 16], |ip| ip.octets()),
+        service_cidr6: settings
+            .service_cidr6
+            .map_or([0; 16], |c| c.network().octets()),
+        service_prefix_len6: settings.service_cidr6.map_or(0, |c| c.prefix()),
+        _pad4: [0; 7],
     })
 }
 

@@ -40,6 +40,9 @@ pub struct ConfigView {
     pub netns_cookie: u64,
     pub service_cidr: Option<String>,
     pub socket_lb: bool,
+    /// The node's IPv6 address, if it has one.
+    pub node_ip6: Option<std::net::Ipv6Addr>,
+    pub service_cidr6: Option<String>,
 }
 
 impl From<NodeConfig> for ConfigView {
@@ -68,6 +71,10 @@ impl From<NodeConfig> for ConfigView {
             service_cidr,
             service_prefix_len,
             _pad2: _,
+            node_ip6,
+            service_cidr6,
+            service_prefix_len6,
+            _pad4: _,
         } = config;
         Self {
             abi_version,
@@ -87,6 +94,13 @@ impl From<NodeConfig> for ConfigView {
             service_cidr: (service_prefix_len != 0)
                 .then(|| format!("{}/{service_prefix_len}", Ipv4Addr::from(service_cidr))),
             socket_lb: flags & podnet_ebpf::abi::config_flag::SOCKET_LB != 0,
+            node_ip6: (node_ip6 != [0; 16]).then(|| node_ip6.into()),
+            service_cidr6: (service_prefix_len6 != 0).then(|| {
+                format!(
+                    "{}/{service_prefix_len6}",
+                    std::net::Ipv6Addr::from(service_cidr6)
+                )
+            }),
         }
     }
 }
