@@ -23,6 +23,9 @@
 //! `sock_diag` dump per namespace, each pod namespace entered on a thread of its own) only
 //! when `SOCK_REV_NAT` remembers a socket sent through the frontend to a backend that left,
 //! and only until every such socket is found.
+//!
+//! IPv4 only for now: an IPv6 backend that leaves its frontend stops getting new connections
+//! and sockets at once, but the IPv6 sockets balanced to it before are not destroyed.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -81,15 +84,18 @@ pub fn left(
     let mut out = Vec::new();
     for old in before {
         let fe = old.frontend;
-        let slots: HashSet<SocketAddrV4> = after.get(&fe).map_or_else(HashSet::new, |s| {
-            s.backends
-                .iter()
-                .map(|b| SocketAddrV4::new(b.addr, b.port))
-                .collect()
-        });
+        let v4 = |b: &services_map::Backend| match b.addr {
+            std::net::IpAddr::V4(addr) => Some(SocketAddrV4::new(addr, b.port)),
+            std::net::IpAddr::V6(_) => None,
+        };
+        let slots: HashSet<SocketAddrV4> = after
+            .get(&fe)
+            .map_or_else(HashSet::new, |s| s.backends.iter().filter_map(v4).collect());
         let endpoints = listed.get(&fe);
         for b in &old.backends {
-            let backend = SocketAddrV4::new(b.addr, b.port);
+            let Some(backend) = v4(b) else {
+                continue;
+            };
             if slots.contains(&backend) {
                 continue;
             }
@@ -114,7 +120,8 @@ pub fn left(
 /// NodePort on the node IP).
 fn same_frontend(left: &Left, addr: Ipv4Addr, port: u16, node_ip: Ipv4Addr) -> bool {
     let fe = left.frontend;
-    fe.port == port && (fe.addr == addr || (fe.addr.octets() == NODEPORT_ADDR && addr == node_ip))
+    fe.port == port
+        && (fe.addr == addr || (fe.addr == Ipv4Addr::from(NODEPORT_ADDR) && addr == node_ip))
 }
 
 /// The frontend and backend of a service flow's entry: an original entry goes from the
@@ -369,7 +376,7 @@ mod tests {
 
     fn fe(proto: u8) -> services_map::Frontend {
         services_map::Frontend {
-            addr: Ipv4Addr::new(10, 96, 0, 10),
+            addr: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 53,
             proto,
         }
@@ -381,7 +388,7 @@ mod tests {
             backends: backends
                 .iter()
                 .map(|a| services_map::Backend {
-                    addr: Ipv4Addr::from(*a),
+                    addr: Ipv4Addr::from(*a).into(),
                     port: 5353,
                     flags: 0,
                 })
