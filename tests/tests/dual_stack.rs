@@ -16,53 +16,16 @@ use std::{
 };
 
 use podnet_tests::{
-    AddResult, Cluster, CniNode, InNetns, NETNS_RUN_DIR, NODE_IP, Netns, Node, OUTSIDE_IP,
-    PodnetCli, RuntimeConf, Snapshot, Topology, UPLINK, Watch, connect_tcp, describe, mac,
-    peer_ip_of, ping, require_root, serve_tcp, unique, wait_until,
+    AddResult, CLUSTER_CIDR6, Cluster, CniNode, InNetns, NETNS_RUN_DIR, NODE_IP, NODE_IP6, Netns,
+    Node, OUTSIDE_IP, OUTSIDE_IP6, PodnetCli, RuntimeConf, Snapshot, Topology, UPLINK, Watch,
+    addr6, connect_tcp, describe, mac, peer_ip_of, ping, require_root, serve_tcp, unique,
+    wait_until,
 };
 use serde_json::{Value, json};
 
-/// The node's IPv6 address on the fabric (uplink0).
-const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 0x10);
-/// The outside namespace's IPv6 address on the fabric.
-const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 0x1);
-/// The IPv6 cluster CIDR every test node's IPv6 pod CIDR comes from.
-const CLUSTER_CIDR6: &str = "fd00:10:244::/48";
-
-/// `ip -6 addr add CIDR dev IF nodad` inside `ns` (usable at once: no duplicate address
-/// detection on links the test made).
-fn addr6(ns: &(impl InNetns + ?Sized), ifname: &str, cidr: &str) {
-    ns.ok(&format!("ip -6 addr add {cidr} dev {ifname} nodad"));
-}
-
-/// A dual-stack node: `node init` with both pod CIDRs (and the IPv6 cluster CIDR), and IPv6 on
-/// the fabric; the outside routes the node's IPv6 pod CIDR back to the node, as a router of the
-/// fabric would (IPv6 is not masqueraded).
+/// A dual-stack node (see [`Node::dual_stack`]).
 fn dual_stack_node(pod_cidr: &str, pod_cidr6: &str) -> Node {
-    let node6 = NODE_IP6.to_string();
-    let node = Node::with_args(
-        pod_cidr,
-        &[
-            "--pod-cidr",
-            pod_cidr6,
-            "--cluster-cidr",
-            CLUSTER_CIDR6,
-            "--node-ip6",
-            &node6,
-            "--gc-interval",
-            "0",
-        ],
-    );
-    addr6(&node.topo.node, UPLINK, &format!("{NODE_IP6}/64"));
-    addr6(
-        &node.topo.outside,
-        &node.topo.outside_if,
-        &format!("{OUTSIDE_IP6}/64"),
-    );
-    node.topo
-        .outside
-        .ok(&format!("ip -6 route add {pod_cidr6} via {NODE_IP6}"));
-    node
+    Node::dual_stack(pod_cidr, pod_cidr6, &[])
 }
 
 /// The IPv6 address (without prefix) of pod `name`, from `pod list --json`.

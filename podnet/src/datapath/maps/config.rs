@@ -121,6 +121,16 @@ impl std::fmt::Display for ConfigView {
             self.bridge_ifindex,
             self.snat_ports,
             self.ct_limit
-        )
+        )?;
+        if let Some(ip6) = self.node_ip6 {
+            write!(f, " node_ip6={ip6}")?;
+        }
+        if let Some(cidr) = &self.service_cidr {
+            write!(f, " service_cidr={cidr}")?;
+        }
+        if let Some(cidr) = &self.service_cidr6 {
+            write!(f, " service_cidr6={cidr}")?;
+        }
+        Ok(())
     }
 }
