@@ -287,6 +287,64 @@ fn pods_reach_an_ipv6_and_dual_stack_clusterip_at_the_socket_and_empty_ones_refu
     );
 }
 
+#[test]
+fn pods_and_the_node_reach_an_ipv6_nodeport_and_external_ip_at_the_socket() {
+    require_root!();
+    let node = node("10.244.65.0/24", "fd00:10:244:65::/64");
+    let web = add_pod(&node, "web");
+    let client = add_pod(&node, "client");
+    let _tcp6 = serve_tcp(&web.info.ns, &format!("[{}]:8080", web.ip6));
+    let external: IpAddr = "2001:db8::50".parse().expect("an address");
+    let table = json!({"services": [
+        {"metadata": {"name": "web", "namespace": "default"},
+         "spec": {"type": "NodePort", "clusterIPs": [VIP6], "externalIPs": [external],
+                  "ports": [{"protocol": "TCP", "port": 80, "targetPort": 8080,
+                             "nodePort": 30080}]},
+         "endpoints": [{"addresses": [web.ip6.to_string()]}]}
+    ]});
+    let out = apply(&node, &table);
+    assert!(out.status.success(), "service apply: {}", describe(&out));
+    let nodeport = SocketAddr::new(IpAddr::V6(NODE_IP6), 30080);
+    let external = SocketAddr::new(external, 80);
+    for (who, ns) in [
+        ("pod", &client.info.ns as &dyn InNetns),
+        ("node", &node.topo.node as &dyn InNetns),
+    ] {
+        for target in [nodeport, external] {
+            let before = node.stats();
+            let reply =
+                probe(ns, "tcp", target, &[]).unwrap_or_else(|e| panic!("{who} -> {target}: {e}"));
+            assert_eq!(
+                addr_field(&reply, "local").map(|a| a.ip()),
+                Some(web.ip6),
+                "{who} -> {target} reaches the backend: {reply}"
+            );
+            assert_eq!(
+                addr_field(&reply, "sockpeer"),
+                Some(target),
+                "{who} -> {target}: the socket shows what it connected to: {reply}"
+            );
+            let after = node.stats();
+            let reason = if target == nodeport {
+                "sock_nodeport"
+            } else {
+                "sock_service"
+            };
+            assert_eq!(
+                delta(&before, &after, reason),
+                1,
+                "{who} -> {target}: {after:?}"
+            );
+        }
+    }
+    let reply = probe(&client.info.ns, "tcp", nodeport, &[]).expect("NodePort from the pod");
+    assert_eq!(
+        addr_field(&reply, "peer").map(|a| a.ip()),
+        Some(client.ip6),
+        "the backend sees the client pod's IPv6 address: {reply}"
+    );
+}
+
 /// The node's service state a refused apply must leave as it was.
 fn service_state(node: &Node) -> (Value, String) {
     let mut maps = String::new();

@@ -422,7 +422,7 @@ mod tests {
             namespace: "shop".to_owned(),
         };
         let v6 = slice("IPv6", "fd00:10:244:1::5");
-        assert_eq!(c.slice(v6.clone()), [web.clone()]);
+        assert_eq!(c.slice(v6.clone()), std::slice::from_ref(&web));
         assert_eq!(c.slice_deleted(&v6), [web]);
         let fqdn = slice("FQDN", "web.example");
         assert!(c.slice(fqdn.clone()).is_empty());
