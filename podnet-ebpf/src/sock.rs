@@ -15,7 +15,10 @@
 //!
 //! One body serves both families ([`SockFamily`]: where the address sits in the context, the
 //! node's address, the reverse map): IPv6 sockets use `SERVICES6`, `BACKENDS6` and
-//! `SOCK_REV_NAT6`, and their affinity client is the pod's (or node's) IPv6 address.
+//! `SOCK_REV_NAT6`, and their affinity client is the pod's (or node's) IPv6 address. An IPv6
+//! socket given an IPv4-mapped address (`::ffff:10.96.0.10`, as dual-stack applications
+//! write IPv4 addresses) talks IPv4 and never reaches the IPv4 programs: [`Mapped`] serves it
+//! from the IPv4 maps, reading and writing the address in its mapped form.
 //!
 //! The programs are attached to a cgroup (all of it, by default the root), and several
 //! simulated nodes on one machine each attach their own, so each acts only on its own node's
@@ -73,23 +76,39 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
-    forward::<V6>(&ctx)
+    if is_v4_mapped(&ctx) {
+        forward::<Mapped>(&ctx)
+    } else {
+        forward::<V6>(&ctx)
+    }
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
-    forward::<V6>(&ctx)
+    if is_v4_mapped(&ctx) {
+        forward::<Mapped>(&ctx)
+    } else {
+        forward::<V6>(&ctx)
+    }
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
-    reverse::<V6>(&ctx);
+    if is_v4_mapped(&ctx) {
+        reverse::<Mapped>(&ctx);
+    } else {
+        reverse::<V6>(&ctx);
+    }
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
-    reverse::<V6>(&ctx);
+    if is_v4_mapped(&ctx) {
+        reverse::<Mapped>(&ctx);
+    } else {
+        reverse::<V6>(&ctx);
+    }
     ALLOW
 }
 
@@ -264,6 +283,94 @@ impl SockFamily for V6 {
         };
         // SAFETY: the value is copied out immediately.
         unsafe { SOCK_REV_NAT6.get(&key) }.map(|f| (f.addr, f.port))
+    }
+}
+
+/// The first 12 bytes of an IPv4-mapped IPv6 address (`::ffff:0:0/96`).
+const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+/// Whether the IPv6 socket's address is IPv4-mapped (`::ffff:a.b.c.d`).
+#[inline(always)]
+fn is_v4_mapped(ctx: &SockAddrContext) -> bool {
+    let ip = V6::user_ip(ctx);
+    ip[..12] == V4_MAPPED_PREFIX
+}
+
+/// IPv4 through an IPv6 socket: the IPv4 service maps, the address read from and written to
+/// `user_ip6` in its mapped form (checked by [`is_v4_mapped`] first).
+struct Mapped;
+
+impl Family for Mapped {
+    type Addr = [u8; 4];
+    type Backend = ServiceBackend;
+    const NODEPORT: [u8; 4] = V4::NODEPORT;
+
+    #[inline(always)]
+    fn entry(addr: [u8; 4], port: u16, proto: u8, slot: u16) -> Option<ServiceValue> {
+        V4::entry(addr, port, proto, slot)
+    }
+
+    #[inline(always)]
+    fn backend(id: u32) -> Option<ServiceBackend> {
+        V4::backend(id)
+    }
+
+    #[inline(always)]
+    fn affine(id: u32, client: [u8; 4], now: u64, timeout_ns: u64) -> Option<ServiceBackend> {
+        V4::affine(id, client, now, timeout_ns)
+    }
+
+    #[inline(always)]
+    fn remember(id: u32, client: [u8; 4], backend: ServiceBackend, now: u64) {
+        V4::remember(id, client, backend, now);
+    }
+}
+
+impl SockFamily for Mapped {
+    const POD_NODEPORT_AT_SOCKET: bool = V4::POD_NODEPORT_AT_SOCKET;
+
+    #[inline(always)]
+    fn user_ip(ctx: &SockAddrContext) -> [u8; 4] {
+        let ip = V6::user_ip(ctx);
+        [ip[12], ip[13], ip[14], ip[15]]
+    }
+
+    #[inline(always)]
+    fn set_user_ip(ctx: &SockAddrContext, ip: [u8; 4]) {
+        let mut mapped = [0u8; 16];
+        mapped[..12].copy_from_slice(&V4_MAPPED_PREFIX);
+        mapped[12..].copy_from_slice(&ip);
+        V6::set_user_ip(ctx, mapped);
+    }
+
+    #[inline(always)]
+    fn node_ip(cfg: &NodeConfig) -> Option<[u8; 4]> {
+        V4::node_ip(cfg)
+    }
+
+    #[inline(always)]
+    fn pod_ip(pod: &PodNetns) -> [u8; 4] {
+        V4::pod_ip(pod)
+    }
+
+    #[inline(always)]
+    fn is_node_ip(cfg: &NodeConfig, ip: [u8; 4]) -> bool {
+        V4::is_node_ip(cfg, ip)
+    }
+
+    #[inline(always)]
+    fn backend_addr(b: &ServiceBackend) -> ([u8; 4], u16) {
+        V4::backend_addr(b)
+    }
+
+    #[inline(always)]
+    fn remember_socket(cookie: u64, backend: ([u8; 4], u16), front: ([u8; 4], u16), id: u32) {
+        V4::remember_socket(cookie, backend, front, id);
+    }
+
+    #[inline(always)]
+    fn recall(cookie: u64, backend: ([u8; 4], u16)) -> Option<([u8; 4], u16)> {
+        V4::recall(cookie, backend)
     }
 }
 

@@ -7,7 +7,9 @@
 //! reaches the ClusterIP over TCP, connected UDP and unconnected UDP (DNS-like); the backend
 //! sees the client pod's own address of that family; the client's `getpeername()` and
 //! `recvfrom()` show the ClusterIP it used; a ClusterIP without backends (or a port its
-//! services do not have) refuses at once (ECONNREFUSED). Bad IPv6 input is refused with a clear
+//! services do not have) refuses at once (ECONNREFUSED). An IPv6 socket reaches the IPv4
+//! ClusterIP by its IPv4-mapped address; IPv6 NodePorts and externalIPs are reached from a pod
+//! and from the node. Bad IPv6 input is refused with a clear
 //! error and changes nothing; `node reset` leaves none of the eight socket programs attached.
 //!
 //! Addresses: the IPv6 service CIDR is fd00:10:96::/112, pods' IPv6 addresses come from
@@ -273,6 +275,26 @@ fn pods_reach_an_ipv6_and_dual_stack_clusterip_at_the_socket_and_empty_ones_refu
     for family in Family::BOTH {
         pod_reaches_the_clusterip(&node, &client, &web, family);
         refused_at_once(&node, &client, family);
+    }
+
+    // An IPv6 socket given the IPv4 ClusterIP in its mapped form (`::ffff:10.96.0.10`, as
+    // dual-stack programs write IPv4) talks IPv4: balanced by the IPv6 programs from the IPv4
+    // maps, the mapped ClusterIP shown back.
+    let mapped: IpAddr = format!("::ffff:{VIP4}").parse().expect("an address");
+    for (proto, port, extra) in [("tcp", 80, &[][..]), ("udp", 53, &["--unconnected"][..])] {
+        let target = SocketAddr::new(mapped, port);
+        let reply = probe(&client.info.ns, proto, target, extra)
+            .unwrap_or_else(|e| panic!("{proto} {target}: {e}"));
+        assert_eq!(
+            addr_field(&reply, "peer").map(|a| a.ip()),
+            Some(Family::V4.of(&client)),
+            "{proto} {target}: the backend sees the client's IPv4 address: {reply}"
+        );
+        assert_eq!(
+            addr_field(&reply, "sockpeer"),
+            Some(target),
+            "{proto} {target}: the socket shows the mapped ClusterIP: {reply}"
+        );
     }
 
     // The node's own sockets too (its namespace): balanced to the backend, and the peer shown
