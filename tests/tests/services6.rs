@@ -9,7 +9,8 @@
 //! `recvfrom()` show the ClusterIP it used; a ClusterIP without backends (or a port its
 //! services do not have) refuses at once (ECONNREFUSED). An IPv6 socket reaches the IPv4
 //! ClusterIP by its IPv4-mapped address; IPv6 NodePorts and externalIPs are reached from a pod
-//! and from the node. Bad IPv6 input is refused with a clear
+//! and from the node; IPv6 sockets (and IPv6 sockets talking IPv4 through mapped addresses)
+//! balanced to a backend that leaves are destroyed. Bad IPv6 input is refused with a clear
 //! error and changes nothing; `node reset` leaves none of the eight socket programs attached.
 //!
 //! Addresses: the IPv6 service CIDR is fd00:10:96::/112, pods' IPv6 addresses come from
@@ -481,4 +482,104 @@ fn node_reset_leaves_no_socket_program_of_either_family_attached() {
         Vec::<&str>::new(),
         "node reset detached every socket program"
     );
+}
+
+/// A dual-stack UDP Service on `backend`'s two addresses (53 -> 5353).
+fn udp_table(backend: &Pod6) -> Value {
+    json!({"services": [
+        {"metadata": {"name": "dns", "namespace": "default"},
+         "spec": {"clusterIPs": [VIP6, VIP4], "ipFamilyPolicy": "RequireDualStack",
+                  "ports": [{"protocol": "UDP", "port": 53, "targetPort": 5353}]},
+         "endpoints": [{"addresses": [backend.info.ip, backend.ip6.to_string()]}]}
+    ]})
+}
+
+#[test]
+fn ipv6_sockets_balanced_to_a_backend_that_leaves_are_destroyed() {
+    require_root!();
+    let node = node("10.244.66.0/24", "fd00:10:244:66::/64");
+    let old = add_pod(&node, "old");
+    let new = add_pod(&node, "new");
+    let client = add_pod(&node, "client");
+    let _servers: Vec<_> = [&old, &new]
+        .iter()
+        .flat_map(|p| {
+            [
+                serve_udp(&p.info.ns, &format!("{}:5353", p.info.ip)),
+                serve_udp(&p.info.ns, &format!("[{}]:5353", p.ip6)),
+            ]
+        })
+        .collect();
+    let out = apply(&node, &udp_table(&old));
+    assert!(out.status.success(), "service apply: {}", describe(&out));
+    // Two connected IPv6 sockets in the client pod: one to the IPv6 ClusterIP, one to the IPv4
+    // ClusterIP by its mapped address; each gets a reply from the old backend, then waits.
+    let targets: Vec<SocketAddr> = [VIP6.to_owned(), format!("::ffff:{VIP4}")]
+        .iter()
+        .map(|ip| SocketAddr::new(ip.parse().expect("an address"), 53))
+        .collect();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let netns = client.info.ns.path();
+    let thread_targets = targets.clone();
+    let clients = std::thread::spawn(move || {
+        podnet::sys::netns::Netns::open(&netns)
+            .expect("open netns")
+            .enter()
+            .expect("enter netns");
+        let sockets: Vec<std::net::UdpSocket> = thread_targets
+            .iter()
+            .map(|target| {
+                let sock = std::net::UdpSocket::bind("[::]:0").expect("bind");
+                sock.connect(target).expect("connect");
+                sock.set_read_timeout(Some(Duration::from_secs(1)))
+                    .expect("timeout");
+                sock
+            })
+            .collect();
+        // Each socket answered by the old backend first.
+        let replies: Vec<String> = sockets
+            .iter()
+            .map(|sock| {
+                sock.send(b"ping\n").expect("send");
+                let mut buf = [0u8; 512];
+                let n = sock.recv(&mut buf).expect("a reply");
+                String::from_utf8_lossy(&buf[..n]).into_owned()
+            })
+            .collect();
+        ready_tx.send(replies).expect("report");
+        go_rx.recv().expect("go");
+        sockets
+            .iter()
+            .map(|sock| {
+                // A destroyed socket holds ECONNABORTED for its owner's next receive.
+                let mut buf = [0u8; 512];
+                sock.recv(&mut buf).map(|_| ()).map_err(|e| e.kind())
+            })
+            .collect::<Vec<_>>()
+    });
+    let replies = ready_rx.recv().expect("the client's first replies");
+    for (reply, family) in replies.iter().zip(Family::BOTH.iter().rev()) {
+        assert_eq!(
+            addr_field(reply, "local").map(|a| a.ip()),
+            Some(family.of(&old)),
+            "answered by the old backend: {reply}"
+        );
+    }
+    let file = node.state_dir.join("services6-udp.json");
+    std::fs::write(&file, udp_table(&new).to_string()).expect("write the table");
+    let report = node.json(&["service", "apply", "-f", file.to_str().expect("UTF-8 path")]);
+    assert_eq!(
+        report["stale"]["sockets_destroyed"], 2,
+        "both balanced sockets found and destroyed: {report}"
+    );
+    go_tx.send(()).expect("go");
+    let after = clients.join().expect("the client thread");
+    for (target, result) in targets.iter().zip(&after) {
+        assert_eq!(
+            *result,
+            Err(std::io::ErrorKind::ConnectionAborted),
+            "{target}: the socket balanced to the backend that left is destroyed ({report})"
+        );
+    }
 }

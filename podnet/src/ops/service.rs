@@ -23,7 +23,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     time::Instant,
 };
@@ -124,8 +124,8 @@ fn service_port<'a>(svc: &'a Service, fe: &Frontend) -> &'a ServicePort {
         .expect("every frontend comes from one of the service's ports")
 }
 
-/// Every IPv4 endpoint of `svc` (whatever its conditions), per map frontend, as
-/// `address:targetPort` -> serving: what [`stale::left`] keeps (IPv4 only, as it is).
+/// Every endpoint of `svc` (whatever its conditions), per map frontend, as
+/// `address:targetPort` -> serving: what [`stale::left`] keeps.
 fn listed(
     svc: &Service,
     node_ip: Ipv4Addr,
@@ -136,10 +136,7 @@ fn listed(
         let endpoints = svc
             .backends()
             .into_iter()
-            .filter_map(|(addr, c, _)| match addr {
-                IpAddr::V4(addr) => Some((SocketAddrV4::new(addr, target), c.serving || c.ready)),
-                IpAddr::V6(_) => None,
-            })
+            .map(|(addr, c, _)| (SocketAddr::new(addr, target), c.serving || c.ready))
             .collect();
         out.push((map_frontend(&fe), endpoints));
     }
