@@ -70,8 +70,20 @@ pub mod map_name {
     /// Other nodes' IPv6 pod CIDRs and IPv6 node addresses (longest prefix match) and the node
     /// each belongs to (the IPv6 twin of [`PEERS`]).
     pub const PEERS6: &str = "PEERS6";
+    /// IPv6 service frontends ([`super::ServiceKey6`]: a 16-byte address), each with its
+    /// backend slots: the IPv6 twin of [`SERVICES`] (same [`super::ServiceValue`]).
+    pub const SERVICES6: &str = "SERVICES6";
+    /// IPv6 service backends by id ([`super::ServiceBackend6`]).
+    pub const BACKENDS6: &str = "BACKENDS6";
+    /// IPv6 service frontends by service id ([`super::RevNat6`]). Service ids are one space
+    /// over both families, so `MAGLEV` (keyed by service id) serves both.
+    pub const REV_NAT6: &str = "REV_NAT6";
+    /// The socket-level balancer's reverse translation for IPv6 sockets.
+    pub const SOCK_REV_NAT6: &str = "SOCK_REV_NAT6";
+    /// Session affinity of IPv6 frontends: (service id, client IPv6 address) -> backend.
+    pub const AFFINITY6: &str = "AFFINITY6";
     /// Every map, for pinning, listing and cleanup.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 28] = [
         CONFIG,
         ENDPOINTS,
         STATS,
@@ -95,6 +107,11 @@ pub mod map_name {
         NON_MASQUERADE6,
         FRAGMENTS6,
         PEERS6,
+        SERVICES6,
+        BACKENDS6,
+        REV_NAT6,
+        SOCK_REV_NAT6,
+        AFFINITY6,
     ];
 }
 
@@ -154,6 +171,16 @@ pub mod program_name {
     pub const NAT6_ICMP: &str = "nat6_icmp";
     /// Delivers an ICMPv6 error `nat6_icmp` translated (tail-called by it).
     pub const NAT6_ICMP_OUT: &str = "nat6_icmp_out";
+    /// `cgroup/connect6`: [`SOCK_CONNECT4`] for IPv6 sockets.
+    pub const SOCK_CONNECT6: &str = "sock_connect6";
+    /// `cgroup/sendmsg6`: [`SOCK_SENDMSG4`] for IPv6 sockets.
+    pub const SOCK_SENDMSG6: &str = "sock_sendmsg6";
+    /// `cgroup/recvmsg6`: [`SOCK_RECVMSG4`] for IPv6 sockets.
+    pub const SOCK_RECVMSG6: &str = "sock_recvmsg6";
+    /// `cgroup/getpeername6`: [`SOCK_GETPEERNAME4`] for IPv6 sockets. The kernel keeps 15
+    /// bytes of a program's name, so this one and [`SOCK_GETPEERNAME4`] read the same there
+    /// (`sock_getpeernam`): tell them apart by the hook they are attached to.
+    pub const SOCK_GETPEERNAME6: &str = "sock_getpeername6";
     /// The TC classifiers attached to interfaces.
     pub const CLASSIFIERS: [&str; 2] = [FROM_POD, FROM_UPLINK];
     /// The TC classifiers reached by tail call (`IPV6_PROGS`), each with its slot.
@@ -165,14 +192,18 @@ pub mod program_name {
         (NAT6_ICMP, super::ipv6_prog::NAT6_ICMP),
         (NAT6_ICMP_OUT, super::ipv6_prog::NAT6_ICMP_OUT),
     ];
-    /// The cgroup socket-address programs.
-    pub const SOCK: [&str; 4] = [
+    /// The cgroup socket-address programs, attached and detached together.
+    pub const SOCK: [&str; 8] = [
         SOCK_CONNECT4,
         SOCK_SENDMSG4,
         SOCK_RECVMSG4,
         SOCK_GETPEERNAME4,
+        SOCK_CONNECT6,
+        SOCK_SENDMSG6,
+        SOCK_RECVMSG6,
+        SOCK_GETPEERNAME6,
     ];
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 16] = [
         FROM_POD,
         FROM_UPLINK,
         FROM_POD6,
@@ -185,6 +216,10 @@ pub mod program_name {
         SOCK_SENDMSG4,
         SOCK_RECVMSG4,
         SOCK_GETPEERNAME4,
+        SOCK_CONNECT6,
+        SOCK_SENDMSG6,
+        SOCK_RECVMSG6,
+        SOCK_GETPEERNAME6,
     ];
 }
 
@@ -266,6 +301,10 @@ pub struct NodeConfig {
     pub _pad4: [u8; 2],
     /// `CONNTRACK6` entries admitted before new IPv6 flows are refused (two per flow).
     pub ct6_limit: u32,
+    /// The IPv6 service CIDR; unset when `service_prefix_len6` is 0.
+    pub service_cidr6: [u8; 16],
+    pub service_prefix_len6: u8,
+    pub _pad5: [u8; 7],
 }
 
 /// Idle lifetimes of conntrack entries, in seconds. A packet matching an entry extends it.
@@ -401,6 +440,9 @@ pub const SOCK_REV_NAT_MAX: u32 = 65_536;
 /// Entries in the `POD_NETNS` hash: one per pod on the node (Kubernetes' default is 110 pods
 /// per node, its limit 256 unless raised); ~64 bytes each, allocated on use (0.5 MiB full).
 pub const POD_NETNS_MAX: u32 = 8_192;
+
+/// Frontend address of an IPv6 NodePort in `SERVICES6` (as [`NODEPORT_ADDR`] for IPv4).
+pub const NODEPORT_ADDR6: [u8; 16] = [0; 16];
 
 /// Frontend address of a NodePort: any of the node's addresses (the datapath looks NodePorts
 /// up with this address when a packet or socket is for the node IP), so a NodePort's entries
@@ -574,6 +616,131 @@ pub struct AffinityValue {
     pub backend: ServiceBackend,
 }
 
+// IPv6 services. The same design as IPv4's, in maps of their own whose keys and values carry
+// 16-byte addresses: `SERVICES6` (frontend -> master entry and slots, the same
+// [`ServiceValue`]), `BACKENDS6`, `REV_NAT6`, `SOCK_REV_NAT6` and `AFFINITY6`. Service ids
+// (and so backend ids, [`backend_id`]) are one space over both families: `MAGLEV`, keyed by
+// service id, holds IPv6 frontends' tables too (their backend ids are looked up in
+// `BACKENDS6`), and the total of IPv4 and IPv6 frontends is bounded by [`REV_NAT_MAX`].
+// Memory: each hash is allocated as it is written (`BPF_F_NO_PREALLOC`), so an IPv4-only node
+// pays only the bucket arrays (16 bytes per entry rounded up to a power of two); the two LRUs
+// are preallocated, like their IPv4 twins.
+
+/// Entries in the `SERVICES6` hash for a node setting of `services_max`: as many as
+/// `SERVICES`. In a dual-stack cluster every dual-stack service has an IPv6 frontend of each
+/// kind and as many IPv6 backends as IPv4 ones, so the IPv6 table is as large as the IPv4 one;
+/// an IPv6-only cluster puts all of its services here. ~104 bytes per entry written (key 24,
+/// value 16, element header and free-list node 56, rounded), plus the bucket array (8 MiB at
+/// the default size) even when empty.
+pub const fn services6_map_entries(services_max: u32) -> u32 {
+    services_max
+}
+
+/// Entries in the `BACKENDS6` hash: as [`backends_map_entries`], for the same reasons (a
+/// backend id per slot of `SERVICES6`, and a replace's round of new backends). ~80 bytes per
+/// entry written (key 4 -> 8, value 20 -> 24, header 48).
+pub const fn backends6_map_entries(services_max: u32) -> u32 {
+    backends_map_entries(services6_map_entries(services_max))
+}
+
+/// Entries in the `REV_NAT6` hash: [`REV_NAT_MAX`], since ids are shared with IPv4 frontends
+/// and one family may hold all of them (an IPv6-only cluster). ~80 bytes per frontend written
+/// (key 4 -> 8, value 24, header 48), 2 MiB of buckets even when empty.
+pub const REV_NAT6_MAX: u32 = REV_NAT_MAX;
+
+/// Entries in the `SOCK_REV_NAT6` LRU: as `SOCK_REV_NAT` ([`SOCK_REV_NAT_MAX`]), the balanced
+/// sockets a node keeps at once, which in an IPv6-only or IPv6-preferring cluster are IPv6.
+/// Preallocated (an LRU): ~112 bytes each (key 32, value 24, LRU element header 56), ~7 MiB.
+pub const SOCK_REV_NAT6_MAX: u32 = SOCK_REV_NAT_MAX;
+
+/// Entries in the `AFFINITY6` LRU: as [`AFFINITY_MAX`] for IPv6 clients. Preallocated: ~112
+/// bytes each (key 20 -> 24, value 32, LRU element header 56), ~7 MiB.
+pub const AFFINITY6_MAX: u32 = AFFINITY_MAX;
+
+/// Key of the `SERVICES6` hash: [`ServiceKey`] with an IPv6 frontend address
+/// ([`NODEPORT_ADDR6`] for a NodePort). The value is a [`ServiceValue`], as for IPv4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey6 {
+    /// Frontend address, network order.
+    pub addr: [u8; 16],
+    /// Frontend port, host order.
+    pub port: u16,
+    pub slot: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the `BACKENDS6` hash (key: the backend id, a `u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceBackend6 {
+    pub addr: [u8; 16],
+    /// Port, host order (the service port's `targetPort`).
+    pub port: u16,
+    /// Bit set of `backend_flag::*`.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// Value of the `REV_NAT6` hash (key: the service id): the IPv6 frontend it stands for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNat6 {
+    pub addr: [u8; 16],
+    /// Port, host order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    /// The frontend's `svc_flag::*`, as in its master entry.
+    pub flags: u16,
+    pub _pad2: [u8; 2],
+}
+
+/// Key of the `SOCK_REV_NAT6` LRU: a socket and the IPv6 backend it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevNatKey6 {
+    /// `bpf_get_socket_cookie`.
+    pub cookie: u64,
+    /// Backend address and port (host order).
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of the `SOCK_REV_NAT6` LRU: the IPv6 frontend the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevNat6 {
+    pub addr: [u8; 16],
+    /// Port, host order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+    /// The service id.
+    pub id: u32,
+}
+
+/// Key of the `AFFINITY6` LRU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey6 {
+    /// The frontend's service id.
+    pub id: u32,
+    /// The client's IPv6 address (as [`AffinityKey::client`]).
+    pub client: [u8; 16],
+}
+
+/// Value of the `AFFINITY6` LRU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue6 {
+    /// As [`AffinityValue::last_used_ns`].
+    pub last_used_ns: u64,
+    pub backend: ServiceBackend6,
+    pub _pad: [u8; 4],
+}
+
 /// Entries of each Maglev lookup table: a prime (Maglev needs one), Cilium's default. Maglev
 /// spreads flows evenly while a frontend has up to about 1% of this many backends (~160), and
 /// moves about 1/N of flows when one of N backends comes or goes. 4 bytes each: 64 KiB per
@@ -590,6 +757,9 @@ pub struct PodNetns {
     /// The pod's address, so userspace can tell whose entry it is.
     pub addr: [u8; 4],
     pub _pad: [u8; 4],
+    /// The pod's IPv6 address on a dual-stack node (all zero otherwise): the client address of
+    /// its IPv6 sockets, for session affinity.
+    pub addr6: [u8; 16],
 }
 
 /// VXLAN network identifier of the overlay (Flannel's default too).
@@ -1346,6 +1516,10 @@ mod pod_impls {
         EndpointKey6, FragKey, FragPorts, NodeConfig, Peer, Peer6, PodNetns, RevNat,
         ServiceBackend, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey,
     };
+    use super::{
+        AffinityKey6, AffinityValue6, RevNat6, ServiceBackend6, ServiceKey6, SockRevNat6,
+        SockRevNatKey6,
+    };
 
     // SAFETY: each type is #[repr(C)], made only of integers and byte arrays, with every padding
     // byte spelled out as a field, so any bit pattern is valid and there are no hidden bytes.
@@ -1400,6 +1574,20 @@ mod pod_impls {
     unsafe impl aya::Pod for FragKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FragPorts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceBackend6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RevNat6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockRevNatKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockRevNat6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityValue6 {}
 }
 
 #[cfg(test)]
@@ -1410,10 +1598,12 @@ mod tests {
 
     #[test]
     fn node_config_layout() {
-        assert_eq!(size_of::<NodeConfig>(), 160);
+        assert_eq!(size_of::<NodeConfig>(), 184);
         assert_eq!(offset_of!(NodeConfig, node_ip6), 104);
         assert_eq!(offset_of!(NodeConfig, cluster_prefix_len6), 153);
         assert_eq!(offset_of!(NodeConfig, ct6_limit), 156);
+        assert_eq!(offset_of!(NodeConfig, service_cidr6), 160);
+        assert_eq!(offset_of!(NodeConfig, service_prefix_len6), 176);
         assert_eq!(offset_of!(NodeConfig, service_cidr), 96);
         assert_eq!(offset_of!(NodeConfig, service_prefix_len), 100);
         assert_eq!(offset_of!(NodeConfig, snat_port_min), 44);
@@ -1475,10 +1665,26 @@ mod tests {
         assert_eq!(size_of::<RevNat>(), 12);
         assert_eq!(size_of::<SockRevNatKey>(), 16);
         assert_eq!(size_of::<SockRevNat>(), 12);
-        assert_eq!(size_of::<PodNetns>(), 8);
+        assert_eq!(size_of::<PodNetns>(), 24);
+        assert_eq!(offset_of!(PodNetns, addr6), 8);
         assert_eq!(size_of::<AffinityKey>(), 8);
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(offset_of!(AffinityValue, backend), 8);
+    }
+
+    #[test]
+    fn service6_layouts() {
+        assert_eq!(size_of::<ServiceKey6>(), 24);
+        assert_eq!(offset_of!(ServiceKey6, port), 16);
+        assert_eq!(offset_of!(ServiceKey6, proto), 20);
+        assert_eq!(size_of::<ServiceBackend6>(), 20);
+        assert_eq!(size_of::<RevNat6>(), 24);
+        assert_eq!(size_of::<SockRevNatKey6>(), 32);
+        assert_eq!(offset_of!(SockRevNatKey6, addr), 8);
+        assert_eq!(size_of::<SockRevNat6>(), 24);
+        assert_eq!(size_of::<AffinityKey6>(), 20);
+        assert_eq!(size_of::<AffinityValue6>(), 32);
+        assert_eq!(offset_of!(AffinityValue6, backend), 8);
     }
 
     #[test]

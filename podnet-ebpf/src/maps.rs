@@ -11,14 +11,17 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use podnet_ebpf::abi::{
-    AFFINITY_MAX, Addr6, AffinityKey, AffinityValue, CT_USAGE_SLOTS, Counter, CtEntry, CtEntry6,
-    CtKey, CtKey6, CtUsage, DEFAULT_CT_LIMIT, DEFAULT_CT6_LIMIT, DEFAULT_ENDPOINTS_MAX,
-    DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, EndpointKey6, FRAGMENTS_MAX,
-    FRAGMENTS6_MAX, FragKey, FragKey6, FragPorts, MAGLEV_MAX, MAGLEV_TABLE_SIZE,
-    NON_MASQUERADE_MAX, NON_MASQUERADE6_MAX, NodeConfig, POD_NETNS_MAX, Peer, Peer6, PodNetns,
-    REV_NAT_MAX, RevNat, SOCK_REV_NAT_MAX, STATS_SLOTS, ServiceBackend, ServiceKey, ServiceValue,
-    SockRevNat, SockRevNatKey, backends_map_entries, endpoints6_map_entries, ipv6_prog,
+    AFFINITY_MAX, AFFINITY6_MAX, Addr6, AffinityKey, AffinityKey6, AffinityValue, AffinityValue6,
+    CT_USAGE_SLOTS, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtUsage, DEFAULT_CT_LIMIT,
+    DEFAULT_CT6_LIMIT, DEFAULT_ENDPOINTS_MAX, DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint,
+    EndpointKey, EndpointKey6, FRAGMENTS_MAX, FRAGMENTS6_MAX, FragKey, FragKey6, FragPorts,
+    MAGLEV_MAX, MAGLEV_TABLE_SIZE, NON_MASQUERADE_MAX, NON_MASQUERADE6_MAX, NodeConfig,
+    POD_NETNS_MAX, Peer, Peer6, PodNetns, REV_NAT_MAX, REV_NAT6_MAX, RevNat, RevNat6,
+    SOCK_REV_NAT_MAX, SOCK_REV_NAT6_MAX, STATS_SLOTS, ServiceBackend, ServiceBackend6, ServiceKey,
+    ServiceKey6, ServiceValue, SockRevNat, SockRevNat6, SockRevNatKey, SockRevNatKey6,
+    backends_map_entries, backends6_map_entries, endpoints6_map_entries, ipv6_prog,
     monitor::{DropEvent, MonitorBudget, RING_BYTES},
+    services6_map_entries,
 };
 
 /// Node configuration: a single entry.
@@ -108,6 +111,39 @@ pub static MAGLEV: HashOfMaps<
     { MAGLEV_MAX as usize },
     NO_PREALLOC,
 > = HashOfMaps::new();
+
+/// IPv6 service frontends and their backend slots (the IPv6 twin of `SERVICES`; sizes in
+/// `podnet_ebpf::abi::services6_map_entries`).
+#[btf_map]
+pub static SERVICES6: HashMap<
+    ServiceKey6,
+    ServiceValue,
+    { services6_map_entries(DEFAULT_SERVICES_MAX) as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+
+/// IPv6 backends by id.
+#[btf_map]
+pub static BACKENDS6: HashMap<
+    u32,
+    ServiceBackend6,
+    { backends6_map_entries(DEFAULT_SERVICES_MAX) as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+
+/// IPv6 frontends by service id.
+#[btf_map]
+pub static REV_NAT6: HashMap<u32, RevNat6, { REV_NAT6_MAX as usize }, NO_PREALLOC> = HashMap::new();
+
+/// The socket-level balancer's reverse translation for IPv6 sockets.
+#[btf_map]
+pub static SOCK_REV_NAT6: LruHashMap<SockRevNatKey6, SockRevNat6, { SOCK_REV_NAT6_MAX as usize }> =
+    LruHashMap::new();
+
+/// Session affinity of IPv6 frontends.
+#[btf_map]
+pub static AFFINITY6: LruHashMap<AffinityKey6, AffinityValue6, { AFFINITY6_MAX as usize }> =
+    LruHashMap::new();
 
 /// This node's pods' network namespaces, by netns cookie.
 #[btf_map]

@@ -21,7 +21,7 @@ use crate::model::names::{self, NameError};
 pub use crate::model::port_range::PortRange;
 
 mod dual_stack;
-pub use dual_stack::{MAX_POD_PREFIX_V6, PodCidrs, split_by_family};
+pub use dual_stack::{MAX_POD_PREFIX_V6, MIN_SERVICE_PREFIX_V6, PodCidrs, split_by_family};
 
 /// Settings that cannot work, found without touching the system.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +132,10 @@ pub struct NodeSettings {
     /// Traffic to it that matches no service is left to the kernel, never SNATed.
     #[serde(default = "default_service_cidr")]
     pub service_cidr: Ipv4Network,
+    /// The IPv6 service CIDR of a dual-stack (or IPv6) cluster: IPv6 ClusterIPs come from it.
+    /// None by default (Kubernetes has no default either): IPv6 ClusterIPs are then refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_cidr6: Option<Ipv6Network>,
     /// Balance services at the socket (cgroup `connect4`, `sendmsg4`, `recvmsg4`,
     /// `getpeername4`) for the node and its pods; off, pods' traffic takes the TC path alone.
     #[serde(default = "default_socket_lb")]

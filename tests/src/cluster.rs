@@ -13,7 +13,10 @@ use std::{
 
 use serde_json::json;
 
-use crate::{CLUSTER_CIDR, InNetns as _, Netns, PodnetCli, addr, route, unique, veth};
+use crate::{
+    CLUSTER_CIDR, InNetns as _, Netns, PodnetCli, addr, dual_stack::CLUSTER_CIDR6, route, unique,
+    veth,
+};
 
 /// The outside host's address on the fabric (every node's default gateway).
 pub const FABRIC_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -40,10 +43,6 @@ pub fn fabric_node(fabric: &Netns, i: u8, ip: Ipv4Addr) -> Netns {
     route(&ns, &["default", "via", &FABRIC_GATEWAY.to_string()]);
     ns
 }
-
-/// The IPv6 cluster CIDR of a dual-stack [`Cluster`] (unique-local: nothing here can be a real
-/// network).
-pub const CLUSTER_CIDR6: &str = "fd00:10:244::/48";
 
 /// One node of a [`Cluster`]; its `podnet` CLI through `Deref` ([`PodnetCli`]).
 pub struct ClusterNode {

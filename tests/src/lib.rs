@@ -43,12 +43,13 @@ pub mod topology;
 
 use std::time::{Duration, Instant};
 
-pub use cluster::{CLUSTER_CIDR6, Cluster, ClusterNode, FABRIC_GATEWAY};
+pub use cluster::{Cluster, ClusterNode, FABRIC_GATEWAY};
 pub use cni::{
     AddResult, CHAINED_BRIDGE, CHAINED_CNI_VERSION, Cni, CniBinDir, CniError, CniNode, CniOutput,
     Invocation, PODNET_CNI_VERSIONS, RuntimeConf, STANDALONE_BRIDGE, STANDALONE_CNI_VERSION,
     SpecError, container_address, gateway_of, host_peer, in_cidr, ip_records_under,
 };
+pub use dual_stack::{CLUSTER_CIDR6, NODE_IP6, OUTSIDE_IP6, addr6};
 pub use netns::{
     InNetns, NETNS_RUN_DIR, Netns, Pod, VethPair, addr, is_own_netns, mac, netns_list, route,
     same_file, unique, veth,

@@ -96,19 +96,17 @@ pub fn run_classifier(ebpf: &Ebpf, program: &str, frame: &[u8]) -> (u32, Vec<u8>
 /// same accessor a node uses.
 pub fn services_map(ebpf: &mut Ebpf) -> podnet::datapath::services_map::ServicesMap {
     use podnet_ebpf::abi::map_name;
-    let mut take = |name| ebpf.take_map(name).unwrap_or_else(|| panic!("map {name}"));
-    let (services, backends, rev_nat) = (
-        take(map_name::SERVICES),
-        take(map_name::BACKENDS),
-        take(map_name::REV_NAT),
-    );
     let selection = podnet::datapath::selection::Selection::from_maps(
         ebpf.map(map_name::AFFINITY).expect("map AFFINITY"),
+        ebpf.map(map_name::AFFINITY6).expect("map AFFINITY6"),
         ebpf.map(map_name::MAGLEV).expect("map MAGLEV"),
     )
     .expect("selection maps");
-    podnet::datapath::services_map::ServicesMap::from_maps(services, backends, rev_nat, selection)
-        .expect("service maps")
+    podnet::datapath::services_map::ServicesMap::from_maps(
+        |name| Ok(ebpf.take_map(name).unwrap_or_else(|| panic!("map {name}"))),
+        selection,
+    )
+    .expect("service maps")
 }
 
 /// A service on `frontend` with `backends` (address, port), all ready, and `flags`
@@ -125,7 +123,7 @@ pub fn service_spec(
         backends: backends
             .iter()
             .map(|&(addr, port)| Backend {
-                addr,
+                addr: addr.into(),
                 port,
                 flags: backend_flag::READY | backend_flag::SERVING,
             })

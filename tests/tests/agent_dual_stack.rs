@@ -9,6 +9,10 @@
 //! in the maps or routes; so do a Node that takes another's pod CIDR and a Node with a garbled
 //! IPv6 pod CIDR (each skipped with its reason logged).
 //!
+//! With an IPv6 service CIDR (`--service-cidr` of each family) the agents serve IPv6 too: an
+//! IPv6-only Service and both halves of a dual-stack one, each ClusterIP with the endpoints of
+//! its family's EndpointSlice, reachable from a pod on the other node (balanced at the socket).
+//!
 //! Addresses: the fabric's IPv6 from fd00:198:18::/64, pods' from fd00:10:244::/48, the IPv6
 //! ClusterIPs from fd00:96::/112 (unique-local: nothing here is a real network).
 
@@ -37,9 +41,11 @@ fn node_ip6(i: usize) -> String {
 }
 
 /// Two nodes with dual-stack Node objects and IPv6 on the fabric, agents given the IPv6
-/// cluster CIDR.
-fn dual_stack_cluster(first_octet: u16) -> AgentCluster {
-    AgentCluster::with_agent_args(2, first_octet, &["--cluster-cidr", CLUSTER_CIDR6], |c| {
+/// cluster CIDR (and `extra`).
+fn dual_stack_cluster(first_octet: u16, extra: &[&str]) -> AgentCluster {
+    let mut args = vec!["--cluster-cidr", CLUSTER_CIDR6];
+    args.extend_from_slice(extra);
+    AgentCluster::with_agent_args(2, first_octet, &args, |c| {
         for (i, node) in c.nodes.iter().enumerate() {
             node.ns.ok(&format!(
                 "ip -6 addr add {}/64 dev uplink0 nodad",
@@ -146,7 +152,7 @@ fn dual_stack_nodes_peer_over_both_families_and_a_dual_stack_service_serves_its_
     let mut s = Scenario::new(
         "podnet agent, dual stack: Nodes with two pod CIDRs peer over both families; a PreferDualStack Service serves its IPv4 ClusterIP; IPv6-only objects change nothing",
     );
-    let cluster = dual_stack_cluster(200);
+    let cluster = dual_stack_cluster(200, &[]);
     for (i, node) in cluster.nodes.iter().enumerate() {
         let other = 1 - i;
         // Its own Node gave the node both pod CIDRs.
@@ -360,4 +366,145 @@ fn dual_stack_nodes_peer_over_both_families_and_a_dual_stack_service_serves_its_
         "skipped objects on node-0",
         metric(&cluster.nodes[0].ns, "podnet_agent_skipped_objects_total").unwrap_or(0.0),
     );
+}
+
+/// `netprobe connect PROTO TARGET --show-peer` from `ns`.
+fn connect_showing_peer(
+    ns: &(impl InNetns + ?Sized),
+    proto: &str,
+    target: &str,
+) -> Result<String, String> {
+    let out = netprobe(
+        ns,
+        &[
+            "connect",
+            proto,
+            target,
+            "--timeout-ms",
+            "1000",
+            "--show-peer",
+        ],
+    );
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(describe(&out))
+    }
+}
+
+#[test]
+fn with_an_ipv6_service_cidr_the_agents_serve_ipv6_clusterips_from_ipv6_endpointslices() {
+    require_root!();
+    let mut s = Scenario::new(
+        "podnet agent, dual stack with an IPv6 service CIDR: IPv6-only and dual-stack Services reachable over IPv6 through their IPv6 EndpointSlices",
+    );
+    let cluster = dual_stack_cluster(
+        210,
+        &[
+            "--service-cidr",
+            "10.96.0.0/12",
+            "--service-cidr",
+            "fd00:96::/112",
+        ],
+    );
+    let a = cluster.nodes[0].cli.add_pod("a");
+    let b = cluster.nodes[1].cli.add_pod("b");
+    let (a6, b6) = (
+        address6(&cluster.nodes[0], "a"),
+        address6(&cluster.nodes[1], "b"),
+    );
+    let _server4 = serve_tcp(&b.ns, &format!("{}:8080", b.ip));
+    let _server6 = serve_tcp(&b.ns, &format!("[{b6}]:8080"));
+    // An IPv6-only Service, and a dual-stack one with the IPv6 family first; their backend is
+    // pod b on node-1, in the slices the endpoint controller would write.
+    cluster
+        .api
+        .create(
+            Resource::Service,
+            service(
+                "web6",
+                &json!({"clusterIP": "fd00:96::30", "clusterIPs": ["fd00:96::30"],
+                        "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack"}),
+            ),
+        )
+        .expect("IPv6-only Service");
+    cluster
+        .api
+        .create(
+            Resource::Service,
+            service(
+                "web",
+                &json!({"clusterIP": VIP6, "clusterIPs": [VIP6, VIP],
+                        "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "RequireDualStack"}),
+            ),
+        )
+        .expect("dual-stack Service");
+    for (name, owner, family, ip) in [
+        ("web6-v6", "web6", "IPv6", &b6),
+        ("web-v6", "web", "IPv6", &b6),
+        ("web-v4", "web", "IPv4", &b.ip),
+    ] {
+        cluster
+            .api
+            .create(
+                Resource::EndpointSlice,
+                slice(name, owner, family, ip, "node-1"),
+            )
+            .expect("EndpointSlice");
+    }
+    for (vip, backend, client) in [
+        ("[fd00:96::30]:80".to_owned(), b6.clone(), a6.clone()),
+        (format!("[{VIP6}]:80"), b6.clone(), a6.clone()),
+        (format!("{VIP}:80"), b.ip.clone(), a.ip.clone()),
+    ] {
+        let mut last = String::new();
+        wait_until(CHANGE_WITHIN, "the ClusterIP reaches pod b", || {
+            last = connect_showing_peer(&a.ns, "tcp", &vip).unwrap_or_else(|e| e);
+            addr_field(&last, "local").is_some_and(|l| l.ip().to_string() == backend)
+        });
+        assert_eq!(
+            addr_field(&last, "peer").map(|p| p.ip().to_string()),
+            Some(client),
+            "{vip}: the backend sees pod a's own address: {last}"
+        );
+        assert_eq!(
+            addr_field(&last, "sockpeer").map(|p| p.to_string()),
+            Some(vip.clone()),
+            "{vip}: pod a's socket shows the ClusterIP: {last}"
+        );
+    }
+    for node in &cluster.nodes {
+        assert_eq!(metric(&node.ns, "podnet_services_programmed"), Some(2.0));
+        assert_eq!(
+            metric(&node.ns, "podnet_backends_programmed"),
+            Some(3.0),
+            "one backend per family and Service"
+        );
+        // The agent saves its table at most once a second.
+        wait_until(
+            CHANGE_WITHIN,
+            "service list shows the IPv6 ClusterIPs",
+            || {
+                let list = node.cli.json(&["service", "list"]).to_string();
+                list.contains("fd00:96::30") && list.contains(VIP6)
+            },
+        );
+    }
+    // The IPv6 slice goes: the IPv6 ClusterIP refuses at once, the IPv4 one still works.
+    cluster
+        .api
+        .delete(Resource::EndpointSlice, "default", "web-v6")
+        .expect("delete the IPv6 slice");
+    wait_until(CHANGE_WITHIN, "the IPv6 ClusterIP refuses", || {
+        connect_showing_peer(&a.ns, "tcp", &format!("[{VIP6}]:80"))
+            .is_err_and(|e| e.contains("refused"))
+    });
+    connect_showing_peer(&a.ns, "tcp", &format!("{VIP}:80")).expect("IPv4 half still served");
+    let left_out: Vec<String> = agent_log(&cluster, 0)
+        .lines()
+        .filter(|l| l.contains("left out:"))
+        .map(str::to_owned)
+        .collect();
+    assert!(left_out.is_empty(), "nothing left out: {left_out:?}");
+    s.number("services programmed per node", 2);
 }

@@ -540,8 +540,9 @@ fn bad_ipv6_input_is_refused_with_a_reason_and_changes_nothing() {
         );
     }
 
-    // A working dual-stack node: an IPv6 ClusterIP is refused, saying IPv6 services are not
-    // supported yet; the table stays as it was.
+    // A working dual-stack node without an IPv6 service CIDR: an IPv6 ClusterIP is refused,
+    // saying how to set one; the table stays as it was (services6.rs serves IPv6 ClusterIPs on
+    // a node that has one).
     let node = dual_stack_node("10.244.33.0/24", "fd00:10:244:33::/64");
     let watch = Watch {
         dirs: vec![node.state_dir.clone(), node.pin_dir.clone()],
@@ -575,7 +576,7 @@ fn bad_ipv6_input_is_refused_with_a_reason_and_changes_nothing() {
         assert_refused(
             &format!("an IPv6 ClusterIP in {cluster_ips}"),
             &out,
-            "IPv6 ClusterIPs are not supported by podnet's datapath yet",
+            "is IPv6 but the node has no IPv6 service CIDR (set one with `node init --service-cidr",
         );
         assert_unchanged(
             "service apply",

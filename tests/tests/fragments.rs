@@ -134,7 +134,7 @@ fn udp_fragments_from_a_pod_to_a_clusterip_tc_path() {
     let mut maps = ServicesMap::open(&node.pin_dir).expect("service maps");
     let spec = service_spec(
         Frontend {
-            addr: vip,
+            addr: vip.into(),
             port: 53,
             proto: IPPROTO_UDP,
         },

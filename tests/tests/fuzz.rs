@@ -362,7 +362,11 @@ impl Harness {
             (LB_IP, 81, TCP, &[][..], svc_flag::LOAD_BALANCER),
         ] {
             let spec = podnet_tests::testrun::service_spec(
-                Frontend { addr, port, proto },
+                Frontend {
+                    addr: addr.into(),
+                    port,
+                    proto,
+                },
                 backends,
                 flags,
             );

@@ -45,7 +45,7 @@ fn attached_ids(cgroup: &Path) -> BTreeSet<u32> {
         .collect()
 }
 
-/// The ids of a node's four socket programs, from its pins.
+/// The ids of a node's socket programs (both families), from its pins.
 fn sock_ids(pin_dir: &Path) -> BTreeSet<u32> {
     program_name::SOCK
         .iter()
@@ -121,7 +121,7 @@ fn gc_detaches_the_socket_programs_of_a_node_whose_namespace_is_gone() {
 
     let report = live.json(&["gc"]);
     let detached = report["sock_programs"].as_array().expect("a list");
-    assert_eq!(detached.len(), 4, "{report}");
+    assert_eq!(detached.len(), program_name::SOCK.len(), "{report}");
     for name in program_name::SOCK {
         assert!(
             detached
@@ -149,7 +149,7 @@ fn gc_detaches_the_socket_programs_of_a_node_whose_namespace_is_gone() {
     let mut maps = ServicesMap::open(&live.pin_dir).expect("service maps");
     let backend = (web.ip.parse().expect("pod IP"), 8080);
     let frontend = Frontend {
-        addr: VIP,
+        addr: VIP.into(),
         port: 80,
         proto: IPPROTO_TCP,
     };

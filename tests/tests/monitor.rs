@@ -38,7 +38,7 @@ fn node_with_pods(pod_cidr: &str) -> (Node, PodInfo, PodInfo) {
     let mut maps = ServicesMap::open(&node.pin_dir).expect("service maps");
     for (port, proto) in [(80, IPPROTO_TCP), (53, IPPROTO_UDP)] {
         let frontend = Frontend {
-            addr: EMPTY_VIP,
+            addr: EMPTY_VIP.into(),
             port,
             proto,
         };

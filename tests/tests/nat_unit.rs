@@ -1555,7 +1555,7 @@ fn clusterip_udp_fragments_from_a_pod_and_a_straggler_before_the_first() {
         let vip = Ipv4Addr::new(10, 96, 0, 53);
         let spec = podnet_tests::testrun::service_spec(
             Frontend {
-                addr: vip,
+                addr: vip.into(),
                 port: 53,
                 proto: UDP,
             },

@@ -169,8 +169,12 @@ fn pins_state_and_ipam_records_are_root_only_whatever_the_umask() {
         "progs/from_pod",
         "progs/sock_connect4",
         "progs/sock_recvmsg4",
+        "progs/sock_connect6",
+        "progs/sock_getpeername6",
         "SERVICES",
         "BACKENDS",
+        "SERVICES6",
+        "SOCK_REV_NAT6",
     ] {
         assert!(seen(expected), "no {expected} under the node's directories");
     }

@@ -39,7 +39,11 @@ const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
 const EMPTY_LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
 
 fn frontend(addr: Ipv4Addr, port: u16, proto: u8) -> Frontend {
-    Frontend { addr, port, proto }
+    Frontend {
+        addr: addr.into(),
+        port,
+        proto,
+    }
 }
 
 /// Writes a ClusterIP service `vip:port/proto` -> `backends` into the node's maps.
@@ -601,7 +605,7 @@ fn the_accessor_replaces_lists_and_deletes_services() {
     assert_eq!(list.len(), 2, "{list:?}");
     let svc = reopened.get(&fe).expect("get").expect("exists");
     assert_eq!(svc.backends.len(), 1);
-    assert_eq!((svc.backends[0].addr, svc.backends[0].port), (b, 3));
+    assert_eq!((svc.backends[0].addr, svc.backends[0].port), (b.into(), 3));
     let dump = bpftool_dump(&node, "BACKENDS");
     assert_eq!(
         dump.matches("\"port\"").count(),

@@ -148,7 +148,11 @@ impl Harness {
     }
 
     fn service(&mut self, addr: Ipv4Addr, port: u16, proto: u8, backends: &[Addr], flags: u16) {
-        let fe = Frontend { addr, port, proto };
+        let fe = Frontend {
+            addr: addr.into(),
+            port,
+            proto,
+        };
         self.services
             .write(&service_spec(fe, backends, flags))
             .expect("service");
@@ -616,7 +620,7 @@ fn client_ip_affinity_holds_for_200_connections_survives_other_changes_and_expir
         let eight = remote_backends(8);
         let mut h = Harness::new();
         let fe = Frontend {
-            addr: LB_IP,
+            addr: LB_IP.into(),
             port: LB_PORT,
             proto: TCP,
         };

@@ -44,6 +44,9 @@ pub struct Desired {
 pub struct Cluster {
     /// This node's name: it is not its own peer.
     pub own_node: String,
+    /// Whether this node serves IPv6 Services (it has an IPv6 service CIDR): their IPv6
+    /// ClusterIPs and IPv6 EndpointSlices are programmed; without, IPv6 is left out with a note.
+    pub ipv6_services: bool,
     nodes: BTreeMap<String, Node>,
     services: BTreeMap<Metadata, K8sService>,
     /// Slices by (namespace, slice name), and which service each belongs to.
@@ -161,11 +164,12 @@ impl Cluster {
 
     /// An EndpointSlice was added or changed; returns the services whose endpoints changed
     /// (its owner, and its former owner if the label moved).
-    /// Slices of another family than IPv4 are not kept: they touch nothing.
+    /// FQDN slices are not kept: they touch nothing. IPv4 and IPv6 slices are; which of them
+    /// a Service uses depends on the families it is served in.
     pub fn slice(&mut self, slice: EndpointSlice) -> Vec<Metadata> {
         let key = slice_key(&slice);
         let mut touched = self.forget_slice(&key);
-        if !convert::is_ipv4(&slice) {
+        if convert::slice_family(&slice).is_none() {
             return touched;
         }
         if let Some(owner) = convert::slice_owner(&slice) {
@@ -235,7 +239,7 @@ impl Cluster {
             .flatten()
             .filter_map(|k| self.slices.get(k))
             .collect();
-        convert::service_noted(svc, &slices).map(Some)
+        convert::service_noted(svc, &slices, self.ipv6_services).map(Some)
     }
 
     /// Every Service's desired state, what was skipped, and the notes.
@@ -417,16 +421,26 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_slices_touch_nothing() {
+    fn ipv6_slices_are_kept_and_fqdn_slices_touch_nothing() {
         let mut c = Cluster::new("n1");
-        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web-v6", "namespace": "shop",
-                         "labels": {convert::SERVICE_NAME_LABEL: "web"}},
-            "addressType": "IPv6",
-            "endpoints": [{"addresses": ["fd00:10:244:1::5"]}]
-        }))
-        .unwrap();
-        assert!(c.slice(slice.clone()).is_empty());
-        assert!(c.slice_deleted(&slice).is_empty());
+        let slice = |family: &str, address: &str| -> EndpointSlice {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("web-{family}"), "namespace": "shop",
+                             "labels": {convert::SERVICE_NAME_LABEL: "web"}},
+                "addressType": family,
+                "endpoints": [{"addresses": [address]}]
+            }))
+            .unwrap()
+        };
+        let web = Metadata {
+            name: "web".to_owned(),
+            namespace: "shop".to_owned(),
+        };
+        let v6 = slice("IPv6", "fd00:10:244:1::5");
+        assert_eq!(c.slice(v6.clone()), std::slice::from_ref(&web));
+        assert_eq!(c.slice_deleted(&v6), [web]);
+        let fqdn = slice("FQDN", "web.example");
+        assert!(c.slice(fqdn.clone()).is_empty());
+        assert!(c.slice_deleted(&fqdn).is_empty());
     }
 }

@@ -2,10 +2,12 @@
 //! Service and its EndpointSlices to a [`Service`]. kube-proxy's rules on what to skip are
 //! kept: ExternalName and headless services, services carrying the
 //! `service.kubernetes.io/service-proxy-name` label (another proxy's), slices of another address
-//! family, and endpoints without addresses. A Node gives both families (its IPv6 pod CIDR is
-//! routed by the kernel); the datapath serves IPv4 services only, so a dual-stack Service keeps
-//! its IPv4 ClusterIP and notes the IPv6 one, and an IPv6-only or `RequireDualStack` Service
-//! is skipped with the reason.
+//! family, and endpoints without addresses. A Node gives both families. Services: on a node
+//! with an IPv6 service CIDR every family is served (SingleStack IPv4 or IPv6, and both
+//! halves of PreferDualStack and RequireDualStack), each ClusterIP with the endpoints of its
+//! family (IPv4 and IPv6 EndpointSlices); on a node without one, IPv4 only: a dual-stack
+//! Service keeps its IPv4 ClusterIP and notes the IPv6 one, an IPv6-only or
+//! `RequireDualStack` Service is skipped with the reason.
 
 use std::{
     collections::BTreeMap,
@@ -248,14 +250,26 @@ fn semantics(svc: &K8sService, spec: &K8sServiceSpec) -> Result<Semantics, &'sta
 }
 
 /// What a Service's address fields (`clusterIP`, `clusterIPs`, `ipFamilies`,
-/// `ipFamilyPolicy`) come to on a datapath that serves IPv4 only: the IPv4 ClusterIP, the
-/// families and policy as podnet's record keeps them, and the IPv6 ClusterIP left out.
+/// `ipFamilyPolicy`) come to on this node: the ClusterIPs it serves (in the API's order), the
+/// families and policy as podnet's record keeps them, and the ClusterIPs left out (IPv6 ones
+/// on a node without an IPv6 service CIDR).
 struct Families {
-    cluster_ip: Ipv4Addr,
+    cluster_ips: Vec<IpAddr>,
     ip_families: Vec<IpFamily>,
     ip_family_policy: Option<IpFamilyPolicy>,
     left_out: Vec<Ipv6Addr>,
 }
+
+impl Families {
+    /// Whether the served ClusterIPs include one of `family`.
+    fn serves(&self, family: IpFamily) -> bool {
+        self.cluster_ips.iter().any(|ip| family_of(*ip) == family)
+    }
+}
+
+/// Why an IPv6 ClusterIP is not programmed on a node without an IPv6 service CIDR.
+const NO_IPV6_SERVICE_CIDR: &str =
+    "this node has no IPv6 service CIDR (node init/agent --service-cidr with an IPv6 CIDR)";
 
 /// Why a Service's address fields are refused: kube-proxy's skip (headless) or podnet's.
 enum Refusal {
@@ -282,9 +296,61 @@ fn family_of(ip: IpAddr) -> IpFamily {
 
 /// Reads and checks the address fields (the API server's own rules: at most one ClusterIP per
 /// family, in the order of `ipFamilies`, one only with `SingleStack`, `clusterIP` the first of
-/// `clusterIPs`); an IPv6-only or `RequireDualStack` Service is refused, a dual-stack one keeps
-/// its IPv4 half.
-fn families(spec: &K8sServiceSpec) -> Result<Families, Refusal> {
+/// `clusterIPs`, both with `RequireDualStack`). With `ipv6` (the node has an IPv6 service
+/// CIDR) every ClusterIP is served; without, an IPv6-only or `RequireDualStack` Service is
+/// refused and a dual-stack one keeps its IPv4 half.
+fn families(spec: &K8sServiceSpec, ipv6: bool) -> Result<Families, Refusal> {
+    let (ips, listed_families, ip_family_policy) = address_fields(spec)?;
+    if ipv6 {
+        return Ok(Families {
+            ip_families: if listed_families.is_empty() {
+                Vec::new()
+            } else {
+                ips.iter().map(|ip| family_of(*ip)).collect()
+            },
+            cluster_ips: ips,
+            ip_family_policy,
+            left_out: Vec::new(),
+        });
+    }
+    if ip_family_policy == Some(IpFamilyPolicy::RequireDualStack) {
+        return Err(Refusal::Invalid(format!(
+            "ipFamilyPolicy RequireDualStack: {NO_IPV6_SERVICE_CIDR}, so it cannot serve both families"
+        )));
+    }
+    let left_out: Vec<Ipv6Addr> = ips
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
+    let Some(cluster_ip) = ips.iter().find(|ip| ip.is_ipv4()).copied() else {
+        let shown: Vec<String> = left_out.iter().map(ToString::to_string).collect();
+        return Err(Refusal::Invalid(format!(
+            "IPv6-only (clusterIPs {}): {NO_IPV6_SERVICE_CIDR}",
+            shown.join(", ")
+        )));
+    };
+    Ok(Families {
+        cluster_ips: vec![cluster_ip],
+        // The record lists the family it serves; the IPv6 half is reported, not kept.
+        ip_families: if listed_families.is_empty() {
+            Vec::new()
+        } else {
+            vec![IpFamily::IPv4]
+        },
+        ip_family_policy,
+        left_out,
+    })
+}
+
+/// A Service's ClusterIPs, its listed `ipFamilies` and its `ipFamilyPolicy`.
+type AddressFields = (Vec<IpAddr>, Vec<IpFamily>, Option<IpFamilyPolicy>);
+
+/// The ClusterIPs, the listed `ipFamilies` and the `ipFamilyPolicy`, checked by the API
+/// server's rules (see [`families`]).
+fn address_fields(spec: &K8sServiceSpec) -> Result<AddressFields, Refusal> {
     let invalid = |msg: String| Err(Refusal::Invalid(msg));
     let ip_family_policy = match spec.ip_family_policy.as_deref() {
         None => None,
@@ -344,52 +410,31 @@ fn families(spec: &K8sServiceSpec) -> Result<Families, Refusal> {
     if ip_family_policy == Some(IpFamilyPolicy::SingleStack) && ips.len() > 1 {
         return invalid("ipFamilyPolicy SingleStack with two clusterIPs".to_owned());
     }
-    if ip_family_policy == Some(IpFamilyPolicy::RequireDualStack) {
+    if ip_family_policy == Some(IpFamilyPolicy::RequireDualStack) && ips.len() < 2 {
         return invalid(
-            "ipFamilyPolicy RequireDualStack: podnet's datapath has no IPv6 services yet, so it cannot serve both families"
-                .to_owned(),
+            "ipFamilyPolicy RequireDualStack with a ClusterIP of one family only".to_owned(),
         );
     }
-    let left_out: Vec<Ipv6Addr> = ips
-        .iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V6(v6) => Some(*v6),
-            IpAddr::V4(_) => None,
-        })
-        .collect();
-    let Some(cluster_ip) = ips.iter().find_map(|ip| match ip {
-        IpAddr::V4(v4) => Some(*v4),
-        IpAddr::V6(_) => None,
-    }) else {
-        let shown: Vec<String> = left_out.iter().map(ToString::to_string).collect();
-        return invalid(format!(
-            "IPv6-only (clusterIPs {}): podnet's datapath has no IPv6 services yet",
-            shown.join(", ")
-        ));
-    };
-    Ok(Families {
-        cluster_ip,
-        // The record lists the family it serves; the IPv6 half is reported, not kept.
-        ip_families: if listed_families.is_empty() {
-            Vec::new()
-        } else {
-            vec![IpFamily::IPv4]
-        },
-        ip_family_policy,
-        left_out,
-    })
+    Ok((ips, listed_families, ip_family_policy))
 }
 
-/// The Service with the endpoints of all its slices merged, or why it is skipped.
-pub fn service(svc: &K8sService, slices: &[&EndpointSlice]) -> Result<Service, Skipped> {
-    service_noted(svc, slices).map(|(service, _)| service)
+/// The Service with the endpoints of all its slices merged, or why it is skipped, on a node
+/// that serves IPv6 services when `ipv6` (it has an IPv6 service CIDR).
+pub fn service(
+    svc: &K8sService,
+    slices: &[&EndpointSlice],
+    ipv6: bool,
+) -> Result<Service, Skipped> {
+    service_noted(svc, slices, ipv6).map(|(service, _)| service)
 }
 
-/// [`service`], with notes on what of a served Service is left out: its IPv6 ClusterIP,
-/// externalIPs and load-balancer IPs (no IPv6 services in the datapath yet).
+/// [`service`], with notes on what of a served Service is left out: a ClusterIP, externalIP
+/// or load-balancer IP of a family the node does not serve (IPv6 without an IPv6 service
+/// CIDR) or the Service has no ClusterIP of.
 pub fn service_noted(
     svc: &K8sService,
     slices: &[&EndpointSlice],
+    ipv6: bool,
 ) -> Result<(Service, Vec<String>), Skipped> {
     let metadata = key(&svc.metadata);
     let skip = |why| Err(Skipped::NotProxied(metadata.to_string(), why));
@@ -412,22 +457,35 @@ pub fn service_noted(
         Some("ExternalName") => return skip("ExternalName (a DNS alias)"),
         Some(_) => return refuse("unknown type"),
     };
-    let families = match families(spec) {
+    let families = match families(spec, ipv6) {
         Ok(f) => f,
         Err(Refusal::NotProxied(why)) => return skip(why),
         Err(Refusal::Invalid(why)) => return refuse(&why),
     };
+    let served: Vec<String> = families
+        .cluster_ips
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let mut notes: Vec<String> = families
         .left_out
         .iter()
         .map(|ip| {
             format!(
-                "IPv6 ClusterIP {ip} not programmed (podnet's datapath has no IPv6 services yet); IPv4 ClusterIP {} is",
-                families.cluster_ip
+                "IPv6 ClusterIP {ip} not programmed ({NO_IPV6_SERVICE_CIDR}); ClusterIP {} is",
+                served.join(", ")
             )
         })
         .collect();
-    let cluster_ips = vec![families.cluster_ip.to_string()];
+    let cluster_ips = served.clone();
+    // The slices of the families served (kube-proxy likewise takes a family's endpoints from
+    // that family's slices).
+    let slices: Vec<&EndpointSlice> = slices
+        .iter()
+        .copied()
+        .filter(|s| slice_family(s).is_some_and(|f| families.serves(f)))
+        .collect();
+    let slices = slices.as_slice();
     let slice_ports = slice_ports(slices);
     let ports = spec
         .ports
@@ -445,7 +503,7 @@ pub fn service_noted(
         Ok(s) => s,
         Err(why) => return refuse(why),
     };
-    let (external_ips, ingress) = external_addresses(svc, spec, &mut notes);
+    let (external_ips, ingress) = external_addresses(svc, spec, &families, &mut notes);
     let service = Service {
         metadata,
         spec: ServiceSpec {
@@ -472,29 +530,35 @@ pub fn service_noted(
     Ok((service, notes))
 }
 
-/// The IPv4 externalIPs and load-balancer ingress IPs of a Service; an IPv6 one gets a note.
+/// The externalIPs and load-balancer ingress IPs of a Service of the families it is served in;
+/// one of another family gets a note.
 fn external_addresses(
     svc: &K8sService,
     spec: &K8sServiceSpec,
+    families: &Families,
     notes: &mut Vec<String>,
-) -> (Vec<Ipv4Addr>, Vec<LoadBalancerIngress>) {
-    let mut ipv4_only = |what: &str, text: &str| -> Option<Ipv4Addr> {
-        match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => Some(v4),
-            Ok(IpAddr::V6(v6)) => {
-                notes.push(format!(
-                    "IPv6 {what} {v6} not programmed (podnet's datapath has no IPv6 services yet)"
-                ));
-                None
-            }
-            Err(_) => None,
+) -> (Vec<IpAddr>, Vec<LoadBalancerIngress>) {
+    let mut served = |what: &str, text: &str| -> Option<IpAddr> {
+        let ip = text.parse::<IpAddr>().ok()?;
+        if families.serves(family_of(ip)) {
+            return Some(ip);
         }
+        let why = if ip.is_ipv6() && !families.left_out.is_empty() {
+            NO_IPV6_SERVICE_CIDR
+        } else {
+            "the Service has no ClusterIP of its family"
+        };
+        notes.push(format!(
+            "{:?} {what} {ip} not programmed ({why})",
+            family_of(ip)
+        ));
+        None
     };
     let external_ips = spec
         .external_ips
         .iter()
         .flatten()
-        .filter_map(|ip| ipv4_only("externalIP", ip))
+        .filter_map(|ip| served("externalIP", ip))
         .collect();
     let ingress = svc
         .status
@@ -503,23 +567,23 @@ fn external_addresses(
         .and_then(|lb| lb.ingress.as_ref())
         .into_iter()
         .flatten()
-        .filter_map(|i| ipv4_only("load-balancer IP", i.ip.as_ref()?))
+        .filter_map(|i| served("load-balancer IP", i.ip.as_ref()?))
         .map(|ip| LoadBalancerIngress { ip })
         .collect();
     (external_ips, ingress)
 }
 
-/// Whether an EndpointSlice holds IPv4 endpoints: the only ones the datapath serves (IPv6 and
-/// FQDN slices are left out, as kube-proxy leaves out slices of another family).
-pub fn is_ipv4(slice: &EndpointSlice) -> bool {
-    slice.address_type == "IPv4"
+/// The family of an EndpointSlice's addresses (`addressType`); `None` for FQDN slices, which
+/// no proxy serves.
+pub fn slice_family(slice: &EndpointSlice) -> Option<IpFamily> {
+    family(&slice.address_type)
 }
 
 /// The port numbers the slices give each named port (the controller resolves named target
 /// ports per pod; podnet takes the first number a name has).
 fn slice_ports(slices: &[&EndpointSlice]) -> BTreeMap<String, u16> {
     let mut out = BTreeMap::new();
-    for slice in slices.iter().filter(|s| is_ipv4(s)) {
+    for slice in slices {
         for p in slice.ports.iter().flatten() {
             if let (Some(port), name) = (p.port, p.name.clone().unwrap_or_default()) {
                 out.entry(name)
@@ -543,16 +607,18 @@ fn target_port(
     }
 }
 
-/// The endpoints of every IPv4 slice, in slice order.
+/// The endpoints of every slice, in slice order (each address of its slice's family).
 fn endpoints(slices: &[&EndpointSlice]) -> Vec<Endpoint> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for slice in slices.iter().filter(|s| is_ipv4(s)) {
+    for slice in slices {
+        let family = slice_family(slice);
         for ep in slice.endpoints.iter().flatten() {
-            let addresses: Vec<Ipv4Addr> = ep
+            let addresses: Vec<IpAddr> = ep
                 .addresses
                 .iter()
-                .filter_map(|a| a.parse().ok())
+                .filter_map(|a| a.parse::<IpAddr>().ok())
+                .filter(|a| Some(family_of(*a)) == family)
                 .filter(|a| seen.insert(*a))
                 .collect();
             if addresses.is_empty() {
@@ -686,14 +752,17 @@ mod tests {
             "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "PreferDualStack",
             "externalIPs": ["198.51.100.7", "2001:db8::7"]
         }));
-        let (s, notes) = service_noted(&dual, &[]).unwrap();
+        let (s, notes) = service_noted(&dual, &[], false).unwrap();
         assert_eq!(s.spec.cluster_ips, vec!["10.96.0.10".to_owned()]);
         assert_eq!(s.spec.ip_families, vec![IpFamily::IPv4]);
         assert_eq!(
             s.spec.ip_family_policy,
             Some(IpFamilyPolicy::PreferDualStack)
         );
-        assert_eq!(s.spec.external_ips, vec![Ipv4Addr::new(198, 51, 100, 7)]);
+        assert_eq!(
+            s.spec.external_ips,
+            vec![IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7))]
+        );
         assert!(
             notes[0].contains("IPv6 ClusterIP fd00:96::10 not programmed")
                 && notes[0].contains("10.96.0.10 is"),
@@ -708,7 +777,7 @@ mod tests {
             "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
             "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack"
         }));
-        let (s, notes) = service_noted(&single, &[]).unwrap();
+        let (s, notes) = service_noted(&single, &[], false).unwrap();
         assert_eq!(s.spec.ip_family_policy, Some(IpFamilyPolicy::SingleStack));
         assert!(notes.is_empty(), "{notes:?}");
 
@@ -751,12 +820,63 @@ mod tests {
                 "unknown ipFamilyPolicy",
             ),
         ] {
-            let err = service(&web(&spec), &[]).unwrap_err();
+            let err = service(&web(&spec), &[], false).unwrap_err();
             assert!(
                 err.worth_logging() && err.to_string().contains(wanted),
                 "{spec}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn with_an_ipv6_service_cidr_every_family_is_served_with_its_own_slices() {
+        let slice = |family: &str, ip: &str, port: u16| -> EndpointSlice {
+            from(serde_json::json!({
+                "metadata": {"name": format!("web-{family}"), "namespace": "shop",
+                             "labels": {SERVICE_NAME_LABEL: "web"}},
+                "addressType": family,
+                "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]
+            }))
+        };
+        let (v6, v4) = (
+            slice("IPv6", "fd00:10:244:1::5", 8080),
+            slice("IPv4", "10.244.1.5", 8080),
+        );
+        let dual = web(&serde_json::json!({
+            "clusterIP": "fd00:96::10", "clusterIPs": ["fd00:96::10", "10.96.0.10"],
+            "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "RequireDualStack",
+            "externalIPs": ["198.51.100.7", "2001:db8::7"]
+        }));
+        let (s, notes) = service_noted(&dual, &[&v6, &v4], true).unwrap();
+        assert_eq!(s.spec.cluster_ips, ["fd00:96::10", "10.96.0.10"]);
+        assert_eq!(s.spec.ip_families, [IpFamily::IPv6, IpFamily::IPv4]);
+        assert_eq!(s.spec.external_ips.len(), 2);
+        assert_eq!(s.backends().len(), 2, "one endpoint of each family");
+        assert!(notes.is_empty(), "{notes:?}");
+        // IPv6 only: the IPv6 slice's endpoints, not the IPv4 one's; an IPv4 externalIP noted.
+        let only6 = web(&serde_json::json!({
+            "clusterIP": "fd00:96::10", "clusterIPs": ["fd00:96::10"], "ipFamilies": ["IPv6"],
+            "ipFamilyPolicy": "SingleStack", "externalIPs": ["198.51.100.7"]
+        }));
+        let (s, notes) = service_noted(&only6, &[&v6, &v4], true).unwrap();
+        assert_eq!(s.spec.cluster_ips, ["fd00:96::10"]);
+        let backends: Vec<IpAddr> = s.backends().iter().map(|b| b.0).collect();
+        assert_eq!(backends, ["fd00:10:244:1::5".parse::<IpAddr>().unwrap()]);
+        assert!(s.spec.external_ips.is_empty());
+        assert!(
+            notes[0].contains("IPv4 externalIP 198.51.100.7 not programmed")
+                && notes[0].contains("no ClusterIP of its family"),
+            "{notes:?}"
+        );
+        // RequireDualStack with one family is refused even so.
+        let err = service(
+            &web(&serde_json::json!({"clusterIP": "fd00:96::10", "ipFamilyPolicy": "RequireDualStack"})),
+            &[],
+            true,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("one family only"), "{err}");
     }
 
     #[test]
@@ -776,10 +896,10 @@ mod tests {
             slice("IPv6", "fd00:10:244:1::5", 9090),
             slice("IPv4", "10.244.1.5", 8080),
         );
-        let s = service(&svc, &[&v6, &v4]).unwrap();
+        let s = service(&svc, &[&v6, &v4], false).unwrap();
         assert_eq!(s.spec.ports[0].target(), 8080);
         assert_eq!(s.backends().len(), 1);
-        let s = service(&svc, &[&v6]).unwrap();
+        let s = service(&svc, &[&v6], false).unwrap();
         assert!(s.endpoints.is_empty() && s.spec.ports[0].target_port.is_none());
     }
 
@@ -805,7 +925,7 @@ mod tests {
             slice("web-b", "10.244.1.3", false),
         );
         assert_eq!(slice_owner(&a).unwrap().to_string(), "shop/web");
-        let s = service(&svc, &[&a, &b]).unwrap();
+        let s = service(&svc, &[&a, &b], false).unwrap();
         assert_eq!(s.spec.ports[0].target(), 8080);
         assert_eq!(s.spec.ports[0].node_port, Some(30080));
         assert_eq!(s.endpoints.len(), 2);
@@ -817,18 +937,18 @@ mod tests {
         let spec = headless.spec.as_mut().unwrap();
         spec.cluster_ip = Some("None".to_owned());
         spec.cluster_ips = Some(vec!["None".to_owned()]);
-        assert!(service(&headless, &[]).is_err());
+        assert!(service(&headless, &[], false).is_err());
         let mut other = svc.clone();
         other.metadata.labels = Some(
             [(SERVICE_PROXY_NAME_LABEL.to_owned(), "other".to_owned())]
                 .into_iter()
                 .collect(),
         );
-        assert!(service(&other, &[]).is_err());
+        assert!(service(&other, &[], false).is_err());
         let alias: K8sService = from(serde_json::json!({
             "metadata": {"name": "alias"}, "spec": {"type": "ExternalName", "externalName": "x.example"}
         }));
-        assert!(service(&alias, &[]).is_err());
+        assert!(service(&alias, &[], false).is_err());
     }
 
     #[test]
@@ -847,14 +967,14 @@ mod tests {
         let none = serde_json::json!({});
         let maglev = serde_json::json!({LOAD_BALANCING_ANNOTATION: "maglev"});
         assert_eq!(
-            service(&svc(none.clone(), none.clone()), &[])
+            service(&svc(none.clone(), none.clone()), &[], false)
                 .unwrap()
                 .spec
                 .load_balancing,
             None
         );
         assert_eq!(
-            service(&svc(maglev, none.clone()), &[])
+            service(&svc(maglev, none.clone()), &[], false)
                 .unwrap()
                 .spec
                 .load_balancing,
@@ -879,7 +999,7 @@ mod tests {
             ),
         ] {
             assert!(
-                service(&svc(annotations.clone(), spec.clone()), &[]).is_err(),
+                service(&svc(annotations.clone(), spec.clone()), &[], false).is_err(),
                 "{annotations} {spec}"
             );
         }

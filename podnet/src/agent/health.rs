@@ -76,7 +76,10 @@ pub fn check_of(svc: &Service, pod_cidr: Ipv4Network) -> Option<Check> {
     let local_endpoints = svc
         .backends()
         .iter()
-        .filter(|(addr, conditions, _)| conditions.ready && pod_cidr.contains(*addr))
+        // Counted by IPv4 address: every pod has one, and a dual-stack pod counts once.
+        .filter(|(addr, conditions, _)| {
+            conditions.ready && matches!(addr, std::net::IpAddr::V4(a) if pod_cidr.contains(*a))
+        })
         .count();
     Some(Check {
         port,
@@ -366,7 +369,7 @@ mod tests {
     #[test]
     fn local_endpoints_are_ready_ones_in_the_pod_cidr() {
         let endpoint = |ip: [u8; 4], ready: bool| Endpoint {
-            addresses: vec![Ipv4Addr::from(ip)],
+            addresses: vec![std::net::IpAddr::V4(Ipv4Addr::from(ip))],
             conditions: Conditions {
                 ready,
                 serving: true,

@@ -263,8 +263,10 @@ struct Follower {
 
 impl Follower {
     fn new(own: &str, settings: NodeSettings) -> Self {
+        let mut cluster = cluster::Cluster::new(own);
+        cluster.ipv6_services = settings.service_cidr6.is_some();
         Self {
-            cluster: cluster::Cluster::new(own),
+            cluster,
             settings,
             node_notes: notes::Notes::default(),
             service_notes: notes::Notes::default(),

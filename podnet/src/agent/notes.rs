@@ -1,5 +1,7 @@
 //! The agent's log of what it leaves out: why an object is skipped (a bad or conflicting Node,
-//! an IPv6-only Service) or what part of it is (an IPv6 ClusterIP, a Node's IPv6 pod CIDR),
+//! an IPv6-only or RequireDualStack Service on a node without an IPv6 service CIDR) or what
+//! part of it is (the IPv6 ClusterIP of a dual-stack Service there, an externalIP of a family
+//! the Service has no ClusterIP of, a Node's IPv6 pod CIDR),
 //! one line per object when its note appears or changes, so a relist or an unrelated change
 //! does not repeat it.
 

@@ -211,9 +211,10 @@ pub struct InitArgs {
     /// the cgroup2 hierarchy).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
-    /// The service CIDR ClusterIPs come from (default 10.96.0.0/12).
-    #[arg(long)]
-    pub service_cidr: Option<Ipv4Network>,
+    /// The service CIDR ClusterIPs come from (default 10.96.0.0/12). Repeat with an IPv6 CIDR
+    /// (e.g. fd00:10:96::/112) for IPv6 ClusterIPs: one per family.
+    #[arg(long = "service-cidr")]
+    pub service_cidr: Vec<IpNetwork>,
     /// Do not balance services at the socket: pods' service traffic takes the TC path alone.
     #[arg(long)]
     pub no_socket_lb: bool,
@@ -315,9 +316,9 @@ pub struct AgentArgs {
     /// native (default) or vxlan.
     #[arg(long)]
     pub mode: Option<String>,
-    /// The service CIDR (default 10.96.0.0/12).
-    #[arg(long)]
-    pub service_cidr: Option<Ipv4Network>,
+    /// The service CIDR (default 10.96.0.0/12); repeat with an IPv6 CIDR for IPv6 ClusterIPs.
+    #[arg(long = "service-cidr")]
+    pub service_cidr: Vec<IpNetwork>,
     /// Bridge name.
     #[arg(long)]
     pub bridge: Option<String>,
@@ -354,7 +355,9 @@ impl AgentArgs {
         );
         set("pin_dir", self.pin_dir.as_ref().map(|v| s(&v.display())));
         set("mode", self.mode.as_ref().map(|v| s(v)));
-        set("service_cidr", self.service_cidr.map(|v| s(&v)));
+        let service_cidr = podnet::config::split_by_family("--service-cidr", &self.service_cidr)?;
+        set("service_cidr", service_cidr.v4.map(|v| s(&v)));
+        set("service_cidr6", service_cidr.v6.map(|v| s(&v)));
         set("bridge", self.bridge.as_ref().map(|v| s(v)));
         set("gc_interval", self.gc_interval.map(serde_json::Value::from));
         set("state_dir", Some(s(&state_dir.display())));
@@ -618,7 +621,9 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     set("gc_interval", gc_interval.map(serde_json::Value::from));
     set("cluster", cluster.map(|v| s(&v.display())));
     set("mode", mode.map(|v| s(&v)));
-    set("service_cidr", service_cidr.map(|v| s(&v)));
+    let service_cidr = podnet::config::split_by_family("--service-cidr", &service_cidr)?;
+    set("service_cidr", service_cidr.v4.map(|v| s(&v)));
+    set("service_cidr6", service_cidr.v6.map(|v| s(&v)));
     set("load_balancing", load_balancing.map(|v| s(&v)));
     if no_socket_lb {
         set("socket_lb", Some(serde_json::Value::Bool(false)));

@@ -15,6 +15,10 @@ use super::{ConfigError, NodeSettings};
 /// gateway, the last address and one pod, as a /30 does for IPv4.
 pub const MAX_POD_PREFIX_V6: u8 = 126;
 
+/// Shortest IPv6 service CIDR prefix: kube-apiserver's `--service-cluster-ip-range` takes at
+/// most a /108 for IPv6 (20 bits of ClusterIPs).
+pub const MIN_SERVICE_PREFIX_V6: u8 = 108;
+
 /// IPv6 prefixes that cannot be a pod CIDR, with the reason.
 const RESERVED_V6: [(&str, &str); 4] = [
     ("fe80::/10", "link-local"),
@@ -95,6 +99,23 @@ impl NodeSettings {
             }
             if has_host_bits(cluster) {
                 return invalid(format!("IPv6 cluster CIDR {cluster} has host bits set"));
+            }
+        }
+        if let Some(svc) = self.service_cidr6 {
+            if has_host_bits(svc) {
+                return invalid(format!("IPv6 service CIDR {svc} has host bits set"));
+            }
+            if svc.prefix() < MIN_SERVICE_PREFIX_V6 {
+                return invalid(format!(
+                    "IPv6 service CIDR {svc} is too large: Kubernetes allows at most a /{MIN_SERVICE_PREFIX_V6} (kube-apiserver refuses larger IPv6 service ranges)"
+                ));
+            }
+            if let Some(cluster) = self.effective_cluster_cidr6()
+                && overlaps(svc, cluster)
+            {
+                return invalid(format!(
+                    "IPv6 service CIDR {svc} overlaps the IPv6 cluster CIDR {cluster}"
+                ));
             }
         }
         let Some(pod) = self.pod_cidr6 else {

@@ -313,3 +313,39 @@ pub(super) fn delete_elem<K: aya::Pod>(
     }
     Ok(true)
 }
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+
+/// The value of `key` in the map `fd`; `Ok(None)` if it is not there.
+pub(super) fn lookup_elem<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    name: &'static str,
+    key: &K,
+) -> Result<Option<V>, DatapathError> {
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let mut attr = ElemAttr {
+        map_fd: fd_u32(fd),
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        ..ElemAttr::default()
+    };
+    // SAFETY: as in `update_elem`; the value buffer has the map's value size (the caller's
+    // type), and the kernel writes all of it on success.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            std::ptr::from_mut(&mut attr).cast::<libc::c_void>(),
+            size_of::<ElemAttr>(),
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(None);
+        }
+        return Err(batch_err(name, "looking up a map")(e));
+    }
+    // SAFETY: zeroed, then filled by the kernel; `V` is `Pod`, so any bytes are a valid value.
+    Ok(Some(unsafe { value.assume_init() }))
+}

@@ -1,5 +1,5 @@
-//! Attaching the socket programs (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`) to a
-//! cgroup, persistently. `BPF_PROG_ATTACH` with
+//! Attaching the socket programs (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4` and
+//! their IPv6 twins) to a cgroup, persistently. `BPF_PROG_ATTACH` with
 //! `BPF_F_ALLOW_MULTI` keeps the attachment in the cgroup until it is detached or the cgroup
 //! goes, with no file descriptor or pin to keep alive (a `bpf_link` would need a pin, and link
 //! pins are refused on the kernels these nodes run; see `attach.rs`). Several nodes on one
@@ -25,6 +25,14 @@ const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
 const BPF_CGROUP_UDP4_RECVMSG: u32 = 19;
 /// `BPF_CGROUP_INET4_GETPEERNAME`.
 const BPF_CGROUP_INET4_GETPEERNAME: u32 = 29;
+/// `BPF_CGROUP_INET6_CONNECT`.
+const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+/// `BPF_CGROUP_UDP6_SENDMSG`.
+const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
+/// `BPF_CGROUP_UDP6_RECVMSG`.
+const BPF_CGROUP_UDP6_RECVMSG: u32 = 20;
+/// `BPF_CGROUP_INET6_GETPEERNAME`.
+const BPF_CGROUP_INET6_GETPEERNAME: u32 = 30;
 
 /// The cgroup attach type of each socket program (`program_name::SOCK`).
 pub fn attach_type(program: &str) -> u32 {
@@ -33,6 +41,10 @@ pub fn attach_type(program: &str) -> u32 {
         program_name::SOCK_SENDMSG4 => BPF_CGROUP_UDP4_SENDMSG,
         program_name::SOCK_RECVMSG4 => BPF_CGROUP_UDP4_RECVMSG,
         program_name::SOCK_GETPEERNAME4 => BPF_CGROUP_INET4_GETPEERNAME,
+        program_name::SOCK_CONNECT6 => BPF_CGROUP_INET6_CONNECT,
+        program_name::SOCK_SENDMSG6 => BPF_CGROUP_UDP6_SENDMSG,
+        program_name::SOCK_RECVMSG6 => BPF_CGROUP_UDP6_RECVMSG,
+        program_name::SOCK_GETPEERNAME6 => BPF_CGROUP_INET6_GETPEERNAME,
         _ => BPF_CGROUP_INET4_CONNECT,
     }
 }

@@ -1,13 +1,14 @@
 //! Which of podnet's socket programs are attached to a cgroup, and which node each belongs to.
 //!
-//! Several nodes on one machine attach their `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4`
-//! and `sock_getpeername4` side by side to the same cgroup (`BPF_F_ALLOW_MULTI`), each acting
-//! only on sockets of its own network namespace. A node whose namespace was deleted without
-//! `node reset` leaves its four programs attached: they run on every `connect()` and `sendmsg()`
+//! Several nodes on one machine attach their socket programs (`program_name::SOCK`: the four
+//! IPv4 ones and their IPv6 twins) side by side to the same cgroup (`BPF_F_ALLOW_MULTI`), each
+//! acting only on sockets of its own network namespace. A node whose namespace was deleted
+//! without `node reset` leaves its eight programs attached: they run on every `connect()` and `sendmsg()`
 //! of the machine, with nobody to detach them. This module finds them: `BPF_PROG_QUERY` lists
 //! the programs attached to each hook; a program counts as podnet's when its type is
-//! `cgroup_sock_addr` and its name is one of the four (as the kernel keeps it, cut to 15
-//! bytes); its node is found through the program's own maps (`bpf_prog_info`'s map ids): the
+//! `cgroup_sock_addr` and its name, as the kernel keeps it (cut to 15 bytes), is that of the
+//! program for the hook it is attached to (`sock_getpeername4` and `sock_getpeername6` read
+//! the same when cut: the hook tells them apart); its node is found through the program's own maps (`bpf_prog_info`'s map ids): the
 //! `CONFIG` array of this build's layout, whose entry carries the netns cookie of the node
 //! that wrote it. Deciding which node is dead is the caller's job.
 
@@ -93,14 +94,15 @@ fn query(
     Ok(ids)
 }
 
-/// The `program_name::SOCK` name a loaded program carries, if any.
-fn sock_name(info: &ProgramInfo) -> Option<&'static str> {
+/// The `program_name::SOCK` name of a loaded program attached to hook `attach_type`, if it
+/// is podnet's program for that hook.
+fn sock_name(info: &ProgramInfo, attach_type: u32) -> Option<&'static str> {
     if info.program_type() as u32 != BPF_PROG_TYPE_CGROUP_SOCK_ADDR {
         return None;
     }
     program_name::SOCK.into_iter().find(|name| {
         let kept = &name.as_bytes()[..name.len().min(KERNEL_NAME_LEN)];
-        info.name() == kept
+        info.name() == kept && cgroup::attach_type(name) == attach_type
     })
 }
 
@@ -145,18 +147,24 @@ pub fn attached_sock_programs(cgroup: &Path) -> Result<Vec<AttachedSockProgram>,
         if !ids.contains(&info.id()) {
             continue;
         }
-        let Some(name) = sock_name(&info) else {
-            continue;
-        };
-        let prog_err = |source| DatapathError::Program {
-            name: name.to_owned(),
-            source,
-        };
-        let fd = info.fd().map_err(prog_err)?;
-        let netns_cookie = owner_cookie(&info);
+        let mut fd_cookie = None;
         // The same program on its own hook only (a program is attached where its type says).
         for (id, attach_type) in &attached {
-            if *id == info.id() && *attach_type == cgroup::attach_type(name) {
+            if *id != info.id() {
+                continue;
+            }
+            let Some(name) = sock_name(&info, *attach_type) else {
+                continue;
+            };
+            if fd_cookie.is_none() {
+                let prog_err = |source| DatapathError::Program {
+                    name: name.to_owned(),
+                    source,
+                };
+                fd_cookie = Some((info.fd().map_err(prog_err)?, owner_cookie(&info)));
+            }
+            if let Some((fd, netns_cookie)) = &fd_cookie {
+                let netns_cookie = *netns_cookie;
                 found.push(AttachedSockProgram {
                     id: *id,
                     name,

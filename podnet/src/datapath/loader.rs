@@ -20,6 +20,9 @@ use podnet_ebpf::abi::{
     POD_NETNS_MAX, REV_NAT_MAX, SOCK_REV_NAT_MAX, STATS_SLOTS, backends_map_entries,
     endpoints6_map_entries, map_name, program_name,
 };
+use podnet_ebpf::abi::{
+    AFFINITY6_MAX, REV_NAT6_MAX, SOCK_REV_NAT6_MAX, backends6_map_entries, services6_map_entries,
+};
 
 use super::{DatapathError, attach, cgroup, object::EbpfObject, pins};
 
@@ -131,6 +134,9 @@ fn expected_layout(name: &str, conntrack_entries: u32) -> (u32, u32, Option<u32>
         map_name::POD_NETNS => Some(POD_NETNS_MAX),
         map_name::AFFINITY => Some(AFFINITY_MAX),
         map_name::MAGLEV => Some(MAGLEV_MAX),
+        map_name::REV_NAT6 => Some(REV_NAT6_MAX),
+        map_name::SOCK_REV_NAT6 => Some(SOCK_REV_NAT6_MAX),
+        map_name::AFFINITY6 => Some(AFFINITY6_MAX),
         map_name::MONITOR_EVENTS => Some(podnet_ebpf::abi::monitor::RING_BYTES),
         map_name::MONITOR_BUDGET => Some(1),
         map_name::IPV6_PROGS => Some(podnet_ebpf::abi::ipv6_prog::SLOTS),
@@ -260,6 +266,14 @@ pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadRepor
         .map_max_entries(map_name::CONNTRACK6, conntrack6_entries())
         .map_max_entries(map_name::SERVICES, opts.services_max)
         .map_max_entries(map_name::BACKENDS, backends_map_entries(opts.services_max))
+        .map_max_entries(
+            map_name::SERVICES6,
+            services6_map_entries(opts.services_max),
+        )
+        .map_max_entries(
+            map_name::BACKENDS6,
+            backends6_map_entries(opts.services_max),
+        )
         .override_global("DEBUG", &debug, true);
     let mut ebpf = loader.load(object.bytes())?;
     verify_all(&mut ebpf)?;

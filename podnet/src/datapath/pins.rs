@@ -14,6 +14,10 @@ use podnet_ebpf::abi::{
     RevNat, ServiceBackend, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, map_name,
     monitor::MonitorBudget,
 };
+use podnet_ebpf::abi::{
+    AffinityKey6, AffinityValue6, RevNat6, ServiceBackend6, ServiceKey6, SockRevNat6,
+    SockRevNatKey6,
+};
 
 /// Path of a program's pin.
 pub fn program_pin(pin_dir: &Path, program: &str) -> PathBuf {
@@ -78,6 +82,20 @@ pub fn key_value_sizes(name: &str) -> (u32, u32) {
         map_name::FRAGMENTS6 => (size(size_of::<FragKey6>()), size(size_of::<FragPorts>())),
         // LPM key: a u32 prefix length, then the IPv6 address.
         map_name::PEERS6 => (20, size(size_of::<Peer6>())),
+        map_name::SERVICES6 => (
+            size(size_of::<ServiceKey6>()),
+            size(size_of::<ServiceValue>()),
+        ),
+        map_name::BACKENDS6 => (4, size(size_of::<ServiceBackend6>())),
+        map_name::REV_NAT6 => (4, size(size_of::<RevNat6>())),
+        map_name::SOCK_REV_NAT6 => (
+            size(size_of::<SockRevNatKey6>()),
+            size(size_of::<SockRevNat6>()),
+        ),
+        map_name::AFFINITY6 => (
+            size(size_of::<AffinityKey6>()),
+            size(size_of::<AffinityValue6>()),
+        ),
         _ => unreachable!("every map in map_name::ALL has a layout"),
     }
 }

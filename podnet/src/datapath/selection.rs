@@ -1,18 +1,21 @@
 //! The maps behind a frontend's backend choice beyond a random slot: the Maglev tables
-//! (`MAGLEV`, a hash of maps: service id -> an inner array of backend ids) and the session
-//! affinity entries (`AFFINITY`: service id and client -> backend). The service maps' writer
+//! (`MAGLEV`, a hash of maps: service id -> an inner array of backend ids; one for both
+//! families, since service ids are one space) and the session affinity entries (`AFFINITY`,
+//! and `AFFINITY6` for IPv6 frontends: service id and client -> backend). The service maps' writer
 //! ([`super::services_map`]) keeps both in step with the frontends: a Maglev frontend's table is
 //! rebuilt with each change of its backends, and an affinity entry goes when its backend leaves
 //! the frontend, the frontend goes, or its affinity changes.
 
 use std::{
     collections::HashSet,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, OwnedFd},
 };
 
 use aya::maps::Map;
-use podnet_ebpf::abi::{AffinityKey, AffinityValue, MAGLEV_TABLE_SIZE, map_name};
+use podnet_ebpf::abi::{
+    AffinityKey, AffinityKey6, AffinityValue, AffinityValue6, MAGLEV_TABLE_SIZE, map_name,
+};
 
 use super::{
     DatapathError,
@@ -26,13 +29,15 @@ use super::{
 pub struct Selection {
     maglev: OwnedFd,
     affinity: OwnedFd,
+    affinity6: OwnedFd,
 }
 
 impl Selection {
-    pub fn from_maps(affinity: &Map, maglev: &Map) -> Result<Self, DatapathError> {
+    pub fn from_maps(affinity: &Map, affinity6: &Map, maglev: &Map) -> Result<Self, DatapathError> {
         Ok(Self {
             maglev: own_fd(maglev, map_name::MAGLEV)?,
             affinity: own_fd(affinity, map_name::AFFINITY)?,
+            affinity6: own_fd(affinity6, map_name::AFFINITY6)?,
         })
     }
 
@@ -69,19 +74,24 @@ impl Selection {
         )
     }
 
-    /// Every affinity entry.
+    /// Every affinity entry of IPv4 frontends.
     pub fn affinities(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, DatapathError> {
         lookup_all(self.affinity.as_fd(), map_name::AFFINITY)
     }
 
+    /// Every affinity entry of IPv6 frontends.
+    pub fn affinities6(&self) -> Result<Vec<(AffinityKey6, AffinityValue6)>, DatapathError> {
+        lookup_all(self.affinity6.as_fd(), map_name::AFFINITY6)
+    }
+
     /// Deletes the affinity entries of the services in `whole` (gone, or their affinity
     /// changed) and those whose `(service id, backend address, port)` is in `departed` (the
-    /// backend left that frontend). One read of the map, only when there is anything to do.
-    /// Returns how many went.
+    /// backend left that frontend), in both families. One read of each map, only when there
+    /// is anything to do. Returns how many went.
     pub fn forget_affinities(
         &self,
         whole: &HashSet<u32>,
-        departed: &HashSet<(u32, Ipv4Addr, u16)>,
+        departed: &HashSet<(u32, IpAddr, u16)>,
     ) -> Result<usize, DatapathError> {
         if whole.is_empty() && departed.is_empty() {
             return Ok(0);
@@ -90,13 +100,23 @@ impl Selection {
             .affinities()?
             .into_iter()
             .filter(|(k, v)| {
-                whole.contains(&k.id)
-                    || departed.contains(&(k.id, Ipv4Addr::from(v.backend.addr), v.backend.port))
+                let backend = IpAddr::V4(Ipv4Addr::from(v.backend.addr));
+                whole.contains(&k.id) || departed.contains(&(k.id, backend, v.backend.port))
             })
             .map(|(k, _)| k)
             .collect();
         delete_batch(self.affinity.as_fd(), map_name::AFFINITY, &gone)?;
-        Ok(gone.len())
+        let gone6: Vec<AffinityKey6> = self
+            .affinities6()?
+            .into_iter()
+            .filter(|(k, v)| {
+                let backend = IpAddr::V6(Ipv6Addr::from(v.backend.addr));
+                whole.contains(&k.id) || departed.contains(&(k.id, backend, v.backend.port))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        delete_batch(self.affinity6.as_fd(), map_name::AFFINITY6, &gone6)?;
+        Ok(gone.len() + gone6.len())
     }
 
     /// Deletes every Maglev table and affinity entry.
@@ -105,6 +125,8 @@ impl Selection {
             self.remove_maglev(id)?;
         }
         let keys: Vec<AffinityKey> = self.affinities()?.into_iter().map(|(k, _)| k).collect();
-        delete_batch(self.affinity.as_fd(), map_name::AFFINITY, &keys)
+        delete_batch(self.affinity.as_fd(), map_name::AFFINITY, &keys)?;
+        let keys: Vec<AffinityKey6> = self.affinities6()?.into_iter().map(|(k, _)| k).collect();
+        delete_batch(self.affinity6.as_fd(), map_name::AFFINITY6, &keys)
     }
 }

@@ -9,6 +9,11 @@
 //! frontend. Every ClusterIP address also has an address entry (`ANY_PORT`, `ANY_PROTO`) while
 //! any of its frontends exists, so the datapath refuses the ports it does not serve.
 //!
+//! IPv6 frontends live in the IPv6 twins of the three maps (`SERVICES6`, `BACKENDS6`,
+//! `REV_NAT6`), with the same layout and the same write order; [`Frontend`] and [`Backend`]
+//! carry either family, and a frontend's backends must be of its family. Service ids are one
+//! space over both families (`MAGLEV` is keyed by them), so one index covers both.
+//!
 //! Concurrent packets never see a half-written frontend: a write puts the new backends under
 //! ids of the other generation (see `abi::backend_id`), then fills the slots, then raises the
 //! count in the master entry, and only then removes slots past the new count and the old
@@ -23,54 +28,60 @@
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, OwnedFd},
     path::Path,
 };
 
 use aya::maps::{HashMap, Map, MapData};
 use podnet_ebpf::abi::{
-    ANY_PORT, ANY_PROTO, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICE_ID, NODEPORT_ADDR, PodNetns,
-    REV_NAT_MAX, RevNat, ServiceBackend, ServiceKey, ServiceValue, backend_id, map_name,
+    ANY_PORT, ANY_PROTO, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICE_ID, NODEPORT_ADDR,
+    NODEPORT_ADDR6, PodNetns, REV_NAT_MAX, RevNat, RevNat6, ServiceBackend, ServiceBackend6,
+    ServiceKey, ServiceKey6, ServiceValue, backend_id, map_name,
     proto::{IPPROTO_TCP, IPPROTO_UDP},
     svc_flag,
 };
 
 use super::{
     DatapathError,
-    batch::{delete_batch, lookup_all, own_fd, update_batch},
+    batch::{delete_batch, delete_elem, lookup_all, lookup_elem, own_fd, update_batch},
     maps::{PinnedMaps, is_not_found},
     selection::Selection,
 };
 use crate::model::maglev;
 
-/// A service frontend: `addr:port/proto` (a NodePort has the unspecified address).
+/// A service frontend: `addr:port/proto` (a NodePort has the unspecified address of its
+/// family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct Frontend {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u8,
 }
 
 impl Frontend {
-    /// The NodePort `port/proto` on the node's address.
+    /// The NodePort `port/proto` on the node's IPv4 address.
     pub fn nodeport(port: u16, proto: u8) -> Self {
         Self {
-            addr: Ipv4Addr::from(NODEPORT_ADDR),
+            addr: IpAddr::V4(Ipv4Addr::from(NODEPORT_ADDR)),
             port,
             proto,
         }
     }
 
-    fn key(&self, slot: u16) -> ServiceKey {
-        ServiceKey {
-            addr: self.addr.octets(),
-            port: self.port,
-            slot,
-            proto: self.proto,
-            _pad: [0; 3],
+    /// The NodePort `port/proto` on the node's IPv6 address.
+    pub fn nodeport6(port: u16, proto: u8) -> Self {
+        Self {
+            addr: IpAddr::V6(Ipv6Addr::from(NODEPORT_ADDR6)),
+            port,
+            proto,
         }
+    }
+
+    /// Whether this is a NodePort (the unspecified address of its family).
+    pub fn is_nodeport(&self) -> bool {
+        self.addr.is_unspecified()
     }
 }
 
@@ -81,18 +92,21 @@ impl std::fmt::Display for Frontend {
             IPPROTO_UDP => "udp",
             _ => "?",
         };
-        if self.addr.octets() == NODEPORT_ADDR {
-            write!(f, "nodeport {}/{proto}", self.port)
-        } else {
-            write!(f, "{}:{}/{proto}", self.addr, self.port)
+        match self.addr {
+            IpAddr::V4(_) if self.is_nodeport() => write!(f, "nodeport {}/{proto}", self.port),
+            IpAddr::V6(_) if self.is_nodeport() => {
+                write!(f, "nodeport6 {}/{proto}", self.port)
+            }
+            IpAddr::V4(addr) => write!(f, "{addr}:{}/{proto}", self.port),
+            IpAddr::V6(addr) => write!(f, "[{addr}]:{}/{proto}", self.port),
         }
     }
 }
 
-/// One backend of a frontend.
+/// One backend of a frontend (of the frontend's family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Backend {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     /// Bit set of `abi::backend_flag::*`.
     pub flags: u8,
@@ -130,6 +144,8 @@ pub enum ServicesMapError {
     Full { in_use: usize },
     #[error("{frontend} is given twice")]
     Repeated { frontend: Frontend },
+    #[error("{frontend}: backend {backend} is not of the frontend's address family")]
+    FamilyMismatch { frontend: Frontend, backend: IpAddr },
 }
 
 /// What the index knows about a frontend.
@@ -147,22 +163,21 @@ struct Plan {
     old_ids: Vec<u32>,
     old_flags: Option<u16>,
     /// With affinity before: the backends it had (address, port) and its timeout.
-    old_affine: Option<(Vec<(Ipv4Addr, u16)>, u32)>,
+    old_affine: Option<(Vec<(IpAddr, u16)>, u32)>,
 }
 
 /// The node's service maps, opened from their pins, with an index of the frontends.
 pub struct ServicesMap {
-    services: HashMap<MapData, ServiceKey, ServiceValue>,
-    backends: HashMap<MapData, u32, ServiceBackend>,
-    rev_nat: HashMap<MapData, u32, RevNat>,
-    /// The same maps' descriptors, for the batch commands aya does not wrap.
+    /// The IPv4 maps' descriptors (`SERVICES`, `BACKENDS`, `REV_NAT`).
     fds: BatchFds,
+    /// The IPv6 maps' descriptors (`SERVICES6`, `BACKENDS6`, `REV_NAT6`).
+    fds6: BatchFds,
     /// Maglev tables and affinity entries.
     selection: Selection,
     frontends: StdHashMap<Frontend, Known>,
     ids: std::collections::HashSet<u32>,
     /// ClusterIP address -> how many ClusterIP frontends use it.
-    cluster_ips: StdHashMap<Ipv4Addr, usize>,
+    cluster_ips: StdHashMap<IpAddr, usize>,
     next_id: u32,
 }
 
@@ -201,54 +216,39 @@ fn remove<K: aya::Pod, V: aya::Pod>(
     }
 }
 
-fn get<K: aya::Pod, V: aya::Pod>(
-    map: &HashMap<MapData, K, V>,
-    key: &K,
-    name: &'static str,
-) -> Result<Option<V>, DatapathError> {
-    match map.get(key, 0) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(map_err(name)(e)),
-    }
-}
-
 fn slot(index: usize) -> u16 {
     u16::try_from(index + 1).expect("backend counts are capped at MAX_BACKENDS")
 }
 
 impl ServicesMap {
-    /// Opens the node's service maps and reads every frontend from `REV_NAT`.
+    /// Opens the node's service maps and reads every frontend from `REV_NAT` and `REV_NAT6`.
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
         let selection = Selection::from_maps(
             &open_map(pin_dir, map_name::AFFINITY)?,
+            &open_map(pin_dir, map_name::AFFINITY6)?,
             &open_map(pin_dir, map_name::MAGLEV)?,
         )?;
-        Self::from_maps(
-            open_map(pin_dir, map_name::SERVICES)?,
-            open_map(pin_dir, map_name::BACKENDS)?,
-            open_map(pin_dir, map_name::REV_NAT)?,
-            selection,
-        )
+        Self::from_maps(|name| open_map(pin_dir, name), selection)
     }
 
-    /// The same over maps at hand (e.g. taken from a loaded, unpinned object in tests).
+    /// The same over maps at hand (e.g. taken from a loaded, unpinned object in tests):
+    /// `map(name)` gives each of the six service maps by name.
     pub fn from_maps(
-        services: Map,
-        backends: Map,
-        rev_nat: Map,
+        mut map: impl FnMut(&'static str) -> Result<Map, DatapathError>,
         selection: Selection,
     ) -> Result<Self, DatapathError> {
-        let fds = BatchFds {
-            services: own_fd(&services, map_name::SERVICES)?,
-            backends: own_fd(&backends, map_name::BACKENDS)?,
-            rev_nat: own_fd(&rev_nat, map_name::REV_NAT)?,
+        let mut fds_of = |services, backends, rev_nat| -> Result<BatchFds, DatapathError> {
+            Ok(BatchFds {
+                services: own_fd(&map(services)?, services)?,
+                backends: own_fd(&map(backends)?, backends)?,
+                rev_nat: own_fd(&map(rev_nat)?, rev_nat)?,
+            })
         };
+        let fds = fds_of(map_name::SERVICES, map_name::BACKENDS, map_name::REV_NAT)?;
+        let fds6 = fds_of(map_name::SERVICES6, map_name::BACKENDS6, map_name::REV_NAT6)?;
         let mut this = Self {
-            services: services.try_into().map_err(map_err(map_name::SERVICES))?,
-            backends: backends.try_into().map_err(map_err(map_name::BACKENDS))?,
-            rev_nat: rev_nat.try_into().map_err(map_err(map_name::REV_NAT))?,
             fds,
+            fds6,
             selection,
             frontends: StdHashMap::new(),
             ids: std::collections::HashSet::new(),
@@ -257,18 +257,14 @@ impl ServicesMap {
         };
         let entries: Vec<(u32, RevNat)> = lookup_all(this.fds.rev_nat.as_fd(), map_name::REV_NAT)?;
         for (id, rev) in entries {
-            let frontend = Frontend {
-                addr: Ipv4Addr::from(rev.addr),
-                port: rev.port,
-                proto: rev.proto,
-            };
-            this.index(
-                frontend,
-                Known {
-                    id,
-                    flags: rev.flags,
-                },
-            );
+            let (frontend, flags) = V4::from_rev(&rev);
+            this.index(frontend, Known { id, flags });
+        }
+        let entries: Vec<(u32, RevNat6)> =
+            lookup_all(this.fds6.rev_nat.as_fd(), map_name::REV_NAT6)?;
+        for (id, rev) in entries {
+            let (frontend, flags) = V6::from_rev(&rev);
+            this.index(frontend, Known { id, flags });
         }
         Ok(this)
     }
@@ -319,13 +315,77 @@ impl ServicesMap {
         Err(ServicesMapError::Full { in_use })
     }
 
-    fn address_key(addr: Ipv4Addr) -> ServiceKey {
-        ServiceKey {
-            addr: addr.octets(),
+    /// The master entry or slot `slot` of `frontend`.
+    fn entry(&self, frontend: &Frontend, slot: u16) -> Result<Option<ServiceValue>, DatapathError> {
+        match frontend.addr {
+            IpAddr::V4(_) => lookup_elem(
+                self.fds.services.as_fd(),
+                map_name::SERVICES,
+                &V4::key(frontend, slot),
+            ),
+            IpAddr::V6(_) => lookup_elem(
+                self.fds6.services.as_fd(),
+                map_name::SERVICES6,
+                &V6::key(frontend, slot),
+            ),
+        }
+    }
+
+    /// Removes the master entry or slot `slot` of `frontend` (or, with `ANY_PORT`, a
+    /// ClusterIP's address entry).
+    fn remove_entry(&self, frontend: &Frontend, slot: u16) -> Result<bool, DatapathError> {
+        match frontend.addr {
+            IpAddr::V4(_) => delete_elem(
+                self.fds.services.as_fd(),
+                map_name::SERVICES,
+                &V4::key(frontend, slot),
+            ),
+            IpAddr::V6(_) => delete_elem(
+                self.fds6.services.as_fd(),
+                map_name::SERVICES6,
+                &V6::key(frontend, slot),
+            ),
+        }
+    }
+
+    /// The backend with id `bid` in `family`'s backends map.
+    fn backend(&self, family: &IpAddr, bid: u32) -> Result<Option<Backend>, DatapathError> {
+        Ok(match family {
+            IpAddr::V4(_) => lookup_elem::<u32, ServiceBackend>(
+                self.fds.backends.as_fd(),
+                map_name::BACKENDS,
+                &bid,
+            )?
+            .map(|b| V4::from_backend(&b)),
+            IpAddr::V6(_) => lookup_elem::<u32, ServiceBackend6>(
+                self.fds6.backends.as_fd(),
+                map_name::BACKENDS6,
+                &bid,
+            )?
+            .map(|b| V6::from_backend(&b)),
+        })
+    }
+
+    fn remove_backend(&self, family: &IpAddr, bid: u32) -> Result<bool, DatapathError> {
+        match family {
+            IpAddr::V4(_) => delete_elem(self.fds.backends.as_fd(), map_name::BACKENDS, &bid),
+            IpAddr::V6(_) => delete_elem(self.fds6.backends.as_fd(), map_name::BACKENDS6, &bid),
+        }
+    }
+
+    fn remove_rev_nat(&self, family: &IpAddr, id: u32) -> Result<bool, DatapathError> {
+        match family {
+            IpAddr::V4(_) => delete_elem(self.fds.rev_nat.as_fd(), map_name::REV_NAT, &id),
+            IpAddr::V6(_) => delete_elem(self.fds6.rev_nat.as_fd(), map_name::REV_NAT6, &id),
+        }
+    }
+
+    /// The address entry (`ANY_PORT`, `ANY_PROTO`) of ClusterIP `addr`, as a frontend.
+    fn address_frontend(addr: IpAddr) -> Frontend {
+        Frontend {
+            addr,
             port: ANY_PORT,
-            slot: 0,
             proto: ANY_PROTO,
-            _pad: [0; 3],
         }
     }
 
@@ -333,7 +393,7 @@ impl ServicesMap {
     fn slot_ids(&self, frontend: &Frontend, count: u16) -> Result<Vec<u32>, DatapathError> {
         let mut ids = Vec::with_capacity(usize::from(count));
         for s in 1..=count {
-            if let Some(v) = get(&self.services, &frontend.key(s), map_name::SERVICES)? {
+            if let Some(v) = self.entry(frontend, s)? {
                 ids.push(v.id);
             }
         }
@@ -368,6 +428,16 @@ impl ServicesMap {
         {
             return Err(ServicesMapError::BadFrontend { frontend: fe });
         }
+        if let Some(b) = svc
+            .backends
+            .iter()
+            .find(|b| b.addr.is_ipv4() != fe.addr.is_ipv4())
+        {
+            return Err(ServicesMapError::FamilyMismatch {
+                frontend: fe,
+                backend: b.addr,
+            });
+        }
         Ok(())
     }
 
@@ -396,6 +466,18 @@ impl ServicesMap {
                 in_use: self.frontends.len(),
             });
         }
+        // Each family in its own maps: IPv4 first, then IPv6 (a frontend of one family never
+        // refers to the other's entries, so the order between them does not matter).
+        let (v4, v6): (Vec<Service>, Vec<Service>) = services
+            .iter()
+            .cloned()
+            .partition(|s| s.frontend.addr.is_ipv4());
+        self.write_family::<V4>(&v4)?;
+        self.write_family::<V6>(&v6)
+    }
+
+    /// [`Self::write_many`] for services of family `F`.
+    fn write_family<F: Layout>(&mut self, services: &[Service]) -> Result<(), ServicesMapError> {
         // In rounds of about `ROUND_BACKENDS` backends: a replaced frontend's old and new
         // backends coexist until its round ends, so the backends map needs only that much room
         // beyond the table, not twice the table.
@@ -407,7 +489,7 @@ impl ServicesMap {
                 backends += services[end].backends.len();
                 end += 1;
             }
-            self.write_round(&services[start..end])?;
+            self.write_round::<F>(&services[start..end])?;
             start = end;
         }
         Ok(())
@@ -416,13 +498,13 @@ impl ServicesMap {
     /// One round of [`Self::write_many`], on checked services: the new backends, reverse
     /// translations and slots, then the master entries that expose them, then what they no
     /// longer cover (the order one write keeps too).
-    fn write_round(&mut self, services: &[Service]) -> Result<(), ServicesMapError> {
+    fn write_round<F: Layout>(&mut self, services: &[Service]) -> Result<(), ServicesMapError> {
         let plans = self.plan_round(services)?;
-        self.write_backends(services, &plans)?;
+        self.write_backends::<F>(services, &plans)?;
         self.write_maglev(services, &plans)?;
-        self.write_rev_nat_and_slots(services, &plans)?;
-        self.write_masters(services, &plans)?;
-        self.remove_stale(services, &plans)?;
+        self.write_rev_nat_and_slots::<F>(services, &plans)?;
+        self.write_masters::<F>(services, &plans)?;
+        self.remove_stale::<F>(services, &plans)?;
         self.forget_stale_selection(services, &plans)?;
         self.reindex(services, &plans)
     }
@@ -438,8 +520,7 @@ impl ServicesMap {
             if svc.flags & svc_flag::MAGLEV == 0 || svc.backends.is_empty() {
                 continue;
             }
-            let addrs: Vec<(Ipv4Addr, u16)> =
-                svc.backends.iter().map(|b| (b.addr, b.port)).collect();
+            let addrs: Vec<(IpAddr, u16)> = svc.backends.iter().map(|b| (b.addr, b.port)).collect();
             let table: Vec<u32> = maglev::table(&addrs, MAGLEV_TABLE_SIZE)
                 .into_iter()
                 .map(|i| {
@@ -476,7 +557,7 @@ impl ServicesMap {
                     whole.insert(plan.id);
                 }
                 Some((old, _)) => {
-                    let now: HashSet<(Ipv4Addr, u16)> =
+                    let now: HashSet<(IpAddr, u16)> =
                         svc.backends.iter().map(|b| (b.addr, b.port)).collect();
                     departed.extend(
                         old.iter()
@@ -502,8 +583,8 @@ impl ServicesMap {
             let fe = svc.frontend;
             let plan = match self.frontends.get(&fe).copied() {
                 Some(k) => {
-                    let old_count =
-                        get(&self.services, &fe.key(0), map_name::SERVICES)?.map_or(0, |m| m.count);
+                    let master = self.entry(&fe, 0)?;
+                    let old_count = master.map_or(0, |m| m.count);
                     let old_ids = self.slot_ids(&fe, old_count)?;
                     let old_generation = old_ids
                         .first()
@@ -511,11 +592,10 @@ impl ServicesMap {
                     let old_affine = if k.flags & svc_flag::AFFINITY == 0 {
                         None
                     } else {
-                        let master = get(&self.services, &fe.key(0), map_name::SERVICES)?;
                         let mut old = Vec::with_capacity(old_ids.len());
                         for bid in &old_ids {
-                            if let Some(b) = get(&self.backends, bid, map_name::BACKENDS)? {
-                                old.push((Ipv4Addr::from(b.addr), b.port));
+                            if let Some(b) = self.backend(&fe.addr, *bid)? {
+                                old.push((b.addr, b.port));
                             }
                         }
                         Some((old, master.map_or(0, |m| m.affinity_timeout)))
@@ -554,7 +634,7 @@ impl ServicesMap {
         }
     }
 
-    fn write_backends(
+    fn write_backends<F: Layout>(
         &mut self,
         services: &[Service],
         plans: &[Plan],
@@ -565,52 +645,37 @@ impl ServicesMap {
         for (svc, plan) in services.iter().zip(plans) {
             for (i, b) in svc.backends.iter().enumerate() {
                 backend_keys.push(backend_id(plan.id, plan.generation, slot(i)));
-                backend_values.push(ServiceBackend {
-                    addr: b.addr.octets(),
-                    port: b.port,
-                    flags: b.flags,
-                    _pad: 0,
-                });
+                backend_values.push(F::backend(b));
             }
         }
+        let fds = F::fds(self);
         if let Err(e) = update_batch(
-            self.fds.backends.as_fd(),
-            map_name::BACKENDS,
+            fds.backends.as_fd(),
+            F::BACKENDS,
             &backend_keys,
             &backend_values,
         ) {
             // Nothing refers to them yet: take back what went in.
-            let _ = delete_batch(self.fds.backends.as_fd(), map_name::BACKENDS, &backend_keys);
+            let _ = delete_batch(fds.backends.as_fd(), F::BACKENDS, &backend_keys);
             self.release_new_ids(plans);
             return Err(e.into());
         }
         Ok(())
     }
 
-    fn write_rev_nat_and_slots(
+    fn write_rev_nat_and_slots<F: Layout>(
         &mut self,
         services: &[Service],
         plans: &[Plan],
     ) -> Result<(), ServicesMapError> {
         // 2. Reverse translations and the address entries of new ClusterIPs.
         let rev_keys: Vec<u32> = plans.iter().map(|p| p.id).collect();
-        let rev_values: Vec<RevNat> = services
+        let rev_values: Vec<F::Rev> = services
             .iter()
-            .map(|svc| RevNat {
-                addr: svc.frontend.addr.octets(),
-                port: svc.frontend.port,
-                proto: svc.frontend.proto,
-                _pad: 0,
-                flags: svc.flags,
-                _pad2: [0; 2],
-            })
+            .map(|svc| F::rev(&svc.frontend, svc.flags))
             .collect();
-        update_batch(
-            self.fds.rev_nat.as_fd(),
-            map_name::REV_NAT,
-            &rev_keys,
-            &rev_values,
-        )?;
+        let fds = F::fds(self);
+        update_batch(fds.rev_nat.as_fd(), F::REV_NAT, &rev_keys, &rev_values)?;
         let mut slot_keys = Vec::new();
         let mut slot_values = Vec::new();
         let mut new_addresses = HashSet::new();
@@ -620,7 +685,7 @@ impl ServicesMap {
                 && !self.cluster_ips.contains_key(&addr)
                 && new_addresses.insert(addr)
             {
-                slot_keys.push(Self::address_key(addr));
+                slot_keys.push(F::key(&Self::address_frontend(addr), 0));
                 slot_values.push(ServiceValue {
                     flags: svc_flag::ADDRESS,
                     ..ServiceValue::default()
@@ -630,29 +695,24 @@ impl ServicesMap {
         // 3. The slots.
         for (svc, plan) in services.iter().zip(plans) {
             for i in 0..svc.backends.len() {
-                slot_keys.push(svc.frontend.key(slot(i)));
+                slot_keys.push(F::key(&svc.frontend, slot(i)));
                 slot_values.push(ServiceValue {
                     id: backend_id(plan.id, plan.generation, slot(i)),
                     ..ServiceValue::default()
                 });
             }
         }
-        update_batch(
-            self.fds.services.as_fd(),
-            map_name::SERVICES,
-            &slot_keys,
-            &slot_values,
-        )?;
+        update_batch(fds.services.as_fd(), F::SERVICES, &slot_keys, &slot_values)?;
         Ok(())
     }
 
-    fn write_masters(
+    fn write_masters<F: Layout>(
         &mut self,
         services: &[Service],
         plans: &[Plan],
     ) -> Result<(), ServicesMapError> {
         // 4. The master entries that expose them.
-        let master_keys: Vec<ServiceKey> = services.iter().map(|s| s.frontend.key(0)).collect();
+        let master_keys: Vec<F::Key> = services.iter().map(|s| F::key(&s.frontend, 0)).collect();
         let master_values: Vec<ServiceValue> = services
             .iter()
             .zip(plans)
@@ -666,8 +726,8 @@ impl ServicesMap {
             })
             .collect();
         update_batch(
-            self.fds.services.as_fd(),
-            map_name::SERVICES,
+            F::fds(self).services.as_fd(),
+            F::SERVICES,
             &master_keys,
             &master_values,
         )?;
@@ -675,7 +735,7 @@ impl ServicesMap {
     }
 
     /// What the new counts no longer cover, and the old generations' backends.
-    fn remove_stale(
+    fn remove_stale<F: Layout>(
         &mut self,
         services: &[Service],
         plans: &[Plan],
@@ -686,7 +746,7 @@ impl ServicesMap {
         for (svc, plan) in services.iter().zip(plans) {
             let count = u16::try_from(svc.backends.len()).expect("checked");
             for s in count + 1..=plan.old_count {
-                stale_slots.push(svc.frontend.key(s));
+                stale_slots.push(F::key(&svc.frontend, s));
             }
             stale_backends.extend(
                 plan.old_ids
@@ -694,12 +754,9 @@ impl ServicesMap {
                     .filter(|&&bid| (bid / u32::from(MAX_BACKENDS)) & 1 != plan.generation),
             );
         }
-        delete_batch(self.fds.services.as_fd(), map_name::SERVICES, &stale_slots)?;
-        delete_batch(
-            self.fds.backends.as_fd(),
-            map_name::BACKENDS,
-            &stale_backends,
-        )?;
+        let fds = F::fds(self);
+        delete_batch(fds.services.as_fd(), F::SERVICES, &stale_slots)?;
+        delete_batch(fds.backends.as_fd(), F::BACKENDS, &stale_backends)?;
         Ok(())
     }
 
@@ -728,11 +785,7 @@ impl ServicesMap {
         }
         for addr in maybe_unused {
             if !self.cluster_ips.contains_key(&addr) {
-                remove(
-                    &mut self.services,
-                    &Self::address_key(addr),
-                    map_name::SERVICES,
-                )?;
+                self.remove_entry(&Self::address_frontend(addr), 0)?;
             }
         }
         Ok(())
@@ -745,17 +798,16 @@ impl ServicesMap {
         let Some(known) = self.frontends.get(frontend).copied() else {
             return Ok(false);
         };
-        let count =
-            get(&self.services, &frontend.key(0), map_name::SERVICES)?.map_or(0, |m| m.count);
+        let count = self.entry(frontend, 0)?.map_or(0, |m| m.count);
         let ids = self.slot_ids(frontend, count)?;
-        remove(&mut self.services, &frontend.key(0), map_name::SERVICES)?;
+        self.remove_entry(frontend, 0)?;
         for s in 1..=count {
-            remove(&mut self.services, &frontend.key(s), map_name::SERVICES)?;
+            self.remove_entry(frontend, s)?;
         }
         for bid in ids {
-            remove(&mut self.backends, &bid, map_name::BACKENDS)?;
+            self.remove_backend(&frontend.addr, bid)?;
         }
-        remove(&mut self.rev_nat, &known.id, map_name::REV_NAT)?;
+        self.remove_rev_nat(&frontend.addr, known.id)?;
         if known.flags & svc_flag::MAGLEV != 0 {
             self.selection.remove_maglev(known.id)?;
         }
@@ -766,11 +818,7 @@ impl ServicesMap {
         self.unindex(frontend);
         if known.flags & svc_flag::CLUSTER_IP != 0 && !self.cluster_ips.contains_key(&frontend.addr)
         {
-            remove(
-                &mut self.services,
-                &Self::address_key(frontend.addr),
-                map_name::SERVICES,
-            )?;
+            self.remove_entry(&Self::address_frontend(frontend.addr), 0)?;
         }
         Ok(true)
     }
@@ -780,17 +828,13 @@ impl ServicesMap {
         if !self.frontends.contains_key(frontend) {
             return Ok(None);
         }
-        let Some(master) = get(&self.services, &frontend.key(0), map_name::SERVICES)? else {
+        let Some(master) = self.entry(frontend, 0)? else {
             return Ok(None);
         };
         let mut backends = Vec::with_capacity(usize::from(master.count));
         for bid in self.slot_ids(frontend, master.count)? {
-            if let Some(b) = get(&self.backends, &bid, map_name::BACKENDS)? {
-                backends.push(Backend {
-                    addr: Ipv4Addr::from(b.addr),
-                    port: b.port,
-                    flags: b.flags,
-                });
+            if let Some(b) = self.backend(&frontend.addr, bid)? {
+                backends.push(b);
             }
         }
         Ok(Some(Service {
@@ -807,34 +851,36 @@ impl ServicesMap {
         self.frontends.get(frontend).map(|k| k.id)
     }
 
-    /// Every frontend, sorted (three batched reads, however many services there are).
+    /// Every frontend, sorted (three batched reads per family, however many services there
+    /// are).
     pub fn list(&self) -> Result<Vec<Service>, DatapathError> {
-        let entries: StdHashMap<ServiceKey, ServiceValue> =
-            lookup_all(self.fds.services.as_fd(), map_name::SERVICES)?
+        let mut out = self.list_family::<V4>()?;
+        out.extend(self.list_family::<V6>()?);
+        out.sort_by_key(|s| s.frontend);
+        Ok(out)
+    }
+
+    fn list_family<F: Layout>(&self) -> Result<Vec<Service>, DatapathError> {
+        let fds = F::fds(self);
+        let entries: StdHashMap<F::Key, ServiceValue> =
+            lookup_all(fds.services.as_fd(), F::SERVICES)?
                 .into_iter()
                 .collect();
-        let backends: StdHashMap<u32, ServiceBackend> =
-            lookup_all(self.fds.backends.as_fd(), map_name::BACKENDS)?
-                .into_iter()
-                .collect();
-        let mut frontends: Vec<Frontend> = self.frontends.keys().copied().collect();
-        frontends.sort();
-        let mut out = Vec::with_capacity(frontends.len());
-        for fe in frontends {
-            let Some(master) = entries.get(&fe.key(0)) else {
+        let backends: StdHashMap<u32, F::Backend> = lookup_all(fds.backends.as_fd(), F::BACKENDS)?
+            .into_iter()
+            .collect();
+        let mut out = Vec::new();
+        for fe in self.frontends.keys().filter(|fe| F::is(&fe.addr)) {
+            let Some(master) = entries.get(&F::key(fe, 0)) else {
                 continue;
             };
             let slots = (1..=master.count)
-                .filter_map(|s| entries.get(&fe.key(s)))
+                .filter_map(|s| entries.get(&F::key(fe, s)))
                 .filter_map(|slot| backends.get(&slot.id))
-                .map(|b| Backend {
-                    addr: Ipv4Addr::from(b.addr),
-                    port: b.port,
-                    flags: b.flags,
-                })
+                .map(F::from_backend)
                 .collect();
             out.push(Service {
-                frontend: fe,
+                frontend: *fe,
                 backends: slots,
                 flags: master.flags,
                 local_count: master.local_count,
@@ -850,32 +896,218 @@ impl ServicesMap {
     /// there were.
     pub fn clear(&mut self) -> Result<usize, DatapathError> {
         let count = self.frontends.len();
-        let keys: Vec<ServiceKey> =
-            lookup_all::<ServiceKey, ServiceValue>(self.fds.services.as_fd(), map_name::SERVICES)?
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect();
-        let (masters, rest): (Vec<ServiceKey>, Vec<ServiceKey>) = keys
-            .into_iter()
-            .partition(|k| k.slot == 0 && k.port != ANY_PORT);
-        delete_batch(self.fds.services.as_fd(), map_name::SERVICES, &masters)?;
-        delete_batch(self.fds.services.as_fd(), map_name::SERVICES, &rest)?;
-        let ids: Vec<u32> =
-            lookup_all::<u32, ServiceBackend>(self.fds.backends.as_fd(), map_name::BACKENDS)?
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect();
-        delete_batch(self.fds.backends.as_fd(), map_name::BACKENDS, &ids)?;
-        let ids: Vec<u32> = lookup_all::<u32, RevNat>(self.fds.rev_nat.as_fd(), map_name::REV_NAT)?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        delete_batch(self.fds.rev_nat.as_fd(), map_name::REV_NAT, &ids)?;
+        self.clear_family::<V4>()?;
+        self.clear_family::<V6>()?;
         self.selection.clear()?;
         self.frontends.clear();
         self.ids.clear();
         self.cluster_ips.clear();
         Ok(count)
+    }
+
+    fn clear_family<F: Layout>(&self) -> Result<(), DatapathError> {
+        let fds = F::fds(self);
+        let keys: Vec<F::Key> =
+            lookup_all::<F::Key, ServiceValue>(fds.services.as_fd(), F::SERVICES)?
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+        let (masters, rest): (Vec<F::Key>, Vec<F::Key>) = keys.into_iter().partition(|k| {
+            let (port, slot) = F::port_slot(k);
+            slot == 0 && port != ANY_PORT
+        });
+        delete_batch(fds.services.as_fd(), F::SERVICES, &masters)?;
+        delete_batch(fds.services.as_fd(), F::SERVICES, &rest)?;
+        let ids: Vec<u32> = lookup_all::<u32, F::Backend>(fds.backends.as_fd(), F::BACKENDS)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        delete_batch(fds.backends.as_fd(), F::BACKENDS, &ids)?;
+        let ids: Vec<u32> = lookup_all::<u32, F::Rev>(fds.rev_nat.as_fd(), F::REV_NAT)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        delete_batch(fds.rev_nat.as_fd(), F::REV_NAT, &ids)?;
+        Ok(())
+    }
+}
+
+/// A family's service maps: their names and the layout of their keys and values.
+trait Layout {
+    type Key: aya::Pod + Eq + std::hash::Hash;
+    type Backend: aya::Pod;
+    type Rev: aya::Pod;
+    const SERVICES: &'static str;
+    const BACKENDS: &'static str;
+    const REV_NAT: &'static str;
+    /// Whether `addr` is of this family.
+    fn is(addr: &IpAddr) -> bool;
+    fn fds(maps: &ServicesMap) -> &BatchFds;
+    /// The `SERVICES` key of `frontend`'s slot `slot` (`frontend` is of this family).
+    fn key(frontend: &Frontend, slot: u16) -> Self::Key;
+    /// A key's port and slot.
+    fn port_slot(key: &Self::Key) -> (u16, u16);
+    fn backend(b: &Backend) -> Self::Backend;
+    fn from_backend(b: &Self::Backend) -> Backend;
+    fn rev(frontend: &Frontend, flags: u16) -> Self::Rev;
+}
+
+/// IPv4: `SERVICES`, `BACKENDS`, `REV_NAT`.
+struct V4;
+/// IPv6: `SERVICES6`, `BACKENDS6`, `REV_NAT6`.
+struct V6;
+
+fn v4(addr: IpAddr) -> Ipv4Addr {
+    match addr {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => unreachable!("an IPv4 frontend's addresses are IPv4 (checked)"),
+    }
+}
+
+fn v6(addr: IpAddr) -> Ipv6Addr {
+    match addr {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(_) => unreachable!("an IPv6 frontend's addresses are IPv6 (checked)"),
+    }
+}
+
+impl V4 {
+    fn from_rev(rev: &RevNat) -> (Frontend, u16) {
+        let frontend = Frontend {
+            addr: IpAddr::V4(Ipv4Addr::from(rev.addr)),
+            port: rev.port,
+            proto: rev.proto,
+        };
+        (frontend, rev.flags)
+    }
+}
+
+impl V6 {
+    fn from_rev(rev: &RevNat6) -> (Frontend, u16) {
+        let frontend = Frontend {
+            addr: IpAddr::V6(Ipv6Addr::from(rev.addr)),
+            port: rev.port,
+            proto: rev.proto,
+        };
+        (frontend, rev.flags)
+    }
+}
+
+impl Layout for V4 {
+    type Key = ServiceKey;
+    type Backend = ServiceBackend;
+    type Rev = RevNat;
+    const SERVICES: &'static str = map_name::SERVICES;
+    const BACKENDS: &'static str = map_name::BACKENDS;
+    const REV_NAT: &'static str = map_name::REV_NAT;
+
+    fn is(addr: &IpAddr) -> bool {
+        addr.is_ipv4()
+    }
+
+    fn fds(maps: &ServicesMap) -> &BatchFds {
+        &maps.fds
+    }
+
+    fn key(frontend: &Frontend, slot: u16) -> ServiceKey {
+        ServiceKey {
+            addr: v4(frontend.addr).octets(),
+            port: frontend.port,
+            slot,
+            proto: frontend.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    fn port_slot(key: &ServiceKey) -> (u16, u16) {
+        (key.port, key.slot)
+    }
+
+    fn backend(b: &Backend) -> ServiceBackend {
+        ServiceBackend {
+            addr: v4(b.addr).octets(),
+            port: b.port,
+            flags: b.flags,
+            _pad: 0,
+        }
+    }
+
+    fn from_backend(b: &ServiceBackend) -> Backend {
+        Backend {
+            addr: IpAddr::V4(Ipv4Addr::from(b.addr)),
+            port: b.port,
+            flags: b.flags,
+        }
+    }
+
+    fn rev(frontend: &Frontend, flags: u16) -> RevNat {
+        RevNat {
+            addr: v4(frontend.addr).octets(),
+            port: frontend.port,
+            proto: frontend.proto,
+            _pad: 0,
+            flags,
+            _pad2: [0; 2],
+        }
+    }
+}
+
+impl Layout for V6 {
+    type Key = ServiceKey6;
+    type Backend = ServiceBackend6;
+    type Rev = RevNat6;
+    const SERVICES: &'static str = map_name::SERVICES6;
+    const BACKENDS: &'static str = map_name::BACKENDS6;
+    const REV_NAT: &'static str = map_name::REV_NAT6;
+
+    fn is(addr: &IpAddr) -> bool {
+        addr.is_ipv6()
+    }
+
+    fn fds(maps: &ServicesMap) -> &BatchFds {
+        &maps.fds6
+    }
+
+    fn key(frontend: &Frontend, slot: u16) -> ServiceKey6 {
+        ServiceKey6 {
+            addr: v6(frontend.addr).octets(),
+            port: frontend.port,
+            slot,
+            proto: frontend.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    fn port_slot(key: &ServiceKey6) -> (u16, u16) {
+        (key.port, key.slot)
+    }
+
+    fn backend(b: &Backend) -> ServiceBackend6 {
+        ServiceBackend6 {
+            addr: v6(b.addr).octets(),
+            port: b.port,
+            flags: b.flags,
+            _pad: 0,
+        }
+    }
+
+    fn from_backend(b: &ServiceBackend6) -> Backend {
+        Backend {
+            addr: IpAddr::V6(Ipv6Addr::from(b.addr)),
+            port: b.port,
+            flags: b.flags,
+        }
+    }
+
+    fn rev(frontend: &Frontend, flags: u16) -> RevNat6 {
+        RevNat6 {
+            addr: v6(frontend.addr).octets(),
+            port: frontend.port,
+            proto: frontend.proto,
+            _pad: 0,
+            flags,
+            _pad2: [0; 2],
+        }
     }
 }
 
@@ -890,7 +1122,8 @@ struct BatchFds {
 /// `MAX_BACKENDS` more): the room a replace needs in the backends map beyond the table.
 const ROUND_BACKENDS: usize = 16_384;
 
-/// Registers the network namespace `netns` of the pod with address `pod_ip` (its cookie) in
+/// Registers the network namespace `netns` of the pod with address `pod_ip` (and `pod_ip6` on
+/// a dual-stack node: its IPv6 sockets' client address) (its cookie) in
 /// `POD_NETNS`, so the socket programs balance its sockets (with `config_flag::SOCKET_LB`). One
 /// insert: entries of pods that are gone are removed when they are unplugged, or by
 /// [`prune_pod_netns`] (gc) for a pod whose removal was cut short.
@@ -898,6 +1131,7 @@ pub fn register_pod_netns(
     pin_dir: &Path,
     netns: &crate::sys::netns::Netns,
     pod_ip: Ipv4Addr,
+    pod_ip6: Option<std::net::Ipv6Addr>,
 ) -> Result<(), DatapathError> {
     let cookie = netns
         .run(super::cgroup::current_netns_cookie)
@@ -910,6 +1144,7 @@ pub fn register_pod_netns(
     let value = PodNetns {
         addr: pod_ip.octets(),
         _pad: [0; 4],
+        addr6: pod_ip6.map_or([0; 16], |ip| ip.octets()),
     };
     pods.insert(cookie, value, 0)
         .map_err(map_err(map_name::POD_NETNS))

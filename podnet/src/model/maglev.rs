@@ -8,7 +8,7 @@
 //! free entry until the table is full. The backends take their turns in address order, so the
 //! table depends only on the set of backends: every node builds the same one.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// 64-bit FNV-1a of `bytes`, from `basis`.
 fn fnv1a(basis: u64, bytes: &[u8]) -> u64 {
@@ -22,9 +22,10 @@ fn fnv1a(basis: u64, bytes: &[u8]) -> u64 {
 const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const SKIP_BASIS: u64 = 0x6c62_272e_07bb_0142;
 
-/// The table of `size` entries (a prime) for `backends`: entry `i` is an index into
-/// `backends`. Empty when there are no backends.
-pub fn table(backends: &[(Ipv4Addr, u16)], size: u32) -> Vec<u32> {
+/// The table of `size` entries (a prime) for `backends` (IPv4 or IPv6 addresses; a backend's
+/// name is its address's bytes and its port): entry `i` is an index into `backends`. Empty
+/// when there are no backends.
+pub fn table<A: Into<IpAddr> + Copy + Ord>(backends: &[(A, u16)], size: u32) -> Vec<u32> {
     let m = u64::from(size);
     if backends.is_empty() || m < 2 {
         return Vec::new();
@@ -37,9 +38,11 @@ pub fn table(backends: &[(Ipv4Addr, u16)], size: u32) -> Vec<u32> {
         .iter()
         .map(|&i| {
             let (addr, port) = backends[i];
-            let mut name = [0u8; 6];
-            name[..4].copy_from_slice(&addr.octets());
-            name[4..].copy_from_slice(&port.to_be_bytes());
+            let mut name = match addr.into() {
+                IpAddr::V4(a) => a.octets().to_vec(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            };
+            name.extend_from_slice(&port.to_be_bytes());
             let offset = fnv1a(OFFSET_BASIS, &name) % m;
             let skip = fnv1a(SKIP_BASIS, &name) % (m - 1) + 1;
             (offset, skip)
@@ -72,9 +75,9 @@ pub fn table(backends: &[(Ipv4Addr, u16)], size: u32) -> Vec<u32> {
 /// The share of entries that name a different backend in `after` than in `before` (for
 /// measuring disruption: the share of new flows that would move). Entries are compared by the
 /// backend they name, through each table's own backend list.
-pub fn moved_share(
-    before: (&[u32], &[(Ipv4Addr, u16)]),
-    after: (&[u32], &[(Ipv4Addr, u16)]),
+pub fn moved_share<A: PartialEq>(
+    before: (&[u32], &[(A, u16)]),
+    after: (&[u32], &[(A, u16)]),
 ) -> f64 {
     let n = before.0.len().min(after.0.len());
     if n == 0 {
@@ -103,9 +106,9 @@ mod tests {
 
     const M: u32 = 16_381;
 
-    fn backends(n: u8) -> Vec<(Ipv4Addr, u16)> {
+    fn backends(n: u8) -> Vec<(std::net::Ipv4Addr, u16)> {
         (1..=n)
-            .map(|i| (Ipv4Addr::new(10, 1, 0, i), 8080))
+            .map(|i| (std::net::Ipv4Addr::new(10, 1, 0, i), 8080))
             .collect()
     }
 
@@ -151,6 +154,6 @@ mod tests {
 
     #[test]
     fn no_backends_no_table() {
-        assert!(table(&[], M).is_empty());
+        assert!(table::<std::net::Ipv4Addr>(&[], M).is_empty());
     }
 }

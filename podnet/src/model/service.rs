@@ -6,10 +6,19 @@
 //! A service becomes one datapath frontend per (address, port, protocol): each ClusterIP, each
 //! externalIP and each LoadBalancer ingress IP with the service's ports, and the node IP with
 //! each port's NodePort. Its backends are the endpoints' addresses with the port's target port.
+//!
+//! Both address families: a service has a ClusterIP of each family it has (`clusterIPs`,
+//! `ipFamilies`, `ipFamilyPolicy`: SingleStack one, RequireDualStack both, PreferDualStack one
+//! or both); its externalIPs, LoadBalancer IPs and endpoints must be of those families, and a
+//! frontend's backends are the endpoints of its family. A NodePort is offered on the node's
+//! address of each family the service has (an IPv6 NodePort frontend is shown as `[::]`).
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 use super::{nodeport::Proto, port_range::PortRange};
@@ -30,7 +39,7 @@ pub struct ServiceTable {
         rename = "serviceCIDRs",
         skip_serializing_if = "Vec::is_empty"
     )]
-    pub service_cidrs: Vec<Ipv4Network>,
+    pub service_cidrs: Vec<IpNetwork>,
     pub services: Vec<Service>,
 }
 
@@ -96,19 +105,30 @@ pub enum SessionAffinity {
 }
 
 /// `spec.ipFamilies`: the address families a service has ClusterIPs of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum IpFamily {
     IPv4,
     IPv6,
 }
 
+impl IpFamily {
+    pub fn of(addr: &IpAddr) -> Self {
+        if addr.is_ipv4() {
+            Self::IPv4
+        } else {
+            Self::IPv6
+        }
+    }
+}
+
 /// `spec.ipFamilyPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IpFamilyPolicy {
+    /// One ClusterIP.
     SingleStack,
-    /// Both families if the cluster has them; an IPv4-only service here.
+    /// Both families if the cluster has them (one ClusterIP of each), else one.
     PreferDualStack,
-    /// Both families or nothing: refused while services are IPv4 only.
+    /// A ClusterIP of each family.
     RequireDualStack,
 }
 
@@ -130,7 +150,7 @@ pub struct ServiceSpec {
     #[serde(default, rename = "clusterIPs")]
     pub cluster_ips: Vec<String>,
     #[serde(default, rename = "externalIPs")]
-    pub external_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     #[serde(default)]
     pub session_affinity: SessionAffinity,
@@ -145,10 +165,11 @@ pub struct ServiceSpec {
     /// podnet's own: `random` or `maglev`; unset, the node's setting (`random` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancing: Option<LoadBalancing>,
-    /// The families of the ClusterIPs (Kubernetes' `ipFamilies`): accepted with IPv4 only.
+    /// The families of the ClusterIPs (Kubernetes' `ipFamilies`), in the order of
+    /// `clusterIPs`; optional.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_families: Vec<IpFamily>,
-    /// Kubernetes' `ipFamilyPolicy`: `RequireDualStack` is refused (no IPv6 services yet).
+    /// Kubernetes' `ipFamilyPolicy`; optional (checked against the ClusterIPs when given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_family_policy: Option<IpFamilyPolicy>,
 }
@@ -209,14 +230,14 @@ pub struct LoadBalancerStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancerIngress {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
 }
 
 /// One EndpointSlice endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Endpoint {
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<IpAddr>,
     #[serde(default)]
     pub conditions: Conditions,
     #[serde(default)]
@@ -258,10 +279,7 @@ pub enum ServiceError {
     #[error(
         "the table's service CIDR {table} is not the node's {node} (set with `node init --service-cidr`)"
     )]
-    Cidr {
-        table: Ipv4Network,
-        node: Ipv4Network,
-    },
+    Cidr { table: IpNetwork, node: String },
     #[error("service {service} is listed twice")]
     Repeated { service: String },
     #[error("{frontend} is a frontend of both {first} and {second}")]
@@ -275,7 +293,7 @@ pub enum ServiceError {
 /// One frontend: where clients connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Frontend {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub proto: Proto,
     pub kind: FrontendKind,
@@ -300,18 +318,23 @@ impl FrontendKind {
 
 impl std::fmt::Display for Frontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+        match self.addr {
+            IpAddr::V4(addr) => write!(f, "{addr}:{}/{}", self.port, self.proto),
+            IpAddr::V6(addr) => write!(f, "[{addr}]:{}/{}", self.port, self.proto),
+        }
     }
 }
 
 /// What [`ServiceTable::check`] checks against: the node's settings.
 pub struct Limits<'a> {
     pub service_cidr: Ipv4Network,
+    /// The IPv6 service CIDR, if the node has one (else IPv6 ClusterIPs are refused).
+    pub service_cidr6: Option<Ipv6Network>,
     pub nodeport_range: PortRange,
     pub node_ip: Ipv4Addr,
     pub max_backends: usize,
     /// Frontends other owners hold (NodePorts of `nodeport add` and CNI host ports).
-    pub taken: &'a HashSet<(Ipv4Addr, u16, Proto)>,
+    pub taken: &'a HashSet<(IpAddr, u16, Proto)>,
 }
 
 impl Service {
@@ -323,21 +346,22 @@ impl Service {
     }
 
     /// The ClusterIPs, parsed (empty for a headless service).
-    pub fn cluster_ips(&self) -> Result<Vec<Ipv4Addr>, ServiceError> {
+    pub fn cluster_ips(&self) -> Result<Vec<IpAddr>, ServiceError> {
         let ips = &self.spec.cluster_ips;
         if ips.is_empty() || ips.iter().any(|ip| ip == "None") {
             return Ok(Vec::new());
         }
         ips.iter()
             .map(|ip| {
-                ip.parse().map_err(|_| match ip.parse::<std::net::Ipv6Addr>() {
-                    Ok(v6) => self.invalid(format!(
-                        "clusterIP {v6} is IPv6: IPv6 ClusterIPs are not supported by podnet's datapath yet (services are IPv4 only); list only the IPv4 ClusterIP"
-                    )),
-                    Err(_) => self.invalid(format!("clusterIP {ip:?} is not an IPv4 address")),
-                })
+                ip.parse()
+                    .map_err(|_| self.invalid(format!("clusterIP {ip:?} is not an IP address")))
             })
             .collect()
+    }
+
+    /// The families of the service's ClusterIPs, in order (none when headless).
+    pub fn families(&self) -> Result<Vec<IpFamily>, ServiceError> {
+        Ok(self.cluster_ips()?.iter().map(IpFamily::of).collect())
     }
 
     /// Whether the service has no ClusterIP (headless: no frontend, no balancing).
@@ -355,7 +379,9 @@ impl Service {
         })
     }
 
-    /// Every frontend of the service (none when headless).
+    /// Every frontend of the service (none when headless). NodePorts are on `node_ip` for
+    /// IPv4 and on the unspecified IPv6 address (`[::]`, any of the node's) for IPv6, each for
+    /// a family the service has a ClusterIP of.
     pub fn frontends(&self, node_ip: Ipv4Addr) -> Result<Vec<Frontend>, ServiceError> {
         let cluster = self.cluster_ips()?;
         if cluster.is_empty() {
@@ -382,7 +408,13 @@ impl Service {
                 add(ingress.ip, port.port, FrontendKind::LoadBalancer);
             }
             if let Some(node_port) = port.node_port {
-                add(node_ip, node_port, FrontendKind::NodePort);
+                for ip in &cluster {
+                    let node = match ip {
+                        IpAddr::V4(_) => IpAddr::V4(node_ip),
+                        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    };
+                    add(node, node_port, FrontendKind::NodePort);
+                }
             }
         }
         Ok(out)
@@ -401,7 +433,7 @@ impl Service {
 
     /// The backend addresses of the service, deduplicated, in the order given, each with its
     /// conditions and whether it runs on `node`.
-    pub fn backends(&self) -> Vec<(Ipv4Addr, Conditions, Option<&str>)> {
+    pub fn backends(&self) -> Vec<(IpAddr, Conditions, Option<&str>)> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for ep in &self.endpoints {
@@ -428,21 +460,7 @@ impl Service {
         if self.spec.service_type == ServiceType::ExternalName {
             return Err(self.invalid("ExternalName services are DNS aliases, not proxied"));
         }
-        if self.spec.ip_families.contains(&IpFamily::IPv6)
-            || self.spec.ip_family_policy == Some(IpFamilyPolicy::RequireDualStack)
-        {
-            return Err(self.invalid(
-                "IPv6 services are not supported by podnet's datapath yet (ipFamilies IPv6, ipFamilyPolicy RequireDualStack): services are IPv4 only",
-            ));
-        }
-        for ip in self.cluster_ips()? {
-            if !limits.service_cidr.contains(ip) {
-                return Err(self.invalid(format!(
-                    "clusterIP {ip} is outside the service CIDR {}",
-                    limits.service_cidr
-                )));
-            }
-        }
+        self.check_families(limits)?;
         if self.spec.ports.is_empty() && !self.is_headless() {
             return Err(self.invalid("a service with a ClusterIP needs at least one port"));
         }
@@ -468,6 +486,98 @@ impl Service {
             }
         }
         self.check_semantics(limits)
+    }
+
+    /// ClusterIPs (at most one per family, each in its family's service CIDR), `ipFamilies`
+    /// and `ipFamilyPolicy` (consistent with them), and the families of externalIPs,
+    /// LoadBalancer IPs and endpoints (each one the service has a ClusterIP of).
+    fn check_families(&self, limits: &Limits<'_>) -> Result<(), ServiceError> {
+        let cluster = self.cluster_ips()?;
+        let families: Vec<IpFamily> = cluster.iter().map(IpFamily::of).collect();
+        if cluster.len() > 2 || (cluster.len() == 2 && families[0] == families[1]) {
+            return Err(self.invalid(format!(
+                "clusterIPs {:?}: at most one IPv4 and one IPv6 ClusterIP",
+                self.spec.cluster_ips
+            )));
+        }
+        for ip in &cluster {
+            match ip {
+                IpAddr::V4(v4) if !limits.service_cidr.contains(*v4) => {
+                    return Err(self.invalid(format!(
+                        "clusterIP {ip} is outside the service CIDR {}",
+                        limits.service_cidr
+                    )));
+                }
+                IpAddr::V6(v6) => match limits.service_cidr6 {
+                    None => {
+                        return Err(self.invalid(format!(
+                            "clusterIP {ip} is IPv6 but the node has no IPv6 service CIDR (set one with `node init --service-cidr fd00:10:96::/112`, next to the IPv4 one)"
+                        )));
+                    }
+                    Some(cidr) if !cidr.contains(*v6) => {
+                        return Err(self.invalid(format!(
+                            "clusterIP {ip} is outside the IPv6 service CIDR {cidr}"
+                        )));
+                    }
+                    Some(_) => {}
+                },
+                IpAddr::V4(_) => {}
+            }
+        }
+        let given = &self.spec.ip_families;
+        if !given.is_empty() && !cluster.is_empty() && *given != families {
+            return Err(self.invalid(format!(
+                "ipFamilies {given:?} do not match the families of clusterIPs {:?} ({families:?})",
+                self.spec.cluster_ips
+            )));
+        }
+        if !cluster.is_empty() {
+            match self.spec.ip_family_policy {
+                Some(IpFamilyPolicy::SingleStack) if cluster.len() > 1 => {
+                    return Err(self.invalid(
+                        "ipFamilyPolicy SingleStack with two clusterIPs (use PreferDualStack or RequireDualStack)",
+                    ));
+                }
+                Some(IpFamilyPolicy::RequireDualStack) if cluster.len() < 2 => {
+                    return Err(self.invalid(format!(
+                        "ipFamilyPolicy RequireDualStack needs a ClusterIP of each family, clusterIPs are {:?}",
+                        self.spec.cluster_ips
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if cluster.is_empty() {
+            return Ok(());
+        }
+        let addresses = self
+            .spec
+            .external_ips
+            .iter()
+            .map(|ip| ("externalIP", *ip))
+            .chain(
+                self.status
+                    .load_balancer
+                    .ingress
+                    .iter()
+                    .map(|i| ("LoadBalancer IP", i.ip)),
+            )
+            .chain(
+                self.endpoints
+                    .iter()
+                    .flat_map(|ep| ep.addresses.iter().map(|a| ("endpoint", *a))),
+            );
+        for (what, addr) in addresses {
+            if !families.contains(&IpFamily::of(&addr)) {
+                return Err(self.invalid(format!(
+                    "{what} {addr} is {:?} but the service has no {:?} ClusterIP (clusterIPs {:?}): a frontend's backends are of its family",
+                    IpFamily::of(&addr),
+                    IpFamily::of(&addr),
+                    self.spec.cluster_ips
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Affinity, policies, health-check port and endpoints.
@@ -516,23 +626,38 @@ impl Service {
 }
 
 impl ServiceTable {
-    /// The table's service CIDRs, if it names any, must be the node's.
-    pub fn check_cidrs(&self, node: Ipv4Network) -> Result<(), ServiceError> {
-        match self.service_cidrs.iter().find(|c| **c != node) {
-            Some(other) => Err(ServiceError::Cidr {
-                table: *other,
-                node,
-            }),
-            None => Ok(()),
+    /// The table's service CIDRs, if it names any, must be the node's (of their family).
+    pub fn check_cidrs(
+        &self,
+        node: Ipv4Network,
+        node6: Option<Ipv6Network>,
+    ) -> Result<(), ServiceError> {
+        for cidr in &self.service_cidrs {
+            match cidr {
+                IpNetwork::V4(c) if *c != node => {
+                    return Err(ServiceError::Cidr {
+                        table: *cidr,
+                        node: node.to_string(),
+                    });
+                }
+                IpNetwork::V6(c) if Some(*c) != node6 => {
+                    return Err(ServiceError::Cidr {
+                        table: *cidr,
+                        node: node6.map_or_else(|| "none (IPv6)".to_owned(), |n| n.to_string()),
+                    });
+                }
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     /// Checks the whole table: every service on its own, no service twice, and no frontend
     /// held by two services or by another owner. Changes nothing.
     pub fn check(&self, limits: &Limits<'_>) -> Result<(), ServiceError> {
-        self.check_cidrs(limits.service_cidr)?;
+        self.check_cidrs(limits.service_cidr, limits.service_cidr6)?;
         let mut names = HashSet::new();
-        let mut owners: std::collections::HashMap<(Ipv4Addr, u16, Proto), &Metadata> =
+        let mut owners: std::collections::HashMap<(IpAddr, u16, Proto), &Metadata> =
             std::collections::HashMap::new();
         for svc in &self.services {
             svc.check(limits)?;
@@ -569,9 +694,10 @@ impl ServiceTable {
 mod tests {
     use super::*;
 
-    fn limits(taken: &HashSet<(Ipv4Addr, u16, Proto)>) -> Limits<'_> {
+    fn limits(taken: &HashSet<(IpAddr, u16, Proto)>) -> Limits<'_> {
         Limits {
             service_cidr: "10.96.0.0/12".parse().unwrap(),
+            service_cidr6: Some("fd00:10:96::/112".parse().unwrap()),
             nodeport_range: "30000-32767".parse().unwrap(),
             node_ip: Ipv4Addr::new(198, 18, 0, 10),
             max_backends: 1024,
@@ -624,7 +750,7 @@ mod tests {
 
     #[test]
     fn bad_tables_are_refused() {
-        let taken = HashSet::from([(Ipv4Addr::new(198, 18, 0, 10), 30080, Proto::Tcp)]);
+        let taken = HashSet::from([(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10)), 30080, Proto::Tcp)]);
         let bad = [
             web(&serde_json::json!({"clusterIPs": ["10.0.0.10"], "ports": [{"port": 80}]})),
             web(
@@ -669,40 +795,135 @@ mod tests {
         assert!(table(twice).check(&limits(&taken)).is_err());
     }
 
+    fn web6(spec: &serde_json::Value, endpoints: &[&str]) -> serde_json::Value {
+        serde_json::json!({"services": [{
+            "metadata": {"name": "web"},
+            "spec": spec,
+            "endpoints": [{"addresses": endpoints}]
+        }]})
+    }
+
     #[test]
-    fn ipv6_cluster_ips_are_refused_with_a_reason() {
+    fn ipv6_and_dual_stack_services_have_frontends_of_each_family() {
         let taken = HashSet::new();
-        for ips in [
-            serde_json::json!(["fd00:96::10"]),
-            serde_json::json!(["10.96.0.10", "fd00:96::10"]),
-        ] {
-            let t = table(web(
-                &serde_json::json!({"clusterIPs": ips, "ports": [{"port": 80}]}),
-            ));
-            let msg = t.check(&limits(&taken)).unwrap_err().to_string();
-            assert!(
-                msg.contains("fd00:96::10 is IPv6") && msg.contains("not supported"),
-                "{msg}"
-            );
-            assert!(!t.services[0].is_headless());
-        }
-        // The families fields: IPv4 is accepted (PreferDualStack gives an IPv4 service here);
-        // IPv6 or RequireDualStack is refused, saying why.
-        let ok = table(web(
-            &serde_json::json!({"clusterIPs": ["10.96.0.10"], "ports": [{"port": 80}],
-            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "PreferDualStack"}),
+        let t = table(web6(
+            &serde_json::json!({"type": "NodePort", "clusterIPs": ["fd00:10:96::10", "10.96.0.10"],
+                "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "RequireDualStack",
+                "externalIPs": ["2001:db8::50"],
+                "ports": [{"port": 80, "nodePort": 30080}]}),
+            &["10.244.1.2", "fd00:10:244:1::2"],
         ));
-        ok.check(&limits(&taken)).unwrap();
-        for spec in [
-            serde_json::json!({"clusterIPs": ["10.96.0.10"], "ports": [{"port": 80}], "ipFamilies": ["IPv4", "IPv6"]}),
-            serde_json::json!({"clusterIPs": ["10.96.0.10"], "ports": [{"port": 80}], "ipFamilyPolicy": "RequireDualStack"}),
+        t.check(&limits(&taken)).unwrap();
+        let fes: Vec<String> = t.services[0]
+            .frontends(Ipv4Addr::new(198, 18, 0, 10))
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            fes,
+            [
+                "[fd00:10:96::10]:80/tcp",
+                "10.96.0.10:80/tcp",
+                "[2001:db8::50]:80/tcp",
+                "[::]:30080/tcp",
+                "198.18.0.10:30080/tcp"
+            ]
+        );
+        // IPv6 only, with IPv6 endpoints.
+        table(web6(
+            &serde_json::json!({"clusterIPs": ["fd00:10:96::10"], "ports": [{"port": 80}]}),
+            &["fd00:10:244:1::2"],
+        ))
+        .check(&limits(&taken))
+        .unwrap();
+    }
+
+    #[test]
+    fn bad_ipv6_services_are_refused_saying_why() {
+        let taken = HashSet::new();
+        for (spec, endpoints, wanted) in [
+            (
+                serde_json::json!({"clusterIPs": ["fd00:99::10"], "ports": [{"port": 80}]}),
+                vec!["fd00:10:244:1::2"],
+                "outside the IPv6 service CIDR fd00:10:96::/112",
+            ),
+            (
+                serde_json::json!({"clusterIPs": ["10.96.0.10"], "ports": [{"port": 80}]}),
+                vec!["fd00:10:244:1::2"],
+                "endpoint fd00:10:244:1::2 is IPv6 but the service has no IPv6 ClusterIP",
+            ),
+            (
+                serde_json::json!({"clusterIPs": ["fd00:10:96::10"], "ports": [{"port": 80}]}),
+                vec!["10.244.1.2"],
+                "endpoint 10.244.1.2 is IPv4 but the service has no IPv4 ClusterIP",
+            ),
+            (
+                serde_json::json!({"clusterIPs": ["fd00:10:96::10"], "ports": [{"port": 80}],
+                    "externalIPs": ["198.51.100.7"]}),
+                vec!["fd00:10:244:1::2"],
+                "externalIP 198.51.100.7 is IPv4",
+            ),
+            (
+                serde_json::json!({"clusterIPs": ["fd00:10:96::10", "fd00:10:96::11"], "ports": [{"port": 80}]}),
+                vec!["fd00:10:244:1::2"],
+                "at most one IPv4 and one IPv6 ClusterIP",
+            ),
+            (
+                serde_json::json!({"clusterIPs": ["fd00:10:96::10"], "ports": [{"port": 80}],
+                    "ipFamilies": ["IPv4"]}),
+                vec!["fd00:10:244:1::2"],
+                "do not match the families",
+            ),
+            (
+                serde_json::json!({"clusterIPs": ["fd00:10:96::10"], "ports": [{"port": 80}],
+                    "ipFamilyPolicy": "RequireDualStack"}),
+                vec!["fd00:10:244:1::2"],
+                "RequireDualStack needs a ClusterIP of each family",
+            ),
+            (
+                serde_json::json!({"clusterIPs": ["10.96.0.10", "fd00:10:96::10"], "ports": [{"port": 80}],
+                    "ipFamilyPolicy": "SingleStack"}),
+                vec!["fd00:10:244:1::2"],
+                "SingleStack with two clusterIPs",
+            ),
+            (
+                serde_json::json!({"clusterIPs": ["fd00:10:96::zz"], "ports": [{"port": 80}]}),
+                vec!["fd00:10:244:1::2"],
+                "is not an IP address",
+            ),
         ] {
-            let msg = table(web(&spec))
+            let msg = table(web6(&spec, &endpoints))
                 .check(&limits(&taken))
                 .unwrap_err()
                 .to_string();
-            assert!(msg.contains("IPv6 services are not supported"), "{msg}");
+            assert!(msg.contains(wanted), "{spec}: {msg}");
         }
+        // A node without an IPv6 service CIDR refuses IPv6 ClusterIPs and says how to set one.
+        let no6 = Limits {
+            service_cidr6: None,
+            ..limits(&taken)
+        };
+        let msg = table(web6(
+            &serde_json::json!({"clusterIPs": ["fd00:10:96::10"], "ports": [{"port": 80}]}),
+            &["fd00:10:244:1::2"],
+        ))
+        .check(&no6)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("no IPv6 service CIDR") && msg.contains("--service-cidr"),
+            "{msg}"
+        );
+        // The table's own service CIDRs must be the node's, per family.
+        let mut t = table(web6(
+            &serde_json::json!({"clusterIPs": ["fd00:10:96::10"], "ports": [{"port": 80}]}),
+            &["fd00:10:244:1::2"],
+        ));
+        t.service_cidrs = vec!["fd00:10:96::/112".parse().unwrap()];
+        t.check(&limits(&taken)).unwrap();
+        t.service_cidrs = vec!["fd00:10:97::/112".parse().unwrap()];
+        assert!(t.check(&limits(&taken)).is_err());
         assert!(
             serde_json::from_value::<ServiceTable>(web(
                 &serde_json::json!({"clusterIPs": ["10.96.0.10"],

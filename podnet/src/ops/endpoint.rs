@@ -55,7 +55,7 @@ pub fn plug(ctx: &Ctx, p: &Plug<'_>) -> Result<()> {
         maps.upsert_endpoint6(ip6, &Endpoint { flags: 0, ..ep })?;
     }
     drop(maps);
-    services_map::register_pod_netns(&ctx.settings.pin_dir, p.netns, p.ip)?;
+    services_map::register_pod_netns(&ctx.settings.pin_dir, p.netns, p.ip, p.ip6)?;
     Ok(())
 }
 

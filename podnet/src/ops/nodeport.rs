@@ -74,7 +74,7 @@ fn program(
         backends: backends
             .iter()
             .map(|b| services_map::Backend {
-                addr: b.ip,
+                addr: b.ip.into(),
                 port: b.port,
                 flags: backend_flag::READY | backend_flag::SERVING,
             })

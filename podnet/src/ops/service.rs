@@ -16,16 +16,18 @@
 //! - `externalTrafficPolicy: Local` (NodePort, LoadBalancer, externalIP frontends) and
 //!   `internalTrafficPolicy: Local` (ClusterIP frontends): only this node's endpoints (those
 //!   in its pod CIDR), so the client's address is kept;
-//! - `sessionAffinity` and Maglev are carried as flags and the affinity timeout.
+//! - `sessionAffinity` and Maglev are carried as flags and the affinity timeout;
+//! - families: each frontend gets the endpoints of its own family (an IPv6 ClusterIP the IPv6
+//!   endpoints), so a dual-stack service is two sets of frontends over one list of endpoints;
+//!   an endpoint is local when it is in the node's pod CIDR of its family.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     time::Instant,
 };
 
-use ipnetwork::Ipv4Network;
 use podnet_ebpf::abi::{MAX_BACKENDS, backend_flag, svc_flag};
 use serde::Serialize;
 
@@ -35,6 +37,7 @@ use super::{
     stale::{self, StaleReport},
 };
 use crate::{
+    config::PodCidrs,
     datapath::services_map::{self, ServicesMapError},
     model::{
         nodeport::Proto,
@@ -47,7 +50,7 @@ use crate::{
 };
 
 /// A frontend as the clash checks see it: address, port, protocol (NodePorts on the node IP).
-type FrontendKey = (Ipv4Addr, u16, Proto);
+type FrontendKey = (IpAddr, u16, Proto);
 
 fn key_of(fe: &Frontend) -> FrontendKey {
     (fe.addr, fe.port, fe.proto)
@@ -86,13 +89,17 @@ fn node_ip(ctx: &Ctx) -> Result<Ipv4Addr> {
 fn nodeport_frontends(ctx: &Ctx, node_ip: Ipv4Addr) -> Result<HashSet<FrontendKey>> {
     Ok(store::nodeports::load(&ctx.settings.state_dir)?
         .into_iter()
-        .map(|np| (node_ip, np.port, np.proto))
+        .map(|np| (IpAddr::V4(node_ip), np.port, np.proto))
         .collect())
 }
 
-/// The map frontend of a model frontend (NodePorts live under the NodePort address).
+/// The map frontend of a model frontend (NodePorts live under the NodePort address of their
+/// family).
 fn map_frontend(fe: &Frontend) -> services_map::Frontend {
     match fe.kind {
+        FrontendKind::NodePort if fe.addr.is_ipv6() => {
+            services_map::Frontend::nodeport6(fe.port, fe.proto.number())
+        }
         FrontendKind::NodePort => services_map::Frontend::nodeport(fe.port, fe.proto.number()),
         _ => services_map::Frontend {
             addr: fe.addr,
@@ -117,8 +124,8 @@ fn service_port<'a>(svc: &'a Service, fe: &Frontend) -> &'a ServicePort {
         .expect("every frontend comes from one of the service's ports")
 }
 
-/// Every endpoint of `svc` (whatever its conditions), per map frontend, as `address:targetPort`
-/// -> serving: what [`stale::left`] keeps.
+/// Every endpoint of `svc` (whatever its conditions), per map frontend, as
+/// `address:targetPort` -> serving: what [`stale::left`] keeps.
 fn listed(
     svc: &Service,
     node_ip: Ipv4Addr,
@@ -129,7 +136,7 @@ fn listed(
         let endpoints = svc
             .backends()
             .into_iter()
-            .map(|(addr, c, _)| (SocketAddrV4::new(addr, target), c.serving || c.ready))
+            .map(|(addr, c, _)| (SocketAddr::new(addr, target), c.serving || c.ready))
             .collect();
         out.push((map_frontend(&fe), endpoints));
     }
@@ -141,7 +148,7 @@ fn listed(
 fn entries(
     svc: &Service,
     node_ip: Ipv4Addr,
-    pod_cidr: Ipv4Network,
+    pod_cidrs: PodCidrs,
     node_lb: LoadBalancing,
 ) -> Result<Vec<services_map::Service>> {
     let all = svc.backends();
@@ -177,8 +184,14 @@ fn entries(
         };
         let mut local = Vec::new();
         let mut remote = Vec::new();
-        for (addr, c, _) in &usable {
-            let is_local = pod_cidr.contains(*addr);
+        for (addr, c, _) in usable
+            .iter()
+            .filter(|(a, _, _)| a.is_ipv4() == fe.addr.is_ipv4())
+        {
+            let is_local = match addr {
+                IpAddr::V4(a) => pod_cidrs.v4.is_some_and(|c| c.contains(*a)),
+                IpAddr::V6(a) => pod_cidrs.v6.is_some_and(|c| c.contains(*a)),
+            };
             let mut flags = 0;
             for (on, bit) in [
                 (c.ready, backend_flag::READY),
@@ -227,6 +240,14 @@ fn entries(
         });
     }
     Ok(out)
+}
+
+/// The node's pod CIDRs, by family (an endpoint in them is local).
+fn pod_cidrs(ctx: &Ctx) -> PodCidrs {
+    PodCidrs {
+        v4: Some(ctx.settings.pod_cidr),
+        v6: ctx.settings.pod_cidr6,
+    }
 }
 
 fn map_err(e: ServicesMapError) -> Error {
@@ -343,10 +364,10 @@ impl Programmed {
                 .into());
             }
         }
-        let pod_cidr = ctx.settings.pod_cidr;
-        let new = entries(&svc, node_ip, pod_cidr, ctx.settings.load_balancing)?;
+        let pod_cidrs = pod_cidrs(ctx);
+        let new = entries(&svc, node_ip, pod_cidrs, ctx.settings.load_balancing)?;
         let before = match self.services.get(&svc.metadata) {
-            Some(old) => entries(old, node_ip, pod_cidr, ctx.settings.load_balancing)?,
+            Some(old) => entries(old, node_ip, pod_cidrs, ctx.settings.load_balancing)?,
             None => Vec::new(),
         };
         let mut maps = ctx.services()?;
@@ -376,12 +397,7 @@ impl Programmed {
             return Ok(None);
         };
         let node_ip = node_ip(ctx)?;
-        let before = entries(
-            &old,
-            node_ip,
-            ctx.settings.pod_cidr,
-            ctx.settings.load_balancing,
-        )?;
+        let before = entries(&old, node_ip, pod_cidrs(ctx), ctx.settings.load_balancing)?;
         let mut maps = ctx.services()?;
         for e in &before {
             maps.delete(&e.frontend)?;
@@ -413,14 +429,14 @@ impl Programmed {
         }
         let wanted: HashSet<&Metadata> = table.services.iter().map(|s| &s.metadata).collect();
         report.removed = self.services.keys().filter(|k| !wanted.contains(k)).count();
-        let pod_cidr = ctx.settings.pod_cidr;
+        let pod_cidrs = pod_cidrs(ctx);
         let mut desired = Vec::new();
         let mut endpoints = HashMap::new();
         for svc in &table.services {
             desired.extend(entries(
                 svc,
                 node_ip,
-                pod_cidr,
+                pod_cidrs,
                 ctx.settings.load_balancing,
             )?);
             endpoints.extend(listed(svc, node_ip)?);
@@ -495,6 +511,7 @@ fn sync_maps(
 fn limits<'a>(ctx: &Ctx, node_ip: Ipv4Addr, taken: &'a HashSet<FrontendKey>) -> Limits<'a> {
     Limits {
         service_cidr: ctx.settings.service_cidr,
+        service_cidr6: ctx.settings.service_cidr6,
         nodeport_range: ctx.settings.nodeport_range,
         node_ip,
         max_backends: usize::from(MAX_BACKENDS),
@@ -504,7 +521,7 @@ fn limits<'a>(ctx: &Ctx, node_ip: Ipv4Addr, taken: &'a HashSet<FrontendKey>) -> 
 
 /// `service apply`: makes the node's table exactly `table`, and saves it.
 pub fn apply(ctx: &Ctx, table: ServiceTable) -> Result<ApplyReport> {
-    table.check_cidrs(ctx.settings.service_cidr)?;
+    table.check_cidrs(ctx.settings.service_cidr, ctx.settings.service_cidr6)?;
     let _lock = store::services::lock(&ctx.settings.state_dir)?;
     let mut programmed = Programmed::load(ctx)?;
     let mut report = programmed.replace_all(ctx, table.services)?;

@@ -23,15 +23,19 @@
 //! `sock_diag` dump per namespace, each pod namespace entered on a thread of its own) only
 //! when `SOCK_REV_NAT` remembers a socket sent through the frontend to a backend that left,
 //! and only until every such socket is found.
+//!
+//! Both families: IPv6 sockets balanced through `SOCK_REV_NAT6` are found in the namespaces'
+//! IPv6 socket dumps, and so are IPv6 sockets talking IPv4 through mapped addresses (the
+//! balancer remembers those in `SOCK_REV_NAT`). Per-packet flows are IPv4 only (`CONNTRACK`).
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
 };
 
 use podnet_ebpf::abi::{
-    CtEntry, CtKey, NODEPORT_ADDR, SockRevNatKey, config_flag, ct_dir, ct_kind,
+    CtEntry, CtKey, config_flag, ct_dir, ct_kind,
     proto::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use serde::Serialize;
@@ -50,11 +54,18 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Left {
     pub frontend: services_map::Frontend,
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
 }
 
 /// The endpoints a frontend's service lists after a change: `address:targetPort` -> serving.
-pub type Listed = HashMap<SocketAddrV4, bool>;
+pub type Listed = HashMap<SocketAddr, bool>;
+
+/// The node's addresses, which NodePort frontends stand for.
+#[derive(Debug, Clone, Copy)]
+struct NodeIps {
+    v4: Ipv4Addr,
+    v6: Option<Ipv6Addr>,
+}
 
 /// What [`forget`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -81,15 +92,15 @@ pub fn left(
     let mut out = Vec::new();
     for old in before {
         let fe = old.frontend;
-        let slots: HashSet<SocketAddrV4> = after.get(&fe).map_or_else(HashSet::new, |s| {
+        let slots: HashSet<SocketAddr> = after.get(&fe).map_or_else(HashSet::new, |s| {
             s.backends
                 .iter()
-                .map(|b| SocketAddrV4::new(b.addr, b.port))
+                .map(|b| SocketAddr::new(b.addr, b.port))
                 .collect()
         });
         let endpoints = listed.get(&fe);
         for b in &old.backends {
-            let backend = SocketAddrV4::new(b.addr, b.port);
+            let backend = SocketAddr::new(b.addr, b.port);
             if slots.contains(&backend) {
                 continue;
             }
@@ -110,29 +121,42 @@ pub fn left(
     out
 }
 
-/// Whether `frontend`, as packets or sockets saw it (`addr:port`), is `left`'s frontend (a
-/// NodePort on the node IP).
-fn same_frontend(left: &Left, addr: Ipv4Addr, port: u16, node_ip: Ipv4Addr) -> bool {
+/// Whether `front`, the frontend as packets or sockets saw it, is `left`'s frontend (a
+/// NodePort on the node's address of its family).
+fn same_frontend(left: &Left, front: SocketAddr, node: NodeIps) -> bool {
     let fe = left.frontend;
-    fe.port == port && (fe.addr == addr || (fe.addr.octets() == NODEPORT_ADDR && addr == node_ip))
+    let addr = front.ip().to_canonical();
+    let node_ip = match addr {
+        IpAddr::V4(_) => Some(IpAddr::V4(node.v4)),
+        IpAddr::V6(_) => node.v6.map(IpAddr::V6),
+    };
+    fe.port == front.port()
+        && (fe.addr == addr
+            || (fe.is_nodeport() && fe.addr.is_ipv4() == addr.is_ipv4() && Some(addr) == node_ip))
+}
+
+/// A socket's peer as the balancer keys it: an IPv4-mapped address as IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// The frontend and backend of a service flow's entry: an original entry goes from the
 /// frontend to (its translation) the backend; a reply entry comes from the backend and is
 /// translated back to the frontend. `None` for SNAT flows.
-fn flow_ends(key: &CtKey, entry: &CtEntry) -> Option<((Ipv4Addr, u16), SocketAddrV4)> {
+fn flow_ends(key: &CtKey, entry: &CtEntry) -> Option<(SocketAddr, SocketAddr)> {
     if entry.kind == ct_kind::SNAT {
         return None;
     }
+    let at = |addr: [u8; 4], port| SocketAddr::new(IpAddr::from(addr), port);
     if entry.dir == ct_dir::ORIGINAL {
         Some((
-            (Ipv4Addr::from(key.daddr), key.dport),
-            SocketAddrV4::new(Ipv4Addr::from(entry.nat.daddr), entry.nat.dport),
+            at(key.daddr, key.dport),
+            at(entry.nat.daddr, entry.nat.dport),
         ))
     } else {
         Some((
-            (Ipv4Addr::from(entry.nat.saddr), entry.nat.sport),
-            SocketAddrV4::new(Ipv4Addr::from(key.saddr), key.sport),
+            at(entry.nat.saddr, entry.nat.sport),
+            at(key.saddr, key.sport),
         ))
     }
 }
@@ -141,21 +165,20 @@ fn flow_ends(key: &CtKey, entry: &CtEntry) -> Option<((Ipv4Addr, u16), SocketAdd
 /// many entries went. The table is read (in batches) without the collection lock, which only
 /// the removals and the collector's count need: an entry the collector removes meanwhile is
 /// not counted twice (a removal says whether the entry was still there).
-fn forget_flows(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<u64> {
-    let by_backend: HashMap<(SocketAddrV4, u8), Vec<&Left>> =
+fn forget_flows(ctx: &Ctx, left: &[Left], node: NodeIps) -> Result<u64> {
+    let by_backend: HashMap<(SocketAddr, u8), Vec<&Left>> =
         left.iter().fold(HashMap::new(), |mut m, l| {
             m.entry((l.backend, l.frontend.proto)).or_default().push(l);
             m
         });
     let mut stale = HashSet::new();
     for (key, entry) in ctx.maps()?.ct_entries()? {
-        let Some(((fe_addr, fe_port), backend)) = flow_ends(&key, &entry) else {
+        let Some((front, backend)) = flow_ends(&key, &entry) else {
             continue;
         };
-        let through_left = by_backend.get(&(backend, key.proto)).is_some_and(|ls| {
-            ls.iter()
-                .any(|l| same_frontend(l, fe_addr, fe_port, node_ip))
-        });
+        let through_left = by_backend
+            .get(&(backend, key.proto))
+            .is_some_and(|ls| ls.iter().any(|l| same_frontend(l, front, node)));
         if through_left {
             stale.extend([key, crate::ops::conntrack::twin(&key, &entry)]);
         }
@@ -211,19 +234,32 @@ fn pod_namespaces(ctx: &Ctx, node: &Netns, errors: &mut Vec<String>) -> Result<V
     Ok(out)
 }
 
-/// The sockets of the calling thread's namespace whose peer is one of `backends`.
-fn candidates(backends: &HashSet<(SocketAddrV4, u8)>) -> Result<Vec<InetSocket>> {
+/// The sockets of the calling thread's namespace whose peer is one of `backends`: IPv4
+/// sockets for IPv4 backends, IPv6 sockets for IPv6 ones and for IPv4 ones reached through
+/// IPv4-mapped addresses.
+fn candidates(backends: &HashSet<(SocketAddr, u8)>) -> Result<Vec<InetSocket>> {
     let mut diag = SockDiag::open()?;
     let mut out = Vec::new();
     for proto in [IPPROTO_TCP, IPPROTO_UDP] {
-        if !backends.iter().any(|(_, p)| *p == proto) {
+        let ours: Vec<&SocketAddr> = backends
+            .iter()
+            .filter(|(_, p)| *p == proto)
+            .map(|(b, _)| b)
+            .collect();
+        if ours.is_empty() {
             continue;
         }
-        out.extend(
-            diag.connected(proto)?
-                .into_iter()
-                .filter(|s| backends.contains(&(s.peer, proto))),
-        );
+        let mut families = vec![true];
+        if ours.iter().any(|b| b.is_ipv4()) {
+            families.push(false);
+        }
+        for ipv6 in families {
+            out.extend(
+                diag.connected(proto, ipv6)?
+                    .into_iter()
+                    .filter(|s| backends.contains(&(canonical(s.peer), proto))),
+            );
+        }
     }
     Ok(out)
 }
@@ -251,49 +287,38 @@ struct Sockets {
 /// it left, namespace by namespace: a namespace that fails (a kernel without
 /// `CONFIG_INET_DIAG_DESTROY`, a namespace gone meanwhile) is reported and the others still
 /// cleaned.
-fn forget_sockets(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<Sockets> {
+fn forget_sockets(ctx: &Ctx, left: &[Left], node: NodeIps) -> Result<Sockets> {
     let mut rev = SockRevNatMap::open(&ctx.settings.pin_dir)?;
     // What the balancer remembers sending through a frontend to a backend that left (socket
     // cookie, backend). Nothing: no socket to look for, in any namespace.
-    let mut doomed: HashSet<(u64, SocketAddrV4)> = rev
+    let mut doomed: HashSet<(u64, SocketAddr)> = rev
         .entries()?
         .into_iter()
-        .filter_map(|(key, front)| {
-            let backend = SocketAddrV4::new(Ipv4Addr::from(key.addr), key.port);
+        .filter_map(|(cookie, backend, front)| {
             left.iter()
-                .any(|l| {
-                    l.backend == backend
-                        && same_frontend(l, Ipv4Addr::from(front.addr), front.port, node_ip)
-                })
-                .then_some((key.cookie, backend))
+                .any(|l| l.backend == backend && same_frontend(l, front, node))
+                .then_some((cookie, backend))
         })
         .collect();
     let mut done = Sockets::default();
     if doomed.is_empty() {
         return Ok(done);
     }
-    let backends: HashSet<(SocketAddrV4, u8)> = left
+    let backends: HashSet<(SocketAddr, u8)> = left
         .iter()
         .filter(|l| doomed.iter().any(|(_, b)| *b == l.backend))
         .map(|l| (l.backend, l.frontend.proto))
         .collect();
-    let key_of = |s: &InetSocket| SockRevNatKey {
-        cookie: s.cookie,
-        addr: s.peer.ip().octets(),
-        port: s.peer.port(),
-        _pad: [0; 2],
-    };
     // Of a namespace's candidates, those the balancer sent through a frontend they left.
     let balanced = |rev: &SockRevNatMap, sockets: Vec<InetSocket>| -> Result<Vec<InetSocket>> {
         let mut out = Vec::new();
         for s in sockets {
-            let Some(front) = rev.get(&key_of(&s))? else {
+            let peer = canonical(s.peer);
+            let Some(front) = rev.get(s.cookie, peer)? else {
                 continue;
             };
             let through = left.iter().any(|l| {
-                l.backend == s.peer
-                    && l.frontend.proto == s.proto
-                    && same_frontend(l, Ipv4Addr::from(front.addr), front.port, node_ip)
+                l.backend == peer && l.frontend.proto == s.proto && same_frontend(l, front, node)
             });
             if through {
                 out.push(s);
@@ -332,8 +357,9 @@ fn forget_sockets(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<Sockets
         match cleaned {
             Ok(destroyed) => {
                 for s in &destroyed {
-                    rev.remove(&key_of(s))?;
-                    doomed.remove(&(s.cookie, s.peer));
+                    let peer = canonical(s.peer);
+                    rev.remove(s.cookie, peer)?;
+                    doomed.remove(&(s.cookie, peer));
                 }
                 done.destroyed += destroyed.len();
             }
@@ -353,8 +379,12 @@ pub fn forget(ctx: &Ctx, left: &[Left], node_ip: Ipv4Addr) -> Result<StaleReport
     if left.is_empty() {
         return Ok(StaleReport::default());
     }
-    let flow_entries_removed = forget_flows(ctx, left, node_ip)?;
-    let sockets = forget_sockets(ctx, left, node_ip)?;
+    let node = NodeIps {
+        v4: node_ip,
+        v6: ctx.settings.node_ip6,
+    };
+    let flow_entries_removed = forget_flows(ctx, left, node)?;
+    let sockets = forget_sockets(ctx, left, node)?;
     Ok(StaleReport {
         backends_left: left.len(),
         flow_entries_removed,
@@ -369,7 +399,7 @@ mod tests {
 
     fn fe(proto: u8) -> services_map::Frontend {
         services_map::Frontend {
-            addr: Ipv4Addr::new(10, 96, 0, 10),
+            addr: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 53,
             proto,
         }
@@ -381,7 +411,7 @@ mod tests {
             backends: backends
                 .iter()
                 .map(|a| services_map::Backend {
-                    addr: Ipv4Addr::from(*a),
+                    addr: Ipv4Addr::from(*a).into(),
                     port: 5353,
                     flags: 0,
                 })
@@ -392,8 +422,8 @@ mod tests {
         }
     }
 
-    fn at(a: [u8; 4]) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::from(a), 5353)
+    fn at(a: [u8; 4]) -> SocketAddr {
+        SocketAddr::new(IpAddr::from(a), 5353)
     }
 
     const A: [u8; 4] = [10, 244, 0, 2];
@@ -454,15 +484,29 @@ mod tests {
             frontend: services_map::Frontend::nodeport(30053, IPPROTO_UDP),
             backend: at(A),
         };
-        let node_ip = Ipv4Addr::new(192, 0, 2, 1);
-        assert!(same_frontend(&l, node_ip, 30053, node_ip));
-        assert!(!same_frontend(
-            &l,
-            Ipv4Addr::new(10, 96, 0, 1),
-            30053,
-            node_ip
-        ));
-        assert!(!same_frontend(&l, node_ip, 30054, node_ip));
+        let node_ip6: Ipv6Addr = "fd00:198:18::10".parse().unwrap();
+        let node = NodeIps {
+            v4: Ipv4Addr::new(192, 0, 2, 1),
+            v6: Some(node_ip6),
+        };
+        let front = |ip: &str, port| SocketAddr::new(ip.parse().unwrap(), port);
+        assert!(same_frontend(&l, front("192.0.2.1", 30053), node));
+        assert!(
+            same_frontend(&l, front("::ffff:192.0.2.1", 30053), node),
+            "an IPv4-mapped node IP"
+        );
+        assert!(!same_frontend(&l, front("10.96.0.1", 30053), node));
+        assert!(!same_frontend(&l, front("192.0.2.1", 30054), node));
+        assert!(
+            !same_frontend(&l, front("fd00:198:18::10", 30053), node),
+            "the IPv4 NodePort is not the IPv6 one"
+        );
+        let l6 = Left {
+            frontend: services_map::Frontend::nodeport6(30053, IPPROTO_UDP),
+            backend: front("fd00:10:244::2", 5353),
+        };
+        assert!(same_frontend(&l6, front("fd00:198:18::10", 30053), node));
+        assert!(!same_frontend(&l6, front("192.0.2.1", 30053), node));
     }
 
     #[test]
@@ -502,7 +546,7 @@ mod tests {
             ..CtEntry::default()
         };
         let ends = flow_ends(&key, &original);
-        assert_eq!(ends, Some(((Ipv4Addr::from(vip), 53), at(A))));
+        assert_eq!(ends, Some((SocketAddr::new(IpAddr::from(vip), 53), at(A))));
         assert_eq!(flow_ends(&reply_key, &reply), ends);
         assert_eq!(crate::ops::conntrack::twin(&reply_key, &reply), key);
         let snat = CtEntry {

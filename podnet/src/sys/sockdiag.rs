@@ -1,5 +1,5 @@
 //! Sockets of the calling thread's network namespace through netlink `sock_diag`
-//! (`NETLINK_SOCK_DIAG`): listing the IPv4 TCP and UDP sockets that have a peer
+//! (`NETLINK_SOCK_DIAG`): listing the IPv4 or IPv6 TCP and UDP sockets that have a peer
 //! (`SOCK_DIAG_BY_FAMILY` dump) and destroying one (`SOCK_DESTROY`, what `ss -K` does).
 //!
 //! Destroying a socket needs a kernel built with `CONFIG_INET_DIAG_DESTROY` and
@@ -17,7 +17,7 @@
 
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::Duration,
 };
@@ -90,15 +90,18 @@ pub enum SockDiagError {
     Unbounded { proto: u8, reads: usize },
 }
 
-/// One IPv4 socket as the kernel lists it.
+/// One IPv4 or IPv6 socket as the kernel lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InetSocket {
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u8,
     /// The socket's state (`TCP_ESTABLISHED`, ...; a connected UDP socket is established).
     pub state: u8,
-    pub local: SocketAddrV4,
-    pub peer: SocketAddrV4,
+    /// Addresses as the socket holds them: an IPv6 socket talking IPv4 has IPv4-mapped ones.
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    /// The socket's address family (`AF_INET` or `AF_INET6`), echoed in a destroy request.
+    family: u8,
     /// The socket's cookie (`SO_COOKIE`, what `bpf_get_socket_cookie` returns).
     pub cookie: u64,
     /// The kernel's identity of the socket, echoed in a destroy request.
@@ -138,9 +141,13 @@ fn u32_at(buf: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(buf.get(off..off + 4)?.try_into().ok()?))
 }
 
-fn ipv4_at(buf: &[u8], off: usize) -> Option<Ipv4Addr> {
+fn ip_at(family: u8, buf: &[u8], off: usize) -> Option<IpAddr> {
+    if i32::from(family) == libc::AF_INET6 {
+        let octets: [u8; 16] = buf.get(off..off + 16)?.try_into().ok()?;
+        return Some(IpAddr::V6(Ipv6Addr::from(octets)));
+    }
     let octets: [u8; 4] = buf.get(off..off + 4)?.try_into().ok()?;
-    Some(Ipv4Addr::from(octets))
+    Some(IpAddr::V4(Ipv4Addr::from(octets)))
 }
 
 /// The states a dump of `proto` asks for: sockets with a peer that can be aborted.
@@ -154,9 +161,10 @@ fn connected_states(proto: u8) -> u32 {
 
 /// Reads one socket from an `inet_diag_msg`.
 fn parse_socket(proto: u8, msg: &[u8]) -> Option<InetSocket> {
-    if msg.len() < DIAG_MSG_LEN || i32::from(msg[0]) != libc::AF_INET {
+    if msg.len() < DIAG_MSG_LEN || !matches!(i32::from(msg[0]), libc::AF_INET | libc::AF_INET6) {
         return None;
     }
+    let family = msg[0];
     let id: [u8; SOCKID_LEN] = msg
         .get(DIAG_MSG_SOCKID_OFF..DIAG_MSG_SOCKID_OFF + SOCKID_LEN)?
         .try_into()
@@ -168,8 +176,9 @@ fn parse_socket(proto: u8, msg: &[u8]) -> Option<InetSocket> {
     Some(InetSocket {
         proto,
         state: msg[1],
-        local: SocketAddrV4::new(ipv4_at(&id, SOCKID_SRC_OFF)?, sport),
-        peer: SocketAddrV4::new(ipv4_at(&id, SOCKID_DST_OFF)?, dport),
+        local: SocketAddr::new(ip_at(family, &id, SOCKID_SRC_OFF)?, sport),
+        peer: SocketAddr::new(ip_at(family, &id, SOCKID_DST_OFF)?, dport),
+        family,
         cookie: u64::from(cookie_lo) | (u64::from(cookie_hi) << 32),
         id,
     })
@@ -249,6 +258,7 @@ impl SockDiag {
         &mut self,
         kind: u16,
         flags: u16,
+        family: u8,
         proto: u8,
         states: u32,
         id: &[u8; SOCKID_LEN],
@@ -261,7 +271,7 @@ impl SockDiag {
         msg.extend_from_slice(&flags.to_ne_bytes());
         msg.extend_from_slice(&self.seq.to_ne_bytes());
         msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&[u8::try_from(libc::AF_INET).unwrap_or(0), proto, 0, 0]);
+        msg.extend_from_slice(&[family, proto, 0, 0]);
         msg.extend_from_slice(&states.to_ne_bytes());
         msg.extend_from_slice(id);
         // SAFETY: a zeroed sockaddr_nl is valid; family set below (pid 0: the kernel).
@@ -294,11 +304,14 @@ impl SockDiag {
 
     /// Every IPv4 socket of `proto` (`IPPROTO_TCP` or `IPPROTO_UDP`) in this namespace that has
     /// a peer: TCP sockets other than listening, closed and time-wait ones; connected UDP
-    /// sockets.
-    pub fn connected(&mut self, proto: u8) -> Result<Vec<InetSocket>, SockDiagError> {
+    /// sockets. With `ipv6`, the IPv6 sockets instead (those talking IPv4 through mapped
+    /// addresses included).
+    pub fn connected(&mut self, proto: u8, ipv6: bool) -> Result<Vec<InetSocket>, SockDiagError> {
+        let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
         self.send(
             SOCK_DIAG_BY_FAMILY,
             NLM_F_REQUEST | NLM_F_DUMP,
+            u8::try_from(family).unwrap_or(0),
             proto,
             connected_states(proto),
             &[0; SOCKID_LEN],
@@ -333,6 +346,7 @@ impl SockDiag {
         self.send(
             SOCK_DESTROY,
             NLM_F_REQUEST | NLM_F_ACK,
+            sock.family,
             sock.proto,
             ALL_STATES,
             &sock.id,
@@ -408,6 +422,28 @@ mod tests {
             msg[DIAG_MSG_SOCKID_OFF..DIAG_MSG_SOCKID_OFF + SOCKID_LEN]
         );
         assert!(parse_socket(6, &msg[..DIAG_MSG_LEN - 1]).is_none(), "short");
+    }
+
+    #[test]
+    fn reads_an_ipv6_socket_from_its_diag_message() {
+        let mut msg = diag_msg([0; 4], 40000, [0; 4], 8080, 7);
+        msg[0] = u8::try_from(libc::AF_INET6).expect("fits");
+        let (src, dst): (Ipv6Addr, Ipv6Addr) = (
+            "fd00:10:244:1::2".parse().expect("addr"),
+            "fd00:10:244:1::3".parse().expect("addr"),
+        );
+        let off = DIAG_MSG_SOCKID_OFF;
+        msg[off + SOCKID_SRC_OFF..off + SOCKID_SRC_OFF + 16].copy_from_slice(&src.octets());
+        msg[off + SOCKID_DST_OFF..off + SOCKID_DST_OFF + 16].copy_from_slice(&dst.octets());
+        let sock = parse_socket(17, &msg).expect("parsed");
+        assert_eq!(
+            sock.local,
+            "[fd00:10:244:1::2]:40000".parse().expect("addr")
+        );
+        assert_eq!(sock.peer, "[fd00:10:244:1::3]:8080".parse().expect("addr"));
+        assert_eq!(i32::from(sock.family), libc::AF_INET6);
+        msg[0] = 1;
+        assert!(parse_socket(17, &msg).is_none(), "neither family");
     }
 
     #[test]

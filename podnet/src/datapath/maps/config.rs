@@ -44,6 +44,7 @@ pub struct ConfigView {
     pub node_ip6: Option<std::net::Ipv6Addr>,
     pub cluster_cidr6: Option<String>,
     pub ct6_limit: u32,
+    pub service_cidr6: Option<String>,
 }
 
 impl From<NodeConfig> for ConfigView {
@@ -79,6 +80,9 @@ impl From<NodeConfig> for ConfigView {
             cluster_prefix_len6,
             _pad4: _,
             ct6_limit,
+            service_cidr6,
+            service_prefix_len6,
+            _pad5: _,
         } = config;
         Self {
             abi_version,
@@ -107,6 +111,12 @@ impl From<NodeConfig> for ConfigView {
                 )
             }),
             ct6_limit,
+            service_cidr6: (service_prefix_len6 != 0).then(|| {
+                format!(
+                    "{}/{service_prefix_len6}",
+                    std::net::Ipv6Addr::from(service_cidr6)
+                )
+            }),
         }
     }
 }
@@ -127,6 +137,16 @@ impl std::fmt::Display for ConfigView {
             self.bridge_ifindex,
             self.snat_ports,
             self.ct_limit
-        )
+        )?;
+        if let Some(ip6) = self.node_ip6 {
+            write!(f, " node_ip6={ip6}")?;
+        }
+        if let Some(cidr) = &self.service_cidr {
+            write!(f, " service_cidr={cidr}")?;
+        }
+        if let Some(cidr) = &self.service_cidr6 {
+            write!(f, " service_cidr6={cidr}")?;
+        }
+        Ok(())
     }
 }

@@ -14,7 +14,7 @@ mod stats;
 pub use config::ConfigView;
 pub use conntrack::{CtEntries, CtFamily};
 pub use endpoints::{Endpoint6Entry, EndpointEntry};
-pub use sock_rev_nat::SockRevNatMap;
+pub use sock_rev_nat::{SockRevNatEntry, SockRevNatMap};
 pub use stats::ReasonCount;
 
 use std::path::Path;
