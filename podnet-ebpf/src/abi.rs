@@ -108,8 +108,10 @@ pub mod ipv6_prog {
     pub const NAT6_ICMP: u32 = 4;
     /// [`super::program_name::NAT6_ICMP_OUT`].
     pub const NAT6_ICMP_OUT: u32 = 5;
+    /// [`super::program_name::NAT6_TOO_BIG`].
+    pub const NAT6_TOO_BIG: u32 = 6;
     /// Entries of the array: one per IPv6 program.
-    pub const SLOTS: u32 = 6;
+    pub const SLOTS: u32 = 7;
     /// A program's decision "go on in the program of slot `s`" is the reason `HANDOFF | s`
     /// (never counted: the next program counts the packet).
     pub const HANDOFF: u32 = 1 << 31;
@@ -150,16 +152,20 @@ pub mod program_name {
     pub const NAT6_ICMP: &str = "nat6_icmp";
     /// Delivers an ICMPv6 error `nat6_icmp` translated (tail-called by it).
     pub const NAT6_ICMP_OUT: &str = "nat6_icmp_out";
+    /// Answers a masqueraded reply too big for its pod's link with ICMPv6 Packet Too Big
+    /// (tail-called by `from_uplink6`).
+    pub const NAT6_TOO_BIG: &str = "nat6_too_big";
     /// The TC classifiers attached to interfaces.
     pub const CLASSIFIERS: [&str; 2] = [FROM_POD, FROM_UPLINK];
     /// The TC classifiers reached by tail call (`IPV6_PROGS`), each with its slot.
-    pub const TAIL_CALLED: [(&str, u32); 6] = [
+    pub const TAIL_CALLED: [(&str, u32); 7] = [
         (FROM_POD6, super::ipv6_prog::FROM_POD6),
         (FROM_UPLINK6, super::ipv6_prog::FROM_UPLINK6),
         (FROM_POD6_NAT, super::ipv6_prog::FROM_POD6_NAT),
         (FROM_POD6_SNAT, super::ipv6_prog::FROM_POD6_SNAT),
         (NAT6_ICMP, super::ipv6_prog::NAT6_ICMP),
         (NAT6_ICMP_OUT, super::ipv6_prog::NAT6_ICMP_OUT),
+        (NAT6_TOO_BIG, super::ipv6_prog::NAT6_TOO_BIG),
     ];
     /// The cgroup socket-address programs.
     pub const SOCK: [&str; 4] = [
@@ -168,7 +174,7 @@ pub mod program_name {
         SOCK_RECVMSG4,
         SOCK_GETPEERNAME4,
     ];
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         FROM_POD,
         FROM_UPLINK,
         FROM_POD6,
@@ -177,6 +183,7 @@ pub mod program_name {
         FROM_POD6_SNAT,
         NAT6_ICMP,
         NAT6_ICMP_OUT,
+        NAT6_TOO_BIG,
         SOCK_CONNECT4,
         SOCK_SENDMSG4,
         SOCK_RECVMSG4,
