@@ -1650,7 +1650,7 @@ fn pod_mac6(addr: &[u8]) -> Option<[u8; 6]> {
 }
 
 /// An IPv6 frame from a pod: to a local pod (on-link or through the gateway's MAC), to one
-/// gone, to all nodes, to the outside; from its own address, a link-local one, `::` or another
+/// gone, to all nodes, to the outside (masqueraded to the node's IPv6 address); from its own address, a link-local one, `::` or another
 /// pod's; UDP, TCP, ICMPv6 echo, and Neighbor Discovery (NS, NA for its own or another
 /// address with a matching or foreign link-layer address option, RS, RA, Redirect); behind
 /// up to six extension headers; with a wrong payload length or cut short.
@@ -1664,7 +1664,9 @@ fn ipv6_template(rng: &mut Rng, data: &[u8]) -> (Prog, Vec<u8>) {
         (POD_B6, MAC_A),
         (POD_GONE6, MAC_A),
     ]);
-    let dst = *rng.pick(&[POD_B6, POD_B6, POD_A6, POD_GONE6, ALL_NODES, OUTSIDE6]);
+    let dst = *rng.pick(&[
+        POD_B6, POD_B6, POD_A6, POD_GONE6, ALL_NODES, OUTSIDE6, OUTSIDE6,
+    ]);
     let dmac = match rng.below(4) {
         0 => GW_MAC,
         1 => ALL_NODES_MAC,
