@@ -8,7 +8,9 @@
 //!   `pass_not_ipv4` as before IPv6 had a program here;
 //! - `nat6_icmp` (also reached from `from_pod6_nat`): ICMPv6 errors about masqueraded flows,
 //!   translated back with the packet they quote ([`crate::nat6::icmp`]), then delivered by
-//!   `nat6_icmp_out` ([`crate::nat6::icmp_out`]).
+//!   `nat6_icmp_out` ([`crate::nat6::icmp_out`]);
+//! - `nat6_too_big`: a masqueraded reply too big for its pod's link, answered with ICMPv6
+//!   Packet Too Big ([`crate::ptb6`]).
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use podnet_ebpf::abi::{monitor::hook, reason};
@@ -38,4 +40,9 @@ pub fn nat6_icmp(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn nat6_icmp_out(ctx: TcContext) -> i32 {
     tail6::stage(&ctx, nat6::icmp_hook(&ctx), nat6::icmp_out)
+}
+
+#[classifier]
+pub fn nat6_too_big(ctx: TcContext) -> i32 {
+    tail6::stage(&ctx, hook::FROM_UPLINK, crate::ptb6::answer)
 }

@@ -11,7 +11,8 @@
 //! - [`conntrack`]: flow state, lifetimes and admission, for both families ([`family`]);
 //! - [`nat`]: packet rewriting and checksums;
 //! - [`nat6`]: IPv6 masquerade (SNAT to the node's IPv6 address) and its reverse, ICMPv6
-//!   errors and fragments included; [`fib6`]: IPv6 out by the routing table;
+//!   errors and fragments included; [`fib6`]: IPv6 out by the routing table; [`ptb6`]: ICMPv6
+//!   Packet Too Big for masqueraded replies too big for their pod;
 //! - [`frag`]: IPv4 fragments (later fragments follow their first fragment's flow);
 //! - [`masquerade`]: masquerade exclusions (destinations that keep the pod's address);
 //! - [`services`]: service frontends and backend choice;
@@ -77,6 +78,8 @@ mod nat;
 mod nat6;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod ptb6;
 #[cfg(target_arch = "bpf")]
 mod reject;
 #[cfg(target_arch = "bpf")]

@@ -419,13 +419,13 @@ fn reason_for(dir: u8) -> u32 {
     }
 }
 
-/// Whether a packet for a pod's link (`ifindex`) is larger than its MTU.
+/// The MTU of a pod's link (`ifindex`) if the packet is larger than it.
 #[inline(always)]
-fn too_big_for(ctx: &TcContext, ifindex: u32) -> bool {
+fn too_big_for(ctx: &TcContext, ifindex: u32) -> Option<u32> {
     let mut mtu: u32 = 0;
     // SAFETY: `mtu` is a valid out-parameter on this stack; the helper reads the skb only.
     let rc = unsafe { bpf_check_mtu(ctx.as_ptr(), ifindex, &raw mut mtu, 0, 0) };
-    rc == MTU_FRAG_NEEDED
+    (rc == MTU_FRAG_NEEDED).then_some(mtu)
 }
 
 /// Delivers a translated packet whose tuple is now `dest`: into a local pod, or out by the
@@ -434,8 +434,8 @@ fn too_big_for(ctx: &TcContext, ifindex: u32) -> bool {
 fn deliver(ctx: &TcContext, cfg: &NodeConfig, dest: &CtKey6, why: u32) -> (i32, u32) {
     match ipv6::endpoint(addr6_to_bytes(dest.daddr)) {
         Some(ep) => {
-            if too_big_for(ctx, ep.ifindex) {
-                // The kernel answers Packet Too Big (or drops) as a router does.
+            if too_big_for(ctx, ep.ifindex).is_some() {
+                // (An ICMPv6 error, whose size its sender chose: the kernel's.)
                 return (TC_ACT_OK, reason::PASS_TOO_BIG);
             }
             forward::to_endpoint(ctx, cfg, &ep, Some(why))
@@ -464,6 +464,16 @@ fn translate_tracked(
     if kind != ct_kind::SNAT {
         // No other IPv6 translation exists yet: not ours.
         return (TC_ACT_OK, reason::PASS_NOT_IPV4);
+    }
+    if !from_pod
+        && let Some(ep) = ipv6::endpoint(addr6_to_bytes(nat.daddr))
+        && let Some(mtu) = too_big_for(ctx, ep.ifindex)
+    {
+        // Too big for the pod's link: answered with Packet Too Big, untranslated, by
+        // `nat6_too_big` (the MTU handed over in `skb->cb`).
+        // SAFETY: `ctx.skb.skb` is the program's own __sk_buff; `cb` is scratch for programs.
+        unsafe { (*ctx.skb.skb).cb[crate::ptb6::CB_MTU] = mtu };
+        return (TC_ACT_OK, ipv6_prog::handoff(ipv6_prog::NAT6_TOO_BIG));
     }
     match hop(ctx) {
         Ok(true) => {}

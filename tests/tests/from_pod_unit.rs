@@ -5,9 +5,8 @@
 use std::net::Ipv4Addr;
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::SchedClassifier,
 };
 use podnet_ebpf::abi::{
     Counter, Endpoint, EndpointKey, NodeConfig, config_flag, map_name, program_name, reason,
@@ -33,15 +32,8 @@ impl Harness {
     }
 
     fn with_flags(flags: u32) -> Self {
-        let mut ebpf = EbpfLoader::new()
-            .load(podnet::datapath::OBJECT)
-            .expect("object loads");
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(program_name::FROM_POD)
-            .expect("program")
-            .try_into()
-            .expect("classifier");
-        prog.load().expect("verifier accepts from_pod");
+        // from_pod tail-calls from_pod6 for IPv6: both loaded, the program array filled.
+        let mut ebpf = podnet_tests::testrun::load_classifiers();
         let mut config: Array<_, NodeConfig> =
             Array::try_from(ebpf.map_mut(map_name::CONFIG).expect("CONFIG")).expect("array");
         config

@@ -207,11 +207,13 @@ fn in_node_netns(test: impl FnOnce() + Send) {
         &format!(
             "ip route add default via {OUTSIDE} dev up0 \
              && sysctl -qw net.ipv6.conf.all.forwarding=1 \
-             && ip -6 addr add {}/64 dev up0 nodad \
-             && ip -6 neigh replace {} lladdr {} dev up0 nud permanent",
-            std::net::Ipv6Addr::from(NODE_IP6),
+             && ip -6 addr add {NODE6_TEXT}/64 dev up0 nodad \
+             && ip -6 neigh replace {} lladdr {} dev up0 nud permanent \
+             && ip -6 neigh replace {OUTSIDE6_NEXT_HOP} lladdr {} dev up0 nud permanent \
+             && ip -6 route add default via {OUTSIDE6_NEXT_HOP} dev up0",
             std::net::Ipv6Addr::from(OTHER_NODE6),
-            podnet_tests::testrun::mac_str(OTHER_NODE_MAC)
+            podnet_tests::testrun::mac_str(OTHER_NODE_MAC),
+            podnet_tests::testrun::mac_str(NEXT_HOP_MAC)
         ),
         test,
     );
@@ -260,6 +262,13 @@ impl Harness {
                     tunnel_ifindex: if overlay { lo } else { 0 },
                     service_cidr: [10, 96, 0, 0],
                     service_prefix_len: 12,
+                    // IPv6 masquerade on: pods' IPv6 to the outside is SNATed to NODE6.
+                    node_ip6: podnet_ebpf::abi::addr6_from_bytes(NODE6),
+                    pod_cidr6: podnet_ebpf::abi::addr6_from_bytes(POD_CIDR6),
+                    pod_prefix_len6: 64,
+                    cluster_cidr6: podnet_ebpf::abi::addr6_from_bytes(POD_CIDR6),
+                    cluster_prefix_len6: 48,
+                    ct6_limit: 1 << 17,
                     ..NodeConfig::default()
                 },
                 0,
@@ -1221,6 +1230,14 @@ fn check(input: &[u8], ran: Ran) -> Result<Outcome, String> {
             fuzz::hex(&out)
         )),
         TC_ACT_SHOT => Ok(Outcome::Dropped),
+        TC_ACT_REDIRECT
+            if input.len() > ETH_HLEN + 24
+                && u16_at(input, 12) == ETH_P_IPV6
+                && input[ETH_HLEN + 8..ETH_HLEN + 24] != NODE6
+                && out.get(ETH_HLEN + 8..ETH_HLEN + 24) == Some(&NODE6[..]) =>
+        {
+            check_masqueraded6(input, &out)
+        }
         TC_ACT_REDIRECT if input.len() > ETH_HLEN && u16_at(input, 12) == ETH_P_IPV6 => {
             check_redirected6(input, &out)
         }
@@ -1690,6 +1707,14 @@ const POD_GONE6: [u8; 16] = [
 const LINK_LOCAL_A: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
 const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const OUTSIDE6: [u8; 16] = [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// The node's IPv6 address on the uplink (what pods' IPv6 is masqueraded to), its next hop to
+/// everything else, and the pods' IPv6 CIDR (its first /48 is the cluster's).
+const NODE6: [u8; 16] = [0xfd, 0, 1, 0x98, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+const NODE6_TEXT: &str = "fd00:198:18::10";
+const OUTSIDE6_NEXT_HOP: &str = "fd00:198:18::1";
+const POD_CIDR6: [u8; 16] = [
+    0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 0,
+];
 const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
 /// The node's and the other node's IPv6 addresses, the other node's IPv6 pod CIDR (a /64)
 /// and one of its pods.
@@ -1722,7 +1747,7 @@ fn pod_mac6(addr: &[u8]) -> Option<[u8; 6]> {
 }
 
 /// An IPv6 frame from a pod: to a local pod (on-link or through the gateway's MAC), to one
-/// gone, to all nodes, to the outside; from its own address, a link-local one, `::` or another
+/// gone, to all nodes, to the outside (masqueraded to the node's IPv6 address); from its own address, a link-local one, `::` or another
 /// pod's; UDP, TCP, ICMPv6 echo, and Neighbor Discovery (NS, NA for its own or another
 /// address with a matching or foreign link-layer address option, RS, RA, Redirect); behind
 /// up to six extension headers; with a wrong payload length or cut short. Also IPv6 between
@@ -1938,4 +1963,85 @@ fn check_redirected6(input: &[u8], out: &[u8]) -> Result<Outcome, String> {
         return fail(&format!("byte {at} changed"));
     }
     Ok(Outcome::Forwarded)
+}
+
+/// The upper layer of an IPv6 frame with no extension headers: its protocol and bytes (inside
+/// the payload length); `None` otherwise.
+fn upper6(frame: &[u8]) -> Option<(u8, &[u8])> {
+    let len = usize::from(u16_at(frame, ETH_HLEN + 4));
+    let next = frame[ETH_HLEN + 6];
+    let l4 = frame.get(ETH_HLEN + 40..ETH_HLEN + 40 + len)?;
+    matches!(next, TCP | UDP | ICMPV6).then_some((next, l4))
+}
+
+/// Whether the L4 checksum of an IPv6 frame without extension headers verifies (RFC 8200 8.1);
+/// `None` when it has extension headers (a fragment's checksum covers the whole datagram).
+fn l4_ok6(frame: &[u8]) -> Option<bool> {
+    let (next, l4) = upper6(frame)?;
+    let mut sum = 0u32;
+    for pair in frame[ETH_HLEN + 8..ETH_HLEN + 40].chunks_exact(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    let len = u32::try_from(l4.len()).expect("small");
+    sum += (len >> 16) + (len & 0xffff) + u32::from(next);
+    let csum_off = match next {
+        TCP => 16,
+        UDP => 6,
+        _ => 2,
+    };
+    if l4.len() < csum_off + 2 {
+        return None;
+    }
+    Some(podnet_tests::packet::csum(l4, sum) == 0)
+}
+
+/// A pod's IPv6 masqueraded out of the uplink: well-formed IPv6 of the same length, to the
+/// next hop's MAC from the uplink's (or with its MACs for the kernel's neighbour code), from
+/// the node's IPv6 address to the input's destination
+/// (outside the cluster), one hop less (the input's was above 1), changed nowhere but in the
+/// MACs, the hop limit, the source address and the upper layer; its L4 checksum verifies when
+/// the input's did.
+fn check_masqueraded6(input: &[u8], out: &[u8]) -> Result<Outcome, String> {
+    let fail = |what: &str| Err(format!("IPv6 masqueraded, {what}: {}", fuzz::hex(out)));
+    if out.len() != input.len() {
+        return fail(&format!("length {} became {}", input.len(), out.len()));
+    }
+    if input.len() < ETH_HLEN + 40 || input[ETH_HLEN] >> 4 != 6 {
+        return fail("but the input is not IPv6");
+    }
+    if usize::from(u16_at(input, ETH_HLEN + 4)) + 40 > input.len() - ETH_HLEN {
+        return fail("but its payload length runs past the frame");
+    }
+    // To the next hop from the uplink's MAC, or (a destination on the uplink's link whose
+    // neighbour is not resolved yet: `bpf_redirect_neigh`) with the MACs as they were, for the
+    // kernel to fill in.
+    let routed = out[0..6] == NEXT_HOP_MAC && out[6..12] == UPLINK_MAC;
+    if !routed && out[0..12] != input[0..12] {
+        return fail(
+            "neither to the next hop from the uplink's MAC nor left for the kernel's neighbour",
+        );
+    }
+    if out[ETH_HLEN + 8..ETH_HLEN + 24] != NODE6 {
+        return fail("not from the node's IPv6 address");
+    }
+    let dst = &input[ETH_HLEN + 24..ETH_HLEN + 40];
+    if out[ETH_HLEN + 24..ETH_HLEN + 40] != *dst || dst[..6] == POD_CIDR6[..6] {
+        return fail("to another destination, or one inside the cluster");
+    }
+    let hop = ETH_HLEN + 7;
+    if input[hop] <= 1 || out[hop] != input[hop] - 1 {
+        return fail(&format!("hop limit {} became {}", input[hop], out[hop]));
+    }
+    let l4_start = ETH_HLEN + 40;
+    let src = ETH_HLEN + 8..ETH_HLEN + 24;
+    if let Some(at) = (12..l4_start).find(|&i| i != hop && !src.contains(&i) && out[i] != input[i])
+    {
+        return fail(&format!("byte {at} changed"));
+    }
+    let verified = match (l4_ok6(input), l4_ok6(out)) {
+        (Some(true), Some(false)) => return fail("its L4 checksum no longer verifies"),
+        (Some(true), Some(true)) => true,
+        _ => false,
+    };
+    Ok(Outcome::Rewritten { verified })
 }

@@ -53,7 +53,9 @@ fn in_node_netns(test: impl FnOnce() + Send) {
     let extra = format!(
         "sysctl -qw net.ipv6.conf.all.forwarding=1 \
          && ip -6 addr add {NODE6}/64 dev up0 nodad \
-         && ip -6 neigh replace {OUTSIDE6} lladdr {} dev up0 nud permanent",
+         && ip -6 neigh replace {OUTSIDE6} lladdr {} dev up0 nud permanent \
+         && ip link add small0 mtu 1280 type veth peer name small1 \
+         && ip link set small0 up && ip link set small1 up",
         mac_str(NEXT_HOP_MAC)
     );
     in_uplink_netns("nat6", UPLINK_MAC, NODE_IP, &[], &extra, test);
@@ -431,5 +433,70 @@ fn hop_limit_1_goes_to_the_kernel_untranslated_and_an_empty_program_slot_passes(
         let (verdict, f) = h.pod_sends(&frame);
         assert_eq!((verdict, f), (TC_ACT_OK, frame), "passed unchanged");
         assert_eq!(h.count(reason::PASS_IPV6_NO_PROG), 1);
+    });
+}
+
+#[test]
+fn a_reply_too_big_for_the_pods_link_is_answered_with_packet_too_big_from_the_node() {
+    require_root!();
+    in_node_netns(|| {
+        let mut h = Harness::new();
+        // Pod A lives behind a link of MTU 1280 (`small0`); the test run's packets arrive on
+        // ifindex 1, the uplink here.
+        let small = podnet::sys::link::ifindex("small0").expect("small0");
+        let mut endpoints: HashMap<_, EndpointKey6, Endpoint> =
+            HashMap::try_from(h.ebpf.map_mut(map_name::ENDPOINTS6).expect("ENDPOINTS6"))
+                .expect("hash");
+        endpoints
+            .insert(
+                EndpointKey6 {
+                    addr: POD_A.octets(),
+                },
+                Endpoint {
+                    ifindex: small,
+                    mac: MAC_A,
+                    ..Endpoint::default()
+                },
+                0,
+            )
+            .expect("endpoint");
+        let mut config: Array<_, NodeConfig> =
+            Array::try_from(h.ebpf.map_mut(map_name::CONFIG).expect("CONFIG")).expect("array");
+        let mut cfg = config.get(&0, 0).expect("config");
+        cfg.uplink_ifindex = 1;
+        config.set(0, cfg, 0).expect("config");
+
+        let sent = leaves_as_node(&h, &udp6(POD_A, OUTSIDE6, 40_007, 53, OUT));
+        let port = port_at(&sent, L4);
+        // A 1,400-byte reply.
+        let mut u = Vec::new();
+        u.extend_from_slice(&53u16.to_be_bytes());
+        u.extend_from_slice(&port.to_be_bytes());
+        u.extend_from_slice(&1_400u16.to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.resize(1_400, 0xab);
+        let big = frame6(UPLINK_MAC, NEXT_HOP_MAC, OUTSIDE6, NODE6, UDP, u, 6);
+        let (verdict, f) = h.uplink_receives(&big);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "answered, back out");
+        assert_eq!(f.len(), ETH_HLEN + 40 + 8 + 48, "IPv6 + ICMPv6 + quote");
+        assert_eq!(f[..6], NEXT_HOP_MAC, "to the sender's MAC");
+        assert_eq!(f[6..12], UPLINK_MAC);
+        assert_eq!(src6(&f), NODE6, "from the node's IPv6 address");
+        assert_eq!(dst6(&f), OUTSIDE6);
+        assert_eq!(f[ETH_HLEN + 6], ICMPV6);
+        assert_eq!(f[L4], 2, "Packet Too Big");
+        assert_eq!(
+            u32::from_be_bytes(f[L4 + 4..L4 + 8].try_into().expect("4")),
+            1_280,
+            "the pod link's MTU"
+        );
+        assert_eq!(
+            f[L4 + 8..],
+            big[ETH_HLEN..ETH_HLEN + 48],
+            "quotes the reply as its sender sent it"
+        );
+        assert!(l4_ok6(&f), "ICMPv6 checksum");
+        assert_eq!(h.count(reason::REJECT_FRAG_NEEDED), 1);
+        assert_eq!(h.count(reason::SNAT6_REPLY), 0);
     });
 }
