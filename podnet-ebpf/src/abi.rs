@@ -9,7 +9,7 @@
 //! version must be re-initialised, not silently reused.
 
 /// Version of this ABI, recorded in [`NodeConfig::abi_version`].
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Map names, as pinned under the node's bpffs directory (`<pin_dir>/<name>`).
 pub mod map_name {
@@ -54,6 +54,19 @@ pub mod map_name {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     /// Local pods by IPv6 address (the IPv6 twin of [`ENDPOINTS`]).
     pub const ENDPOINTS6: &str = "ENDPOINTS6";
+    /// The IPv6 programs `from_pod` and `from_uplink` tail-call into for IPv6 frames
+    /// (slots [`super::ipv6_prog`]). A program array's entries are flushed by the kernel
+    /// when its last user reference goes, so it is pinned like every other map: otherwise
+    /// the tail calls would silently stop once `node init` exits.
+    pub const IPV6_PROGS: &str = "IPV6_PROGS";
+    /// IPv6 connection tracking and NAT state (the IPv6 twin of [`CONNTRACK`], same entries
+    /// with 16-byte addresses).
+    pub const CONNTRACK6: &str = "CONNTRACK6";
+    /// IPv6 masquerade exclusions (the IPv6 twin of [`NON_MASQUERADE`]).
+    pub const NON_MASQUERADE6: &str = "NON_MASQUERADE6";
+    /// IPv6 fragments (the IPv6 twin of [`FRAGMENTS`], keyed by the fragment header's 32-bit
+    /// identification).
+    pub const FRAGMENTS6: &str = "FRAGMENTS6";
     /// IPv6 service frontends ([`super::ServiceKey6`]: a 16-byte address), each with its
     /// backend slots: the IPv6 twin of [`SERVICES`] (same [`super::ServiceValue`]).
     pub const SERVICES6: &str = "SERVICES6";
@@ -67,7 +80,7 @@ pub mod map_name {
     /// Session affinity of IPv6 frontends: (service id, client IPv6 address) -> backend.
     pub const AFFINITY6: &str = "AFFINITY6";
     /// Every map, for pinning, listing and cleanup.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 27] = [
         CONFIG,
         ENDPOINTS,
         STATS,
@@ -86,12 +99,42 @@ pub mod map_name {
         MONITOR_BUDGET,
         FRAGMENTS,
         ENDPOINTS6,
+        IPV6_PROGS,
+        CONNTRACK6,
+        NON_MASQUERADE6,
+        FRAGMENTS6,
         SERVICES6,
         BACKENDS6,
         REV_NAT6,
         SOCK_REV_NAT6,
         AFFINITY6,
     ];
+}
+
+/// Slots of the `IPV6_PROGS` program array.
+pub mod ipv6_prog {
+    /// [`super::program_name::FROM_POD6`].
+    pub const FROM_POD6: u32 = 0;
+    /// [`super::program_name::FROM_UPLINK6`].
+    pub const FROM_UPLINK6: u32 = 1;
+    /// [`super::program_name::FROM_POD6_NAT`].
+    pub const FROM_POD6_NAT: u32 = 2;
+    /// [`super::program_name::FROM_POD6_SNAT`].
+    pub const FROM_POD6_SNAT: u32 = 3;
+    /// [`super::program_name::NAT6_ICMP`].
+    pub const NAT6_ICMP: u32 = 4;
+    /// [`super::program_name::NAT6_ICMP_OUT`].
+    pub const NAT6_ICMP_OUT: u32 = 5;
+    /// Entries of the array: one per IPv6 program.
+    pub const SLOTS: u32 = 6;
+    /// A program's decision "go on in the program of slot `s`" is the reason `HANDOFF | s`
+    /// (never counted: the next program counts the packet).
+    pub const HANDOFF: u32 = 1 << 31;
+
+    /// The decision "go on in the program of `slot`".
+    pub const fn handoff(slot: u32) -> u32 {
+        HANDOFF | slot
+    }
 }
 
 /// Program names (the Rust function names of the classifiers).
@@ -119,8 +162,32 @@ pub mod program_name {
     /// bytes of a program's name, so this one and [`SOCK_GETPEERNAME4`] read the same there
     /// (`sock_getpeernam`): tell them apart by the hook they are attached to.
     pub const SOCK_GETPEERNAME6: &str = "sock_getpeername6";
-    /// The TC classifiers.
+    /// IPv6 from a pod: tail-called by `from_pod` for IPv6 frames (never attached itself).
+    pub const FROM_POD6: &str = "from_pod6";
+    /// IPv6 on the uplink: tail-called by `from_uplink` for IPv6 frames (never attached).
+    pub const FROM_UPLINK6: &str = "from_uplink6";
+    /// The IPv6 NAT of pods' traffic that is not for a local pod (tail-called by `from_pod6`):
+    /// packets of masqueraded flows, ICMPv6 errors about them, and the masquerade decision.
+    pub const FROM_POD6_NAT: &str = "from_pod6_nat";
+    /// A new masqueraded IPv6 flow: conntrack entries and the port (tail-called by
+    /// `from_pod6_nat`).
+    pub const FROM_POD6_SNAT: &str = "from_pod6_snat";
+    /// ICMPv6 errors about masqueraded flows, from the uplink or from a pod (tail-called by
+    /// `from_uplink6` and `from_pod6_nat`).
+    pub const NAT6_ICMP: &str = "nat6_icmp";
+    /// Delivers an ICMPv6 error `nat6_icmp` translated (tail-called by it).
+    pub const NAT6_ICMP_OUT: &str = "nat6_icmp_out";
+    /// The TC classifiers attached to interfaces.
     pub const CLASSIFIERS: [&str; 2] = [FROM_POD, FROM_UPLINK];
+    /// The TC classifiers reached by tail call (`IPV6_PROGS`), each with its slot.
+    pub const TAIL_CALLED: [(&str, u32); 6] = [
+        (FROM_POD6, super::ipv6_prog::FROM_POD6),
+        (FROM_UPLINK6, super::ipv6_prog::FROM_UPLINK6),
+        (FROM_POD6_NAT, super::ipv6_prog::FROM_POD6_NAT),
+        (FROM_POD6_SNAT, super::ipv6_prog::FROM_POD6_SNAT),
+        (NAT6_ICMP, super::ipv6_prog::NAT6_ICMP),
+        (NAT6_ICMP_OUT, super::ipv6_prog::NAT6_ICMP_OUT),
+    ];
     /// The cgroup socket-address programs, attached and detached together.
     pub const SOCK: [&str; 8] = [
         SOCK_CONNECT4,
@@ -132,9 +199,15 @@ pub mod program_name {
         SOCK_RECVMSG6,
         SOCK_GETPEERNAME6,
     ];
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 16] = [
         FROM_POD,
         FROM_UPLINK,
+        FROM_POD6,
+        FROM_UPLINK6,
+        FROM_POD6_NAT,
+        FROM_POD6_SNAT,
+        NAT6_ICMP,
+        NAT6_ICMP_OUT,
         SOCK_CONNECT4,
         SOCK_SENDMSG4,
         SOCK_RECVMSG4,
@@ -210,13 +283,20 @@ pub struct NodeConfig {
     pub service_cidr: [u8; 4],
     pub service_prefix_len: u8,
     pub _pad2: [u8; 3],
-    /// The node's IPv6 address (a dual-stack node's `node_ip6`); all zero when it has none.
-    /// The socket programs treat a connect to it like one to `node_ip` (NodePorts).
-    pub node_ip6: [u8; 16],
-    /// The IPv6 service CIDR; unset when `service_prefix_len6` is 0.
-    pub service_cidr6: [u8; 16],
-    pub service_prefix_len6: u8,
-    pub _pad4: [u8; 7],
+    /// The node's IPv6 address on its uplink: the source of masqueraded IPv6. All zero on a
+    /// node without one (IPv6 is then never masqueraded). An [`Addr6`], as in the conntrack
+    /// entries it is compared with.
+    pub node_ip6: Addr6,
+    /// This node's IPv6 pod CIDR (dual-stack nodes), an [`Addr6`].
+    pub pod_cidr6: Addr6,
+    /// The cluster's IPv6 CIDR: IPv6 to it is never masqueraded. An [`Addr6`].
+    pub cluster_cidr6: Addr6,
+    pub pod_prefix_len6: u8,
+    /// 0 on a node without IPv6 pods.
+    pub cluster_prefix_len6: u8,
+    pub _pad4: [u8; 2],
+    /// `CONNTRACK6` entries admitted before new IPv6 flows are refused (two per flow).
+    pub ct6_limit: u32,
 }
 
 /// Idle lifetimes of conntrack entries, in seconds. A packet matching an entry extends it.
@@ -284,6 +364,16 @@ pub const DEFAULT_NODEPORT_MAX: u16 = 32_767;
 /// defaults are 512 Ki TCP plus 256 Ki other entries for a node that also load-balances the
 /// cluster's services, which podnet's NodePorts do not.
 pub const DEFAULT_CT_LIMIT: u32 = 262_144;
+
+/// Default IPv6 conntrack admission limit, in entries (two per flow, so 32,768 flows), and the
+/// size of `CONNTRACK6` with the same headroom as [`ct_map_entries`] gives the IPv4 table.
+/// An IPv6 entry is larger: key 40 B (two 16-byte addresses, ports, protocol) and value 48 B
+/// ([`CtEntry`] with 16-byte addresses), ~144 bytes per LRU element with the kernel's ~56
+/// bytes of element header (an IPv4 entry: key 16 + value 24 + 56 = ~88-96 B). 65,536 admitted
+/// entries (~82,000 allocated with headroom) take ~11 MiB, preallocated; a quarter of the IPv4
+/// table's flows, since most clusters' traffic leaving the cluster is still IPv4. Fixed at
+/// map creation.
+pub const DEFAULT_CT6_LIMIT: u32 = 65_536;
 
 /// The LRU map holds the limit plus this much headroom (and at least `CT_SLACK_PER_CPU` per
 /// possible CPU): the kernel's LRU keeps per-CPU free lists of up to 128 elements, and without
@@ -715,6 +805,28 @@ pub struct FragPorts {
     pub dport: u16,
 }
 
+/// Key of the `FRAGMENTS6` map: what the fragments of one IPv6 datagram share (RFC 8200:
+/// source, destination and the fragment header's identification), plus the upper-layer
+/// protocol, as they arrive at the hook (untranslated). 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey6 {
+    pub saddr: Addr6,
+    pub daddr: Addr6,
+    /// The fragment header's identification, host order.
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Entries in the `FRAGMENTS6` LRU: as [`FRAGMENTS_MAX`] for IPv4, on the same reasoning
+/// (datagrams in flight whose later fragments may still come); ~0.9 MiB (40 + 4 bytes of key
+/// and value plus the LRU's ~56 bytes per preallocated element, 8,192 entries).
+pub const FRAGMENTS6_MAX: u32 = 8_192;
+
+/// Entries in the `NON_MASQUERADE6` LPM trie, as [`NON_MASQUERADE_MAX`] for IPv4.
+pub const NON_MASQUERADE6_MAX: u32 = 256;
+
 /// Value of a `NON_MASQUERADE` entry (key: `prefix_len` + the network address): the entry's
 /// presence is what counts.
 pub const NON_MASQUERADE_PRESENT: u32 = 1;
@@ -755,18 +867,47 @@ pub const NS_PER_SEC: u64 = 1_000_000_000;
 /// Key of the `CONNTRACK` map: a packet's 5-tuple as it is seen at the hook. Ports are in host
 /// order so `bpftool` prints them readably; for ICMP echo the identifier stands in for the
 /// source port of a request and the destination port of a reply (the other port is 0).
+///
+/// Generic over the address (`[u8; 4]`, the default, for `CONNTRACK`; `[u8; 16]` for
+/// `CONNTRACK6`, see [`CtKey6`]), so one conntrack implementation serves both families.
+/// Sizes: 16 bytes (IPv4), 40 bytes (IPv6); no hidden padding in either.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CtKey {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+pub struct CtKey<A = [u8; 4]> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
 }
 
-impl CtKey {
+/// An IPv6 address as the IPv6 NAT maps hold it: its 16 network-order bytes as four
+/// native-endian words (each `u32::from_ne_bytes` of 4 bytes, so the same 16 bytes in
+/// memory). Words, not bytes, so the programs copy and compare addresses four bytes at a time:
+/// byte arrays were split into single bytes, each spilled to its own 8-byte stack slot.
+pub type Addr6 = [u32; 4];
+
+/// The [`Addr6`] of an address's 16 network-order bytes (the same memory).
+pub const fn addr6_from_bytes(b: [u8; 16]) -> Addr6 {
+    // SAFETY: both are 16 bytes of plain integers; every bit pattern is valid for either.
+    unsafe { core::mem::transmute::<[u8; 16], Addr6>(b) }
+}
+
+/// The 16 network-order bytes of an [`Addr6`] (the same memory).
+pub const fn addr6_to_bytes(a: Addr6) -> [u8; 16] {
+    // SAFETY: as above.
+    unsafe { core::mem::transmute::<Addr6, [u8; 16]>(a) }
+}
+
+/// Key of the `CONNTRACK6` map.
+pub type CtKey6 = CtKey<Addr6>;
+/// Value of the `CONNTRACK6` map.
+pub type CtEntry6 = CtEntry<Addr6>;
+/// An IPv6 translated tuple.
+pub type CtNat6 = CtNat<Addr6>;
+
+impl<A: Copy> CtKey<A> {
     /// The key a reply to a packet with this tuple carries.
     pub const fn reversed(&self) -> Self {
         Self {
@@ -780,14 +921,15 @@ impl CtKey {
     }
 }
 
-/// Value of the `CONNTRACK` map: what a packet matching the key becomes.
+/// Value of the `CONNTRACK` map (and, with 16-byte addresses, of `CONNTRACK6`): what a packet
+/// matching the key becomes. 24 bytes (IPv4), 48 bytes (IPv6).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtEntry {
+pub struct CtEntry<A = [u8; 4]> {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) after which the entry is dead.
     pub expires_ns: u64,
     /// The translated tuple.
-    pub nat: CtNat,
+    pub nat: CtNat<A>,
     /// `ct_kind::*`: which translation created the flow.
     pub kind: u8,
     /// `ct_dir::*`: whether this entry matches the flow's first packet or its replies.
@@ -800,9 +942,9 @@ pub struct CtEntry {
 /// The tuple a packet is rewritten to (ports in host order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtNat {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+pub struct CtNat<A = [u8; 4]> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
 }
@@ -863,7 +1005,10 @@ pub struct CtUsage {
 
 pub const CT_USAGE_PROGRAMS: u32 = 0;
 pub const CT_USAGE_COLLECTOR: u32 = 1;
-pub const CT_USAGE_SLOTS: u32 = 2;
+/// The same two slots for `CONNTRACK6`.
+pub const CT6_USAGE_PROGRAMS: u32 = 2;
+pub const CT6_USAGE_COLLECTOR: u32 = 3;
+pub const CT_USAGE_SLOTS: u32 = 4;
 
 /// Live conntrack entries given both usage slots.
 pub const fn ct_live(programs: &CtUsage, collector: &CtUsage) -> u64 {
@@ -1048,8 +1193,24 @@ pub mod reason {
     /// With anti-spoofing on: a Router Advertisement or Redirect from a pod (messages only a
     /// router sends): dropped, so a pod never becomes the node's or other pods' router.
     pub const DROP_ROUTER_ADVERT: u32 = 41;
+    /// An IPv6 frame whose tail call into its IPv6 program failed (the `IPV6_PROGS` slot
+    /// empty): handed to the kernel unchanged, never dropped.
+    pub const PASS_IPV6_NO_PROG: u32 = 42;
+    /// A pod's IPv6 leaving the cluster, source rewritten to the node's IPv6 address.
+    pub const SNAT6: u32 = 43;
+    /// A reply to masqueraded IPv6, destination rewritten back to the pod.
+    pub const SNAT6_REPLY: u32 = 44;
+    /// An ICMPv6 error about a masqueraded IPv6 flow, translated back (outer and quoted
+    /// headers).
+    pub const ICMP6_ERROR_TRANSLATED: u32 = 45;
+    /// A pod's IPv6 to a masquerade exclusion (`NON_MASQUERADE6`): to the kernel unchanged.
+    pub const PASS_NON_MASQUERADE6: u32 = 46;
+    /// An IPv6 packet on a NAT path that cannot be translated: an extension header chain
+    /// podnet does not follow, a later fragment whose first fragment was not seen, or a
+    /// protocol without ports. Dropped when it would have to be translated.
+    pub const DROP_NAT6_UNSUPPORTED: u32 = 47;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 42;
+    pub const COUNT: u32 = 48;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -1095,6 +1256,12 @@ pub mod reason {
         "forward_local6",
         "drop_nd_spoofed",
         "drop_router_advert",
+        "pass_ipv6_no_prog",
+        "snat6",
+        "snat6_reply",
+        "icmp6_error_translated",
+        "pass_non_masquerade6",
+        "drop_nat6_unsupported",
     ];
 }
 
@@ -1285,6 +1452,18 @@ pub mod proto {
     /// ND option "target link-layer address", and its length (in 8-octet units) for Ethernet.
     pub const ND_OPT_TARGET_LL_ADDR: u8 = 2;
     pub const ND_OPT_LL_ADDR_LEN_ETHER: u8 = 1;
+    /// The IPv6 fragment header's next-header value, its length, and its offset field's bits.
+    pub const IPV6_NEXTHDR_FRAGMENT: u8 = 44;
+    pub const IPV6_FRAG_HLEN: usize = 8;
+    pub const IPV6_FRAG_OFFSET_MASK: u16 = 0xfff8;
+    pub const IPV6_FRAG_MORE: u16 = 0x0001;
+    /// ICMPv6 types (RFC 4443): errors, then echo.
+    pub const ICMPV6_DEST_UNREACH: u8 = 1;
+    pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+    pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
+    pub const ICMPV6_PARAM_PROBLEM: u8 = 4;
+    pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+    pub const ICMPV6_ECHO_REPLY: u8 = 129;
 }
 
 #[cfg(feature = "user")]
@@ -1314,6 +1493,12 @@ mod pod_impls {
     unsafe impl aya::Pod for CtKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for CtEntry {}
+    // SAFETY: as above (16-byte addresses; no hidden padding, see the layout test).
+    unsafe impl aya::Pod for super::CtKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtEntry6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragKey6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for CtUsage {}
     // SAFETY: as above.
@@ -1368,10 +1553,10 @@ mod tests {
 
     #[test]
     fn node_config_layout() {
-        assert_eq!(size_of::<NodeConfig>(), 144);
+        assert_eq!(size_of::<NodeConfig>(), 160);
         assert_eq!(offset_of!(NodeConfig, node_ip6), 104);
-        assert_eq!(offset_of!(NodeConfig, service_cidr6), 120);
-        assert_eq!(offset_of!(NodeConfig, service_prefix_len6), 136);
+        assert_eq!(offset_of!(NodeConfig, cluster_prefix_len6), 153);
+        assert_eq!(offset_of!(NodeConfig, ct6_limit), 156);
         assert_eq!(offset_of!(NodeConfig, service_cidr), 96);
         assert_eq!(offset_of!(NodeConfig, service_prefix_len), 100);
         assert_eq!(offset_of!(NodeConfig, snat_port_min), 44);
@@ -1406,6 +1591,12 @@ mod tests {
         assert_eq!(offset_of!(CtEntry, nat), 8);
         assert_eq!(offset_of!(CtEntry, kind), 20);
         assert_eq!(size_of::<CtUsage>(), 16);
+        assert_eq!(size_of::<CtKey6>(), 40);
+        assert_eq!(offset_of!(CtKey6, sport), 32);
+        assert_eq!(offset_of!(CtKey6, proto), 36);
+        assert_eq!(size_of::<CtEntry6>(), 48);
+        assert_eq!(offset_of!(CtEntry6, kind), 44);
+        assert_eq!(size_of::<FragKey6>(), 40);
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! `podnet conntrack gc` removes the rest. New flows are admitted only while the table is below
 //! its configured limit, so a full table refuses new flows (counted as `drop_ct_full`) instead
 //! of letting the LRU evict live ones.
+//!
+//! Everything here is generic over the address family ([`Family`]: `[u8; 4]` for
+//! `CONNTRACK`, `Addr6` for `CONNTRACK6`) and monomorphised per family: IPv4 and IPv6 share
+//! the entry layout, the state machine, the timeouts, admission, the port search and eviction.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -14,17 +18,14 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_loop},
 };
 use podnet_ebpf::abi::{
-    CT_REFRESH_NS, CT_USAGE_COLLECTOR, CT_USAGE_PROGRAMS, CtEntry, CtKey, CtNat, NS_PER_SEC,
-    NodeConfig, SNAT_RETRIES, ct_dir, ct_live, ct_state,
+    CT_REFRESH_NS, CtEntry, CtKey, CtNat, NS_PER_SEC, NodeConfig, SNAT_RETRIES, ct_dir, ct_live,
+    ct_state,
     proto::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     reason,
 };
 
-use crate::{
-    maps::{CONNTRACK, CT_USAGE},
-    parse::L4,
-    services,
-};
+pub use crate::family::Family;
+use crate::{maps::CT_USAGE, parse::L4, services};
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock entry lifetimes are kept in.
 #[inline(always)]
@@ -52,7 +53,7 @@ fn timeout_ns(cfg: &NodeConfig, proto: u8, state: u8) -> u64 {
 /// The key of the other entry of `entry`'s flow (the tuple a reply to the rewritten packet
 /// carries).
 #[inline(always)]
-fn twin_key(entry: &CtEntry, proto: u8) -> CtKey {
+fn twin_key<A: Family>(entry: &CtEntry<A>, proto: u8) -> CtKey<A> {
     let CtNat {
         saddr,
         daddr,
@@ -87,8 +88,8 @@ unsafe fn atomic_add(field: *mut u64, n: u64) {
 }
 
 #[inline(always)]
-fn usage_add(removed: bool, n: u64) {
-    if let Some(usage) = CT_USAGE.get_ptr_mut(CT_USAGE_PROGRAMS) {
+fn usage_add<A: Family>(removed: bool, n: u64) {
+    if let Some(usage) = CT_USAGE.get_ptr_mut(A::USAGE_PROGRAMS) {
         // SAFETY: the pointer comes from a successful array lookup and stays valid for the
         // program's run; the field is only ever updated atomically by the programs.
         unsafe {
@@ -103,39 +104,38 @@ fn usage_add(removed: bool, n: u64) {
 }
 
 #[inline(always)]
-fn remove(key: &CtKey) {
-    if CONNTRACK.remove(key).is_ok() {
-        usage_add(true, 1);
+fn remove<A: Family>(key: &CtKey<A>) {
+    if A::remove(key).is_ok() {
+        usage_add::<A>(true, 1);
     }
 }
 
 /// The live entry for `key`. A flow whose entries have both expired is removed and reported as
 /// absent; an entry that expired while its twin lives on (one-way traffic) counts as live.
 #[inline(always)]
-pub fn lookup(key: &CtKey, now: u64) -> Option<*mut CtEntry> {
-    live(key, CONNTRACK.get_ptr_mut(key)?, now)
+pub fn lookup<A: Family>(key: &CtKey<A>, now: u64) -> Option<*mut CtEntry<A>> {
+    live(key, A::get_ptr_mut(key)?, now)
 }
 
 /// [`lookup`] for a caller that has not read the clock yet: reads it only when `key` has an
 /// entry (most packets of a pod have none), and returns it with the entry.
 #[inline(always)]
-pub fn lookup_timed(key: &CtKey) -> Option<(*mut CtEntry, u64)> {
-    let entry = CONNTRACK.get_ptr_mut(key)?;
+pub fn lookup_timed<A: Family>(key: &CtKey<A>) -> Option<(*mut CtEntry<A>, u64)> {
+    let entry = A::get_ptr_mut(key)?;
     let now = now();
     live(key, entry, now).map(|e| (e, now))
 }
 
 /// `entry` (found under `key`) if its flow is live at `now`; a dead flow is removed.
 #[inline(always)]
-fn live(key: &CtKey, entry: *mut CtEntry, now: u64) -> Option<*mut CtEntry> {
+fn live<A: Family>(key: &CtKey<A>, entry: *mut CtEntry<A>, now: u64) -> Option<*mut CtEntry<A>> {
     // SAFETY: the pointer comes from a successful lookup; entries are plain integers, and a
     // concurrent update on another CPU can at worst make this read slightly stale.
     let (expires, twin) = unsafe { ((*entry).expires_ns, twin_key(&*entry, key.proto)) };
     if expires >= now {
         return Some(entry);
     }
-    let twin_alive = CONNTRACK
-        .get_ptr(twin)
+    let twin_alive = A::get_ptr_mut(&twin)
         // SAFETY: as above.
         .is_some_and(|t| unsafe { (*t).expires_ns } >= now);
     if twin_alive {
@@ -148,7 +148,7 @@ fn live(key: &CtKey, entry: *mut CtEntry, now: u64) -> Option<*mut CtEntry> {
 
 /// The state a packet moves its flow to.
 #[inline(always)]
-fn next_state(entry: &CtEntry, l4: L4) -> u8 {
+fn next_state<A>(entry: &CtEntry<A>, l4: L4) -> u8 {
     match l4 {
         L4::Tcp { flags } if flags & TCP_RST != 0 => ct_state::CLOSING,
         // After a FIN one end holds the tuple in TIME_WAIT; an RST before it ended that.
@@ -171,7 +171,13 @@ fn next_state(entry: &CtEntry, l4: L4) -> u8 {
 /// the entry's lifetime, writing to the map only when something changes by more than
 /// `CT_REFRESH_NS`.
 #[inline(always)]
-pub fn on_packet(cfg: &NodeConfig, key: &CtKey, entry: *mut CtEntry, l4: L4, now: u64) {
+pub fn on_packet<A: Family>(
+    cfg: &NodeConfig,
+    key: &CtKey<A>,
+    entry: *mut CtEntry<A>,
+    l4: L4,
+    now: u64,
+) {
     // SAFETY: `entry` comes from `lookup` in this program run; map values stay valid while the
     // program runs, and racing writers only ever store whole, valid field values.
     let e = unsafe { &mut *entry };
@@ -180,7 +186,7 @@ pub fn on_packet(cfg: &NodeConfig, key: &CtKey, entry: *mut CtEntry, l4: L4, now
     if state != e.state {
         e.state = state;
         e.expires_ns = expires;
-        if let Some(twin) = CONNTRACK.get_ptr_mut(twin_key(e, key.proto)) {
+        if let Some(twin) = A::get_ptr_mut(&twin_key(e, key.proto)) {
             // SAFETY: as above, for the twin entry.
             unsafe {
                 (*twin).state = state;
@@ -194,16 +200,22 @@ pub fn on_packet(cfg: &NodeConfig, key: &CtKey, entry: *mut CtEntry, l4: L4, now
     }
 }
 
-/// Whether there is room for one more flow (two entries).
+/// Whether there is room for one more IPv4 flow (two entries).
 #[inline(always)]
 pub fn admit(cfg: &NodeConfig) -> bool {
+    admit_family::<[u8; 4]>(cfg)
+}
+
+/// Whether there is room for one more flow (two entries) of family `A`.
+#[inline(always)]
+pub fn admit_family<A: Family>(cfg: &NodeConfig) -> bool {
     let (Some(programs), Some(collector)) = (
-        CT_USAGE.get(CT_USAGE_PROGRAMS),
-        CT_USAGE.get(CT_USAGE_COLLECTOR),
+        CT_USAGE.get(A::USAGE_PROGRAMS),
+        CT_USAGE.get(A::USAGE_COLLECTOR),
     ) else {
         return true;
     };
-    ct_live(programs, collector) + 2 <= u64::from(cfg.ct_limit)
+    ct_live(programs, collector) + 2 <= u64::from(A::limit(cfg))
 }
 
 /// How a new flow's translated source port is chosen.
@@ -227,10 +239,16 @@ pub enum PortChoice {
 /// tuple. The node secret (the namespace cookie, random per boot) keeps the mapping
 /// unpredictable from outside.
 #[inline(always)]
-fn probe_start(cfg: &NodeConfig, key: &CtKey, nat: &CtNat, original: u32, span: u32) -> u32 {
+fn probe_start<A: Family>(
+    cfg: &NodeConfig,
+    key: &CtKey<A>,
+    nat: &CtNat<A>,
+    original: u32,
+    span: u32,
+) -> u32 {
     // The low word of the cookie, by design.
-    let mut h = services::mix(cfg.netns_cookie as u32, u32::from_be_bytes(key.saddr));
-    h = services::mix(h, u32::from_be_bytes(nat.daddr));
+    let mut h = services::mix(cfg.netns_cookie as u32, A::digest(&key.saddr));
+    h = services::mix(h, A::digest(&nat.daddr));
     h = services::mix(h, (u32::from(nat.dport) << 8) | u32::from(key.proto));
     (original % span + h % span) % span
 }
@@ -239,14 +257,14 @@ fn probe_start(cfg: &NodeConfig, key: &CtKey, nat: &CtNat, original: u32, span: 
 /// `nat` (with the source port chosen per `ports`). Returns the final translation, or the
 /// reason the flow was refused.
 #[inline(always)]
-pub fn create(
+pub fn create<A: Family>(
     cfg: &NodeConfig,
-    key: &CtKey,
-    mut nat: CtNat,
+    key: &CtKey<A>,
+    mut nat: CtNat<A>,
     kind: u8,
     ports: PortChoice,
     now: u64,
-) -> Result<CtNat, u32> {
+) -> Result<CtNat<A>, u32> {
     let expires = now + timeout_ns(cfg, key.proto, ct_state::NEW);
     // The reply entry and its key live in the search (one copy on the stack: the programs'
     // stack is small, and the port search adds a frame).
@@ -305,7 +323,7 @@ pub fn create(
             unsafe {
                 bpf_loop(
                     SNAT_RETRIES,
-                    probe_port as *const () as *mut c_void,
+                    probe_port::<A> as *const () as *mut c_void,
                     (&raw mut search).cast(),
                     0,
                 );
@@ -348,14 +366,14 @@ pub fn create(
         state: ct_state::NEW,
         _pad: 0,
     };
-    if CONNTRACK.insert(key, original, 0).is_err() {
+    if A::insert(key, &original, 0).is_err() {
         if reply_new {
             // Not yet counted as inserted, so not counted as removed either.
-            let _ = CONNTRACK.remove(&search.reply_key);
+            let _ = A::remove(&search.reply_key);
         }
         return Err(reason::DROP_CT_FULL);
     }
-    usage_add(false, if reply_new { 2 } else { 1 });
+    usage_add::<A>(false, if reply_new { 2 } else { 1 });
     Ok(nat)
 }
 
@@ -370,9 +388,9 @@ const SEARCH_LEFTOVER: u32 = 2;
 /// [`probe_port`]. The loop body is verified once instead of once per unrolled probe and per
 /// caller, which keeps `from_pod` well inside the verifier's budget.
 #[repr(C)]
-struct PortSearch {
-    reply_key: CtKey,
-    reply: CtEntry,
+struct PortSearch<A> {
+    reply_key: CtKey<A>,
+    reply: CtEntry<A>,
     now: u64,
     /// Expiry of the evictable flow met so far that expires first (`u64::MAX`: none).
     victim_expires: u64,
@@ -389,20 +407,21 @@ struct PortSearch {
 
 /// One round of a port search: tries port `min + (start + i) % span`. Returns 1 (stop) once
 /// a port is taken, 0 to go on.
-extern "C" fn probe_port(i: u64, ctx: *mut c_void) -> i64 {
+extern "C" fn probe_port<A: Family>(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the context `create` gave it: a live `PortSearch` on its
     // stack, used by nothing else while the loop runs.
-    let search = unsafe { &mut *ctx.cast::<PortSearch>() };
+    let search = unsafe { &mut *ctx.cast::<PortSearch<A>>() };
     if search.span == 0 {
         // Never: the range holds at least one port (and no panic path may reach the verifier).
         return 1;
     }
     // `i < SNAT_RETRIES`, so the cast keeps it.
     let port = search.min + (search.start + i as u32) % search.span;
-    let mut key = search.reply_key;
+    // In place, not in a copy: the callback's frame adds to the caller's stack (an IPv6 key is
+    // 40 bytes). `create` sets the port it finally takes.
     // `min + span - 1 <= u16::MAX` by construction of the range.
-    key.dport = port as u16;
-    match claim_reply(&key, &search.reply, search.now) {
+    search.reply_key.dport = port as u16;
+    match claim_reply(&search.reply_key, &search.reply, search.now) {
         Claim::Taken(new) => {
             search.taken = if new { SEARCH_NEW } else { SEARCH_LEFTOVER };
             search.port = port;
@@ -433,21 +452,18 @@ enum Claim {
 
 /// Takes `reply_key` for a new flow, unless another flow holds it.
 #[inline(always)]
-fn claim_reply(reply_key: &CtKey, reply: &CtEntry, now: u64) -> Claim {
-    if CONNTRACK
-        .insert(reply_key, reply, u64::from(BPF_NOEXIST))
-        .is_ok()
-    {
+fn claim_reply<A: Family>(reply_key: &CtKey<A>, reply: &CtEntry<A>, now: u64) -> Claim {
+    if A::insert(reply_key, reply, u64::from(BPF_NOEXIST)).is_ok() {
         return Claim::Taken(true);
     }
     // SAFETY: the fields are copied out at once.
     let Some((nat, state, expires)) =
-        (unsafe { CONNTRACK.get(reply_key) }).map(|e| (e.nat, e.state, e.expires_ns))
+        A::get_ptr_mut(reply_key).map(|e| unsafe { ((*e).nat, (*e).state, (*e).expires_ns) })
     else {
         return Claim::Held;
     };
     if nat == reply.nat {
-        return match CONNTRACK.insert(reply_key, reply, 0) {
+        return match A::insert(reply_key, reply, 0) {
             Ok(()) => Claim::Taken(false),
             Err(_) => Claim::Held,
         };
@@ -461,9 +477,9 @@ fn claim_reply(reply_key: &CtKey, reply: &CtEntry, now: u64) -> Claim {
 
 /// Ends the closed flow holding `key` (both of its entries), so a new flow can take the key.
 #[inline(always)]
-fn evict(key: &CtKey) {
+fn evict<A: Family>(key: &CtKey<A>) {
     // SAFETY: the value is copied out at once.
-    let Some(twin) = (unsafe { CONNTRACK.get(key) }).map(|e| twin_key(e, key.proto)) else {
+    let Some(twin) = A::get_ptr_mut(key).map(|e| twin_key(unsafe { &*e }, key.proto)) else {
         return;
     };
     remove(key);

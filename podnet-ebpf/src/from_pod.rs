@@ -8,8 +8,8 @@
 //! serves it, kube-proxy say, must see the pod's own address); IPv4 to another node's pod CIDR goes
 //! straight out of the uplink to that node with its addresses untouched (native routing);
 //! traffic to a masquerade exclusion (`non_masquerade_cidrs`) goes to the kernel with the pod's
-//! address; other traffic leaving the cluster is SNATed to the node IP. IPv6 takes its own path
-//! ([`crate::ipv6`]). Everything else (ARP, broadcast,
+//! address; other traffic leaving the cluster is SNATed to the node IP. IPv6 takes its own program
+//! (`from_pod6`, [`crate::ipv6`]) by tail call. Everything else (ARP, broadcast,
 //! the node's own addresses, other nodes' pods, anything malformed) goes to the kernel
 //! unchanged, as it would without podnet. With anti-spoofing on, IPv4 and ARP that claim an
 //! address or MAC other than the pod's own are dropped.
@@ -25,19 +25,25 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use podnet_ebpf::abi::{Endpoint, config_flag, endpoint_flag, reason};
+use podnet_ebpf::abi::{Endpoint, config_flag, endpoint_flag, ipv6_prog, reason};
 
 use crate::{
     conntrack, fib, forward, ipv6,
     maps::debug_enabled,
     masquerade,
     parse::{self, in_prefix},
-    stats, translate, ttl,
+    stats, tail6, translate, ttl,
 };
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    stats::counted(&ctx, podnet_ebpf::abi::monitor::hook::FROM_POD, decide)
+    let hook = podnet_ebpf::abi::monitor::hook::FROM_POD;
+    if ipv6::is_ipv6(&ctx) {
+        // Here, in the program's own function (which returns `int`), as the verifier requires
+        // of a tail call; `decide` may be an outlined function returning a pair.
+        return tail6::enter(&ctx, hook, ipv6_prog::FROM_POD6);
+    }
+    stats::counted(&ctx, hook, decide)
 }
 
 /// The endpoint of the pod whose veth the packet came in on, if `addr` and `mac` are its own.
@@ -97,9 +103,6 @@ fn arp_or_pass(ctx: &TcContext, pass: (i32, u32)) -> (i32, u32) {
 fn decide(ctx: &TcContext) -> (i32, u32) {
     let (cfg, frame) = match parse::ready_ipv4(ctx) {
         Ok(ready) => ready,
-        Err(pass) if pass.1 == reason::PASS_NOT_IPV4 && ipv6::is_ipv6(ctx) => {
-            return ipv6::from_pod(ctx);
-        }
         Err(pass) => return arp_or_pass(ctx, pass),
     };
     // SAFETY: the parser bounds-checked the Ethernet header and nothing has changed the packet.

@@ -4,7 +4,8 @@
 //! is none); replies to pods' service flows from backends on other nodes are translated back;
 //! ICMP errors about translated flows are translated back; packets from other nodes' pods for
 //! a local pod go straight to it. Everything else, above all the node's own traffic, goes to
-//! the kernel unchanged (out of the tunnel, marked as addressed to this host).
+//! the kernel unchanged (out of the tunnel, marked as addressed to this host). IPv6 goes to
+//! its own program, `from_uplink6`, by tail call.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
@@ -20,7 +21,12 @@ use crate::{
 
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    stats::counted(&ctx, podnet_ebpf::abi::monitor::hook::FROM_UPLINK, decide)
+    let hook = podnet_ebpf::abi::monitor::hook::FROM_UPLINK;
+    if crate::ipv6::is_ipv6(&ctx) {
+        // In the program's own function, as the verifier requires of a tail call.
+        return crate::tail6::enter(&ctx, hook, podnet_ebpf::abi::ipv6_prog::FROM_UPLINK6);
+    }
+    stats::counted(&ctx, hook, decide)
 }
 
 #[inline(always)]

@@ -22,8 +22,9 @@
 //!   gateway's: routed by the node) loses one hop, and with a hop limit of 1 or less, or a hop-by-hop
 //!   options header (which a router must process), goes to the kernel, which answers ICMPv6
 //!   time exceeded from the gateway address as a router does;
-//! - everything else (Neighbor Discovery itself, multicast, the node, other nodes' pods, the
-//!   outside, link-local destinations) goes to the kernel unchanged, counted as `pass_not_ipv4`
+//! - IPv6 leaving the cluster is masqueraded to the node's IPv6 address ([`crate::nat6`]);
+//! - everything else (Neighbor Discovery itself, multicast, the node, other nodes' pods,
+//!   masquerade exclusions, link-local destinations) goes to the kernel unchanged, counted as `pass_not_ipv4`
 //!   as before IPv6 had a fast path.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
@@ -58,7 +59,7 @@ pub struct Ipv6Hdr {
 }
 
 /// Offset of the hop limit in the frame.
-const HOP_LIMIT_OFF: usize = ETH_HLEN + 7;
+pub const HOP_LIMIT_OFF: usize = ETH_HLEN + 7;
 
 /// Whether the frame's EtherType is IPv6 (the frame is then this module's).
 #[inline(always)]
@@ -70,14 +71,14 @@ pub fn is_ipv6(ctx: &TcContext) -> bool {
 
 /// The local pod with IPv6 address `addr`, if there is one.
 #[inline(always)]
-fn endpoint(addr: [u8; 16]) -> Option<Endpoint> {
+pub fn endpoint(addr: [u8; 16]) -> Option<Endpoint> {
     // SAFETY: hash map values are read once, immediately, and copied out.
     unsafe { ENDPOINTS6.get(EndpointKey6 { addr }) }.copied()
 }
 
 /// Whether `addr` is link-local unicast (`fe80::/10`).
 #[inline(always)]
-fn is_link_local(addr: &[u8; 16]) -> bool {
+pub fn is_link_local(addr: &[u8; 16]) -> bool {
     addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
 }
 
@@ -91,7 +92,7 @@ fn is_owner(ctx: &TcContext, addr: [u8; 16], mac: [u8; 6]) -> bool {
 
 /// What follows the IPv6 header and its extension headers.
 #[derive(Clone, Copy)]
-enum Upper {
+pub enum Upper {
     /// The upper-layer protocol (or a header this module does not step over, such as a
     /// fragment header) and its offset in the frame.
     Proto { proto: u8, off: usize },
@@ -102,7 +103,7 @@ enum Upper {
 /// Steps over hop-by-hop, routing and destination options headers, at most
 /// [`IPV6_EXT_HEADERS_MAX`] of them.
 #[inline(always)]
-fn upper(ctx: &TcContext, first: u8) -> Upper {
+pub fn upper(ctx: &TcContext, first: u8) -> Upper {
     let mut next = first;
     let mut off = ETH_HLEN + IPV6_HLEN;
     for _ in 0..IPV6_EXT_HEADERS_MAX {
@@ -227,7 +228,9 @@ pub fn from_pod(ctx: &TcContext) -> (i32, u32) {
         return PASS;
     }
     let Some(ep) = endpoint(daddr) else {
-        return PASS;
+        // Not a local pod: masqueraded when it leaves the cluster (or a packet of a
+        // masqueraded flow, or an ICMPv6 error about one), else to the kernel.
+        return crate::nat6::from_pod(cfg).unwrap_or(PASS);
     };
     if dmac != ep.mac {
         // Not addressed to the pod itself (to the gateway's MAC): routed by the node, a

@@ -2,11 +2,16 @@
 //!
 //! - [`from_pod`]: ingress of every pod's host-side veth (what the pod sends);
 //! - [`from_uplink`]: ingress of the node's uplink (what reaches the node IP);
+//! - [`from_pod6`] and [`from_uplink6`]: the IPv6 halves of those two, separate programs
+//!   reached by tail call ([`tail6`]), so IPv6 does not add to the IPv4 programs' verifier
+//!   budget and stack;
 //! - [`sock`]: `cgroup/connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`: socket-level
 //!   service balancing for the node's and its pods' sockets;
 //! - [`translate`]: the NAT decisions both classifiers share;
-//! - [`conntrack`]: flow state, lifetimes and admission;
+//! - [`conntrack`]: flow state, lifetimes and admission, for both families ([`family`]);
 //! - [`nat`]: packet rewriting and checksums;
+//! - [`nat6`]: IPv6 masquerade (SNAT to the node's IPv6 address) and its reverse, ICMPv6
+//!   errors and fragments included; [`fib6`]: IPv6 out by the routing table;
 //! - [`frag`]: IPv4 fragments (later fragments follow their first fragment's flow);
 //! - [`masquerade`]: masquerade exclusions (destinations that keep the pod's address);
 //! - [`services`]: service frontends and backend choice;
@@ -34,7 +39,11 @@ mod build_stamp;
 #[cfg(target_arch = "bpf")]
 mod conntrack;
 #[cfg(target_arch = "bpf")]
+mod family;
+#[cfg(target_arch = "bpf")]
 mod fib;
+#[cfg(target_arch = "bpf")]
+mod fib6;
 #[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
@@ -42,7 +51,11 @@ mod frag;
 #[cfg(target_arch = "bpf")]
 mod from_pod;
 #[cfg(target_arch = "bpf")]
+mod from_pod6;
+#[cfg(target_arch = "bpf")]
 mod from_uplink;
+#[cfg(target_arch = "bpf")]
+mod from_uplink6;
 #[cfg(target_arch = "bpf")]
 mod ipv6;
 #[cfg(target_arch = "bpf")]
@@ -56,6 +69,8 @@ mod mtu;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
+mod nat6;
+#[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod reject;
@@ -65,6 +80,8 @@ mod services;
 mod sock;
 #[cfg(target_arch = "bpf")]
 mod stats;
+#[cfg(target_arch = "bpf")]
+mod tail6;
 #[cfg(target_arch = "bpf")]
 mod translate;
 #[cfg(target_arch = "bpf")]

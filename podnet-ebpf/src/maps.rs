@@ -5,18 +5,21 @@
 use aya_ebpf::{
     Global,
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{
+        Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+    },
     macros::btf_map,
 };
 use podnet_ebpf::abi::{
-    AFFINITY_MAX, AFFINITY6_MAX, AffinityKey, AffinityKey6, AffinityValue, AffinityValue6,
-    CT_USAGE_SLOTS, Counter, CtEntry, CtKey, CtUsage, DEFAULT_CT_LIMIT, DEFAULT_ENDPOINTS_MAX,
-    DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint, EndpointKey, EndpointKey6, FRAGMENTS_MAX,
-    FragKey, FragPorts, MAGLEV_MAX, MAGLEV_TABLE_SIZE, NON_MASQUERADE_MAX, NodeConfig,
+    AFFINITY_MAX, AFFINITY6_MAX, Addr6, AffinityKey, AffinityKey6, AffinityValue, AffinityValue6,
+    CT_USAGE_SLOTS, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtUsage, DEFAULT_CT_LIMIT,
+    DEFAULT_CT6_LIMIT, DEFAULT_ENDPOINTS_MAX, DEFAULT_PEERS_MAX, DEFAULT_SERVICES_MAX, Endpoint,
+    EndpointKey, EndpointKey6, FRAGMENTS_MAX, FRAGMENTS6_MAX, FragKey, FragKey6, FragPorts,
+    MAGLEV_MAX, MAGLEV_TABLE_SIZE, NON_MASQUERADE_MAX, NON_MASQUERADE6_MAX, NodeConfig,
     POD_NETNS_MAX, Peer, PodNetns, REV_NAT_MAX, REV_NAT6_MAX, RevNat, RevNat6, SOCK_REV_NAT_MAX,
     SOCK_REV_NAT6_MAX, STATS_SLOTS, ServiceBackend, ServiceBackend6, ServiceKey, ServiceKey6,
     ServiceValue, SockRevNat, SockRevNat6, SockRevNatKey, SockRevNatKey6, backends_map_entries,
-    backends6_map_entries, endpoints6_map_entries,
+    backends6_map_entries, endpoints6_map_entries, ipv6_prog,
     monitor::{DropEvent, MonitorBudget, RING_BYTES},
     services6_map_entries,
 };
@@ -50,7 +53,14 @@ pub static STATS: PerCpuArray<Counter, { STATS_SLOTS as usize }> = PerCpuArray::
 #[btf_map]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { DEFAULT_CT_LIMIT as usize }> = LruHashMap::new();
 
-/// Conntrack occupancy counters: one slot the programs write, one the collector writes.
+/// IPv6 conntrack and NAT state: `CONNTRACK`'s twin with 16-byte addresses (same entries,
+/// same code, see `crate::family`). Sized on its own (`podnet_ebpf::abi::DEFAULT_CT6_LIMIT`).
+#[btf_map]
+pub static CONNTRACK6: LruHashMap<CtKey6, CtEntry6, { DEFAULT_CT6_LIMIT as usize }> =
+    LruHashMap::new();
+
+/// Conntrack occupancy counters: for each family one slot the programs write, one the
+/// collector writes.
 #[btf_map]
 pub static CT_USAGE: Array<CtUsage, { CT_USAGE_SLOTS as usize }> = Array::new();
 
@@ -149,6 +159,22 @@ pub static PEERS: LpmTrie<[u8; 4], Peer, { DEFAULT_PEERS_MAX as usize }> = LpmTr
 #[btf_map]
 pub static NON_MASQUERADE: LpmTrie<[u8; 4], u32, { NON_MASQUERADE_MAX as usize }> = LpmTrie::new();
 
+/// IPv6 masquerade exclusions (longest prefix match on 16-byte addresses).
+#[btf_map]
+pub static NON_MASQUERADE6: LpmTrie<Addr6, u32, { NON_MASQUERADE6_MAX as usize }> = LpmTrie::new();
+
+/// IPv6 fragments: the ports of each fragmented datagram's first fragment, for its later
+/// fragments (as `FRAGMENTS` for IPv4).
+#[btf_map]
+pub static FRAGMENTS6: LruHashMap<FragKey6, FragPorts, { FRAGMENTS6_MAX as usize }> =
+    LruHashMap::new();
+
+/// Per-CPU working memory of the IPv6 NAT programs (`crate::nat6`): the tuple of a packet
+/// starting a masqueraded flow, handed from `from_pod6_nat` to `from_pod6_snat`, and the tuple
+/// its route is looked up with. Two entries per CPU; not pinned (nothing outlives a packet).
+#[btf_map]
+pub static NAT6_SCRATCH: PerCpuArray<CtKey6, 2> = PerCpuArray::new();
+
 /// Drop and refusal events for `podnet monitor` (see `podnet_ebpf::abi::monitor` for the size).
 #[btf_map]
 pub static MONITOR_EVENTS: RingBuf<DropEvent, { RING_BYTES as usize }> = RingBuf::new();
@@ -163,6 +189,12 @@ pub static MONITOR_BUDGET: PerCpuArray<MonitorBudget, 1> = PerCpuArray::new();
 #[btf_map]
 pub static FRAGMENTS: LruHashMap<FragKey, FragPorts, { FRAGMENTS_MAX as usize }> =
     LruHashMap::new();
+
+/// The IPv6 programs (`from_pod6`, `from_uplink6`), by `ipv6_prog` slot, which `from_pod` and
+/// `from_uplink` tail-call for IPv6 frames. One slot per program; pinned, so its entries live
+/// as long as the node (the kernel empties a program array whose last user reference goes).
+#[btf_map]
+pub static IPV6_PROGS: ProgramArray<{ ipv6_prog::SLOTS as usize }> = ProgramArray::new();
 
 /// Non-zero turns on per-packet debug logging. Set at load time (`podnet node init --debug`);
 /// it lives in read-only data, so with 0 the verifier removes the logging code entirely.

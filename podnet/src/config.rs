@@ -143,6 +143,10 @@ pub struct NodeSettings {
     /// `NON_MASQUERADE_MAX` (256) prefixes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub non_masquerade_cidrs: Vec<Ipv4Network>,
+    /// The IPv6 masquerade exclusions (dual-stack nodes): pods' IPv6 to them keeps the pod's
+    /// address. At most `NON_MASQUERADE6_MAX` (256) prefixes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub non_masquerade_cidrs6: Vec<Ipv6Network>,
 }
 
 pub fn default_service_cidr() -> Ipv4Network {
@@ -328,6 +332,21 @@ impl NodeSettings {
             return Err(ConfigError::Invalid(format!(
                 "{} masquerade exclusions where at most {NON_MASQUERADE_MAX} fit",
                 cidrs.len()
+            )));
+        }
+        let cidrs6 = &self.non_masquerade_cidrs6;
+        if let Some(bad) = cidrs6.iter().find(|c| c.network() != c.ip()) {
+            return Err(ConfigError::Invalid(format!(
+                "masquerade exclusion {bad} has host bits set; did you mean {}/{}?",
+                bad.network(),
+                bad.prefix()
+            )));
+        }
+        let max6 = podnet_ebpf::abi::NON_MASQUERADE6_MAX;
+        if cidrs6.len() > max6 as usize {
+            return Err(ConfigError::Invalid(format!(
+                "{} IPv6 masquerade exclusions where at most {max6} fit",
+                cidrs6.len()
             )));
         }
         Ok(())

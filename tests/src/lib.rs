@@ -27,6 +27,7 @@ pub mod bpf_stats;
 pub mod cluster;
 pub mod cni;
 pub mod cri;
+pub mod dual_stack;
 pub mod fuzz;
 pub mod netns;
 pub mod node;
@@ -52,10 +53,7 @@ pub use netns::{
     InNetns, NETNS_RUN_DIR, Netns, Pod, VethPair, addr, is_own_netns, mac, netns_list, route,
     same_file, unique, veth,
 };
-pub use node::{
-    CLUSTER_CIDR, CLUSTER_CIDR6, NODE_IP6, Node, OUTSIDE_IP6, PodInfo, PodnetCli, SERVICE_CIDR,
-    ServicePath, addr6, ping,
-};
+pub use node::{CLUSTER_CIDR, Node, PodInfo, PodnetCli, SERVICE_CIDR, ServicePath, ping};
 pub use privilege::{REQUIRE_ROOT_ENV, require_root, require_root_for};
 pub use probe::{
     HeldConnections, addr_field, churn_tcp, connect_tcp, connect_udp, hold_tcp, http_get,

@@ -11,12 +11,14 @@ use podnet_ebpf::abi::program_name;
 
 use crate::{InNetns as _, Netns};
 
-/// The embedded object with both classifiers loaded (verified), its maps private to it.
+/// The embedded object with its classifiers loaded (verified), its maps private to it, and the
+/// IPv6 programs in the program array the classifiers tail-call.
 pub fn load_classifiers() -> Ebpf {
     let mut ebpf = EbpfLoader::new()
         .load(podnet::datapath::OBJECT)
         .expect("object loads");
-    for name in program_name::CLASSIFIERS {
+    let tail_called = program_name::TAIL_CALLED.map(|(name, _)| name);
+    for name in program_name::CLASSIFIERS.into_iter().chain(tail_called) {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .expect("program")
@@ -25,6 +27,7 @@ pub fn load_classifiers() -> Ebpf {
         prog.load()
             .unwrap_or_else(|e| panic!("verifier rejects {name}: {e:?}"));
     }
+    podnet::datapath::loader::fill_ipv6_progs(&mut ebpf).expect("fill IPV6_PROGS");
     ebpf
 }
 

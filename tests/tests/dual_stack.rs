@@ -1,71 +1,28 @@
 //! Dual-stack addressing: a node with an IPv4 and an IPv6 pod CIDR gives each pod an address
 //! and a default route of each family (CLI and CNI, standalone and chained after the reference
-//! `bridge` + `host-local`); IPv6 goes through the kernel (the programs pass it unchanged);
+//! `bridge` + `host-local`); IPv6 leaving the cluster is masqueraded to the node's IPv6
+//! address (the rest of IPv6 NAT is tested in `nat6`);
 //! peers carry IPv6 pod CIDRs routed via their IPv6 node address; deletion and GC leave nothing
 //! of either family; bad IPv6 input is refused with a clear message and changes nothing.
 //!
-//! The fabric's IPv6 addresses come from fd00:198:18::/64 (unique-local, like the IPv4
-//! fabric's benchmarking range: nothing here can be a real network), the pods' from
-//! fd00:10:244::/48.
+//! The test nodes and addresses are `podnet_tests::dual_stack`'s.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Output,
     time::Duration,
 };
 
+use podnet_tests::dual_stack::{
+    CLUSTER_CIDR6, NODE_IP6, OUTSIDE_IP6, addr6, address6_of, dual_stack_node, ping6, tcp_sees,
+};
 use podnet_tests::{
-    AddResult, CLUSTER_CIDR6, Cluster, CniNode, InNetns, NETNS_RUN_DIR, NODE_IP, NODE_IP6, Netns,
-    Node, OUTSIDE_IP, OUTSIDE_IP6, PodnetCli, RuntimeConf, Snapshot, Topology, UPLINK, Watch,
-    addr6, connect_tcp, describe, mac, peer_ip_of, ping, require_root, serve_tcp, unique,
-    wait_until,
+    AddResult, Cluster, CniNode, InNetns, NETNS_RUN_DIR, NODE_IP, Netns, Node, OUTSIDE_IP,
+    PodnetCli, RuntimeConf, Snapshot, Topology, UPLINK, Watch, describe, mac, ping, require_root,
+    unique, wait_until,
 };
 use serde_json::{Value, json};
-
-/// A dual-stack node (see [`Node::dual_stack`]).
-fn dual_stack_node(pod_cidr: &str, pod_cidr6: &str) -> Node {
-    Node::dual_stack(pod_cidr, pod_cidr6, &[])
-}
-
-/// The IPv6 address (without prefix) of pod `name`, from `pod list --json`.
-fn address6_of(node: &Node, name: &str) -> Ipv6Addr {
-    let pods = node.json(&["pod", "list"]);
-    let pod = pods
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == name))
-        .unwrap_or_else(|| panic!("no pod {name} in {pods}"));
-    let cidr = pod["address6"]
-        .as_str()
-        .unwrap_or_else(|| panic!("pod {name} has no IPv6 address: {pod}"));
-    cidr.split('/')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("bad address6 {cidr}"))
-}
-
-/// TCP from `from` to a server in `to_ns` on `to:port`: the server must see `from_ip`.
-fn tcp_sees(
-    from: &(impl InNetns + ?Sized),
-    from_ip: IpAddr,
-    to_ns: &(impl InNetns + ?Sized),
-    to: IpAddr,
-    port: u16,
-) {
-    let addr = SocketAddr::new(to, port).to_string();
-    let _server = serve_tcp(to_ns, &addr);
-    let reply = connect_tcp(from, &addr).unwrap_or_else(|e| panic!("TCP -> {addr}: {e}"));
-    assert_eq!(
-        peer_ip_of(&reply),
-        Some(from_ip),
-        "the server at {addr} must see {from_ip} as the source: {reply}"
-    );
-}
-
-/// Pings `ip` (IPv6) from `ns`: 3 echoes 50 ms apart, 1 s per reply at most.
-fn ping6(ns: &(impl InNetns + ?Sized), ip: &str) -> Output {
-    ns.sh(&format!("ping -6 -c 3 -i 0.05 -W 1 {ip}"))
-}
 
 /// The IPv6 records (file names with a ':') in an IPAM directory.
 fn ipv6_records(dir: &Path) -> Vec<String> {
@@ -141,8 +98,7 @@ fn dual_stack_pods_reach_each_other_and_the_outside_from_their_own_addresses() {
     let a4: Ipv4Addr = a.ip.parse().expect("IPv4");
     let b4: Ipv4Addr = b.ip.parse().expect("IPv4");
     tcp_sees(&a.ns, IpAddr::V4(a4), &b.ns, IpAddr::V4(b4), 8081);
-    // To the outside: IPv6 is routed by the node's kernel with the pod's own address (no NAT
-    // for IPv6); IPv4 is masqueraded to the node IP as before.
+    // To the outside: both families are masqueraded, IPv6 to the node's IPv6 address.
     let out = ping6(&b.ns, &OUTSIDE_IP6.to_string());
     assert!(
         out.status.success(),
@@ -151,7 +107,7 @@ fn dual_stack_pods_reach_each_other_and_the_outside_from_their_own_addresses() {
     );
     tcp_sees(
         &b.ns,
-        IpAddr::V6(b6),
+        IpAddr::V6(NODE_IP6),
         &node.topo.outside,
         IpAddr::V6(OUTSIDE_IP6),
         7000,
@@ -986,7 +942,12 @@ fn pod_neighbour(ns: &(impl InNetns + ?Sized), ip: Ipv6Addr) -> Option<String> {
 
 /// The link-local address of eth0 in `ns`.
 fn link_local(ns: &(impl InNetns + ?Sized)) -> Ipv6Addr {
-    let out = ns.ok("ip -6 -o addr show dev eth0 scope link");
+    link_local_of(ns, "eth0")
+}
+
+/// The link-local address of `ifname` in `ns`.
+fn link_local_of(ns: &(impl InNetns + ?Sized), ifname: &str) -> Ipv6Addr {
+    let out = ns.ok(&format!("ip -6 -o addr show dev {ifname} scope link"));
     out.split_whitespace()
         .skip_while(|w| *w != "inet6")
         .nth(1)
@@ -1140,7 +1101,7 @@ fn ipv6_between_pods_of_one_node_is_delivered_by_podnet_and_pods_cannot_spoof_or
     );
 
     // The node's and the pods' own IPv6 still work: ND with the gateway, link-local between
-    // pods, the node reaching a pod, a pod reaching the outside (through the kernel).
+    // pods, the node reaching a pod, a pod reaching the outside (masqueraded).
     let out = ping6(&a.ns, &gateway6.to_string());
     assert!(out.status.success(), "a -> gateway: {}", describe(&out));
     let out = ping6(&a.ns, &format!("{}%eth0", link_local(&b.ns)));
@@ -1155,7 +1116,7 @@ fn ipv6_between_pods_of_one_node_is_delivered_by_podnet_and_pods_cannot_spoof_or
     assert!(out.status.success(), "b -> outside: {}", describe(&out));
     tcp_sees(
         &b.ns,
-        IpAddr::V6(b6),
+        IpAddr::V6(NODE_IP6),
         &node.topo.outside,
         IpAddr::V6(OUTSIDE_IP6),
         7000,
@@ -1265,4 +1226,106 @@ fn endpoints6(pin_dir: &Path) -> Vec<String> {
         .collect();
     addrs.sort();
     addrs
+}
+
+/// A Router Advertisement (router lifetime 30 minutes) with one Prefix Information option:
+/// `prefix`/64, on-link and for autoconfiguration (SLAAC).
+fn router_advert_with_prefix(mac: [u8; 6], prefix: Ipv6Addr) -> Vec<u8> {
+    const OPT_PREFIX_INFO: u8 = 3;
+    const PREFIX_INFO_UNITS: u8 = 4;
+    const PREFIX_LEN: u8 = 64;
+    const ON_LINK_AUTONOMOUS: u8 = 0xc0;
+    const LIFETIME: [u8; 4] = 3600u32.to_be_bytes();
+    let mut icmp = router_advert(mac);
+    icmp.extend_from_slice(&[
+        OPT_PREFIX_INFO,
+        PREFIX_INFO_UNITS,
+        PREFIX_LEN,
+        ON_LINK_AUTONOMOUS,
+    ]);
+    icmp.extend_from_slice(&LIFETIME); // valid
+    icmp.extend_from_slice(&LIFETIME); // preferred
+    icmp.extend_from_slice(&[0; 4]);
+    icmp.extend_from_slice(&prefix.octets());
+    icmp
+}
+
+/// podnet's drop counters (every reason named `drop_*`), summed.
+fn drops(node: &Node) -> u64 {
+    node.stats()
+        .iter()
+        .filter(|(reason, _)| reason.starts_with("drop_"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+#[test]
+fn the_nodes_own_ipv6_on_the_uplink_keeps_working_with_the_programs_attached() {
+    require_root!();
+    let node = dual_stack_node("10.244.43.0/24", "fd00:10:244:43::/64");
+    let _pod = node.add_pod("a");
+    let (host, outside) = (&node.topo.node, &node.topo.outside);
+    let attached = host.ok(&format!("tc filter show dev {UPLINK} ingress"));
+    assert!(attached.contains("from_uplink"), "{attached}");
+    let drops_before = drops(&node);
+
+    // Link-local addresses both ways, and Neighbor Discovery for the global ones.
+    let node_ll = link_local_of(host, UPLINK);
+    let outside_ll = link_local_of(outside, &node.topo.outside_if);
+    let out = ping6(host, &format!("{outside_ll}%{UPLINK}"));
+    assert!(
+        out.status.success(),
+        "node -> outside link-local: {}",
+        describe(&out)
+    );
+    let out = ping6(outside, &format!("{node_ll}%{}", node.topo.outside_if));
+    assert!(
+        out.status.success(),
+        "outside -> node link-local: {}",
+        describe(&out)
+    );
+    let out = ping6(host, &OUTSIDE_IP6.to_string());
+    assert!(out.status.success(), "node -> outside: {}", describe(&out));
+    let out = ping6(outside, &NODE_IP6.to_string());
+    assert!(out.status.success(), "outside -> node: {}", describe(&out));
+    let outside_mac = mac(outside, &node.topo.outside_if);
+    let neigh = host.ok(&format!("ip -6 neigh show {OUTSIDE_IP6} dev {UPLINK}"));
+    assert!(
+        neigh.contains(&outside_mac),
+        "the node resolved the outside: {neigh}"
+    );
+
+    // A Router Advertisement from the fabric's router reaches the node's kernel: it takes the
+    // default route and an address of the advertised prefix (SLAAC; a forwarding node
+    // accepts RAs with accept_ra=2).
+    host.ok(&format!("sysctl -q -w net.ipv6.conf.{UPLINK}.accept_ra=2"));
+    let prefix: Ipv6Addr = "fd00:198:99::".parse().expect("prefix");
+    let all_nodes: Ipv6Addr = "ff02::1".parse().expect("all-nodes");
+    let all_nodes_mac = [0x33, 0x33, 0, 0, 0, 1];
+    let frame = icmp6_frame(
+        all_nodes_mac,
+        parse_mac(&outside_mac),
+        outside_ll,
+        all_nodes,
+        router_advert_with_prefix(parse_mac(&outside_mac), prefix),
+    );
+    send_raw(outside, &frame);
+    wait_until(
+        Duration::from_secs(5),
+        "an address from the RA's prefix",
+        || {
+            host.ok(&format!("ip -6 -o addr show dev {UPLINK}"))
+                .contains("fd00:198:99:")
+        },
+    );
+    let default = host.ok("ip -6 route show default");
+    assert!(
+        default.contains(&format!("via {outside_ll}")) && default.contains("proto ra"),
+        "the node's IPv6 default route: {default}"
+    );
+    assert_eq!(
+        drops(&node),
+        drops_before,
+        "podnet dropped the node's own IPv6"
+    );
 }

@@ -8,9 +8,8 @@
 use std::net::Ipv6Addr;
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::SchedClassifier,
 };
 use podnet_ebpf::abi::{
     Counter, Endpoint, EndpointKey6, NodeConfig, config_flag, map_name, program_name, reason,
@@ -51,15 +50,8 @@ struct Harness {
 
 impl Harness {
     fn new(anti_spoof: bool) -> Self {
-        let mut ebpf = EbpfLoader::new()
-            .load(podnet::datapath::OBJECT)
-            .expect("object loads");
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(program_name::FROM_POD)
-            .expect("program")
-            .try_into()
-            .expect("classifier");
-        prog.load().expect("verifier accepts from_pod");
+        // from_pod tail-calls from_pod6 for IPv6: both loaded, the program array filled.
+        let mut ebpf = podnet_tests::testrun::load_classifiers();
         let flags = config_flag::READY
             | if anti_spoof {
                 config_flag::ANTI_SPOOF

@@ -158,13 +158,14 @@ fn bench(root: &Path, quick: bool) -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let release = root.join("target/release");
     let perf = [work.join("perf-same-node.md"), work.join("perf-nat.md")];
-    let benches: [(&str, Vec<&std::ffi::OsStr>); 7] = [
+    let benches: [(&str, Vec<&std::ffi::OsStr>); 8] = [
         ("podnet-bench", vec!["--perf".as_ref(), perf[0].as_os_str()]),
         ("podnet-multinode-bench", vec![]),
         (
             "podnet-nat-bench",
             vec!["--perf".as_ref(), perf[1].as_os_str()],
         ),
+        ("podnet-ipv6-bench", vec![]),
         ("podnet-service-bench", vec![]),
         ("podnet-selection-bench", vec![]),
         (

@@ -223,10 +223,12 @@ pub struct InitArgs {
     #[arg(long, value_parser = ["random", "maglev"])]
     pub load_balancing: Option<String>,
     /// A destination outside the cluster that pods reach with their own address, not SNATed
-    /// to the node IP (ip-masq-agent's nonMasqueradeCIDRs), e.g. 192.168.0.0/16. Repeat for
-    /// more (at most 256); given, they replace the config file's list.
+    /// to the node IP (ip-masq-agent's nonMasqueradeCIDRs), e.g. 192.168.0.0/16, or an IPv6
+    /// one (e.g. fd00:99::/48) that pods' IPv6 reaches without being masqueraded to the node's
+    /// IPv6 address. Repeat for more (at most 256 per family); given, they replace the config
+    /// file's lists.
     #[arg(long = "non-masquerade-cidr")]
-    pub non_masquerade_cidrs: Vec<Ipv4Network>,
+    pub non_masquerade_cidrs: Vec<IpNetwork>,
     /// Load the eBPF programs from this object file instead of the one built into podnet (a
     /// rebuilt program version; the node's maps and flows are kept). Not recorded: a later
     /// `node init` without it loads the built-in programs again.
@@ -529,6 +531,20 @@ fn refuse_ipv6_only(settings: &serde_json::Map<String, serde_json::Value>) -> Re
 }
 
 /// Settings for `node init`: the config file (if any), then flags on top, then defaults.
+/// `--non-masquerade-cidr` values as the settings' two lists (IPv4, IPv6), in JSON.
+fn exclusions_by_family(cidrs: &[IpNetwork]) -> [serde_json::Value; 2] {
+    let list = |v6: bool| {
+        serde_json::Value::Array(
+            cidrs
+                .iter()
+                .filter(|c| matches!(c, IpNetwork::V6(_)) == v6)
+                .map(|c| serde_json::Value::String(c.to_string()))
+                .collect(),
+        )
+    };
+    [list(false), list(true)]
+}
+
 pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
     let InitArgs {
         config,
@@ -607,11 +623,9 @@ pub fn init_settings(state_dir: &Path, args: InitArgs) -> Result<NodeSettings> {
         set("socket_lb", Some(serde_json::Value::Bool(false)));
     }
     if !non_masquerade_cidrs.is_empty() {
-        let cidrs = non_masquerade_cidrs.iter().map(|c| s(c)).collect();
-        set(
-            "non_masquerade_cidrs",
-            Some(serde_json::Value::Array(cidrs)),
-        );
+        let [v4, v6] = exclusions_by_family(&non_masquerade_cidrs);
+        set("non_masquerade_cidrs", Some(v4));
+        set("non_masquerade_cidrs6", Some(v6));
     }
     if no_anti_spoof {
         set("anti_spoof", Some(serde_json::Value::Bool(false)));

@@ -256,6 +256,12 @@ pub fn stats(v: &Stats) -> String {
         v.conntrack.limit,
         v.conntrack.live / 2
     ));
+    out.push_str(&format!(
+        "\nconntrack6: {} of {} entries in use ({} flows)",
+        v.conntrack6.live,
+        v.conntrack6.limit,
+        v.conntrack6.live / 2
+    ));
     for w in &v.warnings {
         out.push_str(&format!("\nWARNING: {w}"));
     }
@@ -273,8 +279,8 @@ pub fn flows(flows: &[Flow]) -> String {
 
 pub fn ct_gc(r: &CtGcReport) -> String {
     format!(
-        "conntrack gc: scanned {} entries, removed {} dead, ended {} closed early (table above 3/4); {} of {} in use",
-        r.scanned, r.removed, r.evicted, r.usage.live, r.usage.limit
+        "conntrack gc: scanned {} entries, removed {} dead, ended {} closed early (table above 3/4); {} of {} in use, IPv6 {} of {}",
+        r.scanned, r.removed, r.evicted, r.usage.live, r.usage.limit, r.usage6.live, r.usage6.limit
     )
 }
 

@@ -12,7 +12,7 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    maps::MapData,
+    maps::{MapData, ProgramArray},
     programs::{CgroupSockAddr, SchedClassifier},
 };
 use podnet_ebpf::abi::{
@@ -139,6 +139,10 @@ fn expected_layout(name: &str, conntrack_entries: u32) -> (u32, u32, Option<u32>
         map_name::AFFINITY6 => Some(AFFINITY6_MAX),
         map_name::MONITOR_EVENTS => Some(podnet_ebpf::abi::monitor::RING_BYTES),
         map_name::MONITOR_BUDGET => Some(1),
+        map_name::IPV6_PROGS => Some(podnet_ebpf::abi::ipv6_prog::SLOTS),
+        map_name::CONNTRACK6 => Some(conntrack6_entries()),
+        map_name::NON_MASQUERADE6 => Some(podnet_ebpf::abi::NON_MASQUERADE6_MAX),
+        map_name::FRAGMENTS6 => Some(podnet_ebpf::abi::FRAGMENTS6_MAX),
         _ => None,
     };
     (key, value, entries)
@@ -225,6 +229,12 @@ pub fn conntrack_entries(conntrack_max: u32) -> u32 {
     podnet_ebpf::abi::ct_map_entries(conntrack_max, possible_cpus())
 }
 
+/// Entries of the IPv6 conntrack map on this machine: the admission limit
+/// `DEFAULT_CT6_LIMIT` plus the same headroom as the IPv4 table.
+pub fn conntrack6_entries() -> u32 {
+    podnet_ebpf::abi::ct_map_entries(podnet_ebpf::abi::DEFAULT_CT6_LIMIT, possible_cpus())
+}
+
 /// Loads and verifies `object`'s programs, creates or reuses the pinned maps, pins the programs,
 /// and moves existing links onto the new programs.
 pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadReport, DatapathError> {
@@ -253,6 +263,7 @@ pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadRepor
             endpoints6_map_entries(opts.endpoints_max),
         )
         .map_max_entries(map_name::CONNTRACK, opts.conntrack_entries)
+        .map_max_entries(map_name::CONNTRACK6, conntrack6_entries())
         .map_max_entries(map_name::SERVICES, opts.services_max)
         .map_max_entries(map_name::BACKENDS, backends_map_entries(opts.services_max))
         .map_max_entries(
@@ -266,6 +277,20 @@ pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadRepor
         .override_global("DEBUG", &debug, true);
     let mut ebpf = loader.load(object.bytes())?;
     verify_all(&mut ebpf)?;
+    // The IPv6 programs go into their (pinned) program array before the new classifiers that
+    // tail-call them are attached.
+    fill_ipv6_progs(&mut ebpf)?;
+    for (name, _) in program_name::TAIL_CALLED {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .expect("the object defines every program in program_name::ALL")
+            .try_into()
+            .map_err(|source| DatapathError::Program {
+                name: name.to_owned(),
+                source,
+            })?;
+        repin(prog, &pins::program_pin(&opts.pin_dir, name))?;
+    }
 
     let mut links_updated = 0;
     for name in program_name::CLASSIFIERS {
@@ -314,6 +339,56 @@ pub fn load_and_pin(opts: &LoadOptions, object: &EbpfObject) -> Result<LoadRepor
         maps_created,
         links_updated,
         load_time_ms: started.elapsed().as_millis(),
+    })
+}
+
+/// Puts the loaded IPv6 programs (`program_name::TAIL_CALLED`) into `IPV6_PROGS`, replacing
+/// what an earlier load put there. A tail call then reaches the new program at once.
+pub fn fill_ipv6_progs(ebpf: &mut aya::Ebpf) -> Result<(), DatapathError> {
+    let map_err = |source| DatapathError::Map {
+        name: map_name::IPV6_PROGS.to_owned(),
+        source,
+    };
+    let mut fds = Vec::new();
+    for (name, slot) in program_name::TAIL_CALLED {
+        let prog: &SchedClassifier = ebpf
+            .program(name)
+            .expect("the object defines every program in program_name::ALL")
+            .try_into()
+            .map_err(|source| DatapathError::Program {
+                name: name.to_owned(),
+                source,
+            })?;
+        let fd = prog
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|source| DatapathError::Program {
+                name: name.to_owned(),
+                source,
+            })?;
+        fds.push((slot, fd));
+    }
+    let mut array: ProgramArray<_> = ebpf
+        .map_mut(map_name::IPV6_PROGS)
+        .expect("the object defines every map in map_name::ALL")
+        .try_into()
+        .map_err(map_err)?;
+    for (slot, fd) in &fds {
+        array.set(*slot, fd, 0).map_err(map_err)?;
+    }
+    Ok(())
+}
+
+/// Pins `prog` at `pin`, replacing an earlier load's pin.
+fn repin(prog: &mut SchedClassifier, pin: &Path) -> Result<(), DatapathError> {
+    match fs::remove_file(pin) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("replacing program pin", pin)(e)),
+    }
+    prog.pin(pin).map_err(|source| DatapathError::Pin {
+        path: pin.to_path_buf(),
+        source,
     })
 }
 

@@ -9,9 +9,10 @@
 use std::path::{Path, PathBuf};
 
 use podnet_ebpf::abi::{
-    AffinityKey, AffinityValue, Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey,
-    EndpointKey6, FragKey, FragPorts, NodeConfig, Peer, PodNetns, RevNat, ServiceBackend,
-    ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, map_name, monitor::MonitorBudget,
+    AffinityKey, AffinityValue, Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtUsage, Endpoint,
+    EndpointKey, EndpointKey6, FragKey, FragKey6, FragPorts, NodeConfig, Peer, PodNetns, RevNat,
+    ServiceBackend, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, map_name,
+    monitor::MonitorBudget,
 };
 use podnet_ebpf::abi::{
     AffinityKey6, AffinityValue6, RevNat6, ServiceBackend6, ServiceKey6, SockRevNat6,
@@ -73,6 +74,12 @@ pub fn key_value_sizes(name: &str) -> (u32, u32) {
         map_name::MONITOR_BUDGET => (4, size(size_of::<MonitorBudget>())),
         map_name::FRAGMENTS => (size(size_of::<FragKey>()), size(size_of::<FragPorts>())),
         map_name::ENDPOINTS6 => (size(size_of::<EndpointKey6>()), size(size_of::<Endpoint>())),
+        // A program array: slot -> program fd.
+        map_name::IPV6_PROGS => (4, 4),
+        map_name::CONNTRACK6 => (size(size_of::<CtKey6>()), size(size_of::<CtEntry6>())),
+        // LPM key: a u32 prefix length, then the 16-byte address.
+        map_name::NON_MASQUERADE6 => (20, 4),
+        map_name::FRAGMENTS6 => (size(size_of::<FragKey6>()), size(size_of::<FragPorts>())),
         map_name::SERVICES6 => (
             size(size_of::<ServiceKey6>()),
             size(size_of::<ServiceValue>()),

@@ -2,11 +2,13 @@
 //! translation, state and remaining lifetime), `conntrack gc` (removes dead flows, those whose
 //! two entries have both expired), and the occupancy summary `stats` prints.
 //!
-//! Lifetimes are kept on CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns()`.
+//! Lifetimes are kept on CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns()`. Both tables,
+//! `CONNTRACK` (IPv4) and `CONNTRACK6` (IPv6), are covered by the same code, generic over the
+//! address ([`CtFamily`]).
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr},
 };
 
 use podnet_ebpf::abi::{CtEntry, CtKey, ct_dir, ct_kind, ct_live, ct_state, proto};
@@ -15,13 +17,16 @@ use serde::Serialize;
 use super::{Ctx, error::Result};
 use crate::{
     config::NodeSettings,
-    datapath::{DatapathError, maps::PinnedMaps},
+    datapath::{
+        DatapathError,
+        maps::{CtFamily, PinnedMaps},
+    },
     store,
     sys::process::monotonic_ns,
 };
 
-fn endpoint(addr: [u8; 4], port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(addr), port)
+fn endpoint<A: CtFamily>(addr: A, port: u16) -> SocketAddr {
+    SocketAddr::new(A::ip(addr), port)
 }
 
 /// One conntrack entry, readable.
@@ -34,17 +39,17 @@ pub struct Flow {
     pub dir: &'static str,
     pub state: &'static str,
     /// The tuple a packet has when it matches this entry.
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     /// What it is rewritten to.
-    pub nat_src: SocketAddrV4,
-    pub nat_dst: SocketAddrV4,
+    pub nat_src: SocketAddr,
+    pub nat_dst: SocketAddr,
     /// Seconds until the entry expires (negative: expired, waiting for collection).
     pub expires_in_s: i64,
 }
 
 impl Flow {
-    fn new(key: &CtKey, entry: &CtEntry, now: u64) -> Self {
+    fn new<A: CtFamily>(key: &CtKey<A>, entry: &CtEntry<A>, now: u64) -> Self {
         let remaining = i128::from(entry.expires_ns) - i128::from(now);
         Self {
             proto: crate::model::names::proto_name(key.proto),
@@ -108,25 +113,35 @@ pub struct Usage {
     pub removed_by_gc: u64,
 }
 
+/// Occupancy of the IPv4 table.
 pub fn usage(maps: &PinnedMaps) -> Result<Usage, DatapathError> {
-    let (programs, collector) = maps.ct_usage()?;
+    usage_of::<[u8; 4]>(maps)
+}
+
+/// Occupancy of the table of family `A`.
+pub fn usage_of<A: CtFamily>(maps: &PinnedMaps) -> Result<Usage, DatapathError> {
+    let (programs, collector) = maps.ct_usage_of::<A>()?;
     Ok(Usage {
         live: ct_live(&programs, &collector),
-        limit: maps.config()?.ct_limit,
+        limit: A::limit(&maps.config()?),
         inserted: programs.inserted,
         removed_by_datapath: programs.removed,
         removed_by_gc: collector.removed,
     })
 }
 
-/// Every entry, originals first, then by tuple.
+/// Every entry of both tables, originals first, then by tuple (IPv4 before IPv6).
 pub fn list(ctx: &Ctx) -> Result<Vec<Flow>> {
     let maps = ctx.maps()?;
     let now = monotonic_ns();
-    let mut flows: Vec<Flow> = maps
-        .ct_entries()?
+    let mut flows: Vec<Flow> = <[u8; 4]>::entries(&maps)?
         .iter()
         .map(|(k, e)| Flow::new(k, e, now))
+        .chain(
+            <podnet_ebpf::abi::Addr6>::entries(&maps)?
+                .iter()
+                .map(|(k, e)| Flow::new(k, e, now)),
+        )
         .collect();
     flows.sort_by(|a, b| {
         (a.dir, a.proto.as_str(), a.src, a.dst).cmp(&(b.dir, b.proto.as_str(), b.src, b.dst))
@@ -137,17 +152,20 @@ pub fn list(ctx: &Ctx) -> Result<Vec<Flow>> {
 /// What a collection pass did.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct GcReport {
+    /// Entries of both tables.
     pub scanned: usize,
     /// Entries of dead flows removed.
     pub removed: u64,
     /// Entries of closed TCP flows ended early because the table was under pressure.
     pub evicted: u64,
     pub usage: Usage,
+    /// The IPv6 table's occupancy after the pass.
+    pub usage6: Usage,
 }
 
 /// The other entry of the flow `entry` belongs to: the tuple of a packet in the other
 /// direction, after translation.
-pub(super) fn twin(key: &CtKey, entry: &CtEntry) -> CtKey {
+pub(super) fn twin<A: Copy>(key: &CtKey<A>, entry: &CtEntry<A>) -> CtKey<A> {
     CtKey {
         saddr: entry.nat.daddr,
         daddr: entry.nat.saddr,
@@ -165,14 +183,36 @@ pub(super) fn twin(key: &CtKey, entry: &CtEntry) -> CtKey {
 const PRESSURE_NUM: u64 = 3;
 const PRESSURE_DEN: u64 = 4;
 
-/// Removes every dead flow: both entries expired (or one expired and the other gone). Under
-/// pressure (above 3/4 of the limit) it then ends closed TCP flows, oldest first, as Linux's
-/// conntrack evicts TIME_WAIT entries when full, so kept-back tuples never refuse new flows.
+/// Removes every dead flow of both tables: both entries expired (or one expired and the other
+/// gone). Under pressure (above 3/4 of the limit) it then ends closed TCP flows, oldest first,
+/// as Linux's conntrack evicts TIME_WAIT entries when full, so kept-back tuples never refuse
+/// new flows.
 pub fn gc(ctx: &Ctx) -> Result<GcReport> {
     let _lock = store::conntrack::lock(&ctx.settings.state_dir)?;
     let mut maps = ctx.maps()?;
+    let v4 = gc_table::<[u8; 4]>(&mut maps)?;
+    let v6 = gc_table::<podnet_ebpf::abi::Addr6>(&mut maps)?;
+    Ok(GcReport {
+        scanned: v4.scanned + v6.scanned,
+        removed: v4.removed + v6.removed,
+        evicted: v4.evicted + v6.evicted,
+        usage: v4.usage,
+        usage6: v6.usage,
+    })
+}
+
+/// What [`gc_table`] did to one table.
+struct TablePass {
+    scanned: usize,
+    removed: u64,
+    evicted: u64,
+    usage: Usage,
+}
+
+/// One table's collection pass (see [`gc`]).
+fn gc_table<A: CtFamily>(maps: &mut PinnedMaps) -> Result<TablePass> {
     let now = monotonic_ns();
-    let entries: HashMap<CtKey, CtEntry> = maps.ct_entries()?.into_iter().collect();
+    let entries: HashMap<CtKey<A>, CtEntry<A>> = A::entries(maps)?.into_iter().collect();
     let mut removed = 0;
     for (key, entry) in &entries {
         if entry.expires_ns >= now {
@@ -184,39 +224,39 @@ pub fn gc(ctx: &Ctx) -> Result<GcReport> {
             continue;
         }
         // Re-read just before removing: the datapath may have revived the entry meanwhile.
-        let current = maps.conntrack.get(key, 0).ok();
+        let current = A::get(maps, key);
         if current.is_some_and(|e| e.expires_ns >= monotonic_ns()) {
             continue;
         }
-        if maps.ct_remove(key)? {
+        if A::remove(maps, key)? {
             removed += 1;
         }
     }
     if removed > 0 {
-        maps.ct_collected(removed)?;
+        maps.ct_collected_of::<A>(removed)?;
     }
-    let evicted = relieve_pressure(&mut maps, &entries, now)?;
-    Ok(GcReport {
+    let evicted = relieve_pressure(maps, &entries, now)?;
+    Ok(TablePass {
         scanned: entries.len(),
         removed,
         evicted,
-        usage: usage(&maps)?,
+        usage: usage_of::<A>(maps)?,
     })
 }
 
 /// Ends closed TCP flows, the one released longest ago first, while the table is above
 /// [`PRESSURE_NUM`]/[`PRESSURE_DEN`] of its limit. Returns the entries removed.
-fn relieve_pressure(
+fn relieve_pressure<A: CtFamily>(
     maps: &mut PinnedMaps,
-    entries: &HashMap<CtKey, CtEntry>,
+    entries: &HashMap<CtKey<A>, CtEntry<A>>,
     now: u64,
 ) -> Result<u64> {
-    let usage = usage(maps)?;
+    let usage = usage_of::<A>(maps)?;
     let high = u64::from(usage.limit) * PRESSURE_NUM / PRESSURE_DEN;
     if usage.live <= high {
         return Ok(0);
     }
-    let mut closed: Vec<(&CtKey, &CtEntry)> = entries
+    let mut closed: Vec<(&CtKey<A>, &CtEntry<A>)> = entries
         .iter()
         .filter(|(k, e)| {
             k.proto == proto::IPPROTO_TCP
@@ -233,23 +273,20 @@ fn relieve_pressure(
             break;
         }
         // Re-read: a SYN may have reopened the flow meanwhile.
-        let reopened = maps
-            .conntrack
-            .get(key, 0)
-            .ok()
+        let reopened = A::get(maps, key)
             .is_none_or(|e| !matches!(e.state, ct_state::CLOSING | ct_state::TIME_WAIT));
         if reopened {
             continue;
         }
         for k in [*key, twin(key, entry)] {
-            if maps.ct_remove(&k)? {
+            if A::remove(maps, &k)? {
                 evicted += 1;
                 excess = excess.saturating_sub(1);
             }
         }
     }
     if evicted > 0 {
-        maps.ct_collected(evicted)?;
+        maps.ct_collected_of::<A>(evicted)?;
     }
     Ok(evicted)
 }
@@ -258,20 +295,28 @@ fn relieve_pressure(
 /// given the same address never receives packets of its predecessor's flows. Returns how many
 /// entries went.
 pub fn forget_addr(ctx: &Ctx, addr: Ipv4Addr) -> Result<u64> {
+    forget::<[u8; 4]>(ctx, addr.octets())
+}
+
+/// [`forget_addr`] for a pod's IPv6 address (`CONNTRACK6`).
+pub fn forget_addr6(ctx: &Ctx, addr: std::net::Ipv6Addr) -> Result<u64> {
+    forget::<podnet_ebpf::abi::Addr6>(ctx, podnet_ebpf::abi::addr6_from_bytes(addr.octets()))
+}
+
+fn forget<A: CtFamily>(ctx: &Ctx, addr: A) -> Result<u64> {
     let _lock = store::conntrack::lock(&ctx.settings.state_dir)?;
     let Some(mut maps) = ctx.maps_if_pinned() else {
         return Ok(0);
     };
-    let octets = addr.octets();
     let mut removed = 0;
-    for (key, entry) in maps.ct_entries()? {
-        let involved = [key.saddr, key.daddr, entry.nat.saddr, entry.nat.daddr].contains(&octets);
-        if involved && maps.ct_remove(&key)? {
+    for (key, entry) in A::entries(&maps)? {
+        let involved = [key.saddr, key.daddr, entry.nat.saddr, entry.nat.daddr].contains(&addr);
+        if involved && A::remove(&mut maps, &key)? {
             removed += 1;
         }
     }
     if removed > 0 {
-        maps.ct_collected(removed)?;
+        maps.ct_collected_of::<A>(removed)?;
     }
     Ok(removed)
 }

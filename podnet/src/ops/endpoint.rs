@@ -123,5 +123,8 @@ pub fn unplug(ctx: &Ctx, host_if: &str, ips: &[Ipv4Addr], ips6: &[Ipv6Addr]) -> 
     for ip in ips {
         done.conntrack_entries_removed += conntrack::forget_addr(ctx, *ip)?;
     }
+    for ip in ips6 {
+        done.conntrack_entries_removed += conntrack::forget_addr6(ctx, *ip)?;
+    }
     Ok(done)
 }

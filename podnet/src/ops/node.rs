@@ -8,7 +8,7 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use ipnetwork::Ipv4Network;
-use podnet_ebpf::abi::{ABI_VERSION, NodeConfig, config_flag, program_name};
+use podnet_ebpf::abi::{ABI_VERSION, NodeConfig, addr6_from_bytes, config_flag, program_name};
 use serde::Serialize;
 
 use super::{
@@ -195,6 +195,7 @@ fn build(mut ctx: Ctx, preflight: Preflight, object: &EbpfObject) -> Result<Init
     // The exclusions first: from the moment the configuration is ready, traffic to them keeps
     // the pod's address.
     datapath::maps::non_masquerade::replace(&settings.pin_dir, &settings.non_masquerade_cidrs)?;
+    datapath::maps::non_masquerade::replace6(&settings.pin_dir, &settings.non_masquerade_cidrs6)?;
     // Pods kept from before the IPv6 endpoints existed get theirs before the configuration
     // (anti-spoofing) is in force.
     let pairs: Vec<_> = pod::list(&ctx)?
@@ -300,12 +301,19 @@ fn node_config(
         service_cidr: settings.service_cidr.network().octets(),
         service_prefix_len: settings.service_cidr.prefix(),
         _pad2: [0; 3],
-        node_ip6: settings.node_ip6.map_or([0; 16], |ip| ip.octets()),
-        service_cidr6: settings
-            .service_cidr6
-            .map_or([0; 16], |c| c.network().octets()),
-        service_prefix_len6: settings.service_cidr6.map_or(0, |c| c.prefix()),
-        _pad4: [0; 7],
+        node_ip6: settings
+            .node_ip6
+            .map_or([0; 4], |ip| addr6_from_bytes(ip.octets())),
+        pod_cidr6: settings
+            .pod_cidr6
+            .map_or([0; 4], |c| addr6_from_bytes(c.network().octets())),
+        cluster_cidr6: settings
+            .effective_cluster_cidr6()
+            .map_or([0; 4], |c| addr6_from_bytes(c.network().octets())),
+        pod_prefix_len6: settings.pod_cidr6.map_or(0, |c| c.prefix()),
+        cluster_prefix_len6: settings.effective_cluster_cidr6().map_or(0, |c| c.prefix()),
+        _pad4: [0; 2],
+        ct6_limit: podnet_ebpf::abi::DEFAULT_CT6_LIMIT,
     })
 }
 

@@ -17,6 +17,8 @@ use crate::datapath::maps::{ConfigView, Endpoint6Entry, EndpointEntry, ReasonCou
 pub struct Stats {
     pub reasons: Vec<ReasonCount>,
     pub conntrack: Usage,
+    /// The IPv6 table (`CONNTRACK6`).
+    pub conntrack6: Usage,
     /// New flows being refused, one line per cause (empty when none are).
     pub warnings: Vec<String>,
 }
@@ -28,6 +30,7 @@ pub fn stats(ctx: &Ctx) -> Result<Stats> {
     Ok(Stats {
         warnings: warnings(&reasons, &config),
         conntrack: conntrack::usage(&maps)?,
+        conntrack6: conntrack::usage_of::<podnet_ebpf::abi::Addr6>(&maps)?,
         reasons,
     })
 }

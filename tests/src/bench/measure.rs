@@ -131,7 +131,11 @@ impl<'a> Endpoints<'a> {
     /// No translation in between: the client connects where the server listens, `ip` and the
     /// workload's port.
     pub fn direct(client: &'a dyn InNetns, server: &'a dyn InNetns, ip: &str, w: Workload) -> Self {
-        let at = format!("{ip}:{}", w.port());
+        let at = if ip.contains(':') {
+            format!("[{ip}]:{}", w.port())
+        } else {
+            format!("{ip}:{}", w.port())
+        };
         Self {
             client,
             server,
@@ -152,9 +156,12 @@ pub fn measure(w: Workload, ep: &Endpoints<'_>, seconds: u32) -> Measurement {
     m
 }
 
+/// `IP:PORT` or `[IPv6]:PORT` as (IP, PORT), without the brackets (as iperf3 takes them).
 fn split(addr: &str) -> (&str, &str) {
-    addr.rsplit_once(':')
-        .unwrap_or_else(|| panic!("{addr} is not IP:PORT"))
+    let (ip, port) = addr
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{addr} is not IP:PORT"));
+    (ip.trim_start_matches('[').trim_end_matches(']'), port)
 }
 
 fn taskset(cpu: &str, argv: &[&str]) -> Vec<String> {

@@ -40,9 +40,10 @@ pub struct ConfigView {
     pub netns_cookie: u64,
     pub service_cidr: Option<String>,
     pub socket_lb: bool,
-    /// The node's IPv6 address, if it has one.
+    /// The source of masqueraded IPv6 (dual-stack nodes with an IPv6 uplink address).
     pub node_ip6: Option<std::net::Ipv6Addr>,
-    pub service_cidr6: Option<String>,
+    pub cluster_cidr6: Option<String>,
+    pub ct6_limit: u32,
 }
 
 impl From<NodeConfig> for ConfigView {
@@ -72,9 +73,12 @@ impl From<NodeConfig> for ConfigView {
             service_prefix_len,
             _pad2: _,
             node_ip6,
-            service_cidr6,
-            service_prefix_len6,
+            pod_cidr6: _,
+            cluster_cidr6,
+            pod_prefix_len6: _,
+            cluster_prefix_len6,
             _pad4: _,
+            ct6_limit,
         } = config;
         Self {
             abi_version,
@@ -94,13 +98,15 @@ impl From<NodeConfig> for ConfigView {
             service_cidr: (service_prefix_len != 0)
                 .then(|| format!("{}/{service_prefix_len}", Ipv4Addr::from(service_cidr))),
             socket_lb: flags & podnet_ebpf::abi::config_flag::SOCKET_LB != 0,
-            node_ip6: (node_ip6 != [0; 16]).then(|| node_ip6.into()),
-            service_cidr6: (service_prefix_len6 != 0).then(|| {
+            node_ip6: (node_ip6 != [0; 4])
+                .then(|| podnet_ebpf::abi::addr6_to_bytes(node_ip6).into()),
+            cluster_cidr6: (cluster_prefix_len6 != 0).then(|| {
                 format!(
-                    "{}/{service_prefix_len6}",
-                    std::net::Ipv6Addr::from(service_cidr6)
+                    "{}/{cluster_prefix_len6}",
+                    std::net::Ipv6Addr::from(podnet_ebpf::abi::addr6_to_bytes(cluster_cidr6))
                 )
             }),
+            ct6_limit,
         }
     }
 }
@@ -128,8 +134,8 @@ impl std::fmt::Display for ConfigView {
         if let Some(cidr) = &self.service_cidr {
             write!(f, " service_cidr={cidr}")?;
         }
-        if let Some(cidr) = &self.service_cidr6 {
-            write!(f, " service_cidr6={cidr}")?;
+        if let Some(cidr) = &self.cluster_cidr6 {
+            write!(f, " cluster_cidr6={cidr}")?;
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ mod sock_rev_nat;
 mod stats;
 
 pub use config::ConfigView;
+pub use conntrack::{CtEntries, CtFamily};
 pub use endpoints::{Endpoint6Entry, EndpointEntry};
 pub use sock_rev_nat::{SockRevNatEntry, SockRevNatMap};
 pub use stats::ReasonCount;
@@ -20,8 +21,8 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use podnet_ebpf::abi::{
-    Counter, CtEntry, CtKey, CtUsage, Endpoint, EndpointKey, EndpointKey6, NodeConfig, Peer,
-    map_name,
+    Counter, CtEntry, CtEntry6, CtKey, CtKey6, CtUsage, Endpoint, EndpointKey, EndpointKey6,
+    NodeConfig, Peer, map_name,
 };
 
 use super::DatapathError;
@@ -33,6 +34,7 @@ pub struct PinnedMaps {
     pub endpoints6: HashMap<MapData, EndpointKey6, Endpoint>,
     pub stats: PerCpuArray<MapData, Counter>,
     pub conntrack: HashMap<MapData, CtKey, CtEntry>,
+    pub conntrack6: HashMap<MapData, CtKey6, CtEntry6>,
     pub ct_usage: Array<MapData, CtUsage>,
     pub peers: LpmTrie<MapData, [u8; 4], Peer>,
 }
@@ -76,6 +78,7 @@ impl PinnedMaps {
             endpoints6: typed!(pin_dir, map_name::ENDPOINTS6),
             stats: typed!(pin_dir, map_name::STATS),
             conntrack: typed!(pin_dir, map_name::CONNTRACK),
+            conntrack6: typed!(pin_dir, map_name::CONNTRACK6),
             ct_usage: typed!(pin_dir, map_name::CT_USAGE),
             peers: typed!(pin_dir, map_name::PEERS),
         })

@@ -14,10 +14,11 @@ use std::{fmt::Write as _, path::PathBuf};
 use podnet_tests::bench::{cmd_line, machine, median, series::BenchOutput, series::Series, spread};
 
 /// The order of the sections, by benchmark name.
-const ORDER: [&str; 8] = [
+const ORDER: [&str; 9] = [
     "same-node",
     "cross-node",
     "nat",
+    "ipv6",
     "scaling",
     "services",
     "selection",
