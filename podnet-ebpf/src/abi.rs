@@ -9,7 +9,7 @@
 //! version must be re-initialised, not silently reused.
 
 /// Version of this ABI, recorded in [`NodeConfig::abi_version`].
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Map names, as pinned under the node's bpffs directory (`<pin_dir>/<name>`).
 pub mod map_name {
@@ -308,10 +308,6 @@ pub struct NodeConfig {
     pub _pad4: [u8; 2],
     /// `CONNTRACK6` entries admitted before new IPv6 flows are refused (two per flow).
     pub ct6_limit: u32,
-    /// The IPv6 service CIDR; unset when `service_prefix_len6` is 0.
-    pub service_cidr6: [u8; 16],
-    pub service_prefix_len6: u8,
-    pub _pad5: [u8; 7],
 }
 
 /// Idle lifetimes of conntrack entries, in seconds. A packet matching an entry extends it.
@@ -1605,12 +1601,10 @@ mod tests {
 
     #[test]
     fn node_config_layout() {
-        assert_eq!(size_of::<NodeConfig>(), 184);
+        assert_eq!(size_of::<NodeConfig>(), 160);
         assert_eq!(offset_of!(NodeConfig, node_ip6), 104);
         assert_eq!(offset_of!(NodeConfig, cluster_prefix_len6), 153);
         assert_eq!(offset_of!(NodeConfig, ct6_limit), 156);
-        assert_eq!(offset_of!(NodeConfig, service_cidr6), 160);
-        assert_eq!(offset_of!(NodeConfig, service_prefix_len6), 176);
         assert_eq!(offset_of!(NodeConfig, service_cidr), 96);
         assert_eq!(offset_of!(NodeConfig, service_prefix_len), 100);
         assert_eq!(offset_of!(NodeConfig, snat_port_min), 44);

@@ -33,7 +33,7 @@ use aya_ebpf::{
 };
 use podnet_ebpf::abi::{
     NodeConfig, PodNetns, ServiceBackend, ServiceBackend6, ServiceValue, SockRevNat, SockRevNat6,
-    SockRevNatKey, SockRevNatKey6, addr6_to_bytes, config_flag,
+    SockRevNatKey, SockRevNatKey6, addr6_from_bytes, addr6_to_bytes, config_flag,
     proto::{IPPROTO_TCP, IPPROTO_UDP},
     reason,
 };
@@ -247,7 +247,7 @@ impl SockFamily for V6 {
 
     #[inline(always)]
     fn is_node_ip(cfg: &NodeConfig, ip: [u8; 16]) -> bool {
-        cfg.node_ip6 != [0; 4] && ip == addr6_to_bytes(cfg.node_ip6)
+        cfg.node_ip6 != [0; 4] && addr6_from_bytes(ip) == cfg.node_ip6
     }
 
     #[inline(always)]

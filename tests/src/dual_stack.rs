@@ -10,7 +10,7 @@ use std::{
     process::Output,
 };
 
-use crate::{InNetns, Node, connect_tcp, peer_ip_of, serve_tcp};
+use crate::{InNetns, Node, UPLINK, connect_tcp, peer_ip_of, serve_tcp};
 
 /// The node's IPv6 address on the fabric (uplink0).
 pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 0x10);
@@ -34,7 +34,29 @@ pub fn dual_stack_node(pod_cidr: &str, pod_cidr6: &str) -> Node {
 
 /// [`dual_stack_node`] with more `node init` arguments.
 pub fn dual_stack_node_with(pod_cidr: &str, pod_cidr6: &str, extra: &[&str]) -> Node {
-    Node::dual_stack(pod_cidr, pod_cidr6, extra)
+    let node6 = NODE_IP6.to_string();
+    let mut args = vec![
+        "--pod-cidr",
+        pod_cidr6,
+        "--cluster-cidr",
+        CLUSTER_CIDR6,
+        "--node-ip6",
+        &node6,
+        "--gc-interval",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let node = Node::with_args(pod_cidr, &args);
+    addr6(&node.topo.node, UPLINK, &format!("{NODE_IP6}/64"));
+    addr6(
+        &node.topo.outside,
+        &node.topo.outside_if,
+        &format!("{OUTSIDE_IP6}/64"),
+    );
+    node.topo
+        .outside
+        .ok(&format!("ip -6 route add {pod_cidr6} via {NODE_IP6}"));
+    node
 }
 
 /// The IPv6 address (without prefix) of pod `name`, from `pod list --json`.

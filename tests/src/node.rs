@@ -19,8 +19,6 @@ use crate::{InNetns as _, Pod, Topology, describe, podnet_bin, run_bounded, uniq
 /// The service CIDR the service tests' nodes are initialised with (Kubernetes' default).
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 
-use crate::dual_stack::{CLUSTER_CIDR6, NODE_IP6, OUTSIDE_IP6, addr6};
-
 /// Which path carries pods' service traffic on a test node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServicePath {
@@ -100,36 +98,6 @@ impl Node {
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         node.ok(&refs);
-        node
-    }
-
-    /// A dual-stack node: `node init` with both pod CIDRs (and the IPv6 cluster CIDR,
-    /// [`CLUSTER_CIDR6`]), its IPv6 address [`NODE_IP6`] on the fabric, and `extra`; the outside
-    /// ([`OUTSIDE_IP6`]) routes the node's IPv6 pod CIDR back to the node, as a router of the
-    /// fabric would (IPv6 is not masqueraded).
-    pub fn dual_stack(pod_cidr: &str, pod_cidr6: &str, extra: &[&str]) -> Self {
-        let node6 = NODE_IP6.to_string();
-        let mut args = vec![
-            "--pod-cidr",
-            pod_cidr6,
-            "--cluster-cidr",
-            CLUSTER_CIDR6,
-            "--node-ip6",
-            &node6,
-            "--gc-interval",
-            "0",
-        ];
-        args.extend_from_slice(extra);
-        let node = Self::with_args(pod_cidr, &args);
-        addr6(&node.topo.node, crate::UPLINK, &format!("{NODE_IP6}/64"));
-        addr6(
-            &node.topo.outside,
-            &node.topo.outside_if,
-            &format!("{OUTSIDE_IP6}/64"),
-        );
-        node.topo
-            .outside
-            .ok(&format!("ip -6 route add {pod_cidr6} via {NODE_IP6}"));
         node
     }
 

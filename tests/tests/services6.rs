@@ -26,8 +26,9 @@ use std::{
 use podnet::datapath::{cgroup::cgroup2_root, cgroup_owners::attached_sock_programs};
 use podnet_ebpf::abi::program_name;
 use podnet_tests::{
-    InNetns, NODE_IP6, Node, PodInfo, SERVICE_CIDR, addr_field, describe, netprobe, require_root,
-    serve_tcp, serve_udp,
+    InNetns, Node, PodInfo, SERVICE_CIDR, addr_field, describe,
+    dual_stack::{NODE_IP6, dual_stack_node_with},
+    netprobe, require_root, serve_tcp, serve_udp,
 };
 use serde_json::{Value, json};
 
@@ -98,7 +99,7 @@ fn add_pod(node: &Node, name: &str) -> Pod6 {
 
 /// A dual-stack node with a service CIDR of each family (socket balancing on, the default).
 fn node(pod_cidr: &str, pod_cidr6: &str) -> Node {
-    Node::dual_stack(
+    dual_stack_node_with(
         pod_cidr,
         pod_cidr6,
         &[
@@ -267,10 +268,11 @@ fn pods_reach_an_ipv6_and_dual_stack_clusterip_at_the_socket_and_empty_ones_refu
     let text = node.ok(&["service", "list"]);
     assert!(text.contains(&format!("[{VIP6}]:80/tcp")), "{text}");
     let maps = node.ok(&["maps"]);
-    assert!(
-        maps.contains(&format!("service_cidr6={SERVICE_CIDR6}"))
-            && maps.contains(&format!("node_ip6={NODE_IP6}")),
-        "{maps}"
+    assert!(maps.contains(&format!("node_ip6={NODE_IP6}")), "{maps}");
+    let status = node.json(&["node", "status"]);
+    assert_eq!(
+        status["settings"]["service_cidr6"], SERVICE_CIDR6,
+        "{status}"
     );
 
     for family in Family::BOTH {
@@ -439,7 +441,7 @@ fn bad_ipv6_service_input_is_refused_saying_why_and_changes_nothing() {
         );
     }
     // A node without an IPv6 service CIDR refuses an IPv6 ClusterIP, saying how to set one.
-    let v4_only = Node::dual_stack(
+    let v4_only = dual_stack_node_with(
         "10.244.63.0/24",
         "fd00:10:244:63::/64",
         &["--service-cidr", SERVICE_CIDR],

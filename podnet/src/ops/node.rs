@@ -315,11 +315,6 @@ fn node_config(
         cluster_prefix_len6: settings.effective_cluster_cidr6().map_or(0, |c| c.prefix()),
         _pad4: [0; 2],
         ct6_limit: podnet_ebpf::abi::DEFAULT_CT6_LIMIT,
-        service_cidr6: settings
-            .service_cidr6
-            .map_or([0; 16], |c| c.network().octets()),
-        service_prefix_len6: settings.service_cidr6.map_or(0, |c| c.prefix()),
-        _pad5: [0; 7],
     })
 }
 

@@ -44,7 +44,6 @@ pub struct ConfigView {
     pub node_ip6: Option<std::net::Ipv6Addr>,
     pub cluster_cidr6: Option<String>,
     pub ct6_limit: u32,
-    pub service_cidr6: Option<String>,
 }
 
 impl From<NodeConfig> for ConfigView {
@@ -80,9 +79,6 @@ impl From<NodeConfig> for ConfigView {
             cluster_prefix_len6,
             _pad4: _,
             ct6_limit,
-            service_cidr6,
-            service_prefix_len6,
-            _pad5: _,
         } = config;
         Self {
             abi_version,
@@ -111,12 +107,6 @@ impl From<NodeConfig> for ConfigView {
                 )
             }),
             ct6_limit,
-            service_cidr6: (service_prefix_len6 != 0).then(|| {
-                format!(
-                    "{}/{service_prefix_len6}",
-                    std::net::Ipv6Addr::from(service_cidr6)
-                )
-            }),
         }
     }
 }
@@ -144,8 +134,8 @@ impl std::fmt::Display for ConfigView {
         if let Some(cidr) = &self.service_cidr {
             write!(f, " service_cidr={cidr}")?;
         }
-        if let Some(cidr) = &self.service_cidr6 {
-            write!(f, " service_cidr6={cidr}")?;
+        if let Some(cidr) = &self.cluster_cidr6 {
+            write!(f, " cluster_cidr6={cidr}")?;
         }
         Ok(())
     }
