@@ -129,8 +129,10 @@ pub mod ipv6_prog {
     pub const NAT6_ICMP: u32 = 4;
     /// [`super::program_name::NAT6_ICMP_OUT`].
     pub const NAT6_ICMP_OUT: u32 = 5;
+    /// [`super::program_name::FROM_UPLINK6_DNAT`].
+    pub const FROM_UPLINK6_DNAT: u32 = 6;
     /// Entries of the array: one per IPv6 program.
-    pub const SLOTS: u32 = 6;
+    pub const SLOTS: u32 = 7;
     /// A program's decision "go on in the program of slot `s`" is the reason `HANDOFF | s`
     /// (never counted: the next program counts the packet).
     pub const HANDOFF: u32 = 1 << 31;
@@ -171,6 +173,10 @@ pub mod program_name {
     pub const NAT6_ICMP: &str = "nat6_icmp";
     /// Delivers an ICMPv6 error `nat6_icmp` translated (tail-called by it).
     pub const NAT6_ICMP_OUT: &str = "nat6_icmp_out";
+    /// IPv6 service traffic from outside the node: NodePorts on the node's IPv6 address,
+    /// IPv6 LoadBalancer IPs and externalIPs, DNATed to a local backend (tail-called by
+    /// `from_uplink6`, and by itself once a new flow's entries exist).
+    pub const FROM_UPLINK6_DNAT: &str = "from_uplink6_dnat";
     /// `cgroup/connect6`: [`SOCK_CONNECT4`] for IPv6 sockets.
     pub const SOCK_CONNECT6: &str = "sock_connect6";
     /// `cgroup/sendmsg6`: [`SOCK_SENDMSG4`] for IPv6 sockets.
@@ -184,13 +190,14 @@ pub mod program_name {
     /// The TC classifiers attached to interfaces.
     pub const CLASSIFIERS: [&str; 2] = [FROM_POD, FROM_UPLINK];
     /// The TC classifiers reached by tail call (`IPV6_PROGS`), each with its slot.
-    pub const TAIL_CALLED: [(&str, u32); 6] = [
+    pub const TAIL_CALLED: [(&str, u32); 7] = [
         (FROM_POD6, super::ipv6_prog::FROM_POD6),
         (FROM_UPLINK6, super::ipv6_prog::FROM_UPLINK6),
         (FROM_POD6_NAT, super::ipv6_prog::FROM_POD6_NAT),
         (FROM_POD6_SNAT, super::ipv6_prog::FROM_POD6_SNAT),
         (NAT6_ICMP, super::ipv6_prog::NAT6_ICMP),
         (NAT6_ICMP_OUT, super::ipv6_prog::NAT6_ICMP_OUT),
+        (FROM_UPLINK6_DNAT, super::ipv6_prog::FROM_UPLINK6_DNAT),
     ];
     /// The cgroup socket-address programs, attached and detached together.
     pub const SOCK: [&str; 8] = [
@@ -203,7 +210,7 @@ pub mod program_name {
         SOCK_RECVMSG6,
         SOCK_GETPEERNAME6,
     ];
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         FROM_POD,
         FROM_UPLINK,
         FROM_POD6,
@@ -212,6 +219,7 @@ pub mod program_name {
         FROM_POD6_SNAT,
         NAT6_ICMP,
         NAT6_ICMP_OUT,
+        FROM_UPLINK6_DNAT,
         SOCK_CONNECT4,
         SOCK_SENDMSG4,
         SOCK_RECVMSG4,
@@ -1250,8 +1258,19 @@ pub mod reason {
     /// IPv6 from another node (its pods or itself, in `PEERS6`), off the uplink or out of the
     /// tunnel, delivered straight into a local pod, one hop less.
     pub const FORWARD_UPLINK_TO_POD6: u32 = 49;
+    /// IPv6 from outside the node to a service frontend (a NodePort on the node's IPv6
+    /// address, an IPv6 LoadBalancer IP or externalIP), destination rewritten to a local
+    /// backend pod (the client's address kept) and delivered into it.
+    pub const DNAT6: u32 = 50;
+    /// A backend pod's reply to such IPv6 service traffic, source rewritten back to the
+    /// frontend the client used.
+    pub const DNAT6_REPLY: u32 = 51;
+    /// A new IPv6 connection from outside to a service frontend whose backends are all on
+    /// other nodes: not forwarded there yet (IPv6 service traffic from outside reaches local
+    /// backends only), dropped.
+    pub const DROP_DNAT6_REMOTE_BACKEND: u32 = 52;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 50;
+    pub const COUNT: u32 = 53;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -1305,6 +1324,9 @@ pub mod reason {
         "drop_nat6_unsupported",
         "forward_remote_node6",
         "forward_uplink_to_pod6",
+        "dnat6",
+        "dnat6_reply",
+        "drop_dnat6_remote_backend",
     ];
 }
 

@@ -12,6 +12,8 @@
 //! - [`nat`]: packet rewriting and checksums;
 //! - [`nat6`]: IPv6 masquerade (SNAT to the node's IPv6 address) and its reverse, ICMPv6
 //!   errors and fragments included; [`fib6`]: IPv6 out by the routing table;
+//! - [`dnat6`]: IPv6 service traffic from outside (NodePorts on the node's IPv6 address,
+//!   LoadBalancer IPs, externalIPs) DNATed to a local backend at tc;
 //! - [`frag`]: IPv4 fragments (later fragments follow their first fragment's flow);
 //! - [`masquerade`]: masquerade exclusions (destinations that keep the pod's address);
 //! - [`services`]: service frontends and backend choice;
@@ -41,6 +43,8 @@
 mod build_stamp;
 #[cfg(target_arch = "bpf")]
 mod conntrack;
+#[cfg(target_arch = "bpf")]
+mod dnat6;
 #[cfg(target_arch = "bpf")]
 mod family;
 #[cfg(target_arch = "bpf")]

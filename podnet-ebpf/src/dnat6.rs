@@ -1,0 +1,162 @@
+//! IPv6 service traffic from outside the node, at tc: the IPv6 twin of the uplink half of
+//! [`crate::translate`] (`nodeport`, `service`), in its own tail-called program
+//! (`from_uplink6_dnat`, reached from `from_uplink6` for IPv6 that neither the masquerade nor
+//! the delivery from other nodes took).
+//!
+//! - A new TCP connection (SYN) or UDP datagram to a NodePort on the node's IPv6 address
+//!   (`SERVICES6` under `NODEPORT_ADDR6`), or to an IPv6 LoadBalancer IP or externalIP routed
+//!   to the node (frontends flagged `FROM_OUTSIDE`), gets a backend by the family-generic
+//!   choice ([`crate::services::pick_in`]: affinity, Maglev, random). A local backend pod gets
+//!   the flow with the client's address kept (kind `DNAT`, as IPv4 does for a local backend):
+//!   both `CONNTRACK6` entries are created here, then the packet comes back into this program,
+//!   which finds them and translates it (creation and rewrite would not fit one stack).
+//! - A packet of such a flow is translated (destination: the backend) and redirected into the
+//!   pod by [`crate::nat6::translate_tracked`]; the pod's replies are translated back (source:
+//!   the frontend the client used) by the same function on the pod's side (`from_pod6_nat`,
+//!   which looks every flow up first), counted `dnat6_reply`.
+//! - No backend: dropped, counted `drop_no_backend` (as IPv4's NodePort). A backend on another
+//!   node: dropped, counted `drop_dnat6_remote_backend` (not forwarded there yet).
+//!
+//! Everything else goes to the kernel unchanged, counted `pass_not_ipv4` as before.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use podnet_ebpf::abi::{
+    Addr6, CtKey6, CtNat6, NODEPORT_ADDR6, NodeConfig, ServiceValue, addr6_from_bytes,
+    addr6_to_bytes, ct_kind, ipv6_prog,
+    proto::{ETH_HLEN, IPV6_HLEN},
+    reason, svc_flag,
+};
+
+use crate::{
+    conntrack::{self, PortChoice},
+    ipv6::{self, Ipv6Hdr},
+    nat6::{self, Ipv6Packet},
+    parse::{L4, ptr_at},
+    services::{self, Frontend, V6},
+};
+
+/// What goes to the kernel unchanged is counted as (as before this program existed).
+const PASS: (i32, u32) = (TC_ACT_OK, reason::PASS_NOT_IPV4);
+
+/// The body of `from_uplink6_dnat` (see the module doc).
+#[inline(always)]
+pub fn from_uplink(ctx: &TcContext) -> (i32, u32) {
+    let Some(cfg) = crate::maps::ready_config() else {
+        return (TC_ACT_OK, reason::PASS_NOT_READY);
+    };
+    // The backend's replies are translated on the pod's side only where IPv6 NAT is set up.
+    if !nat6::enabled(cfg) || !well_formed(ctx) {
+        return PASS;
+    }
+    let Some(pkt) = nat6::packet(ctx) else {
+        return PASS;
+    };
+    match pkt.l4 {
+        L4::Tcp { .. } | L4::Udp | L4::Fragment => {}
+        _ => return PASS,
+    }
+    if let Some((entry, _)) = conntrack::lookup_timed(&pkt.key) {
+        return nat6::translate_tracked(ctx, &pkt, entry, false);
+    }
+    if !conntrack::starts_flow(pkt.l4) {
+        return PASS;
+    }
+    let Some((frontend, svc)) = frontend(cfg, &pkt.key) else {
+        return PASS;
+    };
+    let key = &pkt.key;
+    let hash = (svc.flags & svc_flag::MAGLEV != 0).then(|| flow_hash(key));
+    let now = conntrack::now();
+    let client = addr6_to_bytes(key.saddr);
+    let Some(backend) =
+        services::pick_in::<V6>(frontend, key.dport, key.proto, &svc, client, hash, now)
+    else {
+        return (TC_ACT_SHOT, reason::DROP_NO_BACKEND);
+    };
+    if ipv6::endpoint(backend.addr).is_none() {
+        return (TC_ACT_SHOT, reason::DROP_DNAT6_REMOTE_BACKEND);
+    }
+    if !conntrack::admit_family::<Addr6>(cfg) {
+        return (TC_ACT_SHOT, reason::DROP_CT_FULL);
+    }
+    let nat = CtNat6 {
+        saddr: key.saddr,
+        daddr: addr6_from_bytes(backend.addr),
+        sport: key.sport,
+        dport: backend.port,
+    };
+    start(cfg, &pkt, &nat)
+}
+
+/// Creates the flow's entries and hands the packet back to this program, which then finds
+/// them and translates it.
+#[inline(always)]
+fn start(cfg: &NodeConfig, pkt: &Ipv6Packet, nat: &CtNat6) -> (i32, u32) {
+    match create_dnat(cfg, &pkt.key, nat) {
+        Ok(()) => (
+            TC_ACT_OK,
+            ipv6_prog::handoff(ipv6_prog::FROM_UPLINK6_DNAT),
+        ),
+        Err(why) => (TC_ACT_SHOT, why),
+    }
+}
+
+/// `conntrack::create` for a service flow from outside, in its own BPF function so the port
+/// search's stack is not added to the caller's frame (as `nat6`'s `create_snat`). The client's
+/// port is kept unless another flow to the same backend holds the reply tuple.
+#[inline(never)]
+fn create_dnat(cfg: &NodeConfig, key: &CtKey6, nat: &CtNat6) -> Result<(), u32> {
+    let now = conntrack::now();
+    let ports = PortChoice::KeepElseAllocate;
+    conntrack::create(cfg, key, *nat, ct_kind::DNAT, ports, now).map(|_| ())
+}
+
+/// The frontend a new flow from outside is for, and its master entry: a NodePort when the
+/// destination is the node's IPv6 address, else a LoadBalancer IP or externalIP.
+#[inline(always)]
+fn frontend(cfg: &NodeConfig, key: &CtKey6) -> Option<([u8; 16], ServiceValue)> {
+    if key.daddr == cfg.node_ip6 {
+        let svc = services::nodeport_in::<V6>(key.dport, key.proto)?;
+        return Some((NODEPORT_ADDR6, svc));
+    }
+    let daddr = addr6_to_bytes(key.daddr);
+    match services::frontend_in::<V6>(daddr, key.dport, key.proto) {
+        Frontend::Service(svc) if svc.flags & svc_flag::FROM_OUTSIDE != 0 => Some((daddr, svc)),
+        Frontend::Service(_) | Frontend::UnknownPort | Frontend::None => None,
+    }
+}
+
+/// A hash of the flow that is the same on every node (Maglev's key): addresses word by word,
+/// ports, protocol.
+#[inline(always)]
+fn flow_hash(key: &CtKey6) -> u32 {
+    let mut h = services::mix(MAGLEV_SEED, key.saddr[0] ^ key.saddr[1]);
+    h = services::mix(h, key.saddr[2] ^ key.saddr[3]);
+    h = services::mix(h, key.daddr[0] ^ key.daddr[1]);
+    h = services::mix(h, key.daddr[2] ^ key.daddr[3]);
+    h = services::mix(h, (u32::from(key.sport) << 16) | u32::from(key.dport));
+    services::mix(h, u32::from(key.proto))
+}
+
+/// The seed of [`flow_hash`] (the golden ratio's bits, as IPv4's flow hash).
+const MAGLEV_SEED: u32 = 0x9e37_79b9;
+
+/// Whether the frame holds a whole IPv6 header and the payload it announces.
+#[inline(always)]
+fn well_formed(ctx: &TcContext) -> bool {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+        return false;
+    };
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    let (version, payload_len) = unsafe {
+        (
+            (*ip).vtc_flow[0] >> 4,
+            usize::from(u16::from_be((*ip).payload_len)),
+        )
+    };
+    let l3_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+    version == 6 && IPV6_HLEN + payload_len <= l3_len
+}
