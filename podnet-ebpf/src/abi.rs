@@ -131,8 +131,10 @@ pub mod ipv6_prog {
     pub const NAT6_ICMP_OUT: u32 = 5;
     /// [`super::program_name::FROM_UPLINK6_DNAT`].
     pub const FROM_UPLINK6_DNAT: u32 = 6;
+    /// [`super::program_name::DNAT6_NEW_FLOW`].
+    pub const DNAT6_NEW_FLOW: u32 = 7;
     /// Entries of the array: one per IPv6 program.
-    pub const SLOTS: u32 = 7;
+    pub const SLOTS: u32 = 8;
     /// A program's decision "go on in the program of slot `s`" is the reason `HANDOFF | s`
     /// (never counted: the next program counts the packet).
     pub const HANDOFF: u32 = 1 << 31;
@@ -175,8 +177,11 @@ pub mod program_name {
     pub const NAT6_ICMP_OUT: &str = "nat6_icmp_out";
     /// IPv6 service traffic from outside the node: NodePorts on the node's IPv6 address,
     /// IPv6 LoadBalancer IPs and externalIPs, DNATed to a local backend (tail-called by
-    /// `from_uplink6`, and by itself once a new flow's entries exist).
+    /// `from_uplink6`, and by `dnat6_new_flow` once a new flow's entries exist).
     pub const FROM_UPLINK6_DNAT: &str = "from_uplink6_dnat";
+    /// Creates the conntrack entries of a new IPv6 service flow from outside whose backend
+    /// `from_uplink6_dnat` chose (tail-called by it, hands the packet back to it).
+    pub const DNAT6_NEW_FLOW: &str = "dnat6_new_flow";
     /// `cgroup/connect6`: [`SOCK_CONNECT4`] for IPv6 sockets.
     pub const SOCK_CONNECT6: &str = "sock_connect6";
     /// `cgroup/sendmsg6`: [`SOCK_SENDMSG4`] for IPv6 sockets.
@@ -190,7 +195,7 @@ pub mod program_name {
     /// The TC classifiers attached to interfaces.
     pub const CLASSIFIERS: [&str; 2] = [FROM_POD, FROM_UPLINK];
     /// The TC classifiers reached by tail call (`IPV6_PROGS`), each with its slot.
-    pub const TAIL_CALLED: [(&str, u32); 7] = [
+    pub const TAIL_CALLED: [(&str, u32); 8] = [
         (FROM_POD6, super::ipv6_prog::FROM_POD6),
         (FROM_UPLINK6, super::ipv6_prog::FROM_UPLINK6),
         (FROM_POD6_NAT, super::ipv6_prog::FROM_POD6_NAT),
@@ -198,6 +203,7 @@ pub mod program_name {
         (NAT6_ICMP, super::ipv6_prog::NAT6_ICMP),
         (NAT6_ICMP_OUT, super::ipv6_prog::NAT6_ICMP_OUT),
         (FROM_UPLINK6_DNAT, super::ipv6_prog::FROM_UPLINK6_DNAT),
+        (DNAT6_NEW_FLOW, super::ipv6_prog::DNAT6_NEW_FLOW),
     ];
     /// The cgroup socket-address programs, attached and detached together.
     pub const SOCK: [&str; 8] = [
@@ -210,7 +216,7 @@ pub mod program_name {
         SOCK_RECVMSG6,
         SOCK_GETPEERNAME6,
     ];
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         FROM_POD,
         FROM_UPLINK,
         FROM_POD6,
@@ -220,6 +226,7 @@ pub mod program_name {
         NAT6_ICMP,
         NAT6_ICMP_OUT,
         FROM_UPLINK6_DNAT,
+        DNAT6_NEW_FLOW,
         SOCK_CONNECT4,
         SOCK_SENDMSG4,
         SOCK_RECVMSG4,

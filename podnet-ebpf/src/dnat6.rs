@@ -8,8 +8,9 @@
 //!   to the node (frontends flagged `FROM_OUTSIDE`), gets a backend by the family-generic
 //!   choice ([`crate::services::pick_in`]: affinity, Maglev, random). A local backend pod gets
 //!   the flow with the client's address kept (kind `DNAT`, as IPv4 does for a local backend):
-//!   both `CONNTRACK6` entries are created here, then the packet comes back into this program,
-//!   which finds them and translates it (creation and rewrite would not fit one stack).
+//!   both `CONNTRACK6` entries are created by `dnat6_new_flow`, then the packet comes back
+//!   into `from_uplink6_dnat`, which finds them and translates it (the choice, the creation
+//!   and the rewrite would not fit one program's stack).
 //! - A packet of such a flow is translated (destination: the backend) and redirected into the
 //!   pod by [`crate::nat6::translate_tracked`]; the pod's replies are translated back (source:
 //!   the frontend the client used) by the same function on the pod's side (`from_pod6_nat`,
@@ -21,6 +22,8 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    btf_maps::PerCpuArray,
+    macros::btf_map,
     programs::TcContext,
 };
 use podnet_ebpf::abi::{
@@ -33,13 +36,25 @@ use podnet_ebpf::abi::{
 use crate::{
     conntrack::{self, PortChoice},
     ipv6::{self, Ipv6Hdr},
-    nat6::{self, Ipv6Packet},
+    nat6,
     parse::{L4, ptr_at},
     services::{self, Frontend, V6},
 };
 
 /// What goes to the kernel unchanged is counted as (as before this program existed).
 const PASS: (i32, u32) = (TC_ACT_OK, reason::PASS_NOT_IPV4);
+
+/// Slots of `DNAT6_SCRATCH`: the tuple of the packet that starts a flow, and the tuple it is
+/// translated to (as a key: the same addresses and ports).
+const SCRATCH_TUPLE: u32 = 0;
+const SCRATCH_NAT: u32 = 1;
+const SCRATCH_SLOTS: u32 = 2;
+
+/// Per-CPU working memory handing a new flow from `from_uplink6_dnat` (which chose its backend)
+/// to `dnat6_new_flow` (which creates its entries): one packet's worth per CPU, so two entries;
+/// not pinned (nothing outlives a packet).
+#[btf_map]
+static DNAT6_SCRATCH: PerCpuArray<CtKey6, { SCRATCH_SLOTS as usize }> = PerCpuArray::new();
 
 /// The body of `from_uplink6_dnat` (see the module doc).
 #[inline(always)]
@@ -88,30 +103,65 @@ pub fn from_uplink(ctx: &TcContext) -> (i32, u32) {
         sport: key.sport,
         dport: backend.port,
     };
-    start(cfg, &pkt, &nat)
+    let (Some(tuple), Some(translated)) = (
+        DNAT6_SCRATCH.get_ptr_mut(SCRATCH_TUPLE),
+        DNAT6_SCRATCH.get_ptr_mut(SCRATCH_NAT),
+    ) else {
+        return PASS;
+    };
+    // SAFETY: this CPU's entries of the per-CPU scratch array, which only this packet's
+    // programs use while they run (one after the other, on this CPU).
+    unsafe {
+        *tuple = pkt.key;
+        *translated = CtKey6 {
+            saddr: nat.saddr,
+            daddr: nat.daddr,
+            sport: nat.sport,
+            dport: nat.dport,
+            ..pkt.key
+        };
+    }
+    (TC_ACT_OK, ipv6_prog::handoff(ipv6_prog::DNAT6_NEW_FLOW))
 }
 
-/// Creates the flow's entries and hands the packet back to this program, which then finds
-/// them and translates it.
+/// The body of `dnat6_new_flow`: creates the entries of the flow `from_uplink6_dnat` left in
+/// `DNAT6_SCRATCH` and hands the packet back to it, which then finds them and translates it
+/// (creation and rewrite would not fit one program's stack).
 #[inline(always)]
-fn start(cfg: &NodeConfig, pkt: &Ipv6Packet, nat: &CtNat6) -> (i32, u32) {
-    match create_dnat(cfg, &pkt.key, nat) {
-        Ok(()) => (
-            TC_ACT_OK,
-            ipv6_prog::handoff(ipv6_prog::FROM_UPLINK6_DNAT),
-        ),
+pub fn new_flow(_ctx: &TcContext) -> (i32, u32) {
+    let Some(cfg) = crate::maps::ready_config() else {
+        return (TC_ACT_OK, reason::PASS_NOT_READY);
+    };
+    let (Some(tuple), Some(translated)) = (
+        DNAT6_SCRATCH.get_ptr_mut(SCRATCH_TUPLE),
+        DNAT6_SCRATCH.get_ptr_mut(SCRATCH_NAT),
+    ) else {
+        return PASS;
+    };
+    // SAFETY: as in `from_uplink`: this CPU's scratch entries, written by the program that
+    // tail-called this one.
+    let (key, translated) = unsafe { (&*tuple, &*translated) };
+    match create_dnat(cfg, key, translated) {
+        Ok(()) => (TC_ACT_OK, ipv6_prog::handoff(ipv6_prog::FROM_UPLINK6_DNAT)),
         Err(why) => (TC_ACT_SHOT, why),
     }
 }
 
-/// `conntrack::create` for a service flow from outside, in its own BPF function so the port
-/// search's stack is not added to the caller's frame (as `nat6`'s `create_snat`). The client's
-/// port is kept unless another flow to the same backend holds the reply tuple.
+/// `conntrack::create` for a service flow from outside (`translated`: the tuple the first
+/// packet is rewritten to), in its own BPF function so the port search's stack is not added
+/// to the caller's frame (as `nat6`'s `create_snat`). The client's port is kept unless another
+/// flow to the same backend holds the reply tuple.
 #[inline(never)]
-fn create_dnat(cfg: &NodeConfig, key: &CtKey6, nat: &CtNat6) -> Result<(), u32> {
+fn create_dnat(cfg: &NodeConfig, key: &CtKey6, translated: &CtKey6) -> Result<(), u32> {
+    let nat = CtNat6 {
+        saddr: translated.saddr,
+        daddr: translated.daddr,
+        sport: translated.sport,
+        dport: translated.dport,
+    };
     let now = conntrack::now();
     let ports = PortChoice::KeepElseAllocate;
-    conntrack::create(cfg, key, *nat, ct_kind::DNAT, ports, now).map(|_| ())
+    conntrack::create(cfg, key, nat, ct_kind::DNAT, ports, now).map(|_| ())
 }
 
 /// The frontend a new flow from outside is for, and its master entry: a NodePort when the

@@ -8,7 +8,8 @@
 //!   `pass_not_ipv4` as before IPv6 had a program here, after `from_uplink6_dnat` has looked
 //!   for service traffic from outside in it;
 //! - `from_uplink6_dnat`: IPv6 NodePorts, LoadBalancer IPs and externalIPs from outside,
-//!   DNATed to a local backend ([`crate::dnat6`]);
+//!   DNATed to a local backend ([`crate::dnat6`]); a new flow's entries are created by
+//!   `dnat6_new_flow`, which hands the packet back;
 //! - `nat6_icmp` (also reached from `from_pod6_nat`): ICMPv6 errors about masqueraded flows,
 //!   translated back with the packet they quote ([`crate::nat6::icmp`]), then delivered by
 //!   `nat6_icmp_out` ([`crate::nat6::icmp_out`]).
@@ -41,6 +42,11 @@ fn decide(ctx: &TcContext) -> (i32, u32) {
 #[classifier]
 pub fn from_uplink6_dnat(ctx: TcContext) -> i32 {
     tail6::stage(&ctx, hook::FROM_UPLINK, dnat6::from_uplink)
+}
+
+#[classifier]
+pub fn dnat6_new_flow(ctx: TcContext) -> i32 {
+    tail6::stage(&ctx, hook::FROM_UPLINK, dnat6::new_flow)
 }
 
 #[classifier]
