@@ -15,8 +15,10 @@
 //!   pod by [`crate::nat6::translate_tracked`]; the pod's replies are translated back (source:
 //!   the frontend the client used) by the same function on the pod's side (`from_pod6_nat`,
 //!   which looks every flow up first), counted `dnat6_reply`.
-//! - No backend: dropped, counted `drop_no_backend` (as IPv4's NodePort). A backend on another
-//!   node: dropped, counted `drop_dnat6_remote_backend` (not forwarded there yet).
+//! - No backend: dropped, counted `drop_no_backend` (as IPv4's NodePort). Backends on other
+//!   nodes are not forwarded to yet: when the choice falls on one, a local backend is taken
+//!   instead (one of the frontend's first `local_count` slots); with none, the packet is
+//!   dropped, counted `drop_dnat6_remote_backend`.
 //!
 //! Everything else goes to the kernel unchanged, counted `pass_not_ipv4` as before.
 
@@ -27,8 +29,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use podnet_ebpf::abi::{
-    Addr6, CtKey6, CtNat6, NODEPORT_ADDR6, NodeConfig, ServiceValue, addr6_from_bytes,
-    addr6_to_bytes, ct_kind, ipv6_prog,
+    Addr6, CtKey6, CtNat6, NODEPORT_ADDR6, NodeConfig, ServiceBackend6, ServiceValue,
+    addr6_from_bytes, addr6_to_bytes, ct_kind, ipv6_prog,
     proto::{ETH_HLEN, IPV6_HLEN},
     reason, svc_flag,
 };
@@ -91,9 +93,15 @@ pub fn from_uplink(ctx: &TcContext) -> (i32, u32) {
     else {
         return (TC_ACT_SHOT, reason::DROP_NO_BACKEND);
     };
-    if ipv6::endpoint(backend.addr).is_none() {
-        return (TC_ACT_SHOT, reason::DROP_DNAT6_REMOTE_BACKEND);
-    }
+    let backend = if ipv6::endpoint(backend.addr).is_some() {
+        backend
+    } else {
+        // Not forwarded to other nodes yet: one of this node's backends instead, if any.
+        let Some(local) = local_backend(frontend, key.dport, key.proto, &svc) else {
+            return (TC_ACT_SHOT, reason::DROP_DNAT6_REMOTE_BACKEND);
+        };
+        local
+    };
     if !conntrack::admit_family::<Addr6>(cfg) {
         return (TC_ACT_SHOT, reason::DROP_CT_FULL);
     }
@@ -162,6 +170,24 @@ fn create_dnat(cfg: &NodeConfig, key: &CtKey6, translated: &CtKey6) -> Result<()
     let now = conntrack::now();
     let ports = PortChoice::KeepElseAllocate;
     conntrack::create(cfg, key, nat, ct_kind::DNAT, ports, now).map(|_| ())
+}
+
+/// One of the frontend's backends on this node, at random: userspace puts them first (slots
+/// `1..=local_count`). `None` when it has none.
+#[inline(always)]
+fn local_backend(
+    frontend: [u8; 16],
+    port: u16,
+    proto: u8,
+    svc: &ServiceValue,
+) -> Option<ServiceBackend6> {
+    if svc.local_count == 0 {
+        return None;
+    }
+    let slot = 1 + (services::random() % u32::from(svc.local_count)) as u16;
+    let id = <V6 as services::Family>::entry(frontend, port, proto, slot)?.id;
+    let backend = <V6 as services::Family>::backend(id)?;
+    ipv6::endpoint(backend.addr).map(|_| backend)
 }
 
 /// The frontend a new flow from outside is for, and its master entry: a NodePort when the

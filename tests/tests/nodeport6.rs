@@ -194,3 +194,71 @@ fn the_outside_reaches_an_ipv6_nodeport_and_external_ip_at_tc_keeping_its_addres
     node.ok(&["node", "reset"]);
     assert!(!node.pin_dir.exists(), "pins left: {:?}", node.pin_dir);
 }
+
+#[test]
+fn ipv6_service_traffic_from_outside_goes_to_a_local_backend_and_a_remote_only_one_drops_counted() {
+    require_root!();
+    let node = Node::dual_stack(
+        "10.244.67.0/24",
+        "fd00:10:244:67::/64",
+        &[
+            "--service-cidr",
+            SERVICE_CIDR,
+            "--service-cidr",
+            SERVICE_CIDR6,
+        ],
+    );
+    let web = node.add_pod("web");
+    let web6 = IpAddr::V6(dual_stack::address6_of(&node, "web"));
+    let _tcp = serve_tcp(&web.ns, &format!("[{web6}]:8080"));
+    // A backend of another node's pod CIDR (in the cluster CIDR, not this node's).
+    let remote = "fd00:10:244:99::5";
+    apply(
+        &node,
+        &json!({"services": [
+            {"metadata": {"name": "mixed", "namespace": "default"},
+             "spec": {"type": "NodePort", "clusterIPs": [VIP6],
+                      "ports": [{"protocol": "TCP", "port": 80, "targetPort": 8080,
+                                 "nodePort": NODEPORT_TCP}]},
+             "endpoints": [{"addresses": [web6.to_string()]},
+                           {"addresses": [remote], "nodeName": "n2"}]},
+            {"metadata": {"name": "remote", "namespace": "default"},
+             "spec": {"type": "NodePort", "clusterIPs": [EMPTY_VIP6],
+                      "ports": [{"protocol": "TCP", "port": 80, "targetPort": 8080,
+                                 "nodePort": NODEPORT_EMPTY}]},
+             "endpoints": [{"addresses": [remote], "nodeName": "n2"}]}
+        ]}),
+    );
+    let outside = &node.topo.outside;
+    let node6 = IpAddr::V6(NODE_IP6);
+    let before = node.stats();
+    // Backends on other nodes are not forwarded to yet: every connection reaches the local one.
+    for _ in 0..6 {
+        let target = SocketAddr::new(node6, NODEPORT_TCP);
+        let reply = probe(outside, "tcp", target, &[])
+            .unwrap_or_else(|e| panic!("outside -> {target}: {e}\n{}", node.ok(&["stats"])));
+        assert_eq!(addr_field(&reply, "local").map(|a| a.ip()), Some(web6));
+        assert_eq!(
+            addr_field(&reply, "peer").map(|a| a.ip()),
+            Some(IpAddr::V6(OUTSIDE_IP6))
+        );
+    }
+    let after = node.stats();
+    assert_eq!(
+        delta(&before, &after, "drop_dnat6_remote_backend"),
+        0,
+        "{after:?}"
+    );
+    // Only a backend on another node: dropped, counted.
+    let before = node.stats();
+    let err = probe(outside, "tcp", SocketAddr::new(node6, NODEPORT_EMPTY), &[])
+        .expect_err("not forwarded to another node");
+    eprintln!("remote-only NodePort: {err}");
+    let after = node.stats();
+    assert!(
+        delta(&before, &after, "drop_dnat6_remote_backend") >= 1,
+        "{after:?}"
+    );
+    node.ok(&["node", "reset"]);
+    assert!(!node.pin_dir.exists(), "pins left: {:?}", node.pin_dir);
+}
