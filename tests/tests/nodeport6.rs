@@ -2,8 +2,10 @@
 //! `from_uplink6_dnat`): the outside namespace reaches a NodePort on the node's IPv6 address
 //! and an IPv6 externalIP routed to the node, over TCP, connected UDP and unconnected UDP; the
 //! local backend pod sees the client's own address (no SNAT for a local backend, as for IPv4);
-//! the replies come from the address the client used; `conntrack list` shows the `dnat` flows;
-//! a NodePort without backends drops (`drop_no_backend`); nothing is left after `node reset`.
+//! the replies come from the address the client used; `conntrack list` shows the `dnat` flows,
+//! which go when their backend leaves the Service; a NodePort without backends drops
+//! (`drop_no_backend`), one whose backends are all on other nodes too
+//! (`drop_dnat6_remote_backend`); nothing is left after `node reset`.
 //!
 //! Addresses: the IPv6 service CIDR is fd00:10:96::/112, the externalIP 2001:db8::50
 //! (documentation range), the pods' from fd00:10:244::/48, the fabric's from fd00:198:18::/64.
@@ -181,6 +183,29 @@ fn the_outside_reaches_an_ipv6_nodeport_and_external_ip_at_tc_keeping_its_addres
     };
     assert!(original("tcp", NODEPORT_TCP), "{flows:#?}");
     assert!(original("udp", NODEPORT_UDP), "{flows:#?}");
+
+    // The backend leaves the Service: its IPv6 per-packet flows go with it.
+    apply(
+        &node,
+        &json!({"services": [
+            {"metadata": {"name": "web", "namespace": "default"},
+             "spec": {"type": "NodePort", "clusterIPs": [VIP6], "externalIPs": [EXTERNAL6],
+                      "ports": [{"name": "http", "protocol": "TCP", "port": 80,
+                                 "targetPort": 8080, "nodePort": NODEPORT_TCP},
+                                {"name": "dns", "protocol": "UDP", "port": 53,
+                                 "targetPort": 5353, "nodePort": NODEPORT_UDP}]},
+             "endpoints": []},
+            {"metadata": {"name": "empty", "namespace": "default"},
+             "spec": {"type": "NodePort", "clusterIPs": [EMPTY_VIP6],
+                      "ports": [{"protocol": "TCP", "port": 80,
+                                 "nodePort": NODEPORT_EMPTY}]}}
+        ]}),
+    );
+    let left: Vec<Value> = ipv6_flows(&node)
+        .into_iter()
+        .filter(|f| f["kind"] == "dnat")
+        .collect();
+    assert!(left.is_empty(), "flows to a backend that left: {left:#?}");
 
     // A NodePort without backends: dropped, counted.
     let before = node.stats();
