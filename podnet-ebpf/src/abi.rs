@@ -131,8 +131,12 @@ pub mod ipv6_prog {
     pub const NAT6_ICMP_OUT: u32 = 5;
     /// [`super::program_name::NAT6_TOO_BIG`].
     pub const NAT6_TOO_BIG: u32 = 6;
+    /// [`super::program_name::FROM_UPLINK6_DNAT`].
+    pub const FROM_UPLINK6_DNAT: u32 = 7;
+    /// [`super::program_name::DNAT6_NEW_FLOW`].
+    pub const DNAT6_NEW_FLOW: u32 = 8;
     /// Entries of the array: one per IPv6 program.
-    pub const SLOTS: u32 = 7;
+    pub const SLOTS: u32 = 9;
     /// A program's decision "go on in the program of slot `s`" is the reason `HANDOFF | s`
     /// (never counted: the next program counts the packet).
     pub const HANDOFF: u32 = 1 << 31;
@@ -176,6 +180,13 @@ pub mod program_name {
     /// Answers a masqueraded reply too big for its pod's link with ICMPv6 Packet Too Big
     /// (tail-called by `from_uplink6`).
     pub const NAT6_TOO_BIG: &str = "nat6_too_big";
+    /// IPv6 service traffic from outside the node: NodePorts on the node's IPv6 address,
+    /// IPv6 LoadBalancer IPs and externalIPs, DNATed to a local backend (tail-called by
+    /// `from_uplink6`, and by `dnat6_new_flow` once a new flow's entries exist).
+    pub const FROM_UPLINK6_DNAT: &str = "from_uplink6_dnat";
+    /// Creates the conntrack entries of a new IPv6 service flow from outside whose backend
+    /// `from_uplink6_dnat` chose (tail-called by it, hands the packet back to it).
+    pub const DNAT6_NEW_FLOW: &str = "dnat6_new_flow";
     /// `cgroup/connect6`: [`SOCK_CONNECT4`] for IPv6 sockets.
     pub const SOCK_CONNECT6: &str = "sock_connect6";
     /// `cgroup/sendmsg6`: [`SOCK_SENDMSG4`] for IPv6 sockets.
@@ -189,7 +200,7 @@ pub mod program_name {
     /// The TC classifiers attached to interfaces.
     pub const CLASSIFIERS: [&str; 2] = [FROM_POD, FROM_UPLINK];
     /// The TC classifiers reached by tail call (`IPV6_PROGS`), each with its slot.
-    pub const TAIL_CALLED: [(&str, u32); 7] = [
+    pub const TAIL_CALLED: [(&str, u32); 9] = [
         (FROM_POD6, super::ipv6_prog::FROM_POD6),
         (FROM_UPLINK6, super::ipv6_prog::FROM_UPLINK6),
         (FROM_POD6_NAT, super::ipv6_prog::FROM_POD6_NAT),
@@ -197,6 +208,8 @@ pub mod program_name {
         (NAT6_ICMP, super::ipv6_prog::NAT6_ICMP),
         (NAT6_ICMP_OUT, super::ipv6_prog::NAT6_ICMP_OUT),
         (NAT6_TOO_BIG, super::ipv6_prog::NAT6_TOO_BIG),
+        (FROM_UPLINK6_DNAT, super::ipv6_prog::FROM_UPLINK6_DNAT),
+        (DNAT6_NEW_FLOW, super::ipv6_prog::DNAT6_NEW_FLOW),
     ];
     /// The cgroup socket-address programs, attached and detached together.
     pub const SOCK: [&str; 8] = [
@@ -209,7 +222,7 @@ pub mod program_name {
         SOCK_RECVMSG6,
         SOCK_GETPEERNAME6,
     ];
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 19] = [
         FROM_POD,
         FROM_UPLINK,
         FROM_POD6,
@@ -219,6 +232,8 @@ pub mod program_name {
         NAT6_ICMP,
         NAT6_ICMP_OUT,
         NAT6_TOO_BIG,
+        FROM_UPLINK6_DNAT,
+        DNAT6_NEW_FLOW,
         SOCK_CONNECT4,
         SOCK_SENDMSG4,
         SOCK_RECVMSG4,
@@ -1253,8 +1268,19 @@ pub mod reason {
     /// IPv6 from another node (its pods or itself, in `PEERS6`), off the uplink or out of the
     /// tunnel, delivered straight into a local pod, one hop less.
     pub const FORWARD_UPLINK_TO_POD6: u32 = 49;
+    /// IPv6 from outside the node to a service frontend (a NodePort on the node's IPv6
+    /// address, an IPv6 LoadBalancer IP or externalIP), destination rewritten to a local
+    /// backend pod (the client's address kept) and delivered into it.
+    pub const DNAT6: u32 = 50;
+    /// A backend pod's reply to such IPv6 service traffic, source rewritten back to the
+    /// frontend the client used.
+    pub const DNAT6_REPLY: u32 = 51;
+    /// A new IPv6 connection from outside to a service frontend whose backends are all on
+    /// other nodes: not forwarded there yet (IPv6 service traffic from outside reaches local
+    /// backends only), dropped.
+    pub const DROP_DNAT6_REMOTE_BACKEND: u32 = 52;
     /// Number of reasons in use (< [`super::STATS_SLOTS`]).
-    pub const COUNT: u32 = 50;
+    pub const COUNT: u32 = 53;
 
     /// Human-readable names, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -1308,6 +1334,9 @@ pub mod reason {
         "drop_nat6_unsupported",
         "forward_remote_node6",
         "forward_uplink_to_pod6",
+        "dnat6",
+        "dnat6_reply",
+        "drop_dnat6_remote_backend",
     ];
 }
 

@@ -13,6 +13,8 @@
 //! - [`nat6`]: IPv6 masquerade (SNAT to the node's IPv6 address) and its reverse, ICMPv6
 //!   errors and fragments included; [`fib6`]: IPv6 out by the routing table; [`ptb6`]: ICMPv6
 //!   Packet Too Big for masqueraded replies too big for their pod;
+//! - [`dnat6`]: IPv6 service traffic from outside (NodePorts on the node's IPv6 address,
+//!   LoadBalancer IPs, externalIPs) DNATed to a local backend at tc;
 //! - [`frag`]: IPv4 fragments (later fragments follow their first fragment's flow);
 //! - [`masquerade`]: masquerade exclusions (destinations that keep the pod's address);
 //! - [`services`]: service frontends and backend choice;
@@ -42,6 +44,8 @@
 mod build_stamp;
 #[cfg(target_arch = "bpf")]
 mod conntrack;
+#[cfg(target_arch = "bpf")]
+mod dnat6;
 #[cfg(target_arch = "bpf")]
 mod family;
 #[cfg(target_arch = "bpf")]

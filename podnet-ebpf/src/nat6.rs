@@ -409,13 +409,15 @@ fn translated(key: &CtKey6, nat: &CtNat6) -> CtKey6 {
     }
 }
 
-/// The reason a packet of a masqueraded flow is counted under.
+/// The reason a packet of a translated flow (masqueraded, or to a service from outside) is
+/// counted under.
 #[inline(always)]
-fn reason_for(dir: u8) -> u32 {
-    if dir == ct_dir::ORIGINAL {
-        reason::SNAT6
-    } else {
-        reason::SNAT6_REPLY
+fn reason_for(kind: u8, dir: u8) -> u32 {
+    match (kind, dir) {
+        (ct_kind::DNAT, ct_dir::ORIGINAL) => reason::DNAT6,
+        (ct_kind::DNAT, _) => reason::DNAT6_REPLY,
+        (_, ct_dir::ORIGINAL) => reason::SNAT6,
+        _ => reason::SNAT6_REPLY,
     }
 }
 
@@ -444,9 +446,10 @@ fn deliver(ctx: &TcContext, cfg: &NodeConfig, dest: &CtKey6, why: u32) -> (i32, 
     }
 }
 
-/// Translates and delivers a packet of the live flow `entry`.
+/// Translates and delivers a packet of the live flow `entry` (masqueraded, or a service flow
+/// from outside: [`crate::dnat6`]).
 #[inline(always)]
-fn translate_tracked(
+pub fn translate_tracked(
     ctx: &TcContext,
     pkt: &Ipv6Packet,
     entry: *mut CtEntry6,
@@ -461,7 +464,7 @@ fn translate_tracked(
     conntrack::on_packet(cfg, &pkt.key, entry, pkt.l4, now);
     // SAFETY: `entry` points at a live map value; it is copied out at once.
     let (nat, kind, dir) = unsafe { ((*entry).nat, (*entry).kind, (*entry).dir) };
-    if kind != ct_kind::SNAT {
+    if kind != ct_kind::SNAT && kind != ct_kind::DNAT {
         // No other IPv6 translation exists yet: not ours.
         return (TC_ACT_OK, reason::PASS_NOT_IPV4);
     }
@@ -486,7 +489,7 @@ fn translate_tracked(
     if rewrite(ctx, pkt, &nat).is_err() {
         return (TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED);
     }
-    deliver(ctx, cfg, &translated(&pkt.key, &nat), reason_for(dir))
+    deliver(ctx, cfg, &translated(&pkt.key, &nat), reason_for(kind, dir))
 }
 
 /// Starts the masqueraded flow of the packet whose tuple `from_pod6_nat` left in
@@ -687,7 +690,7 @@ fn icmp_error(ctx: &TcContext, pkt: &Ipv6Packet, from_pod: bool) -> Option<(i32,
 
 /// Whether IPv6 masquerading is configured (a node IPv6 address and an IPv6 pod CIDR).
 #[inline(always)]
-fn enabled(cfg: &NodeConfig) -> bool {
+pub fn enabled(cfg: &NodeConfig) -> bool {
     cfg.node_ip6 != [0; 4] && cfg.pod_prefix_len6 != 0
 }
 

@@ -500,3 +500,90 @@ fn a_reply_too_big_for_the_pods_link_is_answered_with_packet_too_big_from_the_no
         assert_eq!(h.count(reason::SNAT6_REPLY), 0);
     });
 }
+
+/// `SERVICES6` and `BACKENDS6` with one NodePort, `proto` `port` on the node's IPv6 address, to
+/// pod A's `target`.
+fn nodeport6(h: &mut Harness, proto: u8, port: u16, target: u16, id: u32) {
+    use podnet_ebpf::abi::{NODEPORT_ADDR6, ServiceBackend6, ServiceKey6, ServiceValue, svc_flag};
+    let mut services: HashMap<_, ServiceKey6, ServiceValue> =
+        HashMap::try_from(h.ebpf.map_mut(map_name::SERVICES6).expect("SERVICES6")).expect("hash");
+    let key = |slot| ServiceKey6 {
+        addr: NODEPORT_ADDR6,
+        port,
+        slot,
+        proto,
+        _pad: [0; 3],
+    };
+    let master = ServiceValue {
+        id,
+        count: 1,
+        local_count: 1,
+        flags: svc_flag::NODE_PORT,
+        ..ServiceValue::default()
+    };
+    services.insert(key(0), master, 0).expect("master");
+    let slot = ServiceValue {
+        id: id + 100,
+        ..ServiceValue::default()
+    };
+    services.insert(key(1), slot, 0).expect("slot");
+    let mut backends: HashMap<_, u32, ServiceBackend6> =
+        HashMap::try_from(h.ebpf.map_mut(map_name::BACKENDS6).expect("BACKENDS6")).expect("hash");
+    let backend = ServiceBackend6 {
+        addr: POD_A.octets(),
+        port: target,
+        ..ServiceBackend6::default()
+    };
+    backends.insert(id + 100, backend, 0).expect("backend");
+}
+
+#[test]
+fn an_ipv6_nodeport_from_outside_is_dnated_to_the_local_pod_and_back_with_valid_checksums() {
+    require_root!();
+    in_node_netns(|| {
+        let mut h = Harness::new();
+        nodeport6(&mut h, TCP, 30_080, 8080, 1);
+        nodeport6(&mut h, UDP, 30_053, 5353, 2);
+        for (request, reply, port) in [
+            (
+                tcp6(OUTSIDE6, NODE6, 41_000, 30_080, SYN, IN),
+                tcp6(POD_A, OUTSIDE6, 8080, 41_000, SYN | ACK, OUT),
+                8080,
+            ),
+            (
+                udp6(OUTSIDE6, NODE6, 41_001, 30_053, IN),
+                udp6(POD_A, OUTSIDE6, 5353, 41_001, OUT),
+                5353,
+            ),
+        ] {
+            // In: to pod A's target port, the client kept.
+            let (verdict, f) = h.uplink_receives(&request);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "from_uplink verdict");
+            assert_eq!(f[..6], MAC_A, "to the pod's MAC");
+            assert_eq!(src6(&f), OUTSIDE6, "the client's address kept");
+            assert_eq!(dst6(&f), POD_A, "destination: the backend");
+            assert_eq!(port_at(&f, L4 + 2), port, "the backend's port");
+            assert_eq!(f[ETH_HLEN + 7], 63, "one hop less");
+            assert!(l4_ok6(&f), "L4 checksum after DNAT");
+            // Back: from the NodePort the client used.
+            let (verdict, f) = h.pod_sends(&reply);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "from_pod verdict");
+            assert_eq!(f[..6], NEXT_HOP_MAC, "to the next hop");
+            assert_eq!(src6(&f), NODE6, "the reply comes from the node's address");
+            assert_eq!(dst6(&f), OUTSIDE6);
+            assert_eq!(
+                port_at(&f, L4),
+                port_at(&request, L4 + 2),
+                "from the NodePort"
+            );
+            assert!(l4_ok6(&f), "L4 checksum after reverse DNAT");
+        }
+        assert_eq!(h.count(reason::DNAT6), 2);
+        assert_eq!(h.count(reason::DNAT6_REPLY), 2);
+        assert_eq!(h.count(reason::SNAT6), 0, "replies are not masqueraded");
+        // A NodePort without a service: the node's own, to the kernel unchanged.
+        let stray = tcp6(OUTSIDE6, NODE6, 41_002, 30_099, SYN, IN);
+        let (verdict, f) = h.uplink_receives(&stray);
+        assert_eq!((verdict, f), (TC_ACT_OK, stray));
+    });
+}

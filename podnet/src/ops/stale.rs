@@ -8,7 +8,7 @@
 //! backends. A change that keeps a backend leaves its flows alone.
 //!
 //! What goes ([`forget`]), for each backend that left:
-//! - the per-packet path's flows through that frontend to it: both `CONNTRACK` entries of each
+//! - the per-packet path's flows through that frontend to it: both conntrack entries of each
 //!   (the next UDP datagram starts a new flow and picks a live backend; the next TCP segment
 //!   finds no state and is answered with a RST by the datapath);
 //! - sockets that the socket-level balancer connected to it through that frontend: destroyed
@@ -18,7 +18,7 @@
 //!   connected to the backend's address itself is never touched.
 //!
 //! Cost, paid after every change that removes a backend (on the agent's programming thread,
-//! before its next change): one batched read of `CONNTRACK` and one of `SOCK_REV_NAT`; the
+//! before its next change): one batched read of each conntrack table and one of `SOCK_REV_NAT`; the
 //! conntrack collection lock only when there are flows to remove; and the socket search (a
 //! `sock_diag` dump per namespace, each pod namespace entered on a thread of its own) only
 //! when `SOCK_REV_NAT` remembers a socket sent through the frontend to a backend that left,
@@ -26,7 +26,8 @@
 //!
 //! Both families: IPv6 sockets balanced through `SOCK_REV_NAT6` are found in the namespaces'
 //! IPv6 socket dumps, and so are IPv6 sockets talking IPv4 through mapped addresses (the
-//! balancer remembers those in `SOCK_REV_NAT`). Per-packet flows are IPv4 only (`CONNTRACK`).
+//! balancer remembers those in `SOCK_REV_NAT`). Per-packet flows of both: `CONNTRACK` and
+//! `CONNTRACK6` (IPv6 service traffic from outside, translated at the uplink).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -35,14 +36,17 @@ use std::{
 };
 
 use podnet_ebpf::abi::{
-    CtEntry, CtKey, config_flag, ct_dir, ct_kind,
+    Addr6, CtEntry, CtKey, config_flag, ct_dir, ct_kind,
     proto::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use serde::Serialize;
 
 use super::{Ctx, error::Result};
 use crate::{
-    datapath::{maps::SockRevNatMap, services_map},
+    datapath::{
+        maps::{CtFamily, SockRevNatMap},
+        services_map,
+    },
     store,
     sys::{
         netns::{Netns, NetnsError},
@@ -143,11 +147,11 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 /// The frontend and backend of a service flow's entry: an original entry goes from the
 /// frontend to (its translation) the backend; a reply entry comes from the backend and is
 /// translated back to the frontend. `None` for SNAT flows.
-fn flow_ends(key: &CtKey, entry: &CtEntry) -> Option<(SocketAddr, SocketAddr)> {
+fn flow_ends<A: CtFamily>(key: &CtKey<A>, entry: &CtEntry<A>) -> Option<(SocketAddr, SocketAddr)> {
     if entry.kind == ct_kind::SNAT {
         return None;
     }
-    let at = |addr: [u8; 4], port| SocketAddr::new(IpAddr::from(addr), port);
+    let at = |addr: A, port| SocketAddr::new(A::ip(addr), port);
     if entry.dir == ct_dir::ORIGINAL {
         Some((
             at(key.daddr, key.dport),
@@ -161,18 +165,24 @@ fn flow_ends(key: &CtKey, entry: &CtEntry) -> Option<(SocketAddr, SocketAddr)> {
     }
 }
 
-/// Removes both entries of every flow through a frontend to a backend that left; returns how
-/// many entries went. The table is read (in batches) without the collection lock, which only
-/// the removals and the collector's count need: an entry the collector removes meanwhile is
-/// not counted twice (a removal says whether the entry was still there).
+/// Removes both entries of every flow through a frontend to a backend that left, in both
+/// tables (`CONNTRACK`, `CONNTRACK6`); returns how many entries went.
 fn forget_flows(ctx: &Ctx, left: &[Left], node: NodeIps) -> Result<u64> {
+    Ok(forget_flows_of::<[u8; 4]>(ctx, left, node)? + forget_flows_of::<Addr6>(ctx, left, node)?)
+}
+
+/// [`forget_flows`] in table `A`. The table is read (in batches) without the collection lock,
+/// which only the removals and the collector's count need: an entry the collector removes
+/// meanwhile is not counted twice (a removal says whether the entry was still there).
+fn forget_flows_of<A: CtFamily>(ctx: &Ctx, left: &[Left], node: NodeIps) -> Result<u64> {
     let by_backend: HashMap<(SocketAddr, u8), Vec<&Left>> =
         left.iter().fold(HashMap::new(), |mut m, l| {
             m.entry((l.backend, l.frontend.proto)).or_default().push(l);
             m
         });
     let mut stale = HashSet::new();
-    for (key, entry) in ctx.maps()?.ct_entries()? {
+    let entries = A::entries(&*ctx.maps()?)?;
+    for (key, entry) in entries {
         let Some((front, backend)) = flow_ends(&key, &entry) else {
             continue;
         };
@@ -190,12 +200,12 @@ fn forget_flows(ctx: &Ctx, left: &[Left], node: NodeIps) -> Result<u64> {
     let mut maps = ctx.maps()?;
     let mut removed = 0;
     for k in &stale {
-        if maps.ct_remove(k)? {
+        if A::remove(&mut maps, k)? {
             removed += 1;
         }
     }
     if removed > 0 {
-        maps.ct_collected(removed)?;
+        maps.ct_collected_of::<A>(removed)?;
     }
     Ok(removed)
 }
