@@ -6,8 +6,8 @@
 //!   (podnet's programs detached);
 //! - **pod to outside (SNAT)**: podnet's masquerade against `MASQUERADE` for the pod CIDR
 //!   leaving the cluster CIDR, `iptables` for IPv4 and `ip6tables` for IPv6;
-//! - **outside to pod via NodePort**: podnet's NodePort against one `DNAT` rule in
-//!   `PREROUTING` per family.
+//! - **outside to pod via NodePort**: a NodePort Service per family (`podnet service apply`)
+//!   against one `DNAT` rule in `PREROUTING` per family.
 //!
 //! A path podnet does not carry over a family yet (its counter is not in `podnet stats`, or
 //! podnet refuses the NodePort) is left out with a note rather than measured through the
@@ -51,6 +51,14 @@ impl Family {
         match self {
             Self::V4 => "IPv4",
             Self::V6 => "IPv6",
+        }
+    }
+
+    /// The ClusterIP of the family's NodePort Service.
+    fn cluster_ip(self) -> &'static str {
+        match self {
+            Self::V4 => "10.96.0.50",
+            Self::V6 => "fd00:10:96::50",
         }
     }
 
@@ -103,7 +111,8 @@ impl Scenario {
             (Self::SameNode, Family::V6) => "forward_local6",
             (Self::Snat, Family::V4) => "snat",
             (Self::Snat, Family::V6) => "snat6",
-            (Self::NodePort, _) => "dnat",
+            (Self::NodePort, Family::V4) => "dnat",
+            (Self::NodePort, Family::V6) => "dnat6",
         }
     }
 }
@@ -198,6 +207,10 @@ impl Bench {
             NODE_IP6,
             "--nodeport-range",
             NODEPORT_RANGE,
+            "--service-cidr",
+            "10.96.0.0/12",
+            "--service-cidr",
+            "fd00:10:96::/112",
         ];
         let node = Node::with_args(POD_CIDR, &extra);
         let topo = &node.topo;
@@ -216,27 +229,40 @@ impl Bench {
         let cli = add_pod(&node, "cli");
         let mut notes = Vec::new();
         let mut carried = BTreeMap::new();
-        // NodePorts: both families where podnet takes them.
-        for (f, family) in Family::ALL.iter().enumerate() {
-            let specs: Vec<serde_json::Value> = Workload::ALL
-                .iter()
-                .map(|w| {
-                    serde_json::json!({
-                        "port": nodeport_of(*w, *family),
-                        "backends": [family.at(srv.ip(*family), w.port())],
+        // NodePorts: a NodePort Service per family (`service apply`).
+        let services: Vec<serde_json::Value> = Family::ALL
+            .iter()
+            .map(|family| {
+                let ports: Vec<serde_json::Value> = Workload::ALL
+                    .iter()
+                    .map(|w| {
+                        serde_json::json!({
+                            "name": format!("p{}", w.port()), "protocol": "TCP",
+                            "port": w.port(), "targetPort": w.port(),
+                            "nodePort": nodeport_of(*w, *family),
+                        })
                     })
+                    .collect();
+                serde_json::json!({
+                    "metadata": {"name": format!("bench{}", family.name().to_lowercase()), "namespace": "default"},
+                    "spec": {"type": "NodePort", "clusterIPs": [family.cluster_ip()], "ports": ports},
+                    "endpoints": [{"addresses": [srv.ip(*family)]}],
                 })
-                .collect();
-            let file = TempFile::new("json", &serde_json::Value::from(specs).to_string());
-            let out = node.podnet(&["nodeport", "apply", "-f", file.path()]);
-            if !out.status.success() {
+            })
+            .collect();
+        let file = TempFile::new(
+            "json",
+            &serde_json::json!({ "services": services }).to_string(),
+        );
+        let out = node.podnet(&["service", "apply", "-f", file.path()]);
+        if !out.status.success() {
+            for f in 0..Family::ALL.len() {
                 carried.insert((2, f), false);
-                notes.push(format!(
-                    "podnet refused NodePorts to {} backends: {}",
-                    family.name(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
             }
+            notes.push(format!(
+                "podnet refused the NodePort Services: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
         }
         let rules = [
             TempFile::new("iptables", &rules(Family::V4, &srv)),
@@ -414,7 +440,7 @@ impl Bench {
              podnet and through the kernel with podnet's programs detached: the node's bridge \
              (same-node), `MASQUERADE` (SNAT) and `DNAT` (NodePort) in `iptables` for IPv4 and \
              `ip6tables` for IPv6, the seed documents' rules. Every podnet run must move the \
-             path's counter (`forward_local_peer` / `forward_local6`, `snat`, `dnat`) and every \
+             path's counter (`forward_local_peer` / `forward_local6`, `snat`/`snat6`, `dnat`/`dnat6`) and every \
              kernel run must leave it alone. Rows: podnet against the kernel per family, and \
              podnet over IPv6 against podnet over IPv4.",
         );

@@ -11,6 +11,10 @@
 //!   `podCIDR via nodeIP` that podnet keeps in each node for its peers (the seed documents'
 //!   way). `node init` re-attaches the programs after each such run.
 //!
+//! The nodes are dual-stack, and the first three paths are measured over IPv6 too (node
+//! address to node address, pod to pod with podnet, pod to pod through the kernel), reported
+//! beside podnet's IPv4 run of the same round.
+//!
 //! Client and server are pinned to different CPUs (iperf3 -A, taskset) for repeatability.
 //! Every podnet run must grow `forward_remote_node` (node 0) and `forward_uplink_to_pod`
 //! (node 1); every kernel run must leave them alone. Writes `DIR/cross-node.json` for the
@@ -21,7 +25,7 @@ use podnet_tests::bench::{
     measure::{Endpoints, Workload, measure},
     series::{BenchOutput, PathRuns},
 };
-use podnet_tests::{CLUSTER_CIDR, Cluster, ClusterNode, InNetns, PodInfo};
+use podnet_tests::{CLUSTER_CIDR, CLUSTER_CIDR6, Cluster, ClusterNode, InNetns, PodInfo};
 
 /// The `node init` arguments [`Cluster::new`] ran for `node` (no extra flags), with the
 /// cluster file taken from the settings `node init` recorded in `<state_dir>/node.json`.
@@ -51,7 +55,32 @@ fn init_args(node: &ClusterNode) -> Vec<String> {
     ]
     .iter()
     .map(|s| (*s).to_owned())
+    .chain(node.pod_cidr6.iter().flat_map(|cidr6| {
+        let ip6 = node
+            .ip6
+            .expect("a dual-stack node has an IPv6 address")
+            .to_string();
+        [
+            "--pod-cidr".to_owned(),
+            cidr6.clone(),
+            "--cluster-cidr".to_owned(),
+            CLUSTER_CIDR6.to_owned(),
+            "--node-ip6".to_owned(),
+            ip6,
+        ]
+    }))
     .collect()
+}
+
+/// The IPv6 address of pod `name` on `node` (`pod list`).
+fn ip6_of(node: &ClusterNode, name: &str) -> String {
+    let pods = node.json(&["pod", "list"]);
+    pods.as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == name))
+        .and_then(|p| p["address6"].as_str())
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_else(|| panic!("pod {name} has no IPv6 address: {pods}"))
+        .to_owned()
 }
 
 /// The counters that show a pod-to-pod packet from node 0 to node 1 took podnet's path: sent
@@ -59,15 +88,24 @@ fn init_args(node: &ClusterNode) -> Vec<String> {
 const SENT: &str = "forward_remote_node";
 const DELIVERED: &str = "forward_uplink_to_pod";
 
+/// Their IPv6 twins.
+const SENT6: &str = "forward_remote_node6";
+const DELIVERED6: &str = "forward_uplink_to_pod6";
+
 /// `(node 0's SENT, node 1's DELIVERED)`.
 fn counters(n0: &ClusterNode, n1: &ClusterNode) -> (u64, u64) {
+    counters_of(n0, n1, SENT, DELIVERED)
+}
+
+/// `(node 0's sent, node 1's delivered)`.
+fn counters_of(n0: &ClusterNode, n1: &ClusterNode, sent: &str, delivered: &str) -> (u64, u64) {
     let get = |node: &ClusterNode, reason: &str| {
         node.stats()
             .get(reason)
             .copied()
             .unwrap_or_else(|| panic!("{}: no {reason} counter", node.name))
     };
-    (get(n0, SENT), get(n1, DELIVERED))
+    (get(n0, sent), get(n1, delivered))
 }
 
 /// Detaches podnet's programs from `pod`'s veth and from the uplink of `node` (`pod`'s node).
@@ -90,11 +128,14 @@ fn main() {
     let args = RoundArgs::from_env();
     assert!(podnet_tests::require_root(), "the benchmark needs root");
 
-    let cluster = Cluster::new(2, &[]);
+    // Dual-stack nodes: the IPv6 paths are measured beside the IPv4 ones.
+    let cluster = Cluster::dual_stack(2, &[]);
     let (n0, n1) = (&cluster.nodes[0], &cluster.nodes[1]);
     let a = n0.add_pod("mnbench-a");
     let b = n1.add_pod("mnbench-b");
+    let b6 = ip6_of(n1, "mnbench-b");
     let (ip0, ip1) = (n0.ip.to_string(), n1.ip.to_string());
+    let node1_ip6 = n1.ip6.expect("dual-stack").to_string();
 
     // The kernel path relies on the routes podnet keeps for its peers in each node.
     for (node, peer) in [(n0, n1), (n1, n0)] {
@@ -118,6 +159,13 @@ fn main() {
         "kernel routes + bridge",
         "podnet overlay (vxlan)",
     ]);
+    // IPv6: node to node, podnet, the kernel; and podnet's IPv4 again as the family baseline.
+    let mut runs6 = PathRuns::new(&[
+        "node-to-node IPv6",
+        "podnet native IPv6",
+        "kernel routes + bridge IPv6",
+        "podnet native IPv4",
+    ]);
     let (o0, o1) = (&overlay.nodes[0], &overlay.nodes[1]);
     for round in 0..args.rounds {
         eprintln!("cross-node round {}/{}", round + 1, args.rounds);
@@ -129,11 +177,9 @@ fn main() {
             );
 
             let before = counters(n0, n1);
-            runs.push(
-                1,
-                w,
-                measure(w, &Endpoints::direct(&a.ns, &b.ns, &b.ip, w), args.seconds),
-            );
+            let podnet4 = measure(w, &Endpoints::direct(&a.ns, &b.ns, &b.ip, w), args.seconds);
+            runs.push(1, w, podnet4);
+            runs6.push(3, w, podnet4);
             let after = counters(n0, n1);
             assert!(
                 after.0 > before.0 + 100 && after.1 > before.1 + 100,
@@ -144,18 +190,44 @@ fn main() {
                 after.1
             );
 
+            runs6.push(
+                0,
+                w,
+                measure(
+                    w,
+                    &Endpoints::direct(&n0.ns, &n1.ns, &node1_ip6, w),
+                    args.seconds,
+                ),
+            );
+            let before = counters_of(n0, n1, SENT6, DELIVERED6);
+            runs6.push(
+                1,
+                w,
+                measure(w, &Endpoints::direct(&a.ns, &b.ns, &b6, w), args.seconds),
+            );
+            let after = counters_of(n0, n1, SENT6, DELIVERED6);
+            assert!(
+                after.0 > before.0 + 100 && after.1 > before.1 + 100,
+                "podnet IPv6 run took podnet's path: {before:?} -> {after:?}"
+            );
+
             detach(n0, &a);
             detach(n1, &b);
-            let before = counters(n0, n1);
+            let before = (counters(n0, n1), counters_of(n0, n1, SENT6, DELIVERED6));
             runs.push(
                 2,
                 w,
                 measure(w, &Endpoints::direct(&a.ns, &b.ns, &b.ip, w), args.seconds),
             );
+            runs6.push(
+                2,
+                w,
+                measure(w, &Endpoints::direct(&a.ns, &b.ns, &b6, w), args.seconds),
+            );
             assert_eq!(
-                counters(n0, n1),
+                (counters(n0, n1), counters_of(n0, n1, SENT6, DELIVERED6)),
                 before,
-                "kernel run bypassed podnet (node-0 {SENT}, node-1 {DELIVERED})"
+                "kernel run bypassed podnet (node-0 {SENT}/{SENT6}, node-1 {DELIVERED}/{DELIVERED6})"
             );
             for (node, init) in cluster.nodes.iter().zip(&inits) {
                 let refs: Vec<&str> = init.iter().map(String::as_str).collect();
@@ -193,6 +265,12 @@ fn main() {
         ),
     );
     runs.into_output(&mut out, "cross-node pod-to-pod");
+    runs6.into_output(&mut out, "cross-node pod-to-pod over IPv6");
+    out.notes.push(format!(
+        "IPv6 rows: the same dual-stack nodes (fd00:198:18::11 and ::12), pods' IPv6 addresses; \
+         podnet runs must move `{SENT6}` and `{DELIVERED6}`; `podnet native IPv4` is the IPv4 \
+         podnet run of the same round, for IPv6 against IPv4."
+    ));
     if let Some(dir) = &args.out {
         out.write(std::path::Path::new(dir));
     }
