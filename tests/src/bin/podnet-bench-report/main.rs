@@ -131,24 +131,21 @@ fn table(r: &Results<'_>) -> String {
     for p in &paths {
         let _ = write!(md, " {p} |");
     }
-    let ratio_paths: Vec<&String> = paths
+    // One ratio column per (path, baseline) pair: a benchmark whose scenarios compare a path
+    // with different baselines (the IPv6 one: the kernel per family, and IPv4) gets a column
+    // for each.
+    let compared: Vec<&Series> = r
+        .series
         .iter()
-        .filter(|p| {
-            r.series
-                .iter()
-                .any(|s| &s.path == *p && s.path != s.baseline)
-        })
+        .copied()
+        .filter(|s| s.path != s.baseline)
         .collect();
-    for p in &ratio_paths {
-        let base = r
-            .series
-            .iter()
-            .find(|s| &s.path == *p)
-            .map_or("", |s| s.baseline.as_str());
+    let ratio_pairs = distinct(&compared, |s| (s.path.clone(), s.baseline.clone()));
+    for (p, base) in &ratio_pairs {
         let _ = write!(md, " {p} / {base} |");
     }
     md.push('\n');
-    let columns = 2 + paths.len() + ratio_paths.len();
+    let columns = 2 + paths.len() + ratio_pairs.len();
     md.push_str(&"|---".repeat(columns));
     md.push_str("|\n");
     let rows = distinct(&r.series, |s| {
@@ -174,9 +171,10 @@ fn table(r: &Results<'_>) -> String {
                 .map_or_else(|| "".into(), |s| cell(&s.samples));
             let _ = write!(md, " {c} |");
         }
-        for p in &ratio_paths {
+        for (p, base) in &ratio_pairs {
             let c = r
                 .find(&scenario, &metric, p, x)
+                .filter(|s| &s.baseline == base)
                 .and_then(|s| r.ratio(s))
                 .map_or_else(|| "".into(), |v| format!("**{v:.3}**"));
             let _ = write!(md, " {c} |");
