@@ -10,7 +10,7 @@ use std::{
     process::Output,
 };
 
-use crate::{InNetns, Node, UPLINK, connect_tcp, peer_ip_of, serve_tcp};
+use crate::{InNetns, Node, PodnetCli, UPLINK, connect_tcp, peer_ip_of, serve_tcp};
 
 /// The node's IPv6 address on the fabric (uplink0).
 pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 0x10);
@@ -60,7 +60,7 @@ pub fn dual_stack_node_with(pod_cidr: &str, pod_cidr6: &str, extra: &[&str]) -> 
 }
 
 /// The IPv6 address (without prefix) of pod `name`, from `pod list --json`.
-pub fn address6_of(node: &Node, name: &str) -> Ipv6Addr {
+pub fn address6_of(node: &PodnetCli, name: &str) -> Ipv6Addr {
     let pods = node.json(&["pod", "list"]);
     let pod = pods
         .as_array()

@@ -57,10 +57,10 @@ pub use netns::{
 pub use node::{CLUSTER_CIDR, Node, PodInfo, PodnetCli, SERVICE_CIDR, ServicePath, ping};
 pub use privilege::{REQUIRE_ROOT_ENV, require_root, require_root_for};
 pub use probe::{
-    HeldConnections, addr_field, churn_tcp, connect_tcp, connect_udp, hold_tcp, http_get,
-    local_ip_of, netprobe, netprobe_bin, number_field, peer_ip_of, podnet, podnet_bin, serve,
-    serve_http, serve_many, serve_tcp, serve_tcp_echo, serve_udp, stream_tcp, syn_retransmits,
-    workspace_root,
+    HeldConnections, addr_field, churn_tcp, connect_probe, connect_tcp, connect_udp, hold_tcp,
+    http_get, local_ip_of, netprobe, netprobe_bin, number_field, peer_ip_of, podnet, podnet_bin,
+    serve, serve_http, serve_many, serve_tcp, serve_tcp_echo, serve_udp, stream_tcp,
+    syn_retransmits, workspace_root,
 };
 pub use process::{ChildGuard, DEFAULT_TIMEOUT, describe, run_bounded};
 pub use robustness::Scenario;

@@ -87,6 +87,32 @@ pub fn podnet(ns: &(impl InNetns + ?Sized), args: &[&str]) -> Output {
     ns.exec(&argv_with(&bin, args))
 }
 
+/// `netprobe connect PROTO ADDR --show-peer EXTRA..` from `ns` (1 s timeout): its output
+/// (`peer=... local=...` and the reply) or why it failed.
+pub fn connect_probe(
+    ns: &(impl InNetns + ?Sized),
+    proto: &str,
+    addr: impl std::fmt::Display,
+    extra: &[&str],
+) -> Result<String, String> {
+    let addr = addr.to_string();
+    let mut args = vec![
+        "connect",
+        proto,
+        &addr,
+        "--timeout-ms",
+        "1000",
+        "--show-peer",
+    ];
+    args.extend_from_slice(extra);
+    let out = netprobe(ns, &args);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(crate::describe(&out))
+    }
+}
+
 /// Runs `netprobe ARGS...` inside `ns` to completion (bounded by the default exec timeout).
 pub fn netprobe(ns: &(impl InNetns + ?Sized), args: &[&str]) -> Output {
     let bin = netprobe_bin();

@@ -16,8 +16,8 @@ use std::{
 };
 
 use podnet_tests::{
-    InNetns, NODE_IP6, Node, OUTSIDE_IP6, SERVICE_CIDR, addr_field, describe, dual_stack, netprobe,
-    require_root, serve_tcp, serve_udp,
+    InNetns, NODE_IP6, Node, OUTSIDE_IP6, SERVICE_CIDR, addr_field, connect_probe as probe,
+    describe, dual_stack, require_root, serve_tcp, serve_udp,
 };
 use serde_json::{Value, json};
 
@@ -36,31 +36,6 @@ const NODEPORT_EMPTY: u16 = 30_081;
 
 fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, reason: &str) -> u64 {
     after.get(reason).copied().unwrap_or(0) - before.get(reason).copied().unwrap_or(0)
-}
-
-/// `netprobe connect PROTO ADDR --show-peer EXTRA..` from `ns` (1 s timeout).
-fn probe(
-    ns: &(impl InNetns + ?Sized),
-    proto: &str,
-    addr: SocketAddr,
-    extra: &[&str],
-) -> Result<String, String> {
-    let addr = addr.to_string();
-    let mut args = vec![
-        "connect",
-        proto,
-        &addr,
-        "--timeout-ms",
-        "1000",
-        "--show-peer",
-    ];
-    args.extend_from_slice(extra);
-    let out = netprobe(ns, &args);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(describe(&out))
-    }
 }
 
 /// `podnet service apply -f FILE` with `table`.

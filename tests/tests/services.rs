@@ -24,8 +24,8 @@ use podnet_ebpf::abi::{
 };
 use podnet_tests::ServicePath as Path;
 use podnet_tests::{
-    Cluster, InNetns, NODE_IP, Node, OUTSIDE_IP, addr_field, churn_tcp, describe, netprobe,
-    peer_ip_of, require_root, serve_tcp, serve_udp, testrun::service_spec,
+    Cluster, InNetns, NODE_IP, Node, OUTSIDE_IP, addr_field, churn_tcp, connect_probe as probe,
+    describe, peer_ip_of, require_root, serve_tcp, serve_udp, testrun::service_spec,
 };
 
 /// A ClusterIP with backends.
@@ -56,30 +56,6 @@ fn cluster_ip(
 ) {
     let spec = service_spec(frontend(vip, port, proto), backends, svc_flag::CLUSTER_IP);
     maps.write(&spec).expect("write service");
-}
-
-/// `netprobe connect PROTO ADDR --show-peer EXTRA..` from `ns` (1 s timeout).
-fn probe(
-    ns: &(impl InNetns + ?Sized),
-    proto: &str,
-    addr: &str,
-    extra: &[&str],
-) -> Result<String, String> {
-    let mut args = vec![
-        "connect",
-        proto,
-        addr,
-        "--timeout-ms",
-        "1000",
-        "--show-peer",
-    ];
-    args.extend_from_slice(extra);
-    let out = netprobe(ns, &args);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(describe(&out))
-    }
 }
 
 /// `bpftool --json map dump pinned <pin_dir>/<map>`, run from the test's own mount namespace
@@ -140,7 +116,7 @@ fn pod_to_clusterip_with_a_local_backend(path: Path, pod_cidr: &str) {
     );
     let before = node.stats();
 
-    let reply = probe(&client.ns, "tcp", &vip(80), &[]).expect("pod -> ClusterIP tcp");
+    let reply = probe(&client.ns, "tcp", vip(80), &[]).expect("pod -> ClusterIP tcp");
     assert_eq!(
         peer_ip_of(&reply).map(|ip| ip.to_string()),
         Some(client.ip.clone()),
@@ -152,7 +128,7 @@ fn pod_to_clusterip_with_a_local_backend(path: Path, pod_cidr: &str) {
         "getpeername: {reply}"
     );
 
-    let reply = probe(&client.ns, "udp", &vip(53), &[]).expect("pod -> ClusterIP connected udp");
+    let reply = probe(&client.ns, "udp", vip(53), &[]).expect("pod -> ClusterIP connected udp");
     assert_eq!(
         peer_ip_of(&reply).map(|ip| ip.to_string()),
         Some(client.ip.clone()),
@@ -161,7 +137,7 @@ fn pod_to_clusterip_with_a_local_backend(path: Path, pod_cidr: &str) {
 
     // DNS-like: sendto() on an unconnected socket; the reply must come from the ClusterIP.
     let reply =
-        probe(&client.ns, "udp", &vip(53), &["--unconnected"]).expect("pod -> ClusterIP sendto");
+        probe(&client.ns, "udp", vip(53), &["--unconnected"]).expect("pod -> ClusterIP sendto");
     assert_eq!(
         peer_ip_of(&reply).map(|ip| ip.to_string()),
         Some(client.ip.clone()),
@@ -187,7 +163,7 @@ fn pod_to_clusterip_with_a_local_backend(path: Path, pod_cidr: &str) {
         init.extend(path.init_args().iter().map(|a| (*a).to_owned()));
         node.ok(&init.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(nat_replies(&web.ip), "node init keeps the mark");
-        let reply = probe(&client.ns, "tcp", &vip(80), &[]).expect("again, after node init");
+        let reply = probe(&client.ns, "tcp", vip(80), &[]).expect("again, after node init");
         assert_eq!(
             sockpeer(&reply),
             Some(vip(80).parse().expect("addr")),
@@ -242,7 +218,7 @@ fn hairpin(path: Path, pod_cidr: &str) {
         IPPROTO_TCP,
         &[(web.ip.parse().expect("ip"), 8080)],
     );
-    let reply = probe(&web.ns, "tcp", &vip(80), &[]).expect("a pod reaches itself via its service");
+    let reply = probe(&web.ns, "tcp", vip(80), &[]).expect("a pod reaches itself via its service");
     assert_eq!(
         sockpeer(&reply),
         Some(vip(80).parse().expect("addr")),
@@ -293,19 +269,19 @@ fn the_node_reaches_a_clusterip_over_tcp_and_dns_like_udp_at_the_socket() {
     );
     let before = node.stats();
     // Even with socket balancing off for pods, the node's own sockets are balanced.
-    let reply = probe(&node.topo.node, "tcp", &vip(80), &[]).expect("node -> ClusterIP");
+    let reply = probe(&node.topo.node, "tcp", vip(80), &[]).expect("node -> ClusterIP");
     assert_eq!(
         sockpeer(&reply),
         Some(vip(80).parse().expect("addr")),
         "{reply}"
     );
-    let reply = probe(&node.topo.node, "udp", &vip(53), &["--unconnected"]).expect("node sendto");
+    let reply = probe(&node.topo.node, "udp", vip(53), &["--unconnected"]).expect("node sendto");
     assert_eq!(
         sockpeer(&reply),
         Some(vip(53).parse().expect("addr")),
         "recvfrom: {reply}"
     );
-    let reply = probe(&node.topo.node, "udp", &vip(53), &[]).expect("node connected udp");
+    let reply = probe(&node.topo.node, "udp", vip(53), &[]).expect("node connected udp");
     assert_eq!(
         sockpeer(&reply),
         Some(vip(53).parse().expect("addr")),
@@ -365,7 +341,7 @@ fn refused_at_once(path: Path, pod_cidr: &str) {
         Path::Socket => assert!(delta(&before, &after, "sock_reject") >= 3, "{after:?}"),
     }
     // The service with backends still works.
-    probe(&client.ns, "tcp", &vip(80), &[]).expect("the other service");
+    probe(&client.ns, "tcp", vip(80), &[]).expect("the other service");
 }
 
 #[test]
@@ -386,8 +362,8 @@ fn the_service_cidr_without_a_service_is_left_to_the_kernel_unsnated() {
     let node = Node::with_args("10.244.67.0/24", &Path::Tc.init_args());
     let client = node.add_pod("client");
     let before = node.stats();
-    let _ = probe(&client.ns, "udp", &format!("{NOT_A_SERVICE}:53"), &[]);
-    let _ = probe(&client.ns, "tcp", &format!("{NOT_A_SERVICE}:80"), &[]);
+    let _ = probe(&client.ns, "udp", format!("{NOT_A_SERVICE}:53"), &[]);
+    let _ = probe(&client.ns, "tcp", format!("{NOT_A_SERVICE}:80"), &[]);
     let after = node.stats();
     assert!(
         delta(&before, &after, "pass_service_cidr") >= 2,
@@ -447,7 +423,7 @@ fn across_nodes(path: Path, mode: &[&str]) {
     cluster_ip(&mut maps, VIP, 80, IPPROTO_TCP, &[(web_ip, 8080)]);
     cluster_ip(&mut maps, VIP, 53, IPPROTO_UDP, &[(web_ip, 5353)]);
     let before = a.stats();
-    let reply = probe(&client.ns, "tcp", &vip(80), &[]).expect("pod -> ClusterIP on another node");
+    let reply = probe(&client.ns, "tcp", vip(80), &[]).expect("pod -> ClusterIP on another node");
     assert_eq!(
         peer_ip_of(&reply).map(|ip| ip.to_string()),
         Some(client.ip.clone()),
@@ -458,7 +434,7 @@ fn across_nodes(path: Path, mode: &[&str]) {
         Some(vip(80).parse().expect("addr")),
         "{reply}"
     );
-    let reply = probe(&client.ns, "udp", &vip(53), &["--unconnected"]).expect("udp");
+    let reply = probe(&client.ns, "udp", vip(53), &["--unconnected"]).expect("udp");
     assert_eq!(
         peer_ip_of(&reply).map(|ip| ip.to_string()),
         Some(client.ip.clone()),
@@ -532,7 +508,7 @@ fn the_outside_reaches_loadbalancer_ips_and_external_ips_and_no_iptables_rule_ex
         .ok(&format!("ip route add 198.51.100.0/24 via {NODE_IP}"));
     let before = node.stats();
     for addr in [LB_IP, EXTERNAL_IP] {
-        let reply = probe(&node.topo.outside, "tcp", &format!("{addr}:80"), &[])
+        let reply = probe(&node.topo.outside, "tcp", format!("{addr}:80"), &[])
             .unwrap_or_else(|e| panic!("outside -> {addr}:80: {e}"));
         assert_eq!(
             peer_ip_of(&reply),
@@ -542,7 +518,7 @@ fn the_outside_reaches_loadbalancer_ips_and_external_ips_and_no_iptables_rule_ex
         let reply = probe(
             &node.topo.outside,
             "udp",
-            &format!("{addr}:53"),
+            format!("{addr}:53"),
             &["--unconnected"],
         )
         .unwrap_or_else(|e| panic!("outside -> {addr}:53: {e}"));
@@ -554,12 +530,12 @@ fn the_outside_reaches_loadbalancer_ips_and_external_ips_and_no_iptables_rule_ex
         );
     }
     let started = Instant::now();
-    let err = probe(&node.topo.outside, "tcp", &format!("{EMPTY_LB_IP}:80"), &[])
+    let err = probe(&node.topo.outside, "tcp", format!("{EMPTY_LB_IP}:80"), &[])
         .expect_err("no backends");
     assert!(err.to_lowercase().contains("refused"), "{err}");
     assert!(started.elapsed() < Duration::from_millis(900));
     // The node's own sockets reach the LoadBalancer IP too.
-    let reply = probe(&node.topo.node, "tcp", &format!("{LB_IP}:80"), &[]).expect("node -> LB");
+    let reply = probe(&node.topo.node, "tcp", format!("{LB_IP}:80"), &[]).expect("node -> LB");
     assert_eq!(
         sockpeer(&reply),
         Some(format!("{LB_IP}:80").parse().expect("addr"))
@@ -658,7 +634,7 @@ fn thirty_thousand_services_with_300_000_backends_fit_the_default_maps() {
         IPPROTO_TCP,
         &[(web.ip.parse().expect("ip"), 8080)],
     );
-    let reply = probe(&client.ns, "tcp", &vip(80), &[]).expect("a ClusterIP among 30,001");
+    let reply = probe(&client.ns, "tcp", vip(80), &[]).expect("a ClusterIP among 30,001");
     assert_eq!(
         peer_ip_of(&reply).map(|ip| ip.to_string()),
         Some(client.ip.clone())

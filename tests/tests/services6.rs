@@ -26,9 +26,9 @@ use std::{
 use podnet::datapath::{cgroup::cgroup2_root, cgroup_owners::attached_sock_programs};
 use podnet_ebpf::abi::program_name;
 use podnet_tests::{
-    InNetns, Node, PodInfo, SERVICE_CIDR, addr_field, describe,
+    InNetns, Node, PodInfo, SERVICE_CIDR, addr_field, connect_probe as probe, describe,
     dual_stack::{NODE_IP6, dual_stack_node_with},
-    netprobe, require_root, serve_tcp, serve_udp,
+    require_root, serve_tcp, serve_udp,
 };
 use serde_json::{Value, json};
 
@@ -133,31 +133,6 @@ fn apply(node: &Node, table: &Value) -> std::process::Output {
     let file = node.state_dir.join("services6-test.json");
     std::fs::write(&file, table.to_string()).expect("write the table");
     node.podnet(&["service", "apply", "-f", file.to_str().expect("UTF-8 path")])
-}
-
-/// `netprobe connect PROTO ADDR --show-peer EXTRA..` from `ns` (1 s timeout).
-fn probe(
-    ns: &(impl InNetns + ?Sized),
-    proto: &str,
-    addr: SocketAddr,
-    extra: &[&str],
-) -> Result<String, String> {
-    let addr = addr.to_string();
-    let mut args = vec![
-        "connect",
-        proto,
-        &addr,
-        "--timeout-ms",
-        "1000",
-        "--show-peer",
-    ];
-    args.extend_from_slice(extra);
-    let out = netprobe(ns, &args);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(describe(&out))
-    }
 }
 
 fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, reason: &str) -> u64 {

@@ -24,7 +24,7 @@ use podnet_tests::bench::{
     measure::{Endpoints, Measurement, Workload, measure},
     series::BenchOutput,
 };
-use podnet_tests::{InNetns, NODE_IP, Node, OUTSIDE_IP, PodInfo, UPLINK, unique};
+use podnet_tests::{InNetns, NODE_IP, Node, OUTSIDE_IP, PodInfo, UPLINK, dual_stack, unique};
 
 const POD_CIDR: &str = "10.244.97.0/24";
 /// The IPv4 cluster CIDR of every test node ([`Node::init_args`]).
@@ -185,14 +185,7 @@ struct Bench {
 
 fn add_pod(node: &Node, name: &str) -> Pod {
     let info = node.add_pod(name);
-    let listed = node.json(&["pod", "list"]);
-    let ip6 = listed
-        .as_array()
-        .and_then(|pods| pods.iter().find(|p| p["name"] == name))
-        .and_then(|p| p["address6"].as_str())
-        .and_then(|cidr| cidr.split('/').next())
-        .unwrap_or_else(|| panic!("pod {name} has no IPv6 address: {listed}"))
-        .to_owned();
+    let ip6 = dual_stack::address6_of(node, name).to_string();
     Pod { info, ip6 }
 }
 

@@ -25,7 +25,9 @@ use podnet_tests::bench::{
     measure::{Endpoints, Workload, measure},
     series::{BenchOutput, PathRuns},
 };
-use podnet_tests::{CLUSTER_CIDR, CLUSTER_CIDR6, Cluster, ClusterNode, InNetns, PodInfo};
+use podnet_tests::{
+    CLUSTER_CIDR, CLUSTER_CIDR6, Cluster, ClusterNode, InNetns, PodInfo, dual_stack,
+};
 
 /// The `node init` arguments [`Cluster::new`] ran for `node` (no extra flags), with the
 /// cluster file taken from the settings `node init` recorded in `<state_dir>/node.json`.
@@ -70,17 +72,6 @@ fn init_args(node: &ClusterNode) -> Vec<String> {
         ]
     }))
     .collect()
-}
-
-/// The IPv6 address of pod `name` on `node` (`pod list`).
-fn ip6_of(node: &ClusterNode, name: &str) -> String {
-    let pods = node.json(&["pod", "list"]);
-    pods.as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == name))
-        .and_then(|p| p["address6"].as_str())
-        .and_then(|cidr| cidr.split('/').next())
-        .unwrap_or_else(|| panic!("pod {name} has no IPv6 address: {pods}"))
-        .to_owned()
 }
 
 /// The counters that show a pod-to-pod packet from node 0 to node 1 took podnet's path: sent
@@ -133,7 +124,7 @@ fn main() {
     let (n0, n1) = (&cluster.nodes[0], &cluster.nodes[1]);
     let a = n0.add_pod("mnbench-a");
     let b = n1.add_pod("mnbench-b");
-    let b6 = ip6_of(n1, "mnbench-b");
+    let b6 = dual_stack::address6_of(n1, "mnbench-b").to_string();
     let (ip0, ip1) = (n0.ip.to_string(), n1.ip.to_string());
     let node1_ip6 = n1.ip6.expect("dual-stack").to_string();
 
